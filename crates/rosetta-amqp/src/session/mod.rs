@@ -1,0 +1,426 @@
+//! One AMQP 0-9-1 connection's protocol state, without I/O.
+//!
+//! The server's connection task feeds it bytes ([`Session::handle_input`]), deliveries from the
+//! core ([`Session::handle_outbound`]) and durability progress ([`Session::on_durable`]), and
+//! writes out whatever [`Session::take_output`] returns. Everything the protocol decides (which
+//! frame answers which, reply codes, confirms, redelivery on close) is decided here.
+
+mod channel;
+mod content;
+mod exception;
+mod handshake;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use amq_protocol::frame::AMQPFrame;
+use amq_protocol::protocol::{channel as chan, connection, AMQPClass};
+use bytes::{Bytes, BytesMut};
+use rosetta_core::{Broker, ConnectionId, Outbound, Queue, Users, VHost};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+use crate::codec::{self, ProtocolHeader};
+use channel::Channel;
+pub use exception::Exception;
+
+/// Limits and defaults the server configures.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Largest frame the server accepts and proposes in `connection.tune`.
+    pub frame_max: u32,
+    pub channel_max: u16,
+    /// Heartbeat interval proposed, in seconds (0 disables).
+    pub heartbeat: u16,
+    /// Largest message body accepted, in bytes.
+    pub max_message_size: u64,
+}
+
+/// What the connection task should do after a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// Write the pending output, then close the socket.
+    Close,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    AwaitingHeader,
+    AwaitingStartOk,
+    AwaitingTuneOk,
+    AwaitingOpen,
+    Open,
+    /// We sent `connection.close` and wait for `close-ok`, ignoring everything else
+    /// (AMQP 0-9-1 §4.2.3 / connection.close).
+    Closing,
+    Closed,
+}
+
+pub struct Session {
+    broker: Arc<Broker>,
+    users: Arc<Users>,
+    config: SessionConfig,
+    conn_id: ConnectionId,
+    peer: SocketAddr,
+    phase: Phase,
+    user: String,
+    vhost: Option<Arc<VHost>>,
+    frame_max: u32,
+    channel_max: u16,
+    heartbeat: u16,
+    /// Client capabilities from `connection.start-ok`.
+    cancel_notify: bool,
+    channels: HashMap<u16, Channel>,
+    outbox: UnboundedSender<Outbound>,
+    out: BytesMut,
+    /// Queues whose auto-ack consumers got credit back while writing; they dispatch again
+    /// once the output has been flushed.
+    to_dispatch: Vec<Arc<Queue>>,
+}
+
+impl Session {
+    /// Creates a session and the receiver the connection task must drain into
+    /// [`Session::handle_outbound`].
+    pub fn new(broker: Arc<Broker>, users: Arc<Users>, config: SessionConfig, peer: SocketAddr) -> (Self, UnboundedReceiver<Outbound>) {
+        let (tx, rx) = unbounded_channel();
+        let conn_id = broker.new_connection_id();
+        let session = Session {
+            broker,
+            users,
+            frame_max: config.frame_max,
+            channel_max: config.channel_max,
+            heartbeat: config.heartbeat,
+            config,
+            conn_id,
+            peer,
+            phase: Phase::AwaitingHeader,
+            user: String::new(),
+            vhost: None,
+            cancel_notify: false,
+            channels: HashMap::new(),
+            outbox: tx,
+            out: BytesMut::with_capacity(16 * 1024),
+            to_dispatch: Vec::new(),
+        };
+        (session, rx)
+    }
+
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// The negotiated heartbeat interval in seconds (0 = none).
+    pub fn heartbeat(&self) -> u16 {
+        if self.phase == Phase::Open || self.phase == Phase::AwaitingOpen {
+            self.heartbeat
+        } else {
+            0
+        }
+    }
+
+    pub fn is_closing(&self) -> bool {
+        matches!(self.phase, Phase::Closing | Phase::Closed)
+    }
+
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
+    pub fn take_output(&mut self) -> Bytes {
+        self.out.split().freeze()
+    }
+
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    fn send(&mut self, channel: u16, method: AMQPClass) {
+        codec::encode_frame(&AMQPFrame::Method(channel, method), &mut self.out);
+    }
+
+    pub fn send_heartbeat(&mut self) {
+        codec::encode_frame(&AMQPFrame::Heartbeat, &mut self.out);
+    }
+
+    /// Decodes and handles every complete frame in `input`.
+    pub fn handle_input(&mut self, input: &mut BytesMut) -> Flow {
+        if self.phase == Phase::AwaitingHeader {
+            match codec::decode_header(input) {
+                None => return Flow::Continue,
+                Some(ProtocolHeader::Amqp091) => {
+                    self.send_start();
+                    self.phase = Phase::AwaitingStartOk;
+                }
+                Some(ProtocolHeader::Unsupported(got)) => {
+                    // AMQP 0-9-1 §4.2.2: answer with the header we support, then close.
+                    tracing::warn!(peer = %self.peer, header = ?got, "unsupported protocol header");
+                    self.out.extend_from_slice(&codec::PROTOCOL_HEADER);
+                    self.phase = Phase::Closed;
+                    return Flow::Close;
+                }
+            }
+        }
+        loop {
+            if self.phase == Phase::Closed {
+                return Flow::Close;
+            }
+            let frame = match codec::decode_frame(input, self.frame_max) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => {
+                    // Confirms for writes that needed no fsync (or whose fsync already
+                    // happened) go out with this batch's other replies.
+                    if self.has_pending_confirms() {
+                        self.on_durable();
+                    }
+                    return Flow::Continue;
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %self.peer, error = %e, "bad frame");
+                    let (class_id, method_id) = e.failing_method();
+                    self.close_connection(Exception::new(e.reply_code(), e.reply_text(), class_id, method_id));
+                    // Framing can no longer be trusted: do not wait for close-ok.
+                    input.clear();
+                    self.phase = Phase::Closed;
+                    return Flow::Close;
+                }
+            };
+            if let Err(exc) = self.handle_frame(frame) {
+                self.close_connection(exc);
+            }
+        }
+    }
+
+    fn handle_frame(&mut self, frame: AMQPFrame) -> Result<(), Exception> {
+        match frame {
+            AMQPFrame::Heartbeat | AMQPFrame::InvalidHeartbeat(_) | AMQPFrame::ProtocolHeader(_) => Ok(()),
+            AMQPFrame::Method(0, AMQPClass::Connection(m)) => self.handle_connection_method(m),
+            AMQPFrame::Method(_, _) | AMQPFrame::Header(..) | AMQPFrame::Body(..) if self.phase == Phase::Closing => Ok(()),
+            AMQPFrame::Method(0, other) => Err(Exception::command_invalid(&other, "method not allowed on channel 0")),
+            AMQPFrame::Method(ch, AMQPClass::Connection(m)) => {
+                Err(Exception::channel_error(&AMQPClass::Connection(m), format!("connection method on channel {ch}")))
+            }
+            frame if self.phase != Phase::Open => {
+                Err(Exception::new(504, format!("CHANNEL_ERROR - frame on channel {} before connection.open", frame.channel_id()), 0, 0))
+            }
+            AMQPFrame::Method(ch, AMQPClass::Channel(m)) => self.handle_channel_method(ch, m),
+            AMQPFrame::Method(ch, method) => self.with_channel(ch, |s, c| c.handle_method(s, method)),
+            AMQPFrame::Header(ch, header) => self.with_channel(ch, |s, c| c.handle_header(s, header)),
+            AMQPFrame::Body(ch, body) => self.with_channel(ch, |s, c| c.handle_body(s, body)),
+        }
+    }
+
+    /// Runs `f` on an open channel. A channel exception closes just that channel (§1.4.2.2);
+    /// a connection exception propagates.
+    fn with_channel(
+        &mut self,
+        id: u16,
+        f: impl FnOnce(&mut Ctx<'_>, &mut Channel) -> Result<(), Exception>,
+    ) -> Result<(), Exception> {
+        let Some(mut channel) = self.channels.remove(&id) else {
+            return Err(Exception::new(504, format!("CHANNEL_ERROR - expected 'channel.open' on channel {id}"), 0, 0));
+        };
+        if channel.is_closing() {
+            self.channels.insert(id, channel);
+            return Ok(());
+        }
+        let result = {
+            let mut ctx = self.ctx();
+            f(&mut ctx, &mut channel)
+        };
+        match result {
+            Ok(()) => {
+                self.channels.insert(id, channel);
+                Ok(())
+            }
+            Err(exc) if exc.is_hard() => {
+                self.channels.insert(id, channel);
+                Err(exc)
+            }
+            Err(exc) => {
+                tracing::debug!(peer = %self.peer, channel = id, code = exc.code, text = %exc.text, "channel error");
+                channel.close(&mut self.ctx());
+                self.send(id, AMQPClass::Channel(chan::AMQPMethod::Close(exc.channel_close())));
+                self.channels.insert(id, channel);
+                Ok(())
+            }
+        }
+    }
+
+    fn ctx(&mut self) -> Ctx<'_> {
+        Ctx {
+            broker: &self.broker,
+            vhost: self.vhost.as_ref(),
+            conn_id: self.conn_id,
+            frame_max: self.frame_max,
+            max_message_size: self.config.max_message_size,
+            cancel_notify: self.cancel_notify,
+            outbox: &self.outbox,
+            out: &mut self.out,
+            to_dispatch: &mut self.to_dispatch,
+        }
+    }
+
+    fn handle_channel_method(&mut self, id: u16, method: chan::AMQPMethod) -> Result<(), Exception> {
+        match method {
+            chan::AMQPMethod::Open(_) => {
+                if id > self.channel_max {
+                    return Err(Exception::new(530, format!("NOT_ALLOWED - channel id {id} above channel_max {}", self.channel_max), 20, 10));
+                }
+                if self.channels.contains_key(&id) {
+                    return Err(Exception::new(504, format!("CHANNEL_ERROR - channel {id} already open"), 20, 10));
+                }
+                self.channels.insert(id, Channel::new(id));
+                self.send(id, AMQPClass::Channel(chan::AMQPMethod::OpenOk(chan::OpenOk {})));
+                Ok(())
+            }
+            chan::AMQPMethod::Close(_) => {
+                if let Some(mut c) = self.channels.remove(&id) {
+                    c.close(&mut self.ctx());
+                }
+                self.send(id, AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})));
+                Ok(())
+            }
+            chan::AMQPMethod::CloseOk(_) => {
+                // Our channel.close has been answered: the channel id is free again.
+                if self.channels.get(&id).is_some_and(Channel::is_closing) {
+                    self.channels.remove(&id);
+                }
+                Ok(())
+            }
+            other => self.with_channel(id, |s, c| c.handle_channel_method(s, other)),
+        }
+    }
+
+    fn handle_connection_method(&mut self, method: connection::AMQPMethod) -> Result<(), Exception> {
+        match (self.phase, method) {
+            (Phase::AwaitingStartOk, connection::AMQPMethod::StartOk(m)) => self.on_start_ok(m),
+            (Phase::AwaitingTuneOk, connection::AMQPMethod::TuneOk(m)) => self.on_tune_ok(m),
+            (Phase::AwaitingOpen, connection::AMQPMethod::Open(m)) => self.on_open(m),
+            (_, connection::AMQPMethod::Close(m)) => {
+                tracing::debug!(peer = %self.peer, code = m.reply_code, text = %m.reply_text, "client closed connection");
+                self.cleanup();
+                self.send(0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})));
+                self.phase = Phase::Closed;
+                Ok(())
+            }
+            (Phase::Closing, connection::AMQPMethod::CloseOk(_)) => {
+                self.phase = Phase::Closed;
+                Ok(())
+            }
+            (Phase::Closing, _) => Ok(()),
+            // RabbitMQ's connection.blocked/unblocked are server-to-client only; a client
+            // sending them is ignored rather than punished.
+            (Phase::Open, connection::AMQPMethod::Blocked(_) | connection::AMQPMethod::Unblocked(_)) => Ok(()),
+            (_, m) => {
+                let class = AMQPClass::Connection(m);
+                Err(Exception::command_invalid(&class, "connection method not valid in this state"))
+            }
+        }
+    }
+
+    /// Sends `connection.close` and waits for `close-ok`. Channels are torn down right away:
+    /// after a connection exception nothing on this connection may proceed.
+    fn close_connection(&mut self, exc: Exception) {
+        if self.is_closing() {
+            return;
+        }
+        tracing::warn!(peer = %self.peer, code = exc.code, text = %exc.text, "closing connection");
+        self.cleanup();
+        self.send(0, AMQPClass::Connection(connection::AMQPMethod::Close(exc.connection_close())));
+        self.phase = if self.phase == Phase::AwaitingStartOk || self.phase == Phase::AwaitingTuneOk {
+            Phase::Closed
+        } else {
+            Phase::Closing
+        };
+    }
+
+    /// The server closes the connection (shutdown): AMQP 320 CONNECTION_FORCED.
+    pub fn force_close(&mut self, reason: &str) {
+        self.close_connection(Exception::new(320, format!("CONNECTION_FORCED - {reason}"), 0, 0));
+    }
+
+    /// A delivery or notification from a queue.
+    pub fn handle_outbound(&mut self, item: Outbound) {
+        let channel_id = match &item {
+            Outbound::Deliver(d) => d.consumer.channel,
+            Outbound::Cancelled { channel, .. } => *channel,
+        };
+        let Some(mut channel) = self.channels.remove(&channel_id) else {
+            // The channel is gone; its cleanup requeued or will requeue what it held.
+            if let Outbound::Deliver(d) = item {
+                if !d.consumer.no_ack {
+                    d.queue.requeue(&[d.seq]);
+                }
+            }
+            return;
+        };
+        channel.handle_outbound(&mut self.ctx(), item);
+        self.channels.insert(channel_id, channel);
+    }
+
+    /// Whether some confirm waits for the store.
+    pub fn has_pending_confirms(&self) -> bool {
+        self.channels.values().any(Channel::has_pending_confirms)
+    }
+
+    /// The store's durable epoch advanced: send the confirms it covers.
+    pub fn on_durable(&mut self) {
+        let durable = self.broker.store().durable_epoch();
+        let ids: Vec<u16> = self.channels.keys().copied().collect();
+        for id in ids {
+            if let Some(mut c) = self.channels.remove(&id) {
+                c.release_confirms(&mut self.ctx(), durable);
+                self.channels.insert(id, c);
+            }
+        }
+    }
+
+    /// After output was written: queues whose auto-ack consumers regained credit deliver more.
+    pub fn after_flush(&mut self) {
+        for q in std::mem::take(&mut self.to_dispatch) {
+            q.dispatch();
+        }
+    }
+
+    fn cleanup(&mut self) {
+        let ids: Vec<u16> = self.channels.keys().copied().collect();
+        for id in ids {
+            if let Some(mut c) = self.channels.remove(&id) {
+                c.close(&mut self.ctx());
+            }
+        }
+        if self.vhost.is_some() {
+            self.broker.connection_closed(self.conn_id);
+        }
+    }
+
+    /// The socket is gone: requeue unacked messages, cancel consumers, drop exclusive queues.
+    pub fn shutdown(&mut self) {
+        self.cleanup();
+        self.phase = Phase::Closed;
+    }
+}
+
+/// What channel handlers may touch of the session, borrowed apart from the channel map.
+pub(crate) struct Ctx<'a> {
+    pub broker: &'a Arc<Broker>,
+    pub vhost: Option<&'a Arc<VHost>>,
+    pub conn_id: ConnectionId,
+    pub frame_max: u32,
+    pub max_message_size: u64,
+    pub cancel_notify: bool,
+    pub outbox: &'a UnboundedSender<Outbound>,
+    pub out: &'a mut BytesMut,
+    pub to_dispatch: &'a mut Vec<Arc<Queue>>,
+}
+
+impl Ctx<'_> {
+    pub fn send(&mut self, channel: u16, method: AMQPClass) {
+        codec::encode_frame(&AMQPFrame::Method(channel, method), self.out);
+    }
+
+    pub fn vhost(&self) -> Result<&Arc<VHost>, Exception> {
+        self.vhost.ok_or_else(|| Exception::new(504, "CHANNEL_ERROR - connection not open".into(), 0, 0))
+    }
+}

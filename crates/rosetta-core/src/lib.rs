@@ -1,0 +1,26 @@
+//! Rosetta's protocol-neutral core: the message model, exchanges and bindings, queues and
+//! consumers, virtual hosts, and the storage contract. No protocol, socket or storage engine is
+//! known here; front-ends translate their frames into calls on [`Broker`] and [`VHost`].
+
+pub mod auth;
+pub mod broker;
+pub mod consumer;
+pub mod dead_letter;
+pub mod error;
+pub mod exchange;
+mod headers_match;
+pub mod message;
+pub mod queue;
+pub mod queue_config;
+pub mod store;
+pub mod topic;
+pub mod vhost;
+
+pub use auth::{AuthFailure, User, Users};
+pub use broker::{Broker, CoreLimits, Counters};
+pub use consumer::{ConnectionId, Consumer, ConsumerSpec, Credit, Delivery, Outbound};
+pub use error::CoreError;
+pub use exchange::Destination;
+pub use message::{Message, Properties, Table, Value};
+pub use queue::Queue;
+pub use vhost::{ExchangeDeclare, PublishOutcome, QueueDeclare, QueueDeclared, VHost};

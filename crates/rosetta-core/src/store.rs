@@ -1,0 +1,113 @@
+//! The storage contract. The core decides *what* is durable; an implementation of [`Store`]
+//! decides how it reaches the disk. Writes are buffered by the implementation and made durable by
+//! a group commit: every write returns a [`Epoch`] and the write is durable once
+//! [`Store::durable_epoch`] has reached it. One fsync therefore covers many publishers.
+
+use std::sync::Arc;
+
+use crate::message::{Message, Table};
+
+/// A monotonically increasing write counter. A write with epoch `e` is on disk once the durable
+/// epoch is `>= e`.
+pub type Epoch = u64;
+
+/// A durable exchange as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExchangeRecord {
+    pub vhost: String,
+    pub name: String,
+    /// `direct`, `fanout`, `topic` or `headers`.
+    pub kind: String,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: Table,
+}
+
+/// A durable queue as stored. `id` is the key prefix of its messages.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueRecord {
+    pub id: u64,
+    pub vhost: String,
+    pub name: String,
+    pub auto_delete: bool,
+    pub arguments: Table,
+}
+
+/// A binding between durable ends. `destination_is_queue` tells queue from exchange bindings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BindingRecord {
+    pub vhost: String,
+    pub source: String,
+    pub destination: String,
+    pub destination_is_queue: bool,
+    pub routing_key: String,
+    pub arguments: Table,
+}
+
+/// A message recovered for one queue, in queue order.
+#[derive(Debug, Clone)]
+pub struct RecoveredEntry {
+    pub seq: u64,
+    pub redelivered: bool,
+    pub message: Arc<Message>,
+}
+
+/// Everything the store held at startup.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    pub exchanges: Vec<ExchangeRecord>,
+    /// Each queue with its messages sorted by `seq`.
+    pub queues: Vec<(QueueRecord, Vec<RecoveredEntry>)>,
+    pub bindings: Vec<BindingRecord>,
+    /// The largest message id seen, so new ids do not collide.
+    pub max_message_id: u64,
+    /// The largest queue id seen.
+    pub max_queue_id: u64,
+}
+
+/// Errors a store reports. Implementations wrap their engine's error as text so the core stays
+/// independent of any engine.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage engine: {0}")]
+    Engine(String),
+    #[error("corrupt record under key {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+/// A durable store. All methods are synchronous and cheap (they buffer); durability comes from
+/// the group commit, observed through [`Store::durable_epoch`] / [`Store::subscribe_durable`].
+pub trait Store: Send + Sync + 'static {
+    fn save_exchange(&self, record: &ExchangeRecord) -> Result<Epoch, StoreError>;
+    fn delete_exchange(&self, vhost: &str, name: &str) -> Result<Epoch, StoreError>;
+    fn save_queue(&self, record: &QueueRecord) -> Result<Epoch, StoreError>;
+    /// Deletes the queue and every message entry it holds (bodies whose last reference goes
+    /// are deleted too).
+    fn delete_queue(&self, vhost: &str, name: &str, id: u64) -> Result<Epoch, StoreError>;
+    fn save_binding(&self, record: &BindingRecord) -> Result<Epoch, StoreError>;
+    fn delete_binding(&self, record: &BindingRecord) -> Result<Epoch, StoreError>;
+
+    /// Adds `message` to the durable queues `queue_seqs` (queue id, sequence in that queue).
+    /// The body is written once however many queues reference it.
+    fn enqueue(&self, message: &Message, queue_seqs: &[(u64, u64)]) -> Result<Epoch, StoreError>;
+    /// Removes one queue entry; the body goes with its last reference.
+    fn dequeue(&self, queue_id: u64, seq: u64, message_id: u64) -> Result<Epoch, StoreError>;
+    /// Records that the entry was delivered at least once, so it comes back `redelivered`
+    /// after a restart.
+    fn mark_redelivered(&self, queue_id: u64, seq: u64) -> Result<Epoch, StoreError>;
+
+    /// The epoch of the latest buffered write.
+    fn current_epoch(&self) -> Epoch;
+    /// The epoch covered by the latest completed fsync.
+    fn durable_epoch(&self) -> Epoch;
+    /// Asks the group committer to make everything up to `epoch` durable soon.
+    fn request_sync(&self, epoch: Epoch);
+    /// A receiver that sees the durable epoch advance.
+    fn subscribe_durable(&self) -> tokio::sync::watch::Receiver<Epoch>;
+    /// Blocks until everything written so far is on disk.
+    fn sync(&self) -> Result<(), StoreError>;
+    /// Reads back everything durable. Called once, at startup.
+    fn recover(&self) -> Result<Recovered, StoreError>;
+    /// Bytes the engine occupies on disk.
+    fn size_on_disk(&self) -> u64;
+}

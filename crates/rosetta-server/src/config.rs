@@ -1,0 +1,239 @@
+//! `broker.toml`: the broker's configuration.
+//!
+//! Parsing is strict (unknown keys are errors) so that a misspelt key is reported instead of
+//! silently leaving its default in place. Every error names the key and, when it can be found in
+//! the text, its line.
+
+mod listen;
+mod locate;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The default configuration: the repository's `broker.toml`, embedded so the binary runs without
+/// any file and `print-default-config` shows exactly what the defaults are.
+pub const DEFAULT_TOML: &str = include_str!("../../../broker.toml");
+
+/// A configuration that cannot be used. Displays as one line naming the file, line and key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{origin}{}: {message}", locate::at_line(*.line))]
+    Invalid {
+        /// Where the text came from, usually the file path.
+        origin: String,
+        /// 1-based line of the offending key, when it could be located.
+        line: Option<usize>,
+        /// Dotted path of the offending key (`amqp.listen`, `users[1].name`), when known.
+        key: Option<String>,
+        /// What is wrong, already naming the key.
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub storage: StorageConfig,
+    pub amqp: AmqpConfig,
+    #[serde(deserialize_with = "listen::section::<_, 1883>")]
+    pub mqtt: ListenerConfig,
+    #[serde(deserialize_with = "listen::section::<_, 61613>")]
+    pub stomp: ListenerConfig,
+    #[serde(deserialize_with = "listen::section::<_, 15692>")]
+    pub http: ListenerConfig,
+    pub users: Vec<User>,
+    pub vhosts: Vec<VHostConfig>,
+    pub limits: Limits,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    pub path: PathBuf,
+}
+
+/// A plain listener (MQTT, STOMP, HTTP). Each section has its own default port, so it is
+/// deserialized through [`listen::section`], which knows the port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+}
+
+/// The AMQP listener. Its fields repeat [`ListenerConfig`]'s because `serde(flatten)` would
+/// disable `deny_unknown_fields`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AmqpConfig {
+    pub enabled: bool,
+    #[serde(deserialize_with = "listen::deserialize")]
+    pub listen: SocketAddr,
+    /// Seconds proposed in `connection.tune`; 0 disables heartbeats.
+    pub heartbeat: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub name: String,
+    pub password: String,
+    #[serde(default)]
+    pub loopback_only: Option<bool>,
+}
+
+impl User {
+    /// RabbitMQ's rule, kept so clients move over unchanged: unless told otherwise, only `guest`
+    /// is confined to loopback, because its password is public.
+    pub fn is_loopback_only(&self) -> bool {
+        self.loopback_only.unwrap_or(self.name == "guest")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VHostConfig {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    pub frame_max: u32,
+    pub channel_max: u16,
+    /// 0 = unlimited.
+    pub max_connections: u32,
+    pub max_message_size: u64,
+    /// Default cap for queues declared without `x-max-length`; 0 = unlimited.
+    pub max_queue_length: u64,
+    /// Default cap for queues declared without `x-max-length-bytes`; 0 = unlimited.
+    pub max_queue_bytes: u64,
+    /// Publishers are blocked while memory use is above this many bytes.
+    pub memory_limit: u64,
+    /// Publishers are blocked while free disk space is below this many bytes.
+    pub disk_free_limit: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Filter directives; `RUST_LOG` overrides them.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The smallest `frame_max` AMQP 0-9-1 allows (`frame-min-size`, connection.tune).
+pub const FRAME_MIN_SIZE: u32 = 4096;
+
+impl Config {
+    /// Parses and validates configuration text. `origin` names the text in error messages
+    /// (usually the file path).
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config =
+            toml::from_str(text).map_err(|err| locate::parse_error(text, origin, &err))?;
+        validate::validate(&config).map_err(|v| locate::violation_error(text, origin, v))?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml_str(&text, &path.display().to_string())
+    }
+}
+
+fn any_ipv4(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))
+}
+
+fn listener(port: u16) -> ListenerConfig {
+    ListenerConfig {
+        enabled: true,
+        listen: any_ipv4(port),
+    }
+}
+
+// The defaults below must match broker.toml; a unit test parses DEFAULT_TOML and compares.
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            storage: StorageConfig::default(),
+            amqp: AmqpConfig::default(),
+            mqtt: listener(1883),
+            stomp: listener(61613),
+            http: listener(15692),
+            users: vec![User {
+                name: "guest".into(),
+                password: "guest".into(),
+                loopback_only: Some(true),
+            }],
+            vhosts: vec![VHostConfig { name: "/".into() }],
+            limits: Limits::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            path: PathBuf::from("./data"),
+        }
+    }
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        AmqpConfig {
+            enabled: true,
+            listen: any_ipv4(5672),
+            heartbeat: 60,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            frame_max: 131_072,
+            channel_max: 2047,
+            max_connections: 10_000,
+            max_message_size: 128 * 1024 * 1024,
+            max_queue_length: 0,
+            max_queue_bytes: 0,
+            memory_limit: 512 * 1024 * 1024,
+            disk_free_limit: 50 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}

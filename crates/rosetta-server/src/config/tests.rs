@@ -1,0 +1,224 @@
+use std::net::SocketAddr;
+
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml_str(text, "broker.toml")
+}
+
+fn error(text: &str) -> (Option<usize>, Option<String>, String) {
+    let err = parse(text).expect_err("config should be rejected");
+    let shown = err.to_string();
+    assert!(!shown.contains('\n'), "error spans lines: {shown}");
+    match err {
+        ConfigError::Invalid { line, key, .. } => (line, key, shown),
+        other => panic!("expected an invalid-config error, got {other:?}"),
+    }
+}
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse().expect("test address")
+}
+
+#[test]
+fn default_toml_parses_and_equals_config_default() {
+    let parsed = parse(DEFAULT_TOML).expect("default config is valid");
+    assert_eq!(parsed, Config::default());
+}
+
+#[test]
+fn empty_file_is_the_default_config() {
+    assert_eq!(parse("").expect("empty config"), Config::default());
+}
+
+#[test]
+fn default_toml_sets_every_key() {
+    for key in [
+        "path",
+        "enabled",
+        "listen",
+        "heartbeat",
+        "frame_max",
+        "channel_max",
+        "max_connections",
+        "max_message_size",
+        "max_queue_length",
+        "max_queue_bytes",
+        "memory_limit",
+        "disk_free_limit",
+        "level",
+        "format",
+        "name",
+        "password",
+        "loopback_only",
+    ] {
+        let set = DEFAULT_TOML
+            .lines()
+            .any(|l| l.trim_start().starts_with(&format!("{key} = ")));
+        assert!(set, "broker.toml does not set `{key}`");
+    }
+}
+
+#[test]
+fn unknown_key_error_names_key_section_and_line() {
+    let text = "[storage]\npath = \"x\"\n\n[amqp]\nenabled = true\nlistn = 5672\n";
+    let (line, key, shown) = error(text);
+    assert_eq!(line, Some(6));
+    assert_eq!(key.as_deref(), Some("amqp.listn"));
+    assert!(
+        shown.starts_with("broker.toml line 6: unknown key `listn` in [amqp]"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn unknown_section_is_reported_at_its_header() {
+    let (line, key, shown) = error("[amqp]\nheartbeat = 5\n\n[amqpp]\nenabled = true\n");
+    assert_eq!(line, Some(4));
+    assert_eq!(key.as_deref(), Some("amqpp"));
+    assert!(shown.contains("unknown key `amqpp`"), "{shown}");
+}
+
+#[test]
+fn unknown_key_in_array_of_tables_names_the_entry() {
+    let text =
+        "[[users]]\nname = \"a\"\npassword = \"a\"\n\n[[users]]\nname = \"b\"\npasword = \"b\"\n";
+    let (line, key, shown) = error(text);
+    assert_eq!(line, Some(7));
+    assert_eq!(key.as_deref(), Some("users[1].pasword"));
+    assert!(
+        shown.contains("unknown key `pasword` in [[users]] (entry 2)"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn wrong_type_names_key_and_line() {
+    let (line, key, shown) = error("[limits]\nchannel_max = 10\nframe_max = \"big\"\n");
+    assert_eq!(line, Some(3));
+    assert_eq!(key.as_deref(), Some("limits.frame_max"));
+    assert!(
+        shown.starts_with("broker.toml line 3: limits.frame_max: "),
+        "{shown}"
+    );
+}
+
+#[test]
+fn syntax_error_has_a_line_and_one_line_message() {
+    let (line, _, _) = error("[amqp]\nheartbeat = \n");
+    assert_eq!(line, Some(2));
+}
+
+#[test]
+fn bad_listen_value_is_rejected_with_key_and_line() {
+    for bad in ["\"localhost\"", "\"not an address\"", "70000", "-1", "true"] {
+        let (line, key, shown) = error(&format!("[mqtt]\nlisten = {bad}\n"));
+        assert_eq!(line, Some(2), "{bad}: {shown}");
+        assert_eq!(key.as_deref(), Some("mqtt.listen"), "{bad}: {shown}");
+    }
+}
+
+#[test]
+fn listen_accepts_a_bare_port_or_host_and_port() {
+    let config = parse(
+        "[amqp]\nlisten = 5673\n[mqtt]\nlisten = \"127.0.0.1:0\"\n\
+         [stomp]\nlisten = \"[::]:61614\"\n[http]\nlisten = \"localhost:8080\"\n",
+    )
+    .expect("valid listen forms");
+    assert_eq!(config.amqp.listen, addr("0.0.0.0:5673"));
+    assert_eq!(config.mqtt.listen, addr("127.0.0.1:0"));
+    assert_eq!(config.stomp.listen, addr("[::]:61614"));
+    assert_eq!(config.http.listen, addr("127.0.0.1:8080"));
+}
+
+#[test]
+fn partial_listener_section_keeps_its_own_default_port() {
+    let config = parse("[stomp]\nenabled = false\n").expect("partial section");
+    assert!(!config.stomp.enabled);
+    assert_eq!(config.stomp.listen, addr("0.0.0.0:61613"));
+}
+
+#[test]
+fn frame_max_below_minimum_names_key_and_line() {
+    let (line, key, shown) = error("[limits]\nchannel_max = 1\nframe_max = 1024\n");
+    assert_eq!(line, Some(3));
+    assert_eq!(key.as_deref(), Some("limits.frame_max"));
+    assert!(shown.contains("at least 4096"), "{shown}");
+}
+
+#[test]
+fn empty_users_and_vhosts_are_rejected() {
+    let (line, key, _) = error("users = []\n");
+    assert_eq!((line, key.as_deref()), (Some(1), Some("users")));
+    let (line, key, _) = error("vhosts = []\n");
+    assert_eq!((line, key.as_deref()), (Some(1), Some("vhosts")));
+}
+
+#[test]
+fn empty_and_duplicate_names_are_rejected() {
+    let (line, key, _) = error("[[vhosts]]\nname = \"\"\n");
+    assert_eq!((line, key.as_deref()), (Some(2), Some("vhosts[0].name")));
+    let text =
+        "[[users]]\nname = \"a\"\npassword = \"x\"\n[[users]]\nname = \"a\"\npassword = \"y\"\n";
+    let (line, key, shown) = error(text);
+    assert_eq!((line, key.as_deref()), (Some(5), Some("users[1].name")));
+    assert!(shown.contains("duplicate"), "{shown}");
+}
+
+#[test]
+fn clashing_listeners_are_rejected_unless_port_zero_or_disabled() {
+    let (line, key, shown) = error("[amqp]\nlisten = 1883\n");
+    assert_eq!(key.as_deref(), Some("mqtt.listen"));
+    // mqtt.listen is left at its default, so there is no line to point at.
+    assert_eq!(line, None);
+    assert!(shown.starts_with("broker.toml: mqtt.listen: "), "{shown}");
+
+    let (line, key, _) = error("[amqp]\nlisten = 9000\n[http]\nlisten = \"127.0.0.1:9000\"\n");
+    assert_eq!((line, key.as_deref()), (Some(4), Some("http.listen")));
+
+    parse("[amqp]\nlisten = 0\n[mqtt]\nlisten = 0\n").expect("port 0 never clashes");
+    parse("[amqp]\nlisten = 1883\n[mqtt]\nenabled = false\n").expect("disabled never clashes");
+    parse("[amqp]\nlisten = \"127.0.0.1:1883\"\n[mqtt]\nlisten = \"127.0.0.2:1883\"\n")
+        .expect("distinct addresses on one port");
+}
+
+#[test]
+fn invalid_log_format_names_the_key() {
+    let (line, key, _) = error("[log]\nformat = \"xml\"\n");
+    assert_eq!((line, key.as_deref()), (Some(2), Some("log.format")));
+}
+
+#[test]
+fn guest_is_loopback_only_unless_overridden() {
+    let user = |name: &str, loopback_only| User {
+        name: name.into(),
+        password: "p".into(),
+        loopback_only,
+    };
+    assert!(user("guest", None).is_loopback_only());
+    assert!(!user("guest", Some(false)).is_loopback_only());
+    assert!(!user("admin", None).is_loopback_only());
+    assert!(user("admin", Some(true)).is_loopback_only());
+}
+
+#[test]
+fn load_names_an_unreadable_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("missing.toml");
+    let shown = Config::load(&missing)
+        .expect_err("missing file")
+        .to_string();
+    assert!(shown.contains("missing.toml"), "{shown}");
+}
+
+#[test]
+fn load_reports_errors_under_the_file_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("b.toml");
+    std::fs::write(&path, "[log]\nlevle = \"debug\"\n").expect("write");
+    let shown = Config::load(&path).expect_err("unknown key").to_string();
+    assert!(
+        shown.starts_with(&format!("{} line 2:", path.display())),
+        "{shown}"
+    );
+}

@@ -1,0 +1,144 @@
+//! Rules that the types alone cannot express, checked after parsing.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+
+use super::{Config, FRAME_MIN_SIZE};
+
+/// Where a key lives: `limits.frame_max`, `users[1].name`, or a top-level `users`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct KeyPath {
+    pub table: Option<&'static str>,
+    /// Position within an array of tables (`[[users]]`).
+    pub index: Option<usize>,
+    pub key: &'static str,
+}
+
+impl KeyPath {
+    fn new(table: &'static str, key: &'static str) -> Self {
+        KeyPath {
+            table: Some(table),
+            index: None,
+            key,
+        }
+    }
+
+    fn top(key: &'static str) -> Self {
+        KeyPath {
+            table: None,
+            index: None,
+            key,
+        }
+    }
+
+    fn item(table: &'static str, index: usize, key: &'static str) -> Self {
+        KeyPath {
+            table: Some(table),
+            index: Some(index),
+            key,
+        }
+    }
+}
+
+impl fmt::Display for KeyPath {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match (self.table, self.index) {
+            (None, _) => f.write_str(self.key),
+            (Some(table), None) => write!(f, "{table}.{}", self.key),
+            (Some(table), Some(i)) => write!(f, "{table}[{i}].{}", self.key),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct Violation {
+    pub key: KeyPath,
+    pub message: String,
+}
+
+fn violation(key: KeyPath, message: impl Into<String>) -> Violation {
+    Violation {
+        key,
+        message: message.into(),
+    }
+}
+
+pub(super) fn validate(config: &Config) -> Result<(), Violation> {
+    if config.limits.frame_max < FRAME_MIN_SIZE {
+        return Err(violation(
+            KeyPath::new("limits", "frame_max"),
+            format!(
+                "must be at least {FRAME_MIN_SIZE}, got {}",
+                config.limits.frame_max
+            ),
+        ));
+    }
+    unique_names("users", config.users.iter().map(|u| u.name.as_str()))?;
+    unique_names("vhosts", config.vhosts.iter().map(|v| v.name.as_str()))?;
+    listeners_distinct(config)?;
+    if let Err(err) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
+        return Err(violation(
+            KeyPath::new("log", "level"),
+            format!("invalid log filter `{}`: {err}", config.log.level),
+        ));
+    }
+    Ok(())
+}
+
+/// At least one entry, none with an empty name, no name twice.
+fn unique_names<'a>(
+    table: &'static str,
+    names: impl Iterator<Item = &'a str>,
+) -> Result<(), Violation> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, name) in names.enumerate() {
+        let key = KeyPath::item(table, i, "name");
+        if name.is_empty() {
+            return Err(violation(key, "must not be empty"));
+        }
+        if let Some(first) = seen.insert(name, i) {
+            return Err(violation(
+                key,
+                format!("duplicate name `{name}` (already used by {table}[{first}])"),
+            ));
+        }
+    }
+    if seen.is_empty() {
+        return Err(violation(
+            KeyPath::top(table),
+            "at least one entry is required",
+        ));
+    }
+    Ok(())
+}
+
+/// Two enabled listeners cannot bind the same port when their addresses overlap. A wildcard
+/// address overlaps every address of the port (and `[::]` usually covers IPv4 too), so that counts
+/// as a clash. Port 0 asks the OS for a free port and never clashes.
+fn listeners_distinct(config: &Config) -> Result<(), Violation> {
+    let listeners: [(&'static str, bool, SocketAddr); 4] = [
+        ("amqp", config.amqp.enabled, config.amqp.listen),
+        ("mqtt", config.mqtt.enabled, config.mqtt.listen),
+        ("stomp", config.stomp.enabled, config.stomp.listen),
+        ("http", config.http.enabled, config.http.listen),
+    ];
+    let active: Vec<_> = listeners
+        .iter()
+        .filter(|(_, enabled, addr)| *enabled && addr.port() != 0)
+        .collect();
+    for (j, (name, _, addr)) in active.iter().enumerate() {
+        for (other, _, other_addr) in &active[..j] {
+            let overlap = addr.ip() == other_addr.ip()
+                || addr.ip().is_unspecified()
+                || other_addr.ip().is_unspecified();
+            if addr.port() == other_addr.port() && overlap {
+                return Err(violation(
+                    KeyPath::new(name, "listen"),
+                    format!("{addr} clashes with {other}.listen ({other_addr})"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}

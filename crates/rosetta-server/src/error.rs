@@ -1,0 +1,19 @@
+//! The server crate's one error type: what can stop the broker from starting or running.
+
+use std::net::SocketAddr;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen for {protocol} on {addr}: {source}")]
+    Bind {
+        protocol: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("data directory {path}: {reason}")]
+    Storage { path: String, reason: String },
+    #[error("recovery failed: {0}")]
+    Recovery(#[from] rosetta_core::CoreError),
+    #[error("runtime: {0}")]
+    Runtime(std::io::Error),
+}

@@ -1,0 +1,187 @@
+//! Group commit: one thread turns many durability requests into few fsyncs.
+//!
+//! Writers bump the current epoch after their write is buffered in sled. A requester records the
+//! epoch it needs and wakes the committer; the committer reads the current epoch as its target,
+//! flushes (sled's flush ends in fsync) and publishes the target as durable. Reading the target
+//! *before* flushing is what makes this correct: every epoch at or below it belongs to a write
+//! that was buffered before the flush began, so the flush covers it. Requests that arrive during
+//! a flush are batched into the next one.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use rosetta_core::store::{Epoch, StoreError};
+use tokio::sync::watch;
+
+/// After a failed flush, wait this long before trying again, so a persistent disk error does
+/// not turn into a busy loop.
+const RETRY_AFTER_ERROR: Duration = Duration::from_millis(100);
+
+#[derive(Default)]
+struct State {
+    /// The highest epoch anyone asked to make durable.
+    requested: Epoch,
+    shutdown: bool,
+    /// Number of failed flushes so far; a waiter that sees it move knows its flush failed.
+    failures: u64,
+    last_error: Option<String>,
+}
+
+/// State shared by the store handle and the committer thread.
+pub struct Committer {
+    state: Mutex<State>,
+    /// Wakes the committer thread.
+    work: Condvar,
+    /// Wakes `sync` callers when the durable epoch advances or a flush fails.
+    done: Condvar,
+    current: AtomicU64,
+    durable: AtomicU64,
+    durable_tx: watch::Sender<Epoch>,
+    last_flush_micros: AtomicU64,
+    flush_count: AtomicU64,
+}
+
+impl Committer {
+    pub fn new() -> Arc<Self> {
+        let (durable_tx, _) = watch::channel(0);
+        Arc::new(Committer {
+            state: Mutex::new(State::default()),
+            work: Condvar::new(),
+            done: Condvar::new(),
+            current: AtomicU64::new(0),
+            durable: AtomicU64::new(0),
+            durable_tx,
+            last_flush_micros: AtomicU64::new(0),
+            flush_count: AtomicU64::new(0),
+        })
+    }
+
+    /// Starts the committer thread for `db`.
+    pub fn spawn(self: &Arc<Self>, db: sled::Db) -> std::io::Result<JoinHandle<()>> {
+        let me = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("rosetta-fsync".into())
+            .spawn(move || me.run(&db))
+    }
+
+    /// Called after a write is buffered; returns the write's epoch.
+    pub fn advance(&self) -> Epoch {
+        // SeqCst so the committer's load of the target is ordered after this write's bump.
+        self.current.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    pub fn current(&self) -> Epoch {
+        self.current.load(Ordering::SeqCst)
+    }
+
+    pub fn durable(&self) -> Epoch {
+        self.durable.load(Ordering::SeqCst)
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Epoch> {
+        self.durable_tx.subscribe()
+    }
+
+    pub fn last_flush_micros(&self) -> u64 {
+        self.last_flush_micros.load(Ordering::Relaxed)
+    }
+
+    pub fn flush_count(&self) -> u64 {
+        self.flush_count.load(Ordering::Relaxed)
+    }
+
+    pub fn request(&self, epoch: Epoch) {
+        if epoch <= self.durable() {
+            return;
+        }
+        let mut st = self.state.lock();
+        if epoch > st.requested {
+            st.requested = epoch;
+            self.work.notify_one();
+        }
+    }
+
+    /// Requests everything written so far and blocks until it is durable.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        let target = self.current();
+        if target <= self.durable() {
+            return Ok(());
+        }
+        let mut st = self.state.lock();
+        let failures_before = st.failures;
+        if target > st.requested {
+            st.requested = target;
+            self.work.notify_one();
+        }
+        while self.durable() < target {
+            if st.failures != failures_before {
+                let reason = st.last_error.clone().unwrap_or_default();
+                return Err(StoreError::Engine(format!("flush failed: {reason}")));
+            }
+            if st.shutdown {
+                return Err(StoreError::Engine("store is shutting down".into()));
+            }
+            self.done.wait(&mut st);
+        }
+        Ok(())
+    }
+
+    /// Tells the thread to stop; the caller joins it and does the final flush itself.
+    pub fn shutdown(&self) {
+        let mut st = self.state.lock();
+        st.shutdown = true;
+        self.work.notify_one();
+        self.done.notify_all();
+    }
+
+    fn run(&self, db: &sled::Db) {
+        loop {
+            {
+                let mut st = self.state.lock();
+                while !st.shutdown && st.requested <= self.durable() {
+                    self.work.wait(&mut st);
+                }
+                if st.shutdown {
+                    return;
+                }
+            }
+            if self.flush(db).is_err() {
+                std::thread::sleep(RETRY_AFTER_ERROR);
+            }
+        }
+    }
+
+    /// One flush covering every write buffered so far; also used for the final flush on drop.
+    pub fn flush(&self, db: &sled::Db) -> Result<(), StoreError> {
+        let target = self.current();
+        let started = Instant::now();
+        let result = db.flush();
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.last_flush_micros.store(micros, Ordering::Relaxed);
+        self.flush_count.fetch_add(1, Ordering::Relaxed);
+
+        let mut st = self.state.lock();
+        match result {
+            Ok(_) => {
+                // fetch_max: a concurrent final flush may already have published a later epoch.
+                let previous = self.durable.fetch_max(target, Ordering::SeqCst);
+                if target > previous {
+                    self.durable_tx.send_replace(target);
+                }
+                self.done.notify_all();
+                Ok(())
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                tracing::error!(error = %reason, "store flush failed");
+                st.failures += 1;
+                st.last_error = Some(reason.clone());
+                self.done.notify_all();
+                Err(StoreError::Engine(format!("flush failed: {reason}")))
+            }
+        }
+    }
+}

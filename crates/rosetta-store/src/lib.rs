@@ -1,0 +1,45 @@
+//! The sled implementation of [`rosetta_core::store::Store`].
+//!
+//! # Key layout
+//!
+//! One sled database, one tree per record kind, so each kind can be scanned on its own and a
+//! message body is never confused with metadata:
+//!
+//! | tree        | key                                              | value                          |
+//! |-------------|--------------------------------------------------|--------------------------------|
+//! | `exchanges` | `vhost \0 name`                                  | encoded [`ExchangeRecord`]     |
+//! | `queues`    | `vhost \0 name`                                  | encoded [`QueueRecord`]        |
+//! | `bindings`  | `vhost \0` then source, destination (each u32 BE length + bytes), `q`/`e`, routing key (length-prefixed), encoded arguments | encoded [`BindingRecord`] |
+//! | `bodies`    | message id, u64 big-endian                       | encoded [`Message`]            |
+//! | `entries`   | queue id (u64 BE) ++ seq (u64 BE)                | message id (u64 BE) ++ flags (bit 0: redelivered) |
+//!
+//! Big-endian integers make sled's byte order numeric order, so a queue's entries come back in
+//! sequence order from a prefix scan on its id. The default tree holds a format marker.
+//!
+//! # Bodies are stored once
+//!
+//! A message routed to several durable queues has one body and one entry per queue. An
+//! in-memory reference count per message id (rebuilt by `recover`) decides when the last entry
+//! is gone and the body can be deleted.
+//!
+//! # Crash ordering
+//!
+//! Bodies are written before their entries and deleted after them. A crash in between leaves at
+//! worst a body nobody references, which recovery deletes; it never leaves an entry pointing at
+//! nothing (recovery still tolerates one, skipping it with a warning).
+//!
+//! [`ExchangeRecord`]: rosetta_core::store::ExchangeRecord
+//! [`QueueRecord`]: rosetta_core::store::QueueRecord
+//! [`BindingRecord`]: rosetta_core::store::BindingRecord
+//! [`Message`]: rosetta_core::message::Message
+
+pub mod codec;
+mod commit;
+mod keys;
+mod recover;
+mod refs;
+mod sled_store;
+mod wire;
+
+pub use rosetta_core::store::StoreError;
+pub use sled_store::SledStore;

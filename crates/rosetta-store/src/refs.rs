@@ -1,0 +1,40 @@
+//! In-memory reference counts of message bodies: how many queue entries point at each body.
+//!
+//! The counts are not persisted; `recover` rebuilds them from the entries tree, which is the
+//! source of truth. Sharded by message id so publishers to unrelated messages do not contend on
+//! one lock. A shard's lock is held across the body write or delete it decides on, so a body
+//! cannot be deleted by its last dequeue while an enqueue of the same id is adding references.
+
+use std::collections::HashMap;
+
+use parking_lot::{Mutex, MutexGuard};
+
+const SHARDS: usize = 32;
+
+pub struct RefCounts {
+    shards: Vec<Mutex<HashMap<u64, u64>>>,
+}
+
+impl RefCounts {
+    pub fn new() -> Self {
+        RefCounts {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    /// Locks the shard holding `id`.
+    pub fn lock(&self, id: u64) -> MutexGuard<'_, HashMap<u64, u64>> {
+        // Ids are sequential, so the low bits spread them evenly over the shards.
+        self.shards[(id % SHARDS as u64) as usize].lock()
+    }
+
+    /// Replaces every count, as rebuilt by recovery.
+    pub fn reset(&self, counts: HashMap<u64, u64>) {
+        for shard in &self.shards {
+            shard.lock().clear();
+        }
+        for (id, n) in counts {
+            self.lock(id).insert(id, n);
+        }
+    }
+}

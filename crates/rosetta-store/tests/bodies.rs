@@ -1,0 +1,175 @@
+//! Bodies are stored once per message and go with their last queue entry.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{message, open, queue};
+use rosetta_core::store::Store;
+
+#[test]
+fn fan_out_to_three_queues_stores_one_body_until_the_last_dequeue() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    for id in 1..=3 {
+        store
+            .save_queue(&queue(id, &format!("q{id}")))
+            .expect("queue");
+    }
+    store
+        .enqueue(&message(42, "hello"), &[(1, 10), (2, 20), (3, 30)])
+        .expect("enqueue");
+    assert_eq!(store.body_count(), 1);
+    assert_eq!(store.entry_count(), 3);
+
+    store.dequeue(1, 10, 42).expect("dequeue 1");
+    store.dequeue(2, 20, 42).expect("dequeue 2");
+    assert_eq!(store.body_count(), 1, "one queue still holds the message");
+    store.dequeue(3, 30, 42).expect("dequeue 3");
+    assert_eq!(store.body_count(), 0);
+    assert_eq!(store.entry_count(), 0);
+
+    // A repeated dequeue is harmless.
+    store.dequeue(3, 30, 42).expect("dequeue again");
+}
+
+#[test]
+fn recovered_queues_share_one_message_and_keep_seq_order_and_redelivery() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = open(dir.path());
+        store.save_queue(&queue(1, "a")).expect("queue");
+        store.save_queue(&queue(2, "b")).expect("queue");
+        // Seqs chosen so byte order and numeric order would differ for little-endian keys.
+        store
+            .enqueue(&message(5, "shared"), &[(1, 256), (2, 1)])
+            .expect("enqueue");
+        store
+            .enqueue(&message(6, "first"), &[(1, 1)])
+            .expect("enqueue");
+        store
+            .enqueue(&message(7, "second"), &[(1, 2)])
+            .expect("enqueue");
+        store.mark_redelivered(1, 2).expect("mark");
+        store
+            .mark_redelivered(1, 999)
+            .expect("marking a missing entry is a no-op");
+        store.sync().expect("sync");
+    }
+    let store = open(dir.path());
+    let r = store.recover().expect("recover");
+    assert_eq!(r.max_message_id, 7);
+    assert_eq!(r.max_queue_id, 2);
+    let (qa, a) = &r.queues[0];
+    let (qb, b) = &r.queues[1];
+    assert_eq!((qa.name.as_str(), qb.name.as_str()), ("a", "b"));
+    assert_eq!(a.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 256]);
+    assert_eq!(
+        a.iter().map(|e| e.redelivered).collect::<Vec<_>>(),
+        vec![false, true, false]
+    );
+    assert_eq!(a[2].message.as_ref(), &message(5, "shared"));
+    assert!(
+        Arc::ptr_eq(&a[2].message, &b[0].message),
+        "one Arc for the shared body"
+    );
+
+    // Reference counts were rebuilt: the shared body goes only with its second entry.
+    store.dequeue(1, 256, 5).expect("dequeue");
+    assert_eq!(store.body_count(), 3);
+    store.dequeue(2, 1, 5).expect("dequeue");
+    assert_eq!(store.body_count(), 2);
+}
+
+#[test]
+fn delete_queue_removes_its_entries_and_orphaned_bodies_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    store.save_queue(&queue(1, "doomed")).expect("queue");
+    store.save_queue(&queue(2, "kept")).expect("queue");
+    store
+        .enqueue(&message(1, "only in doomed"), &[(1, 1)])
+        .expect("enqueue");
+    store
+        .enqueue(&message(2, "in both"), &[(1, 2), (2, 1)])
+        .expect("enqueue");
+    store
+        .enqueue(&message(3, "only in kept"), &[(2, 2)])
+        .expect("enqueue");
+    assert_eq!(store.body_count(), 3);
+
+    store.delete_queue("/", "doomed", 1).expect("delete");
+    assert_eq!(store.body_count(), 2);
+    assert_eq!(store.entry_count(), 2);
+
+    let r = store.recover().expect("recover");
+    assert_eq!(r.queues.len(), 1);
+    let ids: Vec<u64> = r.queues[0].1.iter().map(|e| e.message.id).collect();
+    assert_eq!(ids, vec![2, 3]);
+}
+
+#[test]
+fn recovery_drops_orphan_bodies_and_skips_entries_without_body() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = open(dir.path());
+        store.save_queue(&queue(1, "q")).expect("queue");
+        store
+            .enqueue(&message(1, "kept"), &[(1, 1)])
+            .expect("enqueue");
+    }
+    // Forge what a crash between two writes can leave: a body with no entry, an entry with no
+    // body, and an entry of a queue that was being deleted.
+    {
+        let db = sled::open(dir.path()).expect("raw open");
+        let bodies = db.open_tree("bodies").expect("tree");
+        let entries = db.open_tree("entries").expect("tree");
+        bodies
+            .insert(
+                9u64.to_be_bytes(),
+                rosetta_store::codec::encode_message(&message(9, "orphan")),
+            )
+            .expect("insert");
+        let mut dangling = [0u8; 16];
+        dangling[..8].copy_from_slice(&1u64.to_be_bytes());
+        dangling[8..].copy_from_slice(&2u64.to_be_bytes());
+        let mut value = 77u64.to_be_bytes().to_vec();
+        value.push(0);
+        entries.insert(dangling, value.clone()).expect("insert");
+        let mut foreign = [0u8; 16];
+        foreign[..8].copy_from_slice(&5u64.to_be_bytes());
+        entries.insert(foreign, value).expect("insert");
+        db.flush().expect("flush");
+    }
+    let store = open(dir.path());
+    let r = store.recover().expect("recover opens despite leftovers");
+    assert_eq!(r.queues[0].1.len(), 1);
+    assert_eq!(r.queues[0].1[0].message.id, 1);
+    assert_eq!(r.max_message_id, 77);
+    assert_eq!(store.body_count(), 1, "orphan body removed");
+    assert_eq!(store.entry_count(), 1, "dangling entries removed");
+}
+
+#[test]
+fn a_corrupt_body_is_reported_not_a_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = open(dir.path());
+        store.save_queue(&queue(1, "q")).expect("queue");
+        store.enqueue(&message(1, "x"), &[(1, 1)]).expect("enqueue");
+    }
+    {
+        let db = sled::open(dir.path()).expect("raw open");
+        db.open_tree("bodies")
+            .expect("tree")
+            .insert(1u64.to_be_bytes(), &[1u8, 1, 0xff][..])
+            .expect("insert");
+        db.flush().expect("flush");
+    }
+    let store = open(dir.path());
+    let err = store.recover().expect_err("corrupt body");
+    assert!(
+        matches!(err, rosetta_core::store::StoreError::Corrupt { .. }),
+        "{err}"
+    );
+}

@@ -1,0 +1,76 @@
+//! `rosetta`: runs the broker in the foreground, or checks or prints its configuration.
+
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use rosetta_server::config::{Config, DEFAULT_TOML};
+
+/// Looked for in the working directory when no --config is given.
+const LOCAL_CONFIG: &str = "broker.toml";
+
+/// Message broker speaking AMQP 0-9-1, MQTT and STOMP on one routing core.
+#[derive(Parser)]
+#[command(name = "rosetta", version)]
+struct Cli {
+    /// Configuration file [default: ./broker.toml if it exists, else the built-in defaults]
+    #[arg(long, short = 'c', global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the configuration: prints "config OK", or the problem and exits with status 1
+    CheckConfig,
+    /// Print the built-in default configuration, every key with its default value
+    PrintDefaultConfig,
+}
+
+fn main() -> ExitCode {
+    match execute(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // Operators read this, so one line with the reason, never a backtrace.
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn execute(cli: Cli) -> Result<()> {
+    match cli.command {
+        Some(Command::PrintDefaultConfig) => write_stdout(DEFAULT_TOML),
+        Some(Command::CheckConfig) => {
+            load(cli.config.as_deref())?;
+            write_stdout("config OK\n")
+        }
+        None => {
+            // `run` installs logging from `config.log` itself.
+            rosetta_server::run(load(cli.config.as_deref())?)?;
+            Ok(())
+        }
+    }
+}
+
+fn load(explicit: Option<&Path>) -> Result<Config> {
+    let config = match explicit {
+        Some(path) => Config::load(path)?,
+        None if Path::new(LOCAL_CONFIG).is_file() => Config::load(Path::new(LOCAL_CONFIG))?,
+        None => Config::from_toml_str(DEFAULT_TOML, "built-in default config")?,
+    };
+    Ok(config)
+}
+
+/// Writes to stdout; a closed pipe (`rosetta print-default-config | head`) is not an error.
+fn write_stdout(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(err) if err.kind() != ErrorKind::BrokenPipe => Err(err.into()),
+        _ => Ok(()),
+    }
+}
