@@ -33,9 +33,12 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, state: Arc<Server
     let mut closing_since: Option<Instant> = None;
     let mut ticker = tokio::time::interval(Duration::from_millis(250));
     let mut opened = false;
+    let mut alarm = state.alarm.clone();
+    let mut alarm_live = true;
+    session.set_alarm(*alarm.borrow_and_update());
     loop {
         let flow = tokio::select! {
-            read = reader.read_buf(&mut input) => match read {
+            read = reader.read_buf(&mut input), if !session.reading_paused() => match read {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {
                     last_read = Instant::now();
@@ -76,6 +79,14 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, state: Arc<Server
                     break;
                 }
                 opened |= !session.user().is_empty();
+                Flow::Continue
+            }
+            changed = alarm.changed(), if alarm_live => {
+                match changed {
+                    Ok(()) => session.set_alarm(*alarm.borrow_and_update()),
+                    // The monitor stopped (shutdown); nothing more will change.
+                    Err(_) => alarm_live = false,
+                }
                 Flow::Continue
             }
             _ = shutdown.changed() => {

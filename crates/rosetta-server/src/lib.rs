@@ -6,6 +6,7 @@ pub mod config;
 mod error;
 mod listener;
 pub mod logging;
+mod resources;
 mod state;
 
 use std::sync::Arc;
@@ -50,6 +51,7 @@ async fn serve(config: Config) -> Result<(), Error> {
         .iter()
         .map(|u| CoreUser { name: u.name.clone(), password: u.password.clone(), loopback_only: u.is_loopback_only() })
         .collect();
+    let (alarm_tx, alarm_rx) = watch::channel(false);
     let state = Arc::new(ServerState {
         broker: broker.clone(),
         users: Arc::new(Users::new(users)),
@@ -59,6 +61,7 @@ async fn serve(config: Config) -> Result<(), Error> {
             heartbeat: config.amqp.heartbeat,
             max_message_size: config.limits.max_message_size,
         },
+        alarm: alarm_rx,
     });
     let max_connections = match config.limits.max_connections {
         0 => Semaphore::MAX_PERMITS,
@@ -90,6 +93,12 @@ async fn serve(config: Config) -> Result<(), Error> {
             }
         })
     };
+    let monitor = resources::Monitor {
+        memory_limit: config.limits.memory_limit,
+        disk_free_limit: config.limits.disk_free_limit,
+        data_dir: config.storage.path.clone(),
+    };
+    let monitor = tokio::spawn(monitor.run(alarm_tx, shutdown_rx.clone()));
     tracing::info!(version = env!("CARGO_PKG_VERSION"), data = %config.storage.path.display(), "broker started");
 
     wait_for_signal().await;
@@ -99,6 +108,7 @@ async fn serve(config: Config) -> Result<(), Error> {
         let _ = t.await;
     }
     let _ = housekeeping.await;
+    let _ = monitor.await;
     // Connections close themselves on the shutdown signal; wait for them to release their
     // permits, bounded by the grace period.
     let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;

@@ -522,6 +522,7 @@ impl Channel {
         let returned = publish.mandatory.then(|| message.clone());
         let vhost = ctx.vhost()?.clone();
         let outcome = vhost.publish(message).map_err(|e| Exception::from_core(&e, &method))?;
+        *ctx.published = true;
         let counters = ctx.broker.counters();
         counters.published.fetch_add(1, Ordering::Relaxed);
         if !outcome.routed {

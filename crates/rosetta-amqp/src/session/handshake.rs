@@ -105,6 +105,7 @@ impl Session {
         }
         self.user = user;
         self.cancel_notify = client_capability(&m.client_properties, "consumer_cancel_notify");
+        self.blocked_notify = client_capability(&m.client_properties, "connection.blocked");
         let tune = connection::Tune { channel_max: self.channel_max, frame_max: self.frame_max, heartbeat: self.heartbeat };
         self.send(0, AMQPClass::Connection(connection::AMQPMethod::Tune(tune)));
         self.phase = Phase::AwaitingTuneOk;

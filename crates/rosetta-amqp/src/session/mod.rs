@@ -71,6 +71,14 @@ pub struct Session {
     heartbeat: u16,
     /// Client capabilities from `connection.start-ok`.
     cancel_notify: bool,
+    blocked_notify: bool,
+    /// Whether this connection has published; only publishers are paused by a resource alarm
+    /// (RabbitMQ's rule), so consumers can keep draining and acknowledging.
+    published: bool,
+    /// A memory or disk alarm is on.
+    alarm: bool,
+    /// We told the client `connection.blocked` and have not unblocked it yet.
+    blocked: bool,
     channels: HashMap<u16, Channel>,
     outbox: UnboundedSender<Outbound>,
     out: BytesMut,
@@ -98,6 +106,10 @@ impl Session {
             user: String::new(),
             vhost: None,
             cancel_notify: false,
+            blocked_notify: false,
+            published: false,
+            alarm: false,
+            blocked: false,
             channels: HashMap::new(),
             outbox: tx,
             out: BytesMut::with_capacity(16 * 1024),
@@ -188,6 +200,9 @@ impl Session {
             if let Err(exc) = self.handle_frame(frame) {
                 self.close_connection(exc);
             }
+            if self.alarm && !self.blocked {
+                self.update_blocked();
+            }
         }
     }
 
@@ -257,6 +272,7 @@ impl Session {
             cancel_notify: self.cancel_notify,
             outbox: &self.outbox,
             out: &mut self.out,
+            published: &mut self.published,
             to_dispatch: &mut self.to_dispatch,
         }
     }
@@ -340,6 +356,36 @@ impl Session {
         self.close_connection(Exception::new(320, format!("CONNECTION_FORCED - {reason}"), 0, 0));
     }
 
+    /// A resource alarm went on or off.
+    pub fn set_alarm(&mut self, on: bool) {
+        self.alarm = on;
+        self.update_blocked();
+    }
+
+    /// Whether the connection task should stop reading: publishers are held back while an
+    /// alarm is on, which TCP turns into backpressure on the client.
+    pub fn reading_paused(&self) -> bool {
+        self.alarm && self.published && self.phase == Phase::Open
+    }
+
+    /// RabbitMQ's connection.blocked extension: tell capable clients why they are paused.
+    fn update_blocked(&mut self) {
+        let should = self.reading_paused();
+        if should == self.blocked {
+            return;
+        }
+        self.blocked = should;
+        if !self.blocked_notify {
+            return;
+        }
+        let method = if should {
+            connection::AMQPMethod::Blocked(connection::Blocked { reason: "low on memory or disk".into() })
+        } else {
+            connection::AMQPMethod::Unblocked(connection::Unblocked {})
+        };
+        self.send(0, AMQPClass::Connection(method));
+    }
+
     /// A delivery or notification from a queue.
     pub fn handle_outbound(&mut self, item: Outbound) {
         let channel_id = match &item {
@@ -412,6 +458,7 @@ pub(crate) struct Ctx<'a> {
     pub cancel_notify: bool,
     pub outbox: &'a UnboundedSender<Outbound>,
     pub out: &'a mut BytesMut,
+    pub published: &'a mut bool,
     pub to_dispatch: &'a mut Vec<Arc<Queue>>,
 }
 
