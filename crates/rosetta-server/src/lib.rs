@@ -1,7 +1,8 @@
 //! The Rosetta server: configuration, listeners, one task per connection, housekeeping and
 //! signals. Protocol rules live in the protocol crates' sessions; this crate moves bytes.
 
-mod amqp_connection;
+mod amqp_driver;
+mod connection;
 pub mod config;
 mod error;
 mod listener;
@@ -77,7 +78,7 @@ async fn serve(config: Config) -> Result<(), Error> {
     if let Some(l) = amqp {
         let state = state.clone();
         tasks.push(tokio::spawn(listener::accept_loop("amqp", l, limit.clone(), shutdown_rx.clone(), move |stream, peer, shutdown| {
-            amqp_connection::serve(stream, peer, state.clone(), shutdown)
+            amqp_driver::serve(stream, peer, state.clone(), shutdown)
         })));
     }
     let housekeeping = {
