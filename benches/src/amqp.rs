@@ -116,6 +116,8 @@ struct Subscriber {
     received: Arc<AtomicU64>,
     goal: u64,
     stop: watch::Receiver<bool>,
+    /// Rung by whichever consumer takes the last message, so idle ones stop waiting.
+    done: Arc<watch::Sender<bool>>,
 }
 
 impl Subscriber {
@@ -137,7 +139,9 @@ impl Subscriber {
             if !self.auto_ack {
                 delivery.ack(BasicAckOptions::default()).await?;
             }
-            self.received.fetch_add(1, Ordering::Relaxed);
+            if self.received.fetch_add(1, Ordering::Relaxed) + 1 >= self.goal {
+                let _ = self.done.send(true);
+            }
         }
         let _ = conn.close(200, "done".into()).await;
         Ok(tally)
@@ -152,8 +156,9 @@ fn spawn_subscribers(
     goal: u64,
     keep_latency: bool,
     epoch: Instant,
-) -> (Vec<tokio::task::JoinHandle<Result<Tally>>>, watch::Sender<bool>) {
+) -> (Vec<tokio::task::JoinHandle<Result<Tally>>>, Arc<watch::Sender<bool>>) {
     let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
     let received = Arc::new(AtomicU64::new(0));
     let per_producer = c.messages / c.producers as u64;
     let handles = (0..consumers)
@@ -172,6 +177,7 @@ fn spawn_subscribers(
                 received: received.clone(),
                 goal,
                 stop: stop_rx.clone(),
+                done: stop_tx.clone(),
             };
             tokio::spawn(sub.run())
         })
@@ -211,7 +217,7 @@ async fn join_publishers(handles: Vec<tokio::task::JoinHandle<Result<u64>>>) -> 
 /// Waits for consumers until they reach their goal or the timeout passes, then stops them.
 async fn join_subscribers(
     handles: Vec<tokio::task::JoinHandle<Result<Tally>>>,
-    stop: watch::Sender<bool>,
+    stop: Arc<watch::Sender<bool>>,
     c: &Common,
     lanes: usize,
     started: Instant,

@@ -12,8 +12,11 @@ fn broker() -> Arc<Broker> {
 }
 
 async fn connect_error(url: &str) -> lapin::Error {
-    match tokio::time::timeout(WAIT, Connection::connect(url, ConnectionProperties::default()))
-        .await
+    match tokio::time::timeout(
+        WAIT,
+        Connection::connect(url, ConnectionProperties::default()),
+    )
+    .await
     {
         Err(_) => panic!("connecting to {url} neither succeeded nor failed within {WAIT:?}"),
         Ok(Ok(_)) => panic!("connecting to {url} should have been refused"),
@@ -32,7 +35,10 @@ fn guest_connects_with_plain_credentials_and_can_open_a_channel() {
         let queue = unique("conn.plain");
         let ok = declare_queue(&channel, &queue).await;
         assert_eq!(ok.name().as_str(), queue);
-        channel.close(200, "bye".into()).await.expect("channel.close");
+        channel
+            .close(200, "bye".into())
+            .await
+            .expect("channel.close");
         client.close().await;
         assert!(!client.status().connected());
     });
@@ -155,8 +161,14 @@ fn client_can_negotiate_a_smaller_frame_max_and_channel_max_and_big_bodies_still
         let queue = unique("conn.small-frames");
         declare_queue(&channel, &queue).await;
         let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-        let confirmation =
-            publish_props(&channel, "", &queue, &body, lapin::BasicProperties::default()).await;
+        let confirmation = publish_props(
+            &channel,
+            "",
+            &queue,
+            &body,
+            lapin::BasicProperties::default(),
+        )
+        .await;
         assert!(confirmation.is_ack());
         let message = get(&channel, &queue, true).await.expect("message");
         assert_eq!(message.delivery.data.len(), body.len());
@@ -173,8 +185,14 @@ fn message_of_a_megabyte_round_trips_through_a_consumer() {
         let queue = unique("conn.big");
         declare_queue(&channel, &queue).await;
         let body: Vec<u8> = (0..1_048_576u32).map(|i| (i % 253) as u8).collect();
-        let confirmation =
-            publish_props(&channel, "", &queue, &body, lapin::BasicProperties::default()).await;
+        let confirmation = publish_props(
+            &channel,
+            "",
+            &queue,
+            &body,
+            lapin::BasicProperties::default(),
+        )
+        .await;
         assert!(confirmation.is_ack());
         let mut consumer = consume(&channel, &queue, true).await;
         let delivery = next(&mut consumer).await;
@@ -241,5 +259,26 @@ fn many_channels_on_one_connection_work_independently() {
             publish_all(channel, &queue, &[&body]).await;
             assert_eq!(drain(channel, &queue).await, vec![body]);
         }
+    });
+}
+
+#[test]
+fn configured_limits_are_proposed_in_connection_tune() {
+    let broker = Broker::start_with(
+        "[limits]\nframe_max = 8192\nchannel_max = 32\n\n[amqp]\nheartbeat = 5\n",
+    );
+    let mut conn = RawConnection::connect(broker.amqp_addr()).expect("tcp connect");
+    conn.start().expect("connection.start");
+    conn.start_ok_plain("guest", "guest").expect("start-ok");
+    let tune = conn.read_tune().expect("connection.tune");
+    assert_eq!(
+        (tune.frame_max, tune.channel_max, tune.heartbeat),
+        (8192, 32, 5),
+        "{tune:?}"
+    );
+    run(async {
+        let client = connect(&broker).await;
+        assert_eq!(client.configuration().frame_max(), 8192);
+        assert_eq!(client.configuration().channel_max(), 32);
     });
 }

@@ -35,13 +35,23 @@ fn prefetch_count_limits_unacked_deliveries_until_an_ack() {
         publish_n(&publisher, &queue, 10).await;
 
         let channel = client.channel().await;
-        channel.basic_qos(3, BasicQosOptions::default()).await.expect("qos");
+        channel
+            .basic_qos(3, BasicQosOptions::default())
+            .await
+            .expect("qos");
         let mut consumer = consume(&channel, &queue, false).await;
         let first = next_n(&mut consumer, 3).await;
-        assert_eq!(first.iter().map(text).collect::<Vec<_>>(), vec!["m1", "m2", "m3"]);
+        assert_eq!(
+            first.iter().map(text).collect::<Vec<_>>(),
+            vec!["m1", "m2", "m3"]
+        );
         assert_quiet(&mut consumer).await;
 
-        first[0].acker.ack(BasicAckOptions::default()).await.expect("ack");
+        first[0]
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .expect("ack");
         let fourth = next(&mut consumer).await;
         assert_eq!(text(&fourth), "m4");
         assert_quiet(&mut consumer).await;
@@ -199,7 +209,12 @@ fn exclusive_consumer_blocks_other_consumers_with_access_refused() {
         .await;
         let other = client.channel().await;
         let result = other
-            .basic_consume(queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .basic_consume(
+                queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
             .await;
         assert_code(result, code::ACCESS_REFUSED);
     });
@@ -239,11 +254,21 @@ fn duplicate_consumer_tag_on_a_channel_is_not_allowed() {
         let queue = unique("c.dup-tag");
         declare_queue(&channel, &queue).await;
         channel
-            .basic_consume(queue.as_str().into(), "same-tag".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .basic_consume(
+                queue.as_str().into(),
+                "same-tag".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
             .await
             .expect("first consume");
         let result = channel
-            .basic_consume(queue.as_str().into(), "same-tag".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .basic_consume(
+                queue.as_str().into(),
+                "same-tag".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
             .await;
         // RabbitMQ: connection error 530 NOT_ALLOWED ("attempt to reuse consumer tag").
         assert_code(result, code::NOT_ALLOWED);
@@ -274,8 +299,14 @@ fn nack_with_requeue_redelivers_in_original_order_flagged_redelivered() {
             .await
             .expect("nack");
         let again = next_n(&mut consumer, 3).await;
-        assert_eq!(again.iter().map(text).collect::<Vec<_>>(), vec!["m1", "m2", "m3"]);
-        assert!(again.iter().all(|d| d.redelivered), "redelivered flag missing");
+        assert_eq!(
+            again.iter().map(text).collect::<Vec<_>>(),
+            vec!["m1", "m2", "m3"]
+        );
+        assert!(
+            again.iter().all(|d| d.redelivered),
+            "redelivered flag missing"
+        );
     });
 }
 
@@ -307,12 +338,18 @@ fn reject_with_requeue_puts_the_message_back_at_its_place() {
     });
 }
 
-async fn hold_three_of_four(client: &Client, queue: &str) -> (lapin::Channel, Vec<lapin::message::Delivery>) {
+async fn hold_three_of_four(
+    client: &Client,
+    queue: &str,
+) -> (lapin::Channel, Vec<lapin::message::Delivery>) {
     let publisher = client.confirm_channel().await;
     declare_queue(&publisher, queue).await;
     publish_n(&publisher, queue, 4).await;
     let channel = client.channel().await;
-    channel.basic_qos(3, BasicQosOptions::default()).await.expect("qos");
+    channel
+        .basic_qos(3, BasicQosOptions::default())
+        .await
+        .expect("qos");
     let mut consumer = consume(&channel, queue, false).await;
     let held = next_n(&mut consumer, 3).await;
     (channel, held)
@@ -325,8 +362,14 @@ fn closing_a_channel_requeues_its_unacked_messages_in_order() {
         let client = connect(&broker).await;
         let queue = unique("c.channel-close");
         let (channel, held) = hold_three_of_four(&client, &queue).await;
-        assert_eq!(held.iter().map(text).collect::<Vec<_>>(), vec!["m1", "m2", "m3"]);
-        channel.close(200, "bye".into()).await.expect("channel.close");
+        assert_eq!(
+            held.iter().map(text).collect::<Vec<_>>(),
+            vec!["m1", "m2", "m3"]
+        );
+        channel
+            .close(200, "bye".into())
+            .await
+            .expect("channel.close");
         wait_for_count(&client, &queue, 4).await;
         let reader = client.channel().await;
         assert_eq!(
@@ -382,8 +425,12 @@ fn dropped_tcp_connection_requeues_unacked_messages() {
             raw.handshake().expect("handshake");
             raw.open_channel(1).expect("channel");
             // basic.get: reserved u16, queue shortstr, no-ack bit
-            raw.send_method(1, (60, 70), Args::new().u16(0).shortstr(&queue).bits(&[false]))
-                .expect("basic.get");
+            raw.send_method(
+                1,
+                (60, 70),
+                Args::new().u16(0).shortstr(&queue).bits(&[false]),
+            )
+            .expect("basic.get");
             let reply = raw.read_method(REPLY_DEADLINE).expect("get-ok");
             assert_eq!(reply.method_id(), Some((60, 71)), "expected basic.get-ok");
         }
@@ -463,7 +510,10 @@ fn basic_recover_with_requeue_redelivers_unacked_messages() {
         publish_n(&channel, &queue, 3).await;
         let first = get(&channel, &queue, false).await.expect("m1");
         let second = get(&channel, &queue, false).await.expect("m2");
-        assert_eq!((text(&first.delivery), text(&second.delivery)), ("m1".into(), "m2".into()));
+        assert_eq!(
+            (text(&first.delivery), text(&second.delivery)),
+            ("m1".into(), "m2".into())
+        );
         channel
             .basic_recover(BasicRecoverOptions { requeue: true })
             .await
@@ -506,7 +556,10 @@ fn no_ack_consumer_messages_are_gone_once_delivered() {
         let channel = client.channel().await;
         let mut consumer = consume(&channel, &queue, true).await;
         let got = next_n(&mut consumer, 3).await;
-        assert_eq!(got.iter().map(text).collect::<Vec<_>>(), vec!["m1", "m2", "m3"]);
+        assert_eq!(
+            got.iter().map(text).collect::<Vec<_>>(),
+            vec!["m1", "m2", "m3"]
+        );
         channel.close(200, "bye".into()).await.expect("close");
         assert_eq!(queue_counts(&client, &queue).await, Some((0, 0)));
     });

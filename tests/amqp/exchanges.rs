@@ -15,10 +15,6 @@ fn broker() -> Arc<Broker> {
     shared_broker("amqp-exchanges")
 }
 
-async fn declare_exchange(channel: &Channel, name: &str, kind: ExchangeKind) {
-    declare_exchange_with(channel, name, kind, ExchangeDeclareOptions::default(), FieldTable::default()).await;
-}
-
 async fn declare_exchange_with(
     channel: &Channel,
     name: &str,
@@ -34,7 +30,13 @@ async fn declare_exchange_with(
 
 async fn bind(channel: &Channel, queue: &str, exchange: &str, key: &str, args: FieldTable) {
     channel
-        .queue_bind(queue.into(), exchange.into(), key.into(), QueueBindOptions::default(), args)
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            args,
+        )
         .await
         .unwrap_or_else(|e| panic!("queue.bind {queue} -> {exchange} ({key}): {e:?}"));
 }
@@ -162,17 +164,36 @@ fn topic_exchange_matches_star_and_hash_wildcards() {
         let got = route(
             &channel,
             &exchange,
-            &["*.orange.*", "*.*.rabbit", "lazy.#", "a.#.b", "a.*", "#.z", "*", "#"],
+            &[
+                "*.orange.*",
+                "*.*.rabbit",
+                "lazy.#",
+                "a.#.b",
+                "a.*",
+                "#.z",
+                "*",
+                "#",
+            ],
             &keys,
         )
         .await;
         assert_eq!(
             got,
             expect(&[
-                ("*.orange.*", &["quick.orange.rabbit", "lazy.orange.elephant", "quick.orange.fox"]),
+                (
+                    "*.orange.*",
+                    &[
+                        "quick.orange.rabbit",
+                        "lazy.orange.elephant",
+                        "quick.orange.fox"
+                    ]
+                ),
                 ("*.*.rabbit", &["quick.orange.rabbit"]),
                 // `#` also matches zero words: `lazy.#` takes `lazy`.
-                ("lazy.#", &["lazy.orange.elephant", "lazy.brown.fox", "lazy"]),
+                (
+                    "lazy.#",
+                    &["lazy.orange.elephant", "lazy.brown.fox", "lazy"]
+                ),
                 ("a.#.b", &["a.b", "a.x.y.b"]),
                 ("a.*", &["a.b"]),
                 ("#.z", &["z", "x.z"]),
@@ -191,7 +212,13 @@ fn topic_binding_without_wildcards_matches_only_the_exact_key() {
         let channel = client.confirm_channel().await;
         let exchange = unique("ex.topic-exact");
         declare_exchange(&channel, &exchange, ExchangeKind::Topic).await;
-        let got = route(&channel, &exchange, &["a.b"], &["a.b", "a.b.c", "a", "b.a.b"]).await;
+        let got = route(
+            &channel,
+            &exchange,
+            &["a.b"],
+            &["a.b", "a.b.c", "a", "b.a.b"],
+        )
+        .await;
         assert_eq!(got, expect(&[("a.b", &["a.b"])]));
     });
 }
@@ -210,13 +237,35 @@ fn headers_exchange_matches_all_any_and_their_with_x_variants() {
         let exchange = unique("ex.headers");
         declare_exchange(&channel, &exchange, ExchangeKind::Headers).await;
         let bindings: Vec<(&str, FieldTable)> = vec![
-            ("all", hdrs(&[("x-match", "all"), ("color", "red"), ("size", "big")])),
-            ("any", hdrs(&[("x-match", "any"), ("color", "red"), ("size", "big")])),
-            ("all-with-x", hdrs(&[("x-match", "all-with-x"), ("color", "red"), ("x-tag", "t1")])),
-            ("any-with-x", hdrs(&[("x-match", "any-with-x"), ("x-tag", "t1"), ("shape", "round")])),
+            (
+                "all",
+                hdrs(&[("x-match", "all"), ("color", "red"), ("size", "big")]),
+            ),
+            (
+                "any",
+                hdrs(&[("x-match", "any"), ("color", "red"), ("size", "big")]),
+            ),
+            (
+                "all-with-x",
+                hdrs(&[("x-match", "all-with-x"), ("color", "red"), ("x-tag", "t1")]),
+            ),
+            (
+                "any-with-x",
+                hdrs(&[
+                    ("x-match", "any-with-x"),
+                    ("x-tag", "t1"),
+                    ("shape", "round"),
+                ]),
+            ),
             // Binding arguments starting with `x-` are ignored by `all` and `any`.
-            ("all-ignores-x", hdrs(&[("x-match", "all"), ("color", "red"), ("x-tag", "t1")])),
-            ("any-ignores-x", hdrs(&[("x-match", "any"), ("x-tag", "t1"), ("shape", "round")])),
+            (
+                "all-ignores-x",
+                hdrs(&[("x-match", "all"), ("color", "red"), ("x-tag", "t1")]),
+            ),
+            (
+                "any-ignores-x",
+                hdrs(&[("x-match", "any"), ("x-tag", "t1"), ("shape", "round")]),
+            ),
         ];
         let mut queues = Vec::new();
         for (name, args) in bindings {
@@ -235,7 +284,8 @@ fn headers_exchange_matches_all_any_and_their_with_x_variants() {
         ];
         for (body, headers) in messages {
             let props = BasicProperties::default().with_headers(headers);
-            let confirmation = publish_props(&channel, &exchange, "ignored", body.as_bytes(), props).await;
+            let confirmation =
+                publish_props(&channel, &exchange, "ignored", body.as_bytes(), props).await;
             assert!(confirmation.is_ack());
         }
         let mut got = BTreeMap::new();
@@ -266,7 +316,14 @@ fn headers_binding_defaults_to_all_and_compares_values() {
         declare_exchange(&channel, &exchange, ExchangeKind::Headers).await;
         let queue = unique("ex.hq");
         declare_queue(&channel, &queue).await;
-        bind(&channel, &queue, &exchange, "", hdrs(&[("a", "1"), ("b", "2")])).await;
+        bind(
+            &channel,
+            &queue,
+            &exchange,
+            "",
+            hdrs(&[("a", "1"), ("b", "2")]),
+        )
+        .await;
         for (body, headers) in [
             ("both", hdrs(&[("a", "1"), ("b", "2"), ("c", "3")])),
             ("one", hdrs(&[("a", "1")])),
@@ -306,7 +363,13 @@ fn binding_a_queue_to_the_default_exchange_is_refused() {
         let queue = unique("ex.default-bind");
         declare_queue(&channel, &queue).await;
         let result = channel
-            .queue_bind(queue.as_str().into(), "".into(), "k".into(), QueueBindOptions::default(), FieldTable::default())
+            .queue_bind(
+                queue.as_str().into(),
+                "".into(),
+                "k".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
             .await;
         assert_code(result, code::ACCESS_REFUSED);
     });
@@ -334,7 +397,14 @@ fn predeclared_amq_exchanges_exist() {
         let channel = client.confirm_channel().await;
         let queue = unique("ex.amq-topic");
         declare_queue(&channel, &queue).await;
-        bind(&channel, &queue, "amq.topic", "sensors.*", FieldTable::default()).await;
+        bind(
+            &channel,
+            &queue,
+            "amq.topic",
+            "sensors.*",
+            FieldTable::default(),
+        )
+        .await;
         publish(&channel, "amq.topic", "sensors.t1", "21.5").await;
         assert_eq!(drain(&channel, &queue).await, vec!["21.5"]);
     });
@@ -382,7 +452,11 @@ fn redeclaring_an_exchange_with_another_type_closes_the_channel_with_preconditio
         // A closed channel refuses further work; the connection and other channels go on.
         let queue = unique("ex.after");
         assert!(channel
-            .queue_declare(queue.as_str().into(), Default::default(), FieldTable::default())
+            .queue_declare(
+                queue.as_str().into(),
+                Default::default(),
+                FieldTable::default()
+            )
             .await
             .is_err());
         let other = client.channel().await;
@@ -542,7 +616,10 @@ fn alternate_exchange_receives_messages_the_main_exchange_cannot_route() {
         )
         .await;
         assert!(confirmation.is_ack());
-        assert!(confirmation.take_message().is_none(), "message was returned");
+        assert!(
+            confirmation.take_message().is_none(),
+            "message was returned"
+        );
         assert_eq!(drain(&channel, &routed).await, vec!["normal"]);
         assert_eq!(drain(&channel, &unrouted).await, vec!["stray"]);
     });
@@ -603,7 +680,12 @@ fn queue_unbind_stops_routing() {
         bind(&channel, &queue, &exchange, "k", FieldTable::default()).await;
         publish(&channel, &exchange, "k", "before").await;
         channel
-            .queue_unbind(queue.as_str().into(), exchange.as_str().into(), "k".into(), FieldTable::default())
+            .queue_unbind(
+                queue.as_str().into(),
+                exchange.as_str().into(),
+                "k".into(),
+                FieldTable::default(),
+            )
             .await
             .expect("queue.unbind");
         publish(&channel, &exchange, "k", "after").await;
@@ -626,12 +708,19 @@ fn exchange_delete_if_unused_refuses_while_bound_and_succeeds_after_unbind() {
             if_unused: true,
             ..ExchangeDeleteOptions::default()
         };
-        let result = channel.exchange_delete(exchange.as_str().into(), if_unused).await;
+        let result = channel
+            .exchange_delete(exchange.as_str().into(), if_unused)
+            .await;
         assert_code(result, code::PRECONDITION_FAILED);
 
         let channel = client.channel().await;
         channel
-            .queue_unbind(queue.as_str().into(), exchange.as_str().into(), "k".into(), FieldTable::default())
+            .queue_unbind(
+                queue.as_str().into(),
+                exchange.as_str().into(),
+                "k".into(),
+                FieldTable::default(),
+            )
             .await
             .expect("queue.unbind");
         channel
@@ -639,7 +728,12 @@ fn exchange_delete_if_unused_refuses_while_bound_and_succeeds_after_unbind() {
             .await
             .expect("exchange.delete if-unused on an unbound exchange");
         let result = channel
-            .exchange_declare(exchange.as_str().into(), ExchangeKind::Direct, passive(), FieldTable::default())
+            .exchange_declare(
+                exchange.as_str().into(),
+                ExchangeKind::Direct,
+                passive(),
+                FieldTable::default(),
+            )
             .await;
         assert_code(result, code::NOT_FOUND);
     });
@@ -664,6 +758,9 @@ fn deleting_an_exchange_removes_its_bindings() {
         declare_exchange(&channel, &exchange, ExchangeKind::Fanout).await;
         publish(&channel, &exchange, "", "after re-create").await;
         assert_eq!(drain(&channel, &queue).await, Vec::<String>::new());
-        assert!(queue_exists(&client, &queue).await, "the queue itself stays");
+        assert!(
+            queue_exists(&client, &queue).await,
+            "the queue itself stays"
+        );
     });
 }

@@ -1,4 +1,16 @@
-//! AMQP 0-9-1 behaviour of the real broker, driven by the lapin client (and raw frames for bad
-//! input). Expected behaviour is RabbitMQ 3.x's.
+//! AMQP 0-9-1 behaviour of the real broker, driven by the lapin client (and hand-built frames
+//! for bad input). The expected behaviour is RabbitMQ 3.x's, so existing clients move over
+//! unchanged.
+//!
+//! Needs the broker binary: `cargo build -p rosetta` first (`tests/run` does it).
 
 mod support;
+
+mod confirms_tx;
+mod connection;
+mod consumers;
+mod dead_letter;
+mod durability;
+mod errors;
+mod exchanges;
+mod queues;

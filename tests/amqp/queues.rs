@@ -1,14 +1,12 @@
 //! Queue declaration, arguments (TTL, expiry, limits, priorities, single active consumer),
-//! dead-lettering, purge, delete, basic.get.
+//! purge, delete, basic.get. Dead-lettering is in `dead_letter.rs`.
 
 use crate::support::*;
 use lapin::options::{
-    BasicCancelOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
-    QueuePurgeOptions,
+    BasicCancelOptions, BasicQosOptions, QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, ExchangeKind};
+use lapin::BasicProperties;
 use rosetta_tests::{shared_broker, Broker};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,20 +20,6 @@ fn passive() -> QueueDeclareOptions {
         passive: true,
         ..QueueDeclareOptions::default()
     }
-}
-
-async fn exchange(channel: &Channel, name: &str, kind: ExchangeKind) {
-    channel
-        .exchange_declare(name.into(), kind, ExchangeDeclareOptions::default(), FieldTable::default())
-        .await
-        .unwrap_or_else(|e| panic!("exchange.declare {name}: {e:?}"));
-}
-
-async fn bind(channel: &Channel, queue: &str, exchange: &str, key: &str) {
-    channel
-        .queue_bind(queue.into(), exchange.into(), key.into(), QueueBindOptions::default(), FieldTable::default())
-        .await
-        .unwrap_or_else(|e| panic!("queue.bind {queue} -> {exchange}: {e:?}"));
 }
 
 #[test]
@@ -59,7 +43,13 @@ fn server_named_queue_gets_an_amq_gen_name() {
         assert!(name.len() > "amq.gen-".len(), "{name}");
         publish(&channel, "", &name, "hi").await;
         assert_eq!(drain(&channel, &name).await, vec!["hi"]);
-        let other = declare(&channel, "", QueueDeclareOptions::default(), FieldTable::default()).await;
+        let other = declare(
+            &channel,
+            "",
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await;
         assert_ne!(other.name().as_str(), name);
     });
 }
@@ -71,7 +61,11 @@ fn declaring_a_queue_with_the_amq_prefix_is_refused() {
         let client = connect(&broker).await;
         let channel = client.channel().await;
         let result = channel
-            .queue_declare("amq.my-queue".into(), QueueDeclareOptions::default(), FieldTable::default())
+            .queue_declare(
+                "amq.my-queue".into(),
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
             .await;
         assert_code(result, code::ACCESS_REFUSED);
     });
@@ -97,7 +91,11 @@ fn redeclaring_a_queue_with_different_arguments_fails_with_precondition_failed()
 
         let channel = client.channel().await;
         let result = channel
-            .queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), table(&[("x-max-length", int(5))]))
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions::durable(),
+                table(&[("x-max-length", int(5))]),
+            )
             .await;
         assert_code(result, code::PRECONDITION_FAILED);
     });
@@ -110,7 +108,11 @@ fn passive_declare_of_a_missing_queue_fails_with_not_found() {
         let client = connect(&broker).await;
         let channel = client.channel().await;
         let result = channel
-            .queue_declare(unique("q.missing").as_str().into(), passive(), FieldTable::default())
+            .queue_declare(
+                unique("q.missing").as_str().into(),
+                passive(),
+                FieldTable::default(),
+            )
             .await;
         assert_code(result, code::NOT_FOUND);
     });
@@ -123,29 +125,50 @@ fn exclusive_queue_is_locked_to_its_connection_and_deleted_with_it() {
         let owner = connect(&broker).await;
         let owner_channel = owner.channel().await;
         let queue = unique("q.exclusive");
-        declare(&owner_channel, &queue, QueueDeclareOptions::exclusive(), FieldTable::default()).await;
+        declare(
+            &owner_channel,
+            &queue,
+            QueueDeclareOptions::exclusive(),
+            FieldTable::default(),
+        )
+        .await;
 
         let other = connect(&broker).await;
         let channel = other.channel().await;
         assert_code(
-            channel.queue_declare(queue.as_str().into(), passive(), FieldTable::default()).await,
-            code::RESOURCE_LOCKED,
-        );
-        let channel = other.channel().await;
-        assert_code(
             channel
-                .basic_consume(queue.as_str().into(), "".into(), Default::default(), FieldTable::default())
+                .queue_declare(queue.as_str().into(), passive(), FieldTable::default())
                 .await,
             code::RESOURCE_LOCKED,
         );
         let channel = other.channel().await;
         assert_code(
-            channel.basic_get(queue.as_str().into(), Default::default()).await,
+            channel
+                .basic_consume(
+                    queue.as_str().into(),
+                    "".into(),
+                    Default::default(),
+                    FieldTable::default(),
+                )
+                .await,
             code::RESOURCE_LOCKED,
         );
         let channel = other.channel().await;
         assert_code(
-            channel.queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), FieldTable::default()).await,
+            channel
+                .basic_get(queue.as_str().into(), Default::default())
+                .await,
+            code::RESOURCE_LOCKED,
+        );
+        let channel = other.channel().await;
+        assert_code(
+            channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions::default(),
+                    FieldTable::default(),
+                )
+                .await,
             code::RESOURCE_LOCKED,
         );
 
@@ -154,7 +177,8 @@ fn exclusive_queue_is_locked_to_its_connection_and_deleted_with_it() {
         assert_eq!(drain(&owner_channel, &queue).await, vec!["mine"]);
 
         owner.close().await;
-        let gone = rosetta_tests::eventually(WAIT, || async { !queue_exists(&other, &queue).await }).await;
+        let gone =
+            rosetta_tests::eventually(WAIT, || async { !queue_exists(&other, &queue).await }).await;
         assert!(gone, "exclusive queue survived its connection");
     });
 }
@@ -183,12 +207,17 @@ fn auto_delete_queue_is_deleted_after_its_last_consumer_cancels() {
             .basic_cancel(first.tag(), BasicCancelOptions::default())
             .await
             .expect("cancel first");
-        assert!(queue_exists(&client, &queue).await, "deleted while a consumer remained");
+        assert!(
+            queue_exists(&client, &queue).await,
+            "deleted while a consumer remained"
+        );
         channel
             .basic_cancel(second.tag(), BasicCancelOptions::default())
             .await
             .expect("cancel second");
-        let gone = rosetta_tests::eventually(WAIT, || async { !queue_exists(&client, &queue).await }).await;
+        let gone =
+            rosetta_tests::eventually(WAIT, || async { !queue_exists(&client, &queue).await })
+                .await;
         assert!(gone, "auto-delete queue survived its last consumer");
     });
 }
@@ -270,69 +299,30 @@ fn max_length_with_reject_publish_nacks_new_messages() {
         declare_with(
             &channel,
             &queue,
-            table(&[("x-max-length", int(2)), ("x-overflow", long_str("reject-publish"))]),
+            table(&[
+                ("x-max-length", int(2)),
+                ("x-overflow", long_str("reject-publish")),
+            ]),
         )
         .await;
         let mut acks = Vec::new();
         for body in ["1", "2", "3"] {
-            let confirmation = publish_props(&channel, "", &queue, body.as_bytes(), BasicProperties::default()).await;
+            let confirmation = publish_props(
+                &channel,
+                "",
+                &queue,
+                body.as_bytes(),
+                BasicProperties::default(),
+            )
+            .await;
             acks.push(confirmation.is_ack());
         }
         assert_eq!(acks, vec![true, true, false]);
         assert_eq!(drain(&channel, &queue).await, vec!["1", "2"]);
         // Room again: publishes are accepted.
-        let confirmation = publish_props(&channel, "", &queue, b"4", BasicProperties::default()).await;
+        let confirmation =
+            publish_props(&channel, "", &queue, b"4", BasicProperties::default()).await;
         assert!(confirmation.is_ack());
-    });
-}
-
-/// A fanout dead-letter exchange with one queue bound: `(exchange, queue)`.
-async fn dead_letter_target(channel: &Channel) -> (String, String) {
-    let dlx = unique("q.dlx");
-    let dlq = unique("q.dlq");
-    exchange(channel, &dlx, ExchangeKind::Fanout).await;
-    declare_queue(channel, &dlq).await;
-    bind(channel, &dlq, &dlx, "").await;
-    (dlx, dlq)
-}
-
-/// A direct exchange with `queue` bound as `k`: messages published there carry exchange and
-/// routing key into `x-death`.
-async fn source_exchange(channel: &Channel, queue: &str) -> String {
-    let source = unique("q.src");
-    exchange(channel, &source, ExchangeKind::Direct).await;
-    bind(channel, queue, &source, "k").await;
-    source
-}
-
-#[test]
-fn max_length_with_reject_publish_dlx_nacks_and_dead_letters() {
-    let broker = broker();
-    run(async {
-        let client = connect(&broker).await;
-        let channel = client.confirm_channel().await;
-        let (dlx, dlq) = dead_letter_target(&channel).await;
-        let queue = unique("q.reject-publish-dlx");
-        declare_with(
-            &channel,
-            &queue,
-            table(&[
-                ("x-max-length", int(1)),
-                ("x-overflow", long_str("reject-publish-dlx")),
-                ("x-dead-letter-exchange", long_str(&dlx)),
-            ]),
-        )
-        .await;
-        let first = publish_props(&channel, "", &queue, b"kept", BasicProperties::default()).await;
-        let second = publish_props(&channel, "", &queue, b"rejected", BasicProperties::default()).await;
-        assert!(first.is_ack());
-        assert!(second.is_nack());
-        assert_eq!(drain(&channel, &queue).await, vec!["kept"]);
-        let dead = get(&channel, &dlq, true).await.expect("dead-lettered message");
-        assert_eq!(text(&dead.delivery), "rejected");
-        let death = first_x_death(&dead.delivery);
-        assert_eq!(text_header(&death, "reason"), "maxlen");
-        assert_eq!(text_header(&death, "queue"), queue);
     });
 }
 
@@ -349,264 +339,6 @@ fn max_length_bytes_drops_the_oldest_messages() {
     });
 }
 
-/// The `x-death` entries of a dead-lettered delivery.
-fn x_deaths(delivery: &lapin::message::Delivery) -> Vec<FieldTable> {
-    let headers = headers(delivery);
-    match header(&headers, "x-death") {
-        Some(AMQPValue::FieldArray(array)) => array
-            .as_slice()
-            .iter()
-            .map(|v| match v {
-                AMQPValue::FieldTable(t) => t.clone(),
-                other => panic!("x-death entry is not a table: {other:?}"),
-            })
-            .collect(),
-        other => panic!("x-death missing or not an array: {other:?} in {headers:?}"),
-    }
-}
-
-fn first_x_death(delivery: &lapin::message::Delivery) -> FieldTable {
-    x_deaths(delivery)
-        .into_iter()
-        .next()
-        .expect("x-death has no entry")
-}
-
-/// Checks one `x-death` entry and the `x-first-death-*` headers for a message that died once.
-#[track_caller]
-fn assert_died_once(
-    delivery: &lapin::message::Delivery,
-    reason: &str,
-    queue: &str,
-    exchange: &str,
-    routing_key: &str,
-) {
-    let deaths = x_deaths(delivery);
-    assert_eq!(deaths.len(), 1, "{deaths:?}");
-    let death = &deaths[0];
-    assert_eq!(header(death, "count").and_then(as_int), Some(1), "{death:?}");
-    assert_eq!(text_header(death, "reason"), reason);
-    assert_eq!(text_header(death, "queue"), queue);
-    assert_eq!(text_header(death, "exchange"), exchange);
-    match header(death, "routing-keys") {
-        Some(AMQPValue::FieldArray(keys)) => {
-            let keys: Vec<String> = keys.as_slice().iter().filter_map(as_text).collect();
-            assert_eq!(keys, vec![routing_key.to_string()]);
-        }
-        other => panic!("routing-keys missing or not an array: {other:?}"),
-    }
-    assert!(
-        matches!(header(death, "time"), Some(AMQPValue::Timestamp(t)) if *t > 1_600_000_000),
-        "time missing or not a timestamp: {death:?}"
-    );
-    let headers = headers(delivery);
-    assert_eq!(text_header(&headers, "x-first-death-reason"), reason);
-    assert_eq!(text_header(&headers, "x-first-death-queue"), queue);
-    assert_eq!(text_header(&headers, "x-first-death-exchange"), exchange);
-}
-
-async fn dead_letter_source(channel: &Channel, dlx: &str, extra: &[(&str, AMQPValue)]) -> (String, String) {
-    let queue = unique("q.dl-source");
-    let mut args = vec![("x-dead-letter-exchange", long_str(dlx))];
-    args.extend(extra.iter().cloned());
-    declare_with(channel, &queue, table(&args)).await;
-    let source = source_exchange(channel, &queue).await;
-    (queue, source)
-}
-
-#[test]
-fn rejected_message_is_dead_lettered_with_x_death() {
-    let broker = broker();
-    run(async {
-        let client = connect(&broker).await;
-        let channel = client.confirm_channel().await;
-        let (dlx, dlq) = dead_letter_target(&channel).await;
-        let (queue, source) = dead_letter_source(&channel, &dlx, &[]).await;
-        let props = BasicProperties::default().with_headers(table(&[("app", long_str("kept"))]));
-        publish_props(&channel, &source, "k", b"bad", props).await;
-        let message = get(&channel, &queue, false).await.expect("message");
-        message
-            .delivery
-            .acker
-            .reject(BasicRejectOptions { requeue: false })
-            .await
-            .expect("reject");
-        let dead = {
-            let mut found = None;
-            let ok = rosetta_tests::eventually(WAIT, || {
-                let found = &mut found;
-                let channel = &channel;
-                let dlq = &dlq;
-                async move {
-                    *found = get(channel, dlq, true).await;
-                    found.is_some()
-                }
-            })
-            .await;
-            assert!(ok, "nothing dead-lettered");
-            found.expect("dead-lettered")
-        };
-        assert_eq!(text(&dead.delivery), "bad");
-        assert_died_once(&dead.delivery, "rejected", &queue, &source, "k");
-        // The message's own headers are kept.
-        assert_eq!(text_header(&headers(&dead.delivery), "app"), "kept");
-        assert_eq!(drain(&channel, &queue).await, Vec::<String>::new());
-    });
-}
-
-#[test]
-fn nacked_message_is_dead_lettered_with_reason_rejected() {
-    let broker = broker();
-    run(async {
-        let client = connect(&broker).await;
-        let channel = client.confirm_channel().await;
-        let (dlx, dlq) = dead_letter_target(&channel).await;
-        let (queue, source) = dead_letter_source(&channel, &dlx, &[]).await;
-        publish(&channel, &source, "k", "nacked").await;
-        let mut consumer = consume(&channel, &queue, false).await;
-        let delivery = next(&mut consumer).await;
-        delivery
-            .acker
-            .nack(BasicNackOptions {
-                requeue: false,
-                multiple: false,
-            })
-            .await
-            .expect("nack");
-        wait_for_count(&client, &dlq, 1).await;
-        let dead = get(&channel, &dlq, true).await.expect("dead-lettered");
-        assert_died_once(&dead.delivery, "rejected", &queue, &source, "k");
-    });
-}
-
-#[test]
-fn expired_message_is_dead_lettered_with_reason_expired() {
-    let broker = broker();
-    run(async {
-        let client = connect(&broker).await;
-        let channel = client.confirm_channel().await;
-        let (dlx, dlq) = dead_letter_target(&channel).await;
-        let (queue, source) = dead_letter_source(&channel, &dlx, &[("x-message-ttl", int(100))]).await;
-        publish(&channel, &source, "k", "too late").await;
-        wait_for_count(&client, &dlq, 1).await;
-        let dead = get(&channel, &dlq, true).await.expect("dead-lettered");
-        assert_eq!(text(&dead.delivery), "too late");
-        assert_died_once(&dead.delivery, "expired", &queue, &source, "k");
-        // The per-queue TTL is not carried as an expiration property.
-        assert!(dead.delivery.properties.expiration().is_none());
-    });
-}
-
-#[test]
-fn message_dropped_by_max_length_is_dead_lettered_with_reason_maxlen() {
-    let broker = broker();
-    run(async {
-        let client = connect(&broker).await;
-        let channel = client.confirm_channel().await;
-        let (dlx, dlq) = dead_letter_target(&channel).await;
-        let (queue, source) = dead_letter_source(&channel, &dlx, &[("x-max-length", int(1))]).await;
-        publish(&channel, &source, "k", "oldest").await;
-        publish(&channel, &source, "k", "newest").await;
-        wait_for_count(&client, &dlq, 1).await;
-        let dead = get(&channel, &dlq, true).await.expect("dead-lettered");
-        assert_eq!(text(&dead.delivery), "oldest");
-        assert_died_once(&dead.delivery, "maxlen", &queue, &source, "k");
-        assert_eq!(drain(&channel, &queue).await, vec!["newest"]);
-    });
-}
-
-#[test]
-fn dead_letter_routing_key_replaces_the_routing_key() {
-    let broker = broker();
-    run(async {
-        let client = connect(&broker).await;
-        let channel = client.confirm_channel().await;
-        let dlx = unique("q.dlx-direct");
-        exchange(&channel, &dlx, ExchangeKind::Direct).await;
-        let dlq = unique("q.dlq-direct");
-        declare_queue(&channel, &dlq).await;
-        bind(&channel, &dlq, &dlx, "dead").await;
-        let (queue, source) =
-            dead_letter_source(&channel, &dlx, &[("x-dead-letter-routing-key", long_str("dead"))]).await;
-        publish(&channel, &source, "k", "rerouted").await;
-        let message = get(&channel, &queue, false).await.expect("message");
-        message
-            .delivery
-            .acker
-            .reject(BasicRejectOptions { requeue: false })
-            .await
-            .expect("reject");
-        wait_for_count(&client, &dlq, 1).await;
-        let dead = get(&channel, &dlq, true).await.expect("dead-lettered");
-        assert_eq!(dead.delivery.routing_key.as_str(), "dead");
-        assert_eq!(dead.delivery.exchange.as_str(), dlx);
-        // x-death keeps the original routing key.
-        assert_died_once(&dead.delivery, "rejected", &queue, &source, "k");
-    });
-}
-
-#[test]
-fn x_death_count_grows_when_a_message_dies_again_in_the_same_queue() {
-    let broker = broker();
-    run(async {
-        let client = connect(&broker).await;
-        let channel = client.confirm_channel().await;
-        let queue = unique("q.dl-loop");
-        // Dead-letters back into itself through the default exchange.
-        declare_with(
-            &channel,
-            &queue,
-            table(&[
-                ("x-dead-letter-exchange", long_str("")),
-                ("x-dead-letter-routing-key", long_str(&queue)),
-            ]),
-        )
-        .await;
-        publish_all(&channel, &queue, &["phoenix"]).await;
-        for round in 1..=2 {
-            let mut got = None;
-            let ok = rosetta_tests::eventually(WAIT, || {
-                let got = &mut got;
-                let channel = &channel;
-                let queue = &queue;
-                async move {
-                    *got = get(channel, queue, false).await;
-                    got.is_some()
-                }
-            })
-            .await;
-            assert!(ok, "message did not come back in round {round}");
-            let message = got.expect("message");
-            if round == 2 {
-                let deaths = x_deaths(&message.delivery);
-                assert_eq!(deaths.len(), 1, "{deaths:?}");
-                assert_eq!(header(&deaths[0], "count").and_then(as_int), Some(1));
-            }
-            message
-                .delivery
-                .acker
-                .reject(BasicRejectOptions { requeue: false })
-                .await
-                .expect("reject");
-        }
-        let mut got = None;
-        let ok = rosetta_tests::eventually(WAIT, || {
-            let got = &mut got;
-            let channel = &channel;
-            let queue = &queue;
-            async move {
-                *got = get(channel, queue, true).await;
-                got.is_some()
-            }
-        })
-        .await;
-        assert!(ok, "message did not come back after the second death");
-        let deaths = x_deaths(&got.expect("message").delivery);
-        assert_eq!(deaths.len(), 1, "same queue and reason share one entry: {deaths:?}");
-        assert_eq!(header(&deaths[0], "count").and_then(as_int), Some(2), "{deaths:?}");
-    });
-}
-
 #[test]
 fn higher_priority_messages_are_delivered_first() {
     let broker = broker();
@@ -615,14 +347,23 @@ fn higher_priority_messages_are_delivered_first() {
         let channel = client.confirm_channel().await;
         let queue = unique("q.priority");
         declare_with(&channel, &queue, table(&[("x-max-priority", int(10))])).await;
-        for (body, priority) in [("p1", Some(1)), ("p5a", Some(5)), ("p9", Some(9)), ("none", None), ("p5b", Some(5))] {
+        for (body, priority) in [
+            ("p1", Some(1)),
+            ("p5a", Some(5)),
+            ("p9", Some(9)),
+            ("none", None),
+            ("p5b", Some(5)),
+        ] {
             let mut props = BasicProperties::default();
             if let Some(priority) = priority {
                 props = props.with_priority(priority);
             }
             publish_props(&channel, "", &queue, body.as_bytes(), props).await;
         }
-        assert_eq!(drain(&channel, &queue).await, vec!["p9", "p5a", "p5b", "p1", "none"]);
+        assert_eq!(
+            drain(&channel, &queue).await,
+            vec!["p9", "p5a", "p5b", "p1", "none"]
+        );
     });
 }
 
@@ -633,7 +374,12 @@ fn single_active_consumer_gets_everything_until_it_cancels() {
         let client = connect(&broker).await;
         let publisher = client.confirm_channel().await;
         let queue = unique("q.sac");
-        declare_with(&publisher, &queue, table(&[("x-single-active-consumer", AMQPValue::Boolean(true))])).await;
+        declare_with(
+            &publisher,
+            &queue,
+            table(&[("x-single-active-consumer", AMQPValue::Boolean(true))]),
+        )
+        .await;
         let first_channel = client.channel().await;
         let second_channel = client.channel().await;
         let mut first = consume(&first_channel, &queue, false).await;
@@ -719,7 +465,10 @@ fn queue_delete_if_empty_and_if_unused_are_enforced() {
             .await;
         assert_code(result, code::PRECONDITION_FAILED);
         assert!(queue_exists(&client, &queue).await);
-        consumer_channel.close(200, "bye".into()).await.expect("close");
+        consumer_channel
+            .close(200, "bye".into())
+            .await
+            .expect("close");
 
         let deleter = client.channel().await;
         let count = deleter
@@ -790,7 +539,10 @@ fn basic_get_returns_messages_in_order_then_get_empty() {
         let channel = client.confirm_channel().await;
         let queue = unique("q.get");
         declare_queue(&channel, &queue).await;
-        assert!(get(&channel, &queue, true).await.is_none(), "get-empty expected");
+        assert!(
+            get(&channel, &queue, true).await.is_none(),
+            "get-empty expected"
+        );
         publish_all(&channel, &queue, &["1", "2", "3"]).await;
         let first = get(&channel, &queue, true).await.expect("first");
         assert_eq!(text(&first.delivery), "1");
@@ -801,9 +553,17 @@ fn basic_get_returns_messages_in_order_then_get_empty() {
         let second = get(&channel, &queue, false).await.expect("second");
         assert_eq!(text(&second.delivery), "2");
         assert_eq!(second.message_count, 1);
-        second.delivery.acker.ack(Default::default()).await.expect("ack");
+        second
+            .delivery
+            .acker
+            .ack(Default::default())
+            .await
+            .expect("ack");
         assert_eq!(drain(&channel, &queue).await, vec!["3"]);
-        assert!(get(&channel, &queue, true).await.is_none(), "get-empty expected");
+        assert!(
+            get(&channel, &queue, true).await.is_none(),
+            "get-empty expected"
+        );
     });
 }
 
@@ -814,7 +574,9 @@ fn basic_get_on_a_missing_queue_fails_with_not_found() {
         let client = connect(&broker).await;
         let channel = client.channel().await;
         assert_code(
-            channel.basic_get(unique("q.nope").as_str().into(), Default::default()).await,
+            channel
+                .basic_get(unique("q.nope").as_str().into(), Default::default())
+                .await,
             code::NOT_FOUND,
         );
     });

@@ -7,12 +7,12 @@ use futures_lite::stream::{Stream, StreamExt};
 use lapin::message::{BasicGetMessage, Delivery};
 use lapin::options::{
     BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer, Error,
-    ErrorKind, Event, Queue,
+    ErrorKind, Event, ExchangeKind, Queue,
 };
 use rosetta_tests::Broker;
 use std::future::Future;
@@ -134,11 +134,20 @@ impl Client {
         }
     }
 
+    /// Closes the connection gracefully. lapin reports `InvalidChannelState` from `close` when a
+    /// dropped channel's own `channel.close` is still in flight (a client-side race, whatever
+    /// the broker does); the connection still ends, so that case is accepted.
     pub async fn close(&self) {
-        self.conn
-            .close(200, "bye".into())
-            .await
-            .expect("connection.close");
+        match self.conn.close(200, "bye".into()).await {
+            Ok(()) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::InvalidChannelState(..)) => {
+                let closed =
+                    rosetta_tests::eventually(WAIT, || async { !self.conn.status().connected() })
+                        .await;
+                assert!(closed, "connection still open after close: {e:?}");
+            }
+            Err(e) => panic!("connection.close: {e:?}"),
+        }
     }
 }
 
@@ -149,10 +158,13 @@ pub async fn connect(broker: &Broker) -> Client {
 
 /// Connects to `url` (query parameters such as `?heartbeat=1` are honoured).
 pub async fn connect_url(url: &str) -> Client {
-    let conn = tokio::time::timeout(WAIT, Connection::connect(url, ConnectionProperties::default()))
-        .await
-        .unwrap_or_else(|_| panic!("connect to {url} timed out"))
-        .unwrap_or_else(|e| panic!("connect to {url}: {e:?}"));
+    let conn = tokio::time::timeout(
+        WAIT,
+        Connection::connect(url, ConnectionProperties::default()),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("connect to {url} timed out"))
+    .unwrap_or_else(|e| panic!("connect to {url}: {e:?}"));
     let events: Events = Box::pin(conn.events_listener());
     Client {
         conn,
@@ -199,6 +211,33 @@ pub async fn declare(
         .unwrap_or_else(|e| panic!("queue.declare {name}: {e:?}"))
 }
 
+/// Declares a non-durable exchange.
+pub async fn declare_exchange(channel: &Channel, name: &str, kind: ExchangeKind) {
+    channel
+        .exchange_declare(
+            name.into(),
+            kind,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("exchange.declare {name}: {e:?}"));
+}
+
+/// Binds `queue` to `exchange` with `key` and no arguments.
+pub async fn bind_queue(channel: &Channel, queue: &str, exchange: &str, key: &str) {
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("queue.bind {queue} -> {exchange} ({key}): {e:?}"));
+}
+
 /// Declares a plain queue with arguments.
 pub async fn declare_with(channel: &Channel, name: &str, args: FieldTable) -> Queue {
     declare(channel, name, QueueDeclareOptions::default(), args).await
@@ -206,7 +245,13 @@ pub async fn declare_with(channel: &Channel, name: &str, args: FieldTable) -> Qu
 
 /// Declares a plain queue.
 pub async fn declare_queue(channel: &Channel, name: &str) -> Queue {
-    declare(channel, name, QueueDeclareOptions::default(), FieldTable::default()).await
+    declare(
+        channel,
+        name,
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
 }
 
 /// Publishes and, on a confirm channel, waits for the broker's confirmation.
@@ -238,7 +283,13 @@ pub async fn publish_opts(
     properties: BasicProperties,
 ) -> Confirmation {
     let confirm = channel
-        .basic_publish(exchange.into(), routing_key.into(), options, body, properties)
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            options,
+            body,
+            properties,
+        )
         .await
         .unwrap_or_else(|e| panic!("basic.publish to {exchange:?}/{routing_key:?}: {e:?}"));
     tokio::time::timeout(WAIT, confirm)
@@ -249,9 +300,14 @@ pub async fn publish_opts(
 
 /// Publishes a text body with default properties; asserts a confirm-mode ack.
 pub async fn publish(channel: &Channel, exchange: &str, routing_key: &str, body: &str) {
-    let confirmation =
-        publish_props(channel, exchange, routing_key, body.as_bytes(), BasicProperties::default())
-            .await;
+    let confirmation = publish_props(
+        channel,
+        exchange,
+        routing_key,
+        body.as_bytes(),
+        BasicProperties::default(),
+    )
+    .await;
     assert!(
         confirmation.is_ack() || !channel.status().confirm(),
         "publish of {body:?} to {exchange:?}/{routing_key:?} was not acked: {confirmation:?}"
@@ -268,7 +324,10 @@ pub async fn publish_all(channel: &Channel, queue: &str, bodies: &[&str]) {
 /// Publishes `body` to the default exchange for `queue`, persistent, and checks the ack.
 pub async fn publish_persistent(channel: &Channel, queue: &str, body: &str) {
     let confirmation = publish_props(channel, "", queue, body.as_bytes(), persistent()).await;
-    assert!(confirmation.is_ack(), "{body:?} not acked: {confirmation:?}");
+    assert!(
+        confirmation.is_ack(),
+        "{body:?} not acked: {confirmation:?}"
+    );
 }
 
 /// One `basic.get` (acknowledgement mode unless `no_ack`).
@@ -412,17 +471,33 @@ pub async fn message_count(client: &Client, queue: &str) -> u32 {
 
 /// Waits until `queue` holds exactly `n` ready messages.
 pub async fn wait_for_count(client: &Client, queue: &str, n: u32) {
-    let mut last = None;
-    let reached = rosetta_tests::eventually(WAIT, || {
-        let last = &mut last;
-        async move {
-            let count = queue_counts(client, queue).await.map(|c| c.0);
-            *last = count;
-            count == Some(n)
+    let end = tokio::time::Instant::now() + WAIT;
+    loop {
+        let count = queue_counts(client, queue).await.map(|c| c.0);
+        if count == Some(n) {
+            return;
         }
-    })
-    .await;
-    assert!(reached, "queue {queue} never held {n} messages (last count {last:?})");
+        assert!(
+            tokio::time::Instant::now() < end,
+            "queue {queue} never held {n} messages (last count {count:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `basic.get` until a message arrives (panics after [`WAIT`]).
+pub async fn get_eventually(channel: &Channel, queue: &str, no_ack: bool) -> BasicGetMessage {
+    let end = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(message) = get(channel, queue, no_ack).await {
+            return message;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "no message in {queue} within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The headers of a delivery (empty if it has none).

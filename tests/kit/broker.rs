@@ -50,7 +50,9 @@ pub fn broker_binary() -> PathBuf {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Lines read from one run of the broker (stdout and stderr interleaved as they arrive).
@@ -174,6 +176,12 @@ impl BrokerBuilder {
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.envs.push((key.to_string(), value.to_string()));
         self
+    }
+
+    /// Enables the HTTP endpoint (metrics, health, management API) on an ephemeral loopback
+    /// port, found like the others in the `listener opened protocol=http` line.
+    pub fn with_http(self) -> Self {
+        self.config("[http]\nenabled = true\nlisten = \"127.0.0.1:0\"\n")
     }
 
     /// Writes the configuration into a new temporary directory and starts the broker.
@@ -334,7 +342,9 @@ impl Broker {
                             .map(|(s, _)| s)
                             .unwrap_or_else(|p| p.into_inner().0);
                     }
-                    break Some(format!("broker exited with {status} before opening its listeners"));
+                    break Some(format!(
+                        "broker exited with {status} before opening its listeners"
+                    ));
                 }
                 Ok(None) => {}
                 Err(e) => break Some(format!("cannot poll the broker process: {e}")),
@@ -377,6 +387,12 @@ impl Broker {
         &self.listeners
     }
 
+    /// The HTTP endpoint's address (see [`BrokerBuilder::with_http`]).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.addr("http")
+            .expect("the broker has no HTTP listener (BrokerBuilder::with_http)")
+    }
+
     /// The AMQP listener's address.
     pub fn amqp_addr(&self) -> SocketAddr {
         self.addr("amqp").expect("the broker has no AMQP listener")
@@ -390,6 +406,11 @@ impl Broker {
     pub fn amqp_url(&self) -> String {
         let addr = self.amqp_addr();
         format!("amqp://guest:guest@{}:{}/%2f", addr.ip(), addr.port())
+    }
+
+    /// The STOMP listener's address (enable it with `[stomp] enabled = true`).
+    pub fn stomp_addr(&self) -> SocketAddr {
+        self.addr("stomp").expect("the broker has no STOMP listener")
     }
 
     /// The store's directory (`<tempdir>/data`).
@@ -502,6 +523,18 @@ impl Broker {
         }
     }
 
+    /// Sends SIGTERM and returns at once, so a test can watch the shutdown as it happens;
+    /// [`Broker::wait_for_exit`] collects the process.
+    pub fn terminate(&self) {
+        self.signal(Signal::TERM);
+    }
+
+    /// Waits for the process to exit and returns its status; `None` if it still runs after
+    /// `deadline`.
+    pub fn wait_for_exit(&mut self, deadline: Duration) -> Option<ExitStatus> {
+        self.reap(deadline)
+    }
+
     /// Sends SIGTERM and waits for a graceful exit; returns the exit status.
     /// Panics (after a SIGKILL) if the broker is still running after 15 s.
     pub fn stop(&mut self) -> ExitStatus {
@@ -526,7 +559,8 @@ impl Broker {
         if self.run.is_some() {
             self.stop();
         }
-        self.history.push("---- broker restarted ----\n".to_string());
+        self.history
+            .push("---- broker restarted ----\n".to_string());
         self.spawn();
     }
 }

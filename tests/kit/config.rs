@@ -44,11 +44,7 @@ impl ConfigFile {
     /// listeners disabled.
     pub fn defaults(data_dir: &Path) -> Self {
         let mut config = Self::default();
-        config.set(
-            "storage",
-            "path",
-            &toml_string(&data_dir.to_string_lossy()),
-        );
+        config.set("storage", "path", &toml_string(&data_dir.to_string_lossy()));
         config.set("amqp", "listen", "\"127.0.0.1:0\"");
         config.set("mqtt", "enabled", "false");
         config.set("stomp", "enabled", "false");
@@ -164,8 +160,14 @@ mod tests {
     fn defaults_disable_every_listener_but_amqp() {
         let config = ConfigFile::defaults(Path::new("some/dir/data"));
         let text = config.render();
-        assert!(text.contains("[storage]\npath = \"some/dir/data\"\n"), "{text}");
-        assert!(text.contains("[amqp]\nlisten = \"127.0.0.1:0\"\n"), "{text}");
+        assert!(
+            text.contains("[storage]\npath = \"some/dir/data\"\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("[amqp]\nlisten = \"127.0.0.1:0\"\n"),
+            "{text}"
+        );
         assert!(config.listener_enabled("amqp"));
         for section in ["mqtt", "stomp", "http"] {
             assert!(!config.listener_enabled(section), "{section}");

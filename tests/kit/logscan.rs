@@ -125,8 +125,12 @@ mod tests {
 
     #[test]
     fn other_lines_and_lookalike_fields_are_ignored() {
-        assert!(parse_listener("INFO connection accepted protocol=amqp addr=127.0.0.1:1").is_none());
-        assert!(parse_listener("INFO listener opened protocol=amqp local_addr=127.0.0.1:1").is_none());
+        assert!(
+            parse_listener("INFO connection accepted protocol=amqp addr=127.0.0.1:1").is_none()
+        );
+        assert!(
+            parse_listener("INFO listener opened protocol=amqp local_addr=127.0.0.1:1").is_none()
+        );
         assert!(parse_listener("INFO listener opened protocol=amqp addr=not-an-address").is_none());
     }
 

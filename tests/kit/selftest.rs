@@ -36,7 +36,11 @@ fn broker_start_reads_the_listener_address_from_the_log() {
     assert!(broker.log_contains("args: --config"));
     assert!(broker.data_dir().starts_with(broker.dir()));
     // The config reaches the process, with the data dir and listener defaults.
-    assert!(broker.wait_for_log("[mqtt]", Duration::from_secs(5)), "{}", broker.log());
+    assert!(
+        broker.wait_for_log("[mqtt]", Duration::from_secs(5)),
+        "{}",
+        broker.log()
+    );
     let config = std::fs::read_to_string(broker.config_path()).expect("config");
     assert!(config.contains(&format!("path = \"{}\"", broker.data_dir().display())));
     assert!(config.contains("listen = \"127.0.0.1:0\""));
@@ -68,7 +72,12 @@ fn broker_kill9_then_restart_runs_again_on_the_same_directory() {
     broker.restart();
     assert!(broker.is_running());
     assert_ne!(broker.pid(), Some(first_pid));
-    assert_eq!(broker.log().matches("listener opened").count(), 2, "{}", broker.log());
+    assert_eq!(
+        broker.log().matches("listener opened").count(),
+        2,
+        "{}",
+        broker.log()
+    );
 }
 
 #[test]

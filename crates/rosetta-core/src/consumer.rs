@@ -72,6 +72,24 @@ pub enum Outbound {
     Deliver(Delivery),
     /// The queue was deleted under the consumer (RabbitMQ's consumer cancel notification).
     Cancelled { channel: u16, consumer_tag: Arc<str> },
+    /// The broker tells the connection to close, from outside its own task.
+    Close(CloseReason),
+}
+
+/// Why the broker closes a connection from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// A newer connection claimed the same client identity (an MQTT client id); the old one must
+    /// go so that one identity has one connection.
+    TakenOver,
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::TakenOver => "client identity taken over by a newer connection",
+        }
+    }
 }
 
 /// One message handed to one consumer. The connection assigns the protocol's delivery tag.

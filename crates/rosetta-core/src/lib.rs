@@ -18,7 +18,7 @@ pub mod vhost;
 
 pub use auth::{AuthFailure, User, Users};
 pub use broker::{Broker, CoreLimits, Counters};
-pub use consumer::{ConnectionId, Consumer, ConsumerSpec, Credit, Delivery, Outbound};
+pub use consumer::{CloseReason, ConnectionId, Consumer, ConsumerSpec, Credit, Delivery, Outbound};
 pub use error::CoreError;
 pub use exchange::Destination;
 pub use message::{Message, Properties, Table, Value};

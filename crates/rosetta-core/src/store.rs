@@ -65,6 +65,9 @@ pub struct Recovered {
     pub max_queue_id: u64,
 }
 
+/// Records a scan returns: (key, value) pairs in key order.
+pub type Records = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Errors a store reports. Implementations wrap their engine's error as text so the core stays
 /// independent of any engine.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +98,19 @@ pub trait Store: Send + Sync + 'static {
     /// Records that the entry was delivered at least once, so it comes back `redelivered`
     /// after a restart.
     fn mark_redelivered(&self, queue_id: u64, seq: u64) -> Result<Epoch, StoreError>;
+
+    /// Stores a small record a front-end keeps beside its queues (MQTT sessions, retained
+    /// messages, packet ids awaiting release), under `namespace` and `key`, replacing any record
+    /// of the same key. The value is opaque: its owner encodes it. Durable like every other
+    /// write, once the durable epoch reaches the returned one. `namespace` holds no NUL byte.
+    fn put_record(&self, namespace: &str, key: &[u8], value: &[u8]) -> Result<Epoch, StoreError>;
+    /// Deletes one record; deleting a missing record succeeds.
+    fn delete_record(&self, namespace: &str, key: &[u8]) -> Result<Epoch, StoreError>;
+    /// Deletes every record of `namespace` whose key starts with `prefix`.
+    fn delete_records(&self, namespace: &str, prefix: &[u8]) -> Result<Epoch, StoreError>;
+    /// Every record of `namespace` whose key starts with `prefix`, in key order. Sees buffered
+    /// writes too, so a reader always finds what was just put.
+    fn scan_records(&self, namespace: &str, prefix: &[u8]) -> Result<Records, StoreError>;
 
     /// The epoch of the latest buffered write.
     fn current_epoch(&self) -> Epoch;

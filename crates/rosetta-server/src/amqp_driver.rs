@@ -50,6 +50,9 @@ impl Session for AmqpSession {
         let user = AmqpSession::user(self);
         (!user.is_empty()).then_some(user)
     }
+    fn channel_count(&self) -> usize {
+        AmqpSession::channel_count(self)
+    }
     fn is_closing(&self) -> bool {
         AmqpSession::is_closing(self)
     }

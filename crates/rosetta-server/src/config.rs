@@ -44,18 +44,26 @@ pub enum ConfigError {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    pub server: ServerConfig,
     pub storage: StorageConfig,
     pub amqp: AmqpConfig,
-    #[serde(deserialize_with = "listen::section::<_, 1883>")]
-    pub mqtt: ListenerConfig,
-    #[serde(deserialize_with = "listen::section::<_, 61613>")]
-    pub stomp: ListenerConfig,
+    pub mqtt: MqttConfig,
+    pub stomp: StompConfig,
     #[serde(deserialize_with = "listen::section::<_, 15692>")]
     pub http: ListenerConfig,
     pub users: Vec<User>,
     pub vhosts: Vec<VHostConfig>,
     pub limits: Limits,
     pub log: LogConfig,
+}
+
+/// The daemon itself, whatever the protocols.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Seconds connections get, after SIGTERM or SIGINT, to close before the broker flushes the
+    /// store and exits anyway.
+    pub shutdown_timeout: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -82,6 +90,44 @@ pub struct AmqpConfig {
     pub listen: SocketAddr,
     /// Seconds proposed in `connection.tune`; 0 disables heartbeats.
     pub heartbeat: u16,
+}
+
+/// The STOMP listener and its frame limits (its fields repeat [`ListenerConfig`]'s, as
+/// [`AmqpConfig`]'s do). Bodies are bounded by `limits.max_message_size`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StompConfig {
+    pub enabled: bool,
+    #[serde(deserialize_with = "listen::deserialize")]
+    pub listen: SocketAddr,
+    /// Heart-beat interval in milliseconds offered in CONNECTED for both directions; 0 disables.
+    pub heartbeat_ms: u32,
+    /// Most header lines one frame may carry.
+    pub max_headers: u32,
+    /// Longest header line in bytes.
+    pub max_header_length: u32,
+}
+
+/// The MQTT listener and its limits (its fields repeat [`ListenerConfig`]'s, as
+/// [`AmqpConfig`]'s do).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    pub enabled: bool,
+    #[serde(deserialize_with = "listen::deserialize")]
+    pub listen: SocketAddr,
+    /// The virtual host MQTT clients use.
+    pub vhost: String,
+    /// Largest packet accepted, in bytes, fixed header included.
+    pub max_packet_size: u32,
+    /// QoS 1 and 2 messages in flight per direction (announced as Receive Maximum).
+    pub max_inflight: u16,
+    /// Topic aliases a 5.0 client may use (Topic Alias Maximum); 0 allows none.
+    pub topic_alias_max: u16,
+    /// Longest keep-alive granted, in seconds; 0 grants what clients ask.
+    pub max_keep_alive: u16,
+    /// Most retained topics kept; 0 = no limit.
+    pub max_retained: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -179,10 +225,11 @@ fn listener(port: u16) -> ListenerConfig {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            server: ServerConfig::default(),
             storage: StorageConfig::default(),
             amqp: AmqpConfig::default(),
-            mqtt: listener(1883),
-            stomp: listener(61613),
+            mqtt: MqttConfig::default(),
+            stomp: StompConfig::default(),
             http: listener(15692),
             users: vec![User {
                 name: "guest".into(),
@@ -192,6 +239,14 @@ impl Default for Config {
             vhosts: vec![VHostConfig { name: "/".into() }],
             limits: Limits::default(),
             log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            shutdown_timeout: 5,
         }
     }
 }
@@ -210,6 +265,33 @@ impl Default for AmqpConfig {
             enabled: true,
             listen: any_ipv4(5672),
             heartbeat: 60,
+        }
+    }
+}
+
+impl Default for StompConfig {
+    fn default() -> Self {
+        StompConfig {
+            enabled: true,
+            listen: any_ipv4(61613),
+            heartbeat_ms: 10_000,
+            max_headers: 1000,
+            max_header_length: 65_536,
+        }
+    }
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            enabled: true,
+            listen: any_ipv4(1883),
+            vhost: "/".into(),
+            max_packet_size: 16 * 1024 * 1024,
+            max_inflight: 100,
+            topic_alias_max: 10,
+            max_keep_alive: 0,
+            max_retained: 100_000,
         }
     }
 }

@@ -47,6 +47,10 @@ pub(crate) trait Session {
     fn send_heartbeat(&mut self);
     /// The client authenticated (for the handshake timeout and the closing log line).
     fn user(&self) -> Option<&str>;
+    /// Open channels, for the channel gauge; protocols without channels keep the default.
+    fn channel_count(&self) -> usize {
+        0
+    }
     fn is_closing(&self) -> bool;
     fn set_alarm(&mut self, on: bool);
     fn reading_paused(&self) -> bool;
@@ -65,6 +69,8 @@ pub(crate) async fn drive<S: Session>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
+    let registration = state.connections.register(S::PROTOCOL, peer);
+    let traffic = state.metrics.traffic(S::PROTOCOL);
     let (mut reader, mut writer) = stream.into_split();
     let mut durable = state.broker.store().subscribe_durable();
     let mut input = BytesMut::with_capacity(16 * 1024);
@@ -80,7 +86,8 @@ pub(crate) async fn drive<S: Session>(
         let keep = tokio::select! {
             read = reader.read_buf(&mut input), if !session.reading_paused() => match read {
                 Ok(0) | Err(_) => break,
-                Ok(_) => {
+                Ok(n) => {
+                    traffic.received.inc_by(n as u64);
                     last_read = Instant::now();
                     session.handle_input(&mut input)
                 }
@@ -134,9 +141,11 @@ pub(crate) async fn drive<S: Session>(
             if writer.write_all(&out).await.is_err() {
                 break;
             }
+            traffic.sent.inc_by(out.len() as u64);
             last_write = Instant::now();
         }
         session.after_flush();
+        registration.update(session.user(), session.channel_count());
         if !keep {
             break;
         }
@@ -149,6 +158,12 @@ pub(crate) async fn drive<S: Session>(
     }
     let _ = writer.shutdown().await;
     session.shutdown();
+    // Deliveries still in the outbox were never written: hand them back to the session, which
+    // returns them to their queues, so none is left unacknowledged with no one to settle it.
+    outbox.close();
+    while let Ok(item) = outbox.try_recv() {
+        session.handle_outbound(item);
+    }
     if let Some(user) = session.user() {
         tracing::info!(%peer, user, protocol = S::PROTOCOL, "connection closed");
     }

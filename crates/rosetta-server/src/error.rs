@@ -16,4 +16,8 @@ pub enum Error {
     Recovery(#[from] rosetta_core::CoreError),
     #[error("runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("metrics registry: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("mqtt: {0}")]
+    Mqtt(#[from] rosetta_mqtt::MqttError),
 }

@@ -3,12 +3,18 @@
 
 mod amqp_driver;
 mod connection;
+mod connections;
 pub mod config;
 mod error;
+mod http;
+mod lifecycle;
 mod listener;
 pub mod logging;
+mod metrics;
+mod mqtt_driver;
 mod resources;
 mod state;
+mod stomp_driver;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,12 +27,13 @@ use tokio::sync::{watch, Semaphore};
 
 pub use config::Config;
 pub use error::Error;
+use connections::Connections;
+use lifecycle::Lifecycle;
+use metrics::Metrics;
 use state::ServerState;
 
 /// How often queues expire TTL'd messages and `x-expires` queues are collected.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(100);
-/// How long connections get to say goodbye on shutdown before the process exits anyway.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs the broker until SIGTERM or SIGINT. Returns an error, without panicking, when it cannot
 /// start (port taken, data directory unusable, store unreadable).
@@ -42,7 +49,12 @@ fn open_store(config: &Config) -> Result<Arc<SledStore>, Error> {
 }
 
 async fn serve(config: Config) -> Result<(), Error> {
+    // Handlers first: a SIGTERM that arrives while the store recovers or the listeners open must
+    // mean a clean shutdown, not the default action (death without flushing).
+    let signal = shutdown_signal();
     let store = open_store(&config)?;
+    let metrics = Metrics::new()?;
+    store.observe_flushes(metrics.flush_observer());
     let vhosts: Vec<String> = config.vhosts.iter().map(|v| v.name.clone()).collect();
     let limits = CoreLimits { max_queue_length: config.limits.max_queue_length, max_queue_bytes: config.limits.max_queue_bytes };
     let dyn_store: Arc<dyn Store> = store.clone();
@@ -62,7 +74,20 @@ async fn serve(config: Config) -> Result<(), Error> {
             heartbeat: config.amqp.heartbeat,
             max_message_size: config.limits.max_message_size,
         },
+        stomp: rosetta_stomp::session::SessionConfig {
+            limits: rosetta_stomp::codec::Limits {
+                max_headers: config.stomp.max_headers as usize,
+                max_header_length: config.stomp.max_header_length as usize,
+                max_body: usize::try_from(config.limits.max_message_size).unwrap_or(usize::MAX),
+            },
+            heartbeat_ms: config.stomp.heartbeat_ms,
+            // The first configured virtual host, "/" by default, as RabbitMQ's default_vhost.
+            default_vhost: vhosts.first().cloned().unwrap_or_else(|| "/".to_owned()),
+        },
         alarm: alarm_rx,
+        connections: Connections::default(),
+        metrics,
+        lifecycle: Lifecycle::new(),
     });
     let max_connections = match config.limits.max_connections {
         0 => Semaphore::MAX_PERMITS,
@@ -73,6 +98,14 @@ async fn serve(config: Config) -> Result<(), Error> {
 
     // Bind everything first so a taken port fails startup before anything is served.
     let amqp = if config.amqp.enabled { Some(listener::bind("amqp", config.amqp.listen).await?) } else { None };
+    let stomp = if config.stomp.enabled { Some(listener::bind("stomp", config.stomp.listen).await?) } else { None };
+    let mqtt = if config.mqtt.enabled {
+        let mqtt = rosetta_mqtt::MqttState::open(broker.clone(), state.users.clone(), mqtt_driver::config(&config))?;
+        Some((listener::bind("mqtt", config.mqtt.listen).await?, mqtt))
+    } else {
+        None
+    };
+    let http = if config.http.enabled { Some(listener::bind("http", config.http.listen).await?) } else { None };
 
     let mut tasks = Vec::new();
     if let Some(l) = amqp {
@@ -81,6 +114,29 @@ async fn serve(config: Config) -> Result<(), Error> {
             amqp_driver::serve(stream, peer, state.clone(), shutdown)
         })));
     }
+    if let Some((l, mqtt)) = mqtt {
+        let state = state.clone();
+        tasks.push(tokio::spawn(mqtt_driver::housekeeping(mqtt.clone(), shutdown_rx.clone())));
+        tasks.push(tokio::spawn(listener::accept_loop("mqtt", l, limit.clone(), shutdown_rx.clone(), move |stream, peer, shutdown| {
+            mqtt_driver::serve(stream, peer, state.clone(), mqtt.clone(), shutdown)
+        })));
+    }
+    if let Some(l) = stomp {
+        let state = state.clone();
+        tasks.push(tokio::spawn(listener::accept_loop("stomp", l, limit.clone(), shutdown_rx.clone(), move |stream, peer, shutdown| {
+            stomp_driver::serve(stream, peer, state.clone(), shutdown)
+        })));
+    }
+    // The HTTP endpoint has its own stop signal: it keeps answering (health checks see 503)
+    // while connections drain, and stops once the store is flushed.
+    let (http_stop_tx, http_stop_rx) = watch::channel(false);
+    let http = http.map(|l| {
+        let state = state.clone();
+        let limit = Arc::new(Semaphore::new(http::MAX_CONNECTIONS));
+        tokio::spawn(listener::accept_loop("http", l, limit, http_stop_rx, move |stream, peer, stop| {
+            http::serve_connection(stream, peer, state.clone(), stop)
+        }))
+    });
     let housekeeping = {
         let broker = broker.clone();
         let mut shutdown = shutdown_rx.clone();
@@ -102,8 +158,10 @@ async fn serve(config: Config) -> Result<(), Error> {
     let monitor = tokio::spawn(monitor.run(alarm_tx, shutdown_rx.clone()));
     tracing::info!(version = env!("CARGO_PKG_VERSION"), data = %config.storage.path.display(), "broker started");
 
-    wait_for_signal().await;
-    tracing::info!("shutting down");
+    signal.await;
+    let shutdown_timeout = Duration::from_secs(config.server.shutdown_timeout);
+    tracing::info!(timeout = ?shutdown_timeout, "shutting down");
+    state.lifecycle.begin_shutdown();
     let _ = shutdown_tx.send(true);
     for t in tasks {
         let _ = t.await;
@@ -111,10 +169,14 @@ async fn serve(config: Config) -> Result<(), Error> {
     let _ = housekeeping.await;
     let _ = monitor.await;
     // Connections close themselves on the shutdown signal; wait for them to release their
-    // permits, bounded by the grace period.
-    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    // permits, bounded by `server.shutdown_timeout`.
+    let deadline = tokio::time::Instant::now() + shutdown_timeout;
     while limit.available_permits() < max_connections && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let remaining = max_connections - limit.available_permits();
+    if remaining > 0 {
+        tracing::warn!(connections = remaining, timeout = ?shutdown_timeout, "shutdown timeout reached; closing the remaining connections");
     }
     let flushed = tokio::task::spawn_blocking(move || store.sync()).await;
     match flushed {
@@ -122,18 +184,26 @@ async fn serve(config: Config) -> Result<(), Error> {
         Ok(Err(e)) => tracing::error!(error = %e, "final store flush failed"),
         Err(e) => tracing::error!(error = %e, "final store flush panicked"),
     }
+    let _ = http_stop_tx.send(true);
+    if let Some(task) = http {
+        let _ = task.await;
+    }
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Installs the SIGTERM and SIGINT handlers now and returns a future that completes on either.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        // Without signal handlers the broker can still be stopped with SIGKILL; keep serving.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            // Without signal handlers the broker can still be stopped with SIGKILL; keep serving.
+            std::future::pending::<()>().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }

@@ -12,13 +12,17 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, RwLock};
 use rosetta_core::store::{Epoch, StoreError};
 use tokio::sync::watch;
 
 /// After a failed flush, wait this long before trying again, so a persistent disk error does
 /// not turn into a busy loop.
 const RETRY_AFTER_ERROR: Duration = Duration::from_millis(100);
+
+/// Told how long each flush (write-out plus fsync) took, e.g. to feed a latency histogram.
+/// Called on the commit thread, so it must be quick and must not block.
+pub type FlushObserver = Arc<dyn Fn(Duration) + Send + Sync>;
 
 #[derive(Default)]
 struct State {
@@ -42,6 +46,7 @@ pub struct Committer {
     durable_tx: watch::Sender<Epoch>,
     last_flush_micros: AtomicU64,
     flush_count: AtomicU64,
+    observer: RwLock<Option<FlushObserver>>,
 }
 
 impl Committer {
@@ -56,6 +61,7 @@ impl Committer {
             durable_tx,
             last_flush_micros: AtomicU64::new(0),
             flush_count: AtomicU64::new(0),
+            observer: RwLock::new(None),
         })
     }
 
@@ -91,6 +97,11 @@ impl Committer {
 
     pub fn flush_count(&self) -> u64 {
         self.flush_count.load(Ordering::Relaxed)
+    }
+
+    /// Replaces the flush observer.
+    pub fn set_observer(&self, observer: FlushObserver) {
+        *self.observer.write() = Some(observer);
     }
 
     pub fn request(&self, epoch: Epoch) {
@@ -159,9 +170,13 @@ impl Committer {
         let target = self.current();
         let started = Instant::now();
         let result = db.flush();
-        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let elapsed = started.elapsed();
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         self.last_flush_micros.store(micros, Ordering::Relaxed);
         self.flush_count.fetch_add(1, Ordering::Relaxed);
+        if let Some(observe) = self.observer.read().as_ref() {
+            observe(elapsed);
+        }
 
         let mut st = self.state.lock();
         match result {

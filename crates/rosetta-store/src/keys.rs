@@ -21,6 +21,17 @@ pub fn named(vhost: &str, name: &str) -> Vec<u8> {
     k
 }
 
+/// `namespace \0 key`, for the records front-ends keep. The namespace holds no NUL, so the first
+/// NUL ends it and two namespaces never share a key; a prefix scan within one namespace is a
+/// prefix scan of the tree.
+pub fn record(namespace: &str, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(namespace.len() + 1 + key.len());
+    k.extend_from_slice(namespace.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key);
+    k
+}
+
 /// A key determined by every field of the binding, so the same binding declared twice maps to
 /// one record and bindings that differ only in arguments stay apart. After the vhost, fields are
 /// length-prefixed: names may contain any byte, and separators alone could make two different

@@ -12,6 +12,7 @@
 //! | `bindings`  | `vhost \0` then source, destination (each u32 BE length + bytes), `q`/`e`, routing key (length-prefixed), encoded arguments | encoded [`BindingRecord`] |
 //! | `bodies`    | message id, u64 big-endian                       | encoded [`Message`]            |
 //! | `entries`   | queue id (u64 BE) ++ seq (u64 BE)                | message id (u64 BE) ++ flags (bit 0: redelivered) |
+//! | `records`   | `namespace \0 key` (key bytes chosen by the front-end) | opaque bytes, encoded by the front-end |
 //!
 //! Big-endian integers make sled's byte order numeric order, so a queue's entries come back in
 //! sequence order from a prefix scan on its id. The default tree holds a format marker.
@@ -42,4 +43,5 @@ mod sled_store;
 mod wire;
 
 pub use rosetta_core::store::StoreError;
+pub use commit::FlushObserver;
 pub use sled_store::SledStore;

@@ -7,10 +7,10 @@ use std::thread::JoinHandle;
 
 use rosetta_core::message::Message;
 use rosetta_core::store::{
-    BindingRecord, Epoch, ExchangeRecord, QueueRecord, Recovered, Store, StoreError,
+    BindingRecord, Epoch, ExchangeRecord, QueueRecord, Records, Recovered, Store, StoreError,
 };
 
-use crate::commit::Committer;
+use crate::commit::{Committer, FlushObserver};
 use crate::refs::RefCounts;
 use crate::{codec, keys};
 
@@ -28,6 +28,7 @@ pub struct SledStore {
     pub(crate) bindings: sled::Tree,
     pub(crate) bodies: sled::Tree,
     pub(crate) entries: sled::Tree,
+    pub(crate) records: sled::Tree,
     pub(crate) refs: RefCounts,
     pub(crate) committer: Arc<Committer>,
     thread: Option<JoinHandle<()>>,
@@ -63,6 +64,7 @@ impl SledStore {
             bindings: tree("bindings")?,
             bodies: tree("bodies")?,
             entries: tree("entries")?,
+            records: tree("records")?,
             db,
             refs: RefCounts::new(),
             committer,
@@ -73,6 +75,11 @@ impl SledStore {
     /// Duration of the most recent flush, in microseconds.
     pub fn last_flush_micros(&self) -> u64 {
         self.committer.last_flush_micros()
+    }
+
+    /// Has `observer` told the duration of every flush from now on (replacing an earlier one).
+    pub fn observe_flushes(&self, observer: FlushObserver) {
+        self.committer.set_observer(observer);
     }
 
     /// Number of flushes performed since open.
@@ -105,6 +112,16 @@ impl SledStore {
         }
         Ok(())
     }
+}
+
+/// Namespaces end at the first NUL of a record key, so one inside a namespace is refused.
+fn record_key(namespace: &str, key: &[u8]) -> Result<Vec<u8>, StoreError> {
+    if namespace.contains('\0') {
+        return Err(StoreError::Engine(format!(
+            "record namespace {namespace:?} contains a NUL byte"
+        )));
+    }
+    Ok(keys::record(namespace, key))
 }
 
 fn prepare_dir(path: &Path) -> Result<(), StoreError> {
@@ -294,6 +311,44 @@ impl Store for SledStore {
             None => return Err(codec::corrupt(&key, "queue entry value")),
         }
         Ok(self.committer.advance())
+    }
+
+    fn put_record(&self, namespace: &str, key: &[u8], value: &[u8]) -> Result<Epoch, StoreError> {
+        self.records
+            .insert(record_key(namespace, key)?, value)
+            .map_err(engine)?;
+        Ok(self.committer.advance())
+    }
+
+    fn delete_record(&self, namespace: &str, key: &[u8]) -> Result<Epoch, StoreError> {
+        self.records
+            .remove(record_key(namespace, key)?)
+            .map_err(engine)?;
+        Ok(self.committer.advance())
+    }
+
+    fn delete_records(&self, namespace: &str, prefix: &[u8]) -> Result<Epoch, StoreError> {
+        let mut batch = sled::Batch::default();
+        for k in self.records.scan_prefix(record_key(namespace, prefix)?).keys() {
+            batch.remove(k.map_err(engine)?);
+        }
+        self.records.apply_batch(batch).map_err(engine)?;
+        Ok(self.committer.advance())
+    }
+
+    fn scan_records(
+        &self,
+        namespace: &str,
+        prefix: &[u8],
+    ) -> Result<Records, StoreError> {
+        let skip = namespace.len() + 1;
+        self.records
+            .scan_prefix(record_key(namespace, prefix)?)
+            .map(|item| {
+                let (k, v) = item.map_err(engine)?;
+                Ok((k[skip..].to_vec(), v.to_vec()))
+            })
+            .collect()
     }
 
     fn current_epoch(&self) -> Epoch {

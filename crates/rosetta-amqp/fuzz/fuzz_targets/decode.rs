@@ -20,7 +20,10 @@ fn decode_all(mut buf: BytesMut, frame_max: u32) -> (Vec<BytesMut>, Option<Codec
                 encode_frame(&frame, &mut once);
                 let mut again = once.clone();
                 let redecoded = decode_frame(&mut again, 0);
-                assert!(again.is_empty(), "re-encoded frame left bytes over: {frame:?}");
+                assert!(
+                    again.is_empty(),
+                    "re-encoded frame left bytes over: {frame:?}"
+                );
                 let mut twice = BytesMut::new();
                 match redecoded {
                     Ok(Some(f)) => encode_frame(&f, &mut twice),
@@ -67,5 +70,9 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    assert_eq!(whole, (frames, error), "byte-at-a-time decoding differs from whole decoding");
+    assert_eq!(
+        whole,
+        (frames, error),
+        "byte-at-a-time decoding differs from whole decoding"
+    );
 });

@@ -617,6 +617,8 @@ impl Channel {
                     ctx.send(self.id, AMQPClass::Basic(basic::AMQPMethod::Cancel(cancel)));
                 }
             }
+            // Handled by the session before it reaches a channel.
+            Outbound::Close(_) => {}
         }
     }
 }

@@ -391,6 +391,11 @@ impl Session {
         let channel_id = match &item {
             Outbound::Deliver(d) => d.consumer.channel,
             Outbound::Cancelled { channel, .. } => *channel,
+            Outbound::Close(reason) => {
+                // AMQP has no client identity to take over; close as the broker would on shutdown.
+                self.force_close(reason.as_str());
+                return;
+            }
         };
         let Some(mut channel) = self.channels.remove(&channel_id) else {
             // The channel is gone; its cleanup requeued or will requeue what it held.

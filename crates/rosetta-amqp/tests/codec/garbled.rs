@@ -1,6 +1,6 @@
 //! Random and garbled input from a deterministic generator: the decoder never panics.
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use rosetta_amqp::codec::{decode_frame, decode_header, FRAME_END, FRAME_MIN_SIZE};
 
 use crate::frames::every_frame;
@@ -23,10 +23,12 @@ impl Rng {
 }
 
 /// Decodes `input` to the end or the first error, checking the decoder's invariants: it never
-/// panics, only ever consumes a decoded frame, and what it decodes re-encodes stably.
+/// panics, only ever consumes a decoded frame, what it decodes re-encodes stably, and the input
+/// fed one byte at a time gives the same frames and error as the input decoded whole.
 fn decode_and_check(input: &[u8], frame_max: u32) {
     let mut buf = BytesMut::from(input);
-    loop {
+    let mut whole = Vec::new();
+    let whole_error = loop {
         let before = buf.len();
         match decode_frame(&mut buf, frame_max) {
             Ok(Some(frame)) => {
@@ -41,16 +43,35 @@ fn decode_and_check(input: &[u8], frame_max: u32) {
                     Some(&once[..]),
                     "{frame:?} does not re-encode stably"
                 );
+                whole.push(once);
             }
             Ok(None) => {
                 assert_eq!(buf.len(), before, "waiting for more must not consume");
-                break;
+                break None;
             }
-            Err(_) => break,
+            Err(e) => break Some(e),
+        }
+    };
+
+    let mut buf = BytesMut::new();
+    let mut fed = Vec::new();
+    let mut fed_error = None;
+    'feed: for &byte in input {
+        buf.put_u8(byte);
+        loop {
+            match decode_frame(&mut buf, frame_max) {
+                Ok(Some(frame)) => fed.push(encoded(&frame)),
+                Ok(None) => break,
+                Err(e) => {
+                    fed_error = Some(e);
+                    break 'feed;
+                }
+            }
         }
     }
-    let mut buf = BytesMut::from(input);
-    let _ = decode_header(&mut buf);
+    assert_eq!((fed, fed_error), (whole, whole_error), "{input:?}");
+
+    let _ = decode_header(&mut BytesMut::from(input));
 }
 
 #[test]

@@ -74,6 +74,12 @@ pub(super) fn validate(config: &Config) -> Result<(), Violation> {
             ),
         ));
     }
+    // A STOMP frame needs a command line and at least a `destination` header.
+    for (key, value) in [("max_headers", config.stomp.max_headers), ("max_header_length", config.stomp.max_header_length)] {
+        if value == 0 {
+            return Err(violation(KeyPath::new("stomp", key), "must be at least 1"));
+        }
+    }
     unique_names("users", config.users.iter().map(|u| u.name.as_str()))?;
     unique_names("vhosts", config.vhosts.iter().map(|v| v.name.as_str()))?;
     listeners_distinct(config)?;

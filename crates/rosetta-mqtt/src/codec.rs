@@ -1,0 +1,356 @@
+//! Packets in and out, for every protocol version, on top of the `mqtt-proto` codec.
+//!
+//! The session works with MQTT 5.0's packet types only: MQTT 3.1 and 3.1.1 packets are decoded
+//! into their 5.0 counterparts (no properties, success reason codes), and 5.0 packets are
+//! encoded back into 3.x form for 3.x clients. This wrapper reads the fixed header itself, so a
+//! packet is refused for its size before its body is buffered, and it hands the decoder exactly
+//! one packet's bytes, so a packet that claims more than it holds is malformed rather than
+//! silently continued into the next one.
+
+use bytes::{Buf, BytesMut};
+use mqtt_proto::v5::{
+    Connack, ConnectReasonCode, Packet, Puback, PubackReasonCode, Pubcomp, PubcompReasonCode,
+    Publish, PublishProperties, Pubrec, PubrecReasonCode, Pubrel, PubrelReasonCode, RetainHandling,
+    Subscribe, SubscribeProperties, SubscribeReasonCode, SubscriptionOptions, Unsubscribe,
+    UnsubscribeProperties,
+};
+use mqtt_proto::{v3, v5, PollHeader, Protocol, QoS};
+
+use crate::error::MqttError;
+
+/// Packet type of CONNECT in the fixed header's high nibble.
+const CONNECT: u8 = 1;
+/// Packet types without a body beyond their fixed header.
+const PINGREQ: u8 = 12;
+const PINGRESP: u8 = 13;
+
+/// A fixed header (MQTT 5.0 §2.1.1): the first byte and the Remaining Length.
+#[derive(Debug, Clone, Copy)]
+struct Fixed {
+    first: u8,
+    header_len: usize,
+    remaining: usize,
+}
+
+impl Fixed {
+    fn total(&self) -> usize {
+        self.header_len + self.remaining
+    }
+}
+
+/// Reads the fixed header, if complete. The Remaining Length is a Variable Byte Integer of at
+/// most four bytes (MQTT 5.0 §1.5.5); a fifth makes the packet malformed.
+fn fixed_header(input: &[u8], max_packet_size: u32) -> Result<Option<Fixed>, MqttError> {
+    let Some(&first) = input.first() else {
+        return Ok(None);
+    };
+    let mut remaining: usize = 0;
+    for i in 0..4 {
+        let Some(&byte) = input.get(1 + i) else {
+            return Ok(None);
+        };
+        remaining |= usize::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            let fixed = Fixed {
+                first,
+                header_len: 2 + i,
+                remaining,
+            };
+            // [MQTT-3.2.2-?] / Maximum Packet Size: judged on the whole packet, before buffering.
+            if fixed.total() as u64 > u64::from(max_packet_size) {
+                return Err(MqttError::TooLarge {
+                    size: fixed.total() as u64,
+                    max: max_packet_size,
+                });
+            }
+            return Ok(Some(fixed));
+        }
+    }
+    Err(MqttError::Malformed(
+        "remaining length longer than four bytes".into(),
+    ))
+}
+
+/// The protocol a CONNECT asks for, from its protocol name and level (MQTT 5.0 §3.1.2.1-2).
+fn connect_protocol(body: &[u8]) -> Result<Protocol, MqttError> {
+    let short = || MqttError::Malformed("CONNECT too short for its protocol name".into());
+    let len = usize::from(u16::from_be_bytes([
+        *body.first().ok_or_else(short)?,
+        *body.get(1).ok_or_else(short)?,
+    ]));
+    let name = body.get(2..2 + len).ok_or_else(short)?;
+    let level = *body.get(2 + len).ok_or_else(short)?;
+    match (name, level) {
+        (b"MQIsdp", 3) => Ok(Protocol::V310),
+        (b"MQTT", 4) => Ok(Protocol::V311),
+        (b"MQTT", 5) => Ok(Protocol::V500),
+        (b"MQTT" | b"MQIsdp", level) => Err(MqttError::UnsupportedVersion(level)),
+        (other, _) => Err(MqttError::ProtocolName(
+            String::from_utf8_lossy(other).into_owned(),
+        )),
+    }
+}
+
+/// The outcome of reading a CONNECT whose protocol is known: the packet, or why it is invalid.
+pub type ConnectResult = Result<v5::Connect, MqttError>;
+
+/// Decodes the first packet of a connection, which must be CONNECT ([MQTT-3.1.0-1]), and tells
+/// which protocol version the rest of the connection speaks. 3.x CONNECTs come back as 5.0
+/// CONNECTs with `clean_start` holding Clean Session. The outer error means not even the
+/// protocol could be told; the inner one, a CONNECT of a known protocol that does not decode.
+pub fn decode_connect(
+    input: &mut BytesMut,
+    max_packet_size: u32,
+) -> Result<Option<(Protocol, ConnectResult)>, MqttError> {
+    let Some(&first) = input.first() else {
+        return Ok(None);
+    };
+    if first != CONNECT << 4 {
+        return Err(MqttError::NotConnect);
+    }
+    let Some(fixed) = fixed_header(input, max_packet_size)? else {
+        return Ok(None);
+    };
+    if input.len() < fixed.total() {
+        input.reserve(fixed.total() - input.len());
+        return Ok(None);
+    }
+    let packet = input.split_to(fixed.total());
+    let body = &packet[fixed.header_len..];
+    let protocol = connect_protocol(body)?;
+    let connect = match decode_body(protocol, fixed, body) {
+        Ok(Packet::Connect(c)) => Ok(c),
+        Ok(_) => Err(MqttError::NotConnect),
+        Err(e) => Err(e),
+    };
+    Ok(Some((protocol, connect)))
+}
+
+/// Decodes the next complete packet of a connected client, if `input` holds one.
+pub fn decode(
+    input: &mut BytesMut,
+    protocol: Protocol,
+    max_packet_size: u32,
+) -> Result<Option<Packet>, MqttError> {
+    let Some(fixed) = fixed_header(input, max_packet_size)? else {
+        return Ok(None);
+    };
+    if input.len() < fixed.total() {
+        input.reserve(fixed.total() - input.len());
+        return Ok(None);
+    }
+    let mut packet = input.split_to(fixed.total());
+    packet.advance(fixed.header_len);
+    decode_body(protocol, fixed, &packet).map(Some)
+}
+
+fn decode_body(protocol: Protocol, fixed: Fixed, body: &[u8]) -> Result<Packet, MqttError> {
+    let kind = fixed.first >> 4;
+    if matches!(kind, PINGREQ | PINGRESP) && !body.is_empty() {
+        return Err(MqttError::Malformed("PINGREQ with a body".into()));
+    }
+    let remaining = u32::try_from(fixed.remaining)
+        .map_err(|_| MqttError::Malformed("remaining length".into()))?;
+    let total = u32::try_from(fixed.total())
+        .map_err(|_| MqttError::Malformed("remaining length".into()))?;
+    let mut offset = 0;
+    let packet = if protocol == Protocol::V500 {
+        let header = v5::Header::new_with(fixed.first, remaining, total)?;
+        match header.build_empty_packet() {
+            Some(p) if body.is_empty() => p,
+            _ => header.decode_buffer(body, &mut offset)?,
+        }
+    } else {
+        let header = v3::Header::new_with(fixed.first, remaining, total)?;
+        match header.build_empty_packet() {
+            Some(p) if body.is_empty() => from_v3(p),
+            // PINGREQ, PINGRESP and DISCONNECT have no body in 3.x (MQTT 3.1.1 §3.12-3.14).
+            Some(_) => return Err(MqttError::Malformed("packet without a body has one".into())),
+            None => from_v3(header.decode_buffer(body, &mut offset)?),
+        }
+    };
+    if offset != body.len() && !body.is_empty() {
+        return Err(MqttError::Malformed(format!(
+            "{} bytes left after the packet's fields",
+            body.len() - offset
+        )));
+    }
+    Ok(packet)
+}
+
+/// A 3.x packet as its 5.0 counterpart.
+fn from_v3(packet: v3::Packet) -> Packet {
+    match packet {
+        v3::Packet::Connect(c) => Packet::Connect(v5::Connect {
+            protocol: c.protocol,
+            clean_start: c.clean_session,
+            keep_alive: c.keep_alive,
+            properties: v5::ConnectProperties::default(),
+            client_id: c.client_id,
+            last_will: c.last_will.map(|w| v5::LastWill {
+                qos: w.qos,
+                retain: w.retain,
+                topic_name: w.topic_name,
+                payload: w.message,
+                properties: v5::WillProperties::default(),
+            }),
+            username: c.username,
+            password: c.password,
+        }),
+        v3::Packet::Connack(c) => {
+            Packet::Connack(Connack::new(c.session_present, ConnectReasonCode::Success))
+        }
+        v3::Packet::Publish(p) => Packet::Publish(Publish {
+            dup: p.dup,
+            retain: p.retain,
+            qos_pid: p.qos_pid,
+            topic_name: p.topic_name,
+            payload: p.payload,
+            properties: PublishProperties::default(),
+        }),
+        v3::Packet::Puback(pid) => Packet::Puback(Puback::new_success(pid)),
+        v3::Packet::Pubrec(pid) => Packet::Pubrec(Pubrec::new_success(pid)),
+        v3::Packet::Pubrel(pid) => Packet::Pubrel(Pubrel::new_success(pid)),
+        v3::Packet::Pubcomp(pid) => Packet::Pubcomp(Pubcomp::new_success(pid)),
+        v3::Packet::Subscribe(s) => Packet::Subscribe(Subscribe {
+            pid: s.pid,
+            properties: SubscribeProperties::default(),
+            topics: s
+                .topics
+                .into_iter()
+                .map(|(filter, qos)| {
+                    // 3.x has none of 5.0's options: deliver own messages, clear RETAIN on
+                    // forwarding, send retained messages on every subscribe.
+                    let options = SubscriptionOptions {
+                        max_qos: qos,
+                        no_local: false,
+                        retain_as_published: false,
+                        retain_handling: RetainHandling::SendAtSubscribe,
+                    };
+                    (filter, options)
+                })
+                .collect(),
+        }),
+        v3::Packet::Suback(s) => Packet::Suback(v5::Suback::new(s.pid, Vec::new())),
+        v3::Packet::Unsubscribe(u) => Packet::Unsubscribe(Unsubscribe {
+            pid: u.pid,
+            properties: UnsubscribeProperties::default(),
+            topics: u.topics,
+        }),
+        v3::Packet::Unsuback(pid) => Packet::Unsuback(v5::Unsuback::new(pid, Vec::new())),
+        v3::Packet::Pingreq => Packet::Pingreq,
+        v3::Packet::Pingresp => Packet::Pingresp,
+        v3::Packet::Disconnect => Packet::Disconnect(v5::Disconnect::new_normal()),
+    }
+}
+
+/// The 3.1.1 CONNACK return code for a 5.0 reason code (MQTT 3.1.1 §3.2.2.3).
+fn return_code(reason: ConnectReasonCode) -> v3::ConnectReturnCode {
+    use v3::ConnectReturnCode as R;
+    match reason {
+        ConnectReasonCode::Success => R::Accepted,
+        ConnectReasonCode::UnsupportedProtocolVersion => R::UnacceptableProtocolVersion,
+        ConnectReasonCode::ClientIdentifierNotValid => R::IdentifierRejected,
+        ConnectReasonCode::BadUserNameOrPassword => R::BadUserNameOrPassword,
+        ConnectReasonCode::NotAuthorized | ConnectReasonCode::Banned => R::NotAuthorized,
+        _ => R::ServerUnavailable,
+    }
+}
+
+/// A 5.0 packet in 3.x form; `None` for what 3.x cannot say (a server DISCONNECT, AUTH) and
+/// for what [`encode`] writes itself.
+fn to_v3(packet: &Packet) -> Option<v3::Packet> {
+    Some(match packet {
+        Packet::Connack(c) => v3::Packet::Connack(v3::Connack::new(
+            c.session_present,
+            return_code(c.reason_code),
+        )),
+        Packet::Publish(p) => v3::Packet::Publish(v3::Publish {
+            dup: p.dup,
+            retain: p.retain,
+            qos_pid: p.qos_pid,
+            topic_name: p.topic_name.clone(),
+            payload: p.payload.clone(),
+        }),
+        Packet::Puback(p) => v3::Packet::Puback(p.pid),
+        Packet::Pubrec(p) => v3::Packet::Pubrec(p.pid),
+        Packet::Pubrel(p) => v3::Packet::Pubrel(p.pid),
+        Packet::Pubcomp(p) => v3::Packet::Pubcomp(p.pid),
+        Packet::Unsuback(u) => v3::Packet::Unsuback(u.pid),
+        Packet::Pingresp => v3::Packet::Pingresp,
+        Packet::Pingreq => v3::Packet::Pingreq,
+        // SUBACK is written by `suback_v3`.
+        Packet::Connect(_)
+        | Packet::Subscribe(_)
+        | Packet::Suback(_)
+        | Packet::Unsubscribe(_)
+        | Packet::Disconnect(_)
+        | Packet::Auth(_) => return None,
+    })
+}
+
+/// A 3.1.1 SUBACK (MQTT 3.1.1 §3.9.3), written here because the codec crate encodes the
+/// failure return code as 0x03 instead of 0x80.
+fn suback_v3(s: &v5::Suback) -> Vec<u8> {
+    let mut out = vec![0x90];
+    let mut remaining = 2 + s.topics.len();
+    loop {
+        let byte = (remaining % 128) as u8;
+        remaining /= 128;
+        out.push(if remaining > 0 { byte | 0x80 } else { byte });
+        if remaining == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&s.pid.value().to_be_bytes());
+    out.extend(s.topics.iter().map(|code| match code {
+        SubscribeReasonCode::GrantedQoS0 => 0x00,
+        SubscribeReasonCode::GrantedQoS1 => 0x01,
+        SubscribeReasonCode::GrantedQoS2 => 0x02,
+        _ => 0x80,
+    }));
+    out
+}
+
+/// Encodes `packet` for a client speaking `protocol`; returns the encoded bytes (empty when
+/// 3.x has no such packet).
+pub fn encode(packet: &Packet, protocol: Protocol) -> Result<Vec<u8>, MqttError> {
+    let bytes = if protocol == Protocol::V500 {
+        packet.encode()?
+    } else if let Packet::Suback(s) = packet {
+        return Ok(suback_v3(s));
+    } else {
+        match to_v3(packet) {
+            Some(p) => p.encode()?,
+            None => return Ok(Vec::new()),
+        }
+    };
+    Ok(bytes.as_ref().to_vec())
+}
+
+/// The granted-QoS reason code (MQTT 5.0 §3.9.3).
+pub fn granted(qos: QoS) -> SubscribeReasonCode {
+    match qos {
+        QoS::Level0 => SubscribeReasonCode::GrantedQoS0,
+        QoS::Level1 => SubscribeReasonCode::GrantedQoS1,
+        QoS::Level2 => SubscribeReasonCode::GrantedQoS2,
+    }
+}
+
+/// A PUBACK, PUBREC, PUBREL or PUBCOMP reason code stays a success unless said otherwise; these
+/// helpers keep the session's call sites short.
+pub fn puback(pid: mqtt_proto::Pid, reason: PubackReasonCode) -> Packet {
+    Packet::Puback(Puback::new(pid, reason))
+}
+
+pub fn pubrec(pid: mqtt_proto::Pid, reason: PubrecReasonCode) -> Packet {
+    Packet::Pubrec(Pubrec::new(pid, reason))
+}
+
+pub fn pubrel(pid: mqtt_proto::Pid, reason: PubrelReasonCode) -> Packet {
+    Packet::Pubrel(Pubrel::new(pid, reason))
+}
+
+pub fn pubcomp(pid: mqtt_proto::Pid, reason: PubcompReasonCode) -> Packet {
+    Packet::Pubcomp(Pubcomp::new(pid, reason))
+}

@@ -1,0 +1,146 @@
+//! PUBLISH from the client and the QoS 1 and 2 acknowledgements the server owes it.
+//!
+//! An acknowledgement (PUBACK, PUBREC) waits until the message is durable wherever it was
+//! stored: in a durable queue (a persistent session's, or any AMQP one), in the retained store,
+//! and for QoS 2 the packet id that makes redelivery exactly-once.
+
+use mqtt_proto::v5::{Packet, PubackReasonCode, PubcompReasonCode, Publish, PubrecReasonCode};
+use mqtt_proto::{Pid, Protocol, QosPid};
+use rosetta_core::queue::now_ms;
+use rosetta_core::PublishOutcome;
+
+use super::Inner;
+use crate::codec;
+use crate::error::MqttError;
+use crate::message::AppMessage;
+
+impl Inner {
+    /// The topic a PUBLISH addresses, resolving and recording topic aliases (MQTT 5.0 §3.3.2.3.4).
+    fn resolve_topic(&mut self, p: &Publish) -> Result<String, MqttError> {
+        let topic = p.topic_name.to_string();
+        let Some(alias) = p.properties.topic_alias else {
+            if topic.is_empty() {
+                // [MQTT-4.7.3-1]: a topic name has at least one character.
+                return Err(MqttError::Protocol(
+                    "PUBLISH with an empty topic name and no topic alias".into(),
+                ));
+            }
+            return Ok(topic);
+        };
+        // [MQTT-3.3.2-8], [MQTT-3.3.2-9]: 0 and values above our maximum are invalid.
+        if alias == 0 || alias > self.state.config.topic_alias_max {
+            return Err(MqttError::TopicAliasInvalid(alias));
+        }
+        if topic.is_empty() {
+            return self
+                .alias_in
+                .get(&alias)
+                .cloned()
+                .ok_or_else(|| MqttError::Protocol(format!("unknown topic alias {alias}")));
+        }
+        self.alias_in.insert(alias, topic.clone());
+        Ok(topic)
+    }
+
+    /// QoS 1 and 2 publishes the client has not had completed yet, against Receive Maximum.
+    fn inbound_in_flight(&self) -> usize {
+        self.acks
+            .iter()
+            .filter(|(p, _)| matches!(p, Packet::Puback(_)))
+            .count()
+            + self.qos2_in.len()
+    }
+
+    pub(super) fn on_publish(&mut self, p: Publish) -> Result<(), MqttError> {
+        let topic = self.resolve_topic(&p)?;
+        if p.qos_pid != QosPid::Level0
+            && self.protocol == Protocol::V500
+            && self.inbound_in_flight() >= usize::from(self.state.config.max_inflight)
+        {
+            // [MQTT-3.3.4-9]
+            return Err(MqttError::ReceiveMaximumExceeded(
+                self.state.config.max_inflight,
+            ));
+        }
+        if let QosPid::Level2(pid) = p.qos_pid {
+            if self.qos2_in.contains(&pid.value()) {
+                // A resent PUBLISH whose PUBREC was lost: acknowledged again, not routed again
+                // (MQTT 5.0 §4.3.3, method B).
+                self.acks
+                    .push_back((codec::pubrec(pid, PubrecReasonCode::Success), 0));
+                return Ok(());
+            }
+        }
+        let now = now_ms();
+        let message = AppMessage::from_publish(&p, topic, now);
+        let publisher = self.stamp_client_id.then_some(self.client_id.as_str());
+        let (outcome, epoch) = self.state.publish(&message, publisher, now)?;
+        self.published = true;
+        let epoch = epoch.unwrap_or(0);
+        match p.qos_pid {
+            QosPid::Level0 => {}
+            QosPid::Level1(pid) => {
+                self.acks
+                    .push_back((codec::puback(pid, puback_reason(outcome)), epoch));
+            }
+            // A refused QoS 2 message ends its exchange at PUBREC (reason >= 0x80).
+            QosPid::Level2(pid) if outcome.rejected => {
+                self.acks
+                    .push_back((codec::pubrec(pid, PubrecReasonCode::QuotaExceeded), epoch));
+            }
+            QosPid::Level2(pid) => {
+                self.qos2_in.insert(pid.value());
+                let mut epoch = epoch;
+                if self.durable_queue {
+                    let written = self
+                        .state
+                        .records(&self.client_id)
+                        .put_qos2_in(pid.value())?;
+                    self.state.store().request_sync(written);
+                    epoch = epoch.max(written);
+                }
+                self.acks
+                    .push_back((codec::pubrec(pid, pubrec_reason(outcome)), epoch));
+            }
+        }
+        Ok(())
+    }
+
+    /// PUBREL: the QoS 2 exchange is complete; the packet id may be reused.
+    pub(super) fn on_pubrel(&mut self, pid: Pid) {
+        let reason = if self.qos2_in.remove(&pid.value()) {
+            if self.durable_queue {
+                if let Err(e) = self
+                    .state
+                    .records(&self.client_id)
+                    .delete_qos2_in(pid.value())
+                {
+                    tracing::warn!(client_id = %self.client_id, error = %e, "cannot forget a released packet id");
+                }
+            }
+            PubcompReasonCode::Success
+        } else {
+            PubcompReasonCode::PacketIdentifierNotFound
+        };
+        // Queued behind pending acknowledgements so replies keep the order of requests.
+        self.acks.push_back((codec::pubcomp(pid, reason), 0));
+    }
+}
+
+fn puback_reason(outcome: PublishOutcome) -> PubackReasonCode {
+    if outcome.rejected {
+        PubackReasonCode::QuotaExceeded
+    } else if !outcome.routed {
+        PubackReasonCode::NoMatchingSubscribers
+    } else {
+        PubackReasonCode::Success
+    }
+}
+
+fn pubrec_reason(outcome: PublishOutcome) -> PubrecReasonCode {
+    if !outcome.routed {
+        PubrecReasonCode::NoMatchingSubscribers
+    } else {
+        PubrecReasonCode::Success
+    }
+}

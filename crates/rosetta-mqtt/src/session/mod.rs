@@ -1,0 +1,393 @@
+//! One MQTT connection's protocol state, without I/O.
+//!
+//! The server's connection task feeds it bytes ([`Session::handle_input`]), deliveries from the
+//! core ([`Session::handle_outbound`]) and durability progress ([`Session::on_durable`]), and
+//! writes out what [`Session::take_output`] returns. The state sits behind a mutex that the
+//! broker's registry of client ids also holds, so that a newer connection with the same client
+//! id can end this one's session attachment at once, from its own task, before it resumes the
+//! session (MQTT 5.0 §3.1.4, takeover); nothing else contends for it.
+
+mod connect;
+mod inbound;
+mod outbound;
+mod subscribe;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use mqtt_proto::v5::{Disconnect, DisconnectProperties, DisconnectReasonCode, Packet};
+use mqtt_proto::Protocol;
+use parking_lot::Mutex;
+use rosetta_core::store::Epoch;
+use rosetta_core::{CloseReason, ConnectionId, Consumer, Credit, Outbound, Queue};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+use crate::codec;
+use crate::error::MqttError;
+use crate::message::AppMessage;
+use crate::persist::Subscription;
+use crate::state::MqttState;
+use outbound::OutFlight;
+
+/// A session's state as the registry shares it.
+pub(crate) type Shared = Arc<Mutex<Inner>>;
+
+/// How a connection ended, which decides what happens to its will and its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// DISCONNECT with reason 0x00: the will is discarded ([MQTT-3.1.2-10]).
+    Normal,
+    /// DISCONNECT with reason 0x04, a protocol error, or a lost socket: the will is sent.
+    WithWill,
+    /// A newer connection took the client id; the session lives on there.
+    TakenOver,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    AwaitingConnect,
+    Connected,
+    /// Nothing more is read; the connection closes once output is written.
+    Closed,
+}
+
+pub(crate) struct Inner {
+    state: Arc<MqttState>,
+    conn_id: ConnectionId,
+    peer: SocketAddr,
+    outbox: UnboundedSender<Outbound>,
+    phase: Phase,
+    protocol: Protocol,
+    client_id: String,
+    user: Option<String>,
+    /// Seconds; 0 = no keep-alive.
+    keep_alive: u16,
+    /// Session Expiry Interval in seconds (3.x: 0 for a clean session, never for a persistent
+    /// one).
+    expiry: u32,
+    /// The session's queue is durable (it outlives connections).
+    durable_queue: bool,
+    /// Publishes carry the client id so No Local subscriptions can skip them.
+    stamp_client_id: bool,
+    subscriptions: BTreeMap<String, Subscription>,
+    /// Consumers by queue name: the session's queue and one per shared subscription.
+    consumers: HashMap<String, (Arc<Queue>, Arc<Consumer>)>,
+    /// The window of unacknowledged deliveries across the session's consumers.
+    credit: Arc<Credit>,
+    next_pid: u16,
+    out_flight: HashMap<u16, OutFlight>,
+    /// Packet ids of QoS 2 messages sent before a reconnect and not yet received by the client,
+    /// by (queue, entry): they go out again with the same id ([MQTT-4.4.0-1]).
+    resend: HashMap<(String, u64), u16>,
+    /// QoS 2 packet ids received and awaiting PUBREL.
+    qos2_in: HashSet<u16>,
+    /// Acknowledgements waiting for the store, in the order they must be sent.
+    acks: VecDeque<(Packet, Epoch)>,
+    alias_in: HashMap<u16, String>,
+    alias_out: HashMap<String, u16>,
+    client_alias_max: u16,
+    client_max_packet: u32,
+    /// Request Problem Information: reason strings may be sent ([MQTT-3.1.2-29]).
+    problem_info: bool,
+    /// The will and its delay in seconds.
+    will: Option<(AppMessage, u32)>,
+    out: BytesMut,
+    /// QoS 0 deliveries written: settled once the output has been flushed, which paces the
+    /// queue by the socket.
+    written: Vec<(Arc<Queue>, u64)>,
+    alarm: bool,
+    published: bool,
+    ended: bool,
+}
+
+/// The MQTT session the connection driver works with.
+pub struct Session {
+    inner: Shared,
+    /// A copy of the authenticated user, readable without the lock.
+    user: Option<String>,
+    keep_alive: u16,
+}
+
+impl Session {
+    /// Creates a session and the receiver the connection task drains into
+    /// [`Session::handle_outbound`].
+    pub fn new(state: Arc<MqttState>, peer: SocketAddr) -> (Self, UnboundedReceiver<Outbound>) {
+        let (tx, rx) = unbounded_channel();
+        let conn_id = state.broker.new_connection_id();
+        let inner = Inner {
+            conn_id,
+            peer,
+            outbox: tx,
+            phase: Phase::AwaitingConnect,
+            protocol: Protocol::V311,
+            client_id: String::new(),
+            user: None,
+            keep_alive: 0,
+            expiry: 0,
+            durable_queue: false,
+            stamp_client_id: false,
+            subscriptions: BTreeMap::new(),
+            consumers: HashMap::new(),
+            credit: Credit::new(u32::from(state.config.max_inflight)),
+            next_pid: 1,
+            out_flight: HashMap::new(),
+            resend: HashMap::new(),
+            qos2_in: HashSet::new(),
+            acks: VecDeque::new(),
+            alias_in: HashMap::new(),
+            alias_out: HashMap::new(),
+            client_alias_max: 0,
+            client_max_packet: u32::MAX,
+            problem_info: true,
+            will: None,
+            out: BytesMut::with_capacity(8 * 1024),
+            written: Vec::new(),
+            alarm: false,
+            published: false,
+            ended: false,
+            state,
+        };
+        (
+            Session {
+                inner: Arc::new(Mutex::new(inner)),
+                user: None,
+                keep_alive: 0,
+            },
+            rx,
+        )
+    }
+
+    /// Handles every complete packet in `input`; false means "close after writing the output".
+    pub fn handle_input(&mut self, input: &mut BytesMut) -> bool {
+        let me = self.inner.clone();
+        let mut inner = self.inner.lock();
+        let keep = inner.handle_input(input, &me);
+        if self.user.is_none() {
+            self.user.clone_from(&inner.user);
+        }
+        self.keep_alive = inner.keep_alive;
+        keep
+    }
+
+    pub fn handle_outbound(&mut self, item: Outbound) {
+        self.inner.lock().handle_outbound(item);
+    }
+
+    pub fn has_pending_acks(&self) -> bool {
+        !self.inner.lock().acks.is_empty()
+    }
+
+    /// The store's durable epoch advanced: send the acknowledgements it covers.
+    pub fn on_durable(&mut self) {
+        self.inner.lock().release_acks();
+    }
+
+    pub fn take_output(&mut self) -> Option<Bytes> {
+        let mut inner = self.inner.lock();
+        (!inner.out.is_empty()).then(|| inner.out.split().freeze())
+    }
+
+    /// After output was written: QoS 0 deliveries are settled, so their queues deliver more.
+    pub fn after_flush(&mut self) {
+        let written = std::mem::take(&mut self.inner.lock().written);
+        settle(written);
+    }
+
+    /// The keep-alive the client must honour (0 = none); the server closes the connection after
+    /// one and a half times it without a packet ([MQTT-3.1.2-22]).
+    pub fn keep_alive(&self) -> Duration {
+        Duration::from_secs(u64::from(self.keep_alive))
+    }
+
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.inner.lock().phase == Phase::Closed
+    }
+
+    pub fn set_alarm(&mut self, on: bool) {
+        self.inner.lock().alarm = on;
+    }
+
+    /// Publishers stop being read while a resource alarm is on; TCP pushes back on them.
+    pub fn reading_paused(&self) -> bool {
+        let inner = self.inner.lock();
+        inner.alarm && inner.published && inner.phase == Phase::Connected
+    }
+
+    /// The broker is shutting down: 5.0 clients are told (reason 0x8B).
+    pub fn force_close(&mut self) {
+        self.inner
+            .lock()
+            .close(DisconnectReasonCode::ServerShuttingDown, "broker shutdown");
+    }
+
+    /// The socket is gone: requeue what the client did not acknowledge, publish the will unless
+    /// the client said goodbye, and keep or end the session by its expiry.
+    pub fn shutdown(&mut self) {
+        let mut inner = self.inner.lock();
+        inner.end(End::WithWill);
+        inner.phase = Phase::Closed;
+    }
+}
+
+/// Acknowledges queue entries, one call per queue.
+fn settle(entries: Vec<(Arc<Queue>, u64)>) {
+    let mut groups: Vec<(Arc<Queue>, Vec<u64>)> = Vec::new();
+    for (q, seq) in entries {
+        match groups.iter_mut().find(|(g, _)| Arc::ptr_eq(g, &q)) {
+            Some((_, seqs)) => seqs.push(seq),
+            None => groups.push((q, vec![seq])),
+        }
+    }
+    for (q, seqs) in groups {
+        q.ack(&seqs);
+    }
+}
+
+impl Inner {
+    fn send(&mut self, packet: &Packet) {
+        match codec::encode(packet, self.protocol) {
+            Ok(bytes) => self.out.extend_from_slice(&bytes),
+            Err(e) => tracing::warn!(peer = %self.peer, error = %e, "cannot encode a packet"),
+        }
+    }
+
+    fn handle_input(&mut self, input: &mut BytesMut, me: &Shared) -> bool {
+        loop {
+            match self.phase {
+                Phase::Closed => {
+                    input.clear();
+                    return false;
+                }
+                Phase::AwaitingConnect => {
+                    match codec::decode_connect(input, self.state.config.max_packet_size) {
+                        Ok(None) => return true,
+                        Ok(Some((protocol, connect))) => {
+                            self.protocol = protocol;
+                            match connect {
+                                Ok(c) => self.on_connect(c, me),
+                                Err(e) => self.refuse_malformed_connect(&e),
+                            }
+                        }
+                        Err(e) => self.refuse_unreadable_connect(&e),
+                    }
+                }
+                Phase::Connected => {
+                    match codec::decode(input, self.protocol, self.state.config.max_packet_size) {
+                        Ok(None) => {
+                            // Acknowledgements that needed no fsync go out with this batch.
+                            if !self.acks.is_empty() {
+                                self.release_acks();
+                            }
+                            return true;
+                        }
+                        Ok(Some(packet)) => {
+                            if let Err(e) = self.handle_packet(packet) {
+                                self.fail(&e);
+                            }
+                        }
+                        Err(e) => self.fail(&e),
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle_packet(&mut self, packet: Packet) -> Result<(), MqttError> {
+        match packet {
+            Packet::Publish(p) => self.on_publish(p),
+            Packet::Puback(p) => {
+                self.on_puback(p.pid.value());
+                Ok(())
+            }
+            Packet::Pubrec(p) => {
+                self.on_pubrec(p.pid, p.reason_code);
+                Ok(())
+            }
+            Packet::Pubrel(p) => {
+                self.on_pubrel(p.pid);
+                Ok(())
+            }
+            Packet::Pubcomp(p) => {
+                self.on_pubcomp(p.pid.value());
+                Ok(())
+            }
+            Packet::Subscribe(s) => self.on_subscribe(s),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(u),
+            Packet::Pingreq => {
+                self.send(&Packet::Pingresp);
+                Ok(())
+            }
+            Packet::Disconnect(d) => self.on_disconnect(d),
+            // [MQTT-3.1.0-2]: a second CONNECT is a protocol error.
+            Packet::Connect(_) => Err(MqttError::Protocol("second CONNECT".into())),
+            // Enhanced authentication is not offered, so AUTH never belongs (MQTT 5.0 §4.12).
+            Packet::Auth(_) => Err(MqttError::Protocol(
+                "AUTH without enhanced authentication".into(),
+            )),
+            Packet::Connack(_) | Packet::Suback(_) | Packet::Unsuback(_) | Packet::Pingresp => Err(
+                MqttError::Protocol("server-to-client packet sent by a client".into()),
+            ),
+        }
+    }
+
+    /// A connection error: 5.0 clients get a DISCONNECT with the reason (MQTT 5.0 §4.13), 3.x
+    /// clients only the closed socket (MQTT 3.1.1 §4.8). The will is published.
+    fn fail(&mut self, e: &MqttError) {
+        tracing::warn!(peer = %self.peer, client_id = %self.client_id, error = %e, "closing mqtt connection");
+        self.close(e.disconnect_reason(), &e.to_string());
+        self.end(End::WithWill);
+    }
+
+    /// Sends DISCONNECT (5.0 only) and stops reading.
+    fn close(&mut self, reason: DisconnectReasonCode, text: &str) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        if self.protocol == Protocol::V500 && self.phase == Phase::Connected {
+            let properties = DisconnectProperties {
+                reason_string: self.problem_info.then(|| text.into()),
+                ..DisconnectProperties::default()
+            };
+            self.send(&Packet::Disconnect(Disconnect {
+                reason_code: reason,
+                properties,
+            }));
+        }
+        self.phase = Phase::Closed;
+    }
+
+    fn handle_outbound(&mut self, item: Outbound) {
+        match item {
+            Outbound::Deliver(d) => self.deliver(d),
+            Outbound::Cancelled { consumer_tag, .. } => {
+                // A queue was deleted under us (by an operator): forget its consumer; a later
+                // SUBSCRIBE declares the queue again.
+                self.consumers.retain(|_, (_, c)| c.tag != consumer_tag);
+            }
+            Outbound::Close(CloseReason::TakenOver) => {
+                tracing::info!(peer = %self.peer, client_id = %self.client_id, "mqtt session taken over by a new connection");
+                self.close(DisconnectReasonCode::SessionTakenOver, "session taken over");
+            }
+        }
+    }
+
+    /// Sends, in order, the acknowledgements whose store writes are durable.
+    fn release_acks(&mut self) {
+        let durable = self.state.store().durable_epoch();
+        while let Some((_, epoch)) = self.acks.front() {
+            if *epoch > durable {
+                break;
+            }
+            if let Some((packet, _)) = self.acks.pop_front() {
+                self.send(&packet);
+            }
+        }
+    }
+}

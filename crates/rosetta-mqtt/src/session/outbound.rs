@@ -1,0 +1,358 @@
+//! Messages to the client: core deliveries and retained messages become PUBLISH packets, with
+//! packet ids, topic aliases and the QoS 1 and 2 exchanges that settle them in their queues.
+
+use std::collections::hash_map::Entry;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use mqtt_proto::v5::{Packet, PubrecReasonCode, PubrelReasonCode};
+use mqtt_proto::{Pid, QoS, QosPid, TopicName};
+use rosetta_core::queue::now_ms;
+use rosetta_core::{Delivery, Queue};
+
+use super::{settle, Inner, Phase};
+use crate::codec;
+use crate::message::AppMessage;
+use crate::persist::OutStage;
+use crate::topic::{self, parse_filter, session_queue, shared_queue};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Awaiting {
+    /// QoS 1.
+    Puback,
+    /// QoS 2, PUBLISH sent.
+    Pubrec,
+    /// QoS 2, PUBREL sent.
+    Pubcomp,
+}
+
+/// A QoS 1 or 2 PUBLISH sent and not yet completed, by packet id.
+pub(crate) struct OutFlight {
+    /// The queue entry it came from, settled when the client has the message; `None` for
+    /// retained messages and once settled.
+    source: Option<(Arc<Queue>, u64)>,
+    awaiting: Awaiting,
+    /// The exchange is recorded in the store (QoS 2 to a persistent session).
+    persisted: bool,
+}
+
+impl OutFlight {
+    /// An exchange resumed after a reconnect at the PUBREL step.
+    pub fn released(persisted: bool) -> Self {
+        OutFlight {
+            source: None,
+            awaiting: Awaiting::Pubcomp,
+            persisted,
+        }
+    }
+
+    pub fn is_released(&self) -> bool {
+        self.awaiting == Awaiting::Pubcomp
+    }
+}
+
+impl Inner {
+    /// A message from one of the session's queues.
+    pub(super) fn deliver(&mut self, d: Delivery) {
+        let live = !self.ended
+            && self.phase == Phase::Connected
+            && self
+                .consumers
+                .get(&d.queue.name)
+                .is_some_and(|(_, c)| Arc::ptr_eq(c, &d.consumer));
+        if !live {
+            d.queue.requeue(&[d.seq]);
+            return;
+        }
+        let now = now_ms();
+        let message = AppMessage::from_core(&d.message, now);
+        let own = self.stamp_client_id && AppMessage::published_by(&d.message, &self.client_id);
+        let from_session_queue = d.queue.name == session_queue(&self.client_id);
+        // The subscriptions this message answers: in the session's queue every plain filter
+        // that matches (they overlap freely), in a shared queue the one subscription it serves.
+        // Matching again here also applies the `$` rule the AMQP matcher does not know.
+        let mut granted: Option<QoS> = None;
+        let mut retain = false;
+        let mut id = None;
+        for s in self.subscriptions.values() {
+            let Some(p) = parse_filter(&s.filter) else {
+                continue;
+            };
+            let serves = match p.group {
+                Some(group) => shared_queue(group, p.filter) == d.queue.name,
+                None => from_session_queue,
+            };
+            if !serves || !topic::matches(p.filter, &message.topic) || (s.no_local && own) {
+                continue;
+            }
+            // [MQTT-3.3.4-2]: overlapping subscriptions deliver once at the highest QoS.
+            granted = Some(granted.map_or(s.qos, |g| g.max(s.qos)));
+            // [MQTT-3.3.1-12], [MQTT-3.3.1-13]: RETAIN is kept only for Retain As Published.
+            retain |= s.retain_as_published && message.retain;
+            if id.is_none() && s.id != 0 {
+                id = Some(s.id);
+            }
+        }
+        let Some(granted) = granted else {
+            d.queue.ack(&[d.seq]);
+            return;
+        };
+        self.send_message(
+            &message,
+            message.qos.min(granted),
+            retain,
+            id,
+            Some((d.queue, d.seq)),
+            d.redelivered,
+        );
+    }
+
+    fn next_free_pid(&mut self) -> Option<u16> {
+        for _ in 0..u16::MAX {
+            let pid = self.next_pid;
+            self.next_pid = self.next_pid.checked_add(1).unwrap_or(1);
+            if !self.out_flight.contains_key(&pid) && !self.resend.values().any(|p| *p == pid) {
+                return Some(pid);
+            }
+        }
+        None
+    }
+
+    /// The topic to put in the packet and the alias to use (MQTT 5.0 §3.3.2.3.4): a topic the
+    /// client already knows by alias goes out empty; a new one gets the next free alias while
+    /// the client's Topic Alias Maximum allows. The third value is an alias to remember once
+    /// the packet is really sent.
+    fn outgoing_topic(&self, topic: &TopicName) -> (TopicName, Option<u16>, Option<u16>) {
+        if self.client_alias_max == 0 {
+            return (topic.clone(), None, None);
+        }
+        if let Some(&alias) = self.alias_out.get(&**topic) {
+            if let Ok(empty) = TopicName::try_from("") {
+                return (empty, Some(alias), None);
+            }
+        }
+        let count = self.alias_out.len();
+        match u16::try_from(count + 1) {
+            Ok(next) if next <= self.client_alias_max => (topic.clone(), Some(next), Some(next)),
+            _ => (topic.clone(), None, None),
+        }
+    }
+
+    /// Writes one PUBLISH. `source` is the queue entry to settle; `redelivered` sets DUP.
+    pub(super) fn send_message(
+        &mut self,
+        message: &AppMessage,
+        qos: QoS,
+        retain: bool,
+        id: Option<u32>,
+        source: Option<(Arc<Queue>, u64)>,
+        redelivered: bool,
+    ) {
+        let now = now_ms();
+        // [MQTT-3.3.2-5]: an expired message is not delivered.
+        let Some(mut properties) = message.publish_properties(id, now) else {
+            settle(source.into_iter().collect());
+            return;
+        };
+        let topic = match TopicName::try_from(message.topic.as_str()) {
+            Ok(t) if !t.is_empty() => t,
+            // A routing key from an AMQP publisher that is no MQTT topic name (`#`, `+` or
+            // empty): no MQTT client can receive it.
+            _ => {
+                tracing::debug!(client_id = %self.client_id, topic = %message.topic, "not a valid MQTT topic name; not delivered");
+                settle(source.into_iter().collect());
+                return;
+            }
+        };
+        let pid = if qos == QoS::Level0 {
+            None
+        } else {
+            let resent = source
+                .as_ref()
+                .and_then(|(q, seq)| self.resend.remove(&(q.name.clone(), *seq)));
+            match resent.or_else(|| self.next_free_pid()) {
+                Some(pid) => Some(pid),
+                None => {
+                    tracing::warn!(client_id = %self.client_id, "no free packet id; message returned to its queue");
+                    if let Some((q, seq)) = source {
+                        q.requeue(&[seq]);
+                    }
+                    return;
+                }
+            }
+        };
+        let qos_pid = match (qos, pid.and_then(|p| Pid::try_from(p).ok())) {
+            (QoS::Level1, Some(p)) => QosPid::Level1(p),
+            (QoS::Level2, Some(p)) => QosPid::Level2(p),
+            _ => QosPid::Level0,
+        };
+        // [MQTT-3.3.1-1], [MQTT-3.3.1-2]: DUP marks a resend, and never a QoS 0 message.
+        let dup = redelivered && qos_pid != QosPid::Level0;
+        let (wire_topic, alias, new_alias) = self.outgoing_topic(&topic);
+        properties.topic_alias = alias;
+        let packet =
+            Packet::Publish(message.to_publish(wire_topic, qos_pid, dup, retain, properties));
+        let bytes = match codec::encode(&packet, self.protocol) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(client_id = %self.client_id, error = %e, "cannot encode a PUBLISH; not delivered");
+                settle(source.into_iter().collect());
+                return;
+            }
+        };
+        // [MQTT-3.1.2-25]: a packet above the client's Maximum Packet Size is discarded as if
+        // it had been delivered.
+        if bytes.len() as u64 > u64::from(self.client_max_packet) {
+            tracing::debug!(client_id = %self.client_id, size = bytes.len(), "message larger than the client accepts; discarded");
+            settle(source.into_iter().collect());
+            return;
+        }
+        if let Some(a) = new_alias {
+            self.alias_out.insert(topic.to_string(), a);
+        }
+        self.out.extend_from_slice(&bytes);
+        let counters = self.state.broker.counters();
+        counters.delivered.fetch_add(1, Ordering::Relaxed);
+        if dup {
+            counters.redelivered.fetch_add(1, Ordering::Relaxed);
+        }
+        let Some(pid) = pid else {
+            self.written.extend(source);
+            return;
+        };
+        let mut persisted = false;
+        if qos == QoS::Level2 && self.durable_queue {
+            if let Some((q, seq)) = &source {
+                let stage = OutStage::Published {
+                    queue: q.name.clone(),
+                    seq: *seq,
+                };
+                match self
+                    .state
+                    .records(&self.client_id)
+                    .put_qos2_out(pid, &stage)
+                {
+                    Ok(_) => persisted = true,
+                    Err(e) => {
+                        tracing::warn!(client_id = %self.client_id, error = %e, "cannot record a QoS 2 delivery")
+                    }
+                }
+            }
+        }
+        let awaiting = if qos == QoS::Level1 {
+            Awaiting::Puback
+        } else {
+            Awaiting::Pubrec
+        };
+        self.out_flight.insert(
+            pid,
+            OutFlight {
+                source,
+                awaiting,
+                persisted,
+            },
+        );
+    }
+
+    fn acked(&self, source: Option<(Arc<Queue>, u64)>) {
+        if let Some((q, seq)) = source {
+            q.ack(&[seq]);
+            self.state
+                .broker
+                .counters()
+                .acked
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn forget_qos2_out(&self, pid: u16) {
+        if let Err(e) = self.state.records(&self.client_id).delete_qos2_out(pid) {
+            tracing::warn!(client_id = %self.client_id, error = %e, "cannot forget a completed QoS 2 delivery");
+        }
+    }
+
+    /// PUBACK: a QoS 1 delivery is complete. An unknown id is ignored: it may answer a PUBLISH
+    /// sent to an earlier connection.
+    pub(super) fn on_puback(&mut self, pid: u16) {
+        if let Entry::Occupied(e) = self.out_flight.entry(pid) {
+            if e.get().awaiting == Awaiting::Puback {
+                let f = e.remove();
+                self.acked(f.source);
+            }
+        }
+    }
+
+    /// PUBREC: the client has a QoS 2 message; the server releases it with PUBREL.
+    pub(super) fn on_pubrec(&mut self, pid: Pid, reason: PubrecReasonCode) {
+        let id = pid.value();
+        let Some(f) = self.out_flight.get_mut(&id) else {
+            self.send(&codec::pubrel(
+                pid,
+                PubrelReasonCode::PacketIdentifierNotFound,
+            ));
+            return;
+        };
+        if f.awaiting == Awaiting::Puback {
+            return;
+        }
+        let source = f.source.take();
+        let persisted = f.persisted;
+        self.acked(source);
+        // A PUBREC reason of 0x80 or above ends the exchange there (MQTT 5.0 §4.3.3).
+        if reason as u8 >= 0x80 {
+            self.out_flight.remove(&id);
+            if persisted {
+                self.forget_qos2_out(id);
+            }
+            return;
+        }
+        if let Some(f) = self.out_flight.get_mut(&id) {
+            f.awaiting = Awaiting::Pubcomp;
+        }
+        if persisted {
+            if let Err(e) = self
+                .state
+                .records(&self.client_id)
+                .put_qos2_out(id, &OutStage::Released)
+            {
+                tracing::warn!(client_id = %self.client_id, error = %e, "cannot record a released QoS 2 delivery");
+            }
+        }
+        self.send(&codec::pubrel(pid, PubrelReasonCode::Success));
+    }
+
+    /// PUBCOMP: the QoS 2 exchange is over and its packet id free.
+    pub(super) fn on_pubcomp(&mut self, pid: u16) {
+        if self
+            .out_flight
+            .get(&pid)
+            .is_some_and(|f| f.awaiting == Awaiting::Pubcomp)
+        {
+            if let Some(f) = self.out_flight.remove(&pid) {
+                if f.persisted {
+                    self.forget_qos2_out(pid);
+                }
+            }
+        }
+    }
+
+    /// The connection is leaving its session: consumers stop, and what the client did not
+    /// acknowledge goes back to its queues, to be sent again (DUP) to the next connection.
+    pub(super) fn release_deliveries(&mut self) {
+        for (_, (q, c)) in self.consumers.drain() {
+            self.state.vhost.cancel(&q, &c);
+        }
+        let mut back: Vec<(Arc<Queue>, Vec<u64>)> = Vec::new();
+        for (_, f) in self.out_flight.drain() {
+            let Some((q, seq)) = f.source else { continue };
+            match back.iter_mut().find(|(g, _)| Arc::ptr_eq(g, &q)) {
+                Some((_, seqs)) => seqs.push(seq),
+                None => back.push((q, vec![seq])),
+            }
+        }
+        for (q, seqs) in back {
+            q.requeue(&seqs);
+        }
+        settle(std::mem::take(&mut self.written));
+    }
+}

@@ -1,0 +1,241 @@
+//! SUBSCRIBE and UNSUBSCRIBE: filters become bindings from `amq.topic` to the session's queue,
+//! or to a shared subscription's queue, and retained messages follow the SUBACK.
+
+use mqtt_proto::v5::{
+    Packet, RetainHandling, Suback, SubackProperties, Subscribe, SubscribeReasonCode, Unsuback,
+    UnsubackProperties, Unsubscribe, UnsubscribeReasonCode,
+};
+use rosetta_core::queue::now_ms;
+use rosetta_core::{ConsumerSpec, Destination, QueueDeclare, Table};
+
+use super::Inner;
+use crate::codec;
+use crate::error::MqttError;
+use crate::persist::Subscription;
+use crate::topic::{filter_to_binding, parse_filter, session_queue, shared_queue};
+
+const EXCHANGE: &str = "amq.topic";
+
+impl Inner {
+    /// The queue a subscription's messages arrive in.
+    fn queue_of(&self, subscription: &str) -> Option<String> {
+        let parsed = parse_filter(subscription)?;
+        Some(match parsed.group {
+            Some(group) => shared_queue(group, parsed.filter),
+            None => session_queue(&self.client_id),
+        })
+    }
+
+    /// Declares the subscription's queue and binds it. The session's own queue is durable for a
+    /// persistent session and exclusive to the connection otherwise; a shared subscription's
+    /// queue is durable and goes away with its last consumer.
+    fn bind_subscription(&self, filter: &str) -> Result<(), MqttError> {
+        let parsed = parse_filter(filter).ok_or_else(|| {
+            MqttError::Protocol(format!("invalid shared subscription '{filter}'"))
+        })?;
+        let vhost = &self.state.vhost;
+        let (queue, declare) = match parsed.group {
+            Some(group) => {
+                let name = shared_queue(group, parsed.filter);
+                (
+                    name.clone(),
+                    QueueDeclare {
+                        name,
+                        durable: true,
+                        auto_delete: true,
+                        ..QueueDeclare::default()
+                    },
+                )
+            }
+            None => {
+                let name = session_queue(&self.client_id);
+                let durable = self.durable_queue;
+                (
+                    name.clone(),
+                    QueueDeclare {
+                        name,
+                        durable,
+                        exclusive: !durable,
+                        ..QueueDeclare::default()
+                    },
+                )
+            }
+        };
+        if vhost.queue(&queue).is_none() {
+            vhost.declare_queue(declare, self.conn_id)?;
+        }
+        vhost.bind(
+            EXCHANGE,
+            Destination::Queue(queue),
+            &filter_to_binding(parsed.filter),
+            Table::new(),
+            self.conn_id,
+        )?;
+        Ok(())
+    }
+
+    /// Binds every subscription of a resumed session again: a shared subscription's queue may
+    /// have gone with its last consumer while the session was away.
+    pub(super) fn restore_bindings(&mut self) -> Result<(), MqttError> {
+        let filters: Vec<String> = self.subscriptions.keys().cloned().collect();
+        for f in filters {
+            self.bind_subscription(&f)?;
+        }
+        Ok(())
+    }
+
+    fn consume(&mut self, queue: &str) -> Result<(), MqttError> {
+        if self.consumers.contains_key(queue) {
+            return Ok(());
+        }
+        let spec = ConsumerSpec {
+            tag: format!("mqtt-{}-{}", self.conn_id, queue),
+            channel: 0,
+            connection: self.conn_id,
+            no_ack: false,
+            exclusive: false,
+            arguments: Table::new(),
+            prefetch: 0,
+            shared_credit: Some(self.credit.clone()),
+        };
+        let (q, c) = self.state.vhost.consume(queue, spec, self.outbox.clone())?;
+        self.consumers.insert(queue.to_owned(), (q, c));
+        Ok(())
+    }
+
+    /// Starts consuming from every queue the session's subscriptions fill.
+    pub(super) fn consume_all(&mut self) {
+        let mut queues: Vec<String> = self
+            .subscriptions
+            .keys()
+            .filter_map(|f| self.queue_of(f))
+            .collect();
+        queues.dedup();
+        for q in queues {
+            if let Err(e) = self.consume(&q) {
+                tracing::warn!(client_id = %self.client_id, queue = %q, error = %e, "cannot consume from a session queue");
+            }
+        }
+    }
+
+    pub(super) fn on_subscribe(&mut self, s: Subscribe) -> Result<(), MqttError> {
+        let id = s.properties.subscription_id.map_or(0, |v| v.value());
+        let mut codes = Vec::with_capacity(s.topics.len());
+        let mut retained = Vec::new();
+        for (filter, options) in s.topics {
+            let full = filter.to_string();
+            let Some(parsed) = parse_filter(&full) else {
+                codes.push(SubscribeReasonCode::TopicFilterInvalid);
+                continue;
+            };
+            // [MQTT-3.8.3-4]: No Local on a shared subscription is a protocol error.
+            if parsed.group.is_some() && options.no_local {
+                return Err(MqttError::Protocol(
+                    "No Local set on a shared subscription".into(),
+                ));
+            }
+            let existed = self.subscriptions.contains_key(&full);
+            if let Err(e) = self
+                .bind_subscription(&full)
+                .and_then(|()| self.queue_of(&full).map_or(Ok(()), |q| self.consume(&q)))
+            {
+                tracing::warn!(client_id = %self.client_id, filter = %full, error = %e, "subscription failed");
+                codes.push(SubscribeReasonCode::UnspecifiedError);
+                continue;
+            }
+            let subscription = Subscription {
+                filter: full.clone(),
+                qos: options.max_qos,
+                no_local: options.no_local,
+                retain_as_published: options.retain_as_published,
+                retain_handling: options.retain_handling,
+                id,
+            };
+            self.stamp_client_id |= subscription.no_local;
+            // [MQTT-3.8.4-3]: a subscription to an existing filter replaces it.
+            self.subscriptions
+                .insert(full.clone(), subscription.clone());
+            codes.push(codec::granted(options.max_qos));
+            // Retained messages go to new plain subscriptions, by Retain Handling (MQTT 5.0
+            // §3.8.3.1), never to shared ones.
+            let send = match options.retain_handling {
+                RetainHandling::SendAtSubscribe => true,
+                RetainHandling::SendAtSubscribeIfNotExist => !existed,
+                RetainHandling::DoNotSend => false,
+            };
+            if send && parsed.group.is_none() {
+                retained.push(subscription);
+            }
+        }
+        self.persist_subscriptions()?;
+        self.send(&Packet::Suback(Suback {
+            pid: s.pid,
+            properties: SubackProperties::default(),
+            topics: codes,
+        }));
+        let now = now_ms();
+        for sub in retained {
+            for message in self.state.retained.matching(&sub.filter, now) {
+                let qos = message.qos.min(sub.qos);
+                let id = (sub.id != 0).then_some(sub.id);
+                // [MQTT-3.3.1-8]: retained messages sent for a new subscription keep RETAIN.
+                self.send_message(&message, qos, true, id, None, false);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), MqttError> {
+        let mut codes = Vec::with_capacity(u.topics.len());
+        for filter in u.topics {
+            let full = filter.to_string();
+            let Some(sub) = self.subscriptions.remove(&full) else {
+                codes.push(UnsubscribeReasonCode::NoSubscriptionExisted);
+                continue;
+            };
+            let result = match parse_filter(&sub.filter) {
+                Some(p) if p.group.is_some() => {
+                    // Other members keep the shared queue; this session stops taking from it.
+                    if let Some(queue) = self.queue_of(&sub.filter) {
+                        if let Some((q, c)) = self.consumers.remove(&queue) {
+                            self.state.vhost.cancel(&q, &c);
+                        }
+                    }
+                    Ok(())
+                }
+                Some(p) => self.state.vhost.unbind(
+                    EXCHANGE,
+                    Destination::Queue(session_queue(&self.client_id)),
+                    &filter_to_binding(p.filter),
+                    &Table::new(),
+                    self.conn_id,
+                ),
+                None => Ok(()),
+            };
+            match result {
+                Ok(()) => codes.push(UnsubscribeReasonCode::Success),
+                Err(e) => {
+                    tracing::warn!(client_id = %self.client_id, filter = %full, error = %e, "unsubscribe failed");
+                    codes.push(UnsubscribeReasonCode::UnspecifiedError);
+                }
+            }
+        }
+        self.stamp_client_id = self.subscriptions.values().any(|s| s.no_local);
+        self.persist_subscriptions()?;
+        self.send(&Packet::Unsuback(Unsuback {
+            pid: u.pid,
+            properties: UnsubackProperties::default(),
+            topics: codes,
+        }));
+        Ok(())
+    }
+
+    /// A persistent session's subscriptions are on disk before SUBACK or UNSUBACK is sent.
+    fn persist_subscriptions(&mut self) -> Result<(), MqttError> {
+        if self.expiry > 0 {
+            self.save_session(None)?;
+            self.state.store().sync()?;
+        }
+        Ok(())
+    }
+}

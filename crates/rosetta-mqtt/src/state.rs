@@ -1,0 +1,283 @@
+//! What every MQTT connection of the broker shares: configuration, the registry of live
+//! connections by client id (for takeover), persistent sessions and their expiry, wills waiting
+//! out their delay, and retained messages.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rosetta_core::queue::now_ms;
+use rosetta_core::store::{Epoch, Store};
+use rosetta_core::{Broker, ConnectionId, Outbound, PublishOutcome, Users, VHost};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::error::MqttError;
+use crate::message::AppMessage;
+use crate::persist::{
+    client_key, split_client_key, ClientRecords, PendingWill, StoredSession, NEVER_EXPIRES,
+    NS_SESSION, NS_WILL,
+};
+use crate::retained::Retained;
+use crate::session::Shared;
+use crate::topic;
+
+/// Limits and defaults the server configures.
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    /// The virtual host MQTT clients use.
+    pub vhost: String,
+    /// Largest packet accepted, announced to 5.0 clients as Maximum Packet Size.
+    pub max_packet_size: u32,
+    /// QoS 1 and 2 messages in flight per direction: announced as Receive Maximum, and the
+    /// window of unacknowledged deliveries to a client (further capped by its Receive Maximum).
+    pub max_inflight: u16,
+    /// Topic aliases a 5.0 client may use towards the server (Topic Alias Maximum).
+    pub topic_alias_max: u16,
+    /// Longest keep-alive granted; a client asking for more, or for none, is told this value
+    /// as Server Keep Alive (5.0) (0 = grant what clients ask).
+    pub max_keep_alive: u16,
+    /// Most retained topics kept (0 = no limit).
+    pub max_retained: usize,
+}
+
+/// A connection that holds a client id.
+pub(crate) struct Live {
+    pub conn_id: ConnectionId,
+    pub outbox: UnboundedSender<Outbound>,
+    pub session: Shared,
+}
+
+pub struct MqttState {
+    pub(crate) broker: Arc<Broker>,
+    pub(crate) users: Arc<Users>,
+    pub(crate) config: MqttConfig,
+    pub(crate) vhost: Arc<VHost>,
+    pub(crate) retained: Retained,
+    live: Mutex<HashMap<String, Live>>,
+    /// Persistent sessions, mirrored from the store.
+    sessions: Mutex<HashMap<String, StoredSession>>,
+    /// Wills waiting for their delay or their session's end, mirrored from the store.
+    wills: Mutex<HashMap<String, PendingWill>>,
+}
+
+impl MqttState {
+    /// Loads persistent sessions, pending wills and retained messages from the store. Sessions
+    /// whose connection was open when the broker stopped count as disconnected from now.
+    pub fn open(
+        broker: Arc<Broker>,
+        users: Arc<Users>,
+        config: MqttConfig,
+    ) -> Result<Arc<Self>, MqttError> {
+        let vhost = broker.vhost(&config.vhost).ok_or_else(|| {
+            MqttError::Protocol(format!(
+                "MQTT virtual host '{}' is not configured",
+                config.vhost
+            ))
+        })?;
+        let store = broker.store().clone();
+        let prefix = client_key(&config.vhost, "");
+        let now = now_ms();
+        let mut sessions = HashMap::new();
+        for (key, value) in store.scan_records(NS_SESSION, &prefix)? {
+            let Some((_, client)) = split_client_key(&key) else {
+                continue;
+            };
+            let mut s = StoredSession::decode(&value)?;
+            s.disconnected_at_ms.get_or_insert(now);
+            sessions.insert(client, s);
+        }
+        let mut wills = HashMap::new();
+        for (key, value) in store.scan_records(NS_WILL, &prefix)? {
+            let Some((_, client)) = split_client_key(&key) else {
+                continue;
+            };
+            wills.insert(client, PendingWill::decode(&value)?);
+        }
+        let retained = Retained::load(store, &config.vhost, config.max_retained)?;
+        tracing::info!(
+            sessions = sessions.len(),
+            wills = wills.len(),
+            retained = retained.len(),
+            "mqtt state recovered"
+        );
+        Ok(Arc::new(MqttState {
+            broker,
+            users,
+            vhost,
+            retained,
+            config,
+            live: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(sessions),
+            wills: Mutex::new(wills),
+        }))
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        self.broker.store()
+    }
+
+    pub(crate) fn records<'a>(&'a self, client_id: &'a str) -> ClientRecords<'a> {
+        ClientRecords {
+            store: self.broker.store(),
+            vhost: &self.config.vhost,
+            client_id,
+        }
+    }
+
+    /// Registers the connection now holding `client_id`; returns the one it replaces.
+    pub(crate) fn register(&self, client_id: &str, live: Live) -> Option<Live> {
+        self.live.lock().insert(client_id.to_owned(), live)
+    }
+
+    /// Forgets `conn_id` as the holder of `client_id`, unless a newer connection holds it.
+    pub(crate) fn unregister(&self, client_id: &str, conn_id: ConnectionId) {
+        let mut live = self.live.lock();
+        if live.get(client_id).is_some_and(|l| l.conn_id == conn_id) {
+            live.remove(client_id);
+        }
+    }
+
+    pub fn connected_clients(&self) -> usize {
+        self.live.lock().len()
+    }
+
+    pub(crate) fn stored_session(&self, client_id: &str) -> Option<StoredSession> {
+        self.sessions.lock().get(client_id).cloned()
+    }
+
+    pub(crate) fn save_session(
+        &self,
+        client_id: &str,
+        session: StoredSession,
+    ) -> Result<Epoch, MqttError> {
+        let epoch = self.records(client_id).save_session(&session)?;
+        self.sessions.lock().insert(client_id.to_owned(), session);
+        Ok(epoch)
+    }
+
+    /// Ends a session for good: its queue, its bindings and its records go ([MQTT-4.1.0-?]
+    /// session state ends with the session).
+    pub(crate) fn end_session(&self, client_id: &str) -> Result<(), MqttError> {
+        self.sessions.lock().remove(client_id);
+        self.vhost
+            .delete_queue(&topic::session_queue(client_id), false, false, 0)?;
+        self.records(client_id).delete_session()?;
+        Ok(())
+    }
+
+    /// Publishes an application message as a client would: retained if asked, then routed
+    /// through `amq.topic`. Returns the outcome and the store write to wait for, if any.
+    pub(crate) fn publish(
+        &self,
+        message: &AppMessage,
+        publisher: Option<&str>,
+        now: u64,
+    ) -> Result<(PublishOutcome, Option<Epoch>), MqttError> {
+        let retained = if message.retain {
+            self.retained.set(message)?
+        } else {
+            None
+        };
+        let outcome = self.vhost.publish(message.to_core(publisher, now))?;
+        let counters = self.broker.counters();
+        counters.published.fetch_add(1, Ordering::Relaxed);
+        if !outcome.routed {
+            counters.unroutable.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(epoch) = retained {
+            self.store().request_sync(epoch);
+        }
+        let epoch = match (outcome.epoch, retained) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        Ok((outcome, epoch))
+    }
+
+    pub(crate) fn publish_will(&self, client_id: &str, message: &AppMessage) {
+        let now = now_ms();
+        if message.is_expired(now) {
+            return;
+        }
+        match self.publish(message, None, now) {
+            Ok(_) => tracing::info!(client_id, topic = %message.topic, "will message published"),
+            Err(e) => tracing::warn!(client_id, error = %e, "will message could not be published"),
+        }
+    }
+
+    /// Keeps a will until `will.due_ms`, or until its session ends, whichever comes first.
+    pub(crate) fn schedule_will(&self, client_id: &str, will: PendingWill) {
+        let key = client_key(&self.config.vhost, client_id);
+        if let Err(e) = self.store().put_record(NS_WILL, &key, &will.encode()) {
+            tracing::warn!(client_id, error = %e, "cannot store a delayed will");
+        }
+        self.wills.lock().insert(client_id.to_owned(), will);
+    }
+
+    /// A new connection for the client arrived before the will's delay ran out: it is not sent
+    /// (MQTT 5.0 §3.1.2.5).
+    pub(crate) fn cancel_will(&self, client_id: &str) {
+        if self.wills.lock().remove(client_id).is_some() {
+            let key = client_key(&self.config.vhost, client_id);
+            if let Err(e) = self.store().delete_record(NS_WILL, &key) {
+                tracing::warn!(client_id, error = %e, "cannot delete a delayed will");
+            }
+        }
+    }
+
+    fn take_will(&self, client_id: &str) -> Option<PendingWill> {
+        let will = self.wills.lock().remove(client_id)?;
+        let key = client_key(&self.config.vhost, client_id);
+        if let Err(e) = self.store().delete_record(NS_WILL, &key) {
+            tracing::warn!(client_id, error = %e, "cannot delete a delayed will");
+        }
+        Some(will)
+    }
+
+    /// Housekeeping, called about once a second: sends wills whose delay is over and ends
+    /// sessions whose expiry interval has passed since their connection closed
+    /// (MQTT 5.0 §3.1.2.11.2), sending their wills too.
+    pub fn tick(&self) {
+        let now = now_ms();
+        let due: Vec<String> = self
+            .wills
+            .lock()
+            .iter()
+            .filter(|(_, w)| w.due_ms <= now)
+            .map(|(c, _)| c.clone())
+            .collect();
+        for client in due {
+            if let Some(w) = self.take_will(&client) {
+                self.publish_will(&client, &w.message);
+            }
+        }
+        // The registry stays locked while expired sessions end, so a client reconnecting at
+        // that moment waits and then finds no session, rather than half of one.
+        let live = self.live.lock();
+        let expired: Vec<String> = self
+            .sessions
+            .lock()
+            .iter()
+            .filter(|(client, s)| {
+                let deadline = s
+                    .disconnected_at_ms
+                    .map(|t| t.saturating_add(u64::from(s.expiry) * 1000));
+                s.expiry != NEVER_EXPIRES
+                    && deadline.is_some_and(|d| d <= now)
+                    && !live.contains_key(*client)
+            })
+            .map(|(c, _)| c.clone())
+            .collect();
+        for client in expired {
+            tracing::info!(client_id = %client, "mqtt session expired");
+            if let Some(w) = self.take_will(&client) {
+                self.publish_will(&client, &w.message);
+            }
+            if let Err(e) = self.end_session(&client) {
+                tracing::warn!(client_id = %client, error = %e, "cannot end an expired session");
+            }
+        }
+        drop(live);
+    }
+}

@@ -1,0 +1,282 @@
+//! The codec wrapper: every client packet of 3.1.1 and 5.0 decodes to what was encoded, input
+//! split at every byte decodes the same, sizes are judged from the fixed header, and 5.0 replies
+//! are encoded in 3.x form for 3.x clients.
+
+use bytes::{Bytes, BytesMut};
+use mqtt_proto::v5::{self, Packet};
+use mqtt_proto::{v3, Pid, Protocol, QoS, QosPid, TopicFilter, TopicName};
+use rosetta_mqtt::codec::{decode, decode_connect, encode};
+use rosetta_mqtt::MqttError;
+
+const MAX: u32 = 1 << 20;
+
+fn pid(n: u16) -> Pid {
+    Pid::try_from(n).expect("pid")
+}
+
+fn publish5() -> v5::Publish {
+    let mut p = v5::Publish::new(
+        QosPid::Level2(pid(9)),
+        TopicName::try_from("a/b").expect("topic"),
+        Bytes::from_static(b"payload"),
+    );
+    p.properties.user_properties.push(v5::UserProperty {
+        name: "k".into(),
+        value: "v".into(),
+    });
+    p.properties.message_expiry_interval = Some(30);
+    p.properties.content_type = Some("text/plain".into());
+    p
+}
+
+fn client_packets5() -> Vec<Packet> {
+    let filter = TopicFilter::try_from("a/+/#").expect("filter");
+    vec![
+        Packet::Publish(publish5()),
+        Packet::Puback(v5::Puback::new_success(pid(1))),
+        Packet::Pubrec(v5::Pubrec::new(
+            pid(2),
+            v5::PubrecReasonCode::NoMatchingSubscribers,
+        )),
+        Packet::Pubrel(v5::Pubrel::new_success(pid(3))),
+        Packet::Pubcomp(v5::Pubcomp::new_success(pid(4))),
+        Packet::Subscribe(v5::Subscribe::new(
+            pid(5),
+            vec![(filter.clone(), v5::SubscriptionOptions::new(QoS::Level1))],
+        )),
+        Packet::Unsubscribe(v5::Unsubscribe::new(pid(6), vec![filter])),
+        Packet::Pingreq,
+        Packet::Disconnect(v5::Disconnect::new(
+            v5::DisconnectReasonCode::DisconnectWithWillMessage,
+        )),
+    ]
+}
+
+fn bytes_of(p: &Packet) -> Vec<u8> {
+    p.encode().expect("encode").as_ref().to_vec()
+}
+
+#[test]
+fn every_client_packet_of_5_0_decodes_to_what_was_encoded() {
+    for packet in client_packets5() {
+        let mut input = BytesMut::from(&bytes_of(&packet)[..]);
+        let got = decode(&mut input, Protocol::V500, MAX)
+            .expect("decodes")
+            .expect("complete");
+        assert_eq!(got, packet);
+        assert!(input.is_empty());
+    }
+}
+
+#[test]
+fn client_packets_of_3_1_1_decode_to_their_5_0_counterparts() {
+    let topic = TopicName::try_from("a/b").expect("topic");
+    let filter = TopicFilter::try_from("a/#").expect("filter");
+    let cases = vec![
+        (
+            v3::Packet::Publish(v3::Publish::new(
+                QosPid::Level1(pid(3)),
+                topic.clone(),
+                Bytes::from_static(b"x"),
+            )),
+            "Publish",
+        ),
+        (v3::Packet::Puback(pid(3)), "Puback"),
+        (v3::Packet::Pubrel(pid(4)), "Pubrel"),
+        (
+            v3::Packet::Subscribe(v3::Subscribe::new(
+                pid(5),
+                vec![(filter.clone(), QoS::Level2)],
+            )),
+            "Subscribe",
+        ),
+        (
+            v3::Packet::Unsubscribe(v3::Unsubscribe::new(pid(6), vec![filter])),
+            "Unsubscribe",
+        ),
+        (v3::Packet::Pingreq, "Pingreq"),
+        (v3::Packet::Disconnect, "Disconnect"),
+    ];
+    for (packet, kind) in cases {
+        let mut input = BytesMut::from(packet.encode().expect("encode").as_ref());
+        let got = decode(&mut input, Protocol::V311, MAX)
+            .expect("decodes")
+            .expect("complete");
+        assert!(format!("{got:?}").starts_with(kind), "{kind}: {got:?}");
+        if let Packet::Subscribe(s) = &got {
+            let options = s.topics[0].1;
+            assert_eq!(options.max_qos, QoS::Level2);
+            assert!(
+                !options.retain_as_published,
+                "3.x subscriptions clear RETAIN on forwarding"
+            );
+        }
+        if let Packet::Publish(p) = &got {
+            assert_eq!(
+                (p.qos_pid, &p.payload[..]),
+                (QosPid::Level1(pid(3)), &b"x"[..])
+            );
+        }
+    }
+}
+
+#[test]
+fn input_split_at_every_byte_decodes_the_same() {
+    let mut all = Vec::new();
+    for p in client_packets5() {
+        all.extend(bytes_of(&p));
+    }
+    for cut in 0..all.len() {
+        let mut input = BytesMut::from(&all[..cut]);
+        let mut got = Vec::new();
+        while let Some(p) = decode(&mut input, Protocol::V500, MAX).expect("decodes") {
+            got.push(p);
+        }
+        input.extend_from_slice(&all[cut..]);
+        while let Some(p) = decode(&mut input, Protocol::V500, MAX).expect("decodes") {
+            got.push(p);
+        }
+        assert_eq!(got, client_packets5(), "cut at {cut}");
+    }
+}
+
+#[test]
+fn a_packet_is_refused_for_its_size_from_the_fixed_header_alone() {
+    // A PUBLISH announcing 2 MiB, of which only the header has arrived.
+    let mut input = BytesMut::from(&[0x30u8, 0x80, 0x80, 0x80, 0x01][..]);
+    match decode(&mut input, Protocol::V500, MAX) {
+        Err(MqttError::TooLarge { size, max }) => assert_eq!((size, max), (5 + (1 << 21), MAX)),
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    let exact = bytes_of(&Packet::Publish(publish5()));
+    let limit = u32::try_from(exact.len()).expect("small");
+    let mut input = BytesMut::from(&exact[..]);
+    assert!(decode(&mut input, Protocol::V500, limit)
+        .expect("at the limit")
+        .is_some());
+    let mut input = BytesMut::from(&exact[..]);
+    assert!(matches!(
+        decode(&mut input, Protocol::V500, limit - 1),
+        Err(MqttError::TooLarge { .. })
+    ));
+}
+
+#[test]
+fn malformed_packets_are_errors() {
+    let cases: &[&[u8]] = &[
+        // Remaining length of five bytes.
+        &[0x30, 0xff, 0xff, 0xff, 0xff, 0x01],
+        // PUBLISH with QoS 3.
+        &[0x36, 0x06, 0x00, 0x01, b't', 0x00, 0x01, b'x'],
+        // PUBACK with a byte more than its fields (3.1.1).
+        &[0x40, 0x03, 0x00, 0x01, 0x00],
+        // PINGREQ with a body.
+        &[0xc0, 0x01, 0x00],
+        // SUBSCRIBE with reserved flags wrong.
+        &[0x80, 0x05, 0x00, 0x01, 0x00, 0x01, b'a'],
+        // Packet type 0.
+        &[0x00, 0x00],
+    ];
+    for bad in cases {
+        let mut input = BytesMut::from(*bad);
+        assert!(
+            decode(&mut input, Protocol::V311, MAX).is_err(),
+            "{bad:?} decoded"
+        );
+    }
+    let mut wildcard = BytesMut::from(&[0x30u8, 0x06, 0x00, 0x03, b'a', b'/', b'#', b'x'][..]);
+    assert!(matches!(
+        decode(&mut wildcard, Protocol::V311, MAX),
+        Err(MqttError::TopicNameInvalid(_))
+    ));
+}
+
+fn connect_bytes(name: &[u8], level: u8) -> Vec<u8> {
+    let mut body = vec![0x00, u8::try_from(name.len()).expect("short")];
+    body.extend_from_slice(name);
+    body.extend_from_slice(&[level, 0x02, 0x00, 0x3c]);
+    if level == 5 {
+        body.push(0x00); // no properties
+    }
+    body.extend_from_slice(&[0x00, 0x02, b'i', b'd']);
+    let mut out = vec![0x10, u8::try_from(body.len()).expect("short")];
+    out.extend(body);
+    out
+}
+
+#[test]
+fn connect_tells_the_protocol_version() {
+    for (name, level, protocol) in [
+        (&b"MQIsdp"[..], 3, Protocol::V310),
+        (b"MQTT", 4, Protocol::V311),
+        (b"MQTT", 5, Protocol::V500),
+    ] {
+        let mut input = BytesMut::from(&connect_bytes(name, level)[..]);
+        let (got, connect) = decode_connect(&mut input, MAX)
+            .expect("readable")
+            .expect("complete");
+        assert_eq!(got, protocol);
+        let connect = connect.expect("valid CONNECT");
+        assert_eq!(
+            (&*connect.client_id, connect.clean_start, connect.keep_alive),
+            ("id", true, 60)
+        );
+    }
+    let mut input = BytesMut::from(&connect_bytes(b"MQTT", 6)[..]);
+    assert!(matches!(
+        decode_connect(&mut input, MAX),
+        Err(MqttError::UnsupportedVersion(6))
+    ));
+    let mut input = BytesMut::from(&connect_bytes(b"HTTP", 4)[..]);
+    assert!(matches!(
+        decode_connect(&mut input, MAX),
+        Err(MqttError::ProtocolName(_))
+    ));
+    let mut input = BytesMut::from(&[0xc0u8, 0x00][..]);
+    assert!(matches!(
+        decode_connect(&mut input, MAX),
+        Err(MqttError::NotConnect)
+    ));
+    let mut partial = BytesMut::from(&connect_bytes(b"MQTT", 4)[..5]);
+    assert!(decode_connect(&mut partial, MAX)
+        .expect("no error yet")
+        .is_none());
+}
+
+#[test]
+fn replies_are_encoded_in_3_x_form_for_3_x_clients() {
+    let suback = Packet::Suback(v5::Suback::new(
+        pid(5),
+        vec![
+            v5::SubscribeReasonCode::GrantedQoS1,
+            v5::SubscribeReasonCode::TopicFilterInvalid,
+        ],
+    ));
+    let bytes = encode(&suback, Protocol::V311).expect("encode");
+    assert_eq!(bytes, vec![0x90, 0x04, 0x00, 0x05, 0x01, 0x80]);
+    let connack = Packet::Connack(v5::Connack::new(
+        false,
+        v5::ConnectReasonCode::BadUserNameOrPassword,
+    ));
+    assert_eq!(
+        encode(&connack, Protocol::V311).expect("encode"),
+        vec![0x20, 0x02, 0x00, 0x04]
+    );
+    let disconnect = Packet::Disconnect(v5::Disconnect::new(
+        v5::DisconnectReasonCode::SessionTakenOver,
+    ));
+    assert!(
+        encode(&disconnect, Protocol::V311)
+            .expect("encode")
+            .is_empty(),
+        "3.x has no server DISCONNECT"
+    );
+    let publish = Packet::Publish(publish5());
+    let v3_bytes = encode(&publish, Protocol::V311).expect("encode");
+    let decoded = v3::Packet::decode(&v3_bytes)
+        .expect("valid 3.1.1")
+        .expect("complete");
+    assert!(
+        matches!(decoded, v3::Packet::Publish(p) if &p.payload[..] == b"payload" && p.qos_pid == QosPid::Level2(pid(9)))
+    );
+}

@@ -1,0 +1,156 @@
+//! The table of live client connections, whatever their protocol: the connection and channel
+//! gauges and the management API read it. The connection driver registers each connection for
+//! as long as its task runs; the lock is taken only when a connection opens, closes or is listed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::SystemTime;
+
+use crate::metrics::PROTOCOLS;
+
+#[derive(Default)]
+pub(crate) struct Connections {
+    next_id: AtomicU64,
+    live: Mutex<HashMap<u64, Arc<ConnectionInfo>>>,
+}
+
+/// What is known about one connection.
+pub(crate) struct ConnectionInfo {
+    pub id: u64,
+    pub protocol: &'static str,
+    pub peer: SocketAddr,
+    pub opened_at: SystemTime,
+    /// Set once the client has authenticated.
+    user: OnceLock<String>,
+    channels: AtomicUsize,
+}
+
+impl ConnectionInfo {
+    pub fn user(&self) -> Option<&str> {
+        self.user.get().map(String::as_str)
+    }
+
+    pub fn channels(&self) -> usize {
+        self.channels.load(Ordering::Relaxed)
+    }
+}
+
+/// Connections and channels counted per protocol at one instant.
+pub(crate) struct Totals {
+    /// Every protocol in [`PROTOCOLS`] is present, with 0 if it has no connection.
+    pub connections: BTreeMap<&'static str, u64>,
+    pub channels: u64,
+}
+
+/// A connection's entry in the table; dropping it removes the entry.
+pub(crate) struct Registration<'a> {
+    table: &'a Connections,
+    info: Arc<ConnectionInfo>,
+}
+
+impl Registration<'_> {
+    /// Records what the session reports; cheap enough to call after every wake-up.
+    pub fn update(&self, user: Option<&str>, channels: usize) {
+        if self.info.user.get().is_none() {
+            if let Some(user) = user {
+                let _ = self.info.user.set(user.to_owned());
+            }
+        }
+        self.info.channels.store(channels, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.table.lock().remove(&self.info.id);
+    }
+}
+
+impl Connections {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Arc<ConnectionInfo>>> {
+        // The map stays consistent even if a holder panicked: every update is one insert or remove.
+        self.live
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn register(&self, protocol: &'static str, peer: SocketAddr) -> Registration<'_> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let info = Arc::new(ConnectionInfo {
+            id,
+            protocol,
+            peer,
+            opened_at: SystemTime::now(),
+            user: OnceLock::new(),
+            channels: AtomicUsize::new(0),
+        });
+        self.lock().insert(id, info.clone());
+        Registration { table: self, info }
+    }
+
+    /// Every live connection, oldest first.
+    pub fn list(&self) -> Vec<Arc<ConnectionInfo>> {
+        let mut all: Vec<_> = self.lock().values().cloned().collect();
+        all.sort_by_key(|c| c.id);
+        all
+    }
+
+    pub fn totals(&self) -> Totals {
+        let mut connections: BTreeMap<&'static str, u64> =
+            PROTOCOLS.iter().map(|p| (*p, 0)).collect();
+        let mut channels = 0u64;
+        for c in self.lock().values() {
+            *connections.entry(c.protocol).or_default() += 1;
+            channels += c.channels() as u64;
+        }
+        Totals {
+            connections,
+            channels,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 40000))
+    }
+
+    #[test]
+    fn registrations_are_counted_per_protocol_until_dropped() {
+        let table = Connections::default();
+        let a = table.register("amqp", peer());
+        let b = table.register("amqp", peer());
+        let m = table.register("mqtt", peer());
+        a.update(Some("guest"), 3);
+        b.update(None, 1);
+        let totals = table.totals();
+        assert_eq!(totals.connections["amqp"], 2);
+        assert_eq!(totals.connections["mqtt"], 1);
+        assert_eq!(totals.connections["stomp"], 0);
+        assert_eq!(totals.channels, 4);
+        drop(a);
+        drop(m);
+        let totals = table.totals();
+        assert_eq!(totals.connections["amqp"], 1);
+        assert_eq!(totals.connections["mqtt"], 0);
+        assert_eq!(totals.channels, 1);
+    }
+
+    #[test]
+    fn the_first_authenticated_user_is_kept() {
+        let table = Connections::default();
+        let r = table.register("stomp", peer());
+        r.update(None, 0);
+        r.update(Some("alice"), 0);
+        r.update(Some("bob"), 0);
+        let listed = table.list();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].user(), Some("alice"));
+        assert_eq!(listed[0].protocol, "stomp");
+    }
+}

@@ -1,0 +1,458 @@
+//! The JSON management API under `/api/`, every request authenticated with HTTP basic auth
+//! against the configured users. Field names follow RabbitMQ's management API where one exists,
+//! so existing scripts need few changes. docs/operations.md lists the endpoints.
+//!
+//! Handlers run on the blocking pool: deleting a durable queue waits for an fsync.
+
+use std::net::SocketAddr;
+use std::time::UNIX_EPOCH;
+
+use http_body_util::Full;
+use hyper::header::{HeaderValue, ALLOW, WWW_AUTHENTICATE};
+use hyper::http::request::Parts;
+use hyper::{Method, StatusCode};
+use rosetta_core::{CoreError, Queue, Table, VHost, Value};
+use serde_json::{json, Map, Value as Json};
+
+use super::auth::{authenticate, Denied};
+use super::totals::{exchange_count, walk_queues};
+use super::{respond, Reply};
+use crate::state::ServerState;
+
+/// What a path allows, decided before authentication so that a wrong method is a 405 only for
+/// callers who may know the endpoint exists.
+const READ: &str = "GET, HEAD";
+const READ_DELETE: &str = "GET, HEAD, DELETE";
+const DELETE: &str = "DELETE";
+
+pub(crate) fn handle(state: &ServerState, peer: SocketAddr, request: &Parts) -> Reply {
+    if let Err(denied) = authenticate(&state.users, &request.headers, peer) {
+        return unauthorized(denied);
+    }
+    let Some(segments) = segments(request.uri.path()) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "path segments must be percent-encoded UTF-8",
+        );
+    };
+    let path: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let Some(allowed) = allowed_methods(&path) else {
+        return error(StatusCode::NOT_FOUND, "not_found", "no such endpoint");
+    };
+    let method = if request.method == Method::HEAD {
+        Method::GET
+    } else {
+        request.method.clone()
+    };
+    if !allowed.split(", ").any(|m| m == method.as_str()) {
+        let mut reply = error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            &format!("allowed: {allowed}"),
+        );
+        reply
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static(allowed));
+        return reply;
+    }
+    let query = request.uri.query().unwrap_or("");
+    match (method, path.as_slice()) {
+        (Method::GET, ["overview"]) => ok(overview(state)),
+        (Method::GET, ["queues"]) => ok(queues(state, None)),
+        (Method::GET, ["queues", vhost]) => {
+            with_vhost(state, vhost, |_| ok(queues(state, Some(vhost))))
+        }
+        (Method::GET, ["queues", vhost, name]) => {
+            with_queue(state, vhost, name, |_, queue| ok(queue_json(vhost, queue)))
+        }
+        (Method::DELETE, ["queues", vhost, name]) => delete_queue(state, vhost, name, query),
+        (Method::DELETE, ["queues", vhost, name, "contents"]) => purge_queue(state, vhost, name),
+        (Method::GET, ["exchanges"]) => ok(exchanges(state, None)),
+        (Method::GET, ["exchanges", vhost]) => {
+            with_vhost(state, vhost, |_| ok(exchanges(state, Some(vhost))))
+        }
+        (Method::GET, ["connections"]) => ok(connections(state)),
+        _ => error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
+    }
+}
+
+fn allowed_methods(path: &[&str]) -> Option<&'static str> {
+    match path {
+        ["overview"]
+        | ["queues"]
+        | ["queues", _]
+        | ["exchanges"]
+        | ["exchanges", _]
+        | ["connections"] => Some(READ),
+        ["queues", _, _] => Some(READ_DELETE),
+        ["queues", _, _, "contents"] => Some(DELETE),
+        _ => None,
+    }
+}
+
+/// The path after `/api`, split at `/` and percent-decoded, so vhost `/` is written `%2F`.
+/// A trailing slash is ignored. `None` if a segment does not decode to UTF-8.
+fn segments(path: &str) -> Option<Vec<String>> {
+    let rest = path.strip_prefix("/api").unwrap_or(path);
+    let rest = rest.strip_prefix('/').unwrap_or(rest);
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.is_empty() {
+        return Some(Vec::new());
+    }
+    rest.split('/').map(percent_decode).collect()
+}
+
+fn percent_decode(segment: &str) -> Option<String> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                // Two hex digits make at most 255.
+                out.push(u8::try_from(hi * 16 + lo).ok()?);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn query_flag(query: &str, name: &str) -> bool {
+    query.split('&').any(|pair| {
+        pair.split_once('=')
+            .is_some_and(|(k, v)| k == name && v == "true")
+    })
+}
+
+fn overview(state: &ServerState) -> Json {
+    let broker = &state.broker;
+    let totals = walk_queues(broker, |_, _, _| {});
+    let connections = state.connections.totals();
+    let counters = broker.counters();
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let mut vhosts: Vec<String> = broker.vhosts().iter().map(|v| v.name.clone()).collect();
+    vhosts.sort();
+    json!({
+        "product_name": "rosetta",
+        "product_version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": state.lifecycle.uptime_seconds(),
+        "vhosts": vhosts,
+        "object_totals": {
+            "connections": connections.connections.values().sum::<u64>(),
+            "channels": connections.channels,
+            "consumers": totals.consumers,
+            "queues": totals.queues,
+            "exchanges": exchange_count(broker),
+        },
+        "connections_by_protocol": connections.connections,
+        "queue_totals": {
+            "messages": totals.ready + totals.unacked,
+            "messages_ready": totals.ready,
+            "messages_unacknowledged": totals.unacked,
+            "message_bytes": totals.ready_bytes + totals.unacked_bytes,
+        },
+        "message_stats": {
+            "publish": load(&counters.published),
+            "deliver": load(&counters.delivered),
+            "ack": load(&counters.acked),
+            "redeliver": load(&counters.redelivered),
+            "dead_lettered": load(&counters.dead_lettered),
+            "unroutable": load(&counters.unroutable),
+        },
+        "store_disk_bytes": broker.store().size_on_disk(),
+        "resource_alarm": *state.alarm.borrow(),
+        "shutting_down": state.lifecycle.is_shutting_down(),
+    })
+}
+
+/// Queues of one virtual host or of all, sorted by virtual host then name.
+fn queues(state: &ServerState, only: Option<&str>) -> Json {
+    let mut all: Vec<(String, std::sync::Arc<Queue>)> = Vec::new();
+    for vhost in state.broker.vhosts() {
+        if only.is_none_or(|name| name == vhost.name) {
+            all.extend(vhost.queues().into_iter().map(|q| (vhost.name.clone(), q)));
+        }
+    }
+    all.sort_by(|a, b| (&a.0, &a.1.name).cmp(&(&b.0, &b.1.name)));
+    Json::Array(all.iter().map(|(vhost, q)| queue_json(vhost, q)).collect())
+}
+
+fn queue_json(vhost: &str, queue: &Queue) -> Json {
+    let stats = queue.stats();
+    json!({
+        "vhost": vhost,
+        "name": queue.name,
+        "durable": queue.durable,
+        "auto_delete": queue.auto_delete,
+        "exclusive": queue.exclusive_owner.is_some(),
+        "arguments": table_json(&queue.arguments),
+        "consumers": stats.consumers,
+        "messages": stats.ready + stats.unacked,
+        "messages_ready": stats.ready,
+        "messages_unacknowledged": stats.unacked,
+        "message_bytes": stats.ready_bytes + stats.unacked_bytes,
+        "message_bytes_ready": stats.ready_bytes,
+        "message_bytes_unacknowledged": stats.unacked_bytes,
+    })
+}
+
+fn exchanges(state: &ServerState, only: Option<&str>) -> Json {
+    let mut all = Vec::new();
+    for vhost in state.broker.vhosts() {
+        if only.is_none_or(|name| name == vhost.name) {
+            for e in vhost.exchanges() {
+                all.push(json!({
+                    "vhost": vhost.name,
+                    "name": e.name,
+                    "type": e.kind.as_str(),
+                    "durable": e.durable,
+                    "auto_delete": e.auto_delete,
+                    "internal": e.internal,
+                    "arguments": table_json(&e.arguments),
+                    "bindings": e.binding_count(),
+                }));
+            }
+        }
+    }
+    let key = |j: &Json| {
+        (
+            j["vhost"].as_str().unwrap_or("").to_owned(),
+            j["name"].as_str().unwrap_or("").to_owned(),
+        )
+    };
+    all.sort_by_key(key);
+    Json::Array(all)
+}
+
+fn connections(state: &ServerState) -> Json {
+    let live = state.connections.list();
+    let list = live.iter().map(|c| {
+        let connected_at = c
+            .opened_at
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        json!({
+            "name": format!("{} ({})", c.peer, c.id),
+            "protocol": c.protocol,
+            "peer_host": c.peer.ip().to_string(),
+            "peer_port": c.peer.port(),
+            "user": c.user(),
+            "channels": c.channels(),
+            "connected_at": connected_at,
+        })
+    });
+    Json::Array(list.collect())
+}
+
+fn with_vhost(state: &ServerState, vhost: &str, then: impl FnOnce(&VHost) -> Reply) -> Reply {
+    match state.broker.vhost(vhost) {
+        Some(v) => then(&v),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no virtual host '{vhost}'"),
+        ),
+    }
+}
+
+fn with_queue(
+    state: &ServerState,
+    vhost: &str,
+    name: &str,
+    then: impl FnOnce(&VHost, &Queue) -> Reply,
+) -> Reply {
+    with_vhost(state, vhost, |v| match v.queue(name) {
+        Some(q) => then(v, &q),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no queue '{name}' in vhost '{vhost}'"),
+        ),
+    })
+}
+
+/// `DELETE /api/queues/{vhost}/{name}[?if-empty=true][&if-unused=true]`. An operator may delete
+/// an exclusive queue too, as the owning connection could.
+fn delete_queue(state: &ServerState, vhost: &str, name: &str, query: &str) -> Reply {
+    with_queue(state, vhost, name, |v, queue| {
+        let conn = queue
+            .exclusive_owner
+            .unwrap_or_else(|| state.broker.new_connection_id());
+        match v.delete_queue(
+            name,
+            query_flag(query, "if-unused"),
+            query_flag(query, "if-empty"),
+            conn,
+        ) {
+            Ok(messages) => {
+                tracing::info!(
+                    vhost,
+                    queue = name,
+                    messages,
+                    "queue deleted through the management API"
+                );
+                no_content()
+            }
+            Err(e) => core_error(&e),
+        }
+    })
+}
+
+/// `DELETE /api/queues/{vhost}/{name}/contents`: drops the ready messages, keeps the queue.
+fn purge_queue(state: &ServerState, vhost: &str, name: &str) -> Reply {
+    with_queue(state, vhost, name, |v, queue| {
+        let conn = queue
+            .exclusive_owner
+            .unwrap_or_else(|| state.broker.new_connection_id());
+        match v.purge_queue(name, conn) {
+            Ok(messages) => {
+                tracing::info!(
+                    vhost,
+                    queue = name,
+                    messages,
+                    "queue purged through the management API"
+                );
+                no_content()
+            }
+            Err(e) => core_error(&e),
+        }
+    })
+}
+
+fn table_json(table: &Table) -> Json {
+    Json::Object(
+        table
+            .iter()
+            .map(|(k, v)| (k.clone(), value_json(v)))
+            .collect::<Map<_, _>>(),
+    )
+}
+
+fn value_json(value: &Value) -> Json {
+    match value {
+        Value::Bool(b) => json!(b),
+        Value::I8(n) => json!(n),
+        Value::U8(n) => json!(n),
+        Value::I16(n) => json!(n),
+        Value::U16(n) => json!(n),
+        Value::I32(n) => json!(n),
+        Value::U32(n) => json!(n),
+        Value::I64(n) => json!(n),
+        Value::F32(n) => json!(n),
+        Value::F64(n) => json!(n),
+        Value::Decimal(scale, unscaled) => {
+            json!(f64::from(*unscaled) / 10f64.powi(i32::from(*scale)))
+        }
+        Value::Str(s) => json!(s),
+        Value::Bytes(b) => json!(String::from_utf8_lossy(b)),
+        Value::Timestamp(t) => json!(t),
+        Value::Table(t) => table_json(t),
+        Value::Array(items) => Json::Array(items.iter().map(value_json).collect()),
+        Value::Void => Json::Null,
+    }
+}
+
+fn ok(body: Json) -> Reply {
+    respond(StatusCode::OK, "application/json", body.to_string())
+}
+
+fn no_content() -> Reply {
+    let mut reply = Reply::new(Full::default());
+    *reply.status_mut() = StatusCode::NO_CONTENT;
+    reply
+}
+
+fn error(status: StatusCode, kind: &str, reason: &str) -> Reply {
+    respond(
+        status,
+        "application/json",
+        json!({ "error": kind, "reason": reason }).to_string(),
+    )
+}
+
+fn unauthorized(denied: Denied) -> Reply {
+    let reason = match denied {
+        Denied::Missing => "basic authentication required",
+        Denied::Refused(rosetta_core::AuthFailure::BadCredentials) => "wrong user name or password",
+        Denied::Refused(rosetta_core::AuthFailure::LoopbackOnly) => {
+            "this user may only connect from localhost"
+        }
+    };
+    let mut reply = error(StatusCode::UNAUTHORIZED, "not_authorized", reason);
+    reply.headers_mut().insert(
+        WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"rosetta\""),
+    );
+    reply
+}
+
+fn core_error(e: &CoreError) -> Reply {
+    let (status, kind) = match e {
+        CoreError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+        CoreError::AccessRefused(_) => (StatusCode::FORBIDDEN, "access_refused"),
+        CoreError::ResourceLocked(_) => (StatusCode::CONFLICT, "resource_locked"),
+        CoreError::PreconditionFailed(_) | CoreError::InvalidArgument { .. } => {
+            (StatusCode::BAD_REQUEST, "precondition_failed")
+        }
+        CoreError::UnknownExchangeType(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+        CoreError::ResourceLimit(_) => (StatusCode::SERVICE_UNAVAILABLE, "resource_error"),
+        CoreError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+    };
+    error(status, kind, &e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_encoded_vhost_slash_stays_one_segment() {
+        assert_eq!(
+            segments("/api/queues/%2F/my%20queue"),
+            Some(vec!["queues".into(), "/".into(), "my queue".into()])
+        );
+        assert_eq!(segments("/api/queues/"), Some(vec!["queues".into()]));
+        assert_eq!(segments("/api"), Some(vec![]));
+    }
+
+    #[test]
+    fn a_lone_percent_is_kept_and_invalid_utf8_is_refused() {
+        assert_eq!(percent_decode("50%"), Some("50%".into()));
+        assert_eq!(percent_decode("%zz"), Some("%zz".into()));
+        assert_eq!(percent_decode("%ff"), None);
+    }
+
+    #[test]
+    fn query_flags_must_be_true_to_count() {
+        assert!(query_flag("if-empty=true&if-unused=false", "if-empty"));
+        assert!(!query_flag("if-empty=true&if-unused=false", "if-unused"));
+        assert!(!query_flag("", "if-empty"));
+    }
+
+    #[test]
+    fn header_values_become_json() {
+        let mut t = Table::new();
+        t.insert("x-max-length".into(), Value::I64(10));
+        t.insert("x-dead-letter-exchange".into(), Value::Str("dlx".into()));
+        t.insert(
+            "nested".into(),
+            Value::Array(vec![Value::Bool(true), Value::Void]),
+        );
+        assert_eq!(
+            table_json(&t),
+            json!({"x-max-length": 10, "x-dead-letter-exchange": "dlx", "nested": [true, null]})
+        );
+    }
+}

@@ -1,0 +1,109 @@
+//! The instruments updated as things happen: bytes moved per protocol, fsync latency, and the
+//! process collector (CPU, memory, open files). Values that already live elsewhere (queue depths,
+//! message counters, connection counts) are read at scrape time instead; see `http::scrape`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+use rosetta_store::FlushObserver;
+
+/// The protocols the broker speaks; labelled series exist for each from the start, so a
+/// dashboard shows 0 rather than "no data" before the first client.
+pub(crate) const PROTOCOLS: [&str; 3] = ["amqp", "mqtt", "stomp"];
+
+/// fsync latency buckets: 50 µs (a write cache) up to about 3 s (a disk in trouble).
+const FSYNC_BUCKET_START: f64 = 0.000_05;
+const FSYNC_BUCKET_FACTOR: f64 = 2.0;
+const FSYNC_BUCKET_COUNT: usize = 17;
+
+pub(crate) struct Metrics {
+    registry: Registry,
+    fsync: Histogram,
+    received: IntCounterVec,
+    sent: IntCounterVec,
+}
+
+/// One connection's handles on its protocol's byte counters, looked up once so that counting a
+/// read or a write is a single atomic add.
+pub(crate) struct Traffic {
+    pub received: IntCounter,
+    pub sent: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let buckets = prometheus::exponential_buckets(
+            FSYNC_BUCKET_START,
+            FSYNC_BUCKET_FACTOR,
+            FSYNC_BUCKET_COUNT,
+        )?;
+        let fsync = Histogram::with_opts(
+            HistogramOpts::new(
+                "rosetta_store_fsync_seconds",
+                "Duration of store flushes (write-out and fsync); one flush covers many publishers (group commit).",
+            )
+            .buckets(buckets),
+        )?;
+        let received = IntCounterVec::new(
+            Opts::new(
+                "rosetta_received_bytes_total",
+                "Bytes read from client connections.",
+            ),
+            &["protocol"],
+        )?;
+        let sent = IntCounterVec::new(
+            Opts::new(
+                "rosetta_sent_bytes_total",
+                "Bytes written to client connections.",
+            ),
+            &["protocol"],
+        )?;
+        for protocol in PROTOCOLS {
+            received.with_label_values(&[protocol]);
+            sent.with_label_values(&[protocol]);
+        }
+        registry.register(Box::new(fsync.clone()))?;
+        registry.register(Box::new(received.clone()))?;
+        registry.register(Box::new(sent.clone()))?;
+        register_process_collector(&registry)?;
+        Ok(Metrics {
+            registry,
+            fsync,
+            received,
+            sent,
+        })
+    }
+
+    /// Feeds the fsync histogram; hand it to the store.
+    pub fn flush_observer(&self) -> FlushObserver {
+        let fsync = self.fsync.clone();
+        Arc::new(move |elapsed: Duration| fsync.observe(elapsed.as_secs_f64()))
+    }
+
+    pub fn traffic(&self, protocol: &str) -> Traffic {
+        Traffic {
+            received: self.received.with_label_values(&[protocol]),
+            sent: self.sent.with_label_values(&[protocol]),
+        }
+    }
+
+    /// Appends the registered instruments in the Prometheus text format.
+    pub fn encode(&self, out: &mut String) -> Result<(), prometheus::Error> {
+        prometheus::TextEncoder::new().encode_utf8(&self.registry.gather(), out)
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn register_process_collector(registry: &Registry) -> Result<(), prometheus::Error> {
+    registry.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))
+}
+
+/// The process collector reads /proc; elsewhere the process_* series are simply absent.
+#[cfg(not(target_os = "linux"))]
+fn register_process_collector(_registry: &Registry) -> Result<(), prometheus::Error> {
+    Ok(())
+}

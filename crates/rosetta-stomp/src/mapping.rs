@@ -1,0 +1,242 @@
+//! STOMP headers <-> the core's neutral message properties, following RabbitMQ's STOMP plugin
+//! (docs/protocols.md holds the full table).
+//!
+//! On SEND, the headers below set properties; every other header the client sends (except the
+//! frame-level ones) becomes a custom header in the properties' header table, as a string.
+//! On MESSAGE, properties become the same headers again, and custom headers whose values can be
+//! written as text follow.
+
+use rosetta_core::{Message, Properties, Table, Value};
+
+use crate::error::StompError;
+use crate::frame::Frame;
+
+/// Headers that belong to the frame, not the message: never copied into the header table.
+const FRAME_HEADERS: [&str; 4] = ["destination", "content-length", "receipt", "transaction"];
+
+/// Headers that set a property on SEND.
+const PROPERTY_HEADERS: [&str; 14] = [
+    "content-type",
+    "content-encoding",
+    "persistent",
+    "priority",
+    "correlation-id",
+    "reply-to",
+    "expiration",
+    "expires",
+    "amqp-message-id",
+    "message-id",
+    "timestamp",
+    "type",
+    "user-id",
+    "app-id",
+];
+
+fn invalid(header: &'static str, reason: impl Into<String>) -> StompError {
+    StompError::InvalidHeader {
+        header,
+        reason: reason.into(),
+    }
+}
+
+fn number<T: std::str::FromStr>(
+    frame: &Frame,
+    header: &'static str,
+) -> Result<Option<T>, StompError> {
+    frame
+        .get(header)
+        .map(|v| {
+            v.trim()
+                .parse::<T>()
+                .map_err(|_| invalid(header, format!("'{v}' is not a valid number")))
+        })
+        .transpose()
+}
+
+/// Properties for a SEND frame. `now_ms` turns an absolute `expires` into a TTL.
+pub fn properties_from_send(frame: &Frame, now_ms: u64) -> Result<Properties, StompError> {
+    let text = |name: &str| frame.get(name).map(str::to_owned);
+    // RabbitMQ: `persistent:true` means delivery mode 2; anything else is transient.
+    let delivery_mode = match frame.get("persistent") {
+        Some("true") => Some(2),
+        Some(_) => Some(1),
+        None => None,
+    };
+    // `expiration` is RabbitMQ's relative TTL in ms; `expires` is the absolute time in ms since
+    // the epoch that other brokers use, 0 meaning never. The core keeps a relative TTL.
+    let expiration = match (
+        number::<u64>(frame, "expiration")?,
+        number::<u64>(frame, "expires")?,
+    ) {
+        (Some(ttl), _) => Some(ttl.to_string()),
+        (None, Some(0)) | (None, None) => None,
+        (None, Some(at)) => Some(at.saturating_sub(now_ms).to_string()),
+    };
+    let mut headers = Table::new();
+    for (name, value) in &frame.headers {
+        if FRAME_HEADERS.contains(&name.as_str()) || PROPERTY_HEADERS.contains(&name.as_str()) {
+            continue;
+        }
+        headers.insert(name.clone(), Value::Str(value.clone()));
+    }
+    Ok(Properties {
+        content_type: text("content-type"),
+        content_encoding: text("content-encoding"),
+        headers: (!headers.is_empty()).then_some(headers),
+        delivery_mode,
+        priority: number::<u8>(frame, "priority")?,
+        correlation_id: text("correlation-id"),
+        reply_to: text("reply-to"),
+        expiration,
+        // RabbitMQ names the AMQP message id `amqp-message-id`, because a MESSAGE frame's
+        // `message-id` is the server's delivery identifier; a plain `message-id` on SEND is taken
+        // when the RabbitMQ one is absent.
+        message_id: text("amqp-message-id").or_else(|| text("message-id")),
+        timestamp: number::<u64>(frame, "timestamp")?,
+        kind: text("type"),
+        user_id: text("user-id"),
+        app_id: text("app-id"),
+        cluster_id: None,
+    })
+}
+
+/// A header value as text, for the types that have one; tables, arrays, void and non-UTF-8
+/// bytes have no STOMP form and are left out.
+fn value_text(value: &Value) -> Option<String> {
+    match value {
+        Value::Bool(b) => Some(b.to_string()),
+        Value::F32(f) => Some(f.to_string()),
+        Value::F64(f) => Some(f.to_string()),
+        Value::Decimal(scale, v) => Some(decimal_text(*scale, *v)),
+        Value::Str(_) | Value::Bytes(_) => value.as_str().map(str::to_owned),
+        other => other.as_i64().map(|n| n.to_string()),
+    }
+}
+
+fn decimal_text(scale: u8, value: u32) -> String {
+    let digits = value.to_string();
+    let scale = usize::from(scale);
+    if scale == 0 {
+        return digits;
+    }
+    let padded = format!("{digits:0>width$}", width = scale + 1);
+    let (int, frac) = padded.split_at(padded.len() - scale);
+    format!("{int}.{frac}")
+}
+
+/// Adds the message's properties and custom headers to a MESSAGE frame. Headers the frame
+/// already has (subscription, message-id, …) keep their value.
+pub fn add_message_headers(frame: &mut Frame, message: &Message) {
+    let p = &message.properties;
+    let mut put = |name: &str, value: Option<String>| {
+        if let Some(v) = value {
+            frame.push_header(name, v);
+        }
+    };
+    put("content-type", p.content_type.clone());
+    put("content-encoding", p.content_encoding.clone());
+    put("persistent", p.is_persistent().then(|| "true".to_owned()));
+    put("priority", p.priority.map(|v| v.to_string()));
+    put("correlation-id", p.correlation_id.clone());
+    put("reply-to", p.reply_to.clone());
+    put("expiration", p.expiration.clone());
+    put("amqp-message-id", p.message_id.clone());
+    put("timestamp", p.timestamp.map(|v| v.to_string()));
+    put("type", p.kind.clone());
+    put("user-id", p.user_id.clone());
+    put("app-id", p.app_id.clone());
+    if let Some(headers) = &p.headers {
+        // A custom header must never pose as framing (a stray `content-length` would cut the
+        // body short for the client).
+        for (name, value) in headers
+            .iter()
+            .filter(|(n, _)| !FRAME_HEADERS.contains(&n.as_str()))
+        {
+            put(name, value_text(value));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::Command;
+
+    fn send(headers: &[(&str, &str)]) -> Frame {
+        headers
+            .iter()
+            .fold(Frame::new(Command::Send), |f, (n, v)| f.header(*n, *v))
+    }
+
+    #[test]
+    fn send_headers_become_properties_and_the_rest_custom_headers() {
+        let frame = send(&[
+            ("destination", "/queue/a"),
+            ("receipt", "r1"),
+            ("content-type", "application/json"),
+            ("persistent", "true"),
+            ("priority", "7"),
+            ("correlation-id", "c1"),
+            ("reply-to", "/queue/replies"),
+            ("expiration", "60000"),
+            ("amqp-message-id", "m1"),
+            ("x-trace", "abc"),
+        ]);
+        let p = properties_from_send(&frame, 0).expect("valid");
+        assert_eq!(p.content_type.as_deref(), Some("application/json"));
+        assert!(p.is_persistent());
+        assert_eq!(p.priority, Some(7));
+        assert_eq!(p.correlation_id.as_deref(), Some("c1"));
+        assert_eq!(p.reply_to.as_deref(), Some("/queue/replies"));
+        assert_eq!(p.expiration.as_deref(), Some("60000"));
+        assert_eq!(p.message_id.as_deref(), Some("m1"));
+        let headers = p.headers.expect("custom headers");
+        assert_eq!(headers.len(), 1, "{headers:?}");
+        assert_eq!(headers.get("x-trace"), Some(&Value::Str("abc".into())));
+    }
+
+    #[test]
+    fn absolute_expires_becomes_a_relative_ttl() {
+        let p = properties_from_send(&send(&[("expires", "1500")]), 1000).expect("valid");
+        assert_eq!(p.expiration.as_deref(), Some("500"));
+        let p = properties_from_send(&send(&[("expires", "900")]), 1000).expect("valid");
+        assert_eq!(p.expiration.as_deref(), Some("0"));
+        let p = properties_from_send(&send(&[("expires", "0")]), 1000).expect("valid");
+        assert_eq!(p.expiration, None);
+    }
+
+    #[test]
+    fn bad_numbers_name_their_header() {
+        let err = properties_from_send(&send(&[("priority", "high")]), 0).expect_err("invalid");
+        assert!(err.to_string().contains("'priority'"), "{err}");
+    }
+
+    #[test]
+    fn typed_amqp_headers_are_written_as_text() {
+        let mut headers = Table::new();
+        headers.insert("n".into(), Value::I32(-4));
+        headers.insert("b".into(), Value::Bool(true));
+        headers.insert("d".into(), Value::Decimal(2, 5));
+        headers.insert("t".into(), Value::Table(Table::new()));
+        headers.insert("content-length".into(), Value::Str("1".into()));
+        let props = Properties {
+            headers: Some(headers),
+            message_id: Some("m".into()),
+            ..Properties::default()
+        };
+        let message = Message::new("", "q", props, bytes::Bytes::new());
+        let mut frame = Frame::new(Command::Message).header("message-id", "1");
+        add_message_headers(&mut frame, &message);
+        assert_eq!(frame.get("n"), Some("-4"));
+        assert_eq!(frame.get("b"), Some("true"));
+        assert_eq!(frame.get("d"), Some("0.05"));
+        assert_eq!(frame.get("t"), None);
+        assert_eq!(
+            frame.get("content-length"),
+            None,
+            "framing headers are not taken from AMQP"
+        );
+        assert_eq!(frame.get("message-id"), Some("1"));
+        assert_eq!(frame.get("amqp-message-id"), Some("m"));
+    }
+}

@@ -1,0 +1,120 @@
+//! CONNECT (and STOMP): version and heart-beat negotiation, login, virtual host.
+
+use rosetta_core::AuthFailure;
+
+use super::{Phase, Session};
+use crate::error::StompError;
+use crate::frame::{Command, Frame, Version};
+
+/// RabbitMQ's `default_user`: a client that sends no `login` is logged in as guest (whose
+/// loopback-only rule still applies), so clients written for RabbitMQ move over unchanged.
+const DEFAULT_LOGIN: (&str, &str) = ("guest", "guest");
+
+/// STOMP 1.2 Protocol Negotiation: the highest version both sides support; a CONNECT without
+/// `accept-version` is a 1.0 client.
+fn negotiate(accept: Option<&str>) -> Result<Version, StompError> {
+    let Some(accept) = accept else {
+        return Ok(Version::V1_0);
+    };
+    accept
+        .split(',')
+        .filter_map(Version::parse)
+        .max()
+        .ok_or(StompError::UnsupportedVersion)
+}
+
+/// Parses `heart-beat: cx,cy` (STOMP 1.2 Heart-beating); absent means `0,0`.
+fn client_heartbeat(frame: &Frame) -> Result<(u64, u64), StompError> {
+    let Some(text) = frame.get("heart-beat") else {
+        return Ok((0, 0));
+    };
+    let invalid = || StompError::InvalidHeader {
+        header: "heart-beat",
+        reason: format!("'{text}' is not two comma-separated integers"),
+    };
+    let (x, y) = text.split_once(',').ok_or_else(invalid)?;
+    let x = x.trim().parse().map_err(|_| invalid())?;
+    let y = y.trim().parse().map_err(|_| invalid())?;
+    Ok((x, y))
+}
+
+/// STOMP 1.2 Heart-beating: each direction runs at the slower of what the sender can do and
+/// the receiver wants, and not at all if either side says 0.
+fn negotiate_heartbeat(offer: u64, client: (u64, u64)) -> (u64, u64) {
+    let (cx, cy) = client;
+    let pick = |a: u64, b: u64| if a == 0 || b == 0 { 0 } else { a.max(b) };
+    (pick(offer, cy), pick(cx, offer))
+}
+
+impl Session {
+    pub(super) fn connect(&mut self, frame: &Frame) -> Result<(), StompError> {
+        let version = negotiate(frame.get("accept-version"))?;
+        self.version = version;
+        let (login, passcode) = match frame.get("login") {
+            Some(login) => (login, frame.get("passcode").unwrap_or("")),
+            None => DEFAULT_LOGIN,
+        };
+        if let Err(why) = self.users.check(login, passcode, self.peer.ip()) {
+            let reason = match why {
+                AuthFailure::BadCredentials => "bad credentials",
+                AuthFailure::LoopbackOnly => "user may only connect over loopback",
+            };
+            tracing::warn!(peer = %self.peer, user = login, reason, "STOMP login refused");
+            return Err(StompError::AccessRefused(login.to_owned()));
+        }
+        // `host` names the virtual host. Clients such as stomp.py send the server's address
+        // there by default; a host that names no virtual host means the default one, rather
+        // than a refusal that would break those clients.
+        let vhost = frame
+            .get("host")
+            .and_then(|h| self.broker.vhost(h))
+            .or_else(|| self.broker.vhost(&self.config.default_vhost))
+            .ok_or_else(|| {
+                StompError::Core(format!("no virtual host '{}'", self.config.default_vhost))
+            })?;
+        let offer = u64::from(self.config.heartbeat_ms);
+        let mut reply = Frame::new(Command::Connected)
+            .header("version", version.as_str())
+            .header("server", concat!("Rosetta/", env!("CARGO_PKG_VERSION")))
+            .header("session", format!("session-{}", self.conn_id));
+        // Heart-beating arrived with STOMP 1.1; a 1.0 client neither sends nor expects it.
+        if version != Version::V1_0 {
+            self.heartbeat = negotiate_heartbeat(offer, client_heartbeat(frame)?);
+            reply.push_header("heart-beat", format!("{offer},{offer}"));
+        }
+        self.client_id = frame.get("client-id").map(str::to_owned);
+        self.user = login.to_owned();
+        tracing::info!(peer = %self.peer, user = login, vhost = %vhost.name, version = version.as_str(), "STOMP connection opened");
+        self.vhost = Some(vhost);
+        self.phase = Phase::Connected;
+        self.write(&reply);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn highest_common_version_wins_and_absent_means_1_0() {
+        assert_eq!(negotiate(None), Ok(Version::V1_0));
+        assert_eq!(negotiate(Some("1.0,1.1,1.2")), Ok(Version::V1_2));
+        assert_eq!(negotiate(Some("1.1,1.0")), Ok(Version::V1_1));
+        assert_eq!(
+            negotiate(Some("1.3,2.0")),
+            Err(StompError::UnsupportedVersion)
+        );
+    }
+
+    #[test]
+    fn heartbeats_take_the_slower_side_and_zero_disables() {
+        assert_eq!(negotiate_heartbeat(10_000, (0, 0)), (0, 0));
+        assert_eq!(
+            negotiate_heartbeat(10_000, (5_000, 20_000)),
+            (20_000, 10_000)
+        );
+        assert_eq!(negotiate_heartbeat(0, (5_000, 5_000)), (0, 0));
+        assert_eq!(negotiate_heartbeat(1_000, (0, 3_000)), (3_000, 0));
+    }
+}

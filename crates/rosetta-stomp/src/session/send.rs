@@ -1,0 +1,166 @@
+//! SEND, temporary queues and transactions (BEGIN, COMMIT, ABORT).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use rosetta_core::queue::now_ms;
+use rosetta_core::store::Epoch;
+use rosetta_core::{CoreError, Message, QueueDeclare, VHost};
+
+use super::subscribe::AckMode;
+use super::{required, Session};
+use crate::destination::{Destination, TOPIC_EXCHANGE};
+use crate::error::StompError;
+use crate::frame::{Command, Frame};
+use crate::mapping::properties_from_send;
+
+impl Session {
+    /// SEND, or holds it back when it names a transaction (STOMP 1.2 SEND: "the message will
+    /// be handled atomically based on the transaction").
+    pub(super) fn send_or_hold(&mut self, frame: &Frame) -> Result<Option<Epoch>, StompError> {
+        let Some(tx) = frame.get("transaction") else {
+            return self.send(frame);
+        };
+        // Refuse a bad destination now rather than at COMMIT, where the client could not tell
+        // which SEND was wrong.
+        Destination::parse(required(frame, "destination")?)?;
+        let held = self
+            .transactions
+            .get_mut(tx)
+            .ok_or_else(|| StompError::UnknownTransaction(tx.to_owned()))?;
+        held.push(frame.clone());
+        Ok(None)
+    }
+
+    /// Publishes a SEND; returns the store epoch to wait for before the RECEIPT, if the
+    /// message was written durably.
+    fn send(&mut self, frame: &Frame) -> Result<Option<Epoch>, StompError> {
+        let destination = Destination::parse(required(frame, "destination")?)?;
+        let vhost = self.vhost()?;
+        let (exchange, routing_key) = match destination {
+            Destination::Queue(q) => {
+                self.ensure_queue(&vhost, &q)?;
+                (String::new(), q)
+            }
+            Destination::Topic(key) => (TOPIC_EXCHANGE.to_owned(), key),
+            Destination::Exchange { name, key } => (name, key),
+            Destination::AmqQueue(q) | Destination::ReplyQueue(q) => (String::new(), q),
+            Destination::TempQueue(t) => (String::new(), self.temp_queue(&vhost, &t, true)?),
+        };
+        let mut properties = properties_from_send(frame, now_ms())?;
+        // RabbitMQ's temporary reply queues: `reply-to:/temp-queue/t` gets this connection a
+        // private queue it is subscribed to, and the responder sees where to answer.
+        if let Some(Ok(Destination::TempQueue(t))) =
+            properties.reply_to.as_deref().map(Destination::parse)
+        {
+            let queue = self.temp_queue(&vhost, &t, true)?;
+            properties.reply_to = Some(format!("/reply-queue/{queue}"));
+        }
+        let outcome = vhost.publish(Message::new(
+            exchange,
+            routing_key,
+            properties,
+            frame.body.clone(),
+        ))?;
+        self.published = true;
+        let counters = self.broker.counters();
+        counters.published.fetch_add(1, Ordering::Relaxed);
+        if !outcome.routed {
+            counters.unroutable.fetch_add(1, Ordering::Relaxed);
+        }
+        if outcome.rejected && frame.get("receipt").is_some() {
+            // The client asked to know the message arrived; a full queue refused it.
+            return Err(StompError::Core(
+                "a queue is full and refused the message (x-overflow)".into(),
+            ));
+        }
+        Ok(outcome.epoch)
+    }
+
+    /// `/queue/q`: the durable shared queue `q`, declared on first use. A queue that already
+    /// exists is used as it is, so one declared differently by another protocol still works.
+    pub(super) fn ensure_queue(&self, vhost: &VHost, name: &str) -> Result<(), StompError> {
+        match vhost.usable_queue(name, self.conn_id) {
+            Ok(_) => Ok(()),
+            Err(CoreError::NotFound(_)) => {
+                let declare = QueueDeclare {
+                    name: name.to_owned(),
+                    durable: true,
+                    ..QueueDeclare::default()
+                };
+                vhost.declare_queue(declare, self.conn_id)?;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The private queue behind `/temp-queue/t`, created on first use and owned by this
+    /// connection. With `listen`, the connection is subscribed to it (auto ack, subscription id
+    /// `/temp-queue/t`), as RabbitMQ does for reply queues.
+    pub(super) fn temp_queue(
+        &mut self,
+        vhost: &Arc<VHost>,
+        temp: &str,
+        listen: bool,
+    ) -> Result<String, StompError> {
+        let existing = self
+            .temp_queues
+            .get(temp)
+            .filter(|q| vhost.queue(q).is_some())
+            .cloned();
+        let queue = match existing {
+            Some(q) => q,
+            None => {
+                let declare = QueueDeclare {
+                    exclusive: true,
+                    ..QueueDeclare::default()
+                };
+                let name = vhost.declare_queue(declare, self.conn_id)?.name;
+                self.temp_queues.insert(temp.to_owned(), name.clone());
+                name
+            }
+        };
+        let id = format!("/temp-queue/{temp}");
+        let subscribed = self.subscriptions.values().any(|s| s.queue.name == queue);
+        if listen && !subscribed && !self.subscriptions.contains_key(&id) {
+            self.start_subscription(&vhost.clone(), id.clone(), id, &queue, AckMode::Auto, 0)?;
+        }
+        Ok(queue)
+    }
+
+    pub(super) fn begin(&mut self, frame: &Frame) -> Result<(), StompError> {
+        let tx = required(frame, "transaction")?;
+        if self.transactions.contains_key(tx) {
+            return Err(StompError::DuplicateTransaction(tx.to_owned()));
+        }
+        self.transactions.insert(tx.to_owned(), Vec::new());
+        Ok(())
+    }
+
+    /// COMMIT: the held SENDs, ACKs and NACKs take effect, in the order they arrived. Its
+    /// RECEIPT waits until the persistent messages among them are durable.
+    pub(super) fn commit(&mut self, frame: &Frame) -> Result<Option<Epoch>, StompError> {
+        let tx = required(frame, "transaction")?;
+        let held = self
+            .transactions
+            .remove(tx)
+            .ok_or_else(|| StompError::UnknownTransaction(tx.to_owned()))?;
+        let mut wait = None;
+        for f in &held {
+            match f.command {
+                Command::Send => wait = wait.max(self.send(f)?),
+                _ => self.ack(f)?,
+            }
+        }
+        Ok(wait)
+    }
+
+    pub(super) fn abort(&mut self, frame: &Frame) -> Result<(), StompError> {
+        let tx = required(frame, "transaction")?;
+        self.transactions
+            .remove(tx)
+            .map(drop)
+            .ok_or_else(|| StompError::UnknownTransaction(tx.to_owned()))
+    }
+}

@@ -1,0 +1,371 @@
+//! SUBSCRIBE and UNSUBSCRIBE, MESSAGE frames for deliveries, ACK and NACK.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use rosetta_core::{
+    Consumer, ConsumerSpec, Destination as Bind, Outbound, Queue, QueueDeclare, Table, VHost,
+};
+
+use super::{required, Session};
+use crate::codec;
+use crate::destination::{durable_subscription_queue, Destination, TOPIC_EXCHANGE};
+use crate::error::StompError;
+use crate::frame::{Command, Frame, Version};
+use crate::mapping::add_message_headers;
+
+/// STOMP 1.2 SUBSCRIBE `ack` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum AckMode {
+    /// The message counts as acknowledged once sent.
+    Auto,
+    /// An ACK acknowledges that message and every earlier one of the subscription.
+    Client,
+    /// An ACK acknowledges just that message.
+    ClientIndividual,
+}
+
+impl AckMode {
+    fn parse(text: Option<&str>, version: Version) -> Result<AckMode, StompError> {
+        match text {
+            None | Some("auto") => Ok(AckMode::Auto),
+            Some("client") => Ok(AckMode::Client),
+            Some("client-individual") if version != Version::V1_0 => Ok(AckMode::ClientIndividual),
+            Some(other) => Err(StompError::InvalidHeader {
+                header: "ack",
+                reason: format!("'{other}' is not an acknowledgement mode"),
+            }),
+        }
+    }
+}
+
+pub(super) struct Subscription {
+    /// The destination as the client named it, for MESSAGE frames of temporary queues.
+    destination: String,
+    pub queue: Arc<Queue>,
+    pub consumer: Arc<Consumer>,
+    ack: AckMode,
+}
+
+/// A delivery awaiting ACK or NACK.
+pub(super) struct Pending {
+    subscription: String,
+    queue: Arc<Queue>,
+    seq: u64,
+}
+
+fn truthy(frame: &Frame, header: &str) -> bool {
+    frame.get(header) == Some("true")
+}
+
+impl Session {
+    pub(super) fn subscribe(&mut self, frame: &Frame) -> Result<(), StompError> {
+        let text = required(frame, "destination")?;
+        let destination = Destination::parse(text)?;
+        // STOMP 1.1 made `id` mandatory; a 1.0 subscription is known by its destination.
+        let id = match (frame.get("id"), self.version) {
+            (Some(id), _) => id,
+            (None, Version::V1_0) => text,
+            (None, _) => required(frame, "id")?,
+        };
+        if self.subscriptions.contains_key(id) {
+            return Err(StompError::DuplicateSubscription(id.to_owned()));
+        }
+        let ack = AckMode::parse(frame.get("ack"), self.version)?;
+        // RabbitMQ's `prefetch-count`: the most unacknowledged messages in flight (0 = no limit).
+        let prefetch = match frame.get("prefetch-count") {
+            None => 0,
+            Some(v) => v
+                .trim()
+                .parse::<u32>()
+                .map_err(|_| StompError::InvalidHeader {
+                    header: "prefetch-count",
+                    reason: format!("'{v}' is not a non-negative integer"),
+                })?,
+        };
+        // RabbitMQ: `durable:true` (or the older `persistent:true`) on a topic subscription.
+        let durable = truthy(frame, "durable") || truthy(frame, "persistent");
+        let vhost = self.vhost()?;
+        let (queue, transient) = match destination {
+            Destination::Queue(q) => {
+                self.ensure_queue(&vhost, &q)?;
+                (q, false)
+            }
+            Destination::AmqQueue(q) | Destination::ReplyQueue(q) => (q, false),
+            Destination::TempQueue(t) => (self.temp_queue(&vhost, &t, false)?, false),
+            Destination::Topic(key) => {
+                self.subscription_queue(&vhost, TOPIC_EXCHANGE, &key, id, durable)?
+            }
+            Destination::Exchange { name, key } => {
+                self.subscription_queue(&vhost, &name, &key, id, durable)?
+            }
+        };
+        let started = self.start_subscription(
+            &vhost,
+            id.to_owned(),
+            text.to_owned(),
+            &queue,
+            ack,
+            prefetch,
+        );
+        if started.is_err() && transient {
+            // Nobody will ever read the queue made for this subscription.
+            let _ = vhost.delete_queue(&queue, false, false, self.conn_id);
+        }
+        started
+    }
+
+    /// The queue a topic or exchange subscription reads: a new exclusive auto-delete queue,
+    /// or for a durable subscription a durable one named after it that outlives the connection.
+    /// Returns the queue and whether it was made for this subscription alone.
+    fn subscription_queue(
+        &self,
+        vhost: &VHost,
+        exchange: &str,
+        key: &str,
+        id: &str,
+        durable: bool,
+    ) -> Result<(String, bool), StompError> {
+        let declare = if durable {
+            QueueDeclare {
+                name: durable_subscription_queue(self.client_id.as_deref(), id),
+                durable: true,
+                ..QueueDeclare::default()
+            }
+        } else {
+            QueueDeclare {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclare::default()
+            }
+        };
+        let name = vhost.declare_queue(declare, self.conn_id)?.name;
+        if let Err(e) = vhost.bind(
+            exchange,
+            Bind::Queue(name.clone()),
+            key,
+            Table::new(),
+            self.conn_id,
+        ) {
+            if !durable {
+                let _ = vhost.delete_queue(&name, false, false, self.conn_id);
+            }
+            return Err(e.into());
+        }
+        Ok((name, !durable))
+    }
+
+    pub(super) fn start_subscription(
+        &mut self,
+        vhost: &Arc<VHost>,
+        id: String,
+        destination: String,
+        queue: &str,
+        ack: AckMode,
+        prefetch: u32,
+    ) -> Result<(), StompError> {
+        let spec = ConsumerSpec {
+            tag: id.clone(),
+            channel: 0,
+            connection: self.conn_id,
+            no_ack: ack == AckMode::Auto,
+            exclusive: false,
+            arguments: Table::new(),
+            prefetch,
+            shared_credit: None,
+        };
+        let (queue, consumer) = vhost.consume(queue, spec, self.outbox.clone())?;
+        tracing::debug!(peer = %self.peer, id = %id, queue = %queue.name, "subscribed");
+        self.subscriptions.insert(
+            id,
+            Subscription {
+                destination,
+                queue,
+                consumer,
+                ack,
+            },
+        );
+        Ok(())
+    }
+
+    pub(super) fn unsubscribe(&mut self, frame: &Frame) -> Result<(), StompError> {
+        let id = match (frame.get("id"), self.version) {
+            (Some(id), _) => id,
+            (None, Version::V1_0) => required(frame, "destination")?,
+            (None, _) => required(frame, "id")?,
+        };
+        let sub = self
+            .subscriptions
+            .remove(id)
+            .ok_or_else(|| StompError::UnknownSubscription(id.to_owned()))?;
+        let vhost = self.vhost()?;
+        vhost.cancel(&sub.queue, &sub.consumer);
+        // RabbitMQ: UNSUBSCRIBE with `durable:true` ends a durable subscription for good;
+        // without it the queue keeps collecting messages for the next SUBSCRIBE.
+        let durable = truthy(frame, "durable") || truthy(frame, "persistent");
+        if durable && sub.queue.durable && sub.queue.name.starts_with("stomp-subscription-") {
+            vhost.delete_queue(&sub.queue.name, false, false, self.conn_id)?;
+        }
+        Ok(())
+    }
+
+    /// A delivery or notification from a queue.
+    pub fn handle_outbound(&mut self, item: Outbound) {
+        match item {
+            Outbound::Deliver(d) => {
+                let live = self
+                    .subscriptions
+                    .get(&*d.consumer.tag)
+                    .filter(|s| Arc::ptr_eq(&s.consumer, &d.consumer));
+                let Some(sub) = live else {
+                    // The subscription ended meanwhile; its message goes back.
+                    if !d.consumer.no_ack {
+                        d.queue.requeue(&[d.seq]);
+                    }
+                    return;
+                };
+                let id = self.next_message_id;
+                self.next_message_id += 1;
+                let destination = if sub.destination.starts_with("/temp-queue/") {
+                    sub.destination.clone()
+                } else {
+                    Destination::of_message(&d.message.exchange, &d.message.routing_key)
+                };
+                let mut frame = Frame::new(Command::Message)
+                    .header("subscription", &*d.consumer.tag)
+                    .header("message-id", id.to_string())
+                    .header("destination", destination);
+                if sub.ack == AckMode::Auto {
+                    d.consumer.release();
+                    if !self.to_dispatch.iter().any(|q| Arc::ptr_eq(q, &d.queue)) {
+                        self.to_dispatch.push(d.queue.clone());
+                    }
+                } else {
+                    // STOMP 1.2 MESSAGE: with client acknowledgement the frame carries an
+                    // `ack` header whose value the ACK names.
+                    if self.version == Version::V1_2 {
+                        frame.push_header("ack", id.to_string());
+                    }
+                    self.unacked.insert(
+                        id,
+                        Pending {
+                            subscription: d.consumer.tag.to_string(),
+                            queue: d.queue.clone(),
+                            seq: d.seq,
+                        },
+                    );
+                }
+                frame.push_header("redelivered", d.redelivered.to_string());
+                add_message_headers(&mut frame, &d.message);
+                let counters = self.broker.counters();
+                counters.delivered.fetch_add(1, Ordering::Relaxed);
+                if d.redelivered {
+                    counters.redelivered.fetch_add(1, Ordering::Relaxed);
+                }
+                let frame = codec::with_body(frame, d.message.body.clone());
+                self.write(&frame);
+            }
+            Outbound::Cancelled { consumer_tag, .. } => {
+                // The queue was deleted under the subscription; STOMP has no cancel
+                // notification, so the subscription just ends.
+                if self.subscriptions.remove(&*consumer_tag).is_some() {
+                    tracing::debug!(peer = %self.peer, id = %consumer_tag, "subscription's queue deleted");
+                }
+            }
+            Outbound::Close(reason) => self.force_close(reason.as_str()),
+        }
+    }
+
+    /// ACK or NACK, or holds it back when it names a transaction.
+    pub(super) fn ack_or_hold(&mut self, frame: &Frame) -> Result<(), StompError> {
+        let Some(tx) = frame.get("transaction") else {
+            return self.ack(frame);
+        };
+        self.ack_id(frame)?;
+        let held = self
+            .transactions
+            .get_mut(tx)
+            .ok_or_else(|| StompError::UnknownTransaction(tx.to_owned()))?;
+        held.push(frame.clone());
+        Ok(())
+    }
+
+    /// The outstanding message an ACK or NACK names: STOMP 1.2 uses `id` (the MESSAGE's `ack`
+    /// header), 1.0 and 1.1 use `message-id` (1.1 adds `subscription`, which the message id
+    /// already implies here).
+    fn ack_id(&self, frame: &Frame) -> Result<u64, StompError> {
+        let text = match self.version {
+            Version::V1_2 => frame.get("id").or_else(|| frame.get("message-id")).ok_or(
+                StompError::MissingHeader {
+                    command: frame.command.as_str(),
+                    header: "id",
+                },
+            )?,
+            _ => required(frame, "message-id")?,
+        };
+        text.parse::<u64>()
+            .ok()
+            .filter(|id| self.unacked.contains_key(id))
+            .ok_or_else(|| StompError::UnknownAckId(text.to_owned()))
+    }
+
+    pub(super) fn ack(&mut self, frame: &Frame) -> Result<(), StompError> {
+        let id = self.ack_id(frame)?;
+        let Some(subscription) = self.unacked.get(&id).map(|p| p.subscription.clone()) else {
+            return Err(StompError::UnknownAckId(id.to_string()));
+        };
+        let mode = self
+            .subscriptions
+            .get(&subscription)
+            .map_or(AckMode::ClientIndividual, |s| s.ack);
+        let ids: Vec<u64> = if mode == AckMode::Client {
+            // STOMP 1.2 SUBSCRIBE ack:client: "the ACK is treated as a cumulative
+            // acknowledgment", within the subscription.
+            self.unacked
+                .range(..=id)
+                .filter(|(_, p)| p.subscription == subscription)
+                .map(|(k, _)| *k)
+                .collect()
+        } else {
+            vec![id]
+        };
+        let taken: Vec<Pending> = ids.iter().filter_map(|k| self.unacked.remove(k)).collect();
+        let nack = frame.command == Command::Nack;
+        if !nack {
+            self.broker
+                .counters()
+                .acked
+                .fetch_add(taken.len() as u64, Ordering::Relaxed);
+        }
+        // NACK gives the message back, flagged redelivered; RabbitMQ's `requeue:false` drops it
+        // (or dead-letters it, if its queue says so).
+        let requeue = frame.get("requeue") != Some("false");
+        for (queue, seqs) in group_by_queue(taken) {
+            match (nack, requeue) {
+                (false, _) => queue.ack(&seqs),
+                (true, true) => queue.requeue(&seqs),
+                (true, false) => queue.reject(&seqs),
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives every unacknowledged message back to its queue, in delivery order.
+    pub(super) fn requeue_all(&mut self) {
+        let all = std::mem::take(&mut self.unacked).into_values().collect();
+        for (queue, seqs) in group_by_queue(all) {
+            queue.requeue(&seqs);
+        }
+    }
+}
+
+fn group_by_queue(items: Vec<Pending>) -> Vec<(Arc<Queue>, Vec<u64>)> {
+    let mut groups: Vec<(Arc<Queue>, Vec<u64>)> = Vec::new();
+    for p in items {
+        match groups.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &p.queue)) {
+            Some((_, seqs)) => seqs.push(p.seq),
+            None => groups.push((p.queue, vec![p.seq])),
+        }
+    }
+    groups
+}

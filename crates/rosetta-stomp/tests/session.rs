@@ -1,0 +1,179 @@
+//! The sans-IO session without a runtime or a socket: bytes in, core deliveries through the
+//! outbox, frames out.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use rosetta_core::store::Store;
+use rosetta_core::{Broker, CoreLimits, Outbound, User, Users};
+use rosetta_stomp::codec::{decode, Limits};
+use rosetta_stomp::session::{Flow, Session, SessionConfig};
+use rosetta_stomp::{Command, Frame, Version};
+use rosetta_store::SledStore;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    broker: Arc<Broker>,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn Store> =
+            Arc::new(SledStore::open(&dir.path().join("data")).expect("store"));
+        let broker = Broker::open(store, &["/".to_owned()], CoreLimits::default()).expect("broker");
+        Harness { _dir: dir, broker }
+    }
+
+    fn session(&self) -> Client {
+        let users = Arc::new(Users::new(vec![User {
+            name: "guest".into(),
+            password: "guest".into(),
+            loopback_only: true,
+        }]));
+        let config = SessionConfig {
+            limits: Limits::default(),
+            heartbeat_ms: 1000,
+            default_vhost: "/".into(),
+        };
+        let peer: SocketAddr = "127.0.0.1:5555".parse().expect("addr");
+        let (session, outbox) = Session::new(self.broker.clone(), users, config, peer);
+        Client { session, outbox }
+    }
+}
+
+struct Client {
+    session: Session,
+    outbox: UnboundedReceiver<Outbound>,
+}
+
+impl Client {
+    fn input(&mut self, bytes: &[u8]) -> Flow {
+        let mut buf = BytesMut::from(bytes);
+        self.session.handle_input(&mut buf)
+    }
+
+    /// Hands queued deliveries to the session, as the connection task would.
+    fn pump(&mut self) {
+        while let Ok(item) = self.outbox.try_recv() {
+            self.session.handle_outbound(item);
+        }
+        self.session.after_flush();
+    }
+
+    fn frames(&mut self) -> Vec<Frame> {
+        let mut out = BytesMut::from(&self.session.take_output()[..]);
+        let mut frames = Vec::new();
+        while let Some(f) =
+            decode(&mut out, &Limits::default(), Version::V1_2).expect("server output decodes")
+        {
+            frames.push(f);
+        }
+        frames
+    }
+
+    fn connected(h: &Harness) -> Client {
+        let mut c = h.session();
+        assert_eq!(c.input(b"CONNECT\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:guest\nheart-beat:500,2000\n\n\0"), Flow::Continue);
+        let frames = c.frames();
+        assert_eq!(frames[0].command, Command::Connected);
+        c
+    }
+}
+
+#[test]
+fn connect_negotiates_version_and_heartbeats() {
+    let h = Harness::new();
+    let mut c = h.session();
+    c.input(b"CONNECT\naccept-version:1.0,1.2\nhost:/\nlogin:guest\npasscode:guest\nheart-beat:500,2000\n\n\0");
+    let frames = c.frames();
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0].get("version"), Some("1.2"));
+    assert_eq!(frames[0].get("heart-beat"), Some("1000,1000"));
+    assert_eq!(c.session.user(), "guest");
+    let (send, expect) = c.session.heartbeats();
+    assert_eq!(
+        send.map(|d| d.as_millis()),
+        Some(2000),
+        "server sends at max(1000, cy=2000)"
+    );
+    assert_eq!(
+        expect.map(|d| d.as_millis()),
+        Some(1000),
+        "client beats at max(cx=500, 1000)"
+    );
+}
+
+#[test]
+fn receipt_for_a_persistent_send_follows_the_fsync() {
+    let h = Harness::new();
+    let mut c = Client::connected(&h);
+    c.input(b"SEND\ndestination:/queue/p\npersistent:true\nreceipt:r1\n\nbody\0");
+    h.broker.store().sync().expect("sync");
+    c.session.on_durable();
+    let frames = c.frames();
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(frames[0].command, Command::Receipt);
+    assert_eq!(frames[0].get("receipt-id"), Some("r1"));
+    assert!(!c.session.has_pending_durability());
+    assert_eq!(
+        h.broker
+            .vhost("/")
+            .and_then(|v| v.queue("p"))
+            .map(|q| q.stats().ready),
+        Some(1)
+    );
+}
+
+#[test]
+fn nack_redelivers_and_ack_settles() {
+    let h = Harness::new();
+    let mut c = Client::connected(&h);
+    c.input(b"SUBSCRIBE\nid:s\ndestination:/queue/n\nack:client-individual\n\n\0SEND\ndestination:/queue/n\n\nx\0");
+    c.pump();
+    let first = c.frames().pop().expect("a MESSAGE");
+    assert_eq!(first.get("redelivered"), Some("false"));
+    let nack = format!("NACK\nid:{}\n\n\0", first.get("ack").expect("ack header"));
+    c.input(nack.as_bytes());
+    c.pump();
+    let second = c.frames().pop().expect("redelivered MESSAGE");
+    assert_eq!(second.get("redelivered"), Some("true"));
+    let ack = format!(
+        "ACK\nid:{}\nreceipt:done\n\n\0",
+        second.get("ack").expect("ack header")
+    );
+    c.input(ack.as_bytes());
+    assert_eq!(c.frames()[0].command, Command::Receipt);
+    let stats = h
+        .broker
+        .vhost("/")
+        .and_then(|v| v.queue("n"))
+        .map(|q| q.stats())
+        .expect("queue");
+    assert_eq!((stats.ready, stats.unacked), (0, 0));
+}
+
+#[test]
+fn an_error_closes_and_returns_unacked_messages() {
+    let h = Harness::new();
+    let mut c = Client::connected(&h);
+    c.input(
+        b"SUBSCRIBE\nid:s\ndestination:/queue/e\nack:client\n\n\0SEND\ndestination:/queue/e\n\nx\0",
+    );
+    c.pump();
+    assert_eq!(c.frames().len(), 1);
+    assert_eq!(c.input(b"ACK\nid:999\n\n\0"), Flow::Close);
+    let frames = c.frames();
+    assert_eq!(frames[0].command, Command::Error);
+    assert_eq!(frames[0].get("message"), Some("Invalid message id"));
+    assert!(c.session.is_closing());
+    let stats = h
+        .broker
+        .vhost("/")
+        .and_then(|v| v.queue("e"))
+        .map(|q| q.stats())
+        .expect("queue");
+    assert_eq!((stats.ready, stats.unacked, stats.consumers), (1, 0, 0));
+}

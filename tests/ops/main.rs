@@ -1,0 +1,15 @@
+//! Operating the broker: the HTTP endpoint (Prometheus metrics, health checks, management
+//! API), graceful shutdown on SIGTERM, and logging, against the real binary.
+//!
+//! Needs the broker binary: `cargo build -p rosetta` first (`tests/run` does it).
+
+#[path = "../amqp/support.rs"]
+mod support;
+
+mod http;
+
+mod api;
+mod health;
+mod logs;
+mod metrics;
+mod shutdown;

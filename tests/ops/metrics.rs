@@ -1,0 +1,256 @@
+//! `GET /metrics`: the values move with real client traffic, and the exposition is valid.
+
+use crate::http::{queue_series, scrape, wait_for_metric};
+use crate::support::*;
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use rosetta_tests::Broker;
+use std::collections::HashSet;
+
+fn broker() -> Broker {
+    Broker::builder().with_http().start()
+}
+
+const AMQP_CONNECTIONS: &str = "rosetta_connections{protocol=\"amqp\"}";
+
+#[test]
+fn connection_channel_consumer_and_queue_gauges_follow_clients() {
+    let broker = broker();
+    let http = broker.http_addr();
+    run(async {
+        let before = scrape(http);
+        assert_eq!(before.value(AMQP_CONNECTIONS), Some(0.0));
+        assert_eq!(
+            before.value("rosetta_connections{protocol=\"mqtt\"}"),
+            Some(0.0)
+        );
+        assert_eq!(
+            before.value("rosetta_connections{protocol=\"stomp\"}"),
+            Some(0.0)
+        );
+        assert_eq!(before.value("rosetta_queues"), Some(0.0));
+
+        let client = connect(&broker).await;
+        let first = client.channel().await;
+        let second = client.channel().await;
+        declare_queue(&first, "gauges.q").await;
+        let _consumer = consume(&second, "gauges.q", false).await;
+
+        wait_for_metric(http, AMQP_CONNECTIONS, 1.0);
+        wait_for_metric(http, "rosetta_channels", 2.0);
+        wait_for_metric(http, "rosetta_consumers", 1.0);
+        wait_for_metric(http, "rosetta_queues", 1.0);
+
+        client.close().await;
+        wait_for_metric(http, AMQP_CONNECTIONS, 0.0);
+        wait_for_metric(http, "rosetta_channels", 0.0);
+        wait_for_metric(http, "rosetta_consumers", 0.0);
+        // The queue is neither exclusive nor auto-delete: it stays.
+        wait_for_metric(http, "rosetta_queues", 1.0);
+    });
+}
+
+#[test]
+fn message_counters_and_queue_depths_move_with_traffic() {
+    let broker = broker();
+    let http = broker.http_addr();
+    run(async {
+        let client = connect(&broker).await;
+        let channel = client.confirm_channel().await;
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        declare(&channel, "traffic.q", durable, FieldTable::default()).await;
+        let fsyncs_before = scrape(http)
+            .value("rosetta_store_fsync_seconds_count")
+            .expect("fsync histogram");
+        for body in ["aaaa", "bbbbbb", "cc"] {
+            publish_persistent(&channel, "traffic.q", body).await;
+        }
+        let ready = queue_series("rosetta_queue_messages_ready", "traffic.q");
+        let unacked = queue_series("rosetta_queue_messages_unacked", "traffic.q");
+        let bytes = queue_series("rosetta_queue_messages_bytes", "traffic.q");
+        wait_for_metric(http, "rosetta_messages_published_total", 3.0);
+        wait_for_metric(http, &ready, 3.0);
+        wait_for_metric(http, &unacked, 0.0);
+        wait_for_metric(http, &bytes, 12.0);
+        let now = scrape(http);
+        let fsyncs = now
+            .value("rosetta_store_fsync_seconds_count")
+            .expect("fsyncs");
+        assert!(
+            fsyncs > fsyncs_before,
+            "persistent publishes were confirmed without an fsync"
+        );
+        assert!(now.value("rosetta_store_disk_bytes").expect("disk bytes") > 0.0);
+        let received = now
+            .value("rosetta_received_bytes_total{protocol=\"amqp\"}")
+            .expect("received bytes");
+        let sent = now
+            .value("rosetta_sent_bytes_total{protocol=\"amqp\"}")
+            .expect("sent bytes");
+        assert!(
+            received > 12.0 && sent > 0.0,
+            "received {received}, sent {sent}"
+        );
+
+        // A message no queue takes.
+        publish(&channel, "amq.direct", "traffic.nowhere", "lost").await;
+        wait_for_metric(http, "rosetta_messages_unroutable_total", 1.0);
+        wait_for_metric(http, "rosetta_messages_published_total", 4.0);
+
+        // Two deliveries: one acknowledged, one given back.
+        let first = get(&channel, "traffic.q", false).await.expect("first");
+        let second = get(&channel, "traffic.q", false).await.expect("second");
+        wait_for_metric(http, "rosetta_messages_delivered_total", 2.0);
+        wait_for_metric(http, &ready, 1.0);
+        wait_for_metric(http, &unacked, 2.0);
+        first
+            .delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .expect("ack");
+        second
+            .delivery
+            .acker
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            })
+            .await
+            .expect("nack");
+        wait_for_metric(http, "rosetta_messages_acked_total", 1.0);
+        wait_for_metric(http, &ready, 2.0);
+        wait_for_metric(http, &unacked, 0.0);
+        wait_for_metric(http, &bytes, 8.0);
+
+        // The requeued message comes back flagged.
+        let again = get(&channel, "traffic.q", true)
+            .await
+            .expect("requeued message");
+        assert!(again.delivery.redelivered);
+        wait_for_metric(http, "rosetta_messages_redelivered_total", 1.0);
+        wait_for_metric(http, "rosetta_messages_delivered_total", 3.0);
+        client.close().await;
+        let after = scrape(http);
+        let received_after = after
+            .value("rosetta_received_bytes_total{protocol=\"amqp\"}")
+            .expect("received bytes");
+        assert!(received_after > received, "bytes received did not grow");
+    });
+}
+
+#[test]
+fn dead_lettered_messages_are_counted() {
+    let broker = broker();
+    let http = broker.http_addr();
+    run(async {
+        let client = connect(&broker).await;
+        let channel = client.confirm_channel().await;
+        declare_queue(&channel, "dlx.target").await;
+        let args = table(&[
+            ("x-dead-letter-exchange", long_str("")),
+            ("x-dead-letter-routing-key", long_str("dlx.target")),
+        ]);
+        declare_with(&channel, "dlx.source", args).await;
+        publish(&channel, "", "dlx.source", "doomed").await;
+        let message = get(&channel, "dlx.source", false).await.expect("message");
+        message
+            .delivery
+            .acker
+            .reject(BasicRejectOptions { requeue: false })
+            .await
+            .expect("reject");
+        wait_for_metric(http, "rosetta_messages_dead_lettered_total", 1.0);
+        wait_for_metric(
+            http,
+            &queue_series("rosetta_queue_messages_ready", "dlx.target"),
+            1.0,
+        );
+        wait_for_metric(
+            http,
+            &queue_series("rosetta_queue_messages_ready", "dlx.source"),
+            0.0,
+        );
+        client.close().await;
+    });
+}
+
+#[test]
+fn queue_names_with_quotes_and_backslashes_are_escaped_in_labels() {
+    let broker = broker();
+    let http = broker.http_addr();
+    run(async {
+        let client = connect(&broker).await;
+        let channel = client.channel().await;
+        declare_queue(&channel, "odd\"name\\here").await;
+        publish(&channel, "", "odd\"name\\here", "x").await;
+        wait_for_metric(
+            http,
+            "rosetta_queue_messages_ready{vhost=\"/\",queue=\"odd\\\"name\\\\here\"}",
+            1.0,
+        );
+        client.close().await;
+    });
+}
+
+/// Every sample belongs to a family announced once with `# TYPE` before its samples, and the
+/// process metrics the crate provides are there.
+#[test]
+fn the_exposition_is_well_formed_and_includes_process_metrics() {
+    let broker = broker();
+    let scrape = scrape(broker.http_addr());
+    let mut declared = HashSet::new();
+    let mut kinds = std::collections::HashMap::new();
+    for line in scrape.text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("TYPE line has a kind");
+            assert!(
+                declared.insert(name.to_string()),
+                "family {name} declared twice"
+            );
+            kinds.insert(name.to_string(), kind.to_string());
+        }
+    }
+    for (series, _) in scrape.samples() {
+        let name = series.split('{').next().unwrap_or(series);
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| {
+                name.strip_suffix(suffix)
+                    .filter(|base| kinds.get(*base).is_some_and(|k| k == "histogram"))
+            })
+            .unwrap_or(name);
+        assert!(declared.contains(family), "sample {series} has no # TYPE");
+    }
+    for family in [
+        "rosetta_connections",
+        "rosetta_channels",
+        "rosetta_consumers",
+        "rosetta_queues",
+        "rosetta_queue_messages_ready",
+        "rosetta_queue_messages_unacked",
+        "rosetta_queue_messages_bytes",
+        "rosetta_messages_published_total",
+        "rosetta_messages_delivered_total",
+        "rosetta_messages_acked_total",
+        "rosetta_messages_redelivered_total",
+        "rosetta_messages_dead_lettered_total",
+        "rosetta_messages_unroutable_total",
+        "rosetta_received_bytes_total",
+        "rosetta_sent_bytes_total",
+        "rosetta_store_disk_bytes",
+        "rosetta_store_fsync_seconds",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+    ] {
+        assert!(declared.contains(family), "no {family} family");
+    }
+    assert_eq!(kinds["rosetta_store_fsync_seconds"], "histogram");
+    assert_eq!(kinds["rosetta_messages_published_total"], "counter");
+    assert!(scrape.value("process_resident_memory_bytes").expect("rss") > 0.0);
+    assert!(scrape.value("process_open_fds").expect("fds") > 0.0);
+}
