@@ -203,3 +203,40 @@ fn a_qos2_exchange_cut_by_kill_9_completes_exactly_once() {
         }
     }
 }
+
+#[test]
+fn queues_only_clean_sessions_used_do_not_outlive_a_crash() {
+    let mut broker = broker();
+    let group = unique("crew");
+    let (mut member, _) = raw5(port(&broker), connect5(&unique("member"), true));
+    member.send5(subscribe5(1, &format!("$share/{group}/jobs"), QoS::Level1));
+    suback5(&mut member);
+    let (mut publisher, _) = raw5(port(&broker), connect5(&unique("pub"), true));
+    publisher.send5(Packet::Publish(v5::Publish::new(
+        QosPid::Level1(pid(1)),
+        topic("jobs"),
+        Bytes::from_static(b"j"),
+    )));
+    assert!(matches!(publisher.read5(), Ok(Packet::Puback(_))));
+    broker.kill9();
+    broker.restart();
+    let shared_queue = format!("mqtt-shared-{group}/jobs");
+    run(async move {
+        let channel = amqp(&broker).await;
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let gone = channel
+            .queue_declare(
+                shared_queue.as_str().into(),
+                passive,
+                lapin::types::FieldTable::default(),
+            )
+            .await;
+        assert!(
+            gone.is_err(),
+            "the shared queue of a clean session survived the crash"
+        );
+    });
+}

@@ -254,3 +254,63 @@ fn the_exposition_is_well_formed_and_includes_process_metrics() {
     assert!(scrape.value("process_resident_memory_bytes").expect("rss") > 0.0);
     assert!(scrape.value("process_open_fds").expect("fds") > 0.0);
 }
+
+/// Reads from `stream` until `expected` has been seen; panics after [`WAIT`].
+fn read_until(stream: &mut std::net::TcpStream, expected: &[u8]) {
+    use std::io::Read;
+    stream.set_read_timeout(Some(WAIT)).expect("read timeout");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 512];
+    while !seen.windows(expected.len()).any(|w| w == expected) {
+        let n = stream.read(&mut buf).expect("read before the deadline");
+        assert!(n > 0, "connection closed; got {seen:?}");
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// The gauges live in the generic connection driver, so MQTT and STOMP connections are counted
+/// under their own label without protocol-specific code.
+#[test]
+fn mqtt_and_stomp_connections_are_counted_under_their_protocol() {
+    use std::io::Write;
+    let broker = Broker::builder()
+        .with_http()
+        .config("[mqtt]\nenabled = true\nlisten = \"127.0.0.1:0\"\n[stomp]\nenabled = true\nlisten = \"127.0.0.1:0\"\n")
+        .start();
+    let http = broker.http_addr();
+
+    let mut stomp = std::net::TcpStream::connect(broker.stomp_addr()).expect("stomp connect");
+    stomp
+        .write_all(b"CONNECT\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:guest\n\n\0")
+        .expect("CONNECT");
+    read_until(&mut stomp, b"CONNECTED");
+
+    let mut mqtt = std::net::TcpStream::connect(broker.addr("mqtt").expect("mqtt listener"))
+        .expect("mqtt connect");
+    // MQTT 3.1.1 CONNECT: clean session, user name and password, keep-alive 60 s, client "ops".
+    let connect: &[u8] = &[
+        0x10, 29, 0, 4, b'M', b'Q', b'T', b'T', 4, 0xC2, 0, 60, 0, 3, b'o', b'p', b's', 0, 5, b'g',
+        b'u', b'e', b's', b't', 0, 5, b'g', b'u', b'e', b's', b't',
+    ];
+    mqtt.write_all(connect).expect("CONNECT");
+    // CONNACK, session not present, return code 0 (accepted).
+    read_until(&mut mqtt, &[0x20, 2, 0, 0]);
+
+    wait_for_metric(http, "rosetta_connections{protocol=\"stomp\"}", 1.0);
+    wait_for_metric(http, "rosetta_connections{protocol=\"mqtt\"}", 1.0);
+    wait_for_metric(http, AMQP_CONNECTIONS, 0.0);
+    let now = scrape(http);
+    for protocol in ["mqtt", "stomp"] {
+        let received = now
+            .value(&format!(
+                "rosetta_received_bytes_total{{protocol=\"{protocol}\"}}"
+            ))
+            .expect("received bytes");
+        assert!(received > 0.0, "{protocol}: nothing counted as received");
+    }
+
+    drop(stomp);
+    drop(mqtt);
+    wait_for_metric(http, "rosetta_connections{protocol=\"stomp\"}", 0.0);
+    wait_for_metric(http, "rosetta_connections{protocol=\"mqtt\"}", 0.0);
+}

@@ -2,7 +2,7 @@
 //! connections by client id (for takeover), persistent sessions and their expiry, wills waiting
 //! out their delay, and retained messages.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -20,7 +20,7 @@ use crate::persist::{
 };
 use crate::retained::Retained;
 use crate::session::Shared;
-use crate::topic;
+use crate::topic::{self, ParsedFilter};
 
 /// Limits and defaults the server configures.
 #[derive(Debug, Clone)]
@@ -61,6 +61,34 @@ pub struct MqttState {
     wills: Mutex<HashMap<String, PendingWill>>,
 }
 
+/// Deletes the durable queues MQTT made that no persistent session needs any more: a session
+/// queue whose session is gone (a crash between the two deletes), and a shared subscription's
+/// queue whose members were all clean sessions, which ended with the broker.
+fn remove_orphan_queues(vhost: &VHost, sessions: &HashMap<String, StoredSession>) {
+    let mut wanted: HashSet<String> = sessions.keys().map(|c| topic::session_queue(c)).collect();
+    for s in sessions.values() {
+        for sub in &s.subscriptions {
+            if let Some(ParsedFilter {
+                group: Some(group),
+                filter,
+            }) = topic::parse_filter(&sub.filter)
+            {
+                wanted.insert(topic::shared_queue(group, filter));
+            }
+        }
+    }
+    for q in vhost.queues() {
+        let ours = q.name.starts_with(topic::SESSION_QUEUE_PREFIX)
+            || q.name.starts_with(topic::SHARED_QUEUE_PREFIX);
+        if ours && !wanted.contains(&q.name) {
+            tracing::info!(queue = %q.name, "removing an mqtt queue no session uses");
+            if let Err(e) = vhost.delete_queue(&q.name, false, false, 0) {
+                tracing::warn!(queue = %q.name, error = %e, "cannot remove an unused mqtt queue");
+            }
+        }
+    }
+}
+
 impl MqttState {
     /// Loads persistent sessions, pending wills and retained messages from the store. Sessions
     /// whose connection was open when the broker stopped count as disconnected from now.
@@ -95,6 +123,7 @@ impl MqttState {
             wills.insert(client, PendingWill::decode(&value)?);
         }
         let retained = Retained::load(store, &config.vhost, config.max_retained)?;
+        remove_orphan_queues(&vhost, &sessions);
         tracing::info!(
             sessions = sessions.len(),
             wills = wills.len(),

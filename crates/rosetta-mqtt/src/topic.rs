@@ -144,15 +144,20 @@ pub fn parse_filter(full: &str) -> Option<ParsedFilter<'_>> {
     })
 }
 
-/// The queue of a session (RabbitMQ's naming, so operators recognise it).
+/// Prefix of every session's queue (RabbitMQ's naming, so operators recognise it).
+pub const SESSION_QUEUE_PREFIX: &str = "mqtt-subscription-";
+/// Prefix of every shared subscription's queue.
+pub const SHARED_QUEUE_PREFIX: &str = "mqtt-shared-";
+
+/// The queue of a session.
 pub fn session_queue(client_id: &str) -> String {
-    format!("mqtt-subscription-{client_id}")
+    format!("{SESSION_QUEUE_PREFIX}{client_id}")
 }
 
 /// The queue a shared subscription's members consume from. A share name holds no `/`, so the
 /// first `/` after the prefix separates it from the filter and no two subscriptions collide.
 pub fn shared_queue(group: &str, filter: &str) -> String {
-    format!("mqtt-shared-{group}/{filter}")
+    format!("{SHARED_QUEUE_PREFIX}{group}/{filter}")
 }
 
 #[cfg(test)]
