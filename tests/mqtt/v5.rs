@@ -566,3 +566,118 @@ fn publishing_above_receive_maximum_is_a_disconnect_with_0x93() {
         "{got:?}"
     );
 }
+
+#[test]
+fn an_outgoing_qos2_exchange_resumes_with_its_packet_id_after_a_reconnect() {
+    let broker = broker();
+    let port = port(&broker);
+    let id = unique("qos2-reader");
+    let session = |clean: bool| {
+        let mut c = connect5(&id, clean);
+        c.properties.session_expiry_interval = Some(600);
+        c
+    };
+    let (mut reader, _) = raw5(port, session(true));
+    reader.send5(subscribe5(1, "q2/t", QoS::Level2));
+    suback5(&mut reader);
+    let (mut publisher, _) = raw5(port, connect5(&unique("pub"), true));
+    publisher.send5(Packet::Publish(publish5(
+        "q2/t",
+        QosPid::Level1(pid(1)),
+        b"first",
+    )));
+    assert!(matches!(publisher.read5(), Ok(Packet::Puback(_))));
+
+    // Received but not acknowledged: sent again, with DUP.
+    match reader.read5() {
+        Ok(Packet::Publish(p)) => assert!(!p.dup),
+        other => panic!("expected PUBLISH, got {other:?}"),
+    }
+    drop(reader);
+    let (mut reader, ack) = raw5(port, session(false));
+    assert!(ack.session_present);
+    match reader.read5() {
+        Ok(Packet::Publish(p)) => {
+            assert!(p.dup && &p.payload[..] == b"first");
+            let QosPid::Level1(again) = p.qos_pid else {
+                panic!("QoS 1 as published")
+            };
+            reader.send5(Packet::Puback(v5::Puback::new_success(again)));
+        }
+        other => panic!("expected the PUBLISH again, got {other:?}"),
+    }
+
+    // QoS 2: received (PUBREC sent) but not completed: PUBREL comes again after a reconnect.
+    publisher.send5(Packet::Publish(publish5(
+        "q2/t",
+        QosPid::Level2(pid(2)),
+        b"second",
+    )));
+    assert!(matches!(publisher.read5(), Ok(Packet::Pubrec(_))));
+    publisher.send5(Packet::Pubrel(v5::Pubrel::new_success(pid(2))));
+    assert!(matches!(publisher.read5(), Ok(Packet::Pubcomp(_))));
+    let second_id = match reader.read5() {
+        Ok(Packet::Publish(p)) => {
+            assert_eq!(p.qos_pid.qos(), QoS::Level2);
+            p.qos_pid.pid().expect("packet id")
+        }
+        other => panic!("expected PUBLISH, got {other:?}"),
+    };
+    // First time: drop before PUBREC, so the PUBLISH itself comes again, same id.
+    drop(reader);
+    let (mut reader, _) = raw5(port, session(false));
+    match reader.read5() {
+        // [MQTT-4.4.0-1]: a QoS 2 PUBLISH is resent with its original packet id.
+        Ok(Packet::Publish(p)) => assert_eq!((p.qos_pid.pid(), p.dup), (Some(second_id), true)),
+        other => panic!("expected the QoS 2 PUBLISH again, got {other:?}"),
+    }
+    reader.send5(Packet::Pubrec(v5::Pubrec::new_success(second_id)));
+    assert!(matches!(reader.read5(), Ok(Packet::Pubrel(r)) if r.pid == second_id));
+    // Then drop before PUBCOMP: the PUBREL comes again, and not the message.
+    drop(reader);
+    let (mut reader, _) = raw5(port, session(false));
+    assert!(matches!(reader.read5(), Ok(Packet::Pubrel(r)) if r.pid == second_id));
+    reader.send5(Packet::Pubcomp(v5::Pubcomp::new_success(second_id)));
+    assert!(
+        matches!(reader.read5_within(QUIET), Err(ReadEnd::Timeout)),
+        "delivered again after PUBREC"
+    );
+}
+
+#[test]
+fn one_subscribe_grants_each_filter_its_qos_and_unsubscribe_reports_each() {
+    let broker = broker();
+    let port = port(&broker);
+    let (mut client, _) = raw5(port, connect5(&unique("multi"), true));
+    let topics = vec![
+        (filter("m/a"), v5::SubscriptionOptions::new(QoS::Level0)),
+        (filter("m/+/c"), v5::SubscriptionOptions::new(QoS::Level2)),
+        (
+            filter(&format!("$share/{}/m/#", unique("g"))),
+            v5::SubscriptionOptions::new(QoS::Level1),
+        ),
+    ];
+    client.send5(Packet::Subscribe(v5::Subscribe::new(pid(1), topics)));
+    assert_eq!(
+        suback5(&mut client),
+        vec![
+            v5::SubscribeReasonCode::GrantedQoS0,
+            v5::SubscribeReasonCode::GrantedQoS2,
+            v5::SubscribeReasonCode::GrantedQoS1
+        ]
+    );
+    client.send5(Packet::Unsubscribe(v5::Unsubscribe::new(
+        pid(2),
+        vec![filter("m/a"), filter("m/never")],
+    )));
+    match client.read5() {
+        Ok(Packet::Unsuback(u)) => assert_eq!(
+            u.topics,
+            vec![
+                v5::UnsubscribeReasonCode::Success,
+                v5::UnsubscribeReasonCode::NoSubscriptionExisted
+            ]
+        ),
+        other => panic!("expected UNSUBACK, got {other:?}"),
+    }
+}

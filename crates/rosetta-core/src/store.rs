@@ -92,7 +92,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Adds `message` to the durable queues `queue_seqs` (queue id, sequence in that queue).
     /// The body is written once however many queues reference it.
-    fn enqueue(&self, message: &Message, queue_seqs: &[(u64, u64)]) -> Result<Epoch, StoreError>;
+    fn enqueue(&self, message: &Arc<Message>, queue_seqs: &[(u64, u64)]) -> Result<Epoch, StoreError>;
     /// Removes one queue entry; the body goes with its last reference.
     fn dequeue(&self, queue_id: u64, seq: u64, message_id: u64) -> Result<Epoch, StoreError>;
     /// Records that the entry was delivered at least once, so it comes back `redelivered`

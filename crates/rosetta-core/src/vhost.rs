@@ -515,12 +515,12 @@ impl VHost {
             .filter(|(q, _)| persistent && q.durable && q.exclusive_owner.is_none())
             .map(|(q, seq)| (q.id, *seq))
             .collect();
+        let message = Arc::new(message);
         if !durable.is_empty() {
             let epoch = self.shared.store.enqueue(&message, &durable)?;
             self.shared.store.request_sync(epoch);
             outcome.epoch = Some(epoch);
         }
-        let message = Arc::new(message);
         for (q, seq) in accepted {
             let persisted = persistent && q.durable && q.exclusive_owner.is_none();
             q.push(seq, message.clone(), persisted);

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, RwLock};
 use rosetta_core::store::{Epoch, StoreError};
+
+use crate::sled_store::Writer;
 use tokio::sync::watch;
 
 /// After a failed flush, wait this long before trying again, so a persistent disk error does
@@ -65,12 +67,12 @@ impl Committer {
         })
     }
 
-    /// Starts the committer thread for `db`.
-    pub fn spawn(self: &Arc<Self>, db: sled::Db) -> std::io::Result<JoinHandle<()>> {
+    /// Starts the committer thread, which writes pending batches through `writer`.
+    pub fn spawn(self: &Arc<Self>, writer: Writer) -> std::io::Result<JoinHandle<()>> {
         let me = Arc::clone(self);
         std::thread::Builder::new()
             .name("rosetta-fsync".into())
-            .spawn(move || me.run(&db))
+            .spawn(move || me.run(&writer))
     }
 
     /// Called after a write is buffered; returns the write's epoch.
@@ -148,7 +150,7 @@ impl Committer {
         self.done.notify_all();
     }
 
-    fn run(&self, db: &sled::Db) {
+    fn run(&self, writer: &Writer) {
         loop {
             {
                 let mut st = self.state.lock();
@@ -159,17 +161,19 @@ impl Committer {
                     return;
                 }
             }
-            if self.flush(db).is_err() {
+            if self.flush(writer).is_err() {
                 std::thread::sleep(RETRY_AFTER_ERROR);
             }
         }
     }
 
     /// One flush covering every write buffered so far; also used for the final flush on drop.
-    pub fn flush(&self, db: &sled::Db) -> Result<(), StoreError> {
-        let target = self.current();
+    pub fn flush(&self, writer: &Writer) -> Result<(), StoreError> {
         let started = Instant::now();
-        let result = db.flush();
+        let (target, result) = match writer.write_pending() {
+            Ok(target) => (target, writer.db.flush().map(drop).map_err(|e| e.to_string())),
+            Err(e) => (0, Err(e.to_string())),
+        };
         let elapsed = started.elapsed();
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         self.last_flush_micros.store(micros, Ordering::Relaxed);
@@ -189,8 +193,7 @@ impl Committer {
                 self.done.notify_all();
                 Ok(())
             }
-            Err(e) => {
-                let reason = e.to_string();
+            Err(reason) => {
                 tracing::error!(error = %reason, "store flush failed");
                 st.failures += 1;
                 st.last_error = Some(reason.clone());

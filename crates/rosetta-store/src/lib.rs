@@ -23,6 +23,13 @@
 //! in-memory reference count per message id (rebuilt by `recover`) decides when the last entry
 //! is gone and the body can be deleted.
 //!
+//! # Write-behind
+//!
+//! Queue entries and bodies are not written when a publisher hands them over: they wait in
+//! memory (`pending`) and the commit thread writes each batch just before its fsync, so an
+//! entry acknowledged in the meantime is never written at all. Metadata (exchanges, queues,
+//! bindings, records) is written at once.
+//!
 //! # Crash ordering
 //!
 //! Bodies are written before their entries and deleted after them. A crash in between leaves at
@@ -37,6 +44,7 @@
 pub mod codec;
 mod commit;
 mod keys;
+mod pending;
 mod recover;
 mod refs;
 mod sled_store;

@@ -1,9 +1,10 @@
 //! [`SledStore`]: opening the database and the write side of the [`Store`] trait.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+
+use parking_lot::Mutex;
 
 use rosetta_core::message::Message;
 use rosetta_core::store::{
@@ -11,6 +12,7 @@ use rosetta_core::store::{
 };
 
 use crate::commit::{Committer, FlushObserver};
+use crate::pending::Pending;
 use crate::refs::RefCounts;
 use crate::{codec, keys};
 
@@ -30,8 +32,75 @@ pub struct SledStore {
     pub(crate) entries: sled::Tree,
     pub(crate) records: sled::Tree,
     pub(crate) refs: RefCounts,
+    /// Message writes waiting for the commit thread (see `pending`).
+    pub(crate) pending: Arc<Mutex<Pending>>,
     pub(crate) committer: Arc<Committer>,
+    writer: Writer,
     thread: Option<JoinHandle<()>>,
+}
+
+/// What the commit thread needs to write a pending batch before its fsync.
+#[derive(Clone)]
+pub(crate) struct Writer {
+    pub db: sled::Db,
+    bodies: sled::Tree,
+    entries: sled::Tree,
+    pending: Arc<Mutex<Pending>>,
+    committer: Arc<Committer>,
+}
+
+impl Writer {
+    /// Takes the pending batch, writes it to sled (not yet synced) and returns the epoch it
+    /// covers. The epoch is read under the pending lock, where writers bump it, so every epoch
+    /// up to it belongs to this batch or an earlier one.
+    pub fn write_pending(&self) -> Result<Epoch, StoreError> {
+        let (batch, target) = {
+            let mut pending = self.pending.lock();
+            (std::mem::take(&mut *pending), self.committer.current())
+        };
+        if batch.is_empty() {
+            return Ok(target);
+        }
+        // Bodies before entries, entry deletes before body deletes: a crash in between leaves
+        // only orphan bodies, which recovery removes.
+        let mut bodies = sled::Batch::default();
+        for (id, message) in &batch.bodies {
+            bodies.insert(&keys::message(*id), codec::encode_message(message));
+        }
+        self.bodies.apply_batch(bodies).map_err(engine)?;
+        let mut entries = sled::Batch::default();
+        for ((queue, seq), (msg, redelivered)) in &batch.puts {
+            entries.insert(&keys::entry(*queue, *seq), &keys::entry_value(*msg, *redelivered));
+        }
+        for (queue, seq) in &batch.deletes {
+            entries.remove(&keys::entry(*queue, *seq));
+        }
+        self.entries.apply_batch(entries).map_err(engine)?;
+        for (queue, seq) in &batch.marks {
+            self.mark_written(*queue, *seq)?;
+        }
+        let mut gone = sled::Batch::default();
+        for id in &batch.body_deletes {
+            gone.remove(&keys::message(*id));
+        }
+        self.bodies.apply_batch(gone).map_err(engine)?;
+        Ok(target)
+    }
+
+    fn mark_written(&self, queue_id: u64, seq: u64) -> Result<(), StoreError> {
+        let key = keys::entry(queue_id, seq);
+        let Some(current) = self.entries.get(key).map_err(engine)? else { return Ok(()) };
+        match keys::parse_entry_value(&current) {
+            Some((_, true)) => Ok(()),
+            Some((msg, false)) => {
+                let new = keys::entry_value(msg, true);
+                // Compare-and-swap so a delete applied meanwhile is not undone.
+                let _ = self.entries.compare_and_swap(key, Some(current), Some(&new[..])).map_err(engine)?;
+                Ok(())
+            }
+            None => Err(codec::corrupt(&key, "queue entry value")),
+        }
+    }
 }
 
 pub(crate) fn engine(e: sled::Error) -> StoreError {
@@ -55,19 +124,29 @@ impl SledStore {
         check_format(&db)?;
         let tree = |name: &str| db.open_tree(name).map_err(engine);
         let committer = Committer::new();
+        let pending = Arc::new(Mutex::new(Pending::default()));
+        let writer = Writer {
+            db: db.clone(),
+            bodies: tree("bodies")?,
+            entries: tree("entries")?,
+            pending: pending.clone(),
+            committer: committer.clone(),
+        };
         let thread = committer
-            .spawn(db.clone())
+            .spawn(writer.clone())
             .map_err(|e| StoreError::Engine(format!("cannot start the commit thread: {e}")))?;
         Ok(SledStore {
             exchanges: tree("exchanges")?,
             queues: tree("queues")?,
             bindings: tree("bindings")?,
-            bodies: tree("bodies")?,
-            entries: tree("entries")?,
+            bodies: writer.bodies.clone(),
+            entries: writer.entries.clone(),
             records: tree("records")?,
-            db,
             refs: RefCounts::new(),
+            pending,
             committer,
+            writer,
+            db,
             thread: Some(thread),
         })
     }
@@ -97,20 +176,20 @@ impl SledStore {
         self.entries.len()
     }
 
-    /// Drops `n` references to body `id`, deleting the body when none remain.
-    fn release(&self, id: u64, n: u64) -> Result<(), StoreError> {
+    /// Drops `n` references to body `id`; the last one deletes the body, or cancels its
+    /// write if it was never written.
+    fn release(&self, pending: &mut Pending, id: u64, n: u64) {
         let mut refs = self.refs.lock(id);
         // An unknown count means this store never counted the body (e.g. `recover` was not
         // called yet), so it may still be referenced: leave it for recovery to judge.
-        let Some(count) = refs.get_mut(&id) else {
-            return Ok(());
-        };
+        let Some(count) = refs.get_mut(&id) else { return };
         *count = count.saturating_sub(n);
         if *count == 0 {
             refs.remove(&id);
-            self.bodies.remove(keys::message(id)).map_err(engine)?;
+            if pending.bodies.remove(&id).is_none() {
+                pending.body_deletes.push(id);
+            }
         }
-        Ok(())
     }
 }
 
@@ -205,7 +284,8 @@ impl Store for SledStore {
         }
 
         let mut batch = sled::Batch::default();
-        let mut released: HashMap<u64, u64> = HashMap::new();
+        let mut pending = self.pending.lock();
+        let mut released = pending.drop_queue(id);
         for item in self.entries.scan_prefix(keys::queue_prefix(id)) {
             let (k, v) = item.map_err(engine)?;
             match keys::parse_entry_value(&v) {
@@ -218,7 +298,7 @@ impl Store for SledStore {
         // without a body.
         self.entries.apply_batch(batch).map_err(engine)?;
         for (msg, n) in released {
-            self.release(msg, n)?;
+            self.release(&mut pending, msg, n);
         }
         Ok(self.committer.advance())
     }
@@ -239,76 +319,38 @@ impl Store for SledStore {
 
     /// Each `(queue, seq)` must be new. Re-using one is a caller bug whose only effect is a
     /// body kept until the next restart (counts err high, never low, so no body is lost).
-    fn enqueue(&self, message: &Message, queue_seqs: &[(u64, u64)]) -> Result<Epoch, StoreError> {
+    fn enqueue(&self, message: &Arc<Message>, queue_seqs: &[(u64, u64)]) -> Result<Epoch, StoreError> {
         if queue_seqs.is_empty() {
             return Ok(self.committer.current());
         }
         let id = message.id;
+        let mut pending = self.pending.lock();
         let mut refs = self.refs.lock(id);
-        // Held across both writes so a concurrent last dequeue of the same id cannot delete
-        // the body between our check and our entries.
         if !refs.contains_key(&id) {
-            self.bodies
-                .insert(keys::message(id), codec::encode_message(message))
-                .map_err(engine)?;
+            pending.bodies.insert(id, message.clone());
         }
-        if let [(queue, seq)] = queue_seqs {
-            self.entries
-                .insert(keys::entry(*queue, *seq), &keys::entry_value(id, false))
-                .map_err(engine)?;
-        } else {
-            let mut batch = sled::Batch::default();
-            for (queue, seq) in queue_seqs {
-                batch.insert(&keys::entry(*queue, *seq), &keys::entry_value(id, false));
-            }
-            self.entries.apply_batch(batch).map_err(engine)?;
+        for (queue, seq) in queue_seqs {
+            pending.puts.insert((*queue, *seq), (id, false));
         }
         *refs.entry(id).or_default() += queue_seqs.len() as u64;
-        drop(refs);
         Ok(self.committer.advance())
     }
 
     fn dequeue(&self, queue_id: u64, seq: u64, message_id: u64) -> Result<Epoch, StoreError> {
-        let key = keys::entry(queue_id, seq);
-        if let Some(old) = self.entries.remove(key).map_err(engine)? {
-            let msg = match keys::parse_entry_value(&old) {
-                Some((stored, _)) if stored != message_id => {
-                    tracing::warn!(
-                        queue_id,
-                        seq,
-                        stored,
-                        message_id,
-                        "dequeue names a different message than stored"
-                    );
-                    stored
-                }
-                Some((stored, _)) => stored,
-                None => message_id,
-            };
-            self.release(msg, 1)?;
+        let mut pending = self.pending.lock();
+        // An entry still waiting to be written is simply not written.
+        if pending.puts.remove(&(queue_id, seq)).is_none() {
+            pending.deletes.push((queue_id, seq));
         }
+        self.release(&mut pending, message_id, 1);
         Ok(self.committer.advance())
     }
 
     fn mark_redelivered(&self, queue_id: u64, seq: u64) -> Result<Epoch, StoreError> {
-        let key = keys::entry(queue_id, seq);
-        let Some(current) = self.entries.get(key).map_err(engine)? else {
-            return Ok(self.committer.current());
-        };
-        match keys::parse_entry_value(&current) {
-            Some((_, true)) => return Ok(self.committer.current()),
-            Some((msg, false)) => {
-                // Compare-and-swap so a concurrent dequeue is not undone by re-inserting.
-                let new = keys::entry_value(msg, true);
-                let swapped = self
-                    .entries
-                    .compare_and_swap(key, Some(current), Some(&new[..]))
-                    .map_err(engine)?;
-                if swapped.is_err() {
-                    tracing::debug!(queue_id, seq, "entry changed while marking it redelivered");
-                }
-            }
-            None => return Err(codec::corrupt(&key, "queue entry value")),
+        let mut pending = self.pending.lock();
+        match pending.puts.get_mut(&(queue_id, seq)) {
+            Some((_, redelivered)) => *redelivered = true,
+            None => pending.marks.push((queue_id, seq)),
         }
         Ok(self.committer.advance())
     }
@@ -392,7 +434,7 @@ impl Drop for SledStore {
             }
         }
         // One last flush so a clean shutdown loses nothing that was buffered.
-        if let Err(e) = self.committer.flush(&self.db) {
+        if let Err(e) = self.committer.flush(&self.writer) {
             tracing::error!(error = %e, "final store flush failed");
         }
     }

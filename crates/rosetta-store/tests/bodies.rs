@@ -19,18 +19,39 @@ fn fan_out_to_three_queues_stores_one_body_until_the_last_dequeue() {
     store
         .enqueue(&message(42, "hello"), &[(1, 10), (2, 20), (3, 30)])
         .expect("enqueue");
+    store.sync().expect("sync");
     assert_eq!(store.body_count(), 1);
     assert_eq!(store.entry_count(), 3);
 
     store.dequeue(1, 10, 42).expect("dequeue 1");
     store.dequeue(2, 20, 42).expect("dequeue 2");
+    store.sync().expect("sync");
     assert_eq!(store.body_count(), 1, "one queue still holds the message");
     store.dequeue(3, 30, 42).expect("dequeue 3");
+    store.sync().expect("sync");
     assert_eq!(store.body_count(), 0);
     assert_eq!(store.entry_count(), 0);
 
     // A repeated dequeue is harmless.
     store.dequeue(3, 30, 42).expect("dequeue again");
+}
+
+#[test]
+fn a_message_acknowledged_before_the_commit_never_reaches_the_disk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    store.save_queue(&queue(1, "q")).expect("queue");
+    store.enqueue(&message(1, "fast"), &[(1, 1)]).expect("enqueue");
+    store.enqueue(&message(2, "slow"), &[(1, 2)]).expect("enqueue");
+    store.dequeue(1, 1, 1).expect("dequeue");
+    store.sync().expect("sync");
+    assert_eq!(store.body_count(), 1, "only the message still queued was written");
+    assert_eq!(store.entry_count(), 1);
+    store.mark_redelivered(1, 2).expect("mark");
+    store.dequeue(1, 2, 2).expect("dequeue");
+    store.sync().expect("sync");
+    assert_eq!(store.body_count(), 0);
+    assert_eq!(store.entry_count(), 0);
 }
 
 #[test]
@@ -68,7 +89,7 @@ fn recovered_queues_share_one_message_and_keep_seq_order_and_redelivery() {
         a.iter().map(|e| e.redelivered).collect::<Vec<_>>(),
         vec![false, true, false]
     );
-    assert_eq!(a[2].message.as_ref(), &message(5, "shared"));
+    assert_eq!(a[2].message.as_ref(), message(5, "shared").as_ref());
     assert!(
         Arc::ptr_eq(&a[2].message, &b[0].message),
         "one Arc for the shared body"
@@ -76,8 +97,10 @@ fn recovered_queues_share_one_message_and_keep_seq_order_and_redelivery() {
 
     // Reference counts were rebuilt: the shared body goes only with its second entry.
     store.dequeue(1, 256, 5).expect("dequeue");
+    store.sync().expect("sync");
     assert_eq!(store.body_count(), 3);
     store.dequeue(2, 1, 5).expect("dequeue");
+    store.sync().expect("sync");
     assert_eq!(store.body_count(), 2);
 }
 
@@ -96,9 +119,11 @@ fn delete_queue_removes_its_entries_and_orphaned_bodies_only() {
     store
         .enqueue(&message(3, "only in kept"), &[(2, 2)])
         .expect("enqueue");
+    store.sync().expect("sync");
     assert_eq!(store.body_count(), 3);
 
     store.delete_queue("/", "doomed", 1).expect("delete");
+    store.sync().expect("sync");
     assert_eq!(store.body_count(), 2);
     assert_eq!(store.entry_count(), 2);
 
@@ -146,6 +171,7 @@ fn recovery_drops_orphan_bodies_and_skips_entries_without_body() {
     assert_eq!(r.queues[0].1.len(), 1);
     assert_eq!(r.queues[0].1[0].message.id, 1);
     assert_eq!(r.max_message_id, 77);
+    store.sync().expect("sync");
     assert_eq!(store.body_count(), 1, "orphan body removed");
     assert_eq!(store.entry_count(), 1, "dangling entries removed");
 }

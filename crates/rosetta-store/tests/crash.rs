@@ -78,7 +78,7 @@ fn synced_messages_survive_repeated_kill_nine() {
         for e in entries {
             assert_eq!(
                 e.message.as_ref(),
-                &message(e.message.id, &body(e.message.id))
+                message(e.message.id, &body(e.message.id)).as_ref()
             );
         }
     }

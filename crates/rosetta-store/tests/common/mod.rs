@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+use std::sync::Arc;
 use bytes::Bytes;
 use rosetta_core::message::{Message, Properties, Table, Value};
 use rosetta_core::store::QueueRecord;
@@ -11,7 +12,7 @@ pub fn open(dir: &std::path::Path) -> SledStore {
     SledStore::open(dir).expect("store opens")
 }
 
-pub fn message(id: u64, body: &str) -> Message {
+pub fn message(id: u64, body: &str) -> Arc<Message> {
     let mut headers = Table::new();
     headers.insert("x-origin".into(), Value::Str("test".into()));
     let properties = Properties {
@@ -26,7 +27,7 @@ pub fn message(id: u64, body: &str) -> Message {
         Bytes::copy_from_slice(body.as_bytes()),
     );
     m.id = id;
-    m
+    Arc::new(m)
 }
 
 pub fn queue(id: u64, name: &str) -> QueueRecord {
