@@ -156,7 +156,7 @@ fn spawn_subscribers(
     goal: u64,
     keep_latency: bool,
     epoch: Instant,
-) -> (Vec<tokio::task::JoinHandle<Result<Tally>>>, Arc<watch::Sender<bool>>) {
+) -> (Vec<tokio::task::JoinHandle<Result<Tally>>>, Arc<watch::Sender<bool>>, Arc<AtomicU64>) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
     let received = Arc::new(AtomicU64::new(0));
@@ -182,7 +182,7 @@ fn spawn_subscribers(
             tokio::spawn(sub.run())
         })
         .collect();
-    (handles, stop_tx)
+    (handles, stop_tx, received)
 }
 
 fn spawn_publishers(c: &Common, exchange: &str, routing_key: &str, rate: Option<u64>, epoch: Instant) -> Vec<tokio::task::JoinHandle<Result<u64>>> {
@@ -271,7 +271,7 @@ async fn single_queue(c: &Common, scenario: &'static str, rate: Option<u64>, kee
     let mut report = base_report(scenario, c, 1);
     let epoch = Instant::now();
     let expected = (c.messages / c.producers as u64) * c.producers as u64;
-    let (subs, stop) = spawn_subscribers(c, std::slice::from_ref(&queue), c.consumers, expected, keep_latency, epoch);
+    let (subs, stop, _) = spawn_subscribers(c, std::slice::from_ref(&queue), c.consumers, expected, keep_latency, epoch);
     let pubs = spawn_publishers(c, "", &queue, rate, epoch);
     report.sent = join_publishers(pubs).await?;
     let tally = join_subscribers(subs, stop, c, 1, epoch).await?;
@@ -308,7 +308,7 @@ pub async fn fanout(c: &Common, queues: usize) -> Result<Report> {
     let mut report = base_report("fanout", &c, queues);
     let epoch = Instant::now();
     let expected = c.messages * queues as u64;
-    let (subs, stop) = spawn_subscribers(&c, &names, queues, expected, false, epoch);
+    let (subs, stop, _) = spawn_subscribers(&c, &names, queues, expected, false, epoch);
     let pubs = spawn_publishers(&c, &exchange, "", None, epoch);
     report.sent = join_publishers(pubs).await?;
     let tally = join_subscribers(subs, stop, &c, queues, epoch).await?;
@@ -336,12 +336,59 @@ pub async fn backlog(c: &Common) -> Result<Report> {
     report.publish_s = Some(epoch.elapsed().as_secs_f64());
     report.broker_rss_after_publish = c.broker_pid.and_then(sample_process).map(|s| s.rss_bytes);
     let expected = (c.messages / c.producers as u64) * c.producers as u64;
-    let (subs, stop) = spawn_subscribers(c, std::slice::from_ref(&queue), c.consumers, expected, false, epoch);
+    let (subs, stop, _) = spawn_subscribers(c, std::slice::from_ref(&queue), c.consumers, expected, false, epoch);
     let tally = join_subscribers(subs, stop, c, 1, epoch).await?;
     report.elapsed_s = epoch.elapsed().as_secs_f64();
     report.broker_after = c.broker_pid.and_then(sample_process);
     report.expected = expected;
     report.absorb(tally);
+    ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;
+    let _ = conn.close(200, "done".into()).await;
+    Ok(report)
+}
+
+/// Total size of the files under `dir`.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+pub async fn churn(c: &Common, data_dir: &std::path::Path, sample_every: u64) -> Result<Report> {
+    validate(c)?;
+    let queue = format!("bench-churn-{}", run_id());
+    let (conn, ch) = channel(&c.uri).await?;
+    declare_queue(&ch, &queue, c.persistent).await?;
+    let mut report = base_report("churn", c, 1);
+    let epoch = Instant::now();
+    let expected = (c.messages / c.producers as u64) * c.producers as u64;
+    let (subs, stop, received) = spawn_subscribers(c, std::slice::from_ref(&queue), c.consumers, expected, false, epoch);
+    let pubs = spawn_publishers(c, "", &queue, None, epoch);
+    let mut next = sample_every;
+    let mut curve = Vec::new();
+    while received.load(Ordering::Relaxed) < expected && epoch.elapsed() < c.timeout() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let got = received.load(Ordering::Relaxed);
+        if got >= next {
+            curve.push((got, dir_bytes(data_dir)));
+            eprintln!("churn: {got} messages, data directory {} bytes", curve.last().map_or(0, |p| p.1));
+            next += sample_every;
+        }
+    }
+    report.sent = join_publishers(pubs).await?;
+    let tally = join_subscribers(subs, stop, c, 1, epoch).await?;
+    report.elapsed_s = epoch.elapsed().as_secs_f64();
+    report.broker_after = c.broker_pid.and_then(sample_process);
+    report.expected = expected;
+    report.absorb(tally);
+    curve.push((report.received, dir_bytes(data_dir)));
+    report.size_curve = curve;
     ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;
     let _ = conn.close(200, "done".into()).await;
     Ok(report)

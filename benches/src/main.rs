@@ -38,6 +38,17 @@ enum Scenario {
     },
     /// Publish M messages with no consumer, then drain them.
     Backlog(Common),
+    /// Steady publish-and-consume through one queue while the broker's data directory is
+    /// measured every `--sample-every` messages (space reclaim under churn).
+    Churn {
+        #[command(flatten)]
+        common: Common,
+        /// The broker's data directory, whose size is sampled.
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
+        #[arg(long, default_value_t = 1_000_000)]
+        sample_every: u64,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -91,7 +102,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let threads = match &cli.scenario {
         Scenario::Throughput(c) | Scenario::Backlog(c) => c.threads,
-        Scenario::Latency { common, .. } | Scenario::Fanout { common, .. } => common.threads,
+        Scenario::Latency { common, .. } | Scenario::Fanout { common, .. } | Scenario::Churn { common, .. } => common.threads,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(threads.max(1)).enable_all().build()?;
     let report = runtime.block_on(async {
@@ -100,6 +111,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Latency { common, rate } => amqp::latency(&common, rate).await,
             Scenario::Fanout { common, queues } => amqp::fanout(&common, queues).await,
             Scenario::Backlog(c) => amqp::backlog(&c).await,
+            Scenario::Churn { common, data_dir, sample_every } => amqp::churn(&common, &data_dir, sample_every).await,
         }
     })?;
     println!("{}", report.to_json());

@@ -30,6 +30,8 @@ pub struct Report {
     pub broker_after: Option<ProcSample>,
     /// Backlog only: broker RSS right after publishing.
     pub broker_rss_after_publish: Option<u64>,
+    /// Churn only: (messages received, data directory bytes) samples.
+    pub size_curve: Vec<(u64, u64)>,
 }
 
 impl Report {
@@ -90,6 +92,10 @@ impl Report {
         }
         if let Some(rss) = self.broker_rss_after_publish {
             fields.push(format!("\"broker_rss_after_publish_bytes\":{rss}"));
+        }
+        if !self.size_curve.is_empty() {
+            let points: Vec<String> = self.size_curve.iter().map(|(n, b)| format!("[{n},{b}]")).collect();
+            fields.push(format!("\"size_curve\":[{}]", points.join(",")));
         }
         format!("{{{}}}", fields.join(","))
     }
