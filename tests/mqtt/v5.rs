@@ -606,6 +606,9 @@ fn an_outgoing_qos2_exchange_resumes_with_its_packet_id_after_a_reconnect() {
         }
         other => panic!("expected the PUBLISH again, got {other:?}"),
     }
+    // Packets are handled in order: once PINGRESP is back, so is the PUBACK.
+    reader.send5(Packet::Pingreq);
+    assert!(matches!(reader.read5(), Ok(Packet::Pingresp)));
 
     // QoS 2: received (PUBREC sent) but not completed: PUBREL comes again after a reconnect.
     publisher.send5(Packet::Publish(publish5(

@@ -49,6 +49,47 @@ pub struct AppProperties {
     pub user_properties: Vec<(String, String)>,
 }
 
+/// A will (MQTT 5.0 §3.1.2.5): the message, its Will Delay Interval, and its Message Expiry
+/// Interval, which runs from when the will is published rather than from CONNECT.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Will {
+    message: AppMessage,
+    pub delay_secs: u32,
+    expiry_secs: Option<u32>,
+}
+
+impl Will {
+    pub fn new(w: &LastWill) -> Self {
+        let wp = &w.properties;
+        let message = AppMessage {
+            topic: w.topic_name.to_string(),
+            qos: w.qos,
+            retain: w.retain,
+            payload: w.payload.clone(),
+            props: AppProperties {
+                payload_utf8: wp.payload_is_utf8,
+                expires_at_ms: None,
+                content_type: wp.content_type.as_deref().map(str::to_owned),
+                response_topic: wp.response_topic.as_deref().map(str::to_owned),
+                correlation_data: wp.correlation_data.clone(),
+                user_properties: user_properties(&wp.user_properties),
+            },
+        };
+        Will {
+            message,
+            delay_secs: wp.delay_interval.unwrap_or(0),
+            expiry_secs: wp.message_expiry_interval,
+        }
+    }
+
+    /// The message as published at `at_ms`.
+    pub fn published_at(&self, at_ms: u64) -> AppMessage {
+        let mut m = self.message.clone();
+        m.props.expires_at_ms = expires_at(self.expiry_secs, at_ms);
+        m
+    }
+}
+
 /// A message as MQTT sees it: from a PUBLISH, a will, the retained store or the core.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AppMessage {
@@ -115,35 +156,6 @@ impl AppMessage {
                 user_properties: user_properties(&pp.user_properties),
             },
         }
-    }
-
-    /// From a will message; its expiry runs from when it is published, so `now_ms` is then.
-    pub fn from_will(w: &LastWill) -> Self {
-        let wp = &w.properties;
-        AppMessage {
-            topic: w.topic_name.to_string(),
-            qos: w.qos,
-            retain: w.retain,
-            payload: w.payload.clone(),
-            props: AppProperties {
-                payload_utf8: wp.payload_is_utf8,
-                // Stored relative until the will is published; see `will_expiry_secs`.
-                expires_at_ms: wp.message_expiry_interval.map(u64::from),
-                content_type: wp.content_type.as_deref().map(str::to_owned),
-                response_topic: wp.response_topic.as_deref().map(str::to_owned),
-                correlation_data: wp.correlation_data.clone(),
-                user_properties: user_properties(&wp.user_properties),
-            },
-        }
-    }
-
-    /// A will's expiry interval is relative until publication: turn it absolute.
-    pub fn started_at(mut self, now_ms: u64) -> Self {
-        self.props.expires_at_ms = self
-            .props
-            .expires_at_ms
-            .map(|secs| now_ms.saturating_add(secs.saturating_mul(1000)));
-        self
     }
 
     pub fn is_expired(&self, now_ms: u64) -> bool {

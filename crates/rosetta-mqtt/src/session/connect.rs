@@ -15,7 +15,7 @@ use rosetta_core::{AuthFailure, CloseReason, Outbound};
 use super::{End, Inner, Phase, Shared};
 use crate::codec;
 use crate::error::MqttError;
-use crate::message::AppMessage;
+use crate::message::Will;
 use crate::persist::{OutStage, PendingWill, StoredSession, NEVER_EXPIRES};
 use crate::state::Live;
 
@@ -195,12 +195,7 @@ impl Inner {
         } else {
             c.keep_alive
         };
-        self.will = c.last_will.as_ref().map(|w| {
-            (
-                AppMessage::from_will(w),
-                w.properties.delay_interval.unwrap_or(0),
-            )
-        });
+        self.will = c.last_will.as_ref().map(Will::new);
 
         // 3.1 has no Session Present flag; a 3.1.1 or 5.0 client learns whether its session
         // was resumed ([MQTT-3.2.2-2], [MQTT-3.2.2-3]).
@@ -327,26 +322,26 @@ impl Inner {
             return;
         }
         self.ended = true;
-        self.state.unregister(&self.client_id, self.conn_id);
         self.release_deliveries();
         let now = now_ms();
-        if let Some((will, delay)) = self.will.take() {
+        if let Some(will) = self.will.take() {
+            let delay = will.delay_secs;
             match how {
                 End::Normal => {}
                 // A new connection within the delay cancels a delayed will (MQTT 5.0 §3.1.2.5).
                 End::TakenOver if delay > 0 => {}
                 End::TakenOver => self
                     .state
-                    .publish_will(&self.client_id, &will.started_at(now)),
+                    .publish_will(&self.client_id, &will.published_at(now)),
                 End::WithWill if delay == 0 || self.expiry == 0 => self
                     .state
-                    .publish_will(&self.client_id, &will.started_at(now)),
+                    .publish_will(&self.client_id, &will.published_at(now)),
                 End::WithWill => {
                     // Sent when the delay is over or the session ends, whichever is first.
-                    let wait = u64::from(delay.min(self.expiry)) * 1000;
+                    let due_ms = now.saturating_add(u64::from(delay.min(self.expiry)) * 1000);
                     let pending = PendingWill {
-                        due_ms: now.saturating_add(wait),
-                        message: will.started_at(now.saturating_add(wait)),
+                        due_ms,
+                        message: will.published_at(due_ms),
                     };
                     self.state.schedule_will(&self.client_id, pending);
                 }
@@ -366,5 +361,8 @@ impl Inner {
         }
         // A clean session's queue is exclusive to this connection and goes with it.
         self.state.broker.connection_closed(self.conn_id);
+        // Last: until now a new connection for the client id finds this one registered and
+        // waits on its lock, so it sees the will scheduled and the session settled.
+        self.state.unregister(&self.client_id, self.conn_id);
     }
 }

@@ -27,7 +27,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::codec;
 use crate::error::MqttError;
-use crate::message::AppMessage;
+use crate::message::Will;
 use crate::persist::Subscription;
 use crate::state::MqttState;
 use outbound::OutFlight;
@@ -92,8 +92,7 @@ pub(crate) struct Inner {
     client_max_packet: u32,
     /// Request Problem Information: reason strings may be sent ([MQTT-3.1.2-29]).
     problem_info: bool,
-    /// The will and its delay in seconds.
-    will: Option<(AppMessage, u32)>,
+    will: Option<Will>,
     out: BytesMut,
     /// QoS 0 deliveries written: settled once the output has been flushed, which paces the
     /// queue by the socket.
