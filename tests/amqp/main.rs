@@ -6,6 +6,7 @@
 
 mod support;
 
+mod alarm;
 mod confirms_tx;
 mod connection;
 mod consumers;
@@ -13,4 +14,5 @@ mod dead_letter;
 mod durability;
 mod errors;
 mod exchanges;
+mod paging;
 mod queues;
