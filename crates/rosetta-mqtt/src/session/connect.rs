@@ -224,9 +224,10 @@ impl Inner {
             peer = %self.peer,
             client_id = %self.client_id,
             user,
+            protocol = "mqtt",
             version = %self.protocol,
             session_present,
-            "mqtt client connected"
+            "connection opened"
         );
         // [MQTT-4.4.0-1]: PUBRELs of QoS 2 exchanges cut short go out again; unacknowledged
         // PUBLISHes follow from the queue as redeliveries.

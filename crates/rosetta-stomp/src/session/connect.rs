@@ -84,7 +84,7 @@ impl Session {
         }
         self.client_id = frame.get("client-id").map(str::to_owned);
         self.user = login.to_owned();
-        tracing::info!(peer = %self.peer, user = login, vhost = %vhost.name, version = version.as_str(), "STOMP connection opened");
+        tracing::info!(peer = %self.peer, user = login, vhost = %vhost.name, protocol = "stomp", version = version.as_str(), "connection opened");
         self.vhost = Some(vhost);
         self.phase = Phase::Connected;
         self.write(&reply);
