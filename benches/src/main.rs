@@ -1,8 +1,9 @@
-//! `rosetta-bench`: a load generator for any AMQP 0-9-1 broker, so Rosetta and RabbitMQ are
-//! measured by the same code. Every scenario counts each message received, reports losses and
+//! `rosetta-bench`: a load generator for any AMQP 0-9-1 or MQTT broker, so Rosetta, RabbitMQ
+//! and Mosquitto are measured by the same code. Every scenario counts each message received, reports losses and
 //! duplicates, and ends with one JSON line on stdout.
 
 mod amqp;
+mod mqtt;
 mod report;
 mod stats;
 
@@ -48,6 +49,28 @@ enum Scenario {
         data_dir: std::path::PathBuf,
         #[arg(long, default_value_t = 1_000_000)]
         sample_every: u64,
+    },
+    /// MQTT: P publishers and C subscribers on one topic; every subscriber gets every message.
+    MqttThroughput(mqtt::Flow),
+    /// MQTT: one publisher, N subscribers on its topic.
+    MqttFanout {
+        #[command(flatten)]
+        flow: mqtt::Flow,
+        #[arg(long, default_value_t = 100)]
+        fanout: usize,
+    },
+    /// MQTT: open N connections that stay idle, and report the broker's memory per connection.
+    MqttIdle {
+        #[command(flatten)]
+        broker: mqtt::Broker,
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// Seconds the connections stay open before the broker's memory is sampled.
+        #[arg(long, default_value_t = 5)]
+        hold: u64,
+        /// Connections being opened at once.
+        #[arg(long, default_value_t = 100)]
+        concurrency: usize,
     },
 }
 
@@ -103,6 +126,8 @@ fn main() -> anyhow::Result<()> {
     let threads = match &cli.scenario {
         Scenario::Throughput(c) | Scenario::Backlog(c) => c.threads,
         Scenario::Latency { common, .. } | Scenario::Fanout { common, .. } | Scenario::Churn { common, .. } => common.threads,
+        Scenario::MqttThroughput(flow) | Scenario::MqttFanout { flow, .. } => flow.broker.threads,
+        Scenario::MqttIdle { broker, .. } => broker.threads,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(threads.max(1)).enable_all().build()?;
     let report = runtime.block_on(async {
@@ -112,6 +137,11 @@ fn main() -> anyhow::Result<()> {
             Scenario::Fanout { common, queues } => amqp::fanout(&common, queues).await,
             Scenario::Backlog(c) => amqp::backlog(&c).await,
             Scenario::Churn { common, data_dir, sample_every } => amqp::churn(&common, &data_dir, sample_every).await,
+            Scenario::MqttThroughput(flow) => mqtt::throughput(&flow, "mqtt-throughput").await,
+            Scenario::MqttFanout { flow, fanout } => {
+                mqtt::throughput(&mqtt::Flow { publishers: 1, subscribers: fanout, ..flow }, "mqtt-fanout").await
+            }
+            Scenario::MqttIdle { broker, connections, hold, concurrency } => mqtt::idle(&broker, connections, hold, concurrency).await,
         }
     })?;
     println!("{}", report.to_json());

@@ -32,6 +32,8 @@ pub struct Report {
     pub broker_rss_after_publish: Option<u64>,
     /// Churn only: (messages received, data directory bytes) samples.
     pub size_curve: Vec<(u64, u64)>,
+    /// Scenario-specific fields, appended as they are: (name, JSON value).
+    pub extra: Vec<(&'static str, String)>,
 }
 
 impl Report {
@@ -97,6 +99,7 @@ impl Report {
             let points: Vec<String> = self.size_curve.iter().map(|(n, b)| format!("[{n},{b}]")).collect();
             fields.push(format!("\"size_curve\":[{}]", points.join(",")));
         }
+        fields.extend(self.extra.iter().map(|(k, v)| format!("\"{k}\":{v}")));
         format!("{{{}}}", fields.join(","))
     }
 }

@@ -1,11 +1,14 @@
 //! The broker: virtual hosts over one store, recovery at startup, shared counters.
 
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
 
 use crate::error::CoreError;
+use crate::queue::Queue;
 use crate::store::Store;
 use crate::vhost::VHost;
 
@@ -16,6 +19,10 @@ pub struct CoreLimits {
     pub max_queue_length: u64,
     /// Byte cap for queues declared without `x-max-length-bytes` (0 = none).
     pub max_queue_bytes: u64,
+    /// Body bytes of ready persistent messages each stored queue keeps in memory; the rest are
+    /// paged out to the store and read back in order when the queue reaches them (0 = keep
+    /// everything in memory).
+    pub queue_resident_bytes: u64,
 }
 
 /// Broker-wide message counters, read by the metrics endpoint.
@@ -56,11 +63,12 @@ impl Broker {
     /// Opens the broker over `store`, creating the configured virtual hosts and recovering
     /// every durable exchange, queue, binding and message.
     pub fn open(store: Arc<dyn Store>, vhost_names: &[String], limits: CoreLimits) -> Result<Arc<Broker>, CoreError> {
-        let recovered = store.recover()?;
+        // The id counters are set once recovery has seen every stored id; nothing publishes
+        // before then.
         let shared = Arc::new(Shared {
             store,
-            next_message_id: AtomicU64::new(recovered.max_message_id + 1),
-            next_queue_id: AtomicU64::new(recovered.max_queue_id + 1),
+            next_message_id: AtomicU64::new(1),
+            next_queue_id: AtomicU64::new(1),
             limits,
             counters: Arc::new(Counters::default()),
         });
@@ -69,15 +77,39 @@ impl Broker {
             broker.vhosts.insert(name.clone(), VHost::new(name, shared.clone()));
         }
         let vhost = |name: &str| broker.vhosts.entry(name.to_owned()).or_insert_with(|| VHost::new(name, shared.clone())).clone();
+        // Entries arrive one by one, each queue created on its first, so a long backlog is never
+        // held in a list beside the queue it is restored into.
+        let mut restored: HashMap<u64, Arc<Queue>> = HashMap::new();
+        let mut failure = None;
+        let mut messages = 0usize;
+        let recovered = shared.store.recover_streaming(&mut |record, entry| {
+            if failure.is_some() {
+                return;
+            }
+            let q = match restored.entry(record.id) {
+                Entry::Occupied(q) => q.into_mut(),
+                Entry::Vacant(slot) => match vhost(&record.vhost).restore_queue(record) {
+                    Ok(q) => slot.insert(q),
+                    Err(e) => {
+                        failure = Some(e);
+                        return;
+                    }
+                },
+            };
+            q.restore(entry.seq, entry.summary, entry.redelivered);
+            messages += 1;
+        })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        shared.next_message_id.store(recovered.max_message_id + 1, Ordering::Relaxed);
+        shared.next_queue_id.store(recovered.max_queue_id + 1, Ordering::Relaxed);
         for e in &recovered.exchanges {
             vhost(&e.vhost).restore_exchange(e);
         }
-        let mut messages = 0usize;
-        for (record, entries) in &recovered.queues {
-            let q = vhost(&record.vhost).restore_queue(record)?;
-            messages += entries.len();
-            for entry in entries {
-                q.restore(entry.seq, entry.message.clone(), entry.redelivered);
+        for (record, _) in &recovered.queues {
+            if !restored.contains_key(&record.id) {
+                vhost(&record.vhost).restore_queue(record)?;
             }
         }
         for b in &recovered.bindings {

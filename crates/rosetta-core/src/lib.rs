@@ -10,6 +10,7 @@ pub mod error;
 pub mod exchange;
 mod headers_match;
 pub mod message;
+mod paging;
 pub mod queue;
 pub mod queue_config;
 pub mod store;

@@ -2,9 +2,11 @@
 //!
 //! Each queue owns its state behind one short mutex; nothing awaits while holding it. Messages
 //! are ordered by `(priority slot, seq)`, so a requeued message returns to its original place
-//! and a priority queue serves higher priorities first with FIFO inside each priority.
+//! and a priority queue serves higher priorities first with FIFO inside each priority. Bodies
+//! of stored messages beyond the head may be paged out to the store (see `paging`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -16,25 +18,14 @@ use crate::consumer::{ConnectionId, Consumer, Delivery, Outbound};
 use crate::dead_letter::{DeadLetter, DeathReason};
 use crate::error::CoreError;
 use crate::message::{Message, Table};
+use crate::paging::{Entry, Ready, Slot};
 use crate::queue_config::{Overflow, QueueConfig};
-use crate::store::Store;
+use crate::store::{MessageSummary, Store};
 use crate::vhost::VHost;
 
 /// Milliseconds since the Unix epoch; TTLs are wall-clock so they mean the same after a restart.
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-/// Sort key: inverted priority first, so `pop_first` yields the highest priority, then order.
-type Slot = (u8, u64);
-
-#[derive(Debug)]
-struct Entry {
-    message: Arc<Message>,
-    redelivered: bool,
-    expires_at: Option<u64>,
-    /// Whether the store holds this entry (persistent message in a durable queue).
-    persisted: bool,
 }
 
 #[derive(Debug)]
@@ -47,8 +38,7 @@ struct Unacked {
 
 #[derive(Debug, Default)]
 struct State {
-    ready: BTreeMap<Slot, Entry>,
-    ready_bytes: u64,
+    ready: Ready,
     unacked: HashMap<u64, Unacked>,
     unacked_bytes: u64,
     consumers: Vec<Arc<Consumer>>,
@@ -78,6 +68,10 @@ pub struct QueueStats {
     pub ready_bytes: u64,
     pub unacked_bytes: u64,
     pub consumers: u64,
+    /// Ready messages whose body is paged out to the store.
+    pub paged: u64,
+    /// Body bytes of the ready messages held in memory.
+    pub resident_bytes: u64,
 }
 
 /// A message taken with `basic.get`.
@@ -159,9 +153,15 @@ impl Queue {
         self.config.overflow
     }
 
-    fn slot(&self, message: &Message, seq: u64) -> Slot {
+    /// Body bytes of ready messages a queue keeps in memory (`None` = no limit).
+    fn resident_budget(&self) -> Option<u64> {
+        let budget = self.limits.queue_resident_bytes;
+        (budget > 0).then_some(budget)
+    }
+
+    fn slot(&self, priority: Option<u8>, seq: u64) -> Slot {
         let priority = match self.config.max_priority {
-            Some(max) => message.properties.priority.unwrap_or(0).min(max),
+            Some(max) => priority.unwrap_or(0).min(max),
             None => 0,
         };
         (u8::MAX - priority, seq)
@@ -172,9 +172,11 @@ impl Queue {
         QueueStats {
             ready: st.ready.len() as u64,
             unacked: st.unacked.len() as u64,
-            ready_bytes: st.ready_bytes,
+            ready_bytes: st.ready.bytes(),
             unacked_bytes: st.unacked_bytes,
             consumers: st.consumers.len() as u64,
+            paged: st.ready.paged() as u64,
+            resident_bytes: st.ready.resident_bytes(),
         }
     }
 
@@ -190,7 +192,7 @@ impl Queue {
             return Admission::Reject;
         }
         let full = self.max_length().is_some_and(|max| st.ready.len() as u64 >= max)
-            || self.max_length_bytes().is_some_and(|max| st.ready_bytes + message.body_len() > max);
+            || self.max_length_bytes().is_some_and(|max| st.ready.bytes() + message.body_len() > max);
         if full {
             match self.overflow() {
                 Overflow::DropHead => {}
@@ -204,7 +206,8 @@ impl Queue {
     /// Second half of a publish: enqueues at the reserved position and offers it to consumers.
     pub fn push(self: &Arc<Self>, seq: u64, message: Arc<Message>, persisted: bool) {
         let now = now_ms();
-        let expires_at = self.expiry_for(&message, now);
+        let summary = MessageSummary::of(&message);
+        let expires_at = self.expiry_for(summary.expiration_ms, now);
         if expires_at.is_some() {
             self.may_expire.store(true, Ordering::Relaxed);
         }
@@ -214,41 +217,49 @@ impl Queue {
             if st.deleted {
                 drop(st);
                 if persisted {
-                    self.forget(seq, &message);
+                    self.forget(seq, summary.id);
                 }
                 return;
             }
-            st.ready_bytes += message.body_len();
-            let slot = self.slot(&message, seq);
-            st.ready.insert(slot, Entry { message, redelivered: false, expires_at, persisted });
+            // Only a stored message may leave its body to the store.
+            let keep = !persisted || st.ready.keeps_body(summary.body_len, self.resident_budget());
+            let entry = Entry {
+                message: keep.then_some(message),
+                id: summary.id,
+                body_len: summary.body_len,
+                redelivered: false,
+                expires_at,
+                persisted,
+            };
+            st.ready.insert(self.slot(summary.priority, seq), entry);
             self.enforce_limits(&mut st, &mut dead);
             self.dispatch_locked(&mut st, now, &mut dead);
         }
         self.dead_letter(dead);
     }
 
-    /// Re-inserts a message recovered from the store, before any consumer exists.
-    pub(crate) fn restore(&self, seq: u64, message: Arc<Message>, redelivered: bool) {
+    /// Re-inserts a message recovered from the store, before any consumer exists. Its body
+    /// stays paged out until the queue reaches it.
+    pub(crate) fn restore(&self, seq: u64, summary: MessageSummary, redelivered: bool) {
         let now = now_ms();
-        let expires_at = self.expiry_for(&message, now);
+        let expires_at = self.expiry_for(summary.expiration_ms, now);
         if expires_at.is_some() {
             self.may_expire.store(true, Ordering::Relaxed);
         }
         let mut st = self.state.lock();
-        st.ready_bytes += message.body_len();
-        let slot = self.slot(&message, seq);
-        st.ready.insert(slot, Entry { message, redelivered, expires_at, persisted: true });
+        let entry = Entry { message: None, id: summary.id, body_len: summary.body_len, redelivered, expires_at, persisted: true };
+        st.ready.insert(self.slot(summary.priority, seq), entry);
         let next = self.next_seq.load(Ordering::Relaxed).max(seq + 1);
         self.next_seq.store(next, Ordering::Relaxed);
     }
 
     /// Queue TTL and per-message `expiration`, whichever is sooner (RabbitMQ rule).
-    fn expiry_for(&self, message: &Message, now: u64) -> Option<u64> {
-        let ttl = match (self.config.message_ttl, message.properties.expiration_ms()) {
+    fn expiry_for(&self, message_ttl: Option<u64>, now: u64) -> Option<NonZeroU64> {
+        let ttl = match (self.config.message_ttl, message_ttl) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        ttl.map(|t| now.saturating_add(t))
+        ttl.map(|t| NonZeroU64::new(now.saturating_add(t)).unwrap_or(NonZeroU64::MIN))
     }
 
     fn enforce_limits(&self, st: &mut State, dead: &mut Vec<DeadLetter>) {
@@ -257,36 +268,80 @@ impl Queue {
         }
         let max_len = self.max_length();
         let max_bytes = self.max_length_bytes();
-        while max_len.is_some_and(|m| st.ready.len() as u64 > m) || max_bytes.is_some_and(|m| st.ready_bytes > m) {
+        while max_len.is_some_and(|m| st.ready.len() as u64 > m) || max_bytes.is_some_and(|m| st.ready.bytes() > m) {
             let Some(((_, seq), entry)) = st.ready.pop_first() else { break };
-            st.ready_bytes -= entry.message.body_len();
             self.settle_dead(seq, entry, DeathReason::MaxLen, dead);
         }
     }
 
     /// Removes a message for good and, if the queue has a dead-letter exchange, hands it there.
     fn settle_dead(&self, seq: u64, entry: Entry, reason: DeathReason, dead: &mut Vec<DeadLetter>) {
-        if entry.persisted {
-            self.forget(seq, &entry.message);
-        }
         if self.config.dead_letter_exchange.is_some() {
-            dead.push(DeadLetter { message: entry.message, reason });
+            // A paged-out body is read back before its entry leaves the store.
+            let message = match entry.message {
+                Some(message) => Some(message),
+                None => self.read_body(seq, entry.id),
+            };
+            if let Some(message) = message {
+                dead.push(DeadLetter { message, reason });
+            }
+        }
+        if entry.persisted {
+            self.forget(seq, entry.id);
         }
     }
 
-    fn forget(&self, seq: u64, message: &Message) {
-        if let Err(e) = self.store.dequeue(self.id, seq, message.id) {
+    fn forget(&self, seq: u64, message_id: u64) {
+        if let Err(e) = self.store.dequeue(self.id, seq, message_id) {
             tracing::warn!(queue = %self.name, error = %e, "store dequeue failed");
         }
     }
 
+    /// Reads a paged-out body back from the store; `None` (logged) when it cannot be read.
+    fn read_body(&self, seq: u64, message_id: u64) -> Option<Arc<Message>> {
+        match self.store.load_message(message_id) {
+            Ok(Some(message)) => Some(message),
+            Ok(None) => {
+                tracing::warn!(queue = %self.name, seq, message_id, "message body missing from the store");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(queue = %self.name, seq, message_id, error = %e, "cannot read message body from the store");
+                None
+            }
+        }
+    }
+
+    /// Takes the head of the ready list with its body, reading bodies back from the store when
+    /// the head is paged out. An entry whose body cannot be read is dropped, from the store
+    /// too, rather than left to block every message behind it.
+    fn pop_head(&self, st: &mut State) -> Option<(Slot, Entry, Arc<Message>)> {
+        loop {
+            if st.ready.head_is_paged() {
+                st.ready.read_ahead(self.store.as_ref(), self.resident_budget());
+            }
+            let (slot, mut entry) = st.ready.pop_first()?;
+            let message = match &entry.message {
+                Some(message) => message.clone(),
+                None => match self.read_body(slot.1, entry.id) {
+                    Some(message) => message,
+                    None => {
+                        self.forget(slot.1, entry.id);
+                        continue;
+                    }
+                },
+            };
+            entry.message = Some(message.clone());
+            return Some((slot, entry, message));
+        }
+    }
+
     fn drop_expired_head(&self, st: &mut State, now: u64, dead: &mut Vec<DeadLetter>) {
-        while let Some(entry) = st.ready.first_key_value().map(|(_, e)| e) {
-            if !entry.expires_at.is_some_and(|t| t < now) {
+        while let Some(entry) = st.ready.first() {
+            if entry.expires_at.is_none_or(|t| t.get() >= now) {
                 break;
             }
             let Some(((_, seq), entry)) = st.ready.pop_first() else { break };
-            st.ready_bytes -= entry.message.body_len();
             self.settle_dead(seq, entry, DeathReason::Expired, dead);
         }
     }
@@ -317,17 +372,15 @@ impl Queue {
                 return;
             }
             let Some(consumer) = self.pick_consumer(st) else { return };
-            let Some((slot, mut entry)) = st.ready.pop_first() else {
+            let Some((slot, mut entry, message)) = self.pop_head(st) else {
                 consumer.release();
                 return;
             };
-            st.ready_bytes -= entry.message.body_len();
             let seq = slot.1;
             let redelivered = entry.redelivered;
-            let message = entry.message.clone();
             if consumer.no_ack {
                 if entry.persisted {
-                    self.forget(seq, &entry.message);
+                    self.forget(seq, entry.id);
                 }
             } else {
                 if entry.persisted && !entry.redelivered {
@@ -336,7 +389,7 @@ impl Queue {
                     }
                 }
                 entry.redelivered = true;
-                st.unacked_bytes += entry.message.body_len();
+                st.unacked_bytes += entry.body_len;
                 st.unacked.insert(seq, Unacked { slot, entry, consumer: Some(consumer.clone()) });
             }
             let delivery = Delivery { consumer: consumer.clone(), queue: self.clone(), seq, message, redelivered };
@@ -346,8 +399,7 @@ impl Queue {
                 consumer.mark_cancelled();
                 consumer.release();
                 if let Some(u) = st.unacked.remove(&seq) {
-                    st.unacked_bytes -= u.entry.message.body_len();
-                    st.ready_bytes += u.entry.message.body_len();
+                    st.unacked_bytes -= u.entry.body_len;
                     st.ready.insert(u.slot, u.entry);
                 }
             }
@@ -435,18 +487,16 @@ impl Queue {
             if self.may_expire.load(Ordering::Relaxed) {
                 self.drop_expired_head(&mut st, now_ms(), &mut dead);
             }
-            st.ready.pop_first().map(|(slot, mut entry)| {
-                st.ready_bytes -= entry.message.body_len();
+            self.pop_head(&mut st).map(|(slot, mut entry, message)| {
                 let seq = slot.1;
                 let redelivered = entry.redelivered;
-                let message = entry.message.clone();
                 if no_ack {
                     if entry.persisted {
-                        self.forget(seq, &entry.message);
+                        self.forget(seq, entry.id);
                     }
                 } else {
                     entry.redelivered = true;
-                    st.unacked_bytes += entry.message.body_len();
+                    st.unacked_bytes += entry.body_len;
                     st.unacked.insert(seq, Unacked { slot, entry, consumer: None });
                 }
                 Got { seq, message, redelivered, remaining: st.ready.len() as u64 }
@@ -458,7 +508,7 @@ impl Queue {
 
     fn take_unacked(&self, st: &mut State, seq: u64) -> Option<Unacked> {
         let u = st.unacked.remove(&seq)?;
-        st.unacked_bytes -= u.entry.message.body_len();
+        st.unacked_bytes -= u.entry.body_len;
         if let Some(c) = &u.consumer {
             c.release();
         }
@@ -473,7 +523,7 @@ impl Queue {
             for &seq in seqs {
                 if let Some(u) = self.take_unacked(&mut st, seq) {
                     if u.entry.persisted {
-                        self.forget(seq, &u.entry.message);
+                        self.forget(seq, u.entry.id);
                     }
                 }
             }
@@ -494,7 +544,6 @@ impl Queue {
                     if st.deleted {
                         continue;
                     }
-                    st.ready_bytes += u.entry.message.body_len();
                     st.ready.insert(u.slot, u.entry);
                 }
             }
@@ -525,13 +574,12 @@ impl Queue {
     /// Removes every ready message; returns how many there were.
     pub fn purge(&self) -> u64 {
         let mut st = self.state.lock();
-        let ready = std::mem::take(&mut st.ready);
-        st.ready_bytes = 0;
+        let count = st.ready.len() as u64;
+        let ready = st.ready.take();
         drop(st);
-        let count = ready.len() as u64;
         for ((_, seq), entry) in ready {
             if entry.persisted {
-                self.forget(seq, &entry.message);
+                self.forget(seq, entry.id);
             }
         }
         count
@@ -546,8 +594,7 @@ impl Queue {
         }
         st.deleted = true;
         let count = st.ready.len() as u64;
-        st.ready.clear();
-        st.ready_bytes = 0;
+        st.ready = Ready::default();
         for c in st.consumers.drain(..) {
             c.mark_cancelled();
             c.send(Outbound::Cancelled { channel: c.channel, consumer_tag: c.tag.clone() });

@@ -3,6 +3,7 @@
 //! a group commit: every write returns a [`Epoch`] and the write is durable once
 //! [`Store::durable_epoch`] has reached it. One fsync therefore covers many publishers.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::message::{Message, Table};
@@ -44,19 +45,46 @@ pub struct BindingRecord {
     pub arguments: Table,
 }
 
-/// A message recovered for one queue, in queue order.
+/// What a queue keeps of a message whose body it leaves in the store (see the core's paging):
+/// enough to order, count and expire the entry, and to read the body back by `id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageSummary {
+    pub id: u64,
+    /// Counted against `x-max-length-bytes` like the body itself.
+    pub body_len: u64,
+    /// The publisher's priority, before a queue's `x-max-priority` caps it.
+    pub priority: Option<u8>,
+    /// The per-message TTL (`expiration`) in milliseconds, when present and valid.
+    pub expiration_ms: Option<u64>,
+}
+
+impl MessageSummary {
+    pub fn of(message: &Message) -> Self {
+        MessageSummary {
+            id: message.id,
+            body_len: message.body_len(),
+            priority: message.properties.priority,
+            expiration_ms: message.properties.expiration_ms(),
+        }
+    }
+}
+
+/// A message recovered for one queue, in queue order. Only its summary comes back: bodies stay
+/// on disk until the queue reads them with [`Store::load_message`], so recovering a long
+/// backlog does not load it into memory.
 #[derive(Debug, Clone)]
 pub struct RecoveredEntry {
     pub seq: u64,
     pub redelivered: bool,
-    pub message: Arc<Message>,
+    pub summary: MessageSummary,
 }
 
 /// Everything the store held at startup.
 #[derive(Debug, Default)]
 pub struct Recovered {
     pub exchanges: Vec<ExchangeRecord>,
-    /// Each queue with its messages sorted by `seq`.
+    /// Each queue with its messages sorted by `seq` ([`Store::recover`]), or with none when
+    /// they were handed out one by one ([`Store::recover_streaming`]).
     pub queues: Vec<(QueueRecord, Vec<RecoveredEntry>)>,
     pub bindings: Vec<BindingRecord>,
     /// The largest message id seen, so new ids do not collide.
@@ -98,6 +126,9 @@ pub trait Store: Send + Sync + 'static {
     /// Records that the entry was delivered at least once, so it comes back `redelivered`
     /// after a restart.
     fn mark_redelivered(&self, queue_id: u64, seq: u64) -> Result<Epoch, StoreError>;
+    /// Reads a message back by id, whether it is still waiting for the group commit or already
+    /// on disk. `None` when no queue entry references it any more.
+    fn load_message(&self, id: u64) -> Result<Option<Arc<Message>>, StoreError>;
 
     /// Stores a small record a front-end keeps beside its queues (MQTT sessions, retained
     /// messages, packet ids awaiting release), under `namespace` and `key`, replacing any record
@@ -122,8 +153,23 @@ pub trait Store: Send + Sync + 'static {
     fn subscribe_durable(&self) -> tokio::sync::watch::Receiver<Epoch>;
     /// Blocks until everything written so far is on disk.
     fn sync(&self) -> Result<(), StoreError>;
-    /// Reads back everything durable. Called once, at startup.
-    fn recover(&self) -> Result<Recovered, StoreError>;
+    /// Reads back everything durable except message bodies (see [`RecoveredEntry`]), handing
+    /// each queue entry to `each` with its queue's record, queue by queue in `seq` order, rather
+    /// than collecting them: a backlog of millions is then never held twice. The returned
+    /// queues carry no entries. Called once, at startup.
+    fn recover_streaming(&self, each: &mut dyn FnMut(&QueueRecord, RecoveredEntry)) -> Result<Recovered, StoreError>;
+
+    /// [`Store::recover_streaming`] with each queue's entries collected beside it.
+    fn recover(&self) -> Result<Recovered, StoreError> {
+        let mut entries: HashMap<u64, Vec<RecoveredEntry>> = HashMap::new();
+        let mut recovered = self.recover_streaming(&mut |queue, entry| entries.entry(queue.id).or_default().push(entry))?;
+        for (queue, list) in &mut recovered.queues {
+            if let Some(collected) = entries.remove(&queue.id) {
+                *list = collected;
+            }
+        }
+        Ok(recovered)
+    }
     /// Bytes the engine occupies on disk.
     fn size_on_disk(&self) -> u64;
 }

@@ -97,7 +97,7 @@ fn populate(path: &Path, queues: u64) -> Result<(), Box<dyn Error>> {
         };
         let mut message = Message::new("", "bench", properties, Bytes::from_static(b"payload"));
         message.id = id;
-        store.enqueue(&message, &[(id, 1)])?;
+        store.enqueue(&std::sync::Arc::new(message), &[(id, 1)])?;
     }
     store.sync()?;
     Ok(())

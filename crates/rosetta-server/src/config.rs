@@ -165,6 +165,9 @@ pub struct Limits {
     pub max_queue_length: u64,
     /// Default cap for queues declared without `x-max-length-bytes`; 0 = unlimited.
     pub max_queue_bytes: u64,
+    /// Body bytes of ready persistent messages each durable queue keeps in memory; the rest wait
+    /// on disk only. 0 = keep everything in memory.
+    pub queue_resident_bytes: u64,
     /// Publishers are blocked while memory use is above this many bytes.
     pub memory_limit: u64,
     /// Publishers are blocked while free disk space is below this many bytes.
@@ -305,6 +308,7 @@ impl Default for Limits {
             max_message_size: 128 * 1024 * 1024,
             max_queue_length: 0,
             max_queue_bytes: 0,
+            queue_resident_bytes: 8 * 1024 * 1024,
             memory_limit: 512 * 1024 * 1024,
             disk_free_limit: 50 * 1024 * 1024,
         }

@@ -56,7 +56,11 @@ async fn serve(config: Config) -> Result<(), Error> {
     let metrics = Metrics::new()?;
     store.observe_flushes(metrics.flush_observer());
     let vhosts: Vec<String> = config.vhosts.iter().map(|v| v.name.clone()).collect();
-    let limits = CoreLimits { max_queue_length: config.limits.max_queue_length, max_queue_bytes: config.limits.max_queue_bytes };
+    let limits = CoreLimits {
+        max_queue_length: config.limits.max_queue_length,
+        max_queue_bytes: config.limits.max_queue_bytes,
+        queue_resident_bytes: config.limits.queue_resident_bytes,
+    };
     let dyn_store: Arc<dyn Store> = store.clone();
     let broker = Broker::open(dyn_store, &vhosts, limits)?;
     let users = config

@@ -1,15 +1,26 @@
 //! Key construction for every tree (the layout itself is described in the crate docs).
 
-use rosetta_core::store::BindingRecord;
+use rosetta_core::store::{BindingRecord, MessageSummary};
 
 use crate::codec;
 
 /// Length of a queue entry key: queue id and sequence, both big-endian u64.
 pub const ENTRY_KEY_LEN: usize = 16;
-/// Length of a queue entry value: message id and a flags byte.
-pub const ENTRY_VALUE_LEN: usize = 9;
+/// Length of a queue entry value: message id (u64 BE), flags, body length (u64 BE), priority,
+/// per-message TTL in ms (u64 BE). The summary fields let recovery rebuild a queue without
+/// reading any body.
+pub const ENTRY_VALUE_LEN: usize = 26;
+/// Length of an entry value written by layout 1: message id and flags only.
+pub const LEGACY_ENTRY_VALUE_LEN: usize = 9;
+/// Offset of the flags byte, the same in both layouts.
+const FLAGS_AT: usize = 8;
 /// Entry flag: delivered at least once before the restart.
 pub const FLAG_REDELIVERED: u8 = 1;
+/// Entry flag: the message has a priority (the priority byte is meaningful).
+const FLAG_PRIORITY: u8 = 2;
+/// Entry flag: the message has a per-message TTL (the expiration field is meaningful).
+const FLAG_EXPIRATION: u8 = 4;
+const ALL_FLAGS: u8 = FLAG_REDELIVERED | FLAG_PRIORITY | FLAG_EXPIRATION;
 
 /// `vhost \0 name`, for exchanges and queues. Grouping by vhost lets a vhost be listed with a
 /// prefix scan.
@@ -79,11 +90,38 @@ pub fn queue_prefix(queue_id: u64) -> [u8; 8] {
     queue_id.to_be_bytes()
 }
 
-pub fn entry_value(message_id: u64, redelivered: bool) -> [u8; ENTRY_VALUE_LEN] {
+pub fn entry_value(summary: &MessageSummary, redelivered: bool) -> [u8; ENTRY_VALUE_LEN] {
     let mut v = [0u8; ENTRY_VALUE_LEN];
-    v[..8].copy_from_slice(&message_id.to_be_bytes());
-    v[8] = if redelivered { FLAG_REDELIVERED } else { 0 };
+    v[..8].copy_from_slice(&summary.id.to_be_bytes());
+    let mut flags = if redelivered { FLAG_REDELIVERED } else { 0 };
+    if summary.priority.is_some() {
+        flags |= FLAG_PRIORITY;
+    }
+    if summary.expiration_ms.is_some() {
+        flags |= FLAG_EXPIRATION;
+    }
+    v[FLAGS_AT] = flags;
+    v[9..17].copy_from_slice(&summary.body_len.to_be_bytes());
+    v[17] = summary.priority.unwrap_or(0);
+    v[18..].copy_from_slice(&summary.expiration_ms.unwrap_or(0).to_be_bytes());
     v
+}
+
+/// A parsed queue entry value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryValue {
+    pub message_id: u64,
+    pub redelivered: bool,
+    /// `None` for a layout 1 value, which has no summary: the body must be read for it.
+    pub summary: Option<MessageSummary>,
+}
+
+/// The same entry value with the redelivered flag set (either layout).
+pub fn with_redelivered(value: &[u8]) -> Option<Vec<u8>> {
+    parse_entry_value(value)?;
+    let mut v = value.to_vec();
+    v[FLAGS_AT] |= FLAG_REDELIVERED;
+    Some(v)
 }
 
 /// Splits an entry key into (queue id, seq).
@@ -96,15 +134,42 @@ pub fn parse_entry_key(key: &[u8]) -> Option<(u64, u64)> {
     ))
 }
 
-/// Splits an entry value into (message id, redelivered).
-pub fn parse_entry_value(value: &[u8]) -> Option<(u64, bool)> {
-    let value: &[u8; ENTRY_VALUE_LEN] = value.try_into().ok()?;
-    let flags = value[8];
-    if flags & !FLAG_REDELIVERED != 0 {
-        return None;
+/// Parses an entry value of either layout; `None` if it is neither.
+pub fn parse_entry_value(value: &[u8]) -> Option<EntryValue> {
+    let u64_at = |at: usize| {
+        value
+            .get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+    };
+    let message_id = u64_at(0)?;
+    let flags = *value.get(FLAGS_AT)?;
+    let redelivered = flags & FLAG_REDELIVERED != 0;
+    match value.len() {
+        LEGACY_ENTRY_VALUE_LEN if flags & !FLAG_REDELIVERED == 0 => Some(EntryValue {
+            message_id,
+            redelivered,
+            summary: None,
+        }),
+        ENTRY_VALUE_LEN if flags & !ALL_FLAGS == 0 => {
+            let summary = MessageSummary {
+                id: message_id,
+                body_len: u64_at(9)?,
+                priority: (flags & FLAG_PRIORITY != 0).then_some(value[17]),
+                expiration_ms: if flags & FLAG_EXPIRATION != 0 {
+                    Some(u64_at(18)?)
+                } else {
+                    None
+                },
+            };
+            Some(EntryValue {
+                message_id,
+                redelivered,
+                summary: Some(summary),
+            })
+        }
+        _ => None,
     }
-    let id = u64::from_be_bytes(value[..8].try_into().ok()?);
-    Some((id, flags & FLAG_REDELIVERED != 0))
 }
 
 pub fn parse_message_key(key: &[u8]) -> Option<u64> {

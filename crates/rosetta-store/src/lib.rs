@@ -11,11 +11,16 @@
 //! | `queues`    | `vhost \0 name`                                  | encoded [`QueueRecord`]        |
 //! | `bindings`  | `vhost \0` then source, destination (each u32 BE length + bytes), `q`/`e`, routing key (length-prefixed), encoded arguments | encoded [`BindingRecord`] |
 //! | `bodies`    | message id, u64 big-endian                       | encoded [`Message`]            |
-//! | `entries`   | queue id (u64 BE) ++ seq (u64 BE)                | message id (u64 BE) ++ flags (bit 0: redelivered) |
+//! | `entries`   | queue id (u64 BE) ++ seq (u64 BE)                | message id (u64 BE) ++ flags (bit 0: redelivered, 1: has priority, 2: has TTL) ++ body length (u64 BE) ++ priority (u8) ++ per-message TTL ms (u64 BE) |
 //! | `records`   | `namespace \0 key` (key bytes chosen by the front-end) | opaque bytes, encoded by the front-end |
 //!
 //! Big-endian integers make sled's byte order numeric order, so a queue's entries come back in
-//! sequence order from a prefix scan on its id. The default tree holds a format marker.
+//! sequence order from a prefix scan on its id. The default tree holds a format marker (layout
+//! 2; layout 1, whose entry values stop after the flags, is still read).
+//!
+//! An entry value carries the summary of its message (body length, priority, TTL), so recovery
+//! rebuilds every queue from the `entries` tree alone and bodies stay on disk until a queue
+//! reads them back with `load_message` (the core pages long queues out this way).
 //!
 //! # Bodies are stored once
 //!
@@ -34,13 +39,17 @@
 //!
 //! Bodies are written before their entries and deleted after them. A crash in between leaves at
 //! worst a body nobody references, which recovery deletes; it never leaves an entry pointing at
-//! nothing (recovery still tolerates one, skipping it with a warning).
+//! nothing (a damaged store may hold one anyway: recovery warns, and the queue drops the entry
+//! with a warning when it fails to read the body). Within each step, writes go to sled in
+//! bounded chunks rather than one batch (see `chunked`); the order above is what recovery
+//! relies on, not batch atomicity.
 //!
 //! [`ExchangeRecord`]: rosetta_core::store::ExchangeRecord
 //! [`QueueRecord`]: rosetta_core::store::QueueRecord
 //! [`BindingRecord`]: rosetta_core::store::BindingRecord
 //! [`Message`]: rosetta_core::message::Message
 
+mod chunked;
 pub mod codec;
 mod commit;
 mod keys;

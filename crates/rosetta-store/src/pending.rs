@@ -11,19 +11,24 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use rosetta_core::message::Message;
+use rosetta_core::store::MessageSummary;
 
 #[derive(Default)]
 pub(crate) struct Pending {
     /// Bodies referenced by an entry but not yet written.
     pub bodies: HashMap<u64, Arc<Message>>,
-    /// Entries not yet written: (queue, seq) -> (message id, redelivered).
-    pub puts: HashMap<(u64, u64), (u64, bool)>,
+    /// Entries not yet written: (queue, seq) -> (message summary, redelivered).
+    pub puts: HashMap<(u64, u64), (MessageSummary, bool)>,
     /// Written entries to delete.
     pub deletes: Vec<(u64, u64)>,
     /// Written entries to flag redelivered.
     pub marks: Vec<(u64, u64)>,
     /// Written bodies whose last entry went.
     pub body_deletes: Vec<u64>,
+    /// Bodies the commit thread has taken from `bodies` and is writing right now, so that a
+    /// reader finds a body between the moment it leaves `bodies` and the moment sled has it.
+    /// Not part of a batch: `is_empty` ignores it.
+    pub writing: Option<Arc<HashMap<u64, Arc<Message>>>>,
 }
 
 impl Pending {
@@ -31,13 +36,23 @@ impl Pending {
         self.bodies.is_empty() && self.puts.is_empty() && self.deletes.is_empty() && self.marks.is_empty() && self.body_deletes.is_empty()
     }
 
+    /// Writes that no caller waits on (deletes and marks), so none requests their flush.
+    pub fn unrequested_writes(&self) -> usize {
+        self.deletes.len() + self.marks.len() + self.body_deletes.len()
+    }
+
+    /// A body not yet on disk, if it is waiting here or being written.
+    pub fn body(&self, id: u64) -> Option<Arc<Message>> {
+        self.bodies.get(&id).or_else(|| self.writing.as_ref().and_then(|w| w.get(&id))).cloned()
+    }
+
     /// Forgets every unwritten entry of a deleted queue; returns how many entries each message
     /// lost, for the reference counts.
     pub fn drop_queue(&mut self, queue: u64) -> HashMap<u64, u64> {
         let mut released: HashMap<u64, u64> = HashMap::new();
-        self.puts.retain(|(q, _), (msg, _)| {
+        self.puts.retain(|(q, _), (summary, _)| {
             if *q == queue {
-                *released.entry(*msg).or_default() += 1;
+                *released.entry(summary.id).or_default() += 1;
                 false
             } else {
                 true

@@ -1,12 +1,15 @@
 //! Startup recovery: read every record back, share bodies between queues, rebuild reference
 //! counts and clear what a crash between two writes left behind.
+//!
+//! Bodies are not read: queue entries carry the summary the core needs, and each entry goes to
+//! the caller as soon as it is read, so recovering a backlog of millions holds neither their
+//! bodies nor a list of them.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::BTreeMap;
 
-use rosetta_core::message::Message;
-use rosetta_core::store::{QueueRecord, Recovered, RecoveredEntry, StoreError};
+use rosetta_core::store::{MessageSummary, QueueRecord, Recovered, RecoveredEntry, StoreError};
 
+use crate::chunked::Chunked;
 use crate::codec::{self, corrupt};
 use crate::keys;
 use crate::sled_store::{engine, SledStore};
@@ -14,7 +17,10 @@ use crate::sled_store::{engine, SledStore};
 /// Metadata that does not decode is an error rather than something to skip: silently dropping
 /// a queue or binding would lose routing the operator relies on. Leftovers of interrupted
 /// writes are a different matter: they are expected after a crash, so they are cleaned up.
-pub fn recover(store: &SledStore) -> Result<Recovered, StoreError> {
+pub fn recover(
+    store: &SledStore,
+    each: &mut dyn FnMut(&QueueRecord, RecoveredEntry),
+) -> Result<Recovered, StoreError> {
     let mut out = Recovered::default();
 
     for item in store.exchanges.iter() {
@@ -26,57 +32,64 @@ pub fn recover(store: &SledStore) -> Result<Recovered, StoreError> {
         out.bindings.push(codec::decode_binding(&v, &k)?);
     }
 
-    let mut queues: BTreeMap<u64, (QueueRecord, Vec<RecoveredEntry>)> = BTreeMap::new();
+    let mut queues: BTreeMap<u64, QueueRecord> = BTreeMap::new();
     for item in store.queues.iter() {
         let (k, v) = item.map_err(engine)?;
         let q = codec::decode_queue(&v, &k)?;
         out.max_queue_id = out.max_queue_id.max(q.id);
-        queues.insert(q.id, (q, Vec::new()));
+        queues.insert(q.id, q);
     }
 
-    let counts = load_entries(store, &mut queues, &mut out.max_message_id)?;
-    remove_orphan_bodies(store, &counts, &mut out.max_message_id)?;
-    store.refs.reset(counts);
+    store.refs.clear();
+    let referenced = load_entries(store, &queues, each, &mut out.max_message_id)?;
+    let found = remove_orphan_bodies(store, &mut out.max_message_id)?;
+    if found < referenced {
+        // The write order never leaves an entry without its body, so only a damaged store gets
+        // here. Such an entry is dropped, with a warning, when its queue reaches it.
+        tracing::warn!(
+            count = referenced - found,
+            "queue entries reference message bodies that are missing"
+        );
+    }
 
-    out.queues = queues.into_values().collect();
+    out.queues = queues.into_values().map(|q| (q, Vec::new())).collect();
     Ok(out)
 }
 
-/// Attaches every entry to its queue (already in seq order: keys sort by queue, then seq) and
-/// returns how many entries reference each body. Entries of queues that no longer exist and
-/// entries whose body is missing are removed.
+/// Hands every entry to `each` with its queue (already in seq order: keys sort by queue, then
+/// seq), counts references to each body and returns how many distinct bodies are referenced.
+/// The entry value carries the message summary; a layout 1 entry, which does not, reads it from
+/// its body. Entries of queues that no longer exist are removed, and so are layout 1 entries
+/// whose body is missing.
 fn load_entries(
     store: &SledStore,
-    queues: &mut BTreeMap<u64, (QueueRecord, Vec<RecoveredEntry>)>,
+    queues: &BTreeMap<u64, QueueRecord>,
+    each: &mut dyn FnMut(&QueueRecord, RecoveredEntry),
     max_message_id: &mut u64,
-) -> Result<HashMap<u64, u64>, StoreError> {
-    let mut bodies: HashMap<u64, Arc<Message>> = HashMap::new();
-    let mut counts: HashMap<u64, u64> = HashMap::new();
-    let mut stale = sled::Batch::default();
+) -> Result<usize, StoreError> {
+    let mut referenced = 0usize;
+    let mut stale = Chunked::new(&store.entries);
     let mut stale_count = 0usize;
 
     for item in store.entries.iter() {
         let (k, v) = item.map_err(engine)?;
         let (queue_id, seq) =
             keys::parse_entry_key(&k).ok_or_else(|| corrupt(&k, "queue entry key"))?;
-        let (message_id, redelivered) =
-            keys::parse_entry_value(&v).ok_or_else(|| corrupt(&k, "queue entry value"))?;
+        let value = keys::parse_entry_value(&v).ok_or_else(|| corrupt(&k, "queue entry value"))?;
+        let message_id = value.message_id;
         *max_message_id = (*max_message_id).max(message_id);
 
-        let Some((_, entries)) = queues.get_mut(&queue_id) else {
+        let Some(queue) = queues.get(&queue_id) else {
             // Left by a crash during delete_queue, which removes the record first.
             tracing::warn!(queue_id, seq, "removing an entry of a deleted queue");
-            stale.remove(k);
+            stale.remove(k)?;
             stale_count += 1;
             continue;
         };
-        let message = match bodies.get(&message_id) {
-            Some(m) => Arc::clone(m),
-            None => match load_body(store, message_id)? {
-                Some(m) => {
-                    bodies.insert(message_id, Arc::clone(&m));
-                    m
-                }
+        let summary = match value.summary {
+            Some(summary) => summary,
+            None => match store.read_body(message_id)? {
+                Some(message) => MessageSummary::of(&message),
                 None => {
                     tracing::warn!(
                         queue_id,
@@ -84,47 +97,38 @@ fn load_entries(
                         message_id,
                         "skipping a queue entry whose message body is missing"
                     );
-                    stale.remove(k);
+                    stale.remove(k)?;
                     stale_count += 1;
                     continue;
                 }
             },
         };
-        *counts.entry(message_id).or_default() += 1;
-        entries.push(RecoveredEntry {
-            seq,
-            redelivered,
-            message,
-        });
+        if store.refs.add(message_id) {
+            referenced += 1;
+        }
+        each(
+            queue,
+            RecoveredEntry {
+                seq,
+                redelivered: value.redelivered,
+                summary,
+            },
+        );
     }
 
+    stale.finish()?;
     if stale_count > 0 {
-        store.entries.apply_batch(stale).map_err(engine)?;
         store.committer.advance();
     }
-    Ok(counts)
-}
-
-fn load_body(store: &SledStore, id: u64) -> Result<Option<Arc<Message>>, StoreError> {
-    let key = keys::message(id);
-    let Some(raw) = store.bodies.get(key).map_err(engine)? else {
-        return Ok(None);
-    };
-    let message = codec::decode_message(&raw, &key)?;
-    if message.id != id {
-        return Err(corrupt(&key, "message id differs from its key"));
-    }
-    Ok(Some(Arc::new(message)))
+    Ok(referenced)
 }
 
 /// Deletes bodies no entry references: written by an enqueue whose entries never made it to
-/// disk, or kept by a dequeue interrupted before its body delete.
-fn remove_orphan_bodies(
-    store: &SledStore,
-    counts: &HashMap<u64, u64>,
-    max_message_id: &mut u64,
-) -> Result<(), StoreError> {
-    let mut orphans = sled::Batch::default();
+/// disk, or kept by a dequeue interrupted before its body delete. Returns how many referenced
+/// bodies it saw, so the caller knows whether some entry lacks its body.
+fn remove_orphan_bodies(store: &SledStore, max_message_id: &mut u64) -> Result<usize, StoreError> {
+    let mut found = 0usize;
+    let mut orphans = Chunked::new(&store.bodies);
     let mut orphan_count = 0usize;
     for key in store.bodies.iter().keys() {
         let key = key.map_err(engine)?;
@@ -132,18 +136,20 @@ fn remove_orphan_bodies(
         // Counted even when deleted: handing out the id again is harmless, but keeping ids
         // monotonic makes logs and debugging saner.
         *max_message_id = (*max_message_id).max(id);
-        if !counts.contains_key(&id) {
-            orphans.remove(key);
+        if store.refs.contains(id) {
+            found += 1;
+        } else {
+            orphans.remove(key)?;
             orphan_count += 1;
         }
     }
+    orphans.finish()?;
     if orphan_count > 0 {
         tracing::info!(
             count = orphan_count,
-            "removing message bodies no queue references"
+            "removed message bodies no queue references"
         );
-        store.bodies.apply_batch(orphans).map_err(engine)?;
         store.committer.advance();
     }
-    Ok(())
+    Ok(found)
 }

@@ -1,9 +1,11 @@
 //! In-memory reference counts of message bodies: how many queue entries point at each body.
 //!
 //! The counts are not persisted; `recover` rebuilds them from the entries tree, which is the
-//! source of truth. Sharded by message id so publishers to unrelated messages do not contend on
-//! one lock. A shard's lock is held across the body write or delete it decides on, so a body
-//! cannot be deleted by its last dequeue while an enqueue of the same id is adding references.
+//! source of truth, straight into the shards (a second map of millions of counts would double
+//! what recovery holds). Sharded by message id so publishers to unrelated messages do not
+//! contend on one lock. A shard's lock is held across the body write or delete it decides on,
+//! so a body cannot be deleted by its last dequeue while an enqueue of the same id is adding
+//! references.
 
 use std::collections::HashMap;
 
@@ -28,13 +30,22 @@ impl RefCounts {
         self.shards[(id % SHARDS as u64) as usize].lock()
     }
 
-    /// Replaces every count, as rebuilt by recovery.
-    pub fn reset(&self, counts: HashMap<u64, u64>) {
+    /// Forgets every count, before recovery rebuilds them.
+    pub fn clear(&self) {
         for shard in &self.shards {
             shard.lock().clear();
         }
-        for (id, n) in counts {
-            self.lock(id).insert(id, n);
-        }
+    }
+
+    /// Counts one more reference to `id` (recovery, entry by entry); true for its first.
+    pub fn add(&self, id: u64) -> bool {
+        let mut shard = self.lock(id);
+        let count = shard.entry(id).or_default();
+        *count += 1;
+        *count == 1
+    }
+
+    pub fn contains(&self, id: u64) -> bool {
+        self.lock(id).contains_key(&id)
     }
 }

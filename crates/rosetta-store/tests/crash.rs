@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{message, open, queue};
-use rosetta_core::store::Store;
+use rosetta_core::store::{MessageSummary, Store};
 
 const CHILD_ENV: &str = "ROSETTA_STORE_CRASH_CHILD_DIR";
 const TEST_NAME: &str = "synced_messages_survive_repeated_kill_nine";
@@ -63,7 +63,7 @@ fn synced_messages_survive_repeated_kill_nine() {
             .find(|(q, _)| q.id == QUEUE_ID)
             .expect("queue survives");
         let present: std::collections::HashSet<u64> =
-            entries.iter().map(|e| e.message.id).collect();
+            entries.iter().map(|e| e.summary.id).collect();
         for id in &synced {
             assert!(
                 present.contains(id),
@@ -76,10 +76,10 @@ fn synced_messages_survive_repeated_kill_nine() {
             synced.len()
         );
         for e in entries {
-            assert_eq!(
-                e.message.as_ref(),
-                message(e.message.id, &body(e.message.id)).as_ref()
-            );
+            let id = e.summary.id;
+            let stored = store.load_message(id).expect("load").expect("body");
+            assert_eq!(stored.as_ref(), message(id, &body(id)).as_ref());
+            assert_eq!(e.summary, MessageSummary::of(&stored));
         }
     }
 }

@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Runs the MQTT scenarios of rosetta-bench against Rosetta and Mosquitto, back to back on this
+# machine, each run on a freshly started broker, and prints the median of RUNS runs per scenario
+# and broker.
+#
+#   benches/compare-mqtt.sh [results.jsonl]
+#
+# Needs: a release build (cargo build --release -p rosetta -p rosetta-bench) and the Debian
+# package mosquitto. Environment knobs: RUNS (3), N (messages per throughput run, 200000),
+# FANOUT_N (messages per fan-out run, 10000), IDLE (idle connections, 10000),
+# BROKERS ("rosetta mosquitto"), SCENARIOS (all), PROFILE (release; debug to try the script).
+set -euo pipefail
+# 10,000 idle connections need more descriptors than the usual 1024, on both sides; the
+# brokers inherit this limit. Where the hard limit is lower, take the hard limit.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+here=$(cd "$(dirname "$0")/.." && pwd)
+out=${1:-$here/target/bench-mqtt-results.jsonl}
+runs=${RUNS:-3}
+n=${N:-200000}
+fan_n=${FANOUT_N:-10000}
+idle=${IDLE:-10000}
+brokers=${BROKERS:-"rosetta mosquitto"}
+scenarios=${SCENARIOS:-"qos0 qos1 qos0-fanin qos1-fanin qos1-persistent fanout0 fanout1 idle"}
+profile=${PROFILE:-release}
+bench=$here/target/$profile/rosetta-bench
+rosetta=$here/target/$profile/rosetta
+work=$(mktemp -d)
+trap 'stop_broker; rm -rf "$work"' EXIT
+: > "$out"
+
+broker_pid=""
+port=""
+
+start_rosetta() {
+  rm -rf "$work/rosetta"; mkdir -p "$work/rosetta"
+  # Only MQTT; no memory alarm, so nothing is refused; no cap on connections.
+  cat > "$work/rosetta/broker.toml" <<TOML
+[storage]
+path = "$work/rosetta/data"
+[amqp]
+enabled = false
+[mqtt]
+listen = "127.0.0.1:0"
+[stomp]
+enabled = false
+[http]
+enabled = false
+[limits]
+memory_limit = 0
+max_connections = 0
+TOML
+  "$rosetta" --config "$work/rosetta/broker.toml" > "$work/rosetta/log" 2>&1 &
+  broker_pid=$!
+  port=""
+  for _ in $(seq 100); do
+    port=$(grep -o 'protocol=mqtt addr=127.0.0.1:[0-9]*' "$work/rosetta/log" | sed 's/.*://' || true)
+    [[ -n $port ]] && break
+    sleep 0.1
+  done
+  [[ -n $port ]] || { cat "$work/rosetta/log" >&2; exit 1; }
+}
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+start_mosquitto() {
+  rm -rf "$work/mosquitto"; mkdir -p "$work/mosquitto"
+  port=$(free_port)
+  # Defaults otherwise: no persistence, max_inflight_messages 20, max_queued_messages 1000
+  # (QoS 1 messages past that for one client are dropped, and show up as lost).
+  cat > "$work/mosquitto/mosquitto.conf" <<CONF
+listener $port 127.0.0.1
+allow_anonymous true
+log_dest stderr
+CONF
+  mosquitto -c "$work/mosquitto/mosquitto.conf" > "$work/mosquitto/log" 2>&1 &
+  broker_pid=$!
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  cat "$work/mosquitto/log" >&2; exit 1
+}
+
+stop_broker() {
+  [[ -z $broker_pid ]] && return 0
+  kill "$broker_pid" 2>/dev/null || true
+  wait "$broker_pid" 2>/dev/null || true
+  broker_pid=""
+}
+
+run() { # broker scenario args...
+  local broker=$1 scenario=$2; shift 2
+  "start_$broker"
+  "$bench" "$@" --port "$port" --username guest --password guest --label "$broker/$scenario" --broker-pid "$broker_pid" | tee -a "$out"
+  stop_broker
+}
+
+# How busy the machine was, for the record: the numbers mean little if something else ran.
+echo "start: $(uptime)" >&2
+for r in $(seq "$runs"); do
+  for b in $brokers; do
+    for s in $scenarios; do
+      case $s in
+        qos0)            run "$b" "$s" mqtt-throughput -n "$n" -s 1024 --qos 0 --latency ;;
+        qos1)            run "$b" "$s" mqtt-throughput -n "$n" -s 1024 --qos 1 --latency ;;
+        qos0-fanin)      run "$b" "$s" mqtt-throughput -n "$n" -s 1024 --qos 0 -p 10 ;;
+        qos1-fanin)      run "$b" "$s" mqtt-throughput -n "$n" -s 1024 --qos 1 -p 10 ;;
+        qos1-persistent) run "$b" "$s" mqtt-throughput -n "$n" -s 1024 --qos 1 --persistent-session --latency ;;
+        fanout0)         run "$b" "$s" mqtt-fanout -n "$fan_n" -s 256 --qos 0 --fanout 100 ;;
+        fanout1)         run "$b" "$s" mqtt-fanout -n "$fan_n" -s 256 --qos 1 --fanout 100 ;;
+        idle)            run "$b" "$s" mqtt-idle --connections "$idle" --hold 5 ;;
+      esac
+    done
+  done
+done
+
+echo "end: $(uptime)" >&2
+
+python3 - "$out" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+groups = {}
+for r in rows:
+    groups.setdefault(r["label"], []).append(r)
+def med(rs, k):
+    v = [r[k] for r in rs if k in r]
+    return statistics.median(v) if v else float("nan")
+def lat(rs, k):
+    v = [r["latency_us"][k] for r in rs if "latency_us" in r]
+    return statistics.median(v) if v else float("nan")
+print(f"{'broker/scenario':28} {'runs':>4} {'msgs/s':>9} {'pub/s':>9} {'cpu us/msg':>10} {'gen cpu s':>9} {'p50 us':>7} {'p99 us':>7} {'peak RSS MiB':>12} {'sent':>9} {'lost':>7} {'dups':>5}")
+for label, rs in sorted(groups.items()):
+    if rs[0]["scenario"] == "mqtt-idle":
+        continue
+    print(f"{label:28} {len(rs):4} {med(rs, 'deliveries_per_s'):9.0f} {med(rs, 'publish_per_s'):9.0f} {med(rs, 'broker_cpu_us_per_msg'):10.2f} {med(rs, 'generator_cpu_s'):9.2f} {lat(rs, 'p50'):7.0f} {lat(rs, 'p99'):7.0f} {med(rs, 'broker_peak_rss_bytes')/2**20:12.0f} {med(rs, 'sent'):9.0f} {sum(r['lost'] for r in rs):7} {sum(r['duplicates'] for r in rs):5}")
+print()
+print(f"{'broker/scenario':28} {'runs':>4} {'connected':>9} {'failed':>6} {'closed':>6} {'connect s':>9} {'RSS before MiB':>14} {'RSS idle MiB':>12} {'bytes/conn':>10}")
+for label, rs in sorted(groups.items()):
+    if rs[0]["scenario"] != "mqtt-idle":
+        continue
+    print(f"{label:28} {len(rs):4} {med(rs, 'connected'):9.0f} {med(rs, 'failed'):6.0f} {med(rs, 'disturbed_while_idle'):6.0f} {med(rs, 'connect_s'):9.2f} {med(rs, 'broker_rss_before_bytes')/2**20:14.1f} {med(rs, 'broker_rss_idle_bytes')/2**20:12.1f} {med(rs, 'broker_bytes_per_connection'):10.0f}")
+PY

@@ -1,0 +1,70 @@
+//! sled batches applied in bounded chunks.
+//!
+//! sled applies a batch under one epoch guard and one exclusive lock: every page the batch
+//! replaces stays allocated until the batch ends, and readers wait meanwhile. Draining a
+//! backlog of a few hundred thousand messages and writing their acknowledgements as one batch
+//! held over a gigabyte this way. Chunks keep both short. None of our writes needs a batch to be
+//! atomic: bodies are written before the entries that name them and deleted after, so a crash
+//! between two chunks leaves at worst orphan bodies, which recovery removes.
+
+use sled::IVec;
+
+use rosetta_core::store::StoreError;
+
+use crate::sled_store::engine;
+
+/// Writes per sled batch.
+const CHUNK: usize = 1024;
+
+pub(crate) struct Chunked<'a> {
+    tree: &'a sled::Tree,
+    batch: sled::Batch,
+    len: usize,
+}
+
+impl<'a> Chunked<'a> {
+    pub fn new(tree: &'a sled::Tree) -> Self {
+        Chunked {
+            tree,
+            batch: sled::Batch::default(),
+            len: 0,
+        }
+    }
+
+    pub fn insert(
+        &mut self,
+        key: impl Into<IVec>,
+        value: impl Into<IVec>,
+    ) -> Result<(), StoreError> {
+        self.batch.insert(key, value);
+        self.count()
+    }
+
+    pub fn remove(&mut self, key: impl Into<IVec>) -> Result<(), StoreError> {
+        self.batch.remove(key);
+        self.count()
+    }
+
+    fn count(&mut self) -> Result<(), StoreError> {
+        self.len += 1;
+        if self.len == CHUNK {
+            self.apply()?;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self) -> Result<(), StoreError> {
+        self.len = 0;
+        self.tree
+            .apply_batch(std::mem::take(&mut self.batch))
+            .map_err(engine)
+    }
+
+    /// Applies what is left.
+    pub fn finish(mut self) -> Result<(), StoreError> {
+        if self.len > 0 {
+            self.apply()?;
+        }
+        Ok(())
+    }
+}
