@@ -1,5 +1,6 @@
 //! Operating the broker: the HTTP endpoint (Prometheus metrics, health checks, management
-//! API), graceful shutdown on SIGTERM, and logging, against the real binary.
+//! API), graceful shutdown on SIGTERM (and what each protocol's clients are told then), and
+//! logging, against the real binary.
 //!
 //! Needs the broker binary: `cargo build -p rosetta` first (`tests/run` does it).
 
@@ -9,6 +10,7 @@ mod support;
 mod http;
 
 mod api;
+mod goodbye;
 mod health;
 mod logs;
 mod metrics;

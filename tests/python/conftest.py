@@ -275,3 +275,9 @@ MQTT_CONFIG = '[mqtt]\nenabled = true\nlisten = "127.0.0.1:0"\n'
 def mqtt_broker(make_broker):
     """A broker with the MQTT listener on too."""
     return make_broker(MQTT_CONFIG)
+
+
+@pytest.fixture
+def mqtt_stomp_broker(make_broker):
+    """A broker with both the MQTT and the STOMP listeners on, for the crossings between them."""
+    return make_broker(MQTT_CONFIG + STOMP_CONFIG)
