@@ -23,5 +23,5 @@ pub use consumer::{CloseReason, ConnectionId, Consumer, ConsumerSpec, Credit, De
 pub use error::CoreError;
 pub use exchange::Destination;
 pub use message::{Message, Properties, Table, Value};
-pub use queue::Queue;
+pub use queue::{Queue, Settlement};
 pub use vhost::{ExchangeDeclare, PublishOutcome, QueueDeclare, QueueDeclared, VHost};

@@ -50,6 +50,14 @@ struct State {
     had_consumer: bool,
 }
 
+/// How a consumer settles a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    Ack,
+    Requeue,
+    Reject,
+}
+
 /// The result of asking a queue to take a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
@@ -514,61 +522,40 @@ impl Queue {
         }
         Some(u)
     }
+    /// Settles deliveries: acknowledged messages leave the queue (and the store), requeued ones
+    /// return to their original position flagged redelivered, rejected ones are dead-lettered
+    /// (reason `rejected`) or dropped. Credit returns to their consumers either way.
+    pub fn settle(self: &Arc<Self>, seqs: &[u64], how: Settlement) {
+        let mut dead = Vec::new();
+        {
+            let mut st = self.state.lock();
+            for &seq in seqs {
+                let Some(u) = self.take_unacked(&mut st, seq) else { continue };
+                match how {
+                    Settlement::Ack if u.entry.persisted => self.forget(seq, u.entry.id),
+                    Settlement::Ack => {}
+                    Settlement::Requeue if !st.deleted => st.ready.insert(u.slot, u.entry),
+                    Settlement::Requeue => {}
+                    Settlement::Reject => self.settle_dead(seq, u.entry, DeathReason::Rejected, &mut dead),
+                }
+            }
+            if !st.deleted {
+                self.dispatch_locked(&mut st, now_ms(), &mut dead);
+            }
+        }
+        self.dead_letter(dead);
+    }
 
-    /// Settles deliveries: acknowledged messages leave the queue (and the store).
     pub fn ack(self: &Arc<Self>, seqs: &[u64]) {
-        let mut dead = Vec::new();
-        {
-            let mut st = self.state.lock();
-            for &seq in seqs {
-                if let Some(u) = self.take_unacked(&mut st, seq) {
-                    if u.entry.persisted {
-                        self.forget(seq, u.entry.id);
-                    }
-                }
-            }
-            if !st.deleted {
-                self.dispatch_locked(&mut st, now_ms(), &mut dead);
-            }
-        }
-        self.dead_letter(dead);
+        self.settle(seqs, Settlement::Ack);
     }
 
-    /// Returns deliveries to the ready list at their original position, flagged redelivered.
     pub fn requeue(self: &Arc<Self>, seqs: &[u64]) {
-        let mut dead = Vec::new();
-        {
-            let mut st = self.state.lock();
-            for &seq in seqs {
-                if let Some(u) = self.take_unacked(&mut st, seq) {
-                    if st.deleted {
-                        continue;
-                    }
-                    st.ready.insert(u.slot, u.entry);
-                }
-            }
-            if !st.deleted {
-                self.dispatch_locked(&mut st, now_ms(), &mut dead);
-            }
-        }
-        self.dead_letter(dead);
+        self.settle(seqs, Settlement::Requeue);
     }
 
-    /// Rejects deliveries without requeue: they are dead-lettered (reason `rejected`) or dropped.
     pub fn reject(self: &Arc<Self>, seqs: &[u64]) {
-        let mut dead = Vec::new();
-        {
-            let mut st = self.state.lock();
-            for &seq in seqs {
-                if let Some(u) = self.take_unacked(&mut st, seq) {
-                    self.settle_dead(seq, u.entry, DeathReason::Rejected, &mut dead);
-                }
-            }
-            if !st.deleted {
-                self.dispatch_locked(&mut st, now_ms(), &mut dead);
-            }
-        }
-        self.dead_letter(dead);
+        self.settle(seqs, Settlement::Reject);
     }
 
     /// Removes every ready message; returns how many there were.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use amq_protocol::frame::AMQPContentHeader;
 use amq_protocol::protocol::{access, basic, channel as chan, confirm, exchange, queue, tx, AMQPClass};
 use rosetta_core::store::Epoch;
-use rosetta_core::{Consumer, ConsumerSpec, Credit, Destination, ExchangeDeclare, Message, Outbound, Queue, QueueDeclare};
+use rosetta_core::{Consumer, ConsumerSpec, Settlement, Credit, Destination, ExchangeDeclare, Message, Outbound, Queue, QueueDeclare};
 
 use super::content::{Complete, Incoming, Progress};
 use super::{Ctx, Exception};
@@ -19,13 +19,6 @@ use crate::convert::{properties_from_amqp, properties_to_amqp, table_from_amqp};
 struct Pending {
     queue: Arc<Queue>,
     seq: u64,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Settle {
-    Ack,
-    Requeue,
-    Reject,
 }
 
 /// Publisher confirms (RabbitMQ extension): each publish gets a sequence number, confirmed in
@@ -41,7 +34,7 @@ struct Confirms {
 #[derive(Default)]
 struct Tx {
     publishes: Vec<Complete>,
-    settles: Vec<(u64, bool, Settle)>,
+    settles: Vec<(u64, bool, Settlement)>,
 }
 
 pub(super) struct Channel {
@@ -315,13 +308,13 @@ impl Channel {
                 Ok(())
             }
             basic::AMQPMethod::Get(g) => self.get(ctx, g, &method),
-            basic::AMQPMethod::Ack(a) => self.settle_or_defer(ctx, a.delivery_tag, a.multiple, Settle::Ack, &method),
+            basic::AMQPMethod::Ack(a) => self.settle_or_defer(ctx, a.delivery_tag, a.multiple, Settlement::Ack, &method),
             basic::AMQPMethod::Reject(r) => {
-                let kind = if r.requeue { Settle::Requeue } else { Settle::Reject };
+                let kind = if r.requeue { Settlement::Requeue } else { Settlement::Reject };
                 self.settle_or_defer(ctx, r.delivery_tag, false, kind, &method)
             }
             basic::AMQPMethod::Nack(n) => {
-                let kind = if n.requeue { Settle::Requeue } else { Settle::Reject };
+                let kind = if n.requeue { Settlement::Requeue } else { Settlement::Reject };
                 self.settle_or_defer(ctx, n.delivery_tag, n.multiple, kind, &method)
             }
             basic::AMQPMethod::Recover(_) | basic::AMQPMethod::RecoverAsync(_) => {
@@ -396,7 +389,7 @@ impl Channel {
         Ok(())
     }
 
-    fn settle_or_defer(&mut self, ctx: &mut Ctx<'_>, tag: u64, multiple: bool, kind: Settle, method: &AMQPClass) -> Result<(), Exception> {
+    fn settle_or_defer(&mut self, ctx: &mut Ctx<'_>, tag: u64, multiple: bool, kind: Settlement, method: &AMQPClass) -> Result<(), Exception> {
         if let Some(tx) = &mut self.tx {
             if !multiple && !self.unacked.contains_key(&tag) {
                 return Err(Exception::precondition(method, format!("unknown delivery tag {tag}")));
@@ -407,7 +400,7 @@ impl Channel {
         self.settle(ctx, tag, multiple, kind, method)
     }
 
-    fn settle(&mut self, ctx: &mut Ctx<'_>, tag: u64, multiple: bool, kind: Settle, method: &AMQPClass) -> Result<(), Exception> {
+    fn settle(&mut self, ctx: &mut Ctx<'_>, tag: u64, multiple: bool, kind: Settlement, method: &AMQPClass) -> Result<(), Exception> {
         let taken: Vec<Pending> = if multiple {
             // AMQP 0-9-1 basic.ack: multiple with tag 0 means every outstanding delivery.
             let upto = if tag == 0 { u64::MAX } else { tag };
@@ -423,15 +416,11 @@ impl Channel {
                 None => return Err(Exception::precondition(method, format!("unknown delivery tag {tag}"))),
             }
         };
-        if kind == Settle::Ack {
+        if kind == Settlement::Ack {
             ctx.broker.counters().acked.fetch_add(taken.len() as u64, Ordering::Relaxed);
         }
         for (queue, seqs) in group_by_queue(taken.into_iter()) {
-            match kind {
-                Settle::Ack => queue.ack(&seqs),
-                Settle::Requeue => queue.requeue(&seqs),
-                Settle::Reject => queue.reject(&seqs),
-            }
+            queue.settle(&seqs, kind);
         }
         // A channel-wide window freed by this settle may unblock consumers on other queues.
         if self.shared_credit.limit() > 0 {
