@@ -143,7 +143,7 @@ fn recovery_drops_orphan_bodies_and_skips_entries_without_body() {
     // Forge what a crash between two writes can leave: a body with no entry, an entry with no
     // body, and an entry of a queue that was being deleted.
     {
-        let db = sled::open(dir.path()).expect("raw open");
+        let db = common::raw_open(dir.path());
         let bodies = db.open_tree("bodies").expect("tree");
         let entries = db.open_tree("entries").expect("tree");
         bodies
@@ -182,7 +182,7 @@ fn a_corrupt_body_is_reported_when_read_not_a_panic() {
         store.enqueue(&message(1, "x"), &[(1, 1)]).expect("enqueue");
     }
     {
-        let db = sled::open(dir.path()).expect("raw open");
+        let db = common::raw_open(dir.path());
         db.open_tree("bodies")
             .expect("tree")
             .insert(1u64.to_be_bytes(), &[1u8, 1, 0xff][..])

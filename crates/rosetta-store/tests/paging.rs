@@ -88,7 +88,7 @@ fn recovery_returns_each_entry_summary_without_reading_bodies() {
     }
     // Damage the bodies: recovery must not notice, since it reads only entries.
     {
-        let db = sled::open(dir.path()).expect("raw open");
+        let db = common::raw_open(dir.path());
         let bodies = db.open_tree("bodies").expect("tree");
         for id in [1u64, 2] {
             bodies
@@ -126,7 +126,7 @@ fn an_entry_whose_body_is_missing_is_recovered_and_reads_back_as_none() {
         store.sync().expect("sync");
     }
     {
-        let db = sled::open(dir.path()).expect("raw open");
+        let db = common::raw_open(dir.path());
         db.open_tree("bodies")
             .expect("tree")
             .remove(2u64.to_be_bytes())
@@ -157,7 +157,7 @@ fn a_layout_1_store_opens_and_its_entries_get_summaries_from_their_bodies() {
     }
     // Rewrite what a layout 1 build wrote: the marker and a 9-byte entry value.
     {
-        let db = sled::open(dir.path()).expect("raw open");
+        let db = common::raw_open(dir.path());
         db.insert("rosetta-format", &[1u8][..]).expect("marker");
         let mut key = [0u8; 16];
         key[..8].copy_from_slice(&1u64.to_be_bytes());
@@ -184,7 +184,7 @@ fn a_layout_1_store_opens_and_its_entries_get_summaries_from_their_bodies() {
         "the flag was set in the old value"
     );
     drop(store);
-    let db = sled::open(dir.path()).expect("raw open");
+    let db = common::raw_open(dir.path());
     assert_eq!(
         db.get("rosetta-format").expect("get").as_deref(),
         Some(&[2u8][..])
@@ -195,7 +195,7 @@ fn a_layout_1_store_opens_and_its_entries_get_summaries_from_their_bodies() {
 fn a_store_of_an_unknown_layout_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
-        let db = sled::open(dir.path()).expect("raw open");
+        let db = common::raw_open(dir.path());
         db.insert("rosetta-format", &[9u8][..]).expect("marker");
         db.flush().expect("flush");
     }

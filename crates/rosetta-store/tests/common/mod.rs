@@ -39,3 +39,19 @@ pub fn queue(id: u64, name: &str) -> QueueRecord {
         arguments: Table::new(),
     }
 }
+
+/// Opens the database directly, as a crash or an older build would have left it. sled's own
+/// threads can hold the file lock for a moment after a store is dropped, so this retries.
+pub fn raw_open(dir: &std::path::Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match sled::open(dir) {
+            Ok(db) => return db,
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("raw open: {e:?}"),
+        }
+    }
+}
