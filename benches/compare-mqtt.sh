@@ -6,8 +6,8 @@
 #   benches/compare-mqtt.sh [results.jsonl]
 #
 # Needs: a release build (cargo build --release -p rosetta -p rosetta-bench) and the Debian
-# package mosquitto. Environment knobs: RUNS (3), N (messages per throughput run, 200000),
-# FANOUT_N (messages per fan-out run, 10000), IDLE (idle connections, 10000),
+# package mosquitto. Environment knobs: RUNS (3), N (messages per throughput run, 500000),
+# FANOUT_N (messages per fan-out run, 20000), IDLE (idle connections, 10000),
 # BROKERS ("rosetta mosquitto"), SCENARIOS (all), PROFILE (release; debug to try the script).
 set -euo pipefail
 # 10,000 idle connections need more descriptors than the usual 1024, on both sides; the
@@ -16,8 +16,8 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 here=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-$here/target/bench-mqtt-results.jsonl}
 runs=${RUNS:-3}
-n=${N:-200000}
-fan_n=${FANOUT_N:-10000}
+n=${N:-500000}
+fan_n=${FANOUT_N:-20000}
 idle=${IDLE:-10000}
 brokers=${BROKERS:-"rosetta mosquitto"}
 scenarios=${SCENARIOS:-"qos0 qos1 qos0-fanin qos1-fanin qos1-persistent fanout0 fanout1 idle"}
@@ -99,9 +99,10 @@ run() { # broker scenario args...
 
 # How busy the machine was, for the record: the numbers mean little if something else ran.
 echo "start: $(uptime)" >&2
+# Brokers alternate scenario by scenario, so both meet the same load on a shared machine.
 for r in $(seq "$runs"); do
-  for b in $brokers; do
-    for s in $scenarios; do
+  for s in $scenarios; do
+    for b in $brokers; do
       case $s in
         qos0)            run "$b" "$s" mqtt-throughput -n "$n" -s 1024 --qos 0 --latency ;;
         qos1)            run "$b" "$s" mqtt-throughput -n "$n" -s 1024 --qos 1 --latency ;;

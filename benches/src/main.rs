@@ -1,4 +1,4 @@
-//! `rosetta-bench`: a load generator for any AMQP 0-9-1 or MQTT broker, so Rosetta, RabbitMQ
+//! `rosetta-bench`: a load generator for any AMQP 0-9-1, MQTT or STOMP broker, so Rosetta, RabbitMQ
 //! and Mosquitto are measured by the same code. Every scenario counts each message received, reports losses and
 //! duplicates, and ends with one JSON line on stdout.
 
@@ -6,6 +6,7 @@ mod amqp;
 mod mqtt;
 mod report;
 mod stats;
+mod stomp;
 
 use std::time::Duration;
 
@@ -72,6 +73,10 @@ enum Scenario {
         #[arg(long, default_value_t = 100)]
         concurrency: usize,
     },
+    /// STOMP 1.2: P producers and C consumers on one `/queue/` destination, with
+    /// `--uri stomp://login:passcode@host:port[/vhost]`; `--confirm N` puts a `receipt` on every
+    /// SEND with N unreceipted in flight, consumers ACK each MESSAGE (`ack:client-individual`).
+    StompThroughput(Common),
 }
 
 #[derive(Args, Clone)]
@@ -128,6 +133,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Latency { common, .. } | Scenario::Fanout { common, .. } | Scenario::Churn { common, .. } => common.threads,
         Scenario::MqttThroughput(flow) | Scenario::MqttFanout { flow, .. } => flow.broker.threads,
         Scenario::MqttIdle { broker, .. } => broker.threads,
+        Scenario::StompThroughput(c) => c.threads,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(threads.max(1)).enable_all().build()?;
     let report = runtime.block_on(async {
@@ -142,6 +148,7 @@ fn main() -> anyhow::Result<()> {
                 mqtt::throughput(&mqtt::Flow { publishers: 1, subscribers: fanout, ..flow }, "mqtt-fanout").await
             }
             Scenario::MqttIdle { broker, connections, hold, concurrency } => mqtt::idle(&broker, connections, hold, concurrency).await,
+            Scenario::StompThroughput(c) => stomp::throughput(&c).await,
         }
     })?;
     println!("{}", report.to_json());
