@@ -148,6 +148,9 @@ impl Subscriber {
     }
 }
 
+/// Running consumers: their join handles, the switch that stops them, and their shared count.
+type Subscribers = (Vec<tokio::task::JoinHandle<Result<Tally>>>, Arc<watch::Sender<bool>>, Arc<AtomicU64>);
+
 /// Starts consumers on `queues` (round-robin), returns their join handles and the stop switch.
 fn spawn_subscribers(
     c: &Common,
@@ -156,7 +159,7 @@ fn spawn_subscribers(
     goal: u64,
     keep_latency: bool,
     epoch: Instant,
-) -> (Vec<tokio::task::JoinHandle<Result<Tally>>>, Arc<watch::Sender<bool>>, Arc<AtomicU64>) {
+) -> Subscribers {
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
     let received = Arc::new(AtomicU64::new(0));

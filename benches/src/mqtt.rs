@@ -130,8 +130,8 @@ fn qos(level: u8) -> QoS {
     }
 }
 
-/// Polls until the broker accepts the connection; returns its session-present flag.
-async fn connected(event_loop: &mut EventLoop, client_id: &str) -> Result<bool> {
+/// Polls until the broker accepts the connection.
+async fn connected(event_loop: &mut EventLoop, client_id: &str) -> Result<()> {
     loop {
         let event = event_loop
             .poll()
@@ -141,7 +141,7 @@ async fn connected(event_loop: &mut EventLoop, client_id: &str) -> Result<bool> 
             if ack.code != ConnectReturnCode::Success {
                 bail!("{client_id}: CONNACK {:?}", ack.code);
             }
-            return Ok(ack.session_present);
+            return Ok(());
         }
     }
 }
