@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use futures_lite::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -20,19 +21,28 @@ use crate::stats::{sample_process, stamp, Tally, STAMP};
 use crate::Common;
 
 async fn channel(uri: &str) -> Result<(Connection, Channel)> {
-    let conn = Connection::connect(uri, ConnectionProperties::default()).await.with_context(|| format!("connect {uri}"))?;
+    let conn = Connection::connect(uri, ConnectionProperties::default())
+        .await
+        .with_context(|| format!("connect {uri}"))?;
     let ch = conn.create_channel().await?;
     Ok((conn, ch))
 }
 
 fn run_id() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     format!("{}-{nanos}", std::process::id())
 }
 
 async fn declare_queue(ch: &Channel, name: &str, durable: bool) -> Result<()> {
-    let opts = QueueDeclareOptions { durable, ..QueueDeclareOptions::default() };
-    ch.queue_declare(name.into(), opts, FieldTable::default()).await?;
+    let opts = QueueDeclareOptions {
+        durable,
+        ..QueueDeclareOptions::default()
+    };
+    ch.queue_declare(name.into(), opts, FieldTable::default())
+        .await?;
     Ok(())
 }
 
@@ -76,7 +86,13 @@ impl Publisher {
             }
             stamp(&mut body, self.producer, seq, self.epoch);
             let confirm = ch
-                .basic_publish(self.exchange.as_str().into(), self.routing_key.as_str().into(), BasicPublishOptions::default(), &body, props.clone())
+                .basic_publish(
+                    self.exchange.as_str().into(),
+                    self.routing_key.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    props.clone(),
+                )
                 .await?;
             if self.confirm.is_some() {
                 in_flight.push_back(confirm);
@@ -123,9 +139,20 @@ struct Subscriber {
 impl Subscriber {
     async fn run(mut self) -> Result<Tally> {
         let (conn, ch) = channel(&self.uri).await?;
-        ch.basic_qos(self.prefetch, BasicQosOptions::default()).await?;
-        let opts = BasicConsumeOptions { no_ack: self.auto_ack, ..BasicConsumeOptions::default() };
-        let mut consumer = ch.basic_consume(self.queue.as_str().into(), "".into(), opts, FieldTable::default()).await?;
+        ch.basic_qos(self.prefetch, BasicQosOptions::default())
+            .await?;
+        let opts = BasicConsumeOptions {
+            no_ack: self.auto_ack,
+            ..BasicConsumeOptions::default()
+        };
+        let mut consumer = ch
+            .basic_consume(
+                self.queue.as_str().into(),
+                "".into(),
+                opts,
+                FieldTable::default(),
+            )
+            .await?;
         let mut tally = Tally::new(self.lanes, self.producers, self.per_producer);
         while self.received.load(Ordering::Relaxed) < self.goal && !*self.stop.borrow() {
             let next = tokio::select! {
@@ -149,7 +176,11 @@ impl Subscriber {
 }
 
 /// Running consumers: their join handles, the switch that stops them, and their shared count.
-type Subscribers = (Vec<tokio::task::JoinHandle<Result<Tally>>>, Arc<watch::Sender<bool>>, Arc<AtomicU64>);
+type Subscribers = (
+    Vec<tokio::task::JoinHandle<Result<Tally>>>,
+    Arc<watch::Sender<bool>>,
+    Arc<AtomicU64>,
+);
 
 /// Starts consumers on `queues` (round-robin), returns their join handles and the stop switch.
 fn spawn_subscribers(
@@ -188,7 +219,13 @@ fn spawn_subscribers(
     (handles, stop_tx, received)
 }
 
-fn spawn_publishers(c: &Common, exchange: &str, routing_key: &str, rate: Option<u64>, epoch: Instant) -> Vec<tokio::task::JoinHandle<Result<u64>>> {
+fn spawn_publishers(
+    c: &Common,
+    exchange: &str,
+    routing_key: &str,
+    rate: Option<u64>,
+    epoch: Instant,
+) -> Vec<tokio::task::JoinHandle<Result<u64>>> {
     let per_producer = c.messages / c.producers as u64;
     (0..c.producers)
         .map(|p| {
@@ -266,7 +303,12 @@ fn validate(c: &Common) -> Result<()> {
     Ok(())
 }
 
-async fn single_queue(c: &Common, scenario: &'static str, rate: Option<u64>, keep_latency: bool) -> Result<Report> {
+async fn single_queue(
+    c: &Common,
+    scenario: &'static str,
+    rate: Option<u64>,
+    keep_latency: bool,
+) -> Result<Report> {
     validate(c)?;
     let queue = format!("bench-{scenario}-{}", run_id());
     let (conn, ch) = channel(&c.uri).await?;
@@ -274,7 +316,14 @@ async fn single_queue(c: &Common, scenario: &'static str, rate: Option<u64>, kee
     let mut report = base_report(scenario, c, 1);
     let epoch = Instant::now();
     let expected = (c.messages / c.producers as u64) * c.producers as u64;
-    let (subs, stop, _) = spawn_subscribers(c, std::slice::from_ref(&queue), c.consumers, expected, keep_latency, epoch);
+    let (subs, stop, _) = spawn_subscribers(
+        c,
+        std::slice::from_ref(&queue),
+        c.consumers,
+        expected,
+        keep_latency,
+        epoch,
+    );
     let pubs = spawn_publishers(c, "", &queue, rate, epoch);
     report.sent = join_publishers(pubs).await?;
     let tally = join_subscribers(subs, stop, c, 1, epoch).await?;
@@ -282,7 +331,8 @@ async fn single_queue(c: &Common, scenario: &'static str, rate: Option<u64>, kee
     report.broker_after = c.broker_pid.and_then(sample_process);
     report.expected = expected;
     report.absorb(tally);
-    ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;
+    ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await?;
     let _ = conn.close(200, "done".into()).await;
     Ok(report)
 }
@@ -296,17 +346,39 @@ pub async fn latency(c: &Common, rate: u64) -> Result<Report> {
 }
 
 pub async fn fanout(c: &Common, queues: usize) -> Result<Report> {
-    let c = Common { producers: 1, consumers: queues, ..c.clone() };
+    let c = Common {
+        producers: 1,
+        consumers: queues,
+        ..c.clone()
+    };
     validate(&c)?;
     let id = run_id();
     let exchange = format!("bench-fanout-{id}");
     let (conn, ch) = channel(&c.uri).await?;
-    let opts = ExchangeDeclareOptions { durable: c.persistent, ..ExchangeDeclareOptions::default() };
-    ch.exchange_declare(exchange.as_str().into(), ExchangeKind::Fanout, opts, FieldTable::default()).await?;
-    let names: Vec<String> = (0..queues).map(|i| format!("bench-fanout-{id}-{i}")).collect();
+    let opts = ExchangeDeclareOptions {
+        durable: c.persistent,
+        ..ExchangeDeclareOptions::default()
+    };
+    ch.exchange_declare(
+        exchange.as_str().into(),
+        ExchangeKind::Fanout,
+        opts,
+        FieldTable::default(),
+    )
+    .await?;
+    let names: Vec<String> = (0..queues)
+        .map(|i| format!("bench-fanout-{id}-{i}"))
+        .collect();
     for q in &names {
         declare_queue(&ch, q, c.persistent).await?;
-        ch.queue_bind(q.as_str().into(), exchange.as_str().into(), "".into(), QueueBindOptions::default(), FieldTable::default()).await?;
+        ch.queue_bind(
+            q.as_str().into(),
+            exchange.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
     }
     let mut report = base_report("fanout", &c, queues);
     let epoch = Instant::now();
@@ -320,9 +392,11 @@ pub async fn fanout(c: &Common, queues: usize) -> Result<Report> {
     report.expected = expected;
     report.absorb(tally);
     for q in &names {
-        ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await?;
+        ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await?;
     }
-    ch.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await?;
+    ch.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+        .await?;
     let _ = conn.close(200, "done".into()).await;
     Ok(report)
 }
@@ -339,20 +413,30 @@ pub async fn backlog(c: &Common) -> Result<Report> {
     report.publish_s = Some(epoch.elapsed().as_secs_f64());
     report.broker_rss_after_publish = c.broker_pid.and_then(sample_process).map(|s| s.rss_bytes);
     let expected = (c.messages / c.producers as u64) * c.producers as u64;
-    let (subs, stop, _) = spawn_subscribers(c, std::slice::from_ref(&queue), c.consumers, expected, false, epoch);
+    let (subs, stop, _) = spawn_subscribers(
+        c,
+        std::slice::from_ref(&queue),
+        c.consumers,
+        expected,
+        false,
+        epoch,
+    );
     let tally = join_subscribers(subs, stop, c, 1, epoch).await?;
     report.elapsed_s = epoch.elapsed().as_secs_f64();
     report.broker_after = c.broker_pid.and_then(sample_process);
     report.expected = expected;
     report.absorb(tally);
-    ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;
+    ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await?;
     let _ = conn.close(200, "done".into()).await;
     Ok(report)
 }
 
 /// Total size of the files under `dir`.
 fn dir_bytes(dir: &std::path::Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
     entries
         .flatten()
         .map(|e| match e.metadata() {
@@ -371,7 +455,14 @@ pub async fn churn(c: &Common, data_dir: &std::path::Path, sample_every: u64) ->
     let mut report = base_report("churn", c, 1);
     let epoch = Instant::now();
     let expected = (c.messages / c.producers as u64) * c.producers as u64;
-    let (subs, stop, received) = spawn_subscribers(c, std::slice::from_ref(&queue), c.consumers, expected, false, epoch);
+    let (subs, stop, received) = spawn_subscribers(
+        c,
+        std::slice::from_ref(&queue),
+        c.consumers,
+        expected,
+        false,
+        epoch,
+    );
     let pubs = spawn_publishers(c, "", &queue, None, epoch);
     let mut next = sample_every;
     let mut curve = Vec::new();
@@ -380,7 +471,10 @@ pub async fn churn(c: &Common, data_dir: &std::path::Path, sample_every: u64) ->
         let got = received.load(Ordering::Relaxed);
         if got >= next {
             curve.push((got, dir_bytes(data_dir)));
-            eprintln!("churn: {got} messages, data directory {} bytes", curve.last().map_or(0, |p| p.1));
+            eprintln!(
+                "churn: {got} messages, data directory {} bytes",
+                curve.last().map_or(0, |p| p.1)
+            );
             next += sample_every;
         }
     }
@@ -392,7 +486,8 @@ pub async fn churn(c: &Common, data_dir: &std::path::Path, sample_every: u64) ->
     report.absorb(tally);
     curve.push((report.received, dir_bytes(data_dir)));
     report.size_curve = curve;
-    ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;
+    ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await?;
     let _ = conn.close(200, "done".into()).await;
     Ok(report)
 }

@@ -130,24 +130,46 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let threads = match &cli.scenario {
         Scenario::Throughput(c) | Scenario::Backlog(c) => c.threads,
-        Scenario::Latency { common, .. } | Scenario::Fanout { common, .. } | Scenario::Churn { common, .. } => common.threads,
+        Scenario::Latency { common, .. }
+        | Scenario::Fanout { common, .. }
+        | Scenario::Churn { common, .. } => common.threads,
         Scenario::MqttThroughput(flow) | Scenario::MqttFanout { flow, .. } => flow.broker.threads,
         Scenario::MqttIdle { broker, .. } => broker.threads,
         Scenario::StompThroughput(c) => c.threads,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(threads.max(1)).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()?;
     let report = runtime.block_on(async {
         match cli.scenario {
             Scenario::Throughput(c) => amqp::throughput(&c).await,
             Scenario::Latency { common, rate } => amqp::latency(&common, rate).await,
             Scenario::Fanout { common, queues } => amqp::fanout(&common, queues).await,
             Scenario::Backlog(c) => amqp::backlog(&c).await,
-            Scenario::Churn { common, data_dir, sample_every } => amqp::churn(&common, &data_dir, sample_every).await,
+            Scenario::Churn {
+                common,
+                data_dir,
+                sample_every,
+            } => amqp::churn(&common, &data_dir, sample_every).await,
             Scenario::MqttThroughput(flow) => mqtt::throughput(&flow, "mqtt-throughput").await,
             Scenario::MqttFanout { flow, fanout } => {
-                mqtt::throughput(&mqtt::Flow { publishers: 1, subscribers: fanout, ..flow }, "mqtt-fanout").await
+                mqtt::throughput(
+                    &mqtt::Flow {
+                        publishers: 1,
+                        subscribers: fanout,
+                        ..flow
+                    },
+                    "mqtt-fanout",
+                )
+                .await
             }
-            Scenario::MqttIdle { broker, connections, hold, concurrency } => mqtt::idle(&broker, connections, hold, concurrency).await,
+            Scenario::MqttIdle {
+                broker,
+                connections,
+                hold,
+                concurrency,
+            } => mqtt::idle(&broker, connections, hold, concurrency).await,
             Scenario::StompThroughput(c) => stomp::throughput(&c).await,
         }
     })?;

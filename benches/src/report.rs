@@ -48,7 +48,11 @@ impl Report {
     pub fn to_json(&self) -> String {
         let mut lat = self.latencies_us.clone();
         lat.sort_unstable();
-        let rate = if self.elapsed_s > 0.0 { self.received as f64 / self.elapsed_s } else { 0.0 };
+        let rate = if self.elapsed_s > 0.0 {
+            self.received as f64 / self.elapsed_s
+        } else {
+            0.0
+        };
         let mut fields = vec![
             format!("\"scenario\":\"{}\"", self.scenario),
             format!("\"label\":\"{}\"", self.label.replace('"', "'")),
@@ -70,10 +74,16 @@ impl Report {
         ];
         if let Some(p) = self.publish_s {
             fields.push(format!("\"publish_s\":{p:.3}"));
-            fields.push(format!("\"publish_per_s\":{:.0}", self.sent as f64 / p.max(1e-9)));
+            fields.push(format!(
+                "\"publish_per_s\":{:.0}",
+                self.sent as f64 / p.max(1e-9)
+            ));
             let drain = self.elapsed_s - p;
             fields.push(format!("\"drain_s\":{drain:.3}"));
-            fields.push(format!("\"drain_per_s\":{:.0}", self.received as f64 / drain.max(1e-9)));
+            fields.push(format!(
+                "\"drain_per_s\":{:.0}",
+                self.received as f64 / drain.max(1e-9)
+            ));
         }
         if !lat.is_empty() {
             fields.push(format!(
@@ -88,15 +98,25 @@ impl Report {
             let cpu = after.cpu_seconds - before.cpu_seconds;
             fields.push(format!("\"broker_cpu_s\":{cpu:.2}"));
             if self.received > 0 {
-                fields.push(format!("\"broker_cpu_us_per_msg\":{:.2}", cpu * 1e6 / self.received as f64));
+                fields.push(format!(
+                    "\"broker_cpu_us_per_msg\":{:.2}",
+                    cpu * 1e6 / self.received as f64
+                ));
             }
-            fields.push(format!("\"broker_peak_rss_bytes\":{}", after.peak_rss_bytes));
+            fields.push(format!(
+                "\"broker_peak_rss_bytes\":{}",
+                after.peak_rss_bytes
+            ));
         }
         if let Some(rss) = self.broker_rss_after_publish {
             fields.push(format!("\"broker_rss_after_publish_bytes\":{rss}"));
         }
         if !self.size_curve.is_empty() {
-            let points: Vec<String> = self.size_curve.iter().map(|(n, b)| format!("[{n},{b}]")).collect();
+            let points: Vec<String> = self
+                .size_curve
+                .iter()
+                .map(|(n, b)| format!("[{n},{b}]"))
+                .collect();
             fields.push(format!("\"size_curve\":[{}]", points.join(",")));
         }
         fields.extend(self.extra.iter().map(|(k, v)| format!("\"{k}\":{v}")));

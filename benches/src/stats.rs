@@ -26,7 +26,11 @@ pub fn read(body: &[u8]) -> Option<Stamp> {
     let producer = u32::from_be_bytes(body[0..4].try_into().ok()?);
     let seq = u64::from_be_bytes(body[4..12].try_into().ok()?);
     let sent_us = u64::from_be_bytes(body[12..20].try_into().ok()?);
-    Some(Stamp { producer, seq, sent_us })
+    Some(Stamp {
+        producer,
+        seq,
+        sent_us,
+    })
 }
 
 /// One bit per (lane, producer, sequence) a consumer saw, plus latencies. A lane is one queue
@@ -60,7 +64,11 @@ impl Tally {
             return;
         };
         let index = lane * self.producers + s.producer as usize;
-        let Some(words) = self.bits.get_mut(index).filter(|_| (s.producer as usize) < self.producers) else {
+        let Some(words) = self
+            .bits
+            .get_mut(index)
+            .filter(|_| (s.producer as usize) < self.producers)
+        else {
             self.malformed += 1;
             return;
         };
@@ -93,7 +101,11 @@ impl Tally {
     }
 
     pub fn distinct(&self) -> u64 {
-        self.bits.iter().flatten().map(|w| u64::from(w.count_ones())).sum()
+        self.bits
+            .iter()
+            .flatten()
+            .map(|w| u64::from(w.count_ones()))
+            .sum()
     }
 }
 
@@ -128,7 +140,11 @@ pub fn sample_process(pid: u32) -> Option<ProcSample> {
         let line = status.lines().find(|l| l.starts_with(key))?;
         Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
     };
-    Some(ProcSample { cpu_seconds, peak_rss_bytes: kib("VmHWM:")?, rss_bytes: kib("VmRSS:")? })
+    Some(ProcSample {
+        cpu_seconds,
+        peak_rss_bytes: kib("VmHWM:")?,
+        rss_bytes: kib("VmRSS:")?,
+    })
 }
 
 #[cfg(test)]

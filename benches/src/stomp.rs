@@ -36,7 +36,9 @@ struct Target {
 }
 
 fn parse_uri(uri: &str) -> Result<Target> {
-    let rest = uri.strip_prefix("stomp://").context("--uri must be stomp://login:passcode@host:port[/vhost] for STOMP scenarios")?;
+    let rest = uri
+        .strip_prefix("stomp://")
+        .context("--uri must be stomp://login:passcode@host:port[/vhost] for STOMP scenarios")?;
     let (auth, rest) = rest.rsplit_once('@').unwrap_or(("guest:guest", rest));
     let (login, passcode) = auth.split_once(':').unwrap_or((auth, ""));
     let (addr, vhost) = rest.split_once('/').unwrap_or((rest, ""));
@@ -44,7 +46,12 @@ fn parse_uri(uri: &str) -> Result<Target> {
         "" | "%2f" | "%2F" => "/".to_owned(),
         v => v.to_owned(),
     };
-    Ok(Target { addr: addr.to_owned(), login: login.to_owned(), passcode: passcode.to_owned(), host })
+    Ok(Target {
+        addr: addr.to_owned(),
+        login: login.to_owned(),
+        passcode: passcode.to_owned(),
+        host,
+    })
 }
 
 struct Frame {
@@ -56,12 +63,18 @@ struct Frame {
 impl Frame {
     /// STOMP 1.2 Repeated Header Entries: the first occurrence wins.
     fn get(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     fn into_error(self) -> anyhow::Error {
         let message = self.get("message").unwrap_or("").to_owned();
-        anyhow::anyhow!("broker sent ERROR: {message}: {}", String::from_utf8_lossy(&self.body))
+        anyhow::anyhow!(
+            "broker sent ERROR: {message}: {}",
+            String::from_utf8_lossy(&self.body)
+        )
     }
 }
 
@@ -84,7 +97,10 @@ fn unescape(raw: &[u8], escaped: bool) -> Result<String> {
             Some('n') => '\n',
             Some('r') => '\r',
             Some('c') => ':',
-            other => bail!("undefined escape \\{}", other.map(String::from).unwrap_or_default()),
+            other => bail!(
+                "undefined escape \\{}",
+                other.map(String::from).unwrap_or_default()
+            ),
         });
     }
     Ok(out)
@@ -106,7 +122,10 @@ fn escape_into(out: &mut Vec<u8>, value: &str) {
 /// `content-length` when present (they may hold NUL), else they end at the first NUL.
 fn parse(buf: &mut BytesMut) -> Result<Option<Frame>> {
     // STOMP 1.2 Heart-beating: end-of-lines may come between frames.
-    let skip = buf.iter().take_while(|b| **b == b'\n' || **b == b'\r').count();
+    let skip = buf
+        .iter()
+        .take_while(|b| **b == b'\n' || **b == b'\r')
+        .count();
     buf.advance(skip);
     let mut pos = 0;
     let mut lines: Vec<(usize, usize)> = Vec::new();
@@ -118,7 +137,11 @@ fn parse(buf: &mut BytesMut) -> Result<Option<Frame>> {
             return Ok(None);
         };
         let end = pos + nl;
-        let line_end = if end > pos && buf[end - 1] == b'\r' { end - 1 } else { end };
+        let line_end = if end > pos && buf[end - 1] == b'\r' {
+            end - 1
+        } else {
+            end
+        };
         let line = (pos, line_end);
         pos = end + 1;
         if line.0 == line.1 {
@@ -126,16 +149,30 @@ fn parse(buf: &mut BytesMut) -> Result<Option<Frame>> {
         }
         lines.push(line);
     }
-    let Some(&(cs, ce)) = lines.first() else { bail!("empty frame") };
-    let command = std::str::from_utf8(&buf[cs..ce]).context("command is not UTF-8")?.to_owned();
+    let Some(&(cs, ce)) = lines.first() else {
+        bail!("empty frame")
+    };
+    let command = std::str::from_utf8(&buf[cs..ce])
+        .context("command is not UTF-8")?
+        .to_owned();
     let escaped = command != "CONNECTED";
     let mut headers = Vec::with_capacity(lines.len() - 1);
     for &(s, e) in &lines[1..] {
         let line = &buf[s..e];
-        let colon = line.iter().position(|b| *b == b':').with_context(|| format!("header without ':' in {command}"))?;
-        headers.push((unescape(&line[..colon], escaped)?, unescape(&line[colon + 1..], escaped)?));
+        let colon = line
+            .iter()
+            .position(|b| *b == b':')
+            .with_context(|| format!("header without ':' in {command}"))?;
+        headers.push((
+            unescape(&line[..colon], escaped)?,
+            unescape(&line[colon + 1..], escaped)?,
+        ));
     }
-    let length = headers.iter().find(|(k, _)| k == "content-length").map(|(_, v)| v.parse::<usize>()).transpose()?;
+    let length = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .map(|(_, v)| v.parse::<usize>())
+        .transpose()?;
     let body_end = match length {
         Some(len) => {
             if buf.len() < pos + len + 1 {
@@ -152,7 +189,11 @@ fn parse(buf: &mut BytesMut) -> Result<Option<Frame>> {
         },
     };
     let raw = buf.split_to(body_end + 1).freeze();
-    Ok(Some(Frame { command, headers, body: raw.slice(pos..body_end) }))
+    Ok(Some(Frame {
+        command,
+        headers,
+        body: raw.slice(pos..body_end),
+    }))
 }
 
 fn encode(out: &mut Vec<u8>, command: &str, headers: &[(&str, &str)], body: &[u8]) {
@@ -209,7 +250,9 @@ impl Reader {
 }
 
 async fn connect(t: &Target) -> Result<(Reader, OwnedWriteHalf)> {
-    let stream = TcpStream::connect(&t.addr).await.with_context(|| format!("connect {}", t.addr))?;
+    let stream = TcpStream::connect(&t.addr)
+        .await
+        .with_context(|| format!("connect {}", t.addr))?;
     stream.set_nodelay(true)?;
     let (half, mut writer) = stream.into_split();
     let mut out = Vec::new();
@@ -227,7 +270,10 @@ async fn connect(t: &Target) -> Result<(Reader, OwnedWriteHalf)> {
     }
     out.extend_from_slice(b"\n\0");
     writer.write_all(&out).await?;
-    let mut reader = Reader { half, buf: BytesMut::with_capacity(128 * 1024) };
+    let mut reader = Reader {
+        half,
+        buf: BytesMut::with_capacity(128 * 1024),
+    };
     let frame = reader.next().await?;
     match frame.command.as_str() {
         "CONNECTED" => Ok((reader, writer)),
@@ -309,7 +355,10 @@ impl Publisher {
             }
             stamp(&mut body, self.producer, seq, self.epoch);
             let receipt = format!("m{seq}");
-            let mut headers = vec![("destination", self.destination.as_str()), ("content-length", length.as_str())];
+            let mut headers = vec![
+                ("destination", self.destination.as_str()),
+                ("content-length", length.as_str()),
+            ];
             if self.persistent {
                 headers.push(("persistent", "true"));
             }
@@ -345,15 +394,30 @@ struct Subscriber {
 impl Subscriber {
     /// Connects and subscribes; returns once the broker has receipted the SUBSCRIBE, so
     /// publishing starts with every consumer in place.
-    async fn open(t: &Target, destination: &str, prefetch: u16, auto_ack: bool) -> Result<(Reader, OwnedWriteHalf)> {
+    async fn open(
+        t: &Target,
+        destination: &str,
+        prefetch: u16,
+        auto_ack: bool,
+    ) -> Result<(Reader, OwnedWriteHalf)> {
         let (mut reader, mut writer) = connect(t).await?;
         let prefetch = prefetch.to_string();
-        let ack = if auto_ack { "auto" } else { "client-individual" };
+        let ack = if auto_ack {
+            "auto"
+        } else {
+            "client-individual"
+        };
         let mut out = Vec::new();
         encode(
             &mut out,
             "SUBSCRIBE",
-            &[("id", "0"), ("destination", destination), ("ack", ack), ("prefetch-count", prefetch.as_str()), ("receipt", "sub")],
+            &[
+                ("id", "0"),
+                ("destination", destination),
+                ("ack", ack),
+                ("prefetch-count", prefetch.as_str()),
+                ("receipt", "sub"),
+            ],
             b"",
         );
         writer.write_all(&out).await?;
@@ -403,7 +467,10 @@ impl Subscriber {
 }
 
 fn queue_name() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     format!("bench-stomp-{}-{nanos}", std::process::id())
 }
 
@@ -503,23 +570,42 @@ mod tests {
     #[test]
     fn frames_are_cut_by_content_length_even_with_nul_in_the_body() {
         let mut out = b"\n\r\n".to_vec();
-        encode(&mut out, "MESSAGE", &[("ack", "a:1"), ("content-length", "3")], b"x\0y");
+        encode(
+            &mut out,
+            "MESSAGE",
+            &[("ack", "a:1"), ("content-length", "3")],
+            b"x\0y",
+        );
         encode(&mut out, "RECEIPT", &[("receipt-id", "r")], b"");
         let mut buf = BytesMut::from(&out[..out.len() - 1]);
         let first = parse(&mut buf).unwrap().unwrap();
         assert_eq!(first.command, "MESSAGE");
         assert_eq!(first.get("ack"), Some("a:1"));
         assert_eq!(&first.body[..], b"x\0y");
-        assert!(parse(&mut buf).unwrap().is_none(), "a frame missing its NUL is incomplete");
+        assert!(
+            parse(&mut buf).unwrap().is_none(),
+            "a frame missing its NUL is incomplete"
+        );
         buf.extend_from_slice(b"\0");
-        assert_eq!(parse(&mut buf).unwrap().unwrap().get("receipt-id"), Some("r"));
+        assert_eq!(
+            parse(&mut buf).unwrap().unwrap().get("receipt-id"),
+            Some("r")
+        );
         assert!(buf.is_empty());
     }
 
     #[test]
     fn uri_gives_address_credentials_and_virtual_host() {
         let t = parse_uri("stomp://guest:secret@127.0.0.1:61613/%2f").unwrap();
-        assert_eq!((t.addr.as_str(), t.login.as_str(), t.passcode.as_str(), t.host.as_str()), ("127.0.0.1:61613", "guest", "secret", "/"));
+        assert_eq!(
+            (
+                t.addr.as_str(),
+                t.login.as_str(),
+                t.passcode.as_str(),
+                t.host.as_str()
+            ),
+            ("127.0.0.1:61613", "guest", "secret", "/")
+        );
         assert!(parse_uri("amqp://guest:guest@127.0.0.1:5672").is_err());
     }
 }

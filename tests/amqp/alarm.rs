@@ -20,13 +20,23 @@ fn publisher_is_blocked_while_the_memory_alarm_is_on_and_consumers_still_work() 
         declare_queue(&channel, &queue).await;
 
         let publisher = connect(&broker).await;
-        assert!(!publisher.conn.status().blocked(), "nobody is blocked before publishing");
+        assert!(
+            !publisher.conn.status().blocked(),
+            "nobody is blocked before publishing"
+        );
         let pub_channel = publisher.channel().await;
         pub_channel
-            .basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), b"first", BasicProperties::default())
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                b"first",
+                BasicProperties::default(),
+            )
             .await
             .expect("publish");
-        let blocked = rosetta_tests::eventually(WAIT, || async { publisher.conn.status().blocked() }).await;
+        let blocked =
+            rosetta_tests::eventually(WAIT, || async { publisher.conn.status().blocked() }).await;
         assert!(blocked, "the publisher received connection.blocked");
 
         // The message published before the block arrived is there, and a connection that

@@ -410,7 +410,8 @@ impl Broker {
 
     /// The STOMP listener's address (enable it with `[stomp] enabled = true`).
     pub fn stomp_addr(&self) -> SocketAddr {
-        self.addr("stomp").expect("the broker has no STOMP listener")
+        self.addr("stomp")
+            .expect("the broker has no STOMP listener")
     }
 
     /// The store's directory (`<tempdir>/data`).

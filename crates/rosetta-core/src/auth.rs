@@ -29,7 +29,11 @@ impl Users {
     }
 
     pub fn check(&self, name: &str, password: &str, peer: IpAddr) -> Result<(), AuthFailure> {
-        let user = self.users.iter().find(|u| u.name == name && u.password == password).ok_or(AuthFailure::BadCredentials)?;
+        let user = self
+            .users
+            .iter()
+            .find(|u| u.name == name && u.password == password)
+            .ok_or(AuthFailure::BadCredentials)?;
         if user.loopback_only && !peer.is_loopback() {
             return Err(AuthFailure::LoopbackOnly);
         }
@@ -43,12 +47,25 @@ mod tests {
 
     #[test]
     fn loopback_only_users_are_refused_from_elsewhere() {
-        let users = Users::new(vec![User { name: "guest".into(), password: "guest".into(), loopback_only: true }]);
+        let users = Users::new(vec![User {
+            name: "guest".into(),
+            password: "guest".into(),
+            loopback_only: true,
+        }]);
         let local: IpAddr = "127.0.0.1".parse().expect("ip");
         let remote: IpAddr = "10.1.2.3".parse().expect("ip");
         assert_eq!(users.check("guest", "guest", local), Ok(()));
-        assert_eq!(users.check("guest", "guest", remote), Err(AuthFailure::LoopbackOnly));
-        assert_eq!(users.check("guest", "nope", local), Err(AuthFailure::BadCredentials));
-        assert_eq!(users.check("nobody", "guest", local), Err(AuthFailure::BadCredentials));
+        assert_eq!(
+            users.check("guest", "guest", remote),
+            Err(AuthFailure::LoopbackOnly)
+        );
+        assert_eq!(
+            users.check("guest", "nope", local),
+            Err(AuthFailure::BadCredentials)
+        );
+        assert_eq!(
+            users.check("nobody", "guest", local),
+            Err(AuthFailure::BadCredentials)
+        );
     }
 }

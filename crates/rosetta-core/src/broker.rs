@@ -62,7 +62,11 @@ pub struct Broker {
 impl Broker {
     /// Opens the broker over `store`, creating the configured virtual hosts and recovering
     /// every durable exchange, queue, binding and message.
-    pub fn open(store: Arc<dyn Store>, vhost_names: &[String], limits: CoreLimits) -> Result<Arc<Broker>, CoreError> {
+    pub fn open(
+        store: Arc<dyn Store>,
+        vhost_names: &[String],
+        limits: CoreLimits,
+    ) -> Result<Arc<Broker>, CoreError> {
         // The id counters are set once recovery has seen every stored id; nothing publishes
         // before then.
         let shared = Arc::new(Shared {
@@ -72,11 +76,23 @@ impl Broker {
             limits,
             counters: Arc::new(Counters::default()),
         });
-        let broker = Arc::new(Broker { vhosts: DashMap::new(), shared: shared.clone(), next_connection_id: AtomicU64::new(1) });
+        let broker = Arc::new(Broker {
+            vhosts: DashMap::new(),
+            shared: shared.clone(),
+            next_connection_id: AtomicU64::new(1),
+        });
         for name in vhost_names {
-            broker.vhosts.insert(name.clone(), VHost::new(name, shared.clone()));
+            broker
+                .vhosts
+                .insert(name.clone(), VHost::new(name, shared.clone()));
         }
-        let vhost = |name: &str| broker.vhosts.entry(name.to_owned()).or_insert_with(|| VHost::new(name, shared.clone())).clone();
+        let vhost = |name: &str| {
+            broker
+                .vhosts
+                .entry(name.to_owned())
+                .or_insert_with(|| VHost::new(name, shared.clone()))
+                .clone()
+        };
         // Entries arrive one by one, each queue created on its first, so a long backlog is never
         // held in a list beside the queue it is restored into.
         let mut restored: HashMap<u64, Arc<Queue>> = HashMap::new();
@@ -102,8 +118,12 @@ impl Broker {
         if let Some(e) = failure {
             return Err(e);
         }
-        shared.next_message_id.store(recovered.max_message_id + 1, Ordering::Relaxed);
-        shared.next_queue_id.store(recovered.max_queue_id + 1, Ordering::Relaxed);
+        shared
+            .next_message_id
+            .store(recovered.max_message_id + 1, Ordering::Relaxed);
+        shared
+            .next_queue_id
+            .store(recovered.max_queue_id + 1, Ordering::Relaxed);
         for e in &recovered.exchanges {
             vhost(&e.vhost).restore_exchange(e);
         }

@@ -29,7 +29,10 @@ pub struct Credit {
 
 impl Credit {
     pub fn new(limit: u32) -> Arc<Self> {
-        Arc::new(Credit { limit: AtomicU32::new(limit), used: AtomicU32::new(0) })
+        Arc::new(Credit {
+            limit: AtomicU32::new(limit),
+            used: AtomicU32::new(0),
+        })
     }
 
     pub fn set_limit(&self, limit: u32) {
@@ -51,13 +54,19 @@ impl Credit {
             return true;
         }
         self.used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| (u < limit).then_some(u + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                (u < limit).then_some(u + 1)
+            })
             .is_ok()
     }
 
     fn release(&self) {
         // Saturating: a release after a limit change must never wrap.
-        let _ = self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| Some(u.saturating_sub(1)));
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                Some(u.saturating_sub(1))
+            });
     }
 
     fn has_room(&self) -> bool {
@@ -71,7 +80,10 @@ impl Credit {
 pub enum Outbound {
     Deliver(Delivery),
     /// The queue was deleted under the consumer (RabbitMQ's consumer cancel notification).
-    Cancelled { channel: u16, consumer_tag: Arc<str> },
+    Cancelled {
+        channel: u16,
+        consumer_tag: Arc<str>,
+    },
     /// The broker tells the connection to close, from outside its own task.
     Close(CloseReason),
 }
@@ -134,7 +146,11 @@ pub struct Consumer {
 
 impl Consumer {
     pub fn new(spec: ConsumerSpec, outbox: UnboundedSender<Outbound>) -> Arc<Self> {
-        let limit = if spec.no_ack { AUTO_ACK_WINDOW } else { spec.prefetch };
+        let limit = if spec.no_ack {
+            AUTO_ACK_WINDOW
+        } else {
+            spec.prefetch
+        };
         Arc::new(Consumer {
             tag: spec.tag.into(),
             channel: spec.channel,
@@ -143,7 +159,11 @@ impl Consumer {
             exclusive: spec.exclusive,
             arguments: spec.arguments,
             credit: Credit::new(limit),
-            shared_credit: if spec.no_ack { None } else { spec.shared_credit },
+            shared_credit: if spec.no_ack {
+                None
+            } else {
+                spec.shared_credit
+            },
             outbox,
             cancelled: AtomicBool::new(false),
         })

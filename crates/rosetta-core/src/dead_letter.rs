@@ -50,9 +50,12 @@ pub fn dead_lettered_message(
         _ => Vec::new(),
     };
     let same = |t: &Table| {
-        t.get("queue").and_then(Value::as_str) == Some(queue) && t.get("reason").and_then(Value::as_str) == Some(reason.as_str())
+        t.get("queue").and_then(Value::as_str) == Some(queue)
+            && t.get("reason").and_then(Value::as_str) == Some(reason.as_str())
     };
-    let existing = deaths.iter().position(|d| matches!(d, Value::Table(t) if same(t)));
+    let existing = deaths
+        .iter()
+        .position(|d| matches!(d, Value::Table(t) if same(t)));
     let mut entry = match existing.map(|i| deaths.remove(i)) {
         Some(Value::Table(mut t)) => {
             let count = t.get("count").and_then(Value::as_i64).unwrap_or(0) + 1;
@@ -65,7 +68,10 @@ pub fn dead_lettered_message(
             t.insert("reason".into(), text(reason.as_str()));
             t.insert("queue".into(), text(queue));
             t.insert("exchange".into(), text(&original.exchange));
-            t.insert("routing-keys".into(), Value::Array(vec![text(&original.routing_key)]));
+            t.insert(
+                "routing-keys".into(),
+                Value::Array(vec![text(&original.routing_key)]),
+            );
             t
         }
     };
@@ -78,14 +84,25 @@ pub fn dead_lettered_message(
     }
     deaths.insert(0, Value::Table(entry));
     headers.insert("x-death".into(), Value::Array(deaths));
-    headers.entry("x-first-death-reason".into()).or_insert_with(|| text(reason.as_str()));
-    headers.entry("x-first-death-queue".into()).or_insert_with(|| text(queue));
-    headers.entry("x-first-death-exchange".into()).or_insert_with(|| text(&original.exchange));
+    headers
+        .entry("x-first-death-reason".into())
+        .or_insert_with(|| text(reason.as_str()));
+    headers
+        .entry("x-first-death-queue".into())
+        .or_insert_with(|| text(queue));
+    headers
+        .entry("x-first-death-exchange".into())
+        .or_insert_with(|| text(&original.exchange));
     headers.insert("x-last-death-reason".into(), text(reason.as_str()));
     headers.insert("x-last-death-queue".into(), text(queue));
     headers.insert("x-last-death-exchange".into(), text(&original.exchange));
     properties.headers = Some(headers);
-    Message::new(dlx, routing_key.unwrap_or(&original.routing_key), properties, original.body.clone())
+    Message::new(
+        dlx,
+        routing_key.unwrap_or(&original.routing_key),
+        properties,
+        original.body.clone(),
+    )
 }
 
 #[cfg(test)]
@@ -95,27 +112,44 @@ mod tests {
 
     #[test]
     fn first_death_creates_history_and_repeat_counts_up() {
-        let props = Properties { expiration: Some("100".into()), ..Properties::default() };
+        let props = Properties {
+            expiration: Some("100".into()),
+            ..Properties::default()
+        };
         let m = Message::new("ex", "rk", props, bytes::Bytes::from_static(b"x"));
         let once = dead_lettered_message(&m, "q", DeathReason::Expired, "dlx", None);
         assert_eq!(once.exchange, "dlx");
         assert_eq!(once.routing_key, "rk");
         assert_eq!(once.properties.expiration, None);
         let h = once.properties.headers.clone().unwrap_or_default();
-        let Some(Value::Array(d)) = h.get("x-death") else { panic!("no x-death") };
-        let Value::Table(t) = &d[0] else { panic!("not a table") };
+        let Some(Value::Array(d)) = h.get("x-death") else {
+            panic!("no x-death")
+        };
+        let Value::Table(t) = &d[0] else {
+            panic!("not a table")
+        };
         assert_eq!(t.get("count"), Some(&Value::I64(1)));
-        assert_eq!(t.get("original-expiration"), Some(&Value::Str("100".into())));
-        assert_eq!(h.get("x-first-death-reason"), Some(&Value::Str("expired".into())));
+        assert_eq!(
+            t.get("original-expiration"),
+            Some(&Value::Str("100".into()))
+        );
+        assert_eq!(
+            h.get("x-first-death-reason"),
+            Some(&Value::Str("expired".into()))
+        );
 
         let mut again = once.clone();
         again.exchange = "ex".into();
         let twice = dead_lettered_message(&again, "q", DeathReason::Expired, "dlx", Some("dead"));
         assert_eq!(twice.routing_key, "dead");
         let h = twice.properties.headers.unwrap_or_default();
-        let Some(Value::Array(d)) = h.get("x-death") else { panic!("no x-death") };
+        let Some(Value::Array(d)) = h.get("x-death") else {
+            panic!("no x-death")
+        };
         assert_eq!(d.len(), 1);
-        let Value::Table(t) = &d[0] else { panic!("not a table") };
+        let Value::Table(t) = &d[0] else {
+            panic!("not a table")
+        };
         assert_eq!(t.get("count"), Some(&Value::I64(2)));
     }
 }

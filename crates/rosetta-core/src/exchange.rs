@@ -62,7 +62,9 @@ pub struct Binding {
 
 impl Binding {
     fn same_as(&self, destination: &Destination, routing_key: &str, arguments: &Table) -> bool {
-        self.destination == *destination && self.routing_key == routing_key && self.arguments == *arguments
+        self.destination == *destination
+            && self.routing_key == routing_key
+            && self.arguments == *arguments
     }
 }
 
@@ -78,23 +80,48 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    pub fn new(name: String, kind: ExchangeKind, durable: bool, auto_delete: bool, internal: bool, arguments: Table) -> Self {
-        Exchange { name, kind, durable, auto_delete, internal, arguments, bindings: RwLock::new(Vec::new()) }
+    pub fn new(
+        name: String,
+        kind: ExchangeKind,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: Table,
+    ) -> Self {
+        Exchange {
+            name,
+            kind,
+            durable,
+            auto_delete,
+            internal,
+            arguments,
+            bindings: RwLock::new(Vec::new()),
+        }
     }
 
     /// The `alternate-exchange` argument: where messages go that no binding matched.
     pub fn alternate_exchange(&self) -> Option<&str> {
-        self.arguments.get("alternate-exchange").and_then(Value::as_str)
+        self.arguments
+            .get("alternate-exchange")
+            .and_then(Value::as_str)
     }
 
     /// Adds a binding; returns false if an identical one already existed (bind is idempotent).
     pub fn bind(&self, destination: Destination, routing_key: &str, arguments: Table) -> bool {
         let mut bindings = self.bindings.write();
-        if bindings.iter().any(|b| b.same_as(&destination, routing_key, &arguments)) {
+        if bindings
+            .iter()
+            .any(|b| b.same_as(&destination, routing_key, &arguments))
+        {
             return false;
         }
         let topic = (self.kind == ExchangeKind::Topic).then(|| TopicPattern::new(routing_key));
-        bindings.push(Binding { destination, routing_key: routing_key.to_owned(), arguments, topic });
+        bindings.push(Binding {
+            destination,
+            routing_key: routing_key.to_owned(),
+            arguments,
+            topic,
+        });
         true
     }
 
@@ -109,7 +136,9 @@ impl Exchange {
     /// Removes every binding to `destination` (the destination was deleted); returns them.
     pub fn unbind_all_to(&self, destination: &Destination) -> Vec<Binding> {
         let mut bindings = self.bindings.write();
-        let (gone, kept): (Vec<_>, Vec<_>) = bindings.drain(..).partition(|b| b.destination == *destination);
+        let (gone, kept): (Vec<_>, Vec<_>) = bindings
+            .drain(..)
+            .partition(|b| b.destination == *destination);
         *bindings = kept;
         gone
     }
@@ -123,7 +152,10 @@ impl Exchange {
     }
 
     pub fn has_binding_to(&self, destination: &Destination) -> bool {
-        self.bindings.read().iter().any(|b| b.destination == *destination)
+        self.bindings
+            .read()
+            .iter()
+            .any(|b| b.destination == *destination)
     }
 
     /// Appends to `out` every destination whose binding matches the message.
@@ -135,7 +167,9 @@ impl Exchange {
                 ExchangeKind::Direct => b.routing_key == key,
                 ExchangeKind::Fanout => true,
                 ExchangeKind::Topic => b.topic.as_ref().is_some_and(|t| t.matches(key)),
-                ExchangeKind::Headers => headers_match(&b.arguments, message.properties.headers.as_ref()),
+                ExchangeKind::Headers => {
+                    headers_match(&b.arguments, message.properties.headers.as_ref())
+                }
             };
             if hit {
                 out.push(b.destination.clone());

@@ -20,7 +20,9 @@ pub fn headers_match(binding_args: &Table, headers: Option<&Table>) -> bool {
     };
     let empty = Table::new();
     let headers = headers.unwrap_or(&empty);
-    let mut considered = binding_args.iter().filter(|(k, _)| k.as_str() != "x-match" && (with_x || !k.starts_with("x-")));
+    let mut considered = binding_args
+        .iter()
+        .filter(|(k, _)| k.as_str() != "x-match" && (with_x || !k.starts_with("x-")));
     let hit = |(k, v): (&String, &Value)| match headers.get(k) {
         None => false,
         Some(_) if matches!(v, Value::Void) => true,
@@ -49,39 +51,80 @@ mod tests {
     use super::*;
 
     fn table(pairs: &[(&str, Value)]) -> Table {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect()
     }
 
     #[test]
     fn all_requires_every_header() {
-        let b = table(&[("x-match", Value::Str("all".into())), ("a", Value::I32(1)), ("b", Value::Str("x".into()))]);
-        assert!(headers_match(&b, Some(&table(&[("a", Value::I64(1)), ("b", Value::Str("x".into()))]))));
+        let b = table(&[
+            ("x-match", Value::Str("all".into())),
+            ("a", Value::I32(1)),
+            ("b", Value::Str("x".into())),
+        ]);
+        assert!(headers_match(
+            &b,
+            Some(&table(&[
+                ("a", Value::I64(1)),
+                ("b", Value::Str("x".into()))
+            ]))
+        ));
         assert!(!headers_match(&b, Some(&table(&[("a", Value::I64(1))]))));
         assert!(!headers_match(&b, None));
     }
 
     #[test]
     fn any_requires_one_header() {
-        let b = table(&[("x-match", Value::Str("any".into())), ("a", Value::I32(1)), ("b", Value::Str("x".into()))]);
-        assert!(headers_match(&b, Some(&table(&[("b", Value::Str("x".into()))]))));
-        assert!(!headers_match(&b, Some(&table(&[("b", Value::Str("y".into()))]))));
+        let b = table(&[
+            ("x-match", Value::Str("any".into())),
+            ("a", Value::I32(1)),
+            ("b", Value::Str("x".into())),
+        ]);
+        assert!(headers_match(
+            &b,
+            Some(&table(&[("b", Value::Str("x".into()))]))
+        ));
+        assert!(!headers_match(
+            &b,
+            Some(&table(&[("b", Value::Str("y".into()))]))
+        ));
     }
 
     #[test]
     fn x_arguments_count_only_with_x_modes() {
-        let plain = table(&[("x-match", Value::Str("all".into())), ("x-k", Value::Str("v".into()))]);
+        let plain = table(&[
+            ("x-match", Value::Str("all".into())),
+            ("x-k", Value::Str("v".into())),
+        ]);
         assert!(headers_match(&plain, None));
-        let with_x = table(&[("x-match", Value::Str("all-with-x".into())), ("x-k", Value::Str("v".into()))]);
+        let with_x = table(&[
+            ("x-match", Value::Str("all-with-x".into())),
+            ("x-k", Value::Str("v".into())),
+        ]);
         assert!(!headers_match(&with_x, None));
-        assert!(headers_match(&with_x, Some(&table(&[("x-k", Value::Str("v".into()))]))));
-        let any_x = table(&[("x-match", Value::Str("any-with-x".into())), ("x-k", Value::Str("v".into()))]);
-        assert!(headers_match(&any_x, Some(&table(&[("x-k", Value::Str("v".into()))]))));
+        assert!(headers_match(
+            &with_x,
+            Some(&table(&[("x-k", Value::Str("v".into()))]))
+        ));
+        let any_x = table(&[
+            ("x-match", Value::Str("any-with-x".into())),
+            ("x-k", Value::Str("v".into())),
+        ]);
+        assert!(headers_match(
+            &any_x,
+            Some(&table(&[("x-k", Value::Str("v".into()))]))
+        ));
     }
 
     #[test]
     fn void_binding_value_matches_presence() {
         let b = table(&[("a", Value::Void)]);
-        assert!(headers_match(&b, Some(&table(&[("a", Value::Str("anything".into()))]))));
+        assert!(headers_match(
+            &b,
+            Some(&table(&[("a", Value::Str("anything".into()))]))
+        ));
         assert!(!headers_match(&b, None));
     }
 }

@@ -112,8 +112,19 @@ pub struct Message {
 }
 
 impl Message {
-    pub fn new(exchange: impl Into<String>, routing_key: impl Into<String>, properties: Properties, body: Bytes) -> Self {
-        Message { id: 0, exchange: exchange.into(), routing_key: routing_key.into(), properties, body }
+    pub fn new(
+        exchange: impl Into<String>,
+        routing_key: impl Into<String>,
+        properties: Properties,
+        body: Bytes,
+    ) -> Self {
+        Message {
+            id: 0,
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+            properties,
+            body,
+        }
     }
 
     /// Bytes counted against queue length limits (`x-max-length-bytes` counts bodies only,

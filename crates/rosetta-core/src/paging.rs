@@ -153,7 +153,8 @@ impl Ready {
         } else {
             let (seq, entry) = self.run.pop_front()?;
             if self.run.capacity() > MIN_RUN_CAPACITY && self.run.len() < self.run.capacity() / 4 {
-                self.run.shrink_to((2 * self.run.len()).max(MIN_RUN_CAPACITY));
+                self.run
+                    .shrink_to((2 * self.run.len()).max(MIN_RUN_CAPACITY));
             }
             ((PLAIN, seq), entry)
         };
@@ -168,7 +169,9 @@ impl Ready {
         self.paged = 0;
         let sorted = std::mem::take(&mut self.sorted);
         let run = std::mem::take(&mut self.run);
-        sorted.into_iter().chain(run.into_iter().map(|(seq, e)| ((PLAIN, seq), e)))
+        sorted
+            .into_iter()
+            .chain(run.into_iter().map(|(seq, e)| ((PLAIN, seq), e)))
     }
 
     /// Whether a new stored message of `body_len` bytes keeps its body in memory: only while
@@ -197,7 +200,11 @@ impl Ready {
                 (None, Some(_)) => false,
                 (None, None) => break,
             };
-            let next = if from_sorted { sorted.next().map(|(_, e)| e) } else { run.next().map(|(_, e)| e) };
+            let next = if from_sorted {
+                sorted.next().map(|(_, e)| e)
+            } else {
+                run.next().map(|(_, e)| e)
+            };
             let Some(entry) = next else { break };
             if loaded == READ_AHEAD {
                 break;

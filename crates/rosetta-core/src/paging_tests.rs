@@ -14,8 +14,8 @@ use crate::message::{Message, Properties, Table, Value};
 use crate::paging::{Entry, Ready, READ_AHEAD};
 use crate::queue::Queue;
 use crate::store::{
-    BindingRecord, Epoch, ExchangeRecord, MessageSummary, QueueRecord, Records, Recovered, RecoveredEntry, Store,
-    StoreError,
+    BindingRecord, Epoch, ExchangeRecord, MessageSummary, QueueRecord, Records, Recovered,
+    RecoveredEntry, Store, StoreError,
 };
 use crate::vhost::{QueueDeclare, VHost};
 
@@ -39,7 +39,10 @@ impl MemoryStore {
 
     /// How many holders the stored copy of a body has (1 = only the store).
     fn holders(&self, id: u64) -> usize {
-        self.bodies.lock().get(&id).map_or(0, |(m, _)| Arc::strong_count(m))
+        self.bodies
+            .lock()
+            .get(&id)
+            .map_or(0, |(m, _)| Arc::strong_count(m))
     }
 
     fn lose_body(&self, id: u64) {
@@ -69,13 +72,21 @@ impl Store for MemoryStore {
     fn delete_binding(&self, _: &BindingRecord) -> Result<Epoch, StoreError> {
         Ok(self.advance())
     }
-    fn enqueue(&self, message: &Arc<Message>, queue_seqs: &[(u64, u64)]) -> Result<Epoch, StoreError> {
+    fn enqueue(
+        &self,
+        message: &Arc<Message>,
+        queue_seqs: &[(u64, u64)],
+    ) -> Result<Epoch, StoreError> {
         let summary = MessageSummary::of(message);
         let mut entries = self.entries.lock();
         for key in queue_seqs {
             entries.insert(*key, (summary, false));
         }
-        self.bodies.lock().entry(message.id).or_insert_with(|| (message.clone(), 0)).1 += queue_seqs.len() as u64;
+        self.bodies
+            .lock()
+            .entry(message.id)
+            .or_insert_with(|| (message.clone(), 0))
+            .1 += queue_seqs.len() as u64;
         Ok(self.advance())
     }
     fn dequeue(&self, queue_id: u64, seq: u64, message_id: u64) -> Result<Epoch, StoreError> {
@@ -125,17 +136,34 @@ impl Store for MemoryStore {
     fn sync(&self) -> Result<(), StoreError> {
         Ok(())
     }
-    fn recover_streaming(&self, each: &mut dyn FnMut(&QueueRecord, RecoveredEntry)) -> Result<Recovered, StoreError> {
+    fn recover_streaming(
+        &self,
+        each: &mut dyn FnMut(&QueueRecord, RecoveredEntry),
+    ) -> Result<Recovered, StoreError> {
         let queues = self.queues.lock().clone();
         for q in &queues {
-            for (&(_, seq), &(summary, redelivered)) in self.entries.lock().range((q.id, 0)..=(q.id, u64::MAX)) {
-                each(q, RecoveredEntry { seq, redelivered, summary });
+            for (&(_, seq), &(summary, redelivered)) in
+                self.entries.lock().range((q.id, 0)..=(q.id, u64::MAX))
+            {
+                each(
+                    q,
+                    RecoveredEntry {
+                        seq,
+                        redelivered,
+                        summary,
+                    },
+                );
             }
         }
         let max_message_id = self.bodies.lock().keys().copied().max().unwrap_or(0);
         let max_queue_id = queues.iter().map(|q| q.id).max().unwrap_or(0);
         let queues = queues.into_iter().map(|q| (q, Vec::new())).collect();
-        Ok(Recovered { queues, max_message_id, max_queue_id, ..Recovered::default() })
+        Ok(Recovered {
+            queues,
+            max_message_id,
+            max_queue_id,
+            ..Recovered::default()
+        })
     }
     fn size_on_disk(&self) -> u64 {
         0
@@ -144,7 +172,10 @@ impl Store for MemoryStore {
 
 /// A broker whose queues keep `resident` messages of [`BODY`] bytes in memory.
 fn broker(store: &Arc<MemoryStore>, resident: u64) -> (Arc<Broker>, Arc<VHost>) {
-    let limits = CoreLimits { queue_resident_bytes: resident * BODY as u64, ..CoreLimits::default() };
+    let limits = CoreLimits {
+        queue_resident_bytes: resident * BODY as u64,
+        ..CoreLimits::default()
+    };
     let dyn_store: Arc<dyn Store> = store.clone();
     let broker = Broker::open(dyn_store, &["/".to_owned()], limits).expect("broker opens");
     let vhost = broker.vhost("/").expect("vhost");
@@ -152,7 +183,12 @@ fn broker(store: &Arc<MemoryStore>, resident: u64) -> (Arc<Broker>, Arc<VHost>) 
 }
 
 fn declare(vhost: &VHost, name: &str, durable: bool, arguments: Table) -> Arc<Queue> {
-    let d = QueueDeclare { name: name.into(), durable, arguments, ..QueueDeclare::default() };
+    let d = QueueDeclare {
+        name: name.into(),
+        durable,
+        arguments,
+        ..QueueDeclare::default()
+    };
     vhost.declare_queue(d, 1).expect("declare");
     vhost.queue(name).expect("queue")
 }
@@ -162,8 +198,14 @@ fn body(i: usize) -> Bytes {
 }
 
 fn publish(vhost: &VHost, queue: &str, i: usize, persistent: bool, priority: Option<u8>) {
-    let properties = Properties { delivery_mode: Some(if persistent { 2 } else { 1 }), priority, ..Properties::default() };
-    let outcome = vhost.publish(Message::new("", queue, properties, body(i))).expect("publish");
+    let properties = Properties {
+        delivery_mode: Some(if persistent { 2 } else { 1 }),
+        priority,
+        ..Properties::default()
+    };
+    let outcome = vhost
+        .publish(Message::new("", queue, properties, body(i)))
+        .expect("publish");
     assert!(outcome.routed);
 }
 
@@ -187,7 +229,11 @@ fn a_queue_over_its_resident_budget_keeps_bodies_only_for_its_head() {
     }
     let stats = q.stats();
     assert_eq!(stats.ready, 50);
-    assert_eq!(stats.ready_bytes, 50 * BODY as u64, "every message still counts its bytes");
+    assert_eq!(
+        stats.ready_bytes,
+        50 * BODY as u64,
+        "every message still counts its bytes"
+    );
     assert_eq!(stats.paged, 40);
     assert_eq!(stats.resident_bytes, 10 * BODY as u64);
     // Message ids start at 1 in publish order: the first ten are shared with the queue, the
@@ -216,13 +262,19 @@ fn draining_a_paged_queue_returns_every_message_in_order_with_its_body() {
         let stats = q.stats();
         assert_eq!(stats.ready_bytes, bytes);
         assert_eq!(stats.unacked_bytes, BODY as u64);
-        assert!(stats.resident_bytes <= 10 * BODY as u64, "read-ahead stays within the budget");
+        assert!(
+            stats.resident_bytes <= 10 * BODY as u64,
+            "read-ahead stays within the budget"
+        );
         got.push(m.message.body.clone());
         q.ack(&[m.seq]);
     }
     assert_eq!(got, (0..n).map(body).collect::<Vec<_>>());
     assert_eq!(q.stats().unacked_bytes, 0);
-    assert!(store.entries.lock().is_empty(), "every entry left the store");
+    assert!(
+        store.entries.lock().is_empty(),
+        "every entry left the store"
+    );
     assert!(store.bodies.lock().is_empty());
 }
 
@@ -249,7 +301,9 @@ fn a_consumer_receives_a_paged_backlog_in_order() {
     let (q, _consumer) = vhost.consume("backlog", spec, tx).expect("consume");
     let mut got = Vec::new();
     while got.len() < n {
-        let Ok(Outbound::Deliver(d)) = rx.try_recv() else { panic!("delivery {} missing", got.len()) };
+        let Ok(Outbound::Deliver(d)) = rx.try_recv() else {
+            panic!("delivery {} missing", got.len())
+        };
         got.push(d.message.body.clone());
         q.ack(&[d.seq]);
     }
@@ -269,7 +323,12 @@ fn transient_messages_and_unstored_queues_keep_their_bodies() {
     }
     for q in [&durable, &plain] {
         let stats = q.stats();
-        assert_eq!((stats.paged, stats.resident_bytes), (0, 20 * BODY as u64), "{}", q.name);
+        assert_eq!(
+            (stats.paged, stats.resident_bytes),
+            (0, 20 * BODY as u64),
+            "{}",
+            q.name
+        );
     }
     assert_eq!(drain(&durable), (0..20).map(body).collect::<Vec<_>>());
 }
@@ -286,7 +345,10 @@ fn a_body_that_cannot_be_read_is_dropped_and_the_queue_moves_on() {
     store.lose_body(5);
     let expected: Vec<Bytes> = (0..10).filter(|&i| i != 4).map(body).collect();
     assert_eq!(drain(&q), expected);
-    assert!(store.entries.lock().is_empty(), "the unreadable entry left the store too");
+    assert!(
+        store.entries.lock().is_empty(),
+        "the unreadable entry left the store too"
+    );
 }
 
 #[test]
@@ -302,13 +364,24 @@ fn recovered_entries_stay_on_disk_until_the_queue_reaches_them() {
     let (broker2, vhost) = broker(&store, 1000);
     let q = vhost.queue("q").expect("recovered queue");
     let stats = q.stats();
-    assert_eq!((stats.ready, stats.paged, stats.resident_bytes), (2 * READ_AHEAD as u64, 2 * READ_AHEAD as u64, 0));
+    assert_eq!(
+        (stats.ready, stats.paged, stats.resident_bytes),
+        (2 * READ_AHEAD as u64, 2 * READ_AHEAD as u64, 0)
+    );
     assert_eq!(stats.ready_bytes, (2 * READ_AHEAD * BODY) as u64);
-    assert_eq!(store.loads.load(Ordering::Relaxed), 0, "recovery read no body");
+    assert_eq!(
+        store.loads.load(Ordering::Relaxed),
+        0,
+        "recovery read no body"
+    );
 
     let first = q.get(false).expect("a message");
     assert_eq!(first.message.body, body(0));
-    assert_eq!(store.loads.load(Ordering::Relaxed), READ_AHEAD as u64, "one read-ahead batch");
+    assert_eq!(
+        store.loads.load(Ordering::Relaxed),
+        READ_AHEAD as u64,
+        "one read-ahead batch"
+    );
     assert_eq!(q.stats().paged, READ_AHEAD as u64);
     q.ack(&[first.seq]);
     assert_eq!(drain(&q), (1..2 * READ_AHEAD).map(body).collect::<Vec<_>>());
@@ -336,15 +409,24 @@ fn a_paged_priority_queue_still_serves_higher_priorities_first() {
 fn a_paged_message_dropped_from_the_head_is_dead_lettered_with_its_body() {
     let store = Arc::new(MemoryStore::default());
     // A budget below one body: every persistent message is paged out at once.
-    let limits = CoreLimits { queue_resident_bytes: 1, ..CoreLimits::default() };
+    let limits = CoreLimits {
+        queue_resident_bytes: 1,
+        ..CoreLimits::default()
+    };
     let dyn_store: Arc<dyn Store> = store.clone();
     let broker = Broker::open(dyn_store, &["/".to_owned()], limits).expect("broker");
     let vhost = broker.vhost("/").expect("vhost");
     let dead = declare(&vhost, "dead", true, Table::new());
     let args = Table::from([
         ("x-max-length".to_owned(), Value::I64(2)),
-        ("x-dead-letter-exchange".to_owned(), Value::Str(String::new())),
-        ("x-dead-letter-routing-key".to_owned(), Value::Str("dead".into())),
+        (
+            "x-dead-letter-exchange".to_owned(),
+            Value::Str(String::new()),
+        ),
+        (
+            "x-dead-letter-routing-key".to_owned(),
+            Value::Str("dead".into()),
+        ),
     ]);
     let q = declare(&vhost, "short", true, args);
     for i in 0..3 {
@@ -358,9 +440,27 @@ fn a_paged_message_dropped_from_the_head_is_dead_lettered_with_its_body() {
 #[test]
 fn the_ready_list_pops_in_slot_order_whatever_the_insert_order() {
     let mut ready = Ready::default();
-    let entry = |id| Entry { message: None, id, body_len: 10, expires_at: None, redelivered: false, persisted: true };
+    let entry = |id| Entry {
+        message: None,
+        id,
+        body_len: 10,
+        expires_at: None,
+        redelivered: false,
+        persisted: true,
+    };
     // Appends, reinserts before and inside the appended run, and two priority classes.
-    let slots = [(255, 5), (255, 6), (255, 9), (255, 1), (255, 7), (250, 8), (255, 3), (255, 10), (250, 2), (255, 11)];
+    let slots = [
+        (255, 5),
+        (255, 6),
+        (255, 9),
+        (255, 1),
+        (255, 7),
+        (250, 8),
+        (255, 3),
+        (255, 10),
+        (250, 2),
+        (255, 11),
+    ];
     for slot in slots {
         ready.insert(slot, entry(slot.1));
     }

@@ -25,7 +25,10 @@ use crate::vhost::VHost;
 
 /// Milliseconds since the Unix epoch; TTLs are wall-clock so they mean the same after a restart.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[derive(Debug)]
@@ -139,7 +142,10 @@ impl Queue {
             vhost,
             next_seq: AtomicU64::new(1),
             may_expire: AtomicBool::new(may_expire),
-            state: Mutex::new(State { last_used_ms: now_ms(), ..State::default() }),
+            state: Mutex::new(State {
+                last_used_ms: now_ms(),
+                ..State::default()
+            }),
         })
     }
 
@@ -150,7 +156,9 @@ impl Queue {
 
     fn max_length_bytes(&self) -> Option<u64> {
         let default = self.limits.max_queue_bytes;
-        self.config.max_length_bytes.or((default > 0).then_some(default))
+        self.config
+            .max_length_bytes
+            .or((default > 0).then_some(default))
     }
 
     fn overflow(&self) -> Overflow {
@@ -199,8 +207,12 @@ impl Queue {
         if st.deleted {
             return Admission::Reject;
         }
-        let full = self.max_length().is_some_and(|max| st.ready.len() as u64 >= max)
-            || self.max_length_bytes().is_some_and(|max| st.ready.bytes() + message.body_len() > max);
+        let full = self
+            .max_length()
+            .is_some_and(|max| st.ready.len() as u64 >= max)
+            || self
+                .max_length_bytes()
+                .is_some_and(|max| st.ready.bytes() + message.body_len() > max);
         if full {
             match self.overflow() {
                 Overflow::DropHead => {}
@@ -230,7 +242,10 @@ impl Queue {
                 return;
             }
             // Only a stored message may leave its body to the store.
-            let keep = !persisted || st.ready.keeps_body(summary.body_len, self.resident_budget());
+            let keep = !persisted
+                || st
+                    .ready
+                    .keeps_body(summary.body_len, self.resident_budget());
             let entry = Entry {
                 message: keep.then_some(message),
                 id: summary.id,
@@ -255,7 +270,14 @@ impl Queue {
             self.may_expire.store(true, Ordering::Relaxed);
         }
         let mut st = self.state.lock();
-        let entry = Entry { message: None, id: summary.id, body_len: summary.body_len, redelivered, expires_at, persisted: true };
+        let entry = Entry {
+            message: None,
+            id: summary.id,
+            body_len: summary.body_len,
+            redelivered,
+            expires_at,
+            persisted: true,
+        };
         st.ready.insert(self.slot(summary.priority, seq), entry);
         let next = self.next_seq.load(Ordering::Relaxed).max(seq + 1);
         self.next_seq.store(next, Ordering::Relaxed);
@@ -276,8 +298,12 @@ impl Queue {
         }
         let max_len = self.max_length();
         let max_bytes = self.max_length_bytes();
-        while max_len.is_some_and(|m| st.ready.len() as u64 > m) || max_bytes.is_some_and(|m| st.ready.bytes() > m) {
-            let Some(((_, seq), entry)) = st.ready.pop_first() else { break };
+        while max_len.is_some_and(|m| st.ready.len() as u64 > m)
+            || max_bytes.is_some_and(|m| st.ready.bytes() > m)
+        {
+            let Some(((_, seq), entry)) = st.ready.pop_first() else {
+                break;
+            };
             self.settle_dead(seq, entry, DeathReason::MaxLen, dead);
         }
     }
@@ -326,7 +352,8 @@ impl Queue {
     fn pop_head(&self, st: &mut State) -> Option<(Slot, Entry, Arc<Message>)> {
         loop {
             if st.ready.head_is_paged() {
-                st.ready.read_ahead(self.store.as_ref(), self.resident_budget());
+                st.ready
+                    .read_ahead(self.store.as_ref(), self.resident_budget());
             }
             let (slot, mut entry) = st.ready.pop_first()?;
             let message = match &entry.message {
@@ -349,7 +376,9 @@ impl Queue {
             if entry.expires_at.is_none_or(|t| t.get() >= now) {
                 break;
             }
-            let Some(((_, seq), entry)) = st.ready.pop_first() else { break };
+            let Some(((_, seq), entry)) = st.ready.pop_first() else {
+                break;
+            };
             self.settle_dead(seq, entry, DeathReason::Expired, dead);
         }
     }
@@ -379,7 +408,9 @@ impl Queue {
             if st.ready.is_empty() || st.consumers.is_empty() {
                 return;
             }
-            let Some(consumer) = self.pick_consumer(st) else { return };
+            let Some(consumer) = self.pick_consumer(st) else {
+                return;
+            };
             let Some((slot, mut entry, message)) = self.pop_head(st) else {
                 consumer.release();
                 return;
@@ -398,9 +429,22 @@ impl Queue {
                 }
                 entry.redelivered = true;
                 st.unacked_bytes += entry.body_len;
-                st.unacked.insert(seq, Unacked { slot, entry, consumer: Some(consumer.clone()) });
+                st.unacked.insert(
+                    seq,
+                    Unacked {
+                        slot,
+                        entry,
+                        consumer: Some(consumer.clone()),
+                    },
+                );
             }
-            let delivery = Delivery { consumer: consumer.clone(), queue: self.clone(), seq, message, redelivered };
+            let delivery = Delivery {
+                consumer: consumer.clone(),
+                queue: self.clone(),
+                seq,
+                message,
+                redelivered,
+            };
             if !consumer.send(Outbound::Deliver(delivery)) {
                 // The connection is gone; its cleanup will cancel the consumer. Put the message
                 // back and stop offering to this consumer.
@@ -437,7 +481,9 @@ impl Queue {
 
     /// Whether an `x-expires` queue has been unused for its whole lease.
     pub fn lease_expired(&self, now: u64) -> bool {
-        let Some(expires) = self.config.expires else { return false };
+        let Some(expires) = self.config.expires else {
+            return false;
+        };
         let st = self.state.lock();
         !st.deleted && st.consumers.is_empty() && now.saturating_sub(st.last_used_ms) >= expires
     }
@@ -454,7 +500,9 @@ impl Queue {
             if st.deleted {
                 return Err(CoreError::NotFound(format!("no queue '{}'", self.name)));
             }
-            if st.consumers.iter().any(|c| c.exclusive) || (consumer.exclusive && !st.consumers.is_empty()) {
+            if st.consumers.iter().any(|c| c.exclusive)
+                || (consumer.exclusive && !st.consumers.is_empty())
+            {
                 return Err(CoreError::AccessRefused(format!(
                     "queue '{}' in vhost has an exclusive consumer or cannot take one",
                     self.name
@@ -505,9 +553,21 @@ impl Queue {
                 } else {
                     entry.redelivered = true;
                     st.unacked_bytes += entry.body_len;
-                    st.unacked.insert(seq, Unacked { slot, entry, consumer: None });
+                    st.unacked.insert(
+                        seq,
+                        Unacked {
+                            slot,
+                            entry,
+                            consumer: None,
+                        },
+                    );
                 }
-                Got { seq, message, redelivered, remaining: st.ready.len() as u64 }
+                Got {
+                    seq,
+                    message,
+                    redelivered,
+                    remaining: st.ready.len() as u64,
+                }
             })
         };
         self.dead_letter(dead);
@@ -530,13 +590,17 @@ impl Queue {
         {
             let mut st = self.state.lock();
             for &seq in seqs {
-                let Some(u) = self.take_unacked(&mut st, seq) else { continue };
+                let Some(u) = self.take_unacked(&mut st, seq) else {
+                    continue;
+                };
                 match how {
                     Settlement::Ack if u.entry.persisted => self.forget(seq, u.entry.id),
                     Settlement::Ack => {}
                     Settlement::Requeue if !st.deleted => st.ready.insert(u.slot, u.entry),
                     Settlement::Requeue => {}
-                    Settlement::Reject => self.settle_dead(seq, u.entry, DeathReason::Rejected, &mut dead),
+                    Settlement::Reject => {
+                        self.settle_dead(seq, u.entry, DeathReason::Rejected, &mut dead)
+                    }
                 }
             }
             if !st.deleted {
@@ -584,7 +648,10 @@ impl Queue {
         st.ready = Ready::default();
         for c in st.consumers.drain(..) {
             c.mark_cancelled();
-            c.send(Outbound::Cancelled { channel: c.channel, consumer_tag: c.tag.clone() });
+            c.send(Outbound::Cancelled {
+                channel: c.channel,
+                consumer_tag: c.tag.clone(),
+            });
         }
         count
     }

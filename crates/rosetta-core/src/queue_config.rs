@@ -26,7 +26,10 @@ pub struct QueueConfig {
 }
 
 fn invalid(name: &str, reason: impl Into<String>) -> CoreError {
-    CoreError::InvalidArgument { name: name.to_owned(), reason: reason.into() }
+    CoreError::InvalidArgument {
+        name: name.to_owned(),
+        reason: reason.into(),
+    }
 }
 
 fn non_negative(args: &Table, name: &str) -> Result<Option<u64>, CoreError> {
@@ -43,7 +46,10 @@ fn non_negative(args: &Table, name: &str) -> Result<Option<u64>, CoreError> {
 fn string(args: &Table, name: &str) -> Result<Option<String>, CoreError> {
     match args.get(name) {
         None => Ok(None),
-        Some(v) => v.as_str().map(|s| Some(s.to_owned())).ok_or_else(|| invalid(name, "expected a string")),
+        Some(v) => v
+            .as_str()
+            .map(|s| Some(s.to_owned()))
+            .ok_or_else(|| invalid(name, "expected a string")),
     }
 }
 
@@ -72,7 +78,10 @@ impl QueueConfig {
         let dead_letter_exchange = string(args, "x-dead-letter-exchange")?;
         let dead_letter_routing_key = string(args, "x-dead-letter-routing-key")?;
         if dead_letter_routing_key.is_some() && dead_letter_exchange.is_none() {
-            return Err(invalid("x-dead-letter-routing-key", "requires x-dead-letter-exchange"));
+            return Err(invalid(
+                "x-dead-letter-routing-key",
+                "requires x-dead-letter-exchange",
+            ));
         }
         Ok(QueueConfig {
             message_ttl: non_negative(args, "x-message-ttl")?,
@@ -93,7 +102,10 @@ mod tests {
     use super::*;
 
     fn args(pairs: &[(&str, Value)]) -> Table {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect()
     }
 
     #[test]
@@ -128,6 +140,10 @@ mod tests {
         assert!(QueueConfig::parse(&args(&[("x-expires", Value::I32(0))])).is_err());
         assert!(QueueConfig::parse(&args(&[("x-overflow", Value::Str("nope".into()))])).is_err());
         assert!(QueueConfig::parse(&args(&[("x-max-priority", Value::I32(256))])).is_err());
-        assert!(QueueConfig::parse(&args(&[("x-dead-letter-routing-key", Value::Str("k".into()))])).is_err());
+        assert!(QueueConfig::parse(&args(&[(
+            "x-dead-letter-routing-key",
+            Value::Str("k".into())
+        )]))
+        .is_err());
     }
 }

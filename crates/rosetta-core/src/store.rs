@@ -120,7 +120,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Adds `message` to the durable queues `queue_seqs` (queue id, sequence in that queue).
     /// The body is written once however many queues reference it.
-    fn enqueue(&self, message: &Arc<Message>, queue_seqs: &[(u64, u64)]) -> Result<Epoch, StoreError>;
+    fn enqueue(
+        &self,
+        message: &Arc<Message>,
+        queue_seqs: &[(u64, u64)],
+    ) -> Result<Epoch, StoreError>;
     /// Removes one queue entry; the body goes with its last reference.
     fn dequeue(&self, queue_id: u64, seq: u64, message_id: u64) -> Result<Epoch, StoreError>;
     /// Records that the entry was delivered at least once, so it comes back `redelivered`
@@ -157,12 +161,17 @@ pub trait Store: Send + Sync + 'static {
     /// each queue entry to `each` with its queue's record, queue by queue in `seq` order, rather
     /// than collecting them: a backlog of millions is then never held twice. The returned
     /// queues carry no entries. Called once, at startup.
-    fn recover_streaming(&self, each: &mut dyn FnMut(&QueueRecord, RecoveredEntry)) -> Result<Recovered, StoreError>;
+    fn recover_streaming(
+        &self,
+        each: &mut dyn FnMut(&QueueRecord, RecoveredEntry),
+    ) -> Result<Recovered, StoreError>;
 
     /// [`Store::recover_streaming`] with each queue's entries collected beside it.
     fn recover(&self) -> Result<Recovered, StoreError> {
         let mut entries: HashMap<u64, Vec<RecoveredEntry>> = HashMap::new();
-        let mut recovered = self.recover_streaming(&mut |queue, entry| entries.entry(queue.id).or_default().push(entry))?;
+        let mut recovered = self.recover_streaming(&mut |queue, entry| {
+            entries.entry(queue.id).or_default().push(entry)
+        })?;
         for (queue, list) in &mut recovered.queues {
             if let Some(collected) = entries.remove(&queue.id) {
                 *list = collected;

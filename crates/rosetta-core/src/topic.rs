@@ -46,7 +46,9 @@ fn match_words(pattern: &[Word], key: &[&str]) -> bool {
             (0..=key.len()).any(|skip| match_words(rest, &key[skip..]))
         }
         Some((Word::One, rest)) => !key.is_empty() && match_words(rest, &key[1..]),
-        Some((Word::Literal(w), rest)) => key.first() == Some(&w.as_str()) && match_words(rest, &key[1..]),
+        Some((Word::Literal(w), rest)) => {
+            key.first() == Some(&w.as_str()) && match_words(rest, &key[1..])
+        }
     }
 }
 

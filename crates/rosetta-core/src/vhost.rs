@@ -80,7 +80,14 @@ pub struct VHost {
     me: Weak<VHost>,
 }
 
-fn inequivalent(what: &str, arg: &str, name: &str, vhost: &str, received: impl std::fmt::Display, current: impl std::fmt::Display) -> CoreError {
+fn inequivalent(
+    what: &str,
+    arg: &str,
+    name: &str,
+    vhost: &str,
+    received: impl std::fmt::Display,
+    current: impl std::fmt::Display,
+) -> CoreError {
     CoreError::PreconditionFailed(format!(
         "inequivalent arg '{arg}' for {what} '{name}' in vhost '{vhost}': received '{received}' but current is '{current}'"
     ))
@@ -90,14 +97,21 @@ fn server_named_queue() -> String {
     // RandomState is seeded per process and per call, which is enough to make names unguessable
     // in practice without adding a random number crate.
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
     let a = h.finish();
     let mut h2 = std::collections::hash_map::RandomState::new().build_hasher();
     h2.write_u64(a);
     let b = h2.finish();
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let bits = (u128::from(a) << 64) | u128::from(b);
-    let suffix: String = (0..22).map(|i| ALPHABET[((bits >> (i * 6)) & 63) as usize] as char).collect();
+    let suffix: String = (0..22)
+        .map(|i| ALPHABET[((bits >> (i * 6)) & 63) as usize] as char)
+        .collect();
     format!("amq.gen-{suffix}")
 }
 
@@ -111,7 +125,17 @@ impl VHost {
             me: me.clone(),
         });
         for (ex, kind) in PREDECLARED {
-            vhost.exchanges.insert(ex.to_owned(), Arc::new(Exchange::new(ex.to_owned(), kind, true, false, false, Table::new())));
+            vhost.exchanges.insert(
+                ex.to_owned(),
+                Arc::new(Exchange::new(
+                    ex.to_owned(),
+                    kind,
+                    true,
+                    false,
+                    false,
+                    Table::new(),
+                )),
+            );
         }
         vhost
     }
@@ -141,7 +165,10 @@ impl VHost {
     }
 
     /// Durable metadata changes are synced before the client hears "ok", as RabbitMQ does.
-    fn persist(&self, write: impl FnOnce() -> Result<Epoch, crate::store::StoreError>) -> Result<(), CoreError> {
+    fn persist(
+        &self,
+        write: impl FnOnce() -> Result<Epoch, crate::store::StoreError>,
+    ) -> Result<(), CoreError> {
         write()?;
         self.shared.store.sync()?;
         Ok(())
@@ -152,7 +179,9 @@ impl VHost {
             if d.passive {
                 return Ok(());
             }
-            return Err(CoreError::AccessRefused("operation not permitted on the default exchange".into()));
+            return Err(CoreError::AccessRefused(
+                "operation not permitted on the default exchange".into(),
+            ));
         }
         if let Some(existing) = self.exchange(&d.name) {
             if d.passive {
@@ -160,16 +189,44 @@ impl VHost {
             }
             let what = "exchange";
             if existing.kind.as_str() != d.kind {
-                return Err(inequivalent(what, "type", &d.name, &self.name, &d.kind, existing.kind.as_str()));
+                return Err(inequivalent(
+                    what,
+                    "type",
+                    &d.name,
+                    &self.name,
+                    &d.kind,
+                    existing.kind.as_str(),
+                ));
             }
             if existing.durable != d.durable {
-                return Err(inequivalent(what, "durable", &d.name, &self.name, d.durable, existing.durable));
+                return Err(inequivalent(
+                    what,
+                    "durable",
+                    &d.name,
+                    &self.name,
+                    d.durable,
+                    existing.durable,
+                ));
             }
             if existing.auto_delete != d.auto_delete {
-                return Err(inequivalent(what, "auto_delete", &d.name, &self.name, d.auto_delete, existing.auto_delete));
+                return Err(inequivalent(
+                    what,
+                    "auto_delete",
+                    &d.name,
+                    &self.name,
+                    d.auto_delete,
+                    existing.auto_delete,
+                ));
             }
             if existing.internal != d.internal {
-                return Err(inequivalent(what, "internal", &d.name, &self.name, d.internal, existing.internal));
+                return Err(inequivalent(
+                    what,
+                    "internal",
+                    &d.name,
+                    &self.name,
+                    d.internal,
+                    existing.internal,
+                ));
             }
             return Ok(());
         }
@@ -177,9 +234,13 @@ impl VHost {
             return Err(self.not_found_exchange(&d.name));
         }
         if d.name.starts_with("amq.") {
-            return Err(CoreError::AccessRefused(format!("exchange name '{}' contains reserved prefix 'amq.*'", d.name)));
+            return Err(CoreError::AccessRefused(format!(
+                "exchange name '{}' contains reserved prefix 'amq.*'",
+                d.name
+            )));
         }
-        let kind = ExchangeKind::parse(&d.kind).ok_or_else(|| CoreError::UnknownExchangeType(d.kind.clone()))?;
+        let kind = ExchangeKind::parse(&d.kind)
+            .ok_or_else(|| CoreError::UnknownExchangeType(d.kind.clone()))?;
         if d.durable {
             let record = ExchangeRecord {
                 vhost: self.name.clone(),
@@ -191,25 +252,46 @@ impl VHost {
             };
             self.persist(|| self.shared.store.save_exchange(&record))?;
         }
-        let ex = Exchange::new(d.name.clone(), kind, d.durable, d.auto_delete, d.internal, d.arguments);
+        let ex = Exchange::new(
+            d.name.clone(),
+            kind,
+            d.durable,
+            d.auto_delete,
+            d.internal,
+            d.arguments,
+        );
         self.exchanges.insert(d.name, Arc::new(ex));
         Ok(())
     }
 
     pub(crate) fn restore_exchange(&self, r: &ExchangeRecord) {
         if let Some(kind) = ExchangeKind::parse(&r.kind) {
-            let ex = Exchange::new(r.name.clone(), kind, true, r.auto_delete, r.internal, r.arguments.clone());
+            let ex = Exchange::new(
+                r.name.clone(),
+                kind,
+                true,
+                r.auto_delete,
+                r.internal,
+                r.arguments.clone(),
+            );
             self.exchanges.insert(r.name.clone(), Arc::new(ex));
         }
     }
 
     pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), CoreError> {
         if name.is_empty() || name.starts_with("amq.") {
-            return Err(CoreError::AccessRefused(format!("operation not permitted on exchange '{name}'")));
+            return Err(CoreError::AccessRefused(format!(
+                "operation not permitted on exchange '{name}'"
+            )));
         }
-        let Some(ex) = self.exchange(name) else { return Ok(()) };
+        let Some(ex) = self.exchange(name) else {
+            return Ok(());
+        };
         if if_unused && ex.binding_count() > 0 {
-            return Err(CoreError::PreconditionFailed(format!("exchange '{name}' in vhost '{}' in use", self.name)));
+            return Err(CoreError::PreconditionFailed(format!(
+                "exchange '{name}' in vhost '{}' in use",
+                self.name
+            )));
         }
         self.remove_exchange(&ex)
     }
@@ -249,23 +331,49 @@ impl VHost {
         Ok(q)
     }
 
-    pub fn declare_queue(&self, d: QueueDeclare, conn: ConnectionId) -> Result<QueueDeclared, CoreError> {
-        let name = if d.name.is_empty() && !d.passive { server_named_queue() } else { d.name.clone() };
+    pub fn declare_queue(
+        &self,
+        d: QueueDeclare,
+        conn: ConnectionId,
+    ) -> Result<QueueDeclared, CoreError> {
+        let name = if d.name.is_empty() && !d.passive {
+            server_named_queue()
+        } else {
+            d.name.clone()
+        };
         if name.starts_with("amq.") && !d.passive && !d.name.is_empty() {
-            return Err(CoreError::AccessRefused(format!("queue name '{name}' contains reserved prefix 'amq.*'")));
+            return Err(CoreError::AccessRefused(format!(
+                "queue name '{name}' contains reserved prefix 'amq.*'"
+            )));
         }
         if let Some(q) = self.queue(&name) {
             self.check_owner(&q, conn)?;
             if !d.passive {
                 let what = "queue";
                 if q.durable != d.durable {
-                    return Err(inequivalent(what, "durable", &name, &self.name, d.durable, q.durable));
+                    return Err(inequivalent(
+                        what, "durable", &name, &self.name, d.durable, q.durable,
+                    ));
                 }
                 if q.exclusive_owner.is_some() != d.exclusive {
-                    return Err(inequivalent(what, "exclusive", &name, &self.name, d.exclusive, q.exclusive_owner.is_some()));
+                    return Err(inequivalent(
+                        what,
+                        "exclusive",
+                        &name,
+                        &self.name,
+                        d.exclusive,
+                        q.exclusive_owner.is_some(),
+                    ));
                 }
                 if q.auto_delete != d.auto_delete {
-                    return Err(inequivalent(what, "auto_delete", &name, &self.name, d.auto_delete, q.auto_delete));
+                    return Err(inequivalent(
+                        what,
+                        "auto_delete",
+                        &name,
+                        &self.name,
+                        d.auto_delete,
+                        q.auto_delete,
+                    ));
                 }
                 let config = QueueConfig::parse(&d.arguments)?;
                 if config != q.config {
@@ -277,7 +385,11 @@ impl VHost {
             }
             q.touch();
             let stats = q.stats();
-            return Ok(QueueDeclared { name, message_count: stats.ready, consumer_count: stats.consumers });
+            return Ok(QueueDeclared {
+                name,
+                message_count: stats.ready,
+                consumer_count: stats.consumers,
+            });
         }
         if d.passive {
             return Err(self.not_found_queue(&name));
@@ -287,7 +399,13 @@ impl VHost {
         // Exclusive queues die with their connection, so they are never written to disk.
         let stored = d.durable && !d.exclusive;
         if stored {
-            let record = QueueRecord { id, vhost: self.name.clone(), name: name.clone(), auto_delete: d.auto_delete, arguments: d.arguments.clone() };
+            let record = QueueRecord {
+                id,
+                vhost: self.name.clone(),
+                name: name.clone(),
+                auto_delete: d.auto_delete,
+                arguments: d.arguments.clone(),
+            };
             self.persist(|| self.shared.store.save_queue(&record))?;
         }
         let params = QueueParams {
@@ -302,7 +420,11 @@ impl VHost {
         };
         let q = Queue::new(params, self.shared.store.clone(), self.me.clone());
         self.queues.insert(name.clone(), q);
-        Ok(QueueDeclared { name, message_count: 0, consumer_count: 0 })
+        Ok(QueueDeclared {
+            name,
+            message_count: 0,
+            consumer_count: 0,
+        })
     }
 
     pub(crate) fn restore_queue(&self, r: &QueueRecord) -> Result<Arc<Queue>, CoreError> {
@@ -323,15 +445,29 @@ impl VHost {
 
     /// Deletes a queue; returns the number of ready messages it held. Deleting a queue that
     /// does not exist succeeds (RabbitMQ 3.x behaviour).
-    pub fn delete_queue(&self, name: &str, if_unused: bool, if_empty: bool, conn: ConnectionId) -> Result<u64, CoreError> {
-        let Some(q) = self.queue(name) else { return Ok(0) };
+    pub fn delete_queue(
+        &self,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+        conn: ConnectionId,
+    ) -> Result<u64, CoreError> {
+        let Some(q) = self.queue(name) else {
+            return Ok(0);
+        };
         self.check_owner(&q, conn)?;
         let (empty, unused) = q.is_ready_empty_and_unused();
         if if_unused && !unused {
-            return Err(CoreError::PreconditionFailed(format!("queue '{name}' in vhost '{}' in use", self.name)));
+            return Err(CoreError::PreconditionFailed(format!(
+                "queue '{name}' in vhost '{}' in use",
+                self.name
+            )));
         }
         if if_empty && !empty {
-            return Err(CoreError::PreconditionFailed(format!("queue '{name}' in vhost '{}' is not empty", self.name)));
+            return Err(CoreError::PreconditionFailed(format!(
+                "queue '{name}' in vhost '{}' is not empty",
+                self.name
+            )));
         }
         self.remove_queue(&q)
     }
@@ -355,7 +491,13 @@ impl VHost {
         Ok(self.usable_queue(name, conn)?.purge())
     }
 
-    fn binding_record(&self, source: &Exchange, destination: &Destination, routing_key: &str, arguments: &Table) -> BindingRecord {
+    fn binding_record(
+        &self,
+        source: &Exchange,
+        destination: &Destination,
+        routing_key: &str,
+        arguments: &Table,
+    ) -> BindingRecord {
         BindingRecord {
             vhost: self.name.clone(),
             source: source.name.clone(),
@@ -368,20 +510,31 @@ impl VHost {
 
     fn destination_durable(&self, destination: &Destination) -> bool {
         match destination {
-            Destination::Queue(n) => self.queue(n).is_some_and(|q| q.durable && q.exclusive_owner.is_none()),
+            Destination::Queue(n) => self
+                .queue(n)
+                .is_some_and(|q| q.durable && q.exclusive_owner.is_none()),
             Destination::Exchange(n) => self.exchange(n).is_some_and(|e| e.durable),
         }
     }
 
     /// Drops a binding's durable record, and an auto-delete source left without bindings.
-    fn forget_binding(&self, source: &Arc<Exchange>, destination: &Destination, routing_key: &str, arguments: &Table) -> Result<(), CoreError> {
+    fn forget_binding(
+        &self,
+        source: &Arc<Exchange>,
+        destination: &Destination,
+        routing_key: &str,
+        arguments: &Table,
+    ) -> Result<(), CoreError> {
         // Deleting a record that was never written is harmless, and the destination may
         // already be gone, so durability is judged by the source alone.
         if source.durable {
             let record = self.binding_record(source, destination, routing_key, arguments);
             self.shared.store.delete_binding(&record)?;
         }
-        if source.auto_delete && source.binding_count() == 0 && self.exchanges.contains_key(&source.name) {
+        if source.auto_delete
+            && source.binding_count() == 0
+            && self.exchanges.contains_key(&source.name)
+        {
             self.remove_exchange(source)?;
         }
         Ok(())
@@ -389,26 +542,39 @@ impl VHost {
 
     fn source_exchange(&self, name: &str) -> Result<Arc<Exchange>, CoreError> {
         if name.is_empty() {
-            return Err(CoreError::AccessRefused("operation not permitted on the default exchange".into()));
+            return Err(CoreError::AccessRefused(
+                "operation not permitted on the default exchange".into(),
+            ));
         }
-        self.exchange(name).ok_or_else(|| self.not_found_exchange(name))
+        self.exchange(name)
+            .ok_or_else(|| self.not_found_exchange(name))
     }
 
-    pub fn bind(&self, source: &str, destination: Destination, routing_key: &str, arguments: Table, conn: ConnectionId) -> Result<(), CoreError> {
+    pub fn bind(
+        &self,
+        source: &str,
+        destination: Destination,
+        routing_key: &str,
+        arguments: Table,
+        conn: ConnectionId,
+    ) -> Result<(), CoreError> {
         match &destination {
             Destination::Queue(q) => {
                 self.usable_queue(q, conn)?;
             }
             Destination::Exchange(e) => {
                 if e.is_empty() {
-                    return Err(CoreError::AccessRefused("operation not permitted on the default exchange".into()));
+                    return Err(CoreError::AccessRefused(
+                        "operation not permitted on the default exchange".into(),
+                    ));
                 }
                 self.exchange(e).ok_or_else(|| self.not_found_exchange(e))?;
             }
         }
         let ex = self.source_exchange(source)?;
         let durable = ex.durable && self.destination_durable(&destination);
-        let record = durable.then(|| self.binding_record(&ex, &destination, routing_key, &arguments));
+        let record =
+            durable.then(|| self.binding_record(&ex, &destination, routing_key, &arguments));
         if ex.bind(destination, routing_key, arguments) {
             if let Some(record) = record {
                 self.persist(|| self.shared.store.save_binding(&record))?;
@@ -418,12 +584,25 @@ impl VHost {
     }
 
     pub(crate) fn restore_binding(&self, r: &BindingRecord) {
-        let Some(ex) = self.exchange(&r.source) else { return };
-        let dest = if r.destination_is_queue { Destination::Queue(r.destination.clone()) } else { Destination::Exchange(r.destination.clone()) };
+        let Some(ex) = self.exchange(&r.source) else {
+            return;
+        };
+        let dest = if r.destination_is_queue {
+            Destination::Queue(r.destination.clone())
+        } else {
+            Destination::Exchange(r.destination.clone())
+        };
         ex.bind(dest, &r.routing_key, r.arguments.clone());
     }
 
-    pub fn unbind(&self, source: &str, destination: Destination, routing_key: &str, arguments: &Table, conn: ConnectionId) -> Result<(), CoreError> {
+    pub fn unbind(
+        &self,
+        source: &str,
+        destination: Destination,
+        routing_key: &str,
+        arguments: &Table,
+        conn: ConnectionId,
+    ) -> Result<(), CoreError> {
         match &destination {
             Destination::Queue(q) => {
                 self.usable_queue(q, conn)?;
@@ -442,7 +621,13 @@ impl VHost {
 
     /// Collects target queues: follows exchange-to-exchange bindings (each exchange once) and
     /// alternate exchanges for exchanges where nothing matched.
-    fn route(&self, exchange: &Exchange, message: &Message, queues: &mut BTreeSet<String>, seen: &mut BTreeSet<String>) {
+    fn route(
+        &self,
+        exchange: &Exchange,
+        message: &Message,
+        queues: &mut BTreeSet<String>,
+        seen: &mut BTreeSet<String>,
+    ) {
         if !seen.insert(exchange.name.clone()) {
             return;
         }
@@ -475,16 +660,26 @@ impl VHost {
         self.publish_from(message, false, None)
     }
 
-    fn publish_from(&self, mut message: Message, internal_ok: bool, exclude: Option<&str>) -> Result<PublishOutcome, CoreError> {
+    fn publish_from(
+        &self,
+        mut message: Message,
+        internal_ok: bool,
+        exclude: Option<&str>,
+    ) -> Result<PublishOutcome, CoreError> {
         let mut names = BTreeSet::new();
         if message.exchange.is_empty() {
             if self.queues.contains_key(&message.routing_key) {
                 names.insert(message.routing_key.clone());
             }
         } else {
-            let ex = self.exchange(&message.exchange).ok_or_else(|| self.not_found_exchange(&message.exchange))?;
+            let ex = self
+                .exchange(&message.exchange)
+                .ok_or_else(|| self.not_found_exchange(&message.exchange))?;
             if ex.internal && !internal_ok {
-                return Err(CoreError::AccessRefused(format!("cannot publish to internal exchange '{}' in vhost '{}'", ex.name, self.name)));
+                return Err(CoreError::AccessRefused(format!(
+                    "cannot publish to internal exchange '{}' in vhost '{}'",
+                    ex.name, self.name
+                )));
             }
             self.route(&ex, &message, &mut names, &mut BTreeSet::new());
         }
@@ -492,7 +687,10 @@ impl VHost {
             names.remove(ex);
         }
         let targets: Vec<Arc<Queue>> = names.iter().filter_map(|n| self.queue(n)).collect();
-        let mut outcome = PublishOutcome { routed: !targets.is_empty(), ..PublishOutcome::default() };
+        let mut outcome = PublishOutcome {
+            routed: !targets.is_empty(),
+            ..PublishOutcome::default()
+        };
         if targets.is_empty() {
             return Ok(outcome);
         }
@@ -526,14 +724,22 @@ impl VHost {
             q.push(seq, message.clone(), persisted);
         }
         for q in refused_dlx {
-            self.dead_letter(q, vec![DeadLetter { message: message.clone(), reason: DeathReason::MaxLen }]);
+            self.dead_letter(
+                q,
+                vec![DeadLetter {
+                    message: message.clone(),
+                    reason: DeathReason::MaxLen,
+                }],
+            );
         }
         Ok(outcome)
     }
 
     /// Republishes messages that left `queue` dead to its dead-letter exchange.
     pub(crate) fn dead_letter(&self, queue: &Queue, dead: Vec<DeadLetter>) {
-        let Some(dlx) = queue.config.dead_letter_exchange.as_deref() else { return };
+        let Some(dlx) = queue.config.dead_letter_exchange.as_deref() else {
+            return;
+        };
         let dlrk = queue.config.dead_letter_routing_key.as_deref();
         for d in dead {
             let m = dead_lettered_message(&d.message, &queue.name, d.reason, dlx, dlrk);
@@ -545,7 +751,11 @@ impl VHost {
                 continue;
             }
             match self.publish_from(m, true, exclude) {
-                Ok(o) if o.routed => self.shared.counters.dead_lettered.fetch_add(1, Ordering::Relaxed),
+                Ok(o) if o.routed => self
+                    .shared
+                    .counters
+                    .dead_lettered
+                    .fetch_add(1, Ordering::Relaxed),
                 Ok(_) => 0,
                 Err(e) => {
                     tracing::warn!(queue = %queue.name, error = %e, "dead-lettering failed");
@@ -555,7 +765,12 @@ impl VHost {
         }
     }
 
-    pub fn consume(&self, queue: &str, spec: ConsumerSpec, outbox: UnboundedSender<Outbound>) -> Result<(Arc<Queue>, Arc<Consumer>), CoreError> {
+    pub fn consume(
+        &self,
+        queue: &str,
+        spec: ConsumerSpec,
+        outbox: UnboundedSender<Outbound>,
+    ) -> Result<(Arc<Queue>, Arc<Consumer>), CoreError> {
         let q = self.usable_queue(queue, spec.connection)?;
         let consumer = Consumer::new(spec, outbox);
         q.add_consumer(consumer.clone())?;
@@ -571,7 +786,12 @@ impl VHost {
         }
     }
 
-    pub fn get(&self, queue: &str, conn: ConnectionId, no_ack: bool) -> Result<(Arc<Queue>, Option<Got>), CoreError> {
+    pub fn get(
+        &self,
+        queue: &str,
+        conn: ConnectionId,
+        no_ack: bool,
+    ) -> Result<(Arc<Queue>, Option<Got>), CoreError> {
         let q = self.usable_queue(queue, conn)?;
         let got = q.get(no_ack);
         Ok((q, got))
@@ -579,7 +799,12 @@ impl VHost {
 
     /// A connection ended: its exclusive queues go with it.
     pub fn connection_closed(&self, conn: ConnectionId) {
-        let owned: Vec<Arc<Queue>> = self.queues.iter().filter(|q| q.exclusive_owner == Some(conn)).map(|q| q.clone()).collect();
+        let owned: Vec<Arc<Queue>> = self
+            .queues
+            .iter()
+            .filter(|q| q.exclusive_owner == Some(conn))
+            .map(|q| q.clone())
+            .collect();
         for q in owned {
             if let Err(e) = self.remove_queue(&q) {
                 tracing::warn!(queue = %q.name, error = %e, "exclusive queue cleanup failed");

@@ -41,7 +41,10 @@ impl Session for AmqpSession {
         if hb.is_zero() {
             return Heartbeats::default();
         }
-        Heartbeats { send_after: Some(hb / 2), expect_within: Some(hb * 2) }
+        Heartbeats {
+            send_after: Some(hb / 2),
+            expect_within: Some(hb * 2),
+        }
     }
     fn send_heartbeat(&mut self) {
         AmqpSession::send_heartbeat(self);
@@ -70,7 +73,17 @@ impl Session for AmqpSession {
     }
 }
 
-pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, state: Arc<ServerState>, shutdown: watch::Receiver<bool>) {
-    let (session, outbox) = AmqpSession::new(state.broker.clone(), state.users.clone(), state.amqp.clone(), peer);
+pub(crate) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    state: Arc<ServerState>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let (session, outbox) = AmqpSession::new(
+        state.broker.clone(),
+        state.users.clone(),
+        state.amqp.clone(),
+        peer,
+    );
     drive(stream, peer, session, outbox, state, shutdown).await;
 }

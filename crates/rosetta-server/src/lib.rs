@@ -2,9 +2,9 @@
 //! signals. Protocol rules live in the protocol crates' sessions; this crate moves bytes.
 
 mod amqp_driver;
+pub mod config;
 mod connection;
 mod connections;
-pub mod config;
 mod error;
 mod http;
 mod lifecycle;
@@ -26,8 +26,8 @@ use rosetta_store::SledStore;
 use tokio::sync::{watch, Semaphore};
 
 pub use config::Config;
-pub use error::Error;
 use connections::Connections;
+pub use error::Error;
 use lifecycle::Lifecycle;
 use metrics::Metrics;
 use state::ServerState;
@@ -39,13 +39,21 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(100);
 /// start (port taken, data directory unusable, store unreadable).
 pub fn run(config: Config) -> Result<(), Error> {
     logging::init(&config.log);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(Error::Runtime)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::Runtime)?;
     runtime.block_on(serve(config))
 }
 
 fn open_store(config: &Config) -> Result<Arc<SledStore>, Error> {
     let path = &config.storage.path;
-    SledStore::open(path).map(Arc::new).map_err(|e| Error::Storage { path: path.display().to_string(), reason: e.to_string() })
+    SledStore::open(path)
+        .map(Arc::new)
+        .map_err(|e| Error::Storage {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
 }
 
 async fn serve(config: Config) -> Result<(), Error> {
@@ -66,7 +74,11 @@ async fn serve(config: Config) -> Result<(), Error> {
     let users = config
         .users
         .iter()
-        .map(|u| CoreUser { name: u.name.clone(), password: u.password.clone(), loopback_only: u.is_loopback_only() })
+        .map(|u| CoreUser {
+            name: u.name.clone(),
+            password: u.password.clone(),
+            loopback_only: u.is_loopback_only(),
+        })
         .collect();
     let (alarm_tx, alarm_rx) = watch::channel(false);
     let state = Arc::new(ServerState {
@@ -101,35 +113,70 @@ async fn serve(config: Config) -> Result<(), Error> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     // Bind everything first so a taken port fails startup before anything is served.
-    let amqp = if config.amqp.enabled { Some(listener::bind("amqp", config.amqp.listen).await?) } else { None };
-    let stomp = if config.stomp.enabled { Some(listener::bind("stomp", config.stomp.listen).await?) } else { None };
+    let amqp = if config.amqp.enabled {
+        Some(listener::bind("amqp", config.amqp.listen).await?)
+    } else {
+        None
+    };
+    let stomp = if config.stomp.enabled {
+        Some(listener::bind("stomp", config.stomp.listen).await?)
+    } else {
+        None
+    };
     let mqtt = if config.mqtt.enabled {
-        let mqtt = rosetta_mqtt::MqttState::open(broker.clone(), state.users.clone(), mqtt_driver::config(&config))?;
+        let mqtt = rosetta_mqtt::MqttState::open(
+            broker.clone(),
+            state.users.clone(),
+            mqtt_driver::config(&config),
+        )?;
         Some((listener::bind("mqtt", config.mqtt.listen).await?, mqtt))
     } else {
         None
     };
-    let http = if config.http.enabled { Some(listener::bind("http", config.http.listen).await?) } else { None };
+    let http = if config.http.enabled {
+        Some(listener::bind("http", config.http.listen).await?)
+    } else {
+        None
+    };
 
     let mut tasks = Vec::new();
     if let Some(l) = amqp {
         let state = state.clone();
-        tasks.push(tokio::spawn(listener::accept_loop("amqp", l, limit.clone(), shutdown_rx.clone(), move |stream, peer, shutdown| {
-            amqp_driver::serve(stream, peer, state.clone(), shutdown)
-        })));
+        tasks.push(tokio::spawn(listener::accept_loop(
+            "amqp",
+            l,
+            limit.clone(),
+            shutdown_rx.clone(),
+            move |stream, peer, shutdown| amqp_driver::serve(stream, peer, state.clone(), shutdown),
+        )));
     }
     if let Some((l, mqtt)) = mqtt {
         let state = state.clone();
-        tasks.push(tokio::spawn(mqtt_driver::housekeeping(mqtt.clone(), shutdown_rx.clone())));
-        tasks.push(tokio::spawn(listener::accept_loop("mqtt", l, limit.clone(), shutdown_rx.clone(), move |stream, peer, shutdown| {
-            mqtt_driver::serve(stream, peer, state.clone(), mqtt.clone(), shutdown)
-        })));
+        tasks.push(tokio::spawn(mqtt_driver::housekeeping(
+            mqtt.clone(),
+            shutdown_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(listener::accept_loop(
+            "mqtt",
+            l,
+            limit.clone(),
+            shutdown_rx.clone(),
+            move |stream, peer, shutdown| {
+                mqtt_driver::serve(stream, peer, state.clone(), mqtt.clone(), shutdown)
+            },
+        )));
     }
     if let Some(l) = stomp {
         let state = state.clone();
-        tasks.push(tokio::spawn(listener::accept_loop("stomp", l, limit.clone(), shutdown_rx.clone(), move |stream, peer, shutdown| {
-            stomp_driver::serve(stream, peer, state.clone(), shutdown)
-        })));
+        tasks.push(tokio::spawn(listener::accept_loop(
+            "stomp",
+            l,
+            limit.clone(),
+            shutdown_rx.clone(),
+            move |stream, peer, shutdown| {
+                stomp_driver::serve(stream, peer, state.clone(), shutdown)
+            },
+        )));
     }
     // The HTTP endpoint has its own stop signal: it keeps answering (health checks see 503)
     // while connections drain, and stops once the store is flushed.
@@ -137,9 +184,13 @@ async fn serve(config: Config) -> Result<(), Error> {
     let http = http.map(|l| {
         let state = state.clone();
         let limit = Arc::new(Semaphore::new(http::MAX_CONNECTIONS));
-        tokio::spawn(listener::accept_loop("http", l, limit, http_stop_rx, move |stream, peer, stop| {
-            http::serve_connection(stream, peer, state.clone(), stop)
-        }))
+        tokio::spawn(listener::accept_loop(
+            "http",
+            l,
+            limit,
+            http_stop_rx,
+            move |stream, peer, stop| http::serve_connection(stream, peer, state.clone(), stop),
+        ))
     });
     let housekeeping = {
         let broker = broker.clone();
@@ -198,7 +249,10 @@ async fn serve(config: Config) -> Result<(), Error> {
 /// Installs the SIGTERM and SIGINT handlers now and returns a future that completes on either.
 fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+    let handlers = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    );
     async move {
         let (Ok(mut term), Ok(mut int)) = handlers else {
             // Without signal handlers the broker can still be stopped with SIGKILL; keep serving.

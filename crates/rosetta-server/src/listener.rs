@@ -10,8 +10,18 @@ use tokio::sync::{watch, Semaphore};
 use crate::error::Error;
 
 pub(crate) async fn bind(protocol: &'static str, addr: SocketAddr) -> Result<TcpListener, Error> {
-    let listener = TcpListener::bind(addr).await.map_err(|source| Error::Bind { protocol, addr, source })?;
-    let local = listener.local_addr().map_err(|source| Error::Bind { protocol, addr, source })?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind {
+            protocol,
+            addr,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| Error::Bind {
+        protocol,
+        addr,
+        source,
+    })?;
     tracing::info!(protocol = %protocol, addr = %local, "listener opened");
     Ok(listener)
 }

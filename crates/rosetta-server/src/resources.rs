@@ -31,8 +31,10 @@ pub struct Monitor {
 
 impl Monitor {
     fn alarm(&self) -> bool {
-        let memory = self.memory_limit > 0 && resident_bytes().is_some_and(|rss| rss > self.memory_limit);
-        let disk = self.disk_free_limit > 0 && free_disk_bytes(&self.data_dir).is_some_and(|free| free < self.disk_free_limit);
+        let memory =
+            self.memory_limit > 0 && resident_bytes().is_some_and(|rss| rss > self.memory_limit);
+        let disk = self.disk_free_limit > 0
+            && free_disk_bytes(&self.data_dir).is_some_and(|free| free < self.disk_free_limit);
         memory || disk
     }
 

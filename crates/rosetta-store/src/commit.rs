@@ -171,7 +171,10 @@ impl Committer {
     pub fn flush(&self, writer: &Writer) -> Result<(), StoreError> {
         let started = Instant::now();
         let (target, result) = match writer.write_pending() {
-            Ok(target) => (target, writer.db.flush().map(drop).map_err(|e| e.to_string())),
+            Ok(target) => (
+                target,
+                writer.db.flush().map(drop).map_err(|e| e.to_string()),
+            ),
             Err(e) => (0, Err(e.to_string())),
         };
         let elapsed = started.elapsed();

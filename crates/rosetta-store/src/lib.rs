@@ -59,6 +59,6 @@ mod refs;
 mod sled_store;
 mod wire;
 
-pub use rosetta_core::store::StoreError;
 pub use commit::FlushObserver;
+pub use rosetta_core::store::StoreError;
 pub use sled_store::SledStore;

@@ -33,7 +33,11 @@ pub(crate) struct Pending {
 
 impl Pending {
     pub fn is_empty(&self) -> bool {
-        self.bodies.is_empty() && self.puts.is_empty() && self.deletes.is_empty() && self.marks.is_empty() && self.body_deletes.is_empty()
+        self.bodies.is_empty()
+            && self.puts.is_empty()
+            && self.deletes.is_empty()
+            && self.marks.is_empty()
+            && self.body_deletes.is_empty()
     }
 
     /// Writes that no caller waits on (deletes and marks), so none requests their flush.
@@ -43,7 +47,10 @@ impl Pending {
 
     /// A body not yet on disk, if it is waiting here or being written.
     pub fn body(&self, id: u64) -> Option<Arc<Message>> {
-        self.bodies.get(&id).or_else(|| self.writing.as_ref().and_then(|w| w.get(&id))).cloned()
+        self.bodies
+            .get(&id)
+            .or_else(|| self.writing.as_ref().and_then(|w| w.get(&id)))
+            .cloned()
     }
 
     /// Forgets every unwritten entry of a deleted queue; returns how many entries each message

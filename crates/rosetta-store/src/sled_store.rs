@@ -95,7 +95,10 @@ impl Writer {
         applied?;
         let mut entries = Chunked::new(&self.entries);
         for ((queue, seq), (summary, redelivered)) in &batch.puts {
-            entries.insert(&keys::entry(*queue, *seq), &keys::entry_value(summary, *redelivered))?;
+            entries.insert(
+                &keys::entry(*queue, *seq),
+                &keys::entry_value(summary, *redelivered),
+            )?;
         }
         for (queue, seq) in &batch.deletes {
             entries.remove(&keys::entry(*queue, *seq))?;
@@ -114,13 +117,19 @@ impl Writer {
 
     fn mark_written(&self, queue_id: u64, seq: u64) -> Result<(), StoreError> {
         let key = keys::entry(queue_id, seq);
-        let Some(current) = self.entries.get(key).map_err(engine)? else { return Ok(()) };
+        let Some(current) = self.entries.get(key).map_err(engine)? else {
+            return Ok(());
+        };
         match keys::parse_entry_value(&current) {
             Some(value) if value.redelivered => Ok(()),
             Some(_) => {
-                let new = keys::with_redelivered(&current).ok_or_else(|| codec::corrupt(&key, "queue entry value"))?;
+                let new = keys::with_redelivered(&current)
+                    .ok_or_else(|| codec::corrupt(&key, "queue entry value"))?;
                 // Compare-and-swap so a delete applied meanwhile is not undone.
-                let _ = self.entries.compare_and_swap(key, Some(current), Some(new)).map_err(engine)?;
+                let _ = self
+                    .entries
+                    .compare_and_swap(key, Some(current), Some(new))
+                    .map_err(engine)?;
                 Ok(())
             }
             None => Err(codec::corrupt(&key, "queue entry value")),
@@ -231,7 +240,9 @@ impl SledStore {
         let mut refs = self.refs.lock(id);
         // An unknown count means this store never counted the body (e.g. `recover` was not
         // called yet), so it may still be referenced: leave it for recovery to judge.
-        let Some(count) = refs.get_mut(&id) else { return };
+        let Some(count) = refs.get_mut(&id) else {
+            return;
+        };
         *count = count.saturating_sub(n);
         if *count == 0 {
             refs.remove(&id);
@@ -371,7 +382,11 @@ impl Store for SledStore {
 
     /// Each `(queue, seq)` must be new. Re-using one is a caller bug whose only effect is a
     /// body kept until the next restart (counts err high, never low, so no body is lost).
-    fn enqueue(&self, message: &Arc<Message>, queue_seqs: &[(u64, u64)]) -> Result<Epoch, StoreError> {
+    fn enqueue(
+        &self,
+        message: &Arc<Message>,
+        queue_seqs: &[(u64, u64)],
+    ) -> Result<Epoch, StoreError> {
         if queue_seqs.is_empty() {
             return Ok(self.committer.current());
         }
@@ -433,18 +448,18 @@ impl Store for SledStore {
 
     fn delete_records(&self, namespace: &str, prefix: &[u8]) -> Result<Epoch, StoreError> {
         let mut batch = sled::Batch::default();
-        for k in self.records.scan_prefix(record_key(namespace, prefix)?).keys() {
+        for k in self
+            .records
+            .scan_prefix(record_key(namespace, prefix)?)
+            .keys()
+        {
             batch.remove(k.map_err(engine)?);
         }
         self.records.apply_batch(batch).map_err(engine)?;
         Ok(self.committer.advance())
     }
 
-    fn scan_records(
-        &self,
-        namespace: &str,
-        prefix: &[u8],
-    ) -> Result<Records, StoreError> {
+    fn scan_records(&self, namespace: &str, prefix: &[u8]) -> Result<Records, StoreError> {
         let skip = namespace.len() + 1;
         self.records
             .scan_prefix(record_key(namespace, prefix)?)

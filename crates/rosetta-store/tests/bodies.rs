@@ -39,11 +39,19 @@ fn a_message_acknowledged_before_the_commit_never_reaches_the_disk() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(dir.path());
     store.save_queue(&queue(1, "q")).expect("queue");
-    store.enqueue(&message(1, "fast"), &[(1, 1)]).expect("enqueue");
-    store.enqueue(&message(2, "slow"), &[(1, 2)]).expect("enqueue");
+    store
+        .enqueue(&message(1, "fast"), &[(1, 1)])
+        .expect("enqueue");
+    store
+        .enqueue(&message(2, "slow"), &[(1, 2)])
+        .expect("enqueue");
     store.dequeue(1, 1, 1).expect("dequeue");
     store.sync().expect("sync");
-    assert_eq!(store.body_count(), 1, "only the message still queued was written");
+    assert_eq!(
+        store.body_count(),
+        1,
+        "only the message still queued was written"
+    );
     assert_eq!(store.entry_count(), 1);
     store.mark_redelivered(1, 2).expect("mark");
     store.dequeue(1, 2, 2).expect("dequeue");

@@ -121,8 +121,12 @@ fn an_entry_whose_body_is_missing_is_recovered_and_reads_back_as_none() {
     {
         let store = open(dir.path());
         store.save_queue(&queue(1, "q")).expect("queue");
-        store.enqueue(&message(1, "kept"), &[(1, 1)]).expect("enqueue");
-        store.enqueue(&message(2, "lost"), &[(1, 2)]).expect("enqueue");
+        store
+            .enqueue(&message(1, "kept"), &[(1, 1)])
+            .expect("enqueue");
+        store
+            .enqueue(&message(2, "lost"), &[(1, 2)])
+            .expect("enqueue");
         store.sync().expect("sync");
     }
     {

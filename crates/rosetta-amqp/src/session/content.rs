@@ -28,13 +28,21 @@ pub(super) enum Progress {
 
 impl Incoming {
     pub fn new(publish: basic::Publish) -> Self {
-        Incoming { publish, header: None, body: BytesMut::new() }
+        Incoming {
+            publish,
+            header: None,
+            body: BytesMut::new(),
+        }
     }
 
     fn progress(self) -> Progress {
         match self.header {
             Some((properties, size)) if self.body.len() as u64 == size => {
-                Progress::Done(Complete { publish: self.publish, properties, body: self.body.freeze() })
+                Progress::Done(Complete {
+                    publish: self.publish,
+                    properties,
+                    body: self.body.freeze(),
+                })
             }
             _ => Progress::More(self),
         }
@@ -42,12 +50,21 @@ impl Incoming {
 
     /// Takes the content header; the body size is checked against the limit before any body
     /// byte is buffered.
-    pub fn header(mut self, header: AMQPContentHeader, max_size: u64) -> Result<Progress, Exception> {
+    pub fn header(
+        mut self,
+        header: AMQPContentHeader,
+        max_size: u64,
+    ) -> Result<Progress, Exception> {
         if self.header.is_some() {
-            return Err(Exception::unexpected_frame("second content header for one publish"));
+            return Err(Exception::unexpected_frame(
+                "second content header for one publish",
+            ));
         }
         if header.class_id != 60 {
-            return Err(Exception::unexpected_frame(format!("content header for class {}", header.class_id)));
+            return Err(Exception::unexpected_frame(format!(
+                "content header for class {}",
+                header.class_id
+            )));
         }
         if header.body_size > max_size {
             return Err(Exception::new(
@@ -64,10 +81,14 @@ impl Incoming {
 
     pub fn body(mut self, chunk: &[u8]) -> Result<Progress, Exception> {
         let Some((_, size)) = &self.header else {
-            return Err(Exception::unexpected_frame("content body before content header"));
+            return Err(Exception::unexpected_frame(
+                "content body before content header",
+            ));
         };
         if self.body.len() as u64 + chunk.len() as u64 > *size {
-            return Err(Exception::unexpected_frame("content body longer than announced"));
+            return Err(Exception::unexpected_frame(
+                "content body longer than announced",
+            ));
         }
         self.body.extend_from_slice(chunk);
         Ok(self.progress())

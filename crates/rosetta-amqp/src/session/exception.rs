@@ -27,7 +27,12 @@ impl Exception {
             }
             text.truncate(cut);
         }
-        Exception { code, text, class_id, method_id }
+        Exception {
+            code,
+            text,
+            class_id,
+            method_id,
+        }
     }
 
     pub fn for_method(code: u16, text: String, method: &AMQPClass) -> Self {
@@ -79,10 +84,20 @@ impl Exception {
     }
 
     pub fn channel_close(&self) -> channel::Close {
-        channel::Close { reply_code: self.code, reply_text: self.text.clone().into(), class_id: self.class_id, method_id: self.method_id }
+        channel::Close {
+            reply_code: self.code,
+            reply_text: self.text.clone().into(),
+            class_id: self.class_id,
+            method_id: self.method_id,
+        }
     }
 
     pub fn connection_close(&self) -> connection::Close {
-        connection::Close { reply_code: self.code, reply_text: self.text.clone().into(), class_id: self.class_id, method_id: self.method_id }
+        connection::Close {
+            reply_code: self.code,
+            reply_text: self.text.clone().into(),
+            class_id: self.class_id,
+            method_id: self.method_id,
+        }
     }
 }

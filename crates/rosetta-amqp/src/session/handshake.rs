@@ -47,7 +47,9 @@ fn parse_amqplain(response: &[u8]) -> Option<(String, String)> {
 
 fn client_capability(props: &FieldTable, name: &str) -> bool {
     match props.inner().get("capabilities") {
-        Some(AMQPValue::FieldTable(caps)) => matches!(caps.inner().get(name), Some(AMQPValue::Boolean(true))),
+        Some(AMQPValue::FieldTable(caps)) => {
+            matches!(caps.inner().get(name), Some(AMQPValue::Boolean(true)))
+        }
         _ => false,
     }
 }
@@ -62,7 +64,10 @@ impl Session {
         props.insert("product".into(), text("Rosetta"));
         props.insert("version".into(), text(env!("CARGO_PKG_VERSION")));
         props.insert("platform".into(), text("Rust"));
-        props.insert("information".into(), text("AMQP 0-9-1, MQTT and STOMP on one routing core"));
+        props.insert(
+            "information".into(),
+            text("AMQP 0-9-1, MQTT and STOMP on one routing core"),
+        );
         props.insert("capabilities".into(), AMQPValue::FieldTable(caps));
         let start = connection::Start {
             version_major: 0,
@@ -71,7 +76,10 @@ impl Session {
             mechanisms: LongString::from(b"PLAIN AMQPLAIN".to_vec()),
             locales: LongString::from(b"en_US".to_vec()),
         };
-        self.send(0, AMQPClass::Connection(connection::AMQPMethod::Start(start)));
+        self.send(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Start(start)),
+        );
     }
 
     pub(super) fn on_start_ok(&mut self, m: connection::StartOk) -> Result<(), Exception> {
@@ -89,7 +97,11 @@ impl Session {
             }
         };
         let Some((user, pass)) = creds else {
-            return Err(Exception::for_method(403, format!("ACCESS_REFUSED - malformed {mechanism} response"), &method));
+            return Err(Exception::for_method(
+                403,
+                format!("ACCESS_REFUSED - malformed {mechanism} response"),
+                &method,
+            ));
         };
         if let Err(why) = self.users.check(&user, &pass, self.peer.ip()) {
             let reason = match why {
@@ -106,7 +118,11 @@ impl Session {
         self.user = user;
         self.cancel_notify = client_capability(&m.client_properties, "consumer_cancel_notify");
         self.blocked_notify = client_capability(&m.client_properties, "connection.blocked");
-        let tune = connection::Tune { channel_max: self.channel_max, frame_max: self.frame_max, heartbeat: self.heartbeat };
+        let tune = connection::Tune {
+            channel_max: self.channel_max,
+            frame_max: self.frame_max,
+            heartbeat: self.heartbeat,
+        };
         self.send(0, AMQPClass::Connection(connection::AMQPMethod::Tune(tune)));
         self.phase = Phase::AwaitingTuneOk;
         Ok(())
@@ -116,13 +132,31 @@ impl Session {
         let method = AMQPClass::Connection(connection::AMQPMethod::TuneOk(m.clone()));
         // The client may lower our proposals, never raise them; 0 means "no limit" on its side.
         if m.frame_max != 0 && m.frame_max < FRAME_MIN_SIZE {
-            return Err(Exception::not_allowed(&method, format!("frame_max {} below the minimum {FRAME_MIN_SIZE}", m.frame_max)));
+            return Err(Exception::not_allowed(
+                &method,
+                format!(
+                    "frame_max {} below the minimum {FRAME_MIN_SIZE}",
+                    m.frame_max
+                ),
+            ));
         }
         if m.frame_max > self.frame_max {
-            return Err(Exception::not_allowed(&method, format!("frame_max {} above the server's {}", m.frame_max, self.frame_max)));
+            return Err(Exception::not_allowed(
+                &method,
+                format!(
+                    "frame_max {} above the server's {}",
+                    m.frame_max, self.frame_max
+                ),
+            ));
         }
         if m.channel_max > self.channel_max {
-            return Err(Exception::not_allowed(&method, format!("channel_max {} above the server's {}", m.channel_max, self.channel_max)));
+            return Err(Exception::not_allowed(
+                &method,
+                format!(
+                    "channel_max {} above the server's {}",
+                    m.channel_max, self.channel_max
+                ),
+            ));
         }
         if m.frame_max != 0 {
             self.frame_max = m.frame_max;
@@ -139,11 +173,17 @@ impl Session {
         let name = m.virtual_host.as_str();
         let Some(vhost) = self.broker.vhost(name) else {
             let method = AMQPClass::Connection(connection::AMQPMethod::Open(m.clone()));
-            return Err(Exception::not_allowed(&method, format!("vhost '{name}' not found")));
+            return Err(Exception::not_allowed(
+                &method,
+                format!("vhost '{name}' not found"),
+            ));
         };
         tracing::info!(peer = %self.peer, user = %self.user, vhost = name, protocol = "amqp", "connection opened");
         self.vhost = Some(vhost);
-        self.send(0, AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})));
+        self.send(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
+        );
         self.phase = Phase::Open;
         Ok(())
     }
@@ -155,7 +195,10 @@ mod tests {
 
     #[test]
     fn plain_response_splits_into_user_and_password() {
-        assert_eq!(parse_plain(b"\0guest\0secret"), Some(("guest".into(), "secret".into())));
+        assert_eq!(
+            parse_plain(b"\0guest\0secret"),
+            Some(("guest".into(), "secret".into()))
+        );
         assert_eq!(parse_plain(b"guest"), None);
         assert_eq!(parse_plain(b"\0a\0b\0c"), None);
     }
@@ -173,7 +216,10 @@ mod tests {
         let mut response = Vec::new();
         field(&mut response, "LOGIN", "guest");
         field(&mut response, "PASSWORD", "pw");
-        assert_eq!(parse_amqplain(&response), Some(("guest".into(), "pw".into())));
+        assert_eq!(
+            parse_amqplain(&response),
+            Some(("guest".into(), "pw".into()))
+        );
         assert_eq!(parse_amqplain(&response[..5]), None);
     }
 }

@@ -90,7 +90,12 @@ pub struct Session {
 impl Session {
     /// Creates a session and the receiver the connection task must drain into
     /// [`Session::handle_outbound`].
-    pub fn new(broker: Arc<Broker>, users: Arc<Users>, config: SessionConfig, peer: SocketAddr) -> (Self, UnboundedReceiver<Outbound>) {
+    pub fn new(
+        broker: Arc<Broker>,
+        users: Arc<Users>,
+        config: SessionConfig,
+        peer: SocketAddr,
+    ) -> (Self, UnboundedReceiver<Outbound>) {
         let (tx, rx) = unbounded_channel();
         let conn_id = broker.new_connection_id();
         let session = Session {
@@ -190,7 +195,12 @@ impl Session {
                 Err(e) => {
                     tracing::warn!(peer = %self.peer, error = %e, "bad frame");
                     let (class_id, method_id) = e.failing_method();
-                    self.close_connection(Exception::new(e.reply_code(), e.reply_text(), class_id, method_id));
+                    self.close_connection(Exception::new(
+                        e.reply_code(),
+                        e.reply_text(),
+                        class_id,
+                        method_id,
+                    ));
                     // Framing can no longer be trusted: do not wait for close-ok.
                     input.clear();
                     self.phase = Phase::Closed;
@@ -208,19 +218,39 @@ impl Session {
 
     fn handle_frame(&mut self, frame: AMQPFrame) -> Result<(), Exception> {
         match frame {
-            AMQPFrame::Heartbeat | AMQPFrame::InvalidHeartbeat(_) | AMQPFrame::ProtocolHeader(_) => Ok(()),
+            AMQPFrame::Heartbeat
+            | AMQPFrame::InvalidHeartbeat(_)
+            | AMQPFrame::ProtocolHeader(_) => Ok(()),
             AMQPFrame::Method(0, AMQPClass::Connection(m)) => self.handle_connection_method(m),
-            AMQPFrame::Method(_, _) | AMQPFrame::Header(..) | AMQPFrame::Body(..) if self.phase == Phase::Closing => Ok(()),
-            AMQPFrame::Method(0, other) => Err(Exception::command_invalid(&other, "method not allowed on channel 0")),
-            AMQPFrame::Method(ch, AMQPClass::Connection(m)) => {
-                Err(Exception::channel_error(&AMQPClass::Connection(m), format!("connection method on channel {ch}")))
+            AMQPFrame::Method(_, _) | AMQPFrame::Header(..) | AMQPFrame::Body(..)
+                if self.phase == Phase::Closing =>
+            {
+                Ok(())
             }
-            frame if self.phase != Phase::Open => {
-                Err(Exception::new(504, format!("CHANNEL_ERROR - frame on channel {} before connection.open", frame.channel_id()), 0, 0))
-            }
+            AMQPFrame::Method(0, other) => Err(Exception::command_invalid(
+                &other,
+                "method not allowed on channel 0",
+            )),
+            AMQPFrame::Method(ch, AMQPClass::Connection(m)) => Err(Exception::channel_error(
+                &AMQPClass::Connection(m),
+                format!("connection method on channel {ch}"),
+            )),
+            frame if self.phase != Phase::Open => Err(Exception::new(
+                504,
+                format!(
+                    "CHANNEL_ERROR - frame on channel {} before connection.open",
+                    frame.channel_id()
+                ),
+                0,
+                0,
+            )),
             AMQPFrame::Method(ch, AMQPClass::Channel(m)) => self.handle_channel_method(ch, m),
-            AMQPFrame::Method(ch, method) => self.with_channel(ch, |s, c| c.handle_method(s, method)),
-            AMQPFrame::Header(ch, header) => self.with_channel(ch, |s, c| c.handle_header(s, header)),
+            AMQPFrame::Method(ch, method) => {
+                self.with_channel(ch, |s, c| c.handle_method(s, method))
+            }
+            AMQPFrame::Header(ch, header) => {
+                self.with_channel(ch, |s, c| c.handle_header(s, header))
+            }
             AMQPFrame::Body(ch, body) => self.with_channel(ch, |s, c| c.handle_body(s, body)),
         }
     }
@@ -233,7 +263,12 @@ impl Session {
         f: impl FnOnce(&mut Ctx<'_>, &mut Channel) -> Result<(), Exception>,
     ) -> Result<(), Exception> {
         let Some(mut channel) = self.channels.remove(&id) else {
-            return Err(Exception::new(504, format!("CHANNEL_ERROR - expected 'channel.open' on channel {id}"), 0, 0));
+            return Err(Exception::new(
+                504,
+                format!("CHANNEL_ERROR - expected 'channel.open' on channel {id}"),
+                0,
+                0,
+            ));
         };
         if channel.is_closing() {
             self.channels.insert(id, channel);
@@ -255,7 +290,10 @@ impl Session {
             Err(exc) => {
                 tracing::debug!(peer = %self.peer, channel = id, code = exc.code, text = %exc.text, "channel error");
                 channel.close(&mut self.ctx());
-                self.send(id, AMQPClass::Channel(chan::AMQPMethod::Close(exc.channel_close())));
+                self.send(
+                    id,
+                    AMQPClass::Channel(chan::AMQPMethod::Close(exc.channel_close())),
+                );
                 self.channels.insert(id, channel);
                 Ok(())
             }
@@ -277,24 +315,47 @@ impl Session {
         }
     }
 
-    fn handle_channel_method(&mut self, id: u16, method: chan::AMQPMethod) -> Result<(), Exception> {
+    fn handle_channel_method(
+        &mut self,
+        id: u16,
+        method: chan::AMQPMethod,
+    ) -> Result<(), Exception> {
         match method {
             chan::AMQPMethod::Open(_) => {
                 if id > self.channel_max {
-                    return Err(Exception::new(530, format!("NOT_ALLOWED - channel id {id} above channel_max {}", self.channel_max), 20, 10));
+                    return Err(Exception::new(
+                        530,
+                        format!(
+                            "NOT_ALLOWED - channel id {id} above channel_max {}",
+                            self.channel_max
+                        ),
+                        20,
+                        10,
+                    ));
                 }
                 if self.channels.contains_key(&id) {
-                    return Err(Exception::new(504, format!("CHANNEL_ERROR - channel {id} already open"), 20, 10));
+                    return Err(Exception::new(
+                        504,
+                        format!("CHANNEL_ERROR - channel {id} already open"),
+                        20,
+                        10,
+                    ));
                 }
                 self.channels.insert(id, Channel::new(id));
-                self.send(id, AMQPClass::Channel(chan::AMQPMethod::OpenOk(chan::OpenOk {})));
+                self.send(
+                    id,
+                    AMQPClass::Channel(chan::AMQPMethod::OpenOk(chan::OpenOk {})),
+                );
                 Ok(())
             }
             chan::AMQPMethod::Close(_) => {
                 if let Some(mut c) = self.channels.remove(&id) {
                     c.close(&mut self.ctx());
                 }
-                self.send(id, AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})));
+                self.send(
+                    id,
+                    AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})),
+                );
                 Ok(())
             }
             chan::AMQPMethod::CloseOk(_) => {
@@ -308,7 +369,10 @@ impl Session {
         }
     }
 
-    fn handle_connection_method(&mut self, method: connection::AMQPMethod) -> Result<(), Exception> {
+    fn handle_connection_method(
+        &mut self,
+        method: connection::AMQPMethod,
+    ) -> Result<(), Exception> {
         match (self.phase, method) {
             (Phase::AwaitingStartOk, connection::AMQPMethod::StartOk(m)) => self.on_start_ok(m),
             (Phase::AwaitingTuneOk, connection::AMQPMethod::TuneOk(m)) => self.on_tune_ok(m),
@@ -316,7 +380,10 @@ impl Session {
             (_, connection::AMQPMethod::Close(m)) => {
                 tracing::debug!(peer = %self.peer, code = m.reply_code, text = %m.reply_text, "client closed connection");
                 self.cleanup();
-                self.send(0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})));
+                self.send(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+                );
                 self.phase = Phase::Closed;
                 Ok(())
             }
@@ -327,10 +394,16 @@ impl Session {
             (Phase::Closing, _) => Ok(()),
             // RabbitMQ's connection.blocked/unblocked are server-to-client only; a client
             // sending them is ignored rather than punished.
-            (Phase::Open, connection::AMQPMethod::Blocked(_) | connection::AMQPMethod::Unblocked(_)) => Ok(()),
+            (
+                Phase::Open,
+                connection::AMQPMethod::Blocked(_) | connection::AMQPMethod::Unblocked(_),
+            ) => Ok(()),
             (_, m) => {
                 let class = AMQPClass::Connection(m);
-                Err(Exception::command_invalid(&class, "connection method not valid in this state"))
+                Err(Exception::command_invalid(
+                    &class,
+                    "connection method not valid in this state",
+                ))
             }
         }
     }
@@ -343,8 +416,12 @@ impl Session {
         }
         tracing::warn!(peer = %self.peer, code = exc.code, text = %exc.text, "closing connection");
         self.cleanup();
-        self.send(0, AMQPClass::Connection(connection::AMQPMethod::Close(exc.connection_close())));
-        self.phase = if self.phase == Phase::AwaitingStartOk || self.phase == Phase::AwaitingTuneOk {
+        self.send(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Close(exc.connection_close())),
+        );
+        self.phase = if self.phase == Phase::AwaitingStartOk || self.phase == Phase::AwaitingTuneOk
+        {
             Phase::Closed
         } else {
             Phase::Closing
@@ -353,7 +430,12 @@ impl Session {
 
     /// The server closes the connection (shutdown): AMQP 320 CONNECTION_FORCED.
     pub fn force_close(&mut self, reason: &str) {
-        self.close_connection(Exception::new(320, format!("CONNECTION_FORCED - {reason}"), 0, 0));
+        self.close_connection(Exception::new(
+            320,
+            format!("CONNECTION_FORCED - {reason}"),
+            0,
+            0,
+        ));
     }
 
     /// A resource alarm went on or off.
@@ -379,7 +461,9 @@ impl Session {
             return;
         }
         let method = if should {
-            connection::AMQPMethod::Blocked(connection::Blocked { reason: "low on memory or disk".into() })
+            connection::AMQPMethod::Blocked(connection::Blocked {
+                reason: "low on memory or disk".into(),
+            })
         } else {
             connection::AMQPMethod::Unblocked(connection::Unblocked {})
         };
@@ -473,6 +557,7 @@ impl Ctx<'_> {
     }
 
     pub fn vhost(&self) -> Result<&Arc<VHost>, Exception> {
-        self.vhost.ok_or_else(|| Exception::new(504, "CHANNEL_ERROR - connection not open".into(), 0, 0))
+        self.vhost
+            .ok_or_else(|| Exception::new(504, "CHANNEL_ERROR - connection not open".into(), 0, 0))
     }
 }

@@ -242,23 +242,36 @@ fn shutdown_timeout_is_read_from_the_server_section() {
 #[test]
 fn misspelt_server_key_is_named_with_its_line() {
     let (line, key, shown) = error("[server]\nshutdown_timout = 1\n");
-    assert_eq!((line, key.as_deref()), (Some(2), Some("server.shutdown_timout")));
-    assert!(shown.contains("unknown key `shutdown_timout` in [server]"), "{shown}");
+    assert_eq!(
+        (line, key.as_deref()),
+        (Some(2), Some("server.shutdown_timout"))
+    );
+    assert!(
+        shown.contains("unknown key `shutdown_timout` in [server]"),
+        "{shown}"
+    );
 }
 
 #[test]
 fn negative_shutdown_timeout_names_the_key() {
     let (line, key, _) = error("[server]\nshutdown_timeout = -1\n");
-    assert_eq!((line, key.as_deref()), (Some(2), Some("server.shutdown_timeout")));
+    assert_eq!(
+        (line, key.as_deref()),
+        (Some(2), Some("server.shutdown_timeout"))
+    );
 }
 
 #[test]
 fn stomp_section_takes_heartbeat_and_frame_limits() {
-    let config = parse("[stomp]\nheartbeat_ms = 0\nmax_headers = 5\nmax_header_length = 100\n").expect("valid");
+    let config = parse("[stomp]\nheartbeat_ms = 0\nmax_headers = 5\nmax_header_length = 100\n")
+        .expect("valid");
     assert_eq!(config.stomp.heartbeat_ms, 0);
     assert_eq!(config.stomp.max_headers, 5);
     assert_eq!(config.stomp.max_header_length, 100);
     assert_eq!(config.stomp.listen, addr("0.0.0.0:61613"));
     let (line, key, _) = error("[stomp]\nmax_header_length = 0\n");
-    assert_eq!((line, key.as_deref()), (Some(2), Some("stomp.max_header_length")));
+    assert_eq!(
+        (line, key.as_deref()),
+        (Some(2), Some("stomp.max_header_length"))
+    );
 }

@@ -75,7 +75,10 @@ pub(super) fn validate(config: &Config) -> Result<(), Violation> {
         ));
     }
     // A STOMP frame needs a command line and at least a `destination` header.
-    for (key, value) in [("max_headers", config.stomp.max_headers), ("max_header_length", config.stomp.max_header_length)] {
+    for (key, value) in [
+        ("max_headers", config.stomp.max_headers),
+        ("max_header_length", config.stomp.max_header_length),
+    ] {
         if value == 0 {
             return Err(violation(KeyPath::new("stomp", key), "must be at least 1"));
         }

@@ -2,11 +2,11 @@
 
 #![allow(dead_code)]
 
-use std::sync::Arc;
 use bytes::Bytes;
 use rosetta_core::message::{Message, Properties, Table, Value};
 use rosetta_core::store::QueueRecord;
 use rosetta_store::SledStore;
+use std::sync::Arc;
 
 pub fn open(dir: &std::path::Path) -> SledStore {
     SledStore::open(dir).expect("store opens")
