@@ -28,43 +28,16 @@ work=$(mktemp -d)
 trap 'stop_broker; rm -rf "$work"' EXIT
 : > "$out"
 
-broker_pid=""
-port=""
+source "$here/benches/brokers.sh"
 
-start_rosetta() {
-  rm -rf "$work/rosetta"; mkdir -p "$work/rosetta"
-  # Only MQTT; no memory alarm, so nothing is refused; no cap on connections.
-  cat > "$work/rosetta/broker.toml" <<TOML
-[storage]
-path = "$work/rosetta/data"
-[amqp]
-enabled = false
-[mqtt]
-listen = "127.0.0.1:0"
-[stomp]
-enabled = false
-[http]
-enabled = false
-[limits]
-memory_limit = 0
-max_connections = 0
-TOML
-  "$rosetta" --config "$work/rosetta/broker.toml" > "$work/rosetta/log" 2>&1 &
-  broker_pid=$!
-  port=""
-  for _ in $(seq 100); do
-    port=$(grep -o 'protocol=mqtt addr=127.0.0.1:[0-9]*' "$work/rosetta/log" | sed 's/.*://' || true)
-    [[ -n $port ]] && break
-    sleep 0.1
-  done
-  [[ -n $port ]] || { cat "$work/rosetta/log" >&2; exit 1; }
-}
+# No cap on connections, for the idle-connection scenario.
+start_rosetta_mqtt() { start_rosetta "$rosetta" mqtt "max_connections = 0"; }
 
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-start_mosquitto() {
+start_mosquitto_mqtt() {
   rm -rf "$work/mosquitto"; mkdir -p "$work/mosquitto"
   port=$(free_port)
   # Defaults otherwise: no persistence, max_inflight_messages 20, max_queued_messages 1000
@@ -83,16 +56,9 @@ CONF
   cat "$work/mosquitto/log" >&2; exit 1
 }
 
-stop_broker() {
-  [[ -z $broker_pid ]] && return 0
-  kill "$broker_pid" 2>/dev/null || true
-  wait "$broker_pid" 2>/dev/null || true
-  broker_pid=""
-}
-
 run() { # broker scenario args...
   local broker=$1 scenario=$2; shift 2
-  "start_$broker"
+  "start_${broker}_mqtt"
   "$bench" "$@" --port "$port" --username guest --password guest --label "$broker/$scenario" --broker-pid "$broker_pid" | tee -a "$out"
   stop_broker
 }

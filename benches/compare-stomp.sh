@@ -25,72 +25,18 @@ work=$(mktemp -d)
 trap 'stop_broker; rm -rf "$work"' EXIT
 : > "$out"
 
-broker_pid=""
+source "$here/benches/brokers.sh"
 uri=""
 
-start_rosetta() {
-  rm -rf "$work/rosetta"; mkdir -p "$work/rosetta"
-  cat > "$work/rosetta/broker.toml" <<TOML
-[storage]
-path = "$work/rosetta/data"
-[amqp]
-enabled = false
-[mqtt]
-enabled = false
-[stomp]
-listen = "127.0.0.1:0"
-[http]
-enabled = false
-[limits]
-memory_limit = 0
-TOML
-  "$rosetta" --config "$work/rosetta/broker.toml" > "$work/rosetta/log" 2>&1 &
-  broker_pid=$!
-  local port=""
-  for _ in $(seq 100); do
-    port=$(grep -o 'protocol=stomp addr=127.0.0.1:[0-9]*' "$work/rosetta/log" | sed 's/.*://' || true)
-    [[ -n $port ]] && break
-    sleep 0.1
-  done
-  [[ -n $port ]] || { cat "$work/rosetta/log" >&2; echo "rosetta did not open its STOMP listener" >&2; exit 1; }
-  uri="stomp://guest:guest@127.0.0.1:$port/%2f"
-}
-
-start_rabbitmq() {
-  rm -rf "$work/rabbit"; mkdir -p "$work/rabbit"
-  echo "[rabbitmq_stomp]." > "$work/rabbit/enabled_plugins"
-  echo "stomp.listeners.tcp.1 = 127.0.0.1:$rabbit_stomp" > "$work/rabbit/rabbitmq.conf"
-  # The Debian package's scripts run the node as the rabbitmq user.
-  chmod 755 "$work"; chown -R rabbitmq:rabbitmq "$work/rabbit" 2>/dev/null || true
-  export RABBITMQ_NODENAME=benchstomp@localhost RABBITMQ_NODE_PORT=$rabbit_amqp \
-    RABBITMQ_MNESIA_BASE="$work/rabbit/mnesia" RABBITMQ_LOG_BASE="$work/rabbit/log" \
-    RABBITMQ_ENABLED_PLUGINS_FILE="$work/rabbit/enabled_plugins" RABBITMQ_PID_FILE="$work/rabbit/pid" \
-    RABBITMQ_CONFIG_FILE="$work/rabbit/rabbitmq.conf"
-  rabbitmq-server > "$work/rabbit/out" 2>&1 &
-  # Wait for the STOMP port, which opens once the plugin has started.
-  local up=""
-  for _ in $(seq 600); do
-    (exec 3<>/dev/tcp/127.0.0.1/$rabbit_stomp) 2>/dev/null && { up=1; break; }
-    sleep 0.2
-  done
-  [[ -n $up ]] || { cat "$work/rabbit/out" >&2; echo "RabbitMQ did not open its STOMP port" >&2; exit 1; }
-  # The node writes its OS pid (the beam process, whose CPU and memory we sample) here.
-  for _ in $(seq 100); do [[ -s $work/rabbit/pid ]] && break; sleep 0.1; done
-  broker_pid=$(cat "$work/rabbit/pid")
+start_rosetta_stomp() { start_rosetta "$rosetta" stomp; uri="stomp://guest:guest@127.0.0.1:$port/%2f"; }
+start_rabbitmq_stomp() {
+  start_rabbitmq benchstomp@localhost "$rabbit_amqp" "$rabbit_stomp" rabbitmq_stomp "stomp.listeners.tcp.1 = 127.0.0.1:$rabbit_stomp"
   uri="stomp://guest:guest@127.0.0.1:$rabbit_stomp/%2f"
-}
-
-stop_broker() {
-  [[ -z $broker_pid ]] && return 0
-  kill "$broker_pid" 2>/dev/null || true
-  wait "$broker_pid" 2>/dev/null || true
-  while kill -0 "$broker_pid" 2>/dev/null; do sleep 0.2; done
-  broker_pid=""
 }
 
 run() { # broker scenario args...
   local broker=$1 scenario=$2; shift 2
-  "start_$broker"
+  "start_${broker}_stomp"
   "$bench" "$@" --uri "$uri" --label "stomp/$broker/$scenario" --broker-pid "$broker_pid" | tee -a "$out"
   stop_broker
 }

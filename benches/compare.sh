@@ -21,66 +21,15 @@ work=$(mktemp -d)
 trap 'stop_broker; rm -rf "$work"' EXIT
 : > "$out"
 
-broker_pid=""
+source "$here/benches/brokers.sh"
 uri=""
 
-start_rosetta() {
-  rm -rf "$work/rosetta"; mkdir -p "$work/rosetta"
-  cat > "$work/rosetta/broker.toml" <<TOML
-[storage]
-path = "$work/rosetta/data"
-[amqp]
-listen = "127.0.0.1:0"
-[mqtt]
-enabled = false
-[stomp]
-enabled = false
-[http]
-enabled = false
-[limits]
-memory_limit = 0
-TOML
-  "$rosetta" --config "$work/rosetta/broker.toml" > "$work/rosetta/log" 2>&1 &
-  broker_pid=$!
-  for _ in $(seq 100); do
-    port=$(grep -o 'protocol=amqp addr=127.0.0.1:[0-9]*' "$work/rosetta/log" | sed 's/.*://' || true)
-    [[ -n $port ]] && break
-    sleep 0.1
-  done
-  uri="amqp://guest:guest@127.0.0.1:$port/%2f"
-}
-
-start_rabbitmq() {
-  rm -rf "$work/rabbit"; mkdir -p "$work/rabbit"
-  echo "[]." > "$work/rabbit/enabled_plugins"
-  # The Debian package's scripts run the node as the rabbitmq user.
-  chmod 755 "$work"; chown -R rabbitmq:rabbitmq "$work/rabbit" 2>/dev/null || true
-  export RABBITMQ_NODENAME=bench@localhost RABBITMQ_NODE_PORT=5699 \
-    RABBITMQ_MNESIA_BASE="$work/rabbit/mnesia" RABBITMQ_LOG_BASE="$work/rabbit/log" \
-    RABBITMQ_ENABLED_PLUGINS_FILE="$work/rabbit/enabled_plugins" RABBITMQ_PID_FILE="$work/rabbit/pid"
-  rabbitmq-server > "$work/rabbit/out" 2>&1 &
-  # Wait for the AMQP port rather than with rabbitmqctl, which needs the node's cookie.
-  for _ in $(seq 600); do
-    (exec 3<>/dev/tcp/127.0.0.1/5699) 2>/dev/null && break
-    sleep 0.2
-  done
-  # The node writes its OS pid (the beam process, whose CPU and memory we sample) here.
-  for _ in $(seq 100); do [[ -s $work/rabbit/pid ]] && break; sleep 0.1; done
-  broker_pid=$(cat "$work/rabbit/pid")
-  uri="amqp://guest:guest@127.0.0.1:5699/%2f"
-}
-
-stop_broker() {
-  [[ -z $broker_pid ]] && return 0
-  kill "$broker_pid" 2>/dev/null || true
-  wait "$broker_pid" 2>/dev/null || true
-  while kill -0 "$broker_pid" 2>/dev/null; do sleep 0.2; done
-  broker_pid=""
-}
+start_rosetta_amqp() { start_rosetta "$rosetta" amqp; uri="amqp://guest:guest@127.0.0.1:$port/%2f"; }
+start_rabbitmq_amqp() { start_rabbitmq bench@localhost 5699 5699; uri="amqp://guest:guest@127.0.0.1:5699/%2f"; }
 
 run() { # broker scenario args...
   local broker=$1 scenario=$2; shift 2
-  "start_$broker"
+  "start_${broker}_amqp"
   "$bench" "$@" --uri "$uri" --label "$broker/$scenario" --broker-pid "$broker_pid" | tee -a "$out"
   stop_broker
 }

@@ -1,0 +1,69 @@
+# Starting and stopping the brokers the compare scripts measure. Sourced, not run: the caller
+# sets `work` (a temporary directory) and gets `broker_pid` and `port` back.
+
+broker_pid=""
+port=""
+
+# Waits until something listens on 127.0.0.1:$1 (up to about two minutes).
+wait_for_port() {
+  for _ in $(seq 600); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.2
+  done
+  return 1
+}
+
+# start_rosetta BINARY PROTOCOL [EXTRA_LIMITS]: only PROTOCOL's listener, on a free port read
+# from the broker's log; no memory alarm, so nothing is refused while measuring.
+start_rosetta() {
+  local binary=$1 protocol=$2 extra=${3:-}
+  rm -rf "$work/rosetta"; mkdir -p "$work/rosetta"
+  {
+    printf '[storage]\npath = "%s/rosetta/data"\n' "$work"
+    for p in amqp mqtt stomp http; do
+      if [[ $p == "$protocol" ]]; then printf '[%s]\nlisten = "127.0.0.1:0"\n' "$p"; else printf '[%s]\nenabled = false\n' "$p"; fi
+    done
+    printf '[limits]\nmemory_limit = 0\n%s\n' "$extra"
+  } > "$work/rosetta/broker.toml"
+  "$binary" --config "$work/rosetta/broker.toml" > "$work/rosetta/log" 2>&1 &
+  broker_pid=$!
+  port=""
+  for _ in $(seq 100); do
+    port=$(grep -o "protocol=$protocol addr=127.0.0.1:[0-9]*" "$work/rosetta/log" | sed 's/.*://' || true)
+    [[ -n $port ]] && return 0
+    sleep 0.1
+  done
+  cat "$work/rosetta/log" >&2
+  echo "rosetta did not open its $protocol listener" >&2
+  exit 1
+}
+
+# start_rabbitmq NODE AMQP_PORT WAIT_PORT [PLUGIN] [CONF_LINE]: a fresh node with its own
+# Mnesia directory; returns once WAIT_PORT accepts connections.
+start_rabbitmq() {
+  local node=$1 amqp_port=$2 wait_port=$3 plugin=${4:-} conf=${5:-}
+  rm -rf "$work/rabbit"; mkdir -p "$work/rabbit"
+  if [[ -n $plugin ]]; then echo "[$plugin]." > "$work/rabbit/enabled_plugins"; else echo "[]." > "$work/rabbit/enabled_plugins"; fi
+  echo "$conf" > "$work/rabbit/rabbitmq.conf"
+  # The Debian package's scripts run the node as the rabbitmq user.
+  chmod 755 "$work"; chown -R rabbitmq:rabbitmq "$work/rabbit" 2>/dev/null || true
+  export RABBITMQ_NODENAME=$node RABBITMQ_NODE_PORT=$amqp_port \
+    RABBITMQ_MNESIA_BASE="$work/rabbit/mnesia" RABBITMQ_LOG_BASE="$work/rabbit/log" \
+    RABBITMQ_ENABLED_PLUGINS_FILE="$work/rabbit/enabled_plugins" RABBITMQ_PID_FILE="$work/rabbit/pid" \
+    RABBITMQ_CONFIG_FILE="$work/rabbit/rabbitmq.conf"
+  rabbitmq-server > "$work/rabbit/out" 2>&1 &
+  # Wait for the port rather than with rabbitmqctl, which needs the node's cookie.
+  wait_for_port "$wait_port" || { cat "$work/rabbit/out" >&2; echo "RabbitMQ did not open port $wait_port" >&2; exit 1; }
+  # The node writes its OS pid (the beam process, whose CPU and memory we sample) here.
+  for _ in $(seq 100); do [[ -s $work/rabbit/pid ]] && break; sleep 0.1; done
+  broker_pid=$(cat "$work/rabbit/pid")
+  port=$wait_port
+}
+
+stop_broker() {
+  [[ -z $broker_pid ]] && return 0
+  kill "$broker_pid" 2>/dev/null || true
+  wait "$broker_pid" 2>/dev/null || true
+  while kill -0 "$broker_pid" 2>/dev/null; do sleep 0.2; done
+  broker_pid=""
+}
