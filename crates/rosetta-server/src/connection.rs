@@ -22,6 +22,9 @@ const OUTBOX_BATCH: usize = 512;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a session that is closing may wait for the client's goodbye.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// A new connection's input buffer; it grows by [`READ_CHUNK`] once traffic fills it.
+const INITIAL_INPUT: usize = 512;
+const READ_CHUNK: usize = 16 * 1024;
 const TICK: Duration = Duration::from_millis(250);
 
 /// Heartbeat timing a session negotiated.
@@ -73,7 +76,7 @@ pub(crate) async fn drive<S: Session>(
     let traffic = state.metrics.traffic(S::PROTOCOL);
     let (mut reader, mut writer) = stream.into_split();
     let mut durable = state.broker.store().subscribe_durable();
-    let mut input = BytesMut::with_capacity(16 * 1024);
+    let mut input = BytesMut::with_capacity(INITIAL_INPUT);
     let started = Instant::now();
     let mut last_read = Instant::now();
     let mut last_write = Instant::now();
@@ -83,6 +86,11 @@ pub(crate) async fn drive<S: Session>(
     let mut alarm_live = true;
     session.set_alarm(*alarm.borrow_and_update());
     loop {
+        // Room for a whole chunk once the connection is busy, without paying for it while it
+        // idles (most MQTT devices send a packet a minute).
+        if input.capacity() - input.len() < INITIAL_INPUT / 2 {
+            input.reserve(READ_CHUNK);
+        }
         let keep = tokio::select! {
             read = reader.read_buf(&mut input), if !session.reading_paused() => match read {
                 Ok(0) | Err(_) => break,

@@ -117,7 +117,7 @@ impl Session {
             blocked: false,
             channels: HashMap::new(),
             outbox: tx,
-            out: BytesMut::with_capacity(16 * 1024),
+            out: BytesMut::with_capacity(512),
             to_dispatch: Vec::new(),
         };
         (session, rx)

@@ -142,7 +142,7 @@ impl Session {
             client_max_packet: u32::MAX,
             problem_info: true,
             will: None,
-            out: BytesMut::with_capacity(8 * 1024),
+            out: BytesMut::with_capacity(512),
             written: Vec::new(),
             alarm: false,
             published: false,

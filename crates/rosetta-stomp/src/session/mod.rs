@@ -119,7 +119,7 @@ impl Session {
             published: false,
             alarm: false,
             outbox: tx,
-            out: BytesMut::with_capacity(16 * 1024),
+            out: BytesMut::with_capacity(512),
             searched: 0,
             to_dispatch: Vec::new(),
         };
