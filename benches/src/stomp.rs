@@ -578,17 +578,22 @@ mod tests {
         );
         encode(&mut out, "RECEIPT", &[("receipt-id", "r")], b"");
         let mut buf = BytesMut::from(&out[..out.len() - 1]);
-        let first = parse(&mut buf).unwrap().unwrap();
+        let first = parse(&mut buf)
+            .expect("well-formed")
+            .expect("complete frame");
         assert_eq!(first.command, "MESSAGE");
         assert_eq!(first.get("ack"), Some("a:1"));
         assert_eq!(&first.body[..], b"x\0y");
         assert!(
-            parse(&mut buf).unwrap().is_none(),
+            parse(&mut buf).expect("well-formed").is_none(),
             "a frame missing its NUL is incomplete"
         );
         buf.extend_from_slice(b"\0");
         assert_eq!(
-            parse(&mut buf).unwrap().unwrap().get("receipt-id"),
+            parse(&mut buf)
+                .expect("well-formed")
+                .expect("complete frame")
+                .get("receipt-id"),
             Some("r")
         );
         assert!(buf.is_empty());
@@ -596,7 +601,7 @@ mod tests {
 
     #[test]
     fn uri_gives_address_credentials_and_virtual_host() {
-        let t = parse_uri("stomp://guest:secret@127.0.0.1:61613/%2f").unwrap();
+        let t = parse_uri("stomp://guest:secret@127.0.0.1:61613/%2f").expect("valid uri");
         assert_eq!(
             (
                 t.addr.as_str(),
