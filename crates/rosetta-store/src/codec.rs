@@ -62,14 +62,21 @@ const P_CLUSTER_ID: u16 = 1 << 13;
 const P_ALL: u16 = (1 << 14) - 1;
 
 pub fn encode_message(message: &Message) -> Vec<u8> {
-    let mut w = Writer::with_capacity(64 + message.body.len());
+    let mut out = Vec::with_capacity(64 + message.body.len());
+    encode_message_into(message, &mut out);
+    out
+}
+
+/// [`encode_message`] appended to `out`.
+pub fn encode_message_into(message: &Message, out: &mut Vec<u8>) {
+    let mut w = Writer::append_to(std::mem::take(out));
     header(&mut w, KIND_MESSAGE);
     w.varint(message.id);
     w.str(&message.exchange);
     w.str(&message.routing_key);
     encode_properties(&mut w, &message.properties);
     w.bytes(&message.body);
-    w.finish()
+    *out = w.finish();
 }
 
 /// Decodes a message body record. `key` only labels the error.

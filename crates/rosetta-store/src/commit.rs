@@ -1,8 +1,9 @@
 //! Group commit: one thread turns many durability requests into few fsyncs.
 //!
-//! Writers bump the current epoch after their write is buffered in sled. A requester records the
-//! epoch it needs and wakes the committer; the committer reads the current epoch as its target,
-//! flushes (sled's flush ends in fsync) and publishes the target as durable. Reading the target
+//! Writers bump the current epoch after their write is buffered. A requester records the epoch it
+//! needs and wakes the committer; the committer reads the current epoch as its target, writes the
+//! pending batch, fsyncs the body segments and flushes sled (which ends in fsync), and publishes
+//! the target as durable. Reading the target
 //! *before* flushing is what makes this correct: every epoch at or below it belongs to a write
 //! that was buffered before the flush began, so the flush covers it. Requests that arrive during
 //! a flush are batched into the next one.
@@ -21,6 +22,14 @@ use tokio::sync::watch;
 /// After a failed flush, wait this long before trying again, so a persistent disk error does
 /// not turn into a busy loop.
 const RETRY_AFTER_ERROR: Duration = Duration::from_millis(100);
+/// A flush of at least this many message writes means several publishers (or one with many
+/// confirms outstanding) are waiting on the store...
+const BUSY_BATCH: usize = 16;
+/// ...so the next flush waits this long for more writes to join it. Each flush costs two fsyncs
+/// and a round of wake-ups whatever its size; under load, fewer and larger ones leave more CPU
+/// for the messages themselves. A lone publisher waiting on each confirm writes batches of one
+/// and never waits.
+const BUSY_LINGER: Duration = Duration::from_micros(500);
 
 /// Told how long each flush (write-out plus fsync) took, e.g. to feed a latency histogram.
 /// Called on the commit thread, so it must be quick and must not block.
@@ -161,20 +170,29 @@ impl Committer {
                     return;
                 }
             }
-            if self.flush(writer).is_err() {
-                std::thread::sleep(RETRY_AFTER_ERROR);
+            match self.flush(writer) {
+                Ok(writes) if writes >= BUSY_BATCH => std::thread::sleep(BUSY_LINGER),
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(RETRY_AFTER_ERROR),
             }
         }
     }
 
     /// One flush covering every write buffered so far; also used for the final flush on drop.
-    pub fn flush(&self, writer: &Writer) -> Result<(), StoreError> {
+    /// Returns how many message writes it covered.
+    pub fn flush(&self, writer: &Writer) -> Result<usize, StoreError> {
         let started = Instant::now();
         let (target, result) = match writer.write_pending() {
-            Ok(target) => (
-                target,
-                writer.db.flush().map(drop).map_err(|e| e.to_string()),
-            ),
+            Ok(written) => match writer.sync() {
+                Ok(()) => {
+                    writer.remove_segments(written.retired);
+                    (written.target, Ok(written.writes))
+                }
+                Err(e) => {
+                    writer.keep_retired(written.retired);
+                    (0, Err(e.to_string()))
+                }
+            },
             Err(e) => (0, Err(e.to_string())),
         };
         let elapsed = started.elapsed();
@@ -187,14 +205,14 @@ impl Committer {
 
         let mut st = self.state.lock();
         match result {
-            Ok(_) => {
+            Ok(writes) => {
                 // fetch_max: a concurrent final flush may already have published a later epoch.
                 let previous = self.durable.fetch_max(target, Ordering::SeqCst);
                 if target > previous {
                     self.durable_tx.send_replace(target);
                 }
                 self.done.notify_all();
-                Ok(())
+                Ok(writes)
             }
             Err(reason) => {
                 tracing::error!(error = %reason, "store flush failed");

@@ -3,13 +3,17 @@
 use rosetta_core::store::{BindingRecord, MessageSummary};
 
 use crate::codec;
+use crate::segments::Location;
 
 /// Length of a queue entry key: queue id and sequence, both big-endian u64.
 pub const ENTRY_KEY_LEN: usize = 16;
 /// Length of a queue entry value: message id (u64 BE), flags, body length (u64 BE), priority,
-/// per-message TTL in ms (u64 BE). The summary fields let recovery rebuild a queue without
-/// reading any body.
-pub const ENTRY_VALUE_LEN: usize = 26;
+/// per-message TTL in ms (u64 BE), then the body's segment location. The summary fields let
+/// recovery rebuild a queue without reading any body.
+pub const ENTRY_VALUE_LEN: usize = SUMMARY_VALUE_LEN + Location::ENCODED_LEN;
+/// Length of an entry value written by layout 2 (or naming a body kept in sled's `bodies`
+/// tree): the summary without a location.
+pub const SUMMARY_VALUE_LEN: usize = 26;
 /// Length of an entry value written by layout 1: message id and flags only.
 pub const LEGACY_ENTRY_VALUE_LEN: usize = 9;
 /// Offset of the flags byte, the same in both layouts.
@@ -90,8 +94,14 @@ pub fn queue_prefix(queue_id: u64) -> [u8; 8] {
     queue_id.to_be_bytes()
 }
 
-pub fn entry_value(summary: &MessageSummary, redelivered: bool) -> [u8; ENTRY_VALUE_LEN] {
-    let mut v = [0u8; ENTRY_VALUE_LEN];
+/// The entry value; without a location (a body in sled's `bodies` tree) it is the shorter
+/// layout 2 value.
+pub fn entry_value(
+    summary: &MessageSummary,
+    redelivered: bool,
+    location: Option<Location>,
+) -> Vec<u8> {
+    let mut v = vec![0u8; SUMMARY_VALUE_LEN];
     v[..8].copy_from_slice(&summary.id.to_be_bytes());
     let mut flags = if redelivered { FLAG_REDELIVERED } else { 0 };
     if summary.priority.is_some() {
@@ -104,6 +114,9 @@ pub fn entry_value(summary: &MessageSummary, redelivered: bool) -> [u8; ENTRY_VA
     v[9..17].copy_from_slice(&summary.body_len.to_be_bytes());
     v[17] = summary.priority.unwrap_or(0);
     v[18..].copy_from_slice(&summary.expiration_ms.unwrap_or(0).to_be_bytes());
+    if let Some(location) = location {
+        v.extend_from_slice(&location.encode());
+    }
     v
 }
 
@@ -114,6 +127,8 @@ pub struct EntryValue {
     pub redelivered: bool,
     /// `None` for a layout 1 value, which has no summary: the body must be read for it.
     pub summary: Option<MessageSummary>,
+    /// Where the body is in the segments; `None` when it is in sled's `bodies` tree.
+    pub location: Option<Location>,
 }
 
 /// The same entry value with the redelivered flag set (either layout).
@@ -150,8 +165,9 @@ pub fn parse_entry_value(value: &[u8]) -> Option<EntryValue> {
             message_id,
             redelivered,
             summary: None,
+            location: None,
         }),
-        ENTRY_VALUE_LEN if flags & !ALL_FLAGS == 0 => {
+        SUMMARY_VALUE_LEN | ENTRY_VALUE_LEN if flags & !ALL_FLAGS == 0 => {
             let summary = MessageSummary {
                 id: message_id,
                 body_len: u64_at(9)?,
@@ -162,14 +178,24 @@ pub fn parse_entry_value(value: &[u8]) -> Option<EntryValue> {
                     None
                 },
             };
+            let location = match value.get(SUMMARY_VALUE_LEN..) {
+                Some([]) | None => None,
+                Some(rest) => Some(Location::decode(rest)?),
+            };
             Some(EntryValue {
                 message_id,
                 redelivered,
                 summary: Some(summary),
+                location,
             })
         }
         _ => None,
     }
+}
+
+/// A big-endian u64 value, as the `delivered` tree holds.
+pub fn parse_seq(value: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(value.try_into().ok()?))
 }
 
 pub fn parse_message_key(key: &[u8]) -> Option<u64> {

@@ -10,13 +10,19 @@
 //! | `exchanges` | `vhost \0 name`                                  | encoded [`ExchangeRecord`]     |
 //! | `queues`    | `vhost \0 name`                                  | encoded [`QueueRecord`]        |
 //! | `bindings`  | `vhost \0` then source, destination (each u32 BE length + bytes), `q`/`e`, routing key (length-prefixed), encoded arguments | encoded [`BindingRecord`] |
-//! | `bodies`    | message id, u64 big-endian                       | encoded [`Message`]            |
-//! | `entries`   | queue id (u64 BE) ++ seq (u64 BE)                | message id (u64 BE) ++ flags (bit 0: redelivered, 1: has priority, 2: has TTL) ++ body length (u64 BE) ++ priority (u8) ++ per-message TTL ms (u64 BE) |
+//! | `bodies`    | message id, u64 big-endian                       | encoded [`Message`] (layouts 1 and 2 only; read until drained) |
+//! | `entries`   | queue id (u64 BE) ++ seq (u64 BE)                | message id (u64 BE) ++ flags (bit 0: redelivered, 1: has priority, 2: has TTL) ++ body length (u64 BE) ++ priority (u8) ++ per-message TTL ms (u64 BE) ++ body location: segment (u32 BE), offset (u32 BE), record length (u32 BE) |
+//! | `delivered` | queue id (u64 BE)                                | highest seq delivered (u64 BE): entries at or below it recover as redelivered; folded into the entries' flags at recovery |
 //! | `records`   | `namespace \0 key` (key bytes chosen by the front-end) | opaque bytes, encoded by the front-end |
+//!
+//! Message bodies are not in sled: they are appended to segment files in the `segments`
+//! subdirectory (see `segments` for why and for the record layout), and an entry names its
+//! body's place.
 //!
 //! Big-endian integers make sled's byte order numeric order, so a queue's entries come back in
 //! sequence order from a prefix scan on its id. The default tree holds a format marker (layout
-//! 2; layout 1, whose entry values stop after the flags, is still read).
+//! 3; layout 2, whose entry values stop before the location and whose bodies are in the
+//! `bodies` tree, and layout 1, whose entry values stop after the flags, are still read).
 //!
 //! An entry value carries the summary of its message (body length, priority, TTL), so recovery
 //! rebuilds every queue from the `entries` tree alone and bodies stay on disk until a queue
@@ -26,19 +32,20 @@
 //!
 //! A message routed to several durable queues has one body and one entry per queue. An
 //! in-memory reference count per message id (rebuilt by `recover`) decides when the last entry
-//! is gone and the body can be deleted.
+//! is gone and the body is dead; a segment is deleted when its last body is.
 //!
 //! # Write-behind
 //!
 //! Queue entries and bodies are not written when a publisher hands them over: they wait in
-//! memory (`pending`) and the commit thread writes each batch just before its fsync, so an
-//! entry acknowledged in the meantime is never written at all. Metadata (exchanges, queues,
-//! bindings, records) is written at once.
+//! memory (`pending`) and the commit thread writes each batch just before its fsyncs (segments,
+//! then sled), so an entry acknowledged in the meantime is never written at all. Metadata
+//! (exchanges, queues, bindings, records) is written at once.
 //!
 //! # Crash ordering
 //!
-//! Bodies are written before their entries and deleted after them. A crash in between leaves at
-//! worst a body nobody references, which recovery deletes; it never leaves an entry pointing at
+//! Bodies are written before their entries and deleted after them (a segment file only once the
+//! entry deletions that emptied it are durable). A crash in between leaves at worst a body
+//! nobody references, which recovery deletes; it never leaves a confirmed entry pointing at
 //! nothing (a damaged store may hold one anyway: recovery warns, and the queue drops the entry
 //! with a warning when it fails to read the body). Within each step, writes go to sled in
 //! bounded chunks rather than one batch (see `chunked`); the order above is what recovery
@@ -56,6 +63,7 @@ mod keys;
 mod pending;
 mod recover;
 mod refs;
+mod segments;
 mod sled_store;
 mod wire;
 

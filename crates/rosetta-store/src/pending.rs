@@ -21,9 +21,10 @@ pub(crate) struct Pending {
     pub puts: HashMap<(u64, u64), (MessageSummary, bool)>,
     /// Written entries to delete.
     pub deletes: Vec<(u64, u64)>,
-    /// Written entries to flag redelivered.
-    pub marks: Vec<(u64, u64)>,
-    /// Written bodies whose last entry went.
+    /// Per queue, the highest seq of a written entry delivered since the last batch (see
+    /// `delivered` in the crate docs).
+    pub delivered: HashMap<u64, u64>,
+    /// Bodies in sled's `bodies` tree (an older layout) whose last entry went.
     pub body_deletes: Vec<u64>,
     /// Bodies the commit thread has taken from `bodies` and is writing right now, so that a
     /// reader finds a body between the moment it leaves `bodies` and the moment sled has it.
@@ -36,13 +37,19 @@ impl Pending {
         self.bodies.is_empty()
             && self.puts.is_empty()
             && self.deletes.is_empty()
-            && self.marks.is_empty()
+            && self.delivered.is_empty()
             && self.body_deletes.is_empty()
     }
 
-    /// Writes that no caller waits on (deletes and marks), so none requests their flush.
+    /// Writes that no caller waits on (deletes and delivery marks), so none requests their
+    /// flush.
     pub fn unrequested_writes(&self) -> usize {
-        self.deletes.len() + self.marks.len() + self.body_deletes.len()
+        self.deletes.len() + self.delivered.len() + self.body_deletes.len()
+    }
+
+    /// Whether body `id` is being written right now.
+    pub fn is_writing(&self, id: u64) -> bool {
+        self.writing.as_ref().is_some_and(|w| w.contains_key(&id))
     }
 
     /// A body not yet on disk, if it is waiting here or being written.
@@ -66,7 +73,7 @@ impl Pending {
             }
         });
         self.deletes.retain(|(q, _)| *q != queue);
-        self.marks.retain(|(q, _)| *q != queue);
+        self.delivered.remove(&queue);
         released
     }
 }

@@ -1,11 +1,11 @@
 //! Startup recovery: read every record back, share bodies between queues, rebuild reference
-//! counts and clear what a crash between two writes left behind.
+//! counts and segment live counts, and clear what a crash between two writes left behind.
 //!
 //! Bodies are not read: queue entries carry the summary the core needs, and each entry goes to
 //! the caller as soon as it is read, so recovering a backlog of millions holds neither their
 //! bodies nor a list of them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use rosetta_core::store::{MessageSummary, QueueRecord, Recovered, RecoveredEntry, StoreError};
 
@@ -42,6 +42,13 @@ pub fn recover(
 
     store.refs.clear();
     let referenced = load_entries(store, &queues, each, &mut out.max_message_id)?;
+    let dead_segments = store.segments.recovered()?;
+    if dead_segments > 0 {
+        tracing::info!(
+            count = dead_segments,
+            "removed body segments no queue references"
+        );
+    }
     let found = remove_orphan_bodies(store, &mut out.max_message_id)?;
     if found < referenced {
         // The write order never leaves an entry without its body, so only a damaged store gets
@@ -57,7 +64,8 @@ pub fn recover(
 }
 
 /// Hands every entry to `each` with its queue (already in seq order: keys sort by queue, then
-/// seq), counts references to each body and returns how many distinct bodies are referenced.
+/// seq), counts references to each body and returns how many distinct bodies kept in sled's
+/// `bodies` tree (older layouts) are referenced; bodies in segments are counted live there.
 /// The entry value carries the message summary; a layout 1 entry, which does not, reads it from
 /// its body. Entries of queues that no longer exist are removed, and so are layout 1 entries
 /// whose body is missing.
@@ -70,6 +78,9 @@ fn load_entries(
     let mut referenced = 0usize;
     let mut stale = Chunked::new(&store.entries);
     let mut stale_count = 0usize;
+    let watermarks = delivery_watermarks(store)?;
+    let mut flagged = Chunked::new(&store.entries);
+    let mut flagged_count = 0usize;
 
     for item in store.entries.iter() {
         let (k, v) = item.map_err(engine)?;
@@ -103,24 +114,51 @@ fn load_entries(
                 }
             },
         };
-        if store.refs.add(message_id) {
-            referenced += 1;
+        let delivered = watermarks.get(&queue_id).is_some_and(|w| seq <= *w);
+        let redelivered = value.redelivered || delivered;
+        if redelivered && !value.redelivered {
+            // Kept in the entry itself, so the watermark can go.
+            let flagged_value =
+                keys::with_redelivered(&v).ok_or_else(|| corrupt(&k, "queue entry value"))?;
+            flagged.insert(k.clone(), flagged_value)?;
+            flagged_count += 1;
+        }
+        if store.refs.add(message_id, value.location) {
+            match value.location {
+                Some(location) => store.segments.recovered_body(location),
+                None => referenced += 1,
+            }
         }
         each(
             queue,
             RecoveredEntry {
                 seq,
-                redelivered: value.redelivered,
+                redelivered,
                 summary,
             },
         );
     }
 
     stale.finish()?;
-    if stale_count > 0 {
+    // Flags first, watermarks after: a crash in between recovers the same flags again.
+    flagged.finish()?;
+    store.delivered.clear().map_err(engine)?;
+    if stale_count + flagged_count > 0 || !watermarks.is_empty() {
         store.committer.advance();
     }
     Ok(referenced)
+}
+
+/// Each queue's delivery watermark (see `mark_redelivered`).
+fn delivery_watermarks(store: &SledStore) -> Result<HashMap<u64, u64>, StoreError> {
+    let mut marks = HashMap::new();
+    for item in store.delivered.iter() {
+        let (k, v) = item.map_err(engine)?;
+        let queue = keys::parse_seq(&k).ok_or_else(|| corrupt(&k, "delivery watermark key"))?;
+        let seq = keys::parse_seq(&v).ok_or_else(|| corrupt(&k, "delivery watermark"))?;
+        marks.insert(queue, seq);
+    }
+    Ok(marks)
 }
 
 /// Deletes bodies no entry references: written by an enqueue whose entries never made it to

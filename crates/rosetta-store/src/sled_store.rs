@@ -1,5 +1,6 @@
 //! [`SledStore`]: opening the database and the write side of the [`Store`] trait.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -16,6 +17,7 @@ use crate::chunked::Chunked;
 use crate::commit::{Committer, FlushObserver};
 use crate::pending::Pending;
 use crate::refs::RefCounts;
+use crate::segments::{Location, Segments};
 use crate::{codec, keys};
 
 /// sled's page cache. Large enough that queue heads and recent bodies stay in memory, and
@@ -29,12 +31,16 @@ const FLUSH_AFTER_WRITES: usize = 65_536;
 /// at open instead of being misread record by record.
 const FORMAT_KEY: &[u8] = b"rosetta-format";
 /// The layout this build writes. Layout 2 added the message summary to queue entry values, so
-/// recovery rebuilds queues without reading bodies.
-const LAYOUT_VERSION: u8 = 2;
-/// The layout this build still opens: its entry values lack the summary, which recovery then
-/// reads from the body. Opening such a store marks it layout 2 (new entries use the new values,
-/// which an older build could not read).
-const LEGACY_LAYOUT: u8 = 1;
+/// recovery rebuilds queues without reading bodies; layout 3 moved bodies out of sled into
+/// segment files, entry values naming their place.
+const LAYOUT_VERSION: u8 = 3;
+/// The layouts this build still opens: bodies in sled's `bodies` tree, which are read from
+/// there until their last entry goes, and (layout 1) entry values without the summary, which
+/// recovery then reads from the body. Opening such a store marks it layout 3 (new entries use
+/// the new values, which an older build could not read).
+const LEGACY_LAYOUTS: [u8; 2] = [1, 2];
+/// Subdirectory of the store holding the body segments.
+const SEGMENTS_DIR: &str = "segments";
 
 /// A durable store on sled, with group commit on a dedicated thread.
 pub struct SledStore {
@@ -44,8 +50,10 @@ pub struct SledStore {
     pub(crate) bindings: sled::Tree,
     pub(crate) bodies: sled::Tree,
     pub(crate) entries: sled::Tree,
+    pub(crate) delivered: sled::Tree,
     pub(crate) records: sled::Tree,
-    pub(crate) refs: RefCounts,
+    pub(crate) refs: Arc<RefCounts>,
+    pub(crate) segments: Arc<Segments>,
     /// Message writes waiting for the commit thread (see `pending`).
     pub(crate) pending: Arc<Mutex<Pending>>,
     pub(crate) committer: Arc<Committer>,
@@ -59,81 +67,144 @@ pub(crate) struct Writer {
     pub db: sled::Db,
     bodies: sled::Tree,
     entries: sled::Tree,
+    delivered: sled::Tree,
+    refs: Arc<RefCounts>,
+    segments: Arc<Segments>,
     pending: Arc<Mutex<Pending>>,
     committer: Arc<Committer>,
 }
 
+/// What one commit wrote: the epoch it covers and the segments to delete once it is durable.
+pub(crate) struct Written {
+    pub target: Epoch,
+    pub retired: Vec<u32>,
+    /// Message writes in the batch (bodies, entries and their deletions).
+    pub writes: usize,
+}
+
 impl Writer {
-    /// Takes the pending batch, writes it to sled (not yet synced) and returns the epoch it
-    /// covers. The epoch is read under the pending lock, where writers bump it, so every epoch
-    /// up to it belongs to this batch or an earlier one.
-    pub fn write_pending(&self) -> Result<Epoch, StoreError> {
-        let (batch, written, target) = {
+    /// Takes the pending batch, writes it (not yet synced) and returns what it covers. The
+    /// epoch is read under the pending lock, where writers bump it, so every epoch up to it
+    /// belongs to this batch or an earlier one; the retired segments are taken there too, so
+    /// the deletions that emptied them are in this batch or an earlier one.
+    pub fn write_pending(&self) -> Result<Written, StoreError> {
+        let (batch, written, done) = {
             let mut pending = self.pending.lock();
             let mut batch = std::mem::take(&mut *pending);
-            // Readers look for these bodies in `writing` until sled has them.
+            // Readers look for these bodies in `writing` until their location is known.
             let written = Arc::new(std::mem::take(&mut batch.bodies));
             if !written.is_empty() {
                 pending.writing = Some(written.clone());
             }
-            (batch, written, self.committer.current())
+            let done = Written {
+                target: self.committer.current(),
+                retired: self.segments.take_retired(),
+                writes: written.len() + batch.puts.len() + batch.deletes.len(),
+            };
+            (batch, written, done)
         };
         if batch.is_empty() && written.is_empty() {
-            return Ok(target);
+            return Ok(done);
         }
-        // Bodies before entries, entry deletes before body deletes: a crash in between leaves
-        // only orphan bodies, which recovery removes.
-        let applied = (|| {
-            let mut bodies = Chunked::new(&self.bodies);
-            for (id, message) in written.iter() {
-                bodies.insert(&keys::message(*id), codec::encode_message(message))?;
-            }
-            bodies.finish()
-        })();
-        // Whether or not it worked, readers look in sled again from here on.
+        // Bodies before the entries naming them, entry deletes before body deletes: a crash in
+        // between leaves only orphan bodies, which recovery removes.
+        let located = self.write_bodies(&written);
+        // Whether or not it worked, readers look up locations from here on.
         self.pending.lock().writing = None;
-        applied?;
+        let located = match located {
+            Ok(located) => located,
+            Err(e) => {
+                // Nothing else will delete them before a restart.
+                self.segments.restore_retired(done.retired);
+                return Err(e);
+            }
+        };
         let mut entries = Chunked::new(&self.entries);
         for ((queue, seq), (summary, redelivered)) in &batch.puts {
+            let location = located
+                .get(&summary.id)
+                .copied()
+                .or_else(|| self.refs.location(summary.id));
             entries.insert(
                 &keys::entry(*queue, *seq),
-                &keys::entry_value(summary, *redelivered),
+                keys::entry_value(summary, *redelivered, location),
             )?;
         }
         for (queue, seq) in &batch.deletes {
             entries.remove(&keys::entry(*queue, *seq))?;
         }
         entries.finish()?;
-        for (queue, seq) in &batch.marks {
-            self.mark_written(*queue, *seq)?;
+        for (queue, seq) in &batch.delivered {
+            self.raise_delivered(*queue, *seq)?;
         }
         let mut gone = Chunked::new(&self.bodies);
         for id in &batch.body_deletes {
             gone.remove(&keys::message(*id))?;
         }
         gone.finish()?;
-        Ok(target)
+        Ok(done)
     }
 
-    fn mark_written(&self, queue_id: u64, seq: u64) -> Result<(), StoreError> {
-        let key = keys::entry(queue_id, seq);
-        let Some(current) = self.entries.get(key).map_err(engine)? else {
-            return Ok(());
-        };
-        match keys::parse_entry_value(&current) {
-            Some(value) if value.redelivered => Ok(()),
-            Some(_) => {
-                let new = keys::with_redelivered(&current)
-                    .ok_or_else(|| codec::corrupt(&key, "queue entry value"))?;
-                // Compare-and-swap so a delete applied meanwhile is not undone.
-                let _ = self
-                    .entries
-                    .compare_and_swap(key, Some(current), Some(new))
-                    .map_err(engine)?;
-                Ok(())
-            }
-            None => Err(codec::corrupt(&key, "queue entry value")),
+    /// Appends the batch's bodies to the segments and records where each went. A body whose
+    /// last entry went while it was being written is released at once.
+    fn write_bodies(
+        &self,
+        written: &HashMap<u64, Arc<Message>>,
+    ) -> Result<HashMap<u64, Location>, StoreError> {
+        if written.is_empty() {
+            return Ok(HashMap::new());
         }
+        // In id order, which is publish order: a backlog is read back sequentially.
+        let mut messages: Vec<&Message> = written.values().map(|m| &**m).collect();
+        messages.sort_unstable_by_key(|m| m.id);
+        let locations = self.segments.append(&messages)?;
+        let mut located = HashMap::with_capacity(messages.len());
+        for (message, location) in messages.iter().zip(locations) {
+            let mut refs = self.refs.lock(message.id);
+            match refs.get_mut(&message.id) {
+                Some(body) => body.location = Some(location),
+                None => self.segments.release(location),
+            }
+            located.insert(message.id, location);
+        }
+        Ok(located)
+    }
+
+    /// Makes everything written so far durable: the segments first, then sled.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.segments.sync()?;
+        self.db.flush().map(drop).map_err(engine)
+    }
+
+    /// Deletes segments once the commit that emptied them is durable.
+    pub fn remove_segments(&self, retired: Vec<u32>) {
+        for number in retired {
+            if let Err(e) = self.segments.remove(number) {
+                tracing::warn!(segment = number, error = %e, "cannot delete an empty segment");
+            }
+        }
+    }
+
+    /// Gives back segments a failed commit could not delete.
+    pub fn keep_retired(&self, retired: Vec<u32>) {
+        self.segments.restore_retired(retired);
+    }
+
+    /// Raises the queue's delivery watermark to `seq`: after a restart, every entry of the
+    /// queue at or below it comes back redelivered.
+    fn raise_delivered(&self, queue_id: u64, seq: u64) -> Result<(), StoreError> {
+        let key = keys::queue_prefix(queue_id);
+        let current = self
+            .delivered
+            .get(key)
+            .map_err(engine)?
+            .and_then(|v| keys::parse_seq(&v));
+        if current.is_none_or(|c| c < seq) {
+            self.delivered
+                .insert(key, &seq.to_be_bytes())
+                .map_err(engine)?;
+        }
+        Ok(())
     }
 }
 
@@ -156,13 +227,18 @@ impl SledStore {
                 StoreError::Engine(format!("cannot open store at {}: {e}", path.display()))
             })?;
         check_format(&db)?;
+        let segments = Arc::new(Segments::open(&path.join(SEGMENTS_DIR))?);
         let tree = |name: &str| db.open_tree(name).map_err(engine);
         let committer = Committer::new();
         let pending = Arc::new(Mutex::new(Pending::default()));
+        let refs = Arc::new(RefCounts::new());
         let writer = Writer {
             db: db.clone(),
             bodies: tree("bodies")?,
             entries: tree("entries")?,
+            delivered: tree("delivered")?,
+            refs: refs.clone(),
+            segments: segments.clone(),
             pending: pending.clone(),
             committer: committer.clone(),
         };
@@ -175,8 +251,10 @@ impl SledStore {
             bindings: tree("bindings")?,
             bodies: writer.bodies.clone(),
             entries: writer.entries.clone(),
+            delivered: writer.delivered.clone(),
             records: tree("records")?,
-            refs: RefCounts::new(),
+            refs,
+            segments,
             pending,
             committer,
             writer,
@@ -202,7 +280,8 @@ impl SledStore {
 
     /// Number of message bodies stored (each counted once however many queues hold it).
     pub fn body_count(&self) -> usize {
-        self.bodies.len()
+        let in_segments = usize::try_from(self.segments.live_bodies()).unwrap_or(usize::MAX);
+        in_segments + self.bodies.len()
     }
 
     /// Number of queue entries stored, across all queues.
@@ -213,10 +292,16 @@ impl SledStore {
     /// Reads a written body; `None` if it is not on disk.
     pub(crate) fn read_body(&self, id: u64) -> Result<Option<Arc<Message>>, StoreError> {
         let key = keys::message(id);
-        let Some(raw) = self.bodies.get(key).map_err(engine)? else {
-            return Ok(None);
+        let message = match self.refs.location(id) {
+            Some(location) => self.segments.read(location, &key)?,
+            None => {
+                // Written by an older layout, into sled.
+                let Some(raw) = self.bodies.get(key).map_err(engine)? else {
+                    return Ok(None);
+                };
+                codec::decode_message(&raw, &key)?
+            }
         };
-        let message = codec::decode_message(&raw, &key)?;
         if message.id != id {
             return Err(codec::corrupt(&key, "message id differs from its key"));
         }
@@ -240,15 +325,24 @@ impl SledStore {
         let mut refs = self.refs.lock(id);
         // An unknown count means this store never counted the body (e.g. `recover` was not
         // called yet), so it may still be referenced: leave it for recovery to judge.
-        let Some(count) = refs.get_mut(&id) else {
+        let Some(body) = refs.get_mut(&id) else {
             return;
         };
-        *count = count.saturating_sub(n);
-        if *count == 0 {
-            refs.remove(&id);
-            if pending.bodies.remove(&id).is_none() {
-                pending.body_deletes.push(id);
-            }
+        body.count = body.count.saturating_sub(n);
+        if body.count > 0 {
+            return;
+        }
+        let location = body.location;
+        refs.remove(&id);
+        if pending.bodies.remove(&id).is_some() {
+            // Never written.
+            return;
+        }
+        match location {
+            Some(location) => self.segments.release(location),
+            // Being appended right now: the commit thread releases it when it finds no count.
+            None if pending.is_writing(id) => {}
+            None => pending.body_deletes.push(id),
         }
     }
 }
@@ -296,13 +390,13 @@ fn check_format(db: &sled::Db) -> Result<(), StoreError> {
             Ok(())
         }
         Some(v) if v.as_ref() == [LAYOUT_VERSION] => Ok(()),
-        Some(v) if v.as_ref() == [LEGACY_LAYOUT] => {
-            tracing::info!(from = LEGACY_LAYOUT, to = LAYOUT_VERSION, "store layout upgraded");
+        Some(v) if v.len() == 1 && LEGACY_LAYOUTS.contains(&v[0]) => {
+            tracing::info!(from = v[0], to = LAYOUT_VERSION, "store layout upgraded");
             db.insert(FORMAT_KEY, &[LAYOUT_VERSION]).map_err(engine)?;
             Ok(())
         }
         Some(v) => Err(StoreError::Engine(format!(
-            "store format {:?} is not supported (this build reads formats {LEGACY_LAYOUT} and {LAYOUT_VERSION})",
+            "store format {:?} is not supported (this build reads formats {LEGACY_LAYOUTS:?} and {LAYOUT_VERSION})",
             v.as_ref(),
         ))),
     }
@@ -345,6 +439,9 @@ impl Store for SledStore {
                 self.queues.remove(&key).map_err(engine)?;
             }
         }
+        self.delivered
+            .remove(keys::queue_prefix(id))
+            .map_err(engine)?;
 
         let mut batch = Chunked::new(&self.entries);
         let mut pending = self.pending.lock();
@@ -400,7 +497,7 @@ impl Store for SledStore {
         for (queue, seq) in queue_seqs {
             pending.puts.insert((*queue, *seq), (summary, false));
         }
-        *refs.entry(id).or_default() += queue_seqs.len() as u64;
+        refs.entry(id).or_default().count += queue_seqs.len() as u64;
         Ok(self.committer.advance())
     }
 
@@ -414,11 +511,20 @@ impl Store for SledStore {
         Ok(self.advance_buffered(&pending))
     }
 
+    /// An entry not yet written gets the flag in its value. For a written one, rewriting its
+    /// value would cost sled a node copy per delivery, so the queue's delivery watermark is
+    /// raised instead (one write per queue per commit): after a restart every entry at or below
+    /// it comes back redelivered. Queues deliver in seq order except across priorities and
+    /// requeues, so the flag may be set on an entry that was not delivered, never missing on
+    /// one that was, which is the direction AMQP's `redelivered` allows.
     fn mark_redelivered(&self, queue_id: u64, seq: u64) -> Result<Epoch, StoreError> {
         let mut pending = self.pending.lock();
         match pending.puts.get_mut(&(queue_id, seq)) {
             Some((_, redelivered)) => *redelivered = true,
-            None => pending.marks.push((queue_id, seq)),
+            None => {
+                let mark = pending.delivered.entry(queue_id).or_default();
+                *mark = (*mark).max(seq);
+            }
         }
         Ok(self.advance_buffered(&pending))
     }
@@ -498,10 +604,11 @@ impl Store for SledStore {
     }
 
     fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or_else(|e| {
+        let sled = self.db.size_on_disk().unwrap_or_else(|e| {
             tracing::warn!(error = %e, "cannot read store size");
             0
-        })
+        });
+        sled + self.segments.size_on_disk()
     }
 }
 

@@ -15,6 +15,11 @@ impl Writer {
         }
     }
 
+    /// A writer that appends to `buf`, so one buffer can take many records.
+    pub fn append_to(buf: Vec<u8>) -> Self {
+        Writer { buf }
+    }
+
     pub fn finish(self) -> Vec<u8> {
         self.buf
     }

@@ -78,9 +78,6 @@ fn recovered_queues_share_one_message_and_keep_seq_order_and_redelivery() {
             .enqueue(&message(7, "second"), &[(1, 2)])
             .expect("enqueue");
         store.mark_redelivered(1, 2).expect("mark");
-        store
-            .mark_redelivered(1, 999)
-            .expect("marking a missing entry is a no-op");
         store.sync().expect("sync");
     }
     let store = open(dir.path());
@@ -189,14 +186,12 @@ fn a_corrupt_body_is_reported_when_read_not_a_panic() {
         store.save_queue(&queue(1, "q")).expect("queue");
         store.enqueue(&message(1, "x"), &[(1, 1)]).expect("enqueue");
     }
-    {
-        let db = common::raw_open(dir.path());
-        db.open_tree("bodies")
-            .expect("tree")
-            .insert(1u64.to_be_bytes(), &[1u8, 1, 0xff][..])
-            .expect("insert");
-        db.flush().expect("flush");
-    }
+    // Flip a byte of the body inside its record: the checksum catches it.
+    let segments = common::segment_files(dir.path());
+    let mut bytes = std::fs::read(&segments[0]).expect("read");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&segments[0], bytes).expect("damage");
     let store = open(dir.path());
     let r = store
         .recover()
@@ -207,4 +202,99 @@ fn a_corrupt_body_is_reported_when_read_not_a_panic() {
         matches!(err, rosetta_core::store::StoreError::Corrupt { .. }),
         "{err}"
     );
+}
+
+#[test]
+fn segments_whose_bodies_are_all_consumed_are_deleted_by_the_next_commit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    store.save_queue(&queue(1, "q")).expect("queue");
+    let big = "x".repeat(1024 * 1024);
+    for id in 1..=40u64 {
+        store
+            .enqueue(&message(id, &big), &[(1, id)])
+            .expect("enqueue");
+        // One commit per message, as under a slow consumer: every body reaches a segment.
+        store.sync().expect("sync");
+    }
+    let written = common::segment_files(dir.path()).len();
+    assert!(written >= 3, "40 MiB fill several segments, got {written}");
+    for id in 1..=39u64 {
+        store.dequeue(1, id, id).expect("dequeue");
+    }
+    store.sync().expect("sync");
+    let left = common::segment_files(dir.path()).len();
+    assert_eq!(left, 1, "only the segment holding message 40 is left");
+    assert_eq!(
+        store.load_message(40).expect("load").as_deref(),
+        Some(message(40, &big).as_ref())
+    );
+}
+
+#[test]
+fn recovery_deletes_segments_no_entry_refers_to() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = open(dir.path());
+        store.save_queue(&queue(1, "q")).expect("queue");
+        store
+            .enqueue(&message(1, "orphaned"), &[(1, 1)])
+            .expect("enqueue");
+        store.sync().expect("sync");
+    }
+    assert_eq!(common::segment_files(dir.path()).len(), 1);
+    // A crash can leave a segment whose entries never reached sled.
+    {
+        let db = common::raw_open(dir.path());
+        db.open_tree("entries")
+            .expect("tree")
+            .clear()
+            .expect("clear");
+        db.flush().expect("flush");
+    }
+    let store = open(dir.path());
+    let r = store.recover().expect("recover");
+    assert!(r.queues[0].1.is_empty());
+    assert!(common::segment_files(dir.path()).is_empty());
+    assert_eq!(store.body_count(), 0);
+}
+
+#[test]
+fn entries_at_or_below_a_delivered_written_entry_recover_redelivered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = open(dir.path());
+        store.save_queue(&queue(1, "q")).expect("queue");
+        store.save_queue(&queue(2, "other")).expect("queue");
+        for seq in 1..=3u64 {
+            store
+                .enqueue(&message(seq, "m"), &[(1, seq)])
+                .expect("enqueue");
+        }
+        store
+            .enqueue(&message(4, "elsewhere"), &[(2, 1)])
+            .expect("enqueue");
+        store.sync().expect("sync");
+        // Written entries: the delivery raises queue 1's watermark, not the entry value.
+        store.mark_redelivered(1, 2).expect("mark");
+        store.sync().expect("sync");
+    }
+    let flags = |store: &rosetta_store::SledStore| {
+        let r = store.recover().expect("recover");
+        r.queues
+            .iter()
+            .map(|(_, entries)| entries.iter().map(|e| e.redelivered).collect::<Vec<_>>())
+            .collect::<Vec<_>>()
+    };
+    let store = open(dir.path());
+    assert_eq!(
+        flags(&store),
+        vec![vec![true, true, false], vec![false]],
+        "seq 1 may have been delivered before seq 2, so it is flagged too; seq 3 was not"
+    );
+    store.sync().expect("sync");
+    drop(store);
+    // Recovery folded the watermark into the entries: a second restart agrees.
+    let store = open(dir.path());
+    assert_eq!(flags(&store), vec![vec![true, true, false], vec![false]]);
 }

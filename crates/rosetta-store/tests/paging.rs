@@ -83,26 +83,20 @@ fn recovery_returns_each_entry_summary_without_reading_bodies() {
         store.enqueue(&plain, &[(1, 1)]).expect("enqueue");
         store.enqueue(&urgent, &[(1, 2)]).expect("enqueue");
         store.sync().expect("sync");
-        store.mark_redelivered(1, 2).expect("mark");
+        store.mark_redelivered(1, 1).expect("mark");
         store.sync().expect("sync");
     }
     // Damage the bodies: recovery must not notice, since it reads only entries.
-    {
-        let db = common::raw_open(dir.path());
-        let bodies = db.open_tree("bodies").expect("tree");
-        for id in [1u64, 2] {
-            bodies
-                .insert(id.to_be_bytes(), &[1u8, 1, 0xff][..])
-                .expect("insert");
-        }
-        db.flush().expect("flush");
+    for segment in common::segment_files(dir.path()) {
+        let len = std::fs::metadata(&segment).expect("metadata").len();
+        std::fs::write(&segment, vec![0xffu8; len as usize]).expect("damage");
     }
     let store = open(dir.path());
     let r = store.recover().expect("recover");
     let entries = &r.queues[0].1;
     assert_eq!(entries.len(), 2);
     assert_eq!(entries[0].summary, MessageSummary::of(&plain));
-    assert!(!entries[0].redelivered);
+    assert!(entries[0].redelivered);
     assert_eq!(
         entries[1].summary,
         MessageSummary {
@@ -112,11 +106,11 @@ fn recovery_returns_each_entry_summary_without_reading_bodies() {
             expiration_ms: Some(60_000)
         }
     );
-    assert!(entries[1].redelivered);
+    assert!(!entries[1].redelivered);
 }
 
 #[test]
-fn an_entry_whose_body_is_missing_is_recovered_and_reads_back_as_none() {
+fn an_entry_whose_body_was_cut_short_is_recovered_and_fails_to_read() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let store = open(dir.path());
@@ -129,20 +123,26 @@ fn an_entry_whose_body_is_missing_is_recovered_and_reads_back_as_none() {
             .expect("enqueue");
         store.sync().expect("sync");
     }
-    {
-        let db = common::raw_open(dir.path());
-        db.open_tree("bodies")
-            .expect("tree")
-            .remove(2u64.to_be_bytes())
-            .expect("remove");
-        db.flush().expect("flush");
-    }
+    // What a crash before the segment's fsync can leave: the entry on disk, the end of the
+    // segment (message 2's record) not.
+    let segments = common::segment_files(dir.path());
+    assert_eq!(segments.len(), 1);
+    let len = std::fs::metadata(&segments[0]).expect("metadata").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segments[0])
+        .and_then(|f| f.set_len(len - 5))
+        .expect("truncate");
     // Recovery reads no body, so it cannot tell; the queue drops the entry when it reads it.
     let store = open(dir.path());
     let r = store.recover().expect("recover");
     let ids: Vec<u64> = r.queues[0].1.iter().map(|e| e.summary.id).collect();
     assert_eq!(ids, vec![1, 2]);
-    assert!(store.load_message(2).expect("load").is_none());
+    let err = store.load_message(2).expect_err("cut short");
+    assert!(
+        matches!(err, rosetta_core::store::StoreError::Corrupt { .. }),
+        "{err}"
+    );
     assert_eq!(
         store.load_message(1).expect("load").as_deref(),
         Some(message(1, "kept").as_ref())
@@ -159,21 +159,11 @@ fn a_layout_1_store_opens_and_its_entries_get_summaries_from_their_bodies() {
         store.enqueue(&urgent, &[(1, 1)]).expect("enqueue");
         store.sync().expect("sync");
     }
-    // Rewrite what a layout 1 build wrote: the marker and a 9-byte entry value.
-    {
-        let db = common::raw_open(dir.path());
-        db.insert("rosetta-format", &[1u8][..]).expect("marker");
-        let mut key = [0u8; 16];
-        key[..8].copy_from_slice(&1u64.to_be_bytes());
-        key[8..].copy_from_slice(&1u64.to_be_bytes());
-        let mut value = 7u64.to_be_bytes().to_vec();
-        value.push(0);
-        db.open_tree("entries")
-            .expect("tree")
-            .insert(key, value)
-            .expect("insert");
-        db.flush().expect("flush");
-    }
+    // Rewrite what a layout 1 build wrote: the marker, the body in sled and a 9-byte entry
+    // value.
+    let mut value = 7u64.to_be_bytes().to_vec();
+    value.push(0);
+    common::forge_legacy(dir.path(), 1, &urgent, &[(common::entry_key(1, 1), value)]);
     {
         let store = open(dir.path());
         let r = store.recover().expect("recover");
@@ -187,11 +177,57 @@ fn a_layout_1_store_opens_and_its_entries_get_summaries_from_their_bodies() {
         r.queues[0].1[0].redelivered,
         "the flag was set in the old value"
     );
+    assert_eq!(
+        store.load_message(7).expect("load").as_deref(),
+        Some(urgent.as_ref())
+    );
     drop(store);
     let db = common::raw_open(dir.path());
     assert_eq!(
         db.get("rosetta-format").expect("get").as_deref(),
-        Some(&[2u8][..])
+        Some(&[3u8][..])
+    );
+}
+
+#[test]
+fn a_layout_2_store_reads_its_bodies_from_sled_until_they_are_consumed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old = with_priority_and_ttl(7, "old", 3, 5_000);
+    {
+        let store = open(dir.path());
+        store.save_queue(&queue(1, "q")).expect("queue");
+        store.enqueue(&old, &[(1, 1)]).expect("enqueue");
+        store.sync().expect("sync");
+    }
+    // Layout 2: the body in sled's `bodies` tree, a 26-byte entry value with the summary.
+    let mut value = 7u64.to_be_bytes().to_vec();
+    value.push(2 | 4); // has priority, has TTL
+    value.extend_from_slice(&3u64.to_be_bytes());
+    value.push(3);
+    value.extend_from_slice(&5_000u64.to_be_bytes());
+    common::forge_legacy(dir.path(), 2, &old, &[(common::entry_key(1, 1), value)]);
+
+    let store = open(dir.path());
+    let r = store.recover().expect("recover");
+    assert_eq!(r.queues[0].1[0].summary, MessageSummary::of(&old));
+    assert_eq!(store.body_count(), 1);
+    assert_eq!(
+        store.load_message(7).expect("load").as_deref(),
+        Some(old.as_ref())
+    );
+    // New messages go to the segments beside the old body.
+    store
+        .enqueue(&message(8, "new"), &[(1, 2)])
+        .expect("enqueue");
+    store.sync().expect("sync");
+    assert_eq!(store.body_count(), 2);
+    assert_eq!(common::segment_files(dir.path()).len(), 1);
+    store.dequeue(1, 1, 7).expect("dequeue the old one");
+    store.sync().expect("sync");
+    assert_eq!(store.body_count(), 1, "the old body left sled");
+    assert_eq!(
+        store.load_message(8).expect("load").as_deref(),
+        Some(message(8, "new").as_ref())
     );
 }
 
