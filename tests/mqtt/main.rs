@@ -10,5 +10,8 @@ mod support;
 mod cross;
 mod durability;
 mod errors;
+mod login;
+mod resend;
+mod shared;
 mod v311;
 mod v5;

@@ -542,6 +542,16 @@ pub fn raw5(port: u16, connect: v5::Connect) -> (Raw, v5::Connack) {
     }
 }
 
+/// Connects a raw 3.1.1 client and returns it with the CONNACK.
+pub fn raw3(port: u16, connect: v3::Connect) -> (Raw, v3::Connack) {
+    let mut raw = Raw::connect(port);
+    raw.send3(v3::Packet::Connect(connect));
+    match raw.read3() {
+        Ok(v3::Packet::Connack(ack)) => (raw, ack),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
 pub fn pid(n: u16) -> mqtt_proto::Pid {
     mqtt_proto::Pid::try_from(n).expect("non-zero packet id")
 }
@@ -571,18 +581,59 @@ pub fn suback5(raw: &mut Raw) -> Vec<v5::SubscribeReasonCode> {
 }
 
 /// A lapin connection to the broker's AMQP port.
-pub async fn amqp(broker: &Broker) -> lapin::Channel {
-    let conn = tokio::time::timeout(
+pub async fn amqp_connection(broker: &Broker) -> lapin::Connection {
+    tokio::time::timeout(
         WAIT,
         lapin::Connection::connect(&broker.amqp_url(), lapin::ConnectionProperties::default()),
     )
     .await
     .expect("AMQP connect timed out")
-    .expect("AMQP connect");
+    .expect("AMQP connect")
+}
+
+/// A channel on a new lapin connection to the broker's AMQP port.
+pub async fn amqp(broker: &Broker) -> lapin::Channel {
+    let conn = amqp_connection(broker).await;
     let channel = conn.create_channel().await.expect("channel");
     // The connection lives as long as the test's runtime.
     std::mem::forget(conn);
     channel
+}
+
+/// Whether `queue` exists, asked with a passive queue.declare on a channel of its own (a
+/// missing queue closes the channel with 404).
+pub async fn queue_exists(conn: &lapin::Connection, queue: &str) -> bool {
+    let channel = conn.create_channel().await.expect("channel");
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let found = channel
+        .queue_declare(queue.into(), passive, lapin::types::FieldTable::default())
+        .await
+        .is_ok();
+    if found {
+        let _ = channel.close(200, "OK".into()).await;
+    }
+    found
+}
+
+/// Waits until `queue` exists (`true`) or is gone (`false`); panics at the deadline.
+pub async fn wait_queue(broker: &Broker, queue: &str, exists: bool) {
+    let conn = amqp_connection(broker).await;
+    let end = tokio::time::Instant::now() + WAIT;
+    while queue_exists(&conn, queue).await != exists {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "queue {queue} {} within {WAIT:?}",
+            if exists {
+                "did not appear"
+            } else {
+                "still exists"
+            }
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Waits for one message in `queue` (acknowledged on receipt).

@@ -210,6 +210,44 @@ fn subscription_identifiers_come_back_with_matching_messages() {
 }
 
 #[test]
+fn a_message_matching_several_subscriptions_carries_all_their_identifiers() {
+    let broker = broker();
+    let port = port(&broker);
+    run(async move {
+        let mut sub = V5::connect(port, &unique("ids")).await;
+        for (filter, id) in [("ids/#", 1), ("ids/+/x", 2), ("ids/a/x", 0), ("other/#", 4)] {
+            let properties = rumqttc::v5::mqttbytes::v5::SubscribeProperties {
+                id: (id != 0).then_some(id),
+                user_properties: Vec::new(),
+            };
+            sub.client
+                .subscribe_with_properties(filter, Q::AtLeastOnce, properties)
+                .await
+                .expect("subscribe request");
+            sub.suback().await;
+        }
+        let mut publisher = V5::connect(port, &unique("pub")).await;
+        publisher
+            .client
+            .publish("ids/a/x", Q::AtLeastOnce, false, "both")
+            .await
+            .expect("publish");
+        publisher.completed().await;
+        let p = sub.publish().await;
+        assert_eq!(&p.payload[..], b"both");
+        let mut ids = p.properties.expect("properties").subscription_identifiers;
+        ids.sort_unstable();
+        // The subscription without an identifier and the one that does not match add none.
+        assert_eq!(
+            ids,
+            vec![1, 2],
+            "one PUBLISH with the ids of both matching subscriptions"
+        );
+        sub.no_publish().await;
+    });
+}
+
+#[test]
 fn retain_as_published_and_retain_handling_are_honoured() {
     let broker = broker();
     let port = port(&broker);

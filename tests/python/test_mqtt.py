@@ -30,11 +30,13 @@ def name(prefix: str) -> str:
 class Client:
     """A paho client on its own network thread, whose events a test waits for with a deadline."""
 
-    def __init__(self, port, client_id="", version=mqtt.MQTTv311, clean=True, session_expiry=None, will=None):
+    def __init__(self, port, client_id="", version=mqtt.MQTTv311, clean=True, session_expiry=None, will=None,
+                 credentials=("guest", "guest")):
         self.version = version
         kwargs = {"clean_session": clean} if version != mqtt.MQTTv5 else {}
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=version, **kwargs)
-        self.client.username_pw_set("guest", "guest")
+        if credentials:
+            self.client.username_pw_set(*credentials)
         if will:
             self.client.will_set(*will)
         self.messages = queue.Queue()
@@ -59,9 +61,9 @@ class Client:
     def session_present(self) -> bool:
         return bool(self.flags.session_present)
 
-    def subscribe(self, topic, qos=1, **options):
+    def subscribe(self, topic, qos=1, properties=None, **options):
         if self.version == mqtt.MQTTv5:
-            self.client.subscribe(topic, options=mqtt.SubscribeOptions(qos=qos, **options))
+            self.client.subscribe(topic, options=mqtt.SubscribeOptions(qos=qos, **options), properties=properties)
         else:
             self.client.subscribe(topic, qos)
         codes = self.subacks.get(timeout=WAIT)
@@ -133,6 +135,46 @@ def test_paho_5_request_response_with_properties(mqtt_broker, clients):
     server.publish(request.properties.ResponseTopic, b"3", properties=answer)
     reply = requester.message()
     assert (reply.payload, reply.properties.CorrelationData) == (b"3", b"call-1")
+
+
+def test_paho_5_message_carries_the_ids_of_every_matching_subscription(mqtt_broker, clients):
+    port = mqtt_broker.mqtt_port
+    sub = Client(port, name("sub"), mqtt.MQTTv5)
+    pub = Client(port, name("pub"), mqtt.MQTTv5)
+    clients += [sub, pub]
+    for topic, sub_id in (("ids/#", 7), ("ids/+/temp", 300), ("elsewhere/#", 9)):
+        props = Properties(PacketTypes.SUBSCRIBE)
+        props.SubscriptionIdentifier = sub_id
+        sub.subscribe(topic, properties=props)
+    pub.publish("ids/kitchen/temp", "21")
+    m = sub.message()
+    assert m.payload == b"21"
+    # paho keeps every Subscription Identifier of a PUBLISH, in a list.
+    assert sorted(m.properties.SubscriptionIdentifier) == [7, 300]
+    sub.no_message()
+
+
+def test_paho_connects_without_credentials_only_when_anonymous_login_is_allowed(make_broker, clients):
+    closed = make_broker(MQTT_CONFIG)
+    refused = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name("anon"), protocol=mqtt.MQTTv311)
+    codes = queue.Queue()
+    refused.on_connect = lambda c, u, flags, rc, props: codes.put(rc)
+    refused.connect("127.0.0.1", closed.mqtt_port, keepalive=30)
+    refused.loop_start()
+    try:
+        rc = codes.get(timeout=WAIT)
+        # 3.1.1 return code 4, which paho reports as "Bad user name or password".
+        assert rc.is_failure and "user name or password" in str(rc).lower(), rc
+    finally:
+        refused.loop_stop()
+
+    open_broker = make_broker(MQTT_CONFIG + "allow_anonymous = true\n")
+    for version in (mqtt.MQTTv311, mqtt.MQTTv5):
+        anon = Client(open_broker.mqtt_port, name("anon"), version, credentials=None)
+        clients.append(anon)
+        anon.subscribe("anon/t")
+        anon.publish("anon/t", "hi")
+        assert anon.message().payload == b"hi"
 
 
 def test_paho_5_shared_subscription_splits_messages(mqtt_broker, clients):

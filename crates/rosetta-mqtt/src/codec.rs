@@ -38,37 +38,71 @@ impl Fixed {
     }
 }
 
-/// Reads the fixed header, if complete. The Remaining Length is a Variable Byte Integer of at
-/// most four bytes (MQTT 5.0 §1.5.5); a fifth makes the packet malformed.
+/// The largest value a Variable Byte Integer holds (MQTT 5.0 §1.5.5).
+const VAR_INT_MAX: usize = 268_435_455;
+/// Property identifier of Subscription Identifier (MQTT 5.0 §2.2.2.2).
+const SUBSCRIPTION_IDENTIFIER: u8 = 0x0B;
+
+/// Reads a Variable Byte Integer (MQTT 5.0 §1.5.5) from the start of `input`: its value and how
+/// many bytes it took, or `None` when `input` ends first. A fifth byte makes it malformed.
+fn read_var_int(input: &[u8]) -> Result<Option<(usize, usize)>, MqttError> {
+    let mut value: usize = 0;
+    for i in 0..4 {
+        let Some(&byte) = input.get(i) else {
+            return Ok(None);
+        };
+        value |= usize::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Ok(Some((value, i + 1)));
+        }
+    }
+    Err(MqttError::Malformed(
+        "variable byte integer longer than four bytes".into(),
+    ))
+}
+
+/// Appends `value` as a Variable Byte Integer; the caller keeps it within [`VAR_INT_MAX`].
+fn write_var_int(out: &mut Vec<u8>, mut value: usize) {
+    loop {
+        let byte = (value % 128) as u8;
+        value /= 128;
+        out.push(if value > 0 { byte | 0x80 } else { byte });
+        if value == 0 {
+            return;
+        }
+    }
+}
+
+fn var_int_len(value: usize) -> usize {
+    match value {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    }
+}
+
+/// Reads the fixed header, if complete: the Remaining Length is a Variable Byte Integer.
 fn fixed_header(input: &[u8], max_packet_size: u32) -> Result<Option<Fixed>, MqttError> {
     let Some(&first) = input.first() else {
         return Ok(None);
     };
-    let mut remaining: usize = 0;
-    for i in 0..4 {
-        let Some(&byte) = input.get(1 + i) else {
-            return Ok(None);
-        };
-        remaining |= usize::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            let fixed = Fixed {
-                first,
-                header_len: 2 + i,
-                remaining,
-            };
-            // [MQTT-3.2.2-?] / Maximum Packet Size: judged on the whole packet, before buffering.
-            if fixed.total() as u64 > u64::from(max_packet_size) {
-                return Err(MqttError::TooLarge {
-                    size: fixed.total() as u64,
-                    max: max_packet_size,
-                });
-            }
-            return Ok(Some(fixed));
-        }
+    let Some((remaining, len)) = read_var_int(&input[1..])? else {
+        return Ok(None);
+    };
+    let fixed = Fixed {
+        first,
+        header_len: 1 + len,
+        remaining,
+    };
+    // Maximum Packet Size: judged on the whole packet, before buffering.
+    if fixed.total() as u64 > u64::from(max_packet_size) {
+        return Err(MqttError::TooLarge {
+            size: fixed.total() as u64,
+            max: max_packet_size,
+        });
     }
-    Err(MqttError::Malformed(
-        "remaining length longer than four bytes".into(),
-    ))
+    Ok(Some(fixed))
 }
 
 /// The protocol a CONNECT asks for, from its protocol name and level (MQTT 5.0 §3.1.2.1-2).
@@ -293,15 +327,7 @@ fn to_v3(packet: &Packet) -> Option<v3::Packet> {
 /// failure return code as 0x03 instead of 0x80.
 fn suback_v3(s: &v5::Suback) -> Vec<u8> {
     let mut out = vec![0x90];
-    let mut remaining = 2 + s.topics.len();
-    loop {
-        let byte = (remaining % 128) as u8;
-        remaining /= 128;
-        out.push(if remaining > 0 { byte | 0x80 } else { byte });
-        if remaining == 0 {
-            break;
-        }
-    }
+    write_var_int(&mut out, 2 + s.topics.len());
     out.extend_from_slice(&s.pid.value().to_be_bytes());
     out.extend(s.topics.iter().map(|code| match code {
         SubscribeReasonCode::GrantedQoS0 => 0x00,
@@ -326,6 +352,72 @@ pub fn encode(packet: &Packet, protocol: Protocol) -> Result<Vec<u8>, MqttError>
         }
     };
     Ok(bytes.as_ref().to_vec())
+}
+
+/// Encodes a PUBLISH carrying every identifier of `ids` as its own Subscription Identifier
+/// property: a message that matches several subscriptions carries the identifiers of all of
+/// them ([MQTT-3.3.4-3], [MQTT-3.3.4-4]). 3.x clients get the PUBLISH without them.
+///
+/// mqtt-proto's properties hold one identifier, so the packet is encoded without any and the
+/// identifiers are written at the start of its property list, with the Property Length and the
+/// Remaining Length grown to match (the order of properties carries no meaning).
+pub fn encode_publish(
+    mut publish: Publish,
+    ids: &[u32],
+    protocol: Protocol,
+) -> Result<Vec<u8>, MqttError> {
+    publish.properties.subscription_id = None;
+    let has_pid = publish.qos_pid.qos() != QoS::Level0;
+    let plain = encode(&Packet::Publish(publish), protocol)?;
+    if ids.is_empty() || protocol != Protocol::V500 {
+        return Ok(plain);
+    }
+    let broken = || MqttError::Malformed("PUBLISH as encoded".into());
+    let fixed = fixed_header(&plain, u32::MAX)?.ok_or_else(broken)?;
+    let body = plain.get(fixed.header_len..).ok_or_else(broken)?;
+    // Variable header: Topic Name (two-byte length and the bytes), Packet Identifier if QoS > 0,
+    // then the Property Length (MQTT 5.0 §3.3.2).
+    let topic_len = usize::from(u16::from_be_bytes([
+        *body.first().ok_or_else(broken)?,
+        *body.get(1).ok_or_else(broken)?,
+    ]));
+    let at = 2 + topic_len + if has_pid { 2 } else { 0 };
+    let (properties_len, properties_len_len) = body
+        .get(at..)
+        .map(read_var_int)
+        .transpose()?
+        .flatten()
+        .ok_or_else(broken)?;
+    let mut added = Vec::with_capacity(ids.len() * 5);
+    for &id in ids {
+        let id = id as usize;
+        // A Subscription Identifier is 1 to 268,435,455 (MQTT 5.0 §3.8.2.1.2).
+        if id == 0 || id > VAR_INT_MAX {
+            return Err(MqttError::Protocol(format!(
+                "subscription identifier {id} out of range"
+            )));
+        }
+        added.push(SUBSCRIPTION_IDENTIFIER);
+        write_var_int(&mut added, id);
+    }
+    let new_properties_len = properties_len + added.len();
+    let new_remaining =
+        fixed.remaining - properties_len_len + var_int_len(new_properties_len) + added.len();
+    if new_properties_len > VAR_INT_MAX || new_remaining > VAR_INT_MAX {
+        return Err(MqttError::TooLarge {
+            size: new_remaining as u64,
+            max: VAR_INT_MAX as u32,
+        });
+    }
+    let rest = body.get(at + properties_len_len..).ok_or_else(broken)?;
+    let mut out = Vec::with_capacity(5 + new_remaining);
+    out.push(fixed.first);
+    write_var_int(&mut out, new_remaining);
+    out.extend_from_slice(&body[..at]);
+    write_var_int(&mut out, new_properties_len);
+    out.extend_from_slice(&added);
+    out.extend_from_slice(rest);
+    Ok(out)
 }
 
 /// The granted-QoS reason code (MQTT 5.0 §3.9.3).

@@ -280,12 +280,9 @@ impl AppMessage {
     }
 
     /// The MQTT 5.0 properties for sending at `now_ms`; `None` once expired. The expiry
-    /// interval sent is what is left of it ([MQTT-3.3.2-6]).
-    pub fn publish_properties(
-        &self,
-        subscription_id: Option<u32>,
-        now_ms: u64,
-    ) -> Option<PublishProperties> {
+    /// interval sent is what is left of it ([MQTT-3.3.2-6]). Subscription identifiers, of
+    /// which a PUBLISH may carry several, are added by [`crate::codec::encode_publish`].
+    pub fn publish_properties(&self, now_ms: u64) -> Option<PublishProperties> {
         let remaining = match self.props.expires_at_ms {
             Some(t) if t <= now_ms => return None,
             Some(t) => Some(u32::try_from((t - now_ms).div_ceil(1000)).unwrap_or(u32::MAX)),
@@ -311,7 +308,7 @@ impl AppMessage {
                     value: v.as_str().into(),
                 })
                 .collect(),
-            subscription_id: subscription_id.and_then(|id| id.try_into().ok()),
+            subscription_id: None,
             content_type: self.props.content_type.as_deref().map(Into::into),
         })
     }
@@ -480,11 +477,11 @@ mod tests {
     #[test]
     fn expiry_counts_down_and_expired_messages_have_no_properties() {
         let m = sample();
-        let props = m.publish_properties(Some(3), 1_000_000_000).expect("live");
+        let props = m.publish_properties(1_000_000_000).expect("live");
         assert_eq!(props.message_expiry_interval, Some(60));
-        let later = m.publish_properties(None, 1_000_059_001).expect("live");
+        let later = m.publish_properties(1_000_059_001).expect("live");
         assert_eq!(later.message_expiry_interval, Some(1));
-        assert!(m.publish_properties(None, 1_000_060_000).is_none());
+        assert!(m.publish_properties(1_000_060_000).is_none());
     }
 
     #[test]

@@ -9,8 +9,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use rosetta_core::queue::now_ms;
 use rosetta_core::store::{Epoch, Store};
-use rosetta_core::{Broker, ConnectionId, Outbound, PublishOutcome, Users, VHost};
-use tokio::sync::mpsc::UnboundedSender;
+use rosetta_core::{Broker, ConnectionId, PublishOutcome, QueueDeclare, Users, VHost};
 
 use crate::error::MqttError;
 use crate::message::AppMessage;
@@ -20,7 +19,7 @@ use crate::persist::{
 };
 use crate::retained::Retained;
 use crate::session::Shared;
-use crate::topic::{self, ParsedFilter};
+use crate::topic;
 
 /// Limits and defaults the server configures.
 #[derive(Debug, Clone)]
@@ -39,12 +38,17 @@ pub struct MqttConfig {
     pub max_keep_alive: u16,
     /// Most retained topics kept (0 = no limit).
     pub max_retained: usize,
+    /// A CONNECT without a user name is accepted, as user `anonymous`.
+    pub allow_anonymous: bool,
 }
+
+/// Packet ids of QoS 1 and 2 PUBLISHes sent and not acknowledged, by the queue entry
+/// (queue name, sequence number) they carry.
+pub(crate) type PacketIds = HashMap<(String, u64), u16>;
 
 /// A connection that holds a client id.
 pub(crate) struct Live {
     pub conn_id: ConnectionId,
-    pub outbox: UnboundedSender<Outbound>,
     pub session: Shared,
 }
 
@@ -59,24 +63,44 @@ pub struct MqttState {
     sessions: Mutex<HashMap<String, StoredSession>>,
     /// Wills waiting for their delay or their session's end, mirrored from the store.
     wills: Mutex<HashMap<String, PendingWill>>,
+    /// Packet ids of QoS 1 deliveries a persistent session's last connection left
+    /// unacknowledged, by client id, so the next connection resends them under the same ids
+    /// ([MQTT-4.4.0-1]). Memory only, which spares a store write per QoS 1 message: after a
+    /// broker restart they go out with new ids (QoS 2 ids are stored, see `mqtt.qos2-out`).
+    unacked_ids: Mutex<HashMap<String, PacketIds>>,
+    /// Shared subscriptions' queues, by the client ids of the sessions holding the
+    /// subscription, connected or not. A queue lives while it has a holder, collecting messages
+    /// for members that come back (MQTT 5.0 §4.8.2: the subscription exists while one session
+    /// holds it), and goes with its last.
+    shared: Mutex<HashMap<String, HashSet<String>>>,
+}
+
+/// The shared subscriptions' queues the stored sessions hold, with their holders.
+fn shared_holders(sessions: &HashMap<String, StoredSession>) -> HashMap<String, HashSet<String>> {
+    let mut holders: HashMap<String, HashSet<String>> = HashMap::new();
+    for (client, s) in sessions {
+        for sub in &s.subscriptions {
+            if let Some(queue) = topic::shared_queue_of(&sub.filter) {
+                holders.entry(queue).or_default().insert(client.clone());
+            }
+        }
+    }
+    holders
 }
 
 /// Deletes the durable queues MQTT made that no persistent session needs any more: a session
 /// queue whose session is gone (a crash between the two deletes), and a shared subscription's
 /// queue whose members were all clean sessions, which ended with the broker.
-fn remove_orphan_queues(vhost: &VHost, sessions: &HashMap<String, StoredSession>) {
-    let mut wanted: HashSet<String> = sessions.keys().map(|c| topic::session_queue(c)).collect();
-    for s in sessions.values() {
-        for sub in &s.subscriptions {
-            if let Some(ParsedFilter {
-                group: Some(group),
-                filter,
-            }) = topic::parse_filter(&sub.filter)
-            {
-                wanted.insert(topic::shared_queue(group, filter));
-            }
-        }
-    }
+fn remove_orphan_queues(
+    vhost: &VHost,
+    sessions: &HashMap<String, StoredSession>,
+    shared: &HashMap<String, HashSet<String>>,
+) {
+    let wanted: HashSet<String> = sessions
+        .keys()
+        .map(|c| topic::session_queue(c))
+        .chain(shared.keys().cloned())
+        .collect();
     for q in vhost.queues() {
         let ours = q.name.starts_with(topic::SESSION_QUEUE_PREFIX)
             || q.name.starts_with(topic::SHARED_QUEUE_PREFIX);
@@ -123,7 +147,8 @@ impl MqttState {
             wills.insert(client, PendingWill::decode(&value)?);
         }
         let retained = Retained::load(store, &config.vhost, config.max_retained)?;
-        remove_orphan_queues(&vhost, &sessions);
+        let shared = shared_holders(&sessions);
+        remove_orphan_queues(&vhost, &sessions, &shared);
         tracing::info!(
             sessions = sessions.len(),
             wills = wills.len(),
@@ -139,6 +164,8 @@ impl MqttState {
             live: Mutex::new(HashMap::new()),
             sessions: Mutex::new(sessions),
             wills: Mutex::new(wills),
+            unacked_ids: Mutex::new(HashMap::new()),
+            shared: Mutex::new(shared),
         }))
     }
 
@@ -185,10 +212,82 @@ impl MqttState {
         Ok(epoch)
     }
 
+    /// Keeps the packet ids of a persistent session's unacknowledged deliveries for its next
+    /// connection.
+    pub(crate) fn keep_unacked_ids(&self, client_id: &str, ids: PacketIds) {
+        let mut kept = self.unacked_ids.lock();
+        if ids.is_empty() {
+            kept.remove(client_id);
+        } else {
+            kept.insert(client_id.to_owned(), ids);
+        }
+    }
+
+    /// The packet ids [`MqttState::keep_unacked_ids`] kept for `client_id`, handed over once.
+    pub(crate) fn take_unacked_ids(&self, client_id: &str) -> PacketIds {
+        self.unacked_ids
+            .lock()
+            .remove(client_id)
+            .unwrap_or_default()
+    }
+
+    /// Counts `client_id` among the holders of the shared subscription queue `queue`, and
+    /// declares the queue if it does not exist. The queue is durable, so that it keeps its
+    /// messages for persistent sessions across a restart (a queue only clean sessions held is
+    /// removed at startup), and is not auto-deleted: it goes with its last holder.
+    pub(crate) fn hold_shared(
+        &self,
+        queue: &str,
+        client_id: &str,
+        conn: ConnectionId,
+    ) -> Result<(), MqttError> {
+        let mut shared = self.shared.lock();
+        if self.vhost.queue(queue).is_none() {
+            let declare = QueueDeclare {
+                name: queue.to_owned(),
+                durable: true,
+                ..QueueDeclare::default()
+            };
+            self.vhost.declare_queue(declare, conn)?;
+        }
+        shared
+            .entry(queue.to_owned())
+            .or_default()
+            .insert(client_id.to_owned());
+        Ok(())
+    }
+
+    /// `client_id`'s session no longer holds the shared subscription of `queue` (it
+    /// unsubscribed or ended); the last holder to go takes the queue with it.
+    pub(crate) fn release_shared(&self, queue: &str, client_id: &str) {
+        let mut shared = self.shared.lock();
+        let Some(holders) = shared.get_mut(queue) else {
+            return;
+        };
+        holders.remove(client_id);
+        if !holders.is_empty() {
+            return;
+        }
+        shared.remove(queue);
+        tracing::info!(
+            queue,
+            "removing a shared subscription's queue: no session holds it"
+        );
+        if let Err(e) = self.vhost.delete_queue(queue, false, false, 0) {
+            tracing::warn!(queue, error = %e, "cannot remove a shared subscription's queue");
+        }
+    }
+
     /// Ends a session for good: its queue, its bindings and its records go ([MQTT-4.1.0-?]
-    /// session state ends with the session).
+    /// session state ends with the session), and so does its hold on shared subscriptions.
     pub(crate) fn end_session(&self, client_id: &str) -> Result<(), MqttError> {
-        self.sessions.lock().remove(client_id);
+        let ended = self.sessions.lock().remove(client_id);
+        for sub in ended.iter().flat_map(|s| &s.subscriptions) {
+            if let Some(queue) = topic::shared_queue_of(&sub.filter) {
+                self.release_shared(&queue, client_id);
+            }
+        }
+        self.unacked_ids.lock().remove(client_id);
         self.vhost
             .delete_queue(&topic::session_queue(client_id), false, false, 0)?;
         self.records(client_id).delete_session()?;

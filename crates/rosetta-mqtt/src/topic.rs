@@ -160,6 +160,17 @@ pub fn shared_queue(group: &str, filter: &str) -> String {
     format!("{SHARED_QUEUE_PREFIX}{group}/{filter}")
 }
 
+/// The queue of a subscription if it is a shared one (`$share/{group}/{filter}`).
+pub fn shared_queue_of(subscription: &str) -> Option<String> {
+    match parse_filter(subscription)? {
+        ParsedFilter {
+            group: Some(group),
+            filter,
+        } => Some(shared_queue(group, filter)),
+        ParsedFilter { group: None, .. } => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,11 +1,12 @@
 //! The codec wrapper: every client packet of 3.1.1 and 5.0 decodes to what was encoded, input
-//! split at every byte decodes the same, sizes are judged from the fixed header, and 5.0 replies
-//! are encoded in 3.x form for 3.x clients.
+//! split at every byte decodes the same, sizes are judged from the fixed header, 5.0 replies
+//! are encoded in 3.x form for 3.x clients, and a PUBLISH carries several subscription
+//! identifiers.
 
 use bytes::{Bytes, BytesMut};
 use mqtt_proto::v5::{self, Packet};
 use mqtt_proto::{v3, Pid, Protocol, QoS, QosPid, TopicFilter, TopicName};
-use rosetta_mqtt::codec::{decode, decode_connect, encode};
+use rosetta_mqtt::codec::{decode, decode_connect, encode, encode_publish};
 use rosetta_mqtt::MqttError;
 
 const MAX: u32 = 1 << 20;
@@ -279,4 +280,149 @@ fn replies_are_encoded_in_3_x_form_for_3_x_clients() {
     assert!(
         matches!(decoded, v3::Packet::Publish(p) if &p.payload[..] == b"payload" && p.qos_pid == QosPid::Level2(pid(9)))
     );
+}
+
+/// A 5.0 PUBLISH read byte by byte, independently of the codec crate (which accepts one
+/// Subscription Identifier only): its Remaining Length, subscription identifiers in order, the
+/// other properties' identifiers, and its payload.
+struct ReadPublish {
+    remaining: usize,
+    ids: Vec<usize>,
+    others: Vec<u8>,
+    payload: Vec<u8>,
+}
+
+fn var_int(bytes: &[u8], at: &mut usize) -> usize {
+    let mut value = 0;
+    for i in 0..4 {
+        let byte = bytes[*at];
+        *at += 1;
+        value |= usize::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return value;
+        }
+    }
+    panic!("variable byte integer longer than four bytes");
+}
+
+fn two(bytes: &[u8], at: &mut usize) -> usize {
+    let n = usize::from(u16::from_be_bytes([bytes[*at], bytes[*at + 1]]));
+    *at += 2;
+    n
+}
+
+fn read_publish(bytes: &[u8]) -> ReadPublish {
+    assert_eq!(bytes[0] >> 4, 3, "a PUBLISH");
+    let mut at = 1;
+    let remaining = var_int(bytes, &mut at);
+    assert_eq!(
+        at + remaining,
+        bytes.len(),
+        "Remaining Length covers the rest"
+    );
+    let topic_len = two(bytes, &mut at);
+    at += topic_len;
+    if (bytes[0] >> 1) & 3 > 0 {
+        two(bytes, &mut at);
+    }
+    let properties_len = var_int(bytes, &mut at);
+    let end = at + properties_len;
+    let (mut ids, mut others) = (Vec::new(), Vec::new());
+    while at < end {
+        let id = bytes[at];
+        at += 1;
+        match id {
+            0x0B => ids.push(var_int(bytes, &mut at)),
+            // Payload Format Indicator: a byte.
+            0x01 => at += 1,
+            // Message Expiry Interval: four bytes.
+            0x02 => at += 4,
+            // Content Type: a string.
+            0x03 => at += two(bytes, &mut at),
+            // User Property: two strings.
+            0x26 => {
+                at += two(bytes, &mut at);
+                at += two(bytes, &mut at);
+            }
+            other => panic!("unexpected property {other:#x}"),
+        }
+        if id != 0x0B {
+            others.push(id);
+        }
+    }
+    assert_eq!(at, end, "Property Length covers the properties exactly");
+    ReadPublish {
+        remaining,
+        ids,
+        others,
+        payload: bytes[at..].to_vec(),
+    }
+}
+
+#[test]
+fn a_publish_carries_every_subscription_identifier_given() {
+    let ids = [5, 300, 2_000_000];
+    let bytes = encode_publish(publish5(), &ids, Protocol::V500).expect("encode");
+    let read = read_publish(&bytes);
+    assert_eq!(read.ids, vec![5, 300, 2_000_000]);
+    let mut others = read.others.clone();
+    others.sort_unstable();
+    assert_eq!(
+        others,
+        vec![0x02, 0x03, 0x26],
+        "the other properties are kept"
+    );
+    assert_eq!(read.payload, b"payload");
+    // Each identifier adds its property byte and its Variable Byte Integer (1, 2 and 3 bytes).
+    let plain = bytes_of(&Packet::Publish(publish5()));
+    assert_eq!(bytes.len(), plain.len() + (1 + 1) + (1 + 2) + (1 + 3));
+    assert_eq!(read.remaining, bytes.len() - 2);
+}
+
+#[test]
+fn one_subscription_identifier_is_what_the_codec_crate_itself_writes() {
+    let mut with_one = publish5();
+    with_one.properties.subscription_id = Some(42.try_into().expect("id"));
+    let ours = encode_publish(publish5(), &[42], Protocol::V500).expect("encode");
+    let theirs = Packet::Publish(with_one.clone());
+    let decoded = Packet::decode(&ours).expect("valid").expect("complete");
+    assert_eq!(decoded, theirs);
+    assert_eq!(ours.len(), bytes_of(&theirs).len());
+    // No identifier: exactly the plain encoding.
+    assert_eq!(
+        encode_publish(publish5(), &[], Protocol::V500).expect("encode"),
+        bytes_of(&Packet::Publish(publish5()))
+    );
+}
+
+#[test]
+fn identifiers_that_grow_the_remaining_length_past_one_byte_are_counted() {
+    // 114 bytes of payload and 8 of variable header make 122; three one-byte identifiers add
+    // 6 and push the Remaining Length to 128, which takes two bytes.
+    let mut p = v5::Publish::new(
+        QosPid::Level1(pid(7)),
+        TopicName::try_from("t").expect("topic"),
+        Bytes::from(vec![b'x'; 114]),
+    );
+    p.properties.payload_is_utf8 = Some(true);
+    let plain = bytes_of(&Packet::Publish(p.clone()));
+    assert_eq!(plain[1] & 0x80, 0, "one-byte Remaining Length before");
+    let bytes = encode_publish(p, &[1, 2, 3], Protocol::V500).expect("encode");
+    assert_eq!(bytes[1] & 0x80, 0x80, "two-byte Remaining Length after");
+    let read = read_publish(&bytes);
+    assert_eq!(read.ids, vec![1, 2, 3]);
+    assert_eq!(read.others, vec![0x01]);
+    assert_eq!(read.payload, vec![b'x'; 114]);
+    assert_eq!(bytes.len(), plain.len() + 6 + 1);
+}
+
+#[test]
+fn subscription_identifiers_are_left_out_for_3_x_and_checked_for_range() {
+    let v3_bytes = encode_publish(publish5(), &[1, 2], Protocol::V311).expect("encode");
+    assert_eq!(
+        v3_bytes,
+        encode(&Packet::Publish(publish5()), Protocol::V311).expect("encode")
+    );
+    assert!(encode_publish(publish5(), &[0], Protocol::V500).is_err());
+    assert!(encode_publish(publish5(), &[268_435_456], Protocol::V500).is_err());
 }

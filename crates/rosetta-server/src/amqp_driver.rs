@@ -85,5 +85,5 @@ pub(crate) async fn serve(
         state.amqp.clone(),
         peer,
     );
-    drive(stream, peer, session, outbox, state, shutdown).await;
+    drive(stream, peer, session, Some(outbox), state, shutdown).await;
 }

@@ -128,6 +128,8 @@ pub struct MqttConfig {
     pub max_keep_alive: u16,
     /// Most retained topics kept; 0 = no limit.
     pub max_retained: u32,
+    /// Accept a CONNECT without a user name (shown as user `anonymous`).
+    pub allow_anonymous: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -295,6 +297,7 @@ impl Default for MqttConfig {
             topic_alias_max: 10,
             max_keep_alive: 0,
             max_retained: 100_000,
+            allow_anonymous: false,
         }
     }
 }

@@ -2,8 +2,10 @@
 //! session, deliveries and durability progress out of it, heartbeats, the resource alarm and
 //! shutdown. Protocol rules live in the sessions; this loop only moves bytes and time.
 
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -22,9 +24,14 @@ const OUTBOX_BATCH: usize = 512;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a session that is closing may wait for the client's goodbye.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
-/// A new connection's input buffer; it grows by [`READ_CHUNK`] once traffic fills it.
+/// The input buffer a connection allocates when bytes arrive; it grows by [`READ_CHUNK`] once
+/// traffic fills it.
 const INITIAL_INPUT: usize = 512;
 const READ_CHUNK: usize = 16 * 1024;
+/// A connection that read nothing for this long gives its (empty) input buffer back: most MQTT
+/// devices send a packet a minute, and thousands of them should not each hold a buffer between
+/// packets.
+const IDLE_RELEASE: Duration = Duration::from_secs(1);
 const TICK: Duration = Duration::from_millis(250);
 
 /// Heartbeat timing a session negotiated.
@@ -61,22 +68,63 @@ pub(crate) trait Session {
     fn force_close(&mut self);
     /// The socket is gone: give back unacknowledged messages, drop transient state.
     fn shutdown(&mut self);
+    /// For a session that creates its outbox only once it needs one (an idle MQTT client that
+    /// subscribes to nothing never does): the receiver, once it exists. Until then the session
+    /// keeps `waker` and wakes it when the outbox is created. Sessions that create their outbox
+    /// up front hand the receiver to [`drive`] instead.
+    fn take_outbox(&mut self, _waker: &Waker) -> Option<UnboundedReceiver<Outbound>> {
+        None
+    }
+}
+
+/// Reads what the socket has into `input`, which gets its memory only once bytes are there: a
+/// small buffer for a quiet connection, room for a whole chunk once it is busy. Cancel-safe:
+/// bytes are consumed only by the read that completes.
+async fn read_some(stream: &mut TcpStream, input: &mut BytesMut) -> std::io::Result<usize> {
+    poll_fn(|cx| stream.poll_read_ready(cx)).await?;
+    if input.capacity() - input.len() < INITIAL_INPUT / 2 {
+        input.reserve(if input.capacity() == 0 {
+            INITIAL_INPUT
+        } else {
+            READ_CHUNK
+        });
+    }
+    // `read_buf` rather than `try_read_buf`: after a short read it lets tokio forget the
+    // readiness, which saves a read that would only return EAGAIN.
+    stream.read_buf(input).await
+}
+
+/// The next item of the session's outbox, picking the receiver up once the session has one.
+fn next_outbound<'a, S: Session>(
+    outbox: &'a mut Option<UnboundedReceiver<Outbound>>,
+    session: &'a mut S,
+) -> impl Future<Output = Option<Outbound>> + 'a {
+    poll_fn(move |cx| {
+        if outbox.is_none() {
+            *outbox = session.take_outbox(cx.waker());
+        }
+        match outbox {
+            Some(rx) => rx.poll_recv(cx),
+            None => Poll::Pending,
+        }
+    })
 }
 
 pub(crate) async fn drive<S: Session>(
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     mut session: S,
-    mut outbox: UnboundedReceiver<Outbound>,
+    mut outbox: Option<UnboundedReceiver<Outbound>>,
     state: Arc<ServerState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
     let registration = state.connections.register(S::PROTOCOL, peer);
     let traffic = state.metrics.traffic(S::PROTOCOL);
-    let (mut reader, mut writer) = stream.into_split();
     let mut durable = state.broker.store().subscribe_durable();
-    let mut input = BytesMut::with_capacity(INITIAL_INPUT);
+    // Allocated when bytes arrive (readiness first, then a read), so an idle connection holds
+    // no input buffer.
+    let mut input = BytesMut::new();
     let started = Instant::now();
     let mut last_read = Instant::now();
     let mut last_write = Instant::now();
@@ -86,13 +134,8 @@ pub(crate) async fn drive<S: Session>(
     let mut alarm_live = true;
     session.set_alarm(*alarm.borrow_and_update());
     loop {
-        // Room for a whole chunk once the connection is busy, without paying for it while it
-        // idles (most MQTT devices send a packet a minute).
-        if input.capacity() - input.len() < INITIAL_INPUT / 2 {
-            input.reserve(READ_CHUNK);
-        }
         let keep = tokio::select! {
-            read = reader.read_buf(&mut input), if !session.reading_paused() => match read {
+            read = read_some(&mut stream, &mut input), if !session.reading_paused() => match read {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     traffic.received.inc_by(n as u64);
@@ -100,12 +143,14 @@ pub(crate) async fn drive<S: Session>(
                     session.handle_input(&mut input)
                 }
             },
-            Some(item) = outbox.recv() => {
+            Some(item) = next_outbound(&mut outbox, &mut session) => {
                 session.handle_outbound(item);
-                for _ in 0..OUTBOX_BATCH {
-                    match outbox.try_recv() {
-                        Ok(item) => session.handle_outbound(item),
-                        Err(_) => break,
+                if let Some(rx) = outbox.as_mut() {
+                    for _ in 0..OUTBOX_BATCH {
+                        match rx.try_recv() {
+                            Ok(item) => session.handle_outbound(item),
+                            Err(_) => break,
+                        }
                     }
                 }
                 true
@@ -118,6 +163,21 @@ pub(crate) async fn drive<S: Session>(
                 true
             }
             _ = ticker.tick() => {
+                // The broker-wide signals are looked at here rather than awaited: an awaited
+                // watch would keep a waiter in every connection's task, and a tick is soon
+                // enough for both (the resource monitor itself samples every 250 ms).
+                if shutdown.has_changed().unwrap_or(true) {
+                    shutdown.mark_unchanged();
+                    session.force_close();
+                }
+                if alarm_live {
+                    match alarm.has_changed() {
+                        Ok(true) => session.set_alarm(*alarm.borrow_and_update()),
+                        Ok(false) => {}
+                        // The monitor stopped (shutdown); nothing more will change.
+                        Err(_) => alarm_live = false,
+                    }
+                }
                 let hb = session.heartbeats();
                 if hb.expect_within.is_some_and(|d| last_read.elapsed() > d) {
                     tracing::warn!(%peer, protocol = S::PROTOCOL, "client silent past its heartbeat; closing");
@@ -130,23 +190,14 @@ pub(crate) async fn drive<S: Session>(
                     tracing::warn!(%peer, protocol = S::PROTOCOL, "handshake timeout");
                     break;
                 }
-                true
-            }
-            changed = alarm.changed(), if alarm_live => {
-                match changed {
-                    Ok(()) => session.set_alarm(*alarm.borrow_and_update()),
-                    // The monitor stopped (shutdown); nothing more will change.
-                    Err(_) => alarm_live = false,
+                if input.is_empty() && last_read.elapsed() >= IDLE_RELEASE {
+                    input = BytesMut::new();
                 }
-                true
-            }
-            _ = shutdown.changed() => {
-                session.force_close();
                 true
             }
         };
         if let Some(out) = session.take_output() {
-            if writer.write_all(&out).await.is_err() {
+            if stream.write_all(&out).await.is_err() {
                 break;
             }
             traffic.sent.inc_by(out.len() as u64);
@@ -164,13 +215,18 @@ pub(crate) async fn drive<S: Session>(
             }
         }
     }
-    let _ = writer.shutdown().await;
+    let _ = stream.shutdown().await;
     session.shutdown();
     // Deliveries still in the outbox were never written: hand them back to the session, which
     // returns them to their queues, so none is left unacknowledged with no one to settle it.
-    outbox.close();
-    while let Ok(item) = outbox.try_recv() {
-        session.handle_outbound(item);
+    if outbox.is_none() {
+        outbox = session.take_outbox(Waker::noop());
+    }
+    if let Some(mut rx) = outbox {
+        rx.close();
+        while let Ok(item) = rx.try_recv() {
+            session.handle_outbound(item);
+        }
     }
     if let Some(user) = session.user() {
         tracing::info!(%peer, user, protocol = S::PROTOCOL, "connection closed");

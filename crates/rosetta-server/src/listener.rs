@@ -57,7 +57,10 @@ pub(crate) async fn accept_loop<F, Fut>(
             drop(stream);
             continue;
         };
-        let fut = handler(stream, peer, shutdown.clone());
+        // Boxed: a future captured by the `async` block below is stored twice in the task (once
+        // as captured, once while awaited), which for a connection's driver is most of what an
+        // idle connection costs.
+        let fut = Box::pin(handler(stream, peer, shutdown.clone()));
         tokio::spawn(async move {
             fut.await;
             drop(permit);

@@ -1,14 +1,17 @@
 //! MQTT sessions plugged into the connection driver, and the MQTT housekeeping task (delayed
 //! wills, session expiry).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Waker;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use rosetta_core::Outbound;
 use rosetta_mqtt::{MqttConfig, MqttState, Session as MqttSession};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::watch;
 
 use crate::config::Config;
@@ -70,6 +73,9 @@ impl Session for MqttSession {
     fn shutdown(&mut self) {
         MqttSession::shutdown(self);
     }
+    fn take_outbox(&mut self, waker: &Waker) -> Option<UnboundedReceiver<Outbound>> {
+        MqttSession::take_outbox(self, waker)
+    }
 }
 
 /// The MQTT front-end's settings from `[mqtt]`.
@@ -82,18 +88,22 @@ pub(crate) fn config(config: &Config) -> MqttConfig {
         topic_alias_max: mqtt.topic_alias_max,
         max_keep_alive: mqtt.max_keep_alive,
         max_retained: mqtt.max_retained as usize,
+        allow_anonymous: mqtt.allow_anonymous,
     }
 }
 
-pub(crate) async fn serve(
+/// The connection's task: the driver itself, not an `async fn` around it, whose state would
+/// hold the driver's future beside its own arguments and double what each connection costs.
+pub(crate) fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     state: Arc<ServerState>,
     mqtt: Arc<MqttState>,
     shutdown: watch::Receiver<bool>,
-) {
-    let (session, outbox) = MqttSession::new(mqtt, peer);
-    drive(stream, peer, session, outbox, state, shutdown).await;
+) -> impl Future<Output = ()> {
+    // The outbox is created on the first subscription; the driver picks it up then.
+    let session = MqttSession::new(mqtt, peer);
+    drive(stream, peer, session, None, state, shutdown)
 }
 
 /// Sends wills whose delay is over and ends sessions past their expiry, until shutdown.

@@ -78,5 +78,5 @@ pub(crate) async fn serve(
         state.stomp.clone(),
         peer,
     );
-    drive(stream, peer, session, outbox, state, shutdown).await;
+    drive(stream, peer, session, Some(outbox), state, shutdown).await;
 }

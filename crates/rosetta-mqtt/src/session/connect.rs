@@ -19,6 +19,9 @@ use crate::message::Will;
 use crate::persist::{OutStage, PendingWill, StoredSession, NEVER_EXPIRES};
 use crate::state::Live;
 
+/// The user a client without a user name is known as, when anonymous login is allowed.
+const ANONYMOUS: &str = "anonymous";
+
 /// Receive Maximum when a 5.0 client names none (MQTT 5.0 §3.1.2.11.3).
 const DEFAULT_RECEIVE_MAXIMUM: u16 = 65_535;
 
@@ -128,16 +131,24 @@ impl Inner {
                 "receive maximum and maximum packet size must not be 0",
             );
         }
-        let user = c.username.as_deref().unwrap_or("");
-        let password = c
-            .password
-            .as_deref()
-            .map(|p| String::from_utf8_lossy(p).into_owned())
-            .unwrap_or_default();
-        let ip: IpAddr = self.peer.ip();
-        if let Err(failure) = self.state.users.check(user, &password, ip) {
-            return self.refuse(auth_reason(failure), "login refused");
-        }
+        let user = match c.username.as_deref() {
+            // Without a user name there is nothing to check; only `[mqtt] allow_anonymous`
+            // lets such a client in. A password alone (5.0 allows one) names no one either.
+            None if self.state.config.allow_anonymous => ANONYMOUS,
+            name => {
+                let user = name.unwrap_or("");
+                let password = c
+                    .password
+                    .as_deref()
+                    .map(|p| String::from_utf8_lossy(p).into_owned())
+                    .unwrap_or_default();
+                let ip: IpAddr = self.peer.ip();
+                if let Err(failure) = self.state.users.check(user, &password, ip) {
+                    return self.refuse(auth_reason(failure), "login refused");
+                }
+                user
+            }
+        };
         self.user = Some(user.to_owned());
 
         // Takeover: one connection per client id ([MQTT-3.1.4-3]). The old connection's
@@ -145,12 +156,15 @@ impl Inner {
         // state; the old connection is then told to close.
         let live = Live {
             conn_id: self.conn_id,
-            outbox: self.outbox.clone(),
             session: me.clone(),
         };
         if let Some(old) = self.state.register(&self.client_id, live) {
-            old.session.lock().end(End::TakenOver);
-            let _ = old.outbox.send(Outbound::Close(CloseReason::TakenOver));
+            let mut old_session = old.session.lock();
+            old_session.end(End::TakenOver);
+            let _ = old_session
+                .outbox
+                .sender()
+                .send(Outbound::Close(CloseReason::TakenOver));
         }
         self.state.cancel_will(&self.client_id);
 
@@ -195,7 +209,7 @@ impl Inner {
         } else {
             c.keep_alive
         };
-        self.will = c.last_will.as_ref().map(Will::new);
+        self.will = c.last_will.as_ref().map(|w| Box::new(Will::new(w)));
 
         // 3.1 has no Session Present flag; a 3.1.1 or 5.0 client learns whether its session
         // was resumed ([MQTT-3.2.2-2], [MQTT-3.2.2-3]).
@@ -230,7 +244,7 @@ impl Inner {
             "connection opened"
         );
         // [MQTT-4.4.0-1]: PUBRELs of QoS 2 exchanges cut short go out again; unacknowledged
-        // PUBLISHes follow from the queue as redeliveries.
+        // PUBLISHes follow from the queue as redeliveries, under their earlier packet ids.
         let released: Vec<u16> = self
             .out_flight
             .iter()
@@ -249,8 +263,13 @@ impl Inner {
     /// back; a persistent one is written down.
     fn start_session(&mut self, resumed: Option<StoredSession>) -> Result<(), MqttError> {
         let records = self.state.records(&self.client_id);
+        // Taken in any case, so that ids kept for a session that is not resumed go with it.
+        let unacked = self.state.take_unacked_ids(&self.client_id);
         if let Some(stored) = resumed {
             self.durable_queue = true;
+            // [MQTT-4.4.0-1]: QoS 1 messages the last connection left unacknowledged go out
+            // again under their packet ids; QoS 2 ones from their records, below.
+            self.resend = unacked;
             self.qos2_in = records.qos2_in()?.into_iter().collect();
             for (pid, stage) in records.qos2_out()? {
                 match stage {
@@ -323,7 +342,7 @@ impl Inner {
             return;
         }
         self.ended = true;
-        self.release_deliveries();
+        let unacked = self.release_deliveries();
         let now = now_ms();
         if let Some(will) = self.will.take() {
             let delay = will.delay_secs;
@@ -349,15 +368,20 @@ impl Inner {
             }
         }
         if self.expiry > 0 {
+            self.state.keep_unacked_ids(&self.client_id, unacked);
             // The session outlives the connection; unless taken over, its clock starts now.
             if how != End::TakenOver {
                 if let Err(e) = self.save_session(Some(now)) {
                     tracing::warn!(client_id = %self.client_id, error = %e, "cannot record the session's disconnect time");
                 }
             }
-        } else if self.durable_queue {
-            if let Err(e) = self.state.end_session(&self.client_id) {
-                tracing::warn!(client_id = %self.client_id, error = %e, "cannot end the session");
+        } else {
+            // The session ends with the connection.
+            self.release_all_shared();
+            if self.durable_queue {
+                if let Err(e) = self.state.end_session(&self.client_id) {
+                    tracing::warn!(client_id = %self.client_id, error = %e, "cannot end the session");
+                }
             }
         }
         // A clean session's queue is exclusive to this connection and goes with it.

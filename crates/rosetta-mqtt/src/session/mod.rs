@@ -10,11 +10,13 @@
 mod connect;
 mod inbound;
 mod outbound;
+mod outbox;
 mod subscribe;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Waker;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -23,7 +25,7 @@ use mqtt_proto::Protocol;
 use parking_lot::Mutex;
 use rosetta_core::store::Epoch;
 use rosetta_core::{CloseReason, ConnectionId, Consumer, Credit, Outbound, Queue};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::codec;
 use crate::error::MqttError;
@@ -31,6 +33,7 @@ use crate::message::Will;
 use crate::persist::Subscription;
 use crate::state::MqttState;
 use outbound::OutFlight;
+use outbox::Outbox;
 
 /// A session's state as the registry shares it.
 pub(crate) type Shared = Arc<Mutex<Inner>>;
@@ -58,7 +61,8 @@ pub(crate) struct Inner {
     state: Arc<MqttState>,
     conn_id: ConnectionId,
     peer: SocketAddr,
-    outbox: UnboundedSender<Outbound>,
+    /// Created on the first subscription or takeover.
+    outbox: Outbox,
     phase: Phase,
     protocol: Protocol,
     client_id: String,
@@ -79,8 +83,9 @@ pub(crate) struct Inner {
     credit: Arc<Credit>,
     next_pid: u16,
     out_flight: HashMap<u16, OutFlight>,
-    /// Packet ids of QoS 2 messages sent before a reconnect and not yet received by the client,
-    /// by (queue, entry): they go out again with the same id ([MQTT-4.4.0-1]).
+    /// Packet ids of QoS 1 and 2 messages sent before a reconnect and not yet acknowledged or
+    /// received by the client, by (queue, entry): they go out again with the same id
+    /// ([MQTT-4.4.0-1]).
     resend: HashMap<(String, u64), u16>,
     /// QoS 2 packet ids received and awaiting PUBREL.
     qos2_in: HashSet<u16>,
@@ -92,7 +97,9 @@ pub(crate) struct Inner {
     client_max_packet: u32,
     /// Request Problem Information: reason strings may be sent ([MQTT-3.1.2-29]).
     problem_info: bool,
-    will: Option<Will>,
+    /// Boxed: most clients set no will, and inline it would be a quarter of every session.
+    will: Option<Box<Will>>,
+    /// Starts empty and grows with what is sent: a new connection pays for no buffer.
     out: BytesMut,
     /// QoS 0 deliveries written: settled once the output has been flushed, which paces the
     /// queue by the socket.
@@ -111,15 +118,13 @@ pub struct Session {
 }
 
 impl Session {
-    /// Creates a session and the receiver the connection task drains into
-    /// [`Session::handle_outbound`].
-    pub fn new(state: Arc<MqttState>, peer: SocketAddr) -> (Self, UnboundedReceiver<Outbound>) {
-        let (tx, rx) = unbounded_channel();
+    /// Creates a session; its outbox comes later, from [`Session::take_outbox`].
+    pub fn new(state: Arc<MqttState>, peer: SocketAddr) -> Self {
         let conn_id = state.broker.new_connection_id();
         let inner = Inner {
             conn_id,
             peer,
-            outbox: tx,
+            outbox: Outbox::default(),
             phase: Phase::AwaitingConnect,
             protocol: Protocol::V311,
             client_id: String::new(),
@@ -142,21 +147,24 @@ impl Session {
             client_max_packet: u32::MAX,
             problem_info: true,
             will: None,
-            out: BytesMut::with_capacity(512),
+            out: BytesMut::new(),
             written: Vec::new(),
             alarm: false,
             published: false,
             ended: false,
             state,
         };
-        (
-            Session {
-                inner: Arc::new(Mutex::new(inner)),
-                user: None,
-                keep_alive: 0,
-            },
-            rx,
-        )
+        Session {
+            inner: Arc::new(Mutex::new(inner)),
+            user: None,
+            keep_alive: 0,
+        }
+    }
+
+    /// The receiver the connection task drains into [`Session::handle_outbound`], once the
+    /// session has created its outbox; until then `waker` is woken when it does.
+    pub fn take_outbox(&mut self, waker: &Waker) -> Option<UnboundedReceiver<Outbound>> {
+        self.inner.lock().outbox.take_receiver(waker)
     }
 
     /// Handles every complete packet in `input`; false means "close after writing the output".

@@ -5,7 +5,7 @@ use std::collections::hash_map::Entry;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use mqtt_proto::v5::{Packet, PubrecReasonCode, PubrelReasonCode};
+use mqtt_proto::v5::{PubrecReasonCode, PubrelReasonCode};
 use mqtt_proto::{Pid, QoS, QosPid, TopicName};
 use rosetta_core::queue::now_ms;
 use rosetta_core::{Delivery, Queue};
@@ -14,6 +14,7 @@ use super::{settle, Inner, Phase};
 use crate::codec;
 use crate::message::AppMessage;
 use crate::persist::OutStage;
+use crate::state::PacketIds;
 use crate::topic::{self, parse_filter, session_queue, shared_queue};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,7 +74,7 @@ impl Inner {
         // Matching again here also applies the `$` rule the AMQP matcher does not know.
         let mut granted: Option<QoS> = None;
         let mut retain = false;
-        let mut id = None;
+        let mut ids = Vec::new();
         for s in self.subscriptions.values() {
             let Some(p) = parse_filter(&s.filter) else {
                 continue;
@@ -89,8 +90,10 @@ impl Inner {
             granted = Some(granted.map_or(s.qos, |g| g.max(s.qos)));
             // [MQTT-3.3.1-12], [MQTT-3.3.1-13]: RETAIN is kept only for Retain As Published.
             retain |= s.retain_as_published && message.retain;
-            if id.is_none() && s.id != 0 {
-                id = Some(s.id);
+            // [MQTT-3.3.4-3], [MQTT-3.3.4-4]: the identifiers of every matching subscription
+            // that has one go out with the one PUBLISH.
+            if s.id != 0 {
+                ids.push(s.id);
             }
         }
         let Some(granted) = granted else {
@@ -101,7 +104,7 @@ impl Inner {
             &message,
             message.qos.min(granted),
             retain,
-            id,
+            &ids,
             Some((d.queue, d.seq)),
             d.redelivered,
         );
@@ -138,19 +141,29 @@ impl Inner {
         }
     }
 
-    /// Writes one PUBLISH. `source` is the queue entry to settle; `redelivered` sets DUP.
+    /// Writes one PUBLISH. `ids` are the subscription identifiers it carries, `source` is the
+    /// queue entry to settle; `redelivered` sets DUP.
     pub(super) fn send_message(
         &mut self,
         message: &AppMessage,
         qos: QoS,
         retain: bool,
-        id: Option<u32>,
+        ids: &[u32],
         source: Option<(Arc<Queue>, u64)>,
         redelivered: bool,
     ) {
         let now = now_ms();
+        // [MQTT-4.4.0-1]: a message sent before a reconnect and not acknowledged goes out again
+        // under its packet id. The id is taken whatever happens next, so that it is not held
+        // for a message delivered at QoS 0 or not at all.
+        let resent = match &source {
+            Some((q, seq)) if !self.resend.is_empty() => {
+                self.resend.remove(&(q.name.clone(), *seq))
+            }
+            _ => None,
+        };
         // [MQTT-3.3.2-5]: an expired message is not delivered.
-        let Some(mut properties) = message.publish_properties(id, now) else {
+        let Some(mut properties) = message.publish_properties(now) else {
             settle(source.into_iter().collect());
             return;
         };
@@ -167,9 +180,6 @@ impl Inner {
         let pid = if qos == QoS::Level0 {
             None
         } else {
-            let resent = source
-                .as_ref()
-                .and_then(|(q, seq)| self.resend.remove(&(q.name.clone(), *seq)));
             match resent.or_else(|| self.next_free_pid()) {
                 Some(pid) => Some(pid),
                 None => {
@@ -190,9 +200,8 @@ impl Inner {
         let dup = redelivered && qos_pid != QosPid::Level0;
         let (wire_topic, alias, new_alias) = self.outgoing_topic(&topic);
         properties.topic_alias = alias;
-        let packet =
-            Packet::Publish(message.to_publish(wire_topic, qos_pid, dup, retain, properties));
-        let bytes = match codec::encode(&packet, self.protocol) {
+        let publish = message.to_publish(wire_topic, qos_pid, dup, retain, properties);
+        let bytes = match codec::encode_publish(publish, ids, self.protocol) {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(client_id = %self.client_id, error = %e, "cannot encode a PUBLISH; not delivered");
@@ -338,13 +347,24 @@ impl Inner {
 
     /// The connection is leaving its session: consumers stop, and what the client did not
     /// acknowledge goes back to its queues, to be sent again (DUP) to the next connection.
-    pub(super) fn release_deliveries(&mut self) {
+    ///
+    /// Returns the packet ids of those deliveries from the session's own queue, for a resumed
+    /// session to send them under the same ids ([MQTT-4.4.0-1]). A shared subscription's
+    /// message may meanwhile go to another member, so its id is not kept.
+    pub(super) fn release_deliveries(&mut self) -> PacketIds {
         for (_, (q, c)) in self.consumers.drain() {
             self.state.vhost.cancel(&q, &c);
         }
+        // Only a session that outlives the connection needs them.
+        let keep = self.expiry > 0;
+        let own = session_queue(&self.client_id);
+        let mut kept = PacketIds::new();
         let mut back: Vec<(Arc<Queue>, Vec<u64>)> = Vec::new();
-        for (_, f) in self.out_flight.drain() {
+        for (pid, f) in self.out_flight.drain() {
             let Some((q, seq)) = f.source else { continue };
+            if keep && q.name == own {
+                kept.insert((own.clone(), seq), pid);
+            }
             match back.iter_mut().find(|(g, _)| Arc::ptr_eq(g, &q)) {
                 Some((_, seqs)) => seqs.push(seq),
                 None => back.push((q, vec![seq])),
@@ -354,5 +374,19 @@ impl Inner {
             q.requeue(&seqs);
         }
         settle(std::mem::take(&mut self.written));
+        // Ids this connection was to resend but did not get to (its window was full) stay
+        // reserved, as long as the queue holds enough messages to need them: an entry that
+        // expired or was purged meanwhile never comes back, and would pin its id for good.
+        let leftovers = std::mem::take(&mut self.resend);
+        if !keep || leftovers.is_empty() {
+            return kept;
+        }
+        let ready = self.state.vhost.queue(&own).map_or(0, |q| {
+            usize::try_from(q.stats().ready).unwrap_or(usize::MAX)
+        });
+        if kept.len() + leftovers.len() <= ready {
+            kept.extend(leftovers.into_iter().filter(|((q, _), _)| *q == own));
+        }
+        kept
     }
 }

@@ -12,7 +12,7 @@ use super::Inner;
 use crate::codec;
 use crate::error::MqttError;
 use crate::persist::Subscription;
-use crate::topic::{filter_to_binding, parse_filter, session_queue, shared_queue};
+use crate::topic::{filter_to_binding, parse_filter, session_queue, shared_queue, shared_queue_of};
 
 const EXCHANGE: &str = "amq.topic";
 
@@ -28,42 +28,34 @@ impl Inner {
 
     /// Declares the subscription's queue and binds it. The session's own queue is durable for a
     /// persistent session and exclusive to the connection otherwise; a shared subscription's
-    /// queue is durable and goes away with its last consumer.
+    /// queue lives while a session holds the subscription (`MqttState::hold_shared`).
     fn bind_subscription(&self, filter: &str) -> Result<(), MqttError> {
         let parsed = parse_filter(filter).ok_or_else(|| {
             MqttError::Protocol(format!("invalid shared subscription '{filter}'"))
         })?;
         let vhost = &self.state.vhost;
-        let (queue, declare) = match parsed.group {
+        let queue = match parsed.group {
             Some(group) => {
                 let name = shared_queue(group, parsed.filter);
-                (
-                    name.clone(),
-                    QueueDeclare {
-                        name,
-                        durable: true,
-                        auto_delete: true,
-                        ..QueueDeclare::default()
-                    },
-                )
+                self.state
+                    .hold_shared(&name, &self.client_id, self.conn_id)?;
+                name
             }
             None => {
                 let name = session_queue(&self.client_id);
-                let durable = self.durable_queue;
-                (
-                    name.clone(),
-                    QueueDeclare {
-                        name,
+                if vhost.queue(&name).is_none() {
+                    let durable = self.durable_queue;
+                    let declare = QueueDeclare {
+                        name: name.clone(),
                         durable,
                         exclusive: !durable,
                         ..QueueDeclare::default()
-                    },
-                )
+                    };
+                    vhost.declare_queue(declare, self.conn_id)?;
+                }
+                name
             }
         };
-        if vhost.queue(&queue).is_none() {
-            vhost.declare_queue(declare, self.conn_id)?;
-        }
         vhost.bind(
             EXCHANGE,
             Destination::Queue(queue),
@@ -75,7 +67,7 @@ impl Inner {
     }
 
     /// Binds every subscription of a resumed session again: a shared subscription's queue may
-    /// have gone with its last consumer while the session was away.
+    /// have been deleted (by an operator) while the session was away.
     pub(super) fn restore_bindings(&mut self) -> Result<(), MqttError> {
         let filters: Vec<String> = self.subscriptions.keys().cloned().collect();
         for f in filters {
@@ -98,7 +90,10 @@ impl Inner {
             prefetch: 0,
             shared_credit: Some(self.credit.clone()),
         };
-        let (q, c) = self.state.vhost.consume(queue, spec, self.outbox.clone())?;
+        let (q, c) = self
+            .state
+            .vhost
+            .consume(queue, spec, self.outbox.sender())?;
         self.consumers.insert(queue.to_owned(), (q, c));
         Ok(())
     }
@@ -140,6 +135,9 @@ impl Inner {
                 .and_then(|()| self.queue_of(&full).map_or(Ok(()), |q| self.consume(&q)))
             {
                 tracing::warn!(client_id = %self.client_id, filter = %full, error = %e, "subscription failed");
+                if !existed {
+                    self.release_shared(&full);
+                }
                 codes.push(SubscribeReasonCode::UnspecifiedError);
                 continue;
             }
@@ -177,9 +175,9 @@ impl Inner {
         for sub in retained {
             for message in self.state.retained.matching(&sub.filter, now) {
                 let qos = message.qos.min(sub.qos);
-                let id = (sub.id != 0).then_some(sub.id);
+                let ids: &[u32] = if sub.id != 0 { &[sub.id] } else { &[] };
                 // [MQTT-3.3.1-8]: retained messages sent for a new subscription keep RETAIN.
-                self.send_message(&message, qos, true, id, None, false);
+                self.send_message(&message, qos, true, ids, None, false);
             }
         }
         Ok(())
@@ -195,12 +193,14 @@ impl Inner {
             };
             let result = match parse_filter(&sub.filter) {
                 Some(p) if p.group.is_some() => {
-                    // Other members keep the shared queue; this session stops taking from it.
+                    // This session stops taking from the shared queue; the queue stays while
+                    // another session holds the subscription.
                     if let Some(queue) = self.queue_of(&sub.filter) {
                         if let Some((q, c)) = self.consumers.remove(&queue) {
                             self.state.vhost.cancel(&q, &c);
                         }
                     }
+                    self.release_shared(&sub.filter);
                     Ok(())
                 }
                 Some(p) => self.state.vhost.unbind(
@@ -228,6 +228,21 @@ impl Inner {
             topics: codes,
         }));
         Ok(())
+    }
+
+    /// The session no longer holds `subscription`, if it is a shared one.
+    fn release_shared(&self, subscription: &str) {
+        if let Some(queue) = shared_queue_of(subscription) {
+            self.state.release_shared(&queue, &self.client_id);
+        }
+    }
+
+    /// The session ends: it lets go of its shared subscriptions, whose queues go with their
+    /// last holder. (A stored session's are also let go by `MqttState::end_session`.)
+    pub(super) fn release_all_shared(&self) {
+        for filter in self.subscriptions.keys() {
+            self.release_shared(filter);
+        }
     }
 
     /// A persistent session's subscriptions are on disk before SUBACK or UNSUBACK is sent.

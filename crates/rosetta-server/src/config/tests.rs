@@ -48,6 +48,7 @@ fn default_toml_sets_every_key() {
         "topic_alias_max",
         "max_keep_alive",
         "max_retained",
+        "allow_anonymous",
         "frame_max",
         "channel_max",
         "max_connections",
