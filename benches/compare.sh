@@ -6,7 +6,8 @@
 #
 # Needs: a release build (cargo build --release -p rosetta -p rosetta-bench) and the Debian
 # package rabbitmq-server. Environment knobs: RUNS (3), N (messages per run, 200000),
-# BACKLOG (2000000), BROKERS ("rosetta rabbitmq"), SCENARIOS (all).
+# BACKLOG (2000000), BROKERS ("rosetta rabbitmq"), SCENARIOS (all: transient persistent
+# persistent4 fanout latency sweep backlog).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-$here/target/bench-results.jsonl}
@@ -14,7 +15,7 @@ runs=${RUNS:-3}
 n=${N:-200000}
 backlog=${BACKLOG:-2000000}
 brokers=${BROKERS:-"rosetta rabbitmq"}
-scenarios=${SCENARIOS:-"transient persistent persistent4 fanout latency backlog"}
+scenarios=${SCENARIOS:-"transient persistent persistent4 fanout latency sweep backlog"}
 bench=$here/target/release/rosetta-bench
 rosetta=$here/target/release/rosetta
 work=$(mktemp -d)
@@ -43,6 +44,11 @@ for r in $(seq "$runs"); do
         persistent4) run "$b" "$s" throughput -n "$n" -s 1024 --prefetch 100 --persistent --confirm 1000 -p 4 -c 4 ;;
         fanout)      run "$b" "$s" fanout -n $((n / 2)) -s 256 --prefetch 100 --queues 10 ;;
         latency)     run "$b" "$s" latency -n 10000 -s 1024 --prefetch 100 --rate 1000 ;;
+        # Group commit: P publishers that each wait for every confirm (one in flight, as a
+        # blocking client does), one consumer. msgs/s grows with P only if fsyncs are shared.
+        sweep)       for p in 1 2 4 8 16 32; do
+                       run "$b" "$s-p$(printf %02d "$p")" throughput -n $((2000 * p)) -s 1024 --prefetch 100 --persistent --confirm 1 -p "$p" -c 1
+                     done ;;
         backlog)     [[ $r -eq 1 ]] && run "$b" "$s" backlog -n "$backlog" -s 1024 --prefetch 500 --persistent --confirm 1000 --timeout 1200 ;;
       esac
     done
