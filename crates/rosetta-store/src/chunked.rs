@@ -54,10 +54,12 @@ impl<'a> Chunked<'a> {
     }
 
     fn apply(&mut self) -> Result<(), StoreError> {
-        self.len = 0;
+        let ops = std::mem::take(&mut self.len);
         self.tree
             .apply_batch(std::mem::take(&mut self.batch))
-            .map_err(engine)
+            .map_err(engine)?;
+        reclaim(ops);
+        Ok(())
     }
 
     /// Applies what is left.
@@ -66,5 +68,19 @@ impl<'a> Chunked<'a> {
             self.apply()?;
         }
         Ok(())
+    }
+}
+
+/// Frees the tree nodes a batch of `ops` writes replaced.
+///
+/// sled defers freeing every node version it replaces to crossbeam's epoch collector, which
+/// frees at most a few hundred deferred items per collection and collects only every 128 pins
+/// of a thread or when a thread flushes. Our writes all come from the commit thread, one pin
+/// per batch, so without help garbage piles up far faster than it is freed: draining a backlog
+/// of 300,000 messages grew the heap by 250 MiB of old nodes. Each flush collects up to 8 bags
+/// of 64 items; a write replaces about two versions.
+fn reclaim(ops: usize) {
+    for _ in 0..=ops / 256 {
+        crossbeam_epoch::pin().flush();
     }
 }
