@@ -102,10 +102,14 @@ class Client:
             self.conn.ack(frame.headers["message-id"], frame.headers["subscription"])
 
     def nack(self, frame):
+        # With a receipt: a check made on another connection right after must find the
+        # NACK already processed.
+        receipt = name("r")
         if self.version == "1.2":
-            self.conn.nack(frame.headers["ack"])
+            self.conn.nack(frame.headers["ack"], receipt=receipt)
         else:
-            self.conn.nack(frame.headers["message-id"], frame.headers["subscription"])
+            self.conn.nack(frame.headers["message-id"], frame.headers["subscription"], receipt=receipt)
+        assert self.seen.wait(lambda: receipt in self.seen.receipts), f"no RECEIPT {receipt}"
 
     def close(self):
         if self.conn.is_connected():
