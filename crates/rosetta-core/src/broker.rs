@@ -23,6 +23,12 @@ pub struct CoreLimits {
     /// paged out to the store and read back in order when the queue reaches them (0 = keep
     /// everything in memory).
     pub queue_resident_bytes: u64,
+    /// Queues per virtual host (0 = none).
+    pub max_queues: u64,
+    /// Exchanges per virtual host, predeclared ones included (0 = none).
+    pub max_exchanges: u64,
+    /// Bindings per virtual host (0 = none).
+    pub max_bindings: u64,
 }
 
 /// Broker-wide message counters, read by the metrics endpoint.

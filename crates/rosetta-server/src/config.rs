@@ -130,6 +130,12 @@ pub struct MqttConfig {
     pub max_retained: u32,
     /// Accept a CONNECT without a user name (shown as user `anonymous`).
     pub allow_anonymous: bool,
+    /// Most subscriptions one session may hold; 0 = no limit.
+    pub max_subscriptions: u32,
+    /// Most topic filters one SUBSCRIBE may carry; 0 = no limit.
+    pub max_filters_per_subscribe: u32,
+    /// Most levels (`/`-separated words) in a topic name or filter; 0 = no limit.
+    pub max_topic_levels: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -174,6 +180,19 @@ pub struct Limits {
     pub memory_limit: u64,
     /// Publishers are blocked while free disk space is below this many bytes.
     pub disk_free_limit: u64,
+    /// Consumers (AMQP) or subscriptions (STOMP) one channel may hold; 0 = no limit.
+    pub max_consumers_per_channel: u32,
+    /// Queues per virtual host; 0 = no limit.
+    pub max_queues: u32,
+    /// Exchanges per virtual host, the predeclared ones included; 0 = no limit.
+    pub max_exchanges: u32,
+    /// Bindings per virtual host; 0 = no limit.
+    pub max_bindings: u32,
+    /// Frames (publishes, sends, acks) one open transaction may hold (AMQP tx, STOMP BEGIN);
+    /// 0 = no limit.
+    pub max_transaction_frames: u32,
+    /// Message body bytes one open transaction may hold; 0 = no limit.
+    pub max_transaction_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -298,6 +317,9 @@ impl Default for MqttConfig {
             max_keep_alive: 0,
             max_retained: 100_000,
             allow_anonymous: false,
+            max_subscriptions: 10_000,
+            max_filters_per_subscribe: 1_000,
+            max_topic_levels: 128,
         }
     }
 }
@@ -314,6 +336,12 @@ impl Default for Limits {
             queue_resident_bytes: 8 * 1024 * 1024,
             memory_limit: 512 * 1024 * 1024,
             disk_free_limit: 50 * 1024 * 1024,
+            max_consumers_per_channel: 10_000,
+            max_queues: 1_000_000,
+            max_exchanges: 10_000,
+            max_bindings: 1_000_000,
+            max_transaction_frames: 10_000,
+            max_transaction_bytes: 128 * 1024 * 1024,
         }
     }
 }

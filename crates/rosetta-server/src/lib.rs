@@ -68,6 +68,9 @@ async fn serve(config: Config) -> Result<(), Error> {
         max_queue_length: config.limits.max_queue_length,
         max_queue_bytes: config.limits.max_queue_bytes,
         queue_resident_bytes: config.limits.queue_resident_bytes,
+        max_queues: u64::from(config.limits.max_queues),
+        max_exchanges: u64::from(config.limits.max_exchanges),
+        max_bindings: u64::from(config.limits.max_bindings),
     };
     let dyn_store: Arc<dyn Store> = store.clone();
     let broker = Broker::open(dyn_store, &vhosts, limits)?;
