@@ -14,5 +14,7 @@ mod dead_letter;
 mod durability;
 mod errors;
 mod exchanges;
+mod hostile;
 mod paging;
 mod queues;
+mod slow_consumer;

@@ -21,7 +21,7 @@ fn body(i: usize, size: usize) -> Vec<u8> {
 }
 
 /// Publishes bodies `range` persistently to `queue`, waiting for confirms a window at a time.
-async fn publish_backlog(
+pub(crate) async fn publish_backlog(
     channel: &Channel,
     queue: &str,
     range: std::ops::Range<usize>,
@@ -141,7 +141,7 @@ fn a_paged_backlog_drains_in_order_before_and_after_kill_nine() {
 }
 
 /// VmRSS of process `pid`, in bytes.
-fn rss_bytes(pid: u32) -> u64 {
+pub(crate) fn rss_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
     let kib: u64 = status
         .lines()

@@ -10,6 +10,7 @@ mod support;
 mod cross;
 mod durability;
 mod errors;
+mod hostile;
 mod login;
 mod resend;
 mod shared;

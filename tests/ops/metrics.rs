@@ -243,6 +243,7 @@ fn the_exposition_is_well_formed_and_includes_process_metrics() {
         "rosetta_sent_bytes_total",
         "rosetta_store_disk_bytes",
         "rosetta_store_fsync_seconds",
+        "rosetta_store_write_failures_total",
         "process_resident_memory_bytes",
         "process_cpu_seconds_total",
         "process_open_fds",
@@ -251,6 +252,12 @@ fn the_exposition_is_well_formed_and_includes_process_metrics() {
     }
     assert_eq!(kinds["rosetta_store_fsync_seconds"], "histogram");
     assert_eq!(kinds["rosetta_messages_published_total"], "counter");
+    assert_eq!(kinds["rosetta_store_write_failures_total"], "counter");
+    assert_eq!(
+        scrape.value("rosetta_store_write_failures_total"),
+        Some(0.0),
+        "a healthy disk has no failed store writes"
+    );
     assert!(scrape.value("process_resident_memory_bytes").expect("rss") > 0.0);
     assert!(scrape.value("process_open_fds").expect("fds") > 0.0);
 }

@@ -177,6 +177,22 @@ def test_paho_connects_without_credentials_only_when_anonymous_login_is_allowed(
         assert anon.message().payload == b"hi"
 
 
+def test_paho_5_publish_to_a_300_byte_topic_gets_0x90_and_keeps_the_connection(mqtt_broker, clients):
+    port = mqtt_broker.mqtt_port
+    sub = Client(port, name("sub"), mqtt.MQTTv5)
+    pub = Client(port, name("pub"), mqtt.MQTTv5)
+    clients += [sub, pub]
+    acks = queue.Queue()
+    pub.client.on_publish = lambda c, u, mid, rc, props: acks.put((mid, rc))
+    # Its routing key could not travel in an AMQP short string (255 bytes).
+    info = pub.client.publish("long/" + "x" * 295, "too long", qos=1)
+    mid, rc = acks.get(timeout=WAIT)
+    assert (mid, rc.value) == (info.mid, 0x90)
+    sub.subscribe("after/long")
+    pub.publish("after/long", "fine")
+    assert sub.message().payload == b"fine"
+
+
 def test_paho_5_shared_subscription_splits_messages(mqtt_broker, clients):
     port = mqtt_broker.mqtt_port
     group = name("workers")

@@ -9,3 +9,4 @@ mod support;
 mod durability;
 mod errors;
 mod framing;
+mod hostile;

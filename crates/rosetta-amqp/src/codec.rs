@@ -131,11 +131,9 @@ pub fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<AMQPFra
         });
     };
     if buf.len() < total {
-        // Make room for the rest of the frame in one go; bounded by frame-max, so only when
-        // there is one.
-        if frame_max != 0 {
-            buf.reserve(total - buf.len());
-        }
+        // No room is made for the announced rest: memory follows the bytes that arrive (the
+        // reader grows the buffer as they do), so seven header bytes on each of many
+        // connections cannot hold a frame-max of memory apiece.
         return Ok(None);
     }
     let end = buf[total - 1];

@@ -23,6 +23,9 @@ pub struct CoreLimits {
     /// paged out to the store and read back in order when the queue reaches them (0 = keep
     /// everything in memory).
     pub queue_resident_bytes: u64,
+    /// Bytes of deliveries each consumer may have handed to its connection and not yet written
+    /// to the socket; past it the queue keeps its messages until the client reads (0 = none).
+    pub consumer_buffer_bytes: u64,
     /// Queues per virtual host (0 = none).
     pub max_queues: u64,
     /// Exchanges per virtual host, predeclared ones included (0 = none).
@@ -40,6 +43,8 @@ pub struct Counters {
     pub redelivered: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub unroutable: AtomicU64,
+    /// Dead letters dropped to break a cycle or end a runaway cascade.
+    pub dead_letter_dropped: AtomicU64,
 }
 
 /// State every virtual host shares.

@@ -105,6 +105,54 @@ pub fn dead_lettered_message(
     )
 }
 
+/// The queues a dead-lettered message died in, newest first, read from its `x-death` header.
+#[derive(Debug, Default)]
+pub struct DeathHistory {
+    /// (queue, whether a client rejected it there)
+    deaths: Vec<(String, bool)>,
+}
+
+impl DeathHistory {
+    pub fn of(message: &Message) -> Self {
+        let deaths = match message
+            .properties
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("x-death"))
+        {
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(|d| match d {
+                    Value::Table(t) => Some((
+                        t.get("queue").and_then(Value::as_str)?.to_owned(),
+                        t.get("reason").and_then(Value::as_str)
+                            == Some(DeathReason::Rejected.as_str()),
+                    )),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        DeathHistory { deaths }
+    }
+
+    /// RabbitMQ's cycle rule: going into `queue` again is a cycle when the message already died
+    /// there and no death since then, that one included, was a client's rejection. Such a
+    /// cycle would repeat forever with nobody acting on it; a rejection means a consumer is in
+    /// the loop and may stop it.
+    pub fn is_cycle_into(&self, queue: &str) -> bool {
+        for (q, rejected) in &self.deaths {
+            if *rejected {
+                return false;
+            }
+            if q == queue {
+                return true;
+            }
+        }
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,5 +199,24 @@ mod tests {
             panic!("not a table")
         };
         assert_eq!(t.get("count"), Some(&Value::I64(2)));
+    }
+
+    #[test]
+    fn a_cycle_is_automatic_deaths_back_to_the_same_queue() {
+        let m = Message::new("ex", "rk", Properties::default(), bytes::Bytes::new());
+        let in_a = dead_lettered_message(&m, "a", DeathReason::MaxLen, "dlx", None);
+        let in_b = dead_lettered_message(&in_a, "b", DeathReason::Expired, "dlx", None);
+        let history = DeathHistory::of(&in_b);
+        assert!(history.is_cycle_into("a"));
+        assert!(history.is_cycle_into("b"));
+        assert!(!history.is_cycle_into("c"));
+
+        let rejected_in_c = dead_lettered_message(&in_b, "c", DeathReason::Rejected, "dlx", None);
+        let history = DeathHistory::of(&rejected_in_c);
+        assert!(
+            !history.is_cycle_into("a"),
+            "a rejection since breaks the cycle"
+        );
+        assert!(!history.is_cycle_into("c"));
     }
 }

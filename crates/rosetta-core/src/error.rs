@@ -26,6 +26,11 @@ pub enum CoreError {
     /// A configured limit was reached (AMQP 506 RESOURCE_ERROR).
     #[error("RESOURCE_ERROR - {0}")]
     ResourceLimit(String),
+    /// A configured per-virtual-host limit (queues, exchanges, bindings) or a key longer than
+    /// the protocols can carry. AMQP answers 406 on the channel, as RabbitMQ answers a declare
+    /// past its queue limit; MQTT says Quota exceeded, STOMP sends an ERROR frame.
+    #[error("PRECONDITION_FAILED - {0}")]
+    LimitReached(String),
     /// The store failed; the operation may not be durable (AMQP 541 INTERNAL_ERROR).
     #[error("INTERNAL_ERROR - {0}")]
     Store(#[from] StoreError),

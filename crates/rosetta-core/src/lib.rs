@@ -4,22 +4,30 @@
 
 pub mod auth;
 pub mod broker;
+#[cfg(test)]
+mod buffer_tests;
 pub mod consumer;
 pub mod dead_letter;
 pub mod error;
 pub mod exchange;
 mod headers_match;
+#[cfg(test)]
+mod memory_store;
 pub mod message;
 mod paging;
 pub mod queue;
 pub mod queue_config;
+#[cfg(test)]
+mod routing_tests;
 pub mod store;
 pub mod topic;
 pub mod vhost;
 
 pub use auth::{AuthFailure, User, Users};
 pub use broker::{Broker, CoreLimits, Counters};
-pub use consumer::{CloseReason, ConnectionId, Consumer, ConsumerSpec, Credit, Delivery, Outbound};
+pub use consumer::{
+    CloseReason, ConnectionId, Consumer, ConsumerSpec, Credit, Delivery, Outbound, Unwritten,
+};
 pub use error::CoreError;
 pub use exchange::Destination;
 pub use message::{Message, Properties, Table, Value};

@@ -4,9 +4,11 @@
 //! memory while it waits. Each queue keeps bodies for its head, up to a byte budget
 //! (`CoreLimits::queue_resident_bytes`); a message that arrives while the budget is spent, or
 //! while older messages are paged out, keeps only its [`Entry`] summary. When the head's body is
-//! on disk, the queue reads the next bodies back in queue order, [`READ_AHEAD`] at a time, so a
-//! backlog drains at the speed of sequential store reads and memory holds a window of it, never
-//! all of it.
+//! on disk and a consumer can take it, the queue reads the next bodies back in queue order,
+//! [`READ_AHEAD`] at a time and with its lock released, so a backlog drains at the speed of
+//! sequential store reads, memory holds a window of it, never all of it, and publishers and
+//! acknowledgements are not held up by the disk. A consumer whose buffer is full triggers no
+//! read: what a slow consumer costs stays on disk.
 //!
 //! Transient messages, and messages in queues that are not stored (non-durable or exclusive),
 //! have no copy on disk: they always stay resident, and count against the budget.
@@ -16,7 +18,6 @@ use std::num::NonZeroU64;
 use std::sync::Arc;
 
 use crate::message::Message;
-use crate::store::Store;
 
 /// Sort key: inverted priority first, so `pop_first` yields the highest priority, then order.
 pub(crate) type Slot = (u8, u64);
@@ -185,46 +186,86 @@ impl Ready {
         self.first().is_some_and(|e| e.message.is_none())
     }
 
-    /// Reads paged-out bodies back from the head on, up to [`READ_AHEAD`] of them and within
-    /// the budget (the first one regardless, so the head can always be delivered). Stops at the
-    /// first body that cannot be read: the caller drops that entry when it reaches it.
-    pub fn read_ahead(&mut self, store: &dyn Store, budget: Option<u64>) {
-        let mut sorted = self.sorted.iter_mut().peekable();
-        let mut run = self.run.iter_mut().peekable();
-        let mut loaded = 0;
-        for _ in 0..READ_AHEAD_SCAN {
-            // The two sequences merged in slot order, as `pop_first` would take them.
+    /// The head-first order `pop_first` would take entries in: the two sequences merged.
+    fn iter(&self) -> impl Iterator<Item = (Slot, &Entry)> {
+        let mut sorted = self.sorted.iter().peekable();
+        let mut run = self.run.iter().peekable();
+        std::iter::from_fn(move || {
             let from_sorted = match (sorted.peek(), run.peek()) {
                 (Some((slot, _)), Some((seq, _))) => **slot < (PLAIN, *seq),
                 (Some(_), None) => true,
                 (None, Some(_)) => false,
-                (None, None) => break,
+                (None, None) => return None,
             };
-            let next = if from_sorted {
-                sorted.next().map(|(_, e)| e)
+            if from_sorted {
+                sorted.next().map(|(slot, e)| (*slot, e))
             } else {
-                run.next().map(|(_, e)| e)
-            };
-            let Some(entry) = next else { break };
-            if loaded == READ_AHEAD {
+                run.next().map(|(seq, e)| ((PLAIN, *seq), e))
+            }
+        })
+    }
+
+    /// The paged-out entries to read back next, head first, as `(slot, message id)`: up to
+    /// [`READ_AHEAD`] of them within the budget (the first one regardless, so the head can
+    /// always be delivered). The caller reads them with the queue unlocked and hands the bodies
+    /// to [`Ready::attach`].
+    pub fn plan_read_ahead(&self, budget: Option<u64>) -> Vec<(Slot, u64)> {
+        let mut planned = Vec::new();
+        let mut resident = self.resident_bytes;
+        for (slot, entry) in self.iter().take(READ_AHEAD_SCAN) {
+            if planned.len() == READ_AHEAD {
                 break;
             }
             if entry.message.is_some() {
                 continue;
             }
-            if loaded > 0 && budget.is_some_and(|b| self.resident_bytes + entry.body_len > b) {
+            if !planned.is_empty() && budget.is_some_and(|b| resident + entry.body_len > b) {
                 break;
             }
-            match store.load_message(entry.id) {
-                Ok(Some(message)) => {
-                    entry.message = Some(message);
-                    self.resident_bytes += entry.body_len;
-                    self.paged -= 1;
-                    loaded += 1;
-                }
-                Ok(None) | Err(_) => break,
+            resident += entry.body_len;
+            planned.push((slot, entry.id));
+        }
+        planned
+    }
+
+    fn entry_mut(&mut self, slot: Slot) -> Option<&mut Entry> {
+        if slot.0 == PLAIN {
+            let at = self.run.partition_point(|(s, _)| *s < slot.1);
+            if self.run.get(at).is_some_and(|(s, _)| *s == slot.1) {
+                return self.run.get_mut(at).map(|(_, e)| e);
             }
         }
+        self.sorted.get_mut(&slot)
+    }
+
+    /// Gives a paged-out entry its body back. The entry may have left meanwhile (delivered,
+    /// expired, purged) or come back resident: then the body is not needed.
+    pub fn attach(&mut self, slot: Slot, id: u64, message: Arc<Message>) {
+        let Some(entry) = self.entry_mut(slot) else {
+            return;
+        };
+        if entry.id != id || entry.message.is_some() {
+            return;
+        }
+        let body_len = entry.body_len;
+        entry.message = Some(message);
+        self.resident_bytes += body_len;
+        self.paged -= 1;
+    }
+
+    /// Takes one entry out, wherever it is (a paged-out entry whose body cannot be read).
+    pub fn remove(&mut self, slot: Slot, id: u64) -> Option<Entry> {
+        if self.entry_mut(slot)?.id != id {
+            return None;
+        }
+        let entry = if slot.0 == PLAIN && !self.sorted.contains_key(&slot) {
+            let at = self.run.partition_point(|(s, _)| *s < slot.1);
+            self.run.remove(at).map(|(_, e)| e)?
+        } else {
+            self.sorted.remove(&slot)?
+        };
+        self.count_out(&entry);
+        Some(entry)
     }
 }
 

@@ -3,7 +3,10 @@
 //! Each queue owns its state behind one short mutex; nothing awaits while holding it. Messages
 //! are ordered by `(priority slot, seq)`, so a requeued message returns to its original place
 //! and a priority queue serves higher priorities first with FIFO inside each priority. Bodies
-//! of stored messages beyond the head may be paged out to the store (see `paging`).
+//! of stored messages beyond the head may be paged out to the store (see `paging`); they are
+//! read back with the lock released, and so is the body of a paged-out message that is
+//! dead-lettered. An unacknowledged persistent delivery keeps no body either: a client that
+//! takes messages and never settles them costs their summaries, not their bodies.
 
 use std::collections::HashMap;
 use std::num::NonZeroU64;
@@ -11,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::broker::CoreLimits;
 use crate::consumer::{ConnectionId, Consumer, Delivery, Outbound};
@@ -51,6 +54,19 @@ struct State {
     last_used_ms: u64,
     /// Auto-delete queues go away when their last consumer leaves, but only once they had one.
     had_consumer: bool,
+    /// Bodies are being read back from the store with the lock released. Meanwhile nothing
+    /// else starts a read-ahead and the paged-out head waits, so deliveries keep queue order;
+    /// the reader dispatches once the bodies are in.
+    reading: bool,
+}
+
+/// A message leaving the queue for good. Its store entry is forgotten, and its body read back
+/// for dead-lettering if it is paged out, once the queue's lock is released.
+#[derive(Debug)]
+struct Dying {
+    seq: u64,
+    entry: Entry,
+    reason: DeathReason,
 }
 
 /// How a consumer settles a delivery.
@@ -196,6 +212,12 @@ impl Queue {
         }
     }
 
+    /// Whether some caller holds the queue's lock now (tests look from inside store calls).
+    #[cfg(test)]
+    pub(crate) fn is_locked(&self) -> bool {
+        self.state.is_locked()
+    }
+
     pub fn is_deleted(&self) -> bool {
         self.state.lock().deleted
     }
@@ -256,9 +278,9 @@ impl Queue {
             };
             st.ready.insert(self.slot(summary.priority, seq), entry);
             self.enforce_limits(&mut st, &mut dead);
-            self.dispatch_locked(&mut st, now, &mut dead);
+            self.dispatch_reading(&mut st, now, &mut dead);
         }
-        self.dead_letter(dead);
+        self.bury(dead);
     }
 
     /// Re-inserts a message recovered from the store, before any consumer exists. Its body
@@ -292,7 +314,7 @@ impl Queue {
         ttl.map(|t| NonZeroU64::new(now.saturating_add(t)).unwrap_or(NonZeroU64::MIN))
     }
 
-    fn enforce_limits(&self, st: &mut State, dead: &mut Vec<DeadLetter>) {
+    fn enforce_limits(&self, st: &mut State, dead: &mut Vec<Dying>) {
         if self.overflow() != Overflow::DropHead {
             return;
         }
@@ -308,21 +330,35 @@ impl Queue {
         }
     }
 
-    /// Removes a message for good and, if the queue has a dead-letter exchange, hands it there.
-    fn settle_dead(&self, seq: u64, entry: Entry, reason: DeathReason, dead: &mut Vec<DeadLetter>) {
-        if self.config.dead_letter_exchange.is_some() {
-            // A paged-out body is read back before its entry leaves the store.
-            let message = match entry.message {
-                Some(message) => Some(message),
-                None => self.read_body(seq, entry.id),
-            };
-            if let Some(message) = message {
-                dead.push(DeadLetter { message, reason });
+    /// Removes a message for good; [`Queue::bury`] finishes the job once the lock is released.
+    fn settle_dead(&self, seq: u64, entry: Entry, reason: DeathReason, dead: &mut Vec<Dying>) {
+        dead.push(Dying { seq, entry, reason });
+    }
+
+    /// Forgets messages that left the queue for good and, if the queue has a dead-letter
+    /// exchange, hands them there. Runs without the lock: a paged-out body is read back here,
+    /// before its entry leaves the store.
+    fn bury(&self, dead: Vec<Dying>) {
+        if dead.is_empty() {
+            return;
+        }
+        let dead_letters = self.config.dead_letter_exchange.is_some();
+        let mut letters = Vec::new();
+        for Dying { seq, entry, reason } in dead {
+            if dead_letters {
+                let message = match entry.message {
+                    Some(message) => Some(message),
+                    None => self.read_body(seq, entry.id),
+                };
+                if let Some(message) = message {
+                    letters.push(DeadLetter { message, reason });
+                }
+            }
+            if entry.persisted {
+                self.forget(seq, entry.id);
             }
         }
-        if entry.persisted {
-            self.forget(seq, entry.id);
-        }
+        self.dead_letter(letters);
     }
 
     fn forget(&self, seq: u64, message_id: u64) {
@@ -346,32 +382,35 @@ impl Queue {
         }
     }
 
-    /// Takes the head of the ready list with its body, reading bodies back from the store when
-    /// the head is paged out. An entry whose body cannot be read is dropped, from the store
-    /// too, rather than left to block every message behind it.
-    fn pop_head(&self, st: &mut State) -> Option<(Slot, Entry, Arc<Message>)> {
-        loop {
-            if st.ready.head_is_paged() {
-                st.ready
-                    .read_ahead(self.store.as_ref(), self.resident_budget());
-            }
-            let (slot, mut entry) = st.ready.pop_first()?;
-            let message = match &entry.message {
-                Some(message) => message.clone(),
-                None => match self.read_body(slot.1, entry.id) {
-                    Some(message) => message,
-                    None => {
-                        self.forget(slot.1, entry.id);
-                        continue;
+    /// Reads the next paged-out bodies from the head on back from the store, with the lock
+    /// released meanwhile, and gives them to their entries. An entry whose body cannot be read
+    /// is dropped, from the store too, rather than left to block every message behind it.
+    fn read_ahead(&self, st: &mut MutexGuard<'_, State>) {
+        let planned = st.ready.plan_read_ahead(self.resident_budget());
+        if planned.is_empty() {
+            return;
+        }
+        st.reading = true;
+        let bodies: Vec<_> = MutexGuard::unlocked(st, || {
+            planned
+                .into_iter()
+                .map(|(slot, id)| (slot, id, self.read_body(slot.1, id)))
+                .collect()
+        });
+        st.reading = false;
+        for (slot, id, body) in bodies {
+            match body {
+                Some(message) => st.ready.attach(slot, id, message),
+                None => {
+                    if st.ready.remove(slot, id).is_some() {
+                        self.forget(slot.1, id);
                     }
-                },
-            };
-            entry.message = Some(message.clone());
-            return Some((slot, entry, message));
+                }
+            }
         }
     }
 
-    fn drop_expired_head(&self, st: &mut State, now: u64, dead: &mut Vec<DeadLetter>) {
+    fn drop_expired_head(&self, st: &mut State, now: u64, dead: &mut Vec<Dying>) {
         while let Some(entry) = st.ready.first() {
             if entry.expires_at.is_none_or(|t| t.get() >= now) {
                 break;
@@ -400,23 +439,31 @@ impl Queue {
         None
     }
 
-    fn dispatch_locked(self: &Arc<Self>, st: &mut State, now: u64, dead: &mut Vec<DeadLetter>) {
+    /// Delivers ready messages with their bodies in memory to consumers with credit. Returns
+    /// true when it stopped at a paged-out head that a consumer is waiting for.
+    fn dispatch_locked(self: &Arc<Self>, st: &mut State, now: u64, dead: &mut Vec<Dying>) -> bool {
         loop {
             if self.may_expire.load(Ordering::Relaxed) {
                 self.drop_expired_head(st, now, dead);
             }
             if st.ready.is_empty() || st.consumers.is_empty() {
-                return;
+                return false;
             }
             let Some(consumer) = self.pick_consumer(st) else {
-                return;
+                return false;
             };
-            let Some((slot, mut entry, message)) = self.pop_head(st) else {
+            let Some(message) = st.ready.first().and_then(|head| head.message.clone()) else {
+                // The head's body is on disk: the caller reads it back with the lock released.
                 consumer.release();
-                return;
+                return true;
+            };
+            let Some((slot, mut entry)) = st.ready.pop_first() else {
+                consumer.release();
+                return false;
             };
             let seq = slot.1;
             let redelivered = entry.redelivered;
+            let charge = consumer.charge(entry.body_len);
             if consumer.no_ack {
                 if entry.persisted {
                     self.forget(seq, entry.id);
@@ -428,15 +475,7 @@ impl Queue {
                     }
                 }
                 entry.redelivered = true;
-                st.unacked_bytes += entry.body_len;
-                st.unacked.insert(
-                    seq,
-                    Unacked {
-                        slot,
-                        entry,
-                        consumer: Some(consumer.clone()),
-                    },
-                );
+                self.hold_unacked(st, slot, entry, Some(consumer.clone()));
             }
             let delivery = Delivery {
                 consumer: consumer.clone(),
@@ -444,18 +483,56 @@ impl Queue {
                 seq,
                 message,
                 redelivered,
+                charge,
             };
             if !consumer.send(Outbound::Deliver(delivery)) {
                 // The connection is gone; its cleanup will cancel the consumer. Put the message
                 // back and stop offering to this consumer.
                 consumer.mark_cancelled();
                 consumer.release();
+                consumer.uncharge(charge);
                 if let Some(u) = st.unacked.remove(&seq) {
                     st.unacked_bytes -= u.entry.body_len;
                     st.ready.insert(u.slot, u.entry);
                 }
             }
         }
+    }
+
+    /// Dispatches, reading paged-out bodies back (lock released) while a consumer waits for the
+    /// head and no other caller is already reading.
+    fn dispatch_reading(
+        self: &Arc<Self>,
+        st: &mut MutexGuard<'_, State>,
+        now: u64,
+        dead: &mut Vec<Dying>,
+    ) {
+        while self.dispatch_locked(st, now, dead) && !st.reading {
+            self.read_ahead(st);
+        }
+    }
+
+    /// Tracks a delivery until it is settled. A persistent one drops its body, which the store
+    /// holds: a requeue puts it back paged out, and a rejection reads it for dead-lettering.
+    fn hold_unacked(
+        &self,
+        st: &mut State,
+        slot: Slot,
+        mut entry: Entry,
+        consumer: Option<Arc<Consumer>>,
+    ) {
+        if entry.persisted {
+            entry.message = None;
+        }
+        st.unacked_bytes += entry.body_len;
+        st.unacked.insert(
+            slot.1,
+            Unacked {
+                slot,
+                entry,
+                consumer,
+            },
+        );
     }
 
     /// Offers ready messages to consumers that have credit again.
@@ -466,9 +543,9 @@ impl Queue {
             if st.deleted {
                 return;
             }
-            self.dispatch_locked(&mut st, now_ms(), &mut dead);
+            self.dispatch_reading(&mut st, now_ms(), &mut dead);
         }
-        self.dead_letter(dead);
+        self.bury(dead);
     }
 
     /// Drops expired messages at the head (RabbitMQ expires from the head only); called by the
@@ -511,9 +588,9 @@ impl Queue {
             st.consumers.push(consumer);
             st.had_consumer = true;
             st.last_used_ms = now_ms();
-            self.dispatch_locked(&mut st, now_ms(), &mut dead);
+            self.dispatch_reading(&mut st, now_ms(), &mut dead);
         }
-        self.dead_letter(dead);
+        self.bury(dead);
         Ok(())
     }
 
@@ -527,51 +604,69 @@ impl Queue {
             st.next_consumer = 0;
             st.last_used_ms = now_ms();
             // With a single active consumer, the next in line takes over now.
-            self.dispatch_locked(&mut st, now_ms(), &mut dead);
+            self.dispatch_reading(&mut st, now_ms(), &mut dead);
             self.auto_delete && st.had_consumer && st.consumers.is_empty() && !st.deleted
         };
-        self.dead_letter(dead);
+        self.bury(dead);
         now_unused
     }
 
     /// `basic.get`: takes the next ready message, tracked as unacked unless `no_ack`.
     pub fn get(self: &Arc<Self>, no_ack: bool) -> Option<Got> {
         let mut dead = Vec::new();
-        let got = {
-            let mut st = self.state.lock();
-            st.last_used_ms = now_ms();
-            if self.may_expire.load(Ordering::Relaxed) {
-                self.drop_expired_head(&mut st, now_ms(), &mut dead);
-            }
-            self.pop_head(&mut st).map(|(slot, mut entry, message)| {
-                let seq = slot.1;
-                let redelivered = entry.redelivered;
-                if no_ack {
-                    if entry.persisted {
-                        self.forget(seq, entry.id);
-                    }
-                } else {
-                    entry.redelivered = true;
-                    st.unacked_bytes += entry.body_len;
-                    st.unacked.insert(
-                        seq,
-                        Unacked {
-                            slot,
-                            entry,
-                            consumer: None,
-                        },
-                    );
-                }
-                Got {
-                    seq,
-                    message,
-                    redelivered,
-                    remaining: st.ready.len() as u64,
-                }
-            })
-        };
-        self.dead_letter(dead);
+        let got = self.get_reading(no_ack, &mut dead);
+        self.bury(dead);
         got
+    }
+
+    fn get_reading(self: &Arc<Self>, no_ack: bool, dead: &mut Vec<Dying>) -> Option<Got> {
+        let mut st = self.state.lock();
+        st.last_used_ms = now_ms();
+        loop {
+            let now = now_ms();
+            if self.may_expire.load(Ordering::Relaxed) {
+                self.drop_expired_head(&mut st, now, dead);
+            }
+            if st.ready.head_is_paged() && !st.reading {
+                self.read_ahead(&mut st);
+                // Consumers passed over while the lock was released are served first.
+                self.dispatch_locked(&mut st, now, dead);
+                continue;
+            }
+            let (slot, mut entry) = st.ready.pop_first()?;
+            let seq = slot.1;
+            let message = match entry.message.clone() {
+                Some(message) => message,
+                None => {
+                    // Another caller is reading ahead: this one body is read alone, the lock
+                    // released too; the entry is out of the ready list, so the order holds.
+                    let body = MutexGuard::unlocked(&mut st, || self.read_body(seq, entry.id));
+                    match body {
+                        Some(message) if !st.deleted => message,
+                        Some(_) => return None,
+                        None => {
+                            self.forget(seq, entry.id);
+                            continue;
+                        }
+                    }
+                }
+            };
+            let redelivered = entry.redelivered;
+            if no_ack {
+                if entry.persisted {
+                    self.forget(seq, entry.id);
+                }
+            } else {
+                entry.redelivered = true;
+                self.hold_unacked(&mut st, slot, entry, None);
+            }
+            return Some(Got {
+                seq,
+                message,
+                redelivered,
+                remaining: st.ready.len() as u64,
+            });
+        }
     }
 
     fn take_unacked(&self, st: &mut State, seq: u64) -> Option<Unacked> {
@@ -604,10 +699,10 @@ impl Queue {
                 }
             }
             if !st.deleted {
-                self.dispatch_locked(&mut st, now_ms(), &mut dead);
+                self.dispatch_reading(&mut st, now_ms(), &mut dead);
             }
         }
-        self.dead_letter(dead);
+        self.bury(dead);
     }
 
     pub fn ack(self: &Arc<Self>, seqs: &[u64]) {

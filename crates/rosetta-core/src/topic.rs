@@ -1,63 +1,217 @@
 //! AMQP topic matching: words separated by `.`, `*` matches exactly one word, `#` matches zero
 //! or more words (AMQP 0-9-1 §3.1.3.3). MQTT filters are translated to this form by the MQTT
 //! front-end, so one matcher serves both.
+//!
+//! Patterns live in a trie over words, so a publish visits only the branches its words lead to,
+//! however many patterns are bound. `#` is matched as a state that either absorbs the next word
+//! or hands over to what follows it; every (node, word position) state is explored at most once,
+//! so a match costs at most the trie nodes reached times the key's words. A naive backtracking
+//! matcher is exponential in the number of `#` in a pattern, which one client could use to stall
+//! every publisher of an exchange.
 
-/// A binding key split into words once, at bind time, so routing does not re-split it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopicPattern {
-    words: Vec<Word>,
+use std::collections::{HashMap, HashSet};
+
+/// A trie of topic patterns, each ending in a value of type `V` (the bindings of that pattern).
+#[derive(Debug, Default)]
+pub struct TopicTrie<V> {
+    root: Node<V>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Word {
-    Literal(String),
+#[derive(Debug)]
+struct Node<V> {
+    words: HashMap<Box<str>, Node<V>>,
+    star: Option<Box<Node<V>>>,
+    hash: Option<Box<Node<V>>>,
+    /// The value of the pattern that ends here, if one does.
+    value: Option<V>,
+    /// This node stands for a `#` word.
+    is_hash: bool,
+}
+
+impl<V> Default for Node<V> {
+    fn default() -> Self {
+        Node {
+            words: HashMap::new(),
+            star: None,
+            hash: None,
+            value: None,
+            is_hash: false,
+        }
+    }
+}
+
+impl<V> Node<V> {
+    fn is_empty(&self) -> bool {
+        self.value.is_none() && self.words.is_empty() && self.star.is_none() && self.hash.is_none()
+    }
+}
+
+enum Word<'a> {
+    Literal(&'a str),
     One,
     Many,
 }
 
-impl TopicPattern {
-    pub fn new(pattern: &str) -> Self {
-        let words = pattern
-            .split('.')
-            .map(|w| match w {
-                "*" => Word::One,
-                "#" => Word::Many,
-                other => Word::Literal(other.to_owned()),
-            })
-            .collect();
-        TopicPattern { words }
+/// The pattern's words, with runs of `#` collapsed: `#.#` matches exactly what `#` matches, and
+/// keeping one keeps the trie from growing a chain of `#` states per run.
+fn pattern_words(pattern: &str) -> impl Iterator<Item = Word<'_>> {
+    let mut previous_many = false;
+    pattern.split('.').filter_map(move |w| {
+        let word = match w {
+            "*" => Word::One,
+            "#" => Word::Many,
+            other => Word::Literal(other),
+        };
+        let many = matches!(word, Word::Many);
+        let skip = many && previous_many;
+        previous_many = many;
+        (!skip).then_some(word)
+    })
+}
+
+impl<V> TopicTrie<V> {
+    pub fn new() -> Self {
+        TopicTrie {
+            root: Node::default(),
+        }
     }
 
-    pub fn matches(&self, routing_key: &str) -> bool {
+    /// The value of `pattern`, created with `make` if the pattern is new. Costs one step per word.
+    pub fn entry(&mut self, pattern: &str, make: impl FnOnce() -> V) -> &mut V {
+        let mut node = &mut self.root;
+        for word in pattern_words(pattern) {
+            node = match word {
+                Word::Literal(w) => node.words.entry(w.into()).or_default(),
+                Word::One => node.star.get_or_insert_with(Box::default),
+                Word::Many => node.hash.get_or_insert_with(|| {
+                    Box::new(Node {
+                        is_hash: true,
+                        ..Node::default()
+                    })
+                }),
+            };
+        }
+        node.value.get_or_insert_with(make)
+    }
+
+    /// Applies `edit` to the value of `pattern`, if the pattern is there. When `edit` returns
+    /// true the value is removed, and so are the trie nodes no other pattern uses.
+    pub fn edit(&mut self, pattern: &str, edit: impl FnOnce(&mut V) -> bool) {
+        let words: Vec<Word<'_>> = pattern_words(pattern).collect();
+        edit_at(&mut self.root, &words, edit);
+    }
+
+    /// Calls `found` once for the value of every pattern that matches `routing_key`.
+    pub fn for_each_match<'a>(&'a self, routing_key: &str, mut found: impl FnMut(&'a V)) {
         let key: Vec<&str> = routing_key.split('.').collect();
-        match_words(&self.words, &key)
+        // (node, position of the next key word). At a `#` node the state means "the `#` has
+        // absorbed the words before this position".
+        let mut stack: Vec<(&Node<V>, usize)> = vec![(&self.root, 0)];
+        // Only `#` lets two paths reach the same state, so the set is made on the first one.
+        let mut seen: Option<HashSet<(usize, usize)>> = None;
+        while let Some((node, at)) = stack.pop() {
+            let id = node as *const Node<V> as usize;
+            if let Some(seen) = seen.as_mut() {
+                if !seen.insert((id, at)) {
+                    continue;
+                }
+            }
+            if node.is_hash {
+                // A pattern ending in `#` matches whatever is left: report it on the first visit.
+                let first = seen
+                    .get_or_insert_with(HashSet::new)
+                    .insert((id, usize::MAX));
+                if first {
+                    if let Some(v) = &node.value {
+                        found(v);
+                    }
+                }
+                if at < key.len() {
+                    stack.push((node, at + 1));
+                }
+            } else if at == key.len() {
+                if let Some(v) = &node.value {
+                    found(v);
+                }
+            }
+            if let Some(hash) = node.hash.as_deref() {
+                seen.get_or_insert_with(HashSet::new);
+                stack.push((hash, at));
+            }
+            let Some(word) = key.get(at) else {
+                continue;
+            };
+            if let Some(next) = node.words.get(*word) {
+                stack.push((next, at + 1));
+            }
+            if let Some(next) = node.star.as_deref() {
+                stack.push((next, at + 1));
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.root.is_empty()
     }
 }
 
-/// Backtracking over `#` positions; patterns are short, so the worst case stays small.
-fn match_words(pattern: &[Word], key: &[&str]) -> bool {
-    match pattern.split_first() {
-        None => key.is_empty(),
-        Some((Word::Many, rest)) => {
-            // Collapse consecutive `#`: they match the same as one.
-            if rest.first() == Some(&Word::Many) {
-                return match_words(rest, key);
-            }
-            (0..=key.len()).any(|skip| match_words(rest, &key[skip..]))
+/// Recursion is bounded by the pattern's words, which callers keep within 255 bytes.
+fn edit_at<V>(node: &mut Node<V>, words: &[Word<'_>], edit: impl FnOnce(&mut V) -> bool) {
+    let Some((first, rest)) = words.split_first() else {
+        if node.value.as_mut().is_some_and(edit) {
+            node.value = None;
         }
-        Some((Word::One, rest)) => !key.is_empty() && match_words(rest, &key[1..]),
-        Some((Word::Literal(w), rest)) => {
-            key.first() == Some(&w.as_str()) && match_words(rest, &key[1..])
+        return;
+    };
+    match first {
+        Word::Literal(w) => {
+            if let Some(child) = node.words.get_mut(*w) {
+                edit_at(child, rest, edit);
+                if child.is_empty() {
+                    node.words.remove(*w);
+                }
+            }
+        }
+        Word::One => {
+            if let Some(child) = node.star.as_deref_mut() {
+                edit_at(child, rest, edit);
+                if child.is_empty() {
+                    node.star = None;
+                }
+            }
+        }
+        Word::Many => {
+            if let Some(child) = node.hash.as_deref_mut() {
+                edit_at(child, rest, edit);
+                if child.is_empty() {
+                    node.hash = None;
+                }
+            }
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::TopicPattern;
+    use super::TopicTrie;
 
     fn m(p: &str, k: &str) -> bool {
-        TopicPattern::new(p).matches(k)
+        let mut trie = TopicTrie::new();
+        *trie.entry(p, || 0) += 1;
+        let mut hits = 0;
+        trie.for_each_match(k, |_| hits += 1);
+        assert!(hits <= 1, "{p} reported {hits} times for {k}");
+        hits == 1
+    }
+
+    /// The definition, by backtracking: exponential, fine for the short cases compared below.
+    fn reference(pattern: &[&str], key: &[&str]) -> bool {
+        match pattern.split_first() {
+            None => key.is_empty(),
+            Some((&"#", rest)) => (0..=key.len()).any(|skip| reference(rest, &key[skip..])),
+            Some((&"*", rest)) => !key.is_empty() && reference(rest, &key[1..]),
+            Some((w, rest)) => key.first() == Some(w) && reference(rest, &key[1..]),
+        }
     }
 
     #[test]
@@ -88,11 +242,97 @@ mod tests {
         assert!(m("#.c", "c"));
         assert!(m("a.#.#", "a"));
         assert!(m("*.#", "a.b"));
+        assert!(!m("*.*.#", "a"));
+        assert!(m("#.*.#", "a"));
     }
 
     #[test]
     fn empty_words_are_words() {
         assert!(m("a..b", "a..b"));
         assert!(m("a.*.b", "a..b"));
+    }
+
+    #[test]
+    fn every_short_pattern_agrees_with_the_definition() {
+        let words = ["a", "b", "*", "#"];
+        let keys = [
+            "",
+            "a",
+            "b",
+            "a.a",
+            "a.b",
+            "b.a",
+            "a.b.a",
+            "a.a.a.b",
+            "b.b.b.b.a",
+        ];
+        // Every pattern of up to four words over {a, b, *, #}.
+        let mut patterns = vec![String::new()];
+        let mut all = Vec::new();
+        for _ in 0..4 {
+            patterns = patterns
+                .iter()
+                .flat_map(|p| {
+                    words.iter().map(move |w| {
+                        if p.is_empty() {
+                            (*w).to_owned()
+                        } else {
+                            format!("{p}.{w}")
+                        }
+                    })
+                })
+                .collect();
+            all.extend(patterns.iter().cloned());
+        }
+        let mut trie = TopicTrie::new();
+        for (i, p) in all.iter().enumerate() {
+            trie.entry(p, Vec::new).push(i);
+        }
+        for key in keys {
+            let mut got: Vec<usize> = Vec::new();
+            trie.for_each_match(key, |v: &Vec<usize>| got.extend(v));
+            got.sort_unstable();
+            let k: Vec<&str> = key.split('.').collect();
+            let want: Vec<usize> = (0..all.len())
+                .filter(|&i| {
+                    let p: Vec<&str> = all[i].split('.').collect();
+                    reference(&p, &k)
+                })
+                .collect();
+            assert_eq!(got, want, "key {key:?}");
+        }
+    }
+
+    #[test]
+    fn alternating_hash_and_star_patterns_match_in_polynomial_steps() {
+        // The pattern a backtracking matcher needs minutes for: `#.*.` eight times, then `z`,
+        // against 121 words that never end in `z`.
+        let pattern = format!("{}z", "#.*.".repeat(8));
+        let key = format!("{}a", "a.".repeat(120));
+        assert!(!m(&pattern, &key));
+        let matching = format!("{}z", "a.".repeat(120));
+        assert!(m(&pattern, &matching));
+    }
+
+    #[test]
+    fn removing_a_pattern_prunes_its_branch_and_keeps_the_others() {
+        let mut trie = TopicTrie::new();
+        *trie.entry("a.*.#.b", || 0) += 1;
+        *trie.entry("a.*", || 0) += 1;
+        trie.edit("a.*.#.b", |_| true);
+        let mut hits = 0;
+        trie.for_each_match("a.x.y.b", |_| hits += 1);
+        assert_eq!(hits, 0);
+        trie.for_each_match("a.x", |_| hits += 1);
+        assert_eq!(hits, 1);
+        trie.edit("a.*", |_| true);
+        assert!(trie.is_empty());
+    }
+
+    #[test]
+    fn runs_of_hash_are_one_hash() {
+        let mut trie = TopicTrie::new();
+        *trie.entry("a.#.#.#", || 0) += 1;
+        assert_eq!(*trie.entry("a.#", || 0), 1);
     }
 }

@@ -4,9 +4,10 @@
 //! Publishing resolves routes in the caller's task against read-mostly tables, then hands the
 //! message to each target queue; no global task sits on the message path.
 
-use std::collections::BTreeSet;
+use std::cell::RefCell;
+use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use dashmap::DashMap;
@@ -14,9 +15,9 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::broker::Shared;
 use crate::consumer::{ConnectionId, Consumer, ConsumerSpec, Outbound};
-use crate::dead_letter::{dead_lettered_message, DeadLetter, DeathReason};
+use crate::dead_letter::{dead_lettered_message, DeadLetter, DeathHistory, DeathReason};
 use crate::error::CoreError;
-use crate::exchange::{Destination, Exchange, ExchangeKind};
+use crate::exchange::{Destination, Exchange, ExchangeKind, Route};
 use crate::message::{Message, Table};
 use crate::queue::{now_ms, Admission, Got, Queue, QueueParams};
 use crate::queue_config::QueueConfig;
@@ -30,6 +31,44 @@ const PREDECLARED: [(&str, ExchangeKind); 5] = [
     ("amq.headers", ExchangeKind::Headers),
     ("amq.match", ExchangeKind::Headers),
 ];
+
+/// Longest routing or binding key: what an AMQP short string carries. Front-ends refuse longer
+/// keys in their own terms; the core refuses them too, so none can reach a consumer whose
+/// protocol could not carry it.
+pub const MAX_KEY_BYTES: usize = 255;
+
+/// Exchange-to-exchange and alternate-exchange hops one publish follows. Each exchange is
+/// visited once anyway; the bound keeps a long chain from making every publish walk it.
+pub const MAX_EXCHANGE_HOPS: usize = 32;
+
+/// Dead letters one operation may set off beyond its own: a message that dies again in the
+/// queue it is dead-lettered to starts another round, and a fan-out of such queues multiplies
+/// them. Past this the rest are dropped and counted.
+const MAX_CASCADED_DEAD_LETTERS: usize = 1_000;
+
+thread_local! {
+    /// Dead letters waiting to be republished on this thread. Dead-lettering happens inside a
+    /// publish (a full queue drops its head), so republishing at once would recurse without
+    /// bound through chains of queues; instead the first dead-lettering on the thread drains
+    /// this list in a loop and nested ones only append.
+    static DEAD_LETTERS: RefCell<Option<DeadLetterRun>> = const { RefCell::new(None) };
+}
+
+struct DeadLetterRun {
+    pending: VecDeque<(Arc<VHost>, Message)>,
+    /// Cascaded dead letters still allowed in this run.
+    budget: usize,
+}
+
+/// Clears the thread's run when the draining call ends, even by a panic, so later calls on the
+/// thread do not queue behind a run nobody drains.
+struct RunGuard;
+
+impl Drop for RunGuard {
+    fn drop(&mut self) {
+        DEAD_LETTERS.with(|run| run.borrow_mut().take());
+    }
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct ExchangeDeclare {
@@ -77,6 +116,8 @@ pub struct VHost {
     shared: Arc<Shared>,
     exchanges: DashMap<String, Arc<Exchange>>,
     queues: DashMap<String, Arc<Queue>>,
+    /// Bindings of every exchange here, for `max_bindings`.
+    binding_count: AtomicU64,
     me: Weak<VHost>,
 }
 
@@ -122,6 +163,7 @@ impl VHost {
             shared,
             exchanges: DashMap::new(),
             queues: DashMap::new(),
+            binding_count: AtomicU64::new(0),
             me: me.clone(),
         });
         for (ex, kind) in PREDECLARED {
@@ -241,6 +283,19 @@ impl VHost {
         }
         let kind = ExchangeKind::parse(&d.kind)
             .ok_or_else(|| CoreError::UnknownExchangeType(d.kind.clone()))?;
+        if d.name.len() > MAX_KEY_BYTES {
+            return Err(CoreError::LimitReached(format!(
+                "exchange name of {} bytes is longer than {MAX_KEY_BYTES}",
+                d.name.len()
+            )));
+        }
+        let max = self.shared.limits.max_exchanges;
+        if max > 0 && self.exchanges.len() as u64 >= max {
+            return Err(CoreError::LimitReached(format!(
+                "cannot declare exchange '{}': exchange limit in vhost '{}' is reached ({max})",
+                d.name, self.name
+            )));
+        }
         if d.durable {
             let record = ExchangeRecord {
                 vhost: self.name.clone(),
@@ -300,11 +355,17 @@ impl VHost {
         self.exchanges.remove(&ex.name);
         // Bindings from it go with it; bindings to it (exchange-to-exchange) too.
         let dest = Destination::Exchange(ex.name.clone());
-        for b in ex.bindings() {
+        let own = ex.bindings();
+        self.binding_count
+            .fetch_sub(own.len() as u64, Ordering::Relaxed);
+        for b in own {
             self.forget_binding(ex, &b.destination, &b.routing_key, &b.arguments)?;
         }
         for other in self.exchanges() {
-            for b in other.unbind_all_to(&dest) {
+            let gone = other.unbind_all_to(&dest);
+            self.binding_count
+                .fetch_sub(gone.len() as u64, Ordering::Relaxed);
+            for b in gone {
                 self.forget_binding(&other, &b.destination, &b.routing_key, &b.arguments)?;
             }
         }
@@ -395,6 +456,19 @@ impl VHost {
             return Err(self.not_found_queue(&name));
         }
         let config = QueueConfig::parse(&d.arguments)?;
+        if name.len() > MAX_KEY_BYTES {
+            return Err(CoreError::LimitReached(format!(
+                "queue name of {} bytes is longer than {MAX_KEY_BYTES}",
+                name.len()
+            )));
+        }
+        let max = self.shared.limits.max_queues;
+        if max > 0 && self.queues.len() as u64 >= max {
+            return Err(CoreError::LimitReached(format!(
+                "cannot declare queue '{name}': queue limit in vhost '{}' is reached ({max})",
+                self.name
+            )));
+        }
         let id = self.shared.next_queue_id.fetch_add(1, Ordering::Relaxed);
         // Exclusive queues die with their connection, so they are never written to disk.
         let stored = d.durable && !d.exclusive;
@@ -477,7 +551,10 @@ impl VHost {
         self.queues.remove_if(&q.name, |_, v| Arc::ptr_eq(v, q));
         let dest = Destination::Queue(q.name.clone());
         for ex in self.exchanges() {
-            for b in ex.unbind_all_to(&dest) {
+            let gone = ex.unbind_all_to(&dest);
+            self.binding_count
+                .fetch_sub(gone.len() as u64, Ordering::Relaxed);
+            for b in gone {
                 self.forget_binding(&ex, &b.destination, &b.routing_key, &b.arguments)?;
             }
         }
@@ -550,6 +627,7 @@ impl VHost {
             .ok_or_else(|| self.not_found_exchange(name))
     }
 
+    /// Binds and, for a durable binding, waits for its record to be on disk.
     pub fn bind(
         &self,
         source: &str,
@@ -558,43 +636,90 @@ impl VHost {
         arguments: Table,
         conn: ConnectionId,
     ) -> Result<(), CoreError> {
-        match &destination {
-            Destination::Queue(q) => {
-                self.usable_queue(q, conn)?;
-            }
+        if self
+            .bind_deferred(source, destination, routing_key, arguments, conn)?
+            .is_some()
+        {
+            self.shared.store.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Binds; a durable binding's record is written and its fsync requested, and the epoch to
+    /// wait for comes back, so a front-end can hold its reply until the store's durable point
+    /// passes it instead of blocking on an fsync.
+    pub fn bind_deferred(
+        &self,
+        source: &str,
+        destination: Destination,
+        routing_key: &str,
+        arguments: Table,
+        conn: ConnectionId,
+    ) -> Result<Option<Epoch>, CoreError> {
+        let route = match &destination {
+            Destination::Queue(q) => Route::Queue(self.usable_queue(q, conn)?),
             Destination::Exchange(e) => {
                 if e.is_empty() {
                     return Err(CoreError::AccessRefused(
                         "operation not permitted on the default exchange".into(),
                     ));
                 }
-                self.exchange(e).ok_or_else(|| self.not_found_exchange(e))?;
+                Route::Exchange(self.exchange(e).ok_or_else(|| self.not_found_exchange(e))?)
             }
-        }
+        };
         let ex = self.source_exchange(source)?;
+        if routing_key.len() > MAX_KEY_BYTES {
+            return Err(CoreError::LimitReached(format!(
+                "binding key of {} bytes is longer than {MAX_KEY_BYTES}",
+                routing_key.len()
+            )));
+        }
+        let max = self.shared.limits.max_bindings;
+        if max > 0 && self.binding_count.load(Ordering::Relaxed) >= max {
+            return Err(CoreError::LimitReached(format!(
+                "binding limit in vhost '{}' is reached ({max})",
+                self.name
+            )));
+        }
         let durable = ex.durable && self.destination_durable(&destination);
         let record =
             durable.then(|| self.binding_record(&ex, &destination, routing_key, &arguments));
-        if ex.bind(destination, routing_key, arguments) {
-            if let Some(record) = record {
-                self.persist(|| self.shared.store.save_binding(&record))?;
-            }
+        if !ex.bind(destination, route, routing_key, arguments) {
+            return Ok(None);
         }
-        Ok(())
+        self.binding_count.fetch_add(1, Ordering::Relaxed);
+        let Some(record) = record else {
+            return Ok(None);
+        };
+        let epoch = self.shared.store.save_binding(&record)?;
+        self.shared.store.request_sync(epoch);
+        Ok(Some(epoch))
     }
 
     pub(crate) fn restore_binding(&self, r: &BindingRecord) {
         let Some(ex) = self.exchange(&r.source) else {
             return;
         };
-        let dest = if r.destination_is_queue {
-            Destination::Queue(r.destination.clone())
+        let (dest, route) = if r.destination_is_queue {
+            let Some(q) = self.queue(&r.destination) else {
+                return;
+            };
+            (Destination::Queue(r.destination.clone()), Route::Queue(q))
         } else {
-            Destination::Exchange(r.destination.clone())
+            let Some(e) = self.exchange(&r.destination) else {
+                return;
+            };
+            (
+                Destination::Exchange(r.destination.clone()),
+                Route::Exchange(e),
+            )
         };
-        ex.bind(dest, &r.routing_key, r.arguments.clone());
+        if ex.bind(dest, route, &r.routing_key, r.arguments.clone()) {
+            self.binding_count.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
+    /// Unbinds and waits for the change to be on disk.
     pub fn unbind(
         &self,
         source: &str,
@@ -603,6 +728,25 @@ impl VHost {
         arguments: &Table,
         conn: ConnectionId,
     ) -> Result<(), CoreError> {
+        if self
+            .unbind_deferred(source, destination, routing_key, arguments, conn)?
+            .is_some()
+        {
+            self.shared.store.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Unbinds; like [`VHost::bind_deferred`], returns the epoch to wait for when the store
+    /// changed.
+    pub fn unbind_deferred(
+        &self,
+        source: &str,
+        destination: Destination,
+        routing_key: &str,
+        arguments: &Table,
+        conn: ConnectionId,
+    ) -> Result<Option<Epoch>, CoreError> {
         match &destination {
             Destination::Queue(q) => {
                 self.usable_queue(q, conn)?;
@@ -612,81 +756,102 @@ impl VHost {
             }
         }
         let ex = self.source_exchange(source)?;
-        if ex.unbind(&destination, routing_key, arguments) {
-            self.forget_binding(&ex, &destination, routing_key, arguments)?;
-            self.shared.store.sync()?;
+        if !ex.unbind(&destination, routing_key, arguments) {
+            return Ok(None);
         }
-        Ok(())
+        self.binding_count.fetch_sub(1, Ordering::Relaxed);
+        self.forget_binding(&ex, &destination, routing_key, arguments)?;
+        let epoch = self.shared.store.current_epoch();
+        self.shared.store.request_sync(epoch);
+        Ok(Some(epoch))
     }
 
-    /// Collects target queues: follows exchange-to-exchange bindings (each exchange once) and
-    /// alternate exchanges for exchanges where nothing matched.
-    fn route(
-        &self,
-        exchange: &Exchange,
-        message: &Message,
-        queues: &mut BTreeSet<String>,
-        seen: &mut BTreeSet<String>,
-    ) {
-        if !seen.insert(exchange.name.clone()) {
-            return;
-        }
+    /// Collects target queues: follows exchange-to-exchange bindings (each exchange once, at
+    /// most [`MAX_EXCHANGE_HOPS`] deep) and alternate exchanges for exchanges that matched
+    /// nothing. Iterative, so a chain of exchanges cannot exhaust the stack.
+    fn route(&self, start: &Arc<Exchange>, message: &Message, queues: &mut Vec<Arc<Queue>>) {
         let mut hits = Vec::new();
-        exchange.route(message, &mut hits);
-        let before = queues.len();
-        let mut via_exchange = false;
-        for dest in hits {
-            match dest {
-                Destination::Queue(q) => {
-                    queues.insert(q);
+        // Exchanges still to visit, with their hop count; the start needs no allocation.
+        let mut current = Some((start.clone(), 0));
+        let mut next: Vec<(Arc<Exchange>, usize)> = Vec::new();
+        let mut visited: Option<HashSet<usize>> = None;
+        while let Some((ex, depth)) = current.take().or_else(|| next.pop()) {
+            if depth > 0 {
+                if depth > MAX_EXCHANGE_HOPS {
+                    tracing::debug!(exchange = %ex.name, "exchange hop limit reached; route not followed");
+                    continue;
                 }
-                Destination::Exchange(e) => {
-                    if let Some(next) = self.exchange(&e) {
-                        via_exchange = true;
-                        self.route(&next, message, queues, seen);
-                    }
+                let visited =
+                    visited.get_or_insert_with(|| HashSet::from([Arc::as_ptr(start) as usize]));
+                if !visited.insert(Arc::as_ptr(&ex) as usize) {
+                    continue;
+                }
+            }
+            ex.route(message, &mut hits);
+            if hits.is_empty() {
+                if let Some(ae) = ex.alternate_exchange().and_then(|n| self.exchange(n)) {
+                    next.push((ae, depth + 1));
+                }
+            }
+            for hit in hits.drain(..) {
+                match hit {
+                    Route::Queue(q) => queues.push(q),
+                    Route::Exchange(e) => next.push((e, depth + 1)),
                 }
             }
         }
-        if queues.len() == before && !via_exchange {
-            if let Some(ae) = exchange.alternate_exchange().and_then(|n| self.exchange(n)) {
-                self.route(&ae, message, queues, seen);
-            }
+        if queues.len() > 1 {
+            queues.sort_unstable_by_key(|q| Arc::as_ptr(q) as usize);
+            queues.dedup_by(|a, b| Arc::ptr_eq(a, b));
         }
     }
 
     /// Publishes a message as a client would. Internal exchanges refuse clients (403).
     pub fn publish(&self, message: Message) -> Result<PublishOutcome, CoreError> {
-        self.publish_from(message, false, None)
+        self.publish_from(message, false)
     }
 
     fn publish_from(
         &self,
         mut message: Message,
-        internal_ok: bool,
-        exclude: Option<&str>,
+        dead_lettered: bool,
     ) -> Result<PublishOutcome, CoreError> {
-        let mut names = BTreeSet::new();
+        if message.routing_key.len() > MAX_KEY_BYTES {
+            return Err(CoreError::LimitReached(format!(
+                "routing key of {} bytes is longer than {MAX_KEY_BYTES}",
+                message.routing_key.len()
+            )));
+        }
+        let mut targets: Vec<Arc<Queue>> = Vec::new();
         if message.exchange.is_empty() {
-            if self.queues.contains_key(&message.routing_key) {
-                names.insert(message.routing_key.clone());
+            if let Some(q) = self.queue(&message.routing_key) {
+                targets.push(q);
             }
         } else {
             let ex = self
                 .exchange(&message.exchange)
                 .ok_or_else(|| self.not_found_exchange(&message.exchange))?;
-            if ex.internal && !internal_ok {
+            if ex.internal && !dead_lettered {
                 return Err(CoreError::AccessRefused(format!(
                     "cannot publish to internal exchange '{}' in vhost '{}'",
                     ex.name, self.name
                 )));
             }
-            self.route(&ex, &message, &mut names, &mut BTreeSet::new());
+            self.route(&ex, &message, &mut targets);
         }
-        if let Some(ex) = exclude {
-            names.remove(ex);
+        if dead_lettered {
+            let history = DeathHistory::of(&message);
+            let before = targets.len();
+            targets.retain(|q| !history.is_cycle_into(&q.name));
+            let dropped = before - targets.len();
+            if dropped > 0 {
+                self.shared
+                    .counters
+                    .dead_letter_dropped
+                    .fetch_add(dropped as u64, Ordering::Relaxed);
+                tracing::debug!(vhost = %self.name, dropped, "dead-letter cycle broken");
+            }
         }
-        let targets: Vec<Arc<Queue>> = names.iter().filter_map(|n| self.queue(n)).collect();
         let mut outcome = PublishOutcome {
             routed: !targets.is_empty(),
             ..PublishOutcome::default()
@@ -735,33 +900,74 @@ impl VHost {
         Ok(outcome)
     }
 
-    /// Republishes messages that left `queue` dead to its dead-letter exchange.
+    /// Republishes messages that left `queue` dead to its dead-letter exchange. A message that
+    /// would go back into a queue it already died in, with no client rejection among its
+    /// deaths, is dropped (RabbitMQ's cycle rule); see [`DEAD_LETTERS`] for why republishing
+    /// waits for the outermost call.
     pub(crate) fn dead_letter(&self, queue: &Queue, dead: Vec<DeadLetter>) {
         let Some(dlx) = queue.config.dead_letter_exchange.as_deref() else {
             return;
         };
+        if !dlx.is_empty() && !self.exchanges.contains_key(dlx) {
+            tracing::debug!(queue = %queue.name, dlx, "dead-letter exchange missing; messages dropped");
+            return;
+        }
+        let Some(me) = self.me.upgrade() else {
+            return;
+        };
         let dlrk = queue.config.dead_letter_routing_key.as_deref();
-        for d in dead {
-            let m = dead_lettered_message(&d.message, &queue.name, d.reason, dlx, dlrk);
-            // A message must not cycle back into the queue it just died in unless a client
-            // rejected it (RabbitMQ's cycle rule, simplified to the direct cycle).
-            let exclude = (d.reason != DeathReason::Rejected).then_some(queue.name.as_str());
-            if !dlx.is_empty() && !self.exchanges.contains_key(dlx) {
-                tracing::debug!(queue = %queue.name, dlx, "dead-letter exchange missing; message dropped");
-                continue;
+        let mut messages: Vec<Message> = dead
+            .into_iter()
+            .map(|d| dead_lettered_message(&d.message, &queue.name, d.reason, dlx, dlrk))
+            .collect();
+        let nested = DEAD_LETTERS.with(|run| {
+            let mut run = run.borrow_mut();
+            let Some(run) = run.as_mut() else {
+                return false;
+            };
+            for m in messages.drain(..) {
+                if run.budget == 0 {
+                    self.shared
+                        .counters
+                        .dead_letter_dropped
+                        .fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                run.budget -= 1;
+                run.pending.push_back((me.clone(), m));
             }
-            match self.publish_from(m, true, exclude) {
-                Ok(o) if o.routed => self
-                    .shared
+            true
+        });
+        if nested {
+            return;
+        }
+        DEAD_LETTERS.with(|run| {
+            *run.borrow_mut() = Some(DeadLetterRun {
+                pending: VecDeque::new(),
+                budget: MAX_CASCADED_DEAD_LETTERS,
+            })
+        });
+        let _run = RunGuard;
+        for m in messages {
+            self.republish_dead(m);
+        }
+        while let Some((vhost, m)) =
+            DEAD_LETTERS.with(|run| run.borrow_mut().as_mut()?.pending.pop_front())
+        {
+            vhost.republish_dead(m);
+        }
+    }
+
+    fn republish_dead(&self, message: Message) {
+        match self.publish_from(message, true) {
+            Ok(o) if o.routed => {
+                self.shared
                     .counters
                     .dead_lettered
-                    .fetch_add(1, Ordering::Relaxed),
-                Ok(_) => 0,
-                Err(e) => {
-                    tracing::warn!(queue = %queue.name, error = %e, "dead-lettering failed");
-                    0
-                }
-            };
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(vhost = %self.name, error = %e, "dead-lettering failed"),
         }
     }
 
@@ -772,7 +978,7 @@ impl VHost {
         outbox: UnboundedSender<Outbound>,
     ) -> Result<(Arc<Queue>, Arc<Consumer>), CoreError> {
         let q = self.usable_queue(queue, spec.connection)?;
-        let consumer = Consumer::new(spec, outbox);
+        let consumer = Consumer::new(spec, outbox, self.shared.limits.consumer_buffer_bytes);
         q.add_consumer(consumer.clone())?;
         Ok((q, consumer))
     }

@@ -146,7 +146,9 @@ pub fn decode_connect(
         return Ok(None);
     };
     if input.len() < fixed.total() {
-        input.reserve(fixed.total() - input.len());
+        // No room is made for the announced rest: before authentication, five bytes could
+        // otherwise hold a Maximum Packet Size of memory per connection. The reader grows the
+        // buffer as bytes arrive.
         return Ok(None);
     }
     let packet = input.split_to(fixed.total());
@@ -170,7 +172,7 @@ pub fn decode(
         return Ok(None);
     };
     if input.len() < fixed.total() {
-        input.reserve(fixed.total() - input.len());
+        // As for CONNECT: memory follows the bytes received, not the length announced.
         return Ok(None);
     }
     let mut packet = input.split_to(fixed.total());

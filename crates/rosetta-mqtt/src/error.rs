@@ -61,6 +61,15 @@ impl MqttError {
         }
     }
 
+    /// A configured limit refused the request: MQTT 5.0 says 0x97 Quota exceeded, in SUBACK
+    /// and CONNACK alike.
+    pub fn is_quota(&self) -> bool {
+        matches!(
+            self,
+            MqttError::Core(CoreError::ResourceLimit(_) | CoreError::LimitReached(_))
+        )
+    }
+
     pub(crate) fn corrupt(what: &'static str, reason: impl Into<String>) -> Self {
         MqttError::Corrupt {
             what,

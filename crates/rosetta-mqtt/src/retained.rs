@@ -2,15 +2,17 @@
 //! for matching new subscriptions and in the store so it survives a restart.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::Arc;
 
+use mqtt_proto::QoS;
 use parking_lot::RwLock;
 use rosetta_core::store::{Epoch, Store};
 
 use crate::error::MqttError;
 use crate::message::AppMessage;
 use crate::persist::{client_key, NS_RETAINED};
-use crate::topic;
+use crate::topic::{self, FilterSet};
 
 pub struct Retained {
     store: Arc<dyn Store>,
@@ -70,34 +72,72 @@ impl Retained {
         )?))
     }
 
-    /// The retained messages whose topic matches `filter`, leaving out (and forgetting) expired
-    /// ones ([MQTT-3.3.2-5]).
-    pub fn matching(&self, filter: &str, now_ms: u64) -> Vec<AppMessage> {
-        let mut expired = Vec::new();
-        let found: Vec<AppMessage> = {
-            let messages = self.messages.read();
-            messages
-                .values()
-                .filter(|m| topic::matches(filter, &m.topic))
-                .filter(|m| {
-                    let live = !m.is_expired(now_ms);
-                    if !live {
-                        expired.push(m.topic.clone());
-                    }
-                    live
-                })
-                .cloned()
-                .collect()
-        };
-        for topic in expired {
-            self.messages.write().remove(&topic);
-            if let Err(e) = self
-                .store
-                .delete_record(NS_RETAINED, &client_key(&self.vhost, &topic))
-            {
-                tracing::warn!(%topic, error = %e, "cannot delete an expired retained message");
+    /// The retained topics that new subscriptions (filter, granted QoS) match, each once with
+    /// the highest QoS among the subscriptions it matches ([MQTT-3.3.4-2] lets overlapping
+    /// subscriptions take one delivery). Plain filters are looked up; wildcard ones are
+    /// matched together in one pass over the topics their common literal prefix allows, so a
+    /// SUBSCRIBE costs one scan however many filters it carries.
+    pub fn owed(&self, subscriptions: &[(&str, QoS)]) -> Vec<(String, QoS)> {
+        let messages = self.messages.read();
+        let mut owed: BTreeMap<&str, QoS> = BTreeMap::new();
+        let mut wildcards = FilterSet::default();
+        let mut prefix: Option<&str> = None;
+        for (i, (filter, qos)) in subscriptions.iter().enumerate() {
+            if !topic::has_wildcard(filter) {
+                if let Some((t, _)) = messages.get_key_value(*filter) {
+                    let q = owed.entry(t.as_str()).or_insert(*qos);
+                    *q = (*q).max(*qos);
+                }
+                continue;
+            }
+            wildcards.insert(filter, i);
+            let literal = topic::literal_prefix(filter);
+            prefix = Some(match prefix {
+                None => literal,
+                Some(p) => common_prefix(p, literal),
+            });
+        }
+        if let Some(prefix) = prefix {
+            let mut found = Vec::new();
+            let range = messages
+                .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+                .take_while(|(t, _)| t.starts_with(prefix));
+            for (t, _) in range {
+                found.clear();
+                wildcards.matching(t, &mut found);
+                for &i in &found {
+                    let qos = subscriptions[i].1;
+                    let q = owed.entry(t.as_str()).or_insert(qos);
+                    *q = (*q).max(qos);
+                }
             }
         }
-        found
+        owed.into_iter().map(|(t, q)| (t.to_owned(), q)).collect()
     }
+
+    /// The retained message of `topic`, unless it has expired, in which case it is forgotten
+    /// ([MQTT-3.3.2-5]).
+    pub fn get(&self, topic: &str, now_ms: u64) -> Option<AppMessage> {
+        let message = self.messages.read().get(topic).cloned()?;
+        if !message.is_expired(now_ms) {
+            return Some(message);
+        }
+        self.messages.write().remove(topic);
+        if let Err(e) = self
+            .store
+            .delete_record(NS_RETAINED, &client_key(&self.vhost, topic))
+        {
+            tracing::warn!(%topic, error = %e, "cannot delete an expired retained message");
+        }
+        None
+    }
+}
+
+/// The longest common prefix of two strings, cut at a character boundary.
+fn common_prefix<'a>(a: &'a str, b: &str) -> &'a str {
+    let mut n = a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count();
+    while !a.is_char_boundary(n) {
+        n -= 1;
+    }
+    &a[..n]
 }

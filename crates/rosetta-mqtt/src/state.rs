@@ -40,6 +40,12 @@ pub struct MqttConfig {
     pub max_retained: usize,
     /// A CONNECT without a user name is accepted, as user `anonymous`.
     pub allow_anonymous: bool,
+    /// Most subscriptions one session holds (0 = no limit).
+    pub max_subscriptions: usize,
+    /// Most topic filters one SUBSCRIBE may carry (0 = no limit).
+    pub max_filters_per_subscribe: usize,
+    /// Most levels in a topic name or filter (0 = no limit).
+    pub max_topic_levels: usize,
 }
 
 /// Packet ids of QoS 1 and 2 PUBLISHes sent and not acknowledged, by the queue entry

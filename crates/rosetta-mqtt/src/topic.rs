@@ -49,6 +49,58 @@ fn unescape_word(word: &str, out: &mut String) {
     out.push_str(rest);
 }
 
+/// The longest routing or binding key: an AMQP short string, which carries keys to AMQP
+/// consumers, holds at most 255 bytes (AMQP 0-9-1 §4.2.5.3), and RabbitMQ refuses longer ones.
+pub const KEY_MAX: usize = 255;
+
+/// The length of the key a topic name or filter maps to, without building it: each escaped
+/// character takes three bytes instead of one, and a wildcard level maps to one byte.
+fn mapped_len(name: &str) -> usize {
+    name.len()
+        + 2 * name
+            .bytes()
+            .filter(|b| matches!(b, b'%' | b'.' | b'*'))
+            .count()
+}
+
+/// Why the front-end refuses a topic name or filter (without `$share/{group}/`) whose syntax
+/// is valid: its key would not fit an AMQP short string, or it is deeper than `max_levels`
+/// (0 = no limit). `None` when it is accepted.
+pub fn refusal(name: &str, max_levels: usize) -> Option<String> {
+    let len = mapped_len(name);
+    if len > KEY_MAX {
+        return Some(format!(
+            "topic maps to a routing key of {len} bytes, more than {KEY_MAX}"
+        ));
+    }
+    // A name of at most 255 bytes has at most 256 levels, so this count is cheap.
+    let levels = name.split('/').count();
+    if max_levels > 0 && levels > max_levels {
+        return Some(format!(
+            "topic has {levels} levels, more than the limit of {max_levels}"
+        ));
+    }
+    None
+}
+
+/// Whether a filter (without `$share/{group}/`) holds a wildcard.
+pub fn has_wildcard(filter: &str) -> bool {
+    filter.split('/').any(|level| level == "+" || level == "#")
+}
+
+/// The topics a filter can match all start with this text: its levels up to the first
+/// wildcard, without the separator after them (`a/#` also matches `a`).
+pub fn literal_prefix(filter: &str) -> &str {
+    let mut end = 0usize;
+    for level in filter.split('/') {
+        if level == "+" || level == "#" {
+            return &filter[..end.saturating_sub(1)];
+        }
+        end += level.len() + 1;
+    }
+    filter
+}
+
 /// The routing key for an MQTT topic name.
 pub fn topic_to_key(topic: &str) -> String {
     let mut out = String::with_capacity(topic.len() + 8);
@@ -114,6 +166,87 @@ pub fn matches(filter: &str, topic: &str) -> bool {
         }
     }
     levels.next().is_none()
+}
+
+/// A set of filters matched against many topics at once: a trie over levels, so that a topic
+/// costs the trie nodes along its levels rather than one [`matches`] per filter.
+#[derive(Debug, Default)]
+pub struct FilterSet<'a> {
+    nodes: Vec<FilterNode<'a>>,
+}
+
+#[derive(Debug, Default)]
+struct FilterNode<'a> {
+    literal: std::collections::HashMap<&'a str, usize>,
+    plus: Option<usize>,
+    /// Filters ending in `#` here.
+    hash: Vec<usize>,
+    /// Filters ending here.
+    end: Vec<usize>,
+}
+
+impl<'a> FilterSet<'a> {
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    fn child(&mut self, node: usize, level: &'a str) -> usize {
+        let next = self.nodes.len();
+        let slot = match level {
+            "+" => self.nodes[node].plus.get_or_insert(next),
+            literal => self.nodes[node].literal.entry(literal).or_insert(next),
+        };
+        let child = *slot;
+        if child == next {
+            self.nodes.push(FilterNode::default());
+        }
+        child
+    }
+
+    /// Adds `filter`, reported as `id` by [`FilterSet::matching`].
+    pub fn insert(&mut self, filter: &'a str, id: usize) {
+        if self.nodes.is_empty() {
+            self.nodes.push(FilterNode::default());
+        }
+        let mut node = 0;
+        for level in filter.split('/') {
+            if level == "#" {
+                self.nodes[node].hash.push(id);
+                return;
+            }
+            node = self.child(node, level);
+        }
+        self.nodes[node].end.push(id);
+    }
+
+    /// The ids of the filters matching `topic`, by the rules of [`matches`], into `out`.
+    pub fn matching(&self, topic: &str, out: &mut Vec<usize>) {
+        if self.nodes.is_empty() {
+            return;
+        }
+        let levels: Vec<&str> = topic.split('/').collect();
+        let dollar = topic.starts_with('$');
+        let mut stack = vec![(0usize, 0usize)];
+        while let Some((n, depth)) = stack.pop() {
+            let node = &self.nodes[n];
+            // [MQTT-4.7.2-1]: a filter starting with a wildcard does not match a `$` topic.
+            let wild = !(dollar && depth == 0);
+            if wild {
+                // `#` matches the parent level too ([MQTT-4.7.1-2]).
+                out.extend_from_slice(&node.hash);
+            }
+            let Some(level) = levels.get(depth) else {
+                out.extend_from_slice(&node.end);
+                continue;
+            };
+            if let Some(&c) = node.literal.get(level) {
+                stack.push((c, depth + 1));
+            }
+            if let Some(c) = node.plus.filter(|_| wild) {
+                stack.push((c, depth + 1));
+            }
+        }
+    }
 }
 
 /// A subscription's filter: plain, or shared by a group of sessions.
@@ -232,6 +365,59 @@ mod tests {
         assert!(!matches("+/load", "$SYS/load"));
         assert!(matches("$SYS/#", "$SYS/load"));
         assert!(matches("$SYS/+", "$SYS/load"));
+    }
+
+    #[test]
+    fn keys_longer_than_a_short_string_and_deep_topics_are_refused() {
+        assert_eq!(refusal(&"a".repeat(255), 0), None);
+        assert!(refusal(&"a".repeat(256), 0).is_some());
+        // Escapes count: 100 dots become 300 bytes of key.
+        assert!(refusal(&".".repeat(100), 0).is_some());
+        assert_eq!(refusal("a/b/c", 3), None);
+        assert!(refusal("a/b/c/d", 3).is_some());
+        assert!(refusal("+/+/+/#", 3).is_some());
+        assert_eq!(refusal("a/b/c/d", 0), None);
+    }
+
+    #[test]
+    fn literal_prefixes_stop_at_the_first_wildcard() {
+        assert_eq!(literal_prefix("a/b/+/c"), "a/b");
+        assert_eq!(literal_prefix("a/#"), "a");
+        assert_eq!(literal_prefix("#"), "");
+        assert_eq!(literal_prefix("+/x"), "");
+        assert_eq!(literal_prefix("a/b"), "a/b");
+        assert!(has_wildcard("a/+"));
+        assert!(!has_wildcard("a+/b#"));
+    }
+
+    #[test]
+    fn a_filter_set_matches_as_each_filter_does() {
+        let filters = [
+            "a/b/c", "a/+/c", "a/#", "#", "+/+", "+", "$SYS/#", "$SYS/+", "a/b", "+/b/#",
+        ];
+        let mut set = FilterSet::default();
+        for (i, f) in filters.iter().enumerate() {
+            set.insert(f, i);
+        }
+        for topic in [
+            "a/b/c",
+            "a",
+            "a/b",
+            "x/y",
+            "",
+            "/x",
+            "$SYS/load",
+            "a/b/c/d",
+            "q/b",
+        ] {
+            let mut found = Vec::new();
+            set.matching(topic, &mut found);
+            found.sort_unstable();
+            let expected: Vec<usize> = (0..filters.len())
+                .filter(|&i| matches(filters[i], topic))
+                .collect();
+            assert_eq!(found, expected, "topic {topic:?}");
+        }
     }
 
     #[test]

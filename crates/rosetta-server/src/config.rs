@@ -176,6 +176,9 @@ pub struct Limits {
     /// Body bytes of ready persistent messages each durable queue keeps in memory; the rest wait
     /// on disk only. 0 = keep everything in memory.
     pub queue_resident_bytes: u64,
+    /// Bytes of deliveries each consumer may have handed to its connection and not yet written
+    /// to the socket; past it the queue keeps the messages until the client reads. 0 = no limit.
+    pub consumer_buffer_bytes: u64,
     /// Publishers are blocked while memory use is above this many bytes.
     pub memory_limit: u64,
     /// Publishers are blocked while free disk space is below this many bytes.
@@ -334,8 +337,11 @@ impl Default for Limits {
             max_queue_length: 0,
             max_queue_bytes: 0,
             queue_resident_bytes: 8 * 1024 * 1024,
+            consumer_buffer_bytes: 1024 * 1024,
             memory_limit: 512 * 1024 * 1024,
-            disk_free_limit: 50 * 1024 * 1024,
+            // Room for the largest message plus a commit batch: a write that finds the disk
+            // full is retried rather than lost, but publishers should be paused before that.
+            disk_free_limit: 192 * 1024 * 1024,
             max_consumers_per_channel: 10_000,
             max_queues: 1_000_000,
             max_exchanges: 10_000,

@@ -2,20 +2,25 @@
 //! session, deliveries and durability progress out of it, heartbeats, the resource alarm and
 //! shutdown. Protocol rules live in the sessions; this loop only moves bytes and time.
 
+use std::any::Any;
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use rosetta_core::Outbound;
+use rosetta_core::{Outbound, Unwritten};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::watch;
 
 use crate::state::ServerState;
+
+#[cfg(test)]
+mod tests;
 
 /// Outbox items handled per wake-up before output is written, so one busy queue cannot delay
 /// a socket write indefinitely while still batching frames into few syscalls.
@@ -53,6 +58,11 @@ pub(crate) trait Session {
     fn on_durable(&mut self);
     fn take_output(&mut self) -> Option<Bytes>;
     fn after_flush(&mut self);
+    /// More output can be produced at once, without input (MQTT retained messages paced by
+    /// the socket): the driver calls [`Session::take_output`] again after a write.
+    fn output_ready(&self) -> bool {
+        false
+    }
     fn heartbeats(&self) -> Heartbeats;
     fn send_heartbeat(&mut self);
     /// The client authenticated (for the handshake timeout and the closing log line).
@@ -132,103 +142,162 @@ pub(crate) async fn drive<S: Session>(
     let mut ticker = tokio::time::interval(TICK);
     let mut alarm = state.alarm.clone();
     let mut alarm_live = true;
+    // Deliveries turned into output and not yet on the socket: their bytes stay charged to
+    // their consumers until the write completes, so a client that stops reading stops
+    // receiving (TCP backpressure reaches the queues) instead of filling the outbox.
+    let mut unwritten = Unwritten::default();
     session.set_alarm(*alarm.borrow_and_update());
-    loop {
-        let keep = tokio::select! {
-            read = read_some(&mut stream, &mut input), if !session.reading_paused() => match read {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    traffic.received.inc_by(n as u64);
-                    last_read = Instant::now();
-                    session.handle_input(&mut input)
-                }
-            },
-            Some(item) = next_outbound(&mut outbox, &mut session) => {
-                session.handle_outbound(item);
-                if let Some(rx) = outbox.as_mut() {
-                    for _ in 0..OUTBOX_BATCH {
-                        match rx.try_recv() {
-                            Ok(item) => session.handle_outbound(item),
-                            Err(_) => break,
+    // A panic is a bug, but it must cost one connection, not the broker's state: the loop runs
+    // guarded, and the cleanup below runs whatever happened in it.
+    let run = async {
+        loop {
+            let keep = tokio::select! {
+                read = read_some(&mut stream, &mut input), if !session.reading_paused() => match read {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        traffic.received.inc_by(n as u64);
+                        last_read = Instant::now();
+                        session.handle_input(&mut input)
+                    }
+                },
+                Some(item) = next_outbound(&mut outbox, &mut session) => {
+                    unwritten.note(&item);
+                    session.handle_outbound(item);
+                    if let Some(rx) = outbox.as_mut() {
+                        for _ in 0..OUTBOX_BATCH {
+                            match rx.try_recv() {
+                                Ok(item) => {
+                                    unwritten.note(&item);
+                                    session.handle_outbound(item);
+                                }
+                                Err(_) => break,
+                            }
                         }
                     }
+                    true
                 }
-                true
-            }
-            changed = durable.changed(), if session.has_pending_durability() => {
-                if changed.is_err() {
-                    break;
+                changed = durable.changed(), if session.has_pending_durability() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    session.on_durable();
+                    true
                 }
-                session.on_durable();
-                true
-            }
-            _ = ticker.tick() => {
-                // The broker-wide signals are looked at here rather than awaited: an awaited
-                // watch would keep a waiter in every connection's task, and a tick is soon
-                // enough for both (the resource monitor itself samples every 250 ms).
-                if shutdown.has_changed().unwrap_or(true) {
-                    shutdown.mark_unchanged();
-                    session.force_close();
-                }
-                if alarm_live {
-                    match alarm.has_changed() {
-                        Ok(true) => session.set_alarm(*alarm.borrow_and_update()),
-                        Ok(false) => {}
-                        // The monitor stopped (shutdown); nothing more will change.
-                        Err(_) => alarm_live = false,
+                () = std::future::ready(()), if session.output_ready() => true,
+                _ = ticker.tick() => {
+                    let paused_before = session.reading_paused();
+                    // The broker-wide signals are looked at here rather than awaited: an awaited
+                    // watch would keep a waiter in every connection's task, and a tick is soon
+                    // enough for both (the resource monitor itself samples every 250 ms).
+                    if shutdown.has_changed().unwrap_or(true) {
+                        shutdown.mark_unchanged();
+                        session.force_close();
+                    }
+                    if alarm_live {
+                        match alarm.has_changed() {
+                            Ok(true) => session.set_alarm(*alarm.borrow_and_update()),
+                            Ok(false) => {}
+                            // The monitor stopped (shutdown); nothing more will change.
+                            Err(_) => alarm_live = false,
+                        }
+                    }
+                    if session.reading_paused() {
+                        // Nothing is read from a paused client, so its silence says nothing
+                        // (RabbitMQ stops its heartbeat monitor while a connection is blocked).
+                        last_read = Instant::now();
+                    }
+                    let hb = session.heartbeats();
+                    if hb.expect_within.is_some_and(|d| last_read.elapsed() > d) {
+                        tracing::warn!(%peer, protocol = S::PROTOCOL, "client silent past its heartbeat; closing");
+                        break;
+                    }
+                    if hb.send_after.is_some_and(|d| last_write.elapsed() >= d) {
+                        session.send_heartbeat();
+                    }
+                    if session.user().is_none() && started.elapsed() > HANDSHAKE_TIMEOUT {
+                        tracing::warn!(%peer, protocol = S::PROTOCOL, "handshake timeout");
+                        break;
+                    }
+                    if input.is_empty() && last_read.elapsed() >= IDLE_RELEASE {
+                        input = BytesMut::new();
+                    }
+                    // Frames a paused session left unread are taken up as soon as it resumes,
+                    // without waiting for the client to send more.
+                    if paused_before && !session.reading_paused() && !input.is_empty() {
+                        session.handle_input(&mut input)
+                    } else {
+                        true
                     }
                 }
-                let hb = session.heartbeats();
-                if hb.expect_within.is_some_and(|d| last_read.elapsed() > d) {
-                    tracing::warn!(%peer, protocol = S::PROTOCOL, "client silent past its heartbeat; closing");
+            };
+            if let Some(out) = session.take_output() {
+                if stream.write_all(&out).await.is_err() {
                     break;
                 }
-                if hb.send_after.is_some_and(|d| last_write.elapsed() >= d) {
-                    session.send_heartbeat();
-                }
-                if session.user().is_none() && started.elapsed() > HANDSHAKE_TIMEOUT {
-                    tracing::warn!(%peer, protocol = S::PROTOCOL, "handshake timeout");
+                traffic.sent.inc_by(out.len() as u64);
+                last_write = Instant::now();
+            }
+            unwritten.written();
+            session.after_flush();
+            registration.update(session.user(), session.channel_count());
+            if !keep {
+                break;
+            }
+            if session.is_closing() {
+                let since = *closing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > CLOSE_TIMEOUT {
                     break;
                 }
-                if input.is_empty() && last_read.elapsed() >= IDLE_RELEASE {
-                    input = BytesMut::new();
-                }
-                true
-            }
-        };
-        if let Some(out) = session.take_output() {
-            if stream.write_all(&out).await.is_err() {
-                break;
-            }
-            traffic.sent.inc_by(out.len() as u64);
-            last_write = Instant::now();
-        }
-        session.after_flush();
-        registration.update(session.user(), session.channel_count());
-        if !keep {
-            break;
-        }
-        if session.is_closing() {
-            let since = *closing_since.get_or_insert_with(Instant::now);
-            if since.elapsed() > CLOSE_TIMEOUT {
-                break;
             }
         }
+    };
+    if let Err(panic) = catch_panic(run).await {
+        tracing::error!(%peer, protocol = S::PROTOCOL, panic, "connection task panicked; closing the connection");
     }
     let _ = stream.shutdown().await;
-    session.shutdown();
-    // Deliveries still in the outbox were never written: hand them back to the session, which
-    // returns them to their queues, so none is left unacknowledged with no one to settle it.
-    if outbox.is_none() {
-        outbox = session.take_outbox(Waker::noop());
-    }
-    if let Some(mut rx) = outbox {
-        rx.close();
-        while let Ok(item) = rx.try_recv() {
-            session.handle_outbound(item);
+    let cleanup = catch_unwind(AssertUnwindSafe(|| {
+        session.shutdown();
+        // Deliveries still in the outbox were never written: hand them back to the session,
+        // which returns them to their queues, so none is left unacknowledged with no one to
+        // settle it.
+        if outbox.is_none() {
+            outbox = session.take_outbox(Waker::noop());
         }
+        if let Some(mut rx) = outbox.take() {
+            rx.close();
+            while let Ok(item) = rx.try_recv() {
+                session.handle_outbound(item);
+            }
+        }
+    }));
+    if let Err(panic) = cleanup {
+        tracing::error!(%peer, protocol = S::PROTOCOL, panic = %panic_message(panic.as_ref()), "connection cleanup panicked");
     }
     if let Some(user) = session.user() {
         tracing::info!(%peer, user, protocol = S::PROTOCOL, "connection closed");
+    }
+}
+
+/// Runs `future` to completion, or until polling it panics: then the panic's message comes back
+/// instead and the future is dropped (its borrows end, so the caller can still clean up).
+async fn catch_panic<F: Future>(future: F) -> Result<F::Output, String> {
+    let mut future = std::pin::pin!(future);
+    poll_fn(
+        |cx| match catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+            Ok(poll) => poll.map(Ok),
+            Err(payload) => Poll::Ready(Err(panic_message(payload.as_ref()))),
+        },
+    )
+    .await
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    match (
+        payload.downcast_ref::<&str>(),
+        payload.downcast_ref::<String>(),
+    ) {
+        (Some(text), _) => (*text).to_owned(),
+        (_, Some(text)) => text.clone(),
+        _ => "panic without a message".to_owned(),
     }
 }

@@ -63,11 +63,13 @@ async fn serve(config: Config) -> Result<(), Error> {
     let store = open_store(&config)?;
     let metrics = Metrics::new()?;
     store.observe_flushes(metrics.flush_observer());
+    store.observe_failures(metrics.failure_observer());
     let vhosts: Vec<String> = config.vhosts.iter().map(|v| v.name.clone()).collect();
     let limits = CoreLimits {
         max_queue_length: config.limits.max_queue_length,
         max_queue_bytes: config.limits.max_queue_bytes,
         queue_resident_bytes: config.limits.queue_resident_bytes,
+        consumer_buffer_bytes: config.limits.consumer_buffer_bytes,
         max_queues: u64::from(config.limits.max_queues),
         max_exchanges: u64::from(config.limits.max_exchanges),
         max_bindings: u64::from(config.limits.max_bindings),
@@ -92,6 +94,9 @@ async fn serve(config: Config) -> Result<(), Error> {
             channel_max: config.limits.channel_max,
             heartbeat: config.amqp.heartbeat,
             max_message_size: config.limits.max_message_size,
+            max_consumers_per_channel: config.limits.max_consumers_per_channel,
+            max_transaction_frames: config.limits.max_transaction_frames,
+            max_transaction_bytes: config.limits.max_transaction_bytes,
         },
         stomp: rosetta_stomp::session::SessionConfig {
             limits: rosetta_stomp::codec::Limits {
@@ -102,6 +107,10 @@ async fn serve(config: Config) -> Result<(), Error> {
             heartbeat_ms: config.stomp.heartbeat_ms,
             // The first configured virtual host, "/" by default, as RabbitMQ's default_vhost.
             default_vhost: vhosts.first().cloned().unwrap_or_else(|| "/".to_owned()),
+            // A STOMP connection is one channel.
+            max_subscriptions: config.limits.max_consumers_per_channel as usize,
+            max_transaction_frames: config.limits.max_transaction_frames as usize,
+            max_transaction_bytes: config.limits.max_transaction_bytes,
         },
         alarm: alarm_rx,
         connections: Connections::default(),
@@ -212,6 +221,7 @@ async fn serve(config: Config) -> Result<(), Error> {
         memory_limit: config.limits.memory_limit,
         disk_free_limit: config.limits.disk_free_limit,
         data_dir: config.storage.path.clone(),
+        store_failing: store.failure_flag(),
     };
     let monitor = tokio::spawn(monitor.run(alarm_tx, shutdown_rx.clone()));
     tracing::info!(version = env!("CARGO_PKG_VERSION"), data = %config.storage.path.display(), "broker started");

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
-use rosetta_store::FlushObserver;
+use rosetta_store::{FailureObserver, FlushObserver};
 
 /// The protocols the broker speaks; labelled series exist for each from the start, so a
 /// dashboard shows 0 rather than "no data" before the first client.
@@ -20,6 +20,7 @@ const FSYNC_BUCKET_COUNT: usize = 17;
 pub(crate) struct Metrics {
     registry: Registry,
     fsync: Histogram,
+    write_failures: IntCounter,
     received: IntCounterVec,
     sent: IntCounterVec,
 }
@@ -46,6 +47,10 @@ impl Metrics {
             )
             .buckets(buckets),
         )?;
+        let write_failures = IntCounter::new(
+            "rosetta_store_write_failures_total",
+            "Store flushes whose write or fsync failed (e.g. a full disk); each is retried, and nothing new is confirmed until one succeeds.",
+        )?;
         let received = IntCounterVec::new(
             Opts::new(
                 "rosetta_received_bytes_total",
@@ -65,12 +70,14 @@ impl Metrics {
             sent.with_label_values(&[protocol]);
         }
         registry.register(Box::new(fsync.clone()))?;
+        registry.register(Box::new(write_failures.clone()))?;
         registry.register(Box::new(received.clone()))?;
         registry.register(Box::new(sent.clone()))?;
         register_process_collector(&registry)?;
         Ok(Metrics {
             registry,
             fsync,
+            write_failures,
             received,
             sent,
         })
@@ -80,6 +87,12 @@ impl Metrics {
     pub fn flush_observer(&self) -> FlushObserver {
         let fsync = self.fsync.clone();
         Arc::new(move |elapsed: Duration| fsync.observe(elapsed.as_secs_f64()))
+    }
+
+    /// Counts failed store flushes; hand it to the store.
+    pub fn failure_observer(&self) -> FailureObserver {
+        let failures = self.write_failures.clone();
+        Arc::new(move || failures.inc())
     }
 
     pub fn traffic(&self, protocol: &str) -> Traffic {

@@ -42,6 +42,9 @@ impl Session for MqttSession {
     fn after_flush(&mut self) {
         MqttSession::after_flush(self);
     }
+    fn output_ready(&self) -> bool {
+        MqttSession::output_ready(self)
+    }
     fn heartbeats(&self) -> Heartbeats {
         // [MQTT-3.1.2-22]: one and a half keep-alive periods without a packet close the
         // connection. The server never sends pings; PINGRESP answers the client's.
@@ -89,6 +92,9 @@ pub(crate) fn config(config: &Config) -> MqttConfig {
         max_keep_alive: mqtt.max_keep_alive,
         max_retained: mqtt.max_retained as usize,
         allow_anonymous: mqtt.allow_anonymous,
+        max_subscriptions: mqtt.max_subscriptions as usize,
+        max_filters_per_subscribe: mqtt.max_filters_per_subscribe as usize,
+        max_topic_levels: mqtt.max_topic_levels as usize,
     }
 }
 

@@ -1,10 +1,14 @@
 //! The resource alarm: while the process uses more memory than `limits.memory_limit`, or the
 //! data directory's disk has less than `limits.disk_free_limit` free, publishers are paused
 //! (AMQP `connection.blocked`, TCP backpressure elsewhere) instead of letting the broker die.
+//! The alarm is also raised while the store's writes fail: nothing new can be confirmed then,
+//! and a disk that is full between two checks (or below a limit of 0) would otherwise keep
+//! publishers sending into memory.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use rosetta_store::FailureFlag;
 use tokio::sync::watch;
 
 const CHECK_INTERVAL: Duration = Duration::from_millis(250);
@@ -27,6 +31,7 @@ pub struct Monitor {
     pub memory_limit: u64,
     pub disk_free_limit: u64,
     pub data_dir: PathBuf,
+    pub store_failing: FailureFlag,
 }
 
 impl Monitor {
@@ -35,7 +40,7 @@ impl Monitor {
             self.memory_limit > 0 && resident_bytes().is_some_and(|rss| rss > self.memory_limit);
         let disk = self.disk_free_limit > 0
             && free_disk_bytes(&self.data_dir).is_some_and(|free| free < self.disk_free_limit);
-        memory || disk
+        memory || disk || self.store_failing.is_set()
     }
 
     /// Publishes alarm changes until shutdown.
@@ -49,7 +54,12 @@ impl Monitor {
             let on = self.alarm();
             if *alarm.borrow() != on {
                 if on {
-                    tracing::warn!(memory = ?resident_bytes(), "resource alarm: publishers paused");
+                    tracing::warn!(
+                        memory = ?resident_bytes(),
+                        disk_free = ?free_disk_bytes(&self.data_dir),
+                        store_writes_failing = self.store_failing.is_set(),
+                        "resource alarm: publishers paused"
+                    );
                 } else {
                     tracing::info!("resource alarm cleared: publishers resume");
                 }

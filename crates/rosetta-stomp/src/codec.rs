@@ -5,6 +5,13 @@
 //! `content-length` octets when that header is present (so it may contain NULs), otherwise up to
 //! the first NUL. Every limit is checked on the bytes buffered so far, so an oversized frame is
 //! refused while it arrives rather than after it has been buffered whole.
+//!
+//! A frame may arrive a byte at a time. [`Decoder`] keeps its place in a partly received frame
+//! (the lines already parsed, how far the search for the next LF or the NUL got), so each byte
+//! is examined a bounded number of times however the frame is split: a client trickling a large
+//! header block costs the broker linear work, not quadratic.
+
+use std::collections::HashSet;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -35,174 +42,282 @@ impl Default for Limits {
 /// Decodes one frame from the front of `buf`, consuming it. `Ok(None)` means more bytes are
 /// needed; heart-beat EOLs before a frame are consumed even then. `version` selects header
 /// escaping: none for 1.0, STOMP 1.1 or 1.2 escapes otherwise (never for CONNECT, STOMP and
-/// CONNECTED).
+/// CONNECTED). Starts from scratch each call; a caller fed piecemeal keeps a [`Decoder`].
 pub fn decode(
     buf: &mut BytesMut,
     limits: &Limits,
     version: Version,
 ) -> Result<Option<Frame>, StompError> {
-    let mut hint = 0;
-    decode_from(buf, limits, version, &mut hint)
+    Decoder::default().decode(buf, limits, version)
 }
 
-/// [`decode`] for a caller that keeps `searched` between calls: the number of leading bytes of
-/// the buffer already known to hold no NUL after an unterminated body, so a body without
-/// `content-length` arriving in many pieces is scanned once, not once per piece. Reset to 0
-/// whenever a frame is returned (this function does that).
-pub fn decode_from(
-    buf: &mut BytesMut,
-    limits: &Limits,
-    version: Version,
-    searched: &mut usize,
-) -> Result<Option<Frame>, StompError> {
-    skip_heartbeats(buf, searched);
-    if buf.is_empty() {
-        return Ok(None);
+/// Where the frame at the front of the buffer has got to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Stage {
+    #[default]
+    Command,
+    Headers(Command),
+    /// The blank line ending the headers has arrived; the body starts at `start` and runs for
+    /// `len` octets when `content-length` gave it.
+    Body {
+        command: Command,
+        start: usize,
+        len: Option<usize>,
+    },
+}
+
+/// An incremental decoder: [`Decoder::decode`] resumes where the previous call stopped.
+///
+/// Between calls the caller may only append to the buffer; bytes are consumed only when a
+/// frame is returned. After an error the decoder starts afresh, as the buffer is then useless.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    stage: Stage,
+    /// Where the next line starts.
+    line_start: usize,
+    /// How far the search for the current line's LF, or the body's NUL, has got.
+    scanned: usize,
+    headers: Vec<(String, String)>,
+    /// The header names in `headers`, so a repeated one is found without a scan.
+    names: HashSet<String>,
+    /// Header lines seen, repeated entries included.
+    count: usize,
+    examined: u64,
+}
+
+impl Decoder {
+    pub fn new() -> Decoder {
+        Decoder::default()
     }
-    let mut pos = 0;
-    let Some(line) = next_line(buf, &mut pos, limits)? else {
-        return Ok(None);
-    };
-    let command = Command::parse(line)
-        .ok_or_else(|| StompError::UnknownCommand(String::from_utf8_lossy(line).into_owned()))?;
-    let escaping = if command.escapes_headers() {
-        version
-    } else {
-        Version::V1_0
-    };
-    let mut headers: Vec<(String, String)> = Vec::new();
-    let mut count = 0;
-    loop {
-        let Some(line) = next_line(buf, &mut pos, limits)? else {
-            return Ok(None);
+
+    /// Bytes examined since the decoder was made, counting each look at a byte: a measure of
+    /// decoding work that does not depend on timing.
+    pub fn examined(&self) -> u64 {
+        self.examined
+    }
+
+    /// Decodes one frame from the front of `buf`, consuming it, as [`decode`] does, but without
+    /// looking again at what earlier calls already parsed.
+    pub fn decode(
+        &mut self,
+        buf: &mut BytesMut,
+        limits: &Limits,
+        version: Version,
+    ) -> Result<Option<Frame>, StompError> {
+        if self.scanned > buf.len() || self.line_start > buf.len() {
+            // The buffer was cut behind the decoder's back; nothing parsed still applies.
+            self.restart();
+        }
+        let result = self.step(buf, limits, version);
+        if !matches!(result, Ok(None)) {
+            self.restart();
+        }
+        result
+    }
+
+    fn restart(&mut self) {
+        let examined = self.examined;
+        *self = Decoder {
+            examined,
+            ..Decoder::default()
         };
-        if line.is_empty() {
-            break;
-        }
-        count += 1;
-        if count > limits.max_headers {
-            return Err(StompError::TooManyHeaders {
-                max: limits.max_headers,
-            });
-        }
-        let colon = line
-            .iter()
-            .position(|&b| b == b':')
-            .ok_or_else(|| StompError::MissingColon(String::from_utf8_lossy(line).into_owned()))?;
-        let name = unescape(&line[..colon], escaping)?;
-        let value = unescape(&line[colon + 1..], escaping)?;
-        // STOMP 1.2 Repeated Header Entries: only the first entry is used.
-        if !headers.iter().any(|(n, _)| *n == name) {
-            headers.push((name, value));
-        }
     }
-    let body_start = pos;
-    let content_length = headers
-        .iter()
-        .find(|(n, _)| n == "content-length")
-        .map(|(_, v)| v.as_str());
-    let body_end = match content_length {
-        Some(text) => {
-            let len: usize = text
-                .trim()
-                .parse()
-                .map_err(|_| StompError::BadContentLength(text.to_owned()))?;
-            if len > limits.max_body {
-                return Err(StompError::BodyTooLarge {
-                    max: limits.max_body,
-                });
-            }
-            let end = body_start + len;
-            if buf.len() <= end {
-                return Ok(None);
-            }
-            if buf[end] != 0 {
-                return Err(StompError::MissingNul(len));
-            }
-            end
+
+    fn step(
+        &mut self,
+        buf: &mut BytesMut,
+        limits: &Limits,
+        version: Version,
+    ) -> Result<Option<Frame>, StompError> {
+        if self.stage == Stage::Command {
+            self.skip_heartbeats(buf);
         }
-        None => {
-            let from = body_start.max(*searched);
-            match buf[from..].iter().position(|&b| b == 0) {
-                Some(i) if from + i - body_start > limits.max_body => {
-                    return Err(StompError::NoTerminator {
-                        max: limits.max_body,
-                    })
-                }
-                Some(i) => from + i,
+        loop {
+            let command = match self.stage {
+                Stage::Body { .. } => break,
+                Stage::Command => None,
+                Stage::Headers(command) => Some(command),
+            };
+            let Some((from, to)) = self.next_line(buf, limits)? else {
+                return Ok(None);
+            };
+            let line = &buf[from..to];
+            self.examined += line.len() as u64;
+            match command {
                 None => {
-                    if buf.len() - body_start > limits.max_body {
-                        return Err(StompError::NoTerminator {
-                            max: limits.max_body,
+                    let command = Command::parse(line).ok_or_else(|| {
+                        StompError::UnknownCommand(String::from_utf8_lossy(line).into_owned())
+                    })?;
+                    self.stage = Stage::Headers(command);
+                }
+                Some(command) if line.is_empty() => {
+                    self.stage = Stage::Body {
+                        command,
+                        start: self.line_start,
+                        len: self.content_length(limits)?,
+                    };
+                }
+                Some(command) => {
+                    self.count += 1;
+                    if self.count > limits.max_headers {
+                        return Err(StompError::TooManyHeaders {
+                            max: limits.max_headers,
                         });
                     }
-                    *searched = buf.len();
-                    return Ok(None);
+                    let escaping = if command.escapes_headers() {
+                        version
+                    } else {
+                        Version::V1_0
+                    };
+                    let colon = line.iter().position(|&b| b == b':').ok_or_else(|| {
+                        StompError::MissingColon(String::from_utf8_lossy(line).into_owned())
+                    })?;
+                    let name = unescape(&line[..colon], escaping)?;
+                    let value = unescape(&line[colon + 1..], escaping)?;
+                    // STOMP 1.2 Repeated Header Entries: only the first entry is used.
+                    if self.names.insert(name.clone()) {
+                        self.headers.push((name, value));
+                    }
                 }
             }
         }
-    };
-    let mut frame_bytes = buf.split_to(body_end + 1);
-    frame_bytes.advance(body_start);
-    frame_bytes.truncate(body_end - body_start);
-    *searched = 0;
-    Ok(Some(Frame {
-        command,
-        headers,
-        body: frame_bytes.freeze(),
-    }))
-}
+        let Stage::Body {
+            command,
+            start,
+            len,
+        } = self.stage
+        else {
+            return Ok(None);
+        };
+        let end = match len {
+            Some(len) => {
+                let end = start.saturating_add(len);
+                if buf.len() <= end {
+                    return Ok(None);
+                }
+                self.examined += 1;
+                if buf[end] != 0 {
+                    return Err(StompError::MissingNul(len));
+                }
+                end
+            }
+            None => {
+                let from = start.max(self.scanned);
+                let found = buf[from..].iter().position(|&b| b == 0);
+                self.examined += found.map_or(buf.len() - from, |i| i + 1) as u64;
+                match found {
+                    Some(i) if from + i - start > limits.max_body => {
+                        return Err(StompError::NoTerminator {
+                            max: limits.max_body,
+                        })
+                    }
+                    Some(i) => from + i,
+                    None => {
+                        if buf.len() - start > limits.max_body {
+                            return Err(StompError::NoTerminator {
+                                max: limits.max_body,
+                            });
+                        }
+                        self.scanned = buf.len();
+                        return Ok(None);
+                    }
+                }
+            }
+        };
+        let mut body = buf.split_to(end + 1);
+        body.advance(start);
+        body.truncate(end - start);
+        Ok(Some(Frame {
+            command,
+            headers: std::mem::take(&mut self.headers),
+            body: body.freeze(),
+        }))
+    }
 
-/// Consumes leading EOLs (STOMP 1.2 Heart-beating: "a single end-of-line"; frames may also be
-/// followed by EOLs). A lone CR waits for its LF.
-fn skip_heartbeats(buf: &mut BytesMut, searched: &mut usize) {
-    let mut n = 0;
-    loop {
-        match buf.get(n..) {
-            Some([b'\n', ..]) => n += 1,
-            Some([b'\r', b'\n', ..]) => n += 2,
-            _ => break,
+    /// The body length `content-length` announces, refused at once when past the limit.
+    fn content_length(&self, limits: &Limits) -> Result<Option<usize>, StompError> {
+        let Some((_, text)) = self.headers.iter().find(|(n, _)| n == "content-length") else {
+            return Ok(None);
+        };
+        let len: usize = text
+            .trim()
+            .parse()
+            .map_err(|_| StompError::BadContentLength(text.clone()))?;
+        if len > limits.max_body {
+            return Err(StompError::BodyTooLarge {
+                max: limits.max_body,
+            });
+        }
+        Ok(Some(len))
+    }
+
+    /// Consumes leading EOLs (STOMP 1.2 Heart-beating: "a single end-of-line"; frames may also
+    /// be followed by EOLs). A lone CR waits for its LF.
+    fn skip_heartbeats(&mut self, buf: &mut BytesMut) {
+        let mut n = 0;
+        loop {
+            match buf.get(n..) {
+                Some([b'\n', ..]) => n += 1,
+                Some([b'\r', b'\n', ..]) => n += 2,
+                _ => break,
+            }
+        }
+        if n > 0 {
+            self.examined += n as u64;
+            buf.advance(n);
+            self.scanned = self.scanned.saturating_sub(n);
         }
     }
-    if n > 0 {
-        buf.advance(n);
-        *searched = searched.saturating_sub(n);
-    }
-}
 
-/// The next line starting at `*pos`, without its EOL; `None` if its LF has not arrived yet.
-fn next_line<'a>(
-    buf: &'a [u8],
-    pos: &mut usize,
-    limits: &Limits,
-) -> Result<Option<&'a [u8]>, StompError> {
-    let rest = &buf[*pos..];
-    let window = &rest[..rest.len().min(limits.max_header_length.saturating_add(2))];
-    let Some(lf) = window.iter().position(|&b| b == b'\n') else {
-        if window.contains(&0) {
+    /// The bounds of the next line, without its EOL, once its LF has arrived. Resumes the
+    /// search for the LF where the previous call left it, and refuses a line past the limit
+    /// (or holding a NUL) as soon as enough of it is there to tell.
+    fn next_line(
+        &mut self,
+        buf: &[u8],
+        limits: &Limits,
+    ) -> Result<Option<(usize, usize)>, StompError> {
+        let start = self.line_start;
+        let from = self.scanned.max(start);
+        // The LF of a line within the limit comes at most `max_header_length + 1` bytes after
+        // its start (a CR may precede it); searching further would only find a refusal.
+        let window_end = buf.len().min(
+            start
+                .saturating_add(limits.max_header_length)
+                .saturating_add(2),
+        );
+        let found = buf
+            .get(from..window_end)
+            .and_then(|w| w.iter().position(|&b| b == b'\n' || b == 0));
+        let Some(i) = found else {
+            self.examined += window_end.saturating_sub(from) as u64;
+            self.scanned = self.scanned.max(window_end);
+            if buf.len() - start > limits.max_header_length.saturating_add(1) {
+                return Err(StompError::HeaderTooLong {
+                    max: limits.max_header_length,
+                });
+            }
+            return Ok(None);
+        };
+        self.examined += i as u64 + 1;
+        let lf = from + i;
+        if buf[lf] == 0 {
             return Err(StompError::NulInHeaders);
         }
-        if rest.len() > limits.max_header_length.saturating_add(1) {
+        let end = if lf > start && buf[lf - 1] == b'\r' {
+            lf - 1
+        } else {
+            lf
+        };
+        if end - start > limits.max_header_length {
             return Err(StompError::HeaderTooLong {
                 max: limits.max_header_length,
             });
         }
-        return Ok(None);
-    };
-    let mut line = &rest[..lf];
-    if let [head @ .., b'\r'] = line {
-        line = head;
+        self.line_start = lf + 1;
+        self.scanned = lf + 1;
+        Ok(Some((start, end)))
     }
-    if line.contains(&0) {
-        return Err(StompError::NulInHeaders);
-    }
-    if line.len() > limits.max_header_length {
-        return Err(StompError::HeaderTooLong {
-            max: limits.max_header_length,
-        });
-    }
-    *pos += lf + 1;
-    Ok(Some(line))
 }
 
 /// STOMP 1.2 Value Encoding (1.1 has the same escapes but `\r`).

@@ -24,38 +24,56 @@ pub enum Destination {
 /// The exchange the `/topic/` destinations use.
 pub const TOPIC_EXCHANGE: &str = "amq.topic";
 
+/// Longest exchange name, queue name or routing key: an AMQP 0-9-1 short string (§4.2.5.3)
+/// carries them to AMQP consumers, and RabbitMQ refuses longer ones.
+pub const NAME_MAX: usize = 255;
+
+/// Refuses a name or key that no AMQP peer could be told.
+pub fn bounded(what: &'static str, name: &str) -> Result<(), StompError> {
+    if name.len() > NAME_MAX {
+        return Err(StompError::NameTooLong {
+            what,
+            len: name.len(),
+        });
+    }
+    Ok(())
+}
+
 impl Destination {
     pub fn parse(text: &str) -> Result<Destination, StompError> {
         let bad = || StompError::BadDestination(text.to_owned());
-        let non_empty = |s: &str| {
+        let name = |what: &'static str, s: &str| {
             if s.is_empty() {
-                Err(bad())
-            } else {
-                Ok(s.to_owned())
+                return Err(bad());
             }
+            bounded(what, s)?;
+            Ok(s.to_owned())
         };
         if let Some(q) = text.strip_prefix("/queue/") {
-            return non_empty(q).map(Destination::Queue);
+            return name("queue name", q).map(Destination::Queue);
         }
         if let Some(k) = text.strip_prefix("/topic/") {
-            return non_empty(k).map(Destination::Topic);
+            return name("routing key", k).map(Destination::Topic);
         }
         if let Some(rest) = text.strip_prefix("/exchange/") {
             // The key may itself hold slashes; the exchange name ends at the first one.
-            let (name, key) = rest.split_once('/').unwrap_or((rest, ""));
+            let (exchange, key) = rest.split_once('/').unwrap_or((rest, ""));
+            bounded("routing key", key)?;
             return Ok(Destination::Exchange {
-                name: non_empty(name)?,
+                name: name("exchange name", exchange)?,
                 key: key.to_owned(),
             });
         }
         if let Some(q) = text.strip_prefix("/amq/queue/") {
-            return non_empty(q).map(Destination::AmqQueue);
+            return name("queue name", q).map(Destination::AmqQueue);
         }
+        // The temporary queue's own name is the server's, but the client's part names it in
+        // MESSAGE frames and reply-to headers, so it is held to the same bound.
         if let Some(t) = text.strip_prefix("/temp-queue/") {
-            return non_empty(t).map(Destination::TempQueue);
+            return name("temporary queue name", t).map(Destination::TempQueue);
         }
         if let Some(q) = text.strip_prefix("/reply-queue/") {
-            return non_empty(q).map(Destination::ReplyQueue);
+            return name("queue name", q).map(Destination::ReplyQueue);
         }
         Err(bad())
     }
@@ -73,12 +91,15 @@ impl Destination {
 
 /// The queue behind a durable topic subscription: derived from the subscription id (and the
 /// `client-id` the client connected with, when it gave one), so reconnecting with the same id
-/// finds the messages that arrived meanwhile.
-pub fn durable_subscription_queue(client_id: Option<&str>, id: &str) -> String {
-    match client_id {
+/// finds the messages that arrived meanwhile. Refused when the name would be too long for a
+/// queue name.
+pub fn durable_subscription_queue(client_id: Option<&str>, id: &str) -> Result<String, StompError> {
+    let name = match client_id {
         Some(c) => format!("stomp-subscription-{c}-{id}"),
         None => format!("stomp-subscription-{id}"),
-    }
+    };
+    bounded("durable subscription queue name", &name)?;
+    Ok(name)
 }
 
 #[cfg(test)]
@@ -128,6 +149,36 @@ mod tests {
         for bad in ["queue/a", "/queue/", "/topic/", "/exchange/", "/nope/a", ""] {
             assert!(Destination::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn names_and_keys_past_a_short_string_are_refused() {
+        let max = "q".repeat(NAME_MAX);
+        let over = "q".repeat(NAME_MAX + 1);
+        for prefix in [
+            "/queue/",
+            "/topic/",
+            "/amq/queue/",
+            "/temp-queue/",
+            "/reply-queue/",
+        ] {
+            assert!(
+                Destination::parse(&format!("{prefix}{max}")).is_ok(),
+                "{prefix}"
+            );
+            assert!(
+                matches!(
+                    Destination::parse(&format!("{prefix}{over}")),
+                    Err(StompError::NameTooLong { len: 256, .. })
+                ),
+                "{prefix}"
+            );
+        }
+        assert!(Destination::parse(&format!("/exchange/{max}/{max}")).is_ok());
+        assert!(Destination::parse(&format!("/exchange/{over}/k")).is_err());
+        assert!(Destination::parse(&format!("/exchange/x/{over}")).is_err());
+        assert!(durable_subscription_queue(Some("c"), &"i".repeat(200)).is_ok());
+        assert!(durable_subscription_queue(Some(&"c".repeat(100)), &"i".repeat(200)).is_err());
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub enum StompError {
     },
     #[error("unknown destination '{0}'")]
     BadDestination(String),
+    /// An exchange name, queue name or routing key longer than an AMQP short string.
+    #[error("{what} of {len} bytes is longer than 255 bytes")]
+    NameTooLong { what: &'static str, len: usize },
     /// A frame that is valid STOMP but not in this connection's state.
     #[error("{0}")]
     Unexpected(String),
@@ -69,6 +72,15 @@ pub enum StompError {
     UnknownTransaction(String),
     #[error("transaction '{0}' already started")]
     DuplicateTransaction(String),
+    /// One more frame would take an open transaction past `max_transaction_frames` or
+    /// `max_transaction_bytes`; the transaction is dropped.
+    #[error("transaction '{id}' would hold more than {limit}; it has been aborted")]
+    TransactionTooLarge { id: String, limit: String },
+    #[error("more than {max} transactions open at once")]
+    TooManyTransactions { max: usize },
+    /// One more SUBSCRIBE than `max_consumers_per_channel` allows.
+    #[error("more than {max} subscriptions on one connection")]
+    TooManySubscriptions { max: usize },
     /// The core refused an operation (missing queue, locked queue, store failure).
     #[error("{0}")]
     Core(String),
@@ -97,6 +109,7 @@ impl StompError {
             | StompError::HeaderTooLong { .. } => "Malformed frame",
             StompError::MissingHeader { .. } | StompError::InvalidHeader { .. } => "Invalid header",
             StompError::BadDestination(_) => "Unknown destination",
+            StompError::NameTooLong { .. } => "Invalid destination",
             StompError::Unexpected(_) => "Unexpected frame",
             StompError::UnsupportedVersion => "Version not supported",
             StompError::AccessRefused(_) => "Access refused",
@@ -107,6 +120,9 @@ impl StompError {
             StompError::UnknownTransaction(_) | StompError::DuplicateTransaction(_) => {
                 "Invalid transaction"
             }
+            StompError::TransactionTooLarge { .. } => "Transaction too large",
+            StompError::TooManyTransactions { .. } => "Transaction limit exceeded",
+            StompError::TooManySubscriptions { .. } => "Subscription limit exceeded",
             StompError::Core(_) => "Operation refused",
         }
     }

@@ -8,6 +8,7 @@
 
 use rosetta_core::{Message, Properties, Table, Value};
 
+use crate::destination::NAME_MAX;
 use crate::error::StompError;
 use crate::frame::Frame;
 
@@ -77,6 +78,16 @@ pub fn properties_from_send(frame: &Frame, now_ms: u64) -> Result<Properties, St
         if FRAME_HEADERS.contains(&name.as_str()) || PROPERTY_HEADERS.contains(&name.as_str()) {
             continue;
         }
+        // An AMQP field table's keys are short strings (AMQP 0-9-1 §4.2.5.3).
+        if name.len() > NAME_MAX {
+            return Err(invalid(
+                "headers",
+                format!(
+                    "a header name of {} bytes is longer than 255 bytes",
+                    name.len()
+                ),
+            ));
+        }
         headers.insert(name.clone(), Value::Str(value.clone()));
     }
     Ok(Properties {
@@ -98,6 +109,31 @@ pub fn properties_from_send(frame: &Frame, now_ms: u64) -> Result<Properties, St
         app_id: text("app-id"),
         cluster_id: None,
     })
+}
+
+/// Refuses properties an AMQP consumer could not be given: AMQP 0-9-1 carries these as short
+/// strings (§4.2.5.3, at most 255 bytes). Checked on the properties as they will be published,
+/// after a temporary `reply-to` has been replaced by its queue.
+pub fn check_short_strings(properties: &Properties) -> Result<(), StompError> {
+    let p = properties;
+    for (header, value) in [
+        ("content-type", &p.content_type),
+        ("content-encoding", &p.content_encoding),
+        ("correlation-id", &p.correlation_id),
+        ("reply-to", &p.reply_to),
+        ("message-id", &p.message_id),
+        ("type", &p.kind),
+        ("user-id", &p.user_id),
+        ("app-id", &p.app_id),
+    ] {
+        if let Some(v) = value.as_deref().filter(|v| v.len() > NAME_MAX) {
+            return Err(invalid(
+                header,
+                format!("{} bytes is longer than 255 bytes", v.len()),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A header value as text, for the types that have one; tables, arrays, void and non-UTF-8

@@ -34,9 +34,9 @@ impl Harness {
             loopback_only: true,
         }]));
         let config = SessionConfig {
-            limits: Limits::default(),
             heartbeat_ms: 1000,
-            default_vhost: "/".into(),
+            max_transaction_frames: 3,
+            ..SessionConfig::default()
         };
         let peer: SocketAddr = "127.0.0.1:5555".parse().expect("addr");
         let (session, outbox) = Session::new(self.broker.clone(), users, config, peer);
@@ -176,4 +176,105 @@ fn an_error_closes_and_returns_unacked_messages() {
         .map(|q| q.stats())
         .expect("queue");
     assert_eq!((stats.ready, stats.unacked, stats.consumers), (1, 0, 0));
+}
+
+fn ready(h: &Harness, queue: &str) -> Option<u64> {
+    h.broker
+        .vhost("/")
+        .and_then(|v| v.queue(queue))
+        .map(|q| q.stats().ready)
+}
+
+#[test]
+fn a_send_under_the_alarm_waits_with_what_follows_until_the_alarm_clears() {
+    let h = Harness::new();
+    let mut c = Client::connected(&h);
+    c.session.set_alarm(true);
+    assert!(
+        !c.session.reading_paused(),
+        "a client that sent nothing is read"
+    );
+    assert_eq!(
+        c.input(b"SEND\ndestination:/queue/al\nreceipt:r1\n\nx\0BEGIN\ntransaction:t\nreceipt:r2\n\n\0SEND\ndest"),
+        Flow::Continue
+    );
+    assert!(
+        c.frames().is_empty(),
+        "neither receipt before the alarm clears"
+    );
+    assert!(c.session.reading_paused());
+    assert_eq!(ready(&h, "al"), None, "the SEND has not been handled");
+
+    c.session.set_alarm(false);
+    let ids: Vec<_> = c
+        .frames()
+        .iter()
+        .map(|f| f.get("receipt-id").map(str::to_owned))
+        .collect();
+    assert_eq!(ids, [Some("r1".to_owned()), Some("r2".to_owned())]);
+    assert_eq!(ready(&h, "al"), Some(1));
+    assert!(!c.session.reading_paused());
+    // The frame cut short before the pause completes with the next read.
+    c.input(b"ination:/queue/al\nreceipt:r3\n\ny\0");
+    assert_eq!(c.frames()[0].get("receipt-id"), Some("r3"));
+    assert_eq!(ready(&h, "al"), Some(2));
+}
+
+#[test]
+fn a_transactional_send_and_its_commit_wait_for_the_alarm() {
+    let h = Harness::new();
+    let mut c = Client::connected(&h);
+    c.input(b"BEGIN\ntransaction:t\n\n\0SEND\ndestination:/queue/tx\ntransaction:t\n\nx\0");
+    c.session.set_alarm(true);
+    c.input(b"COMMIT\ntransaction:t\nreceipt:c\n\n\0");
+    assert!(c.frames().is_empty());
+    assert!(c.session.reading_paused());
+    assert_eq!(ready(&h, "tx"), None);
+    c.session.set_alarm(false);
+    assert_eq!(c.frames()[0].get("receipt-id"), Some("c"));
+    assert_eq!(ready(&h, "tx"), Some(1));
+
+    c.session.set_alarm(true);
+    c.input(
+        b"BEGIN\ntransaction:u\n\n\0SEND\ndestination:/queue/tx\ntransaction:u\nreceipt:s\n\nx\0",
+    );
+    assert!(
+        c.frames().is_empty(),
+        "a SEND held for a transaction waits too"
+    );
+    assert!(c.session.reading_paused());
+}
+
+#[test]
+fn a_transaction_past_its_frame_limit_is_dropped_with_an_error() {
+    let h = Harness::new();
+    let mut c = Client::connected(&h);
+    let send = b"SEND\ndestination:/queue/big\ntransaction:t\n\nx\0";
+    c.input(b"BEGIN\ntransaction:t\n\n\0");
+    for _ in 0..3 {
+        assert_eq!(c.input(send), Flow::Continue);
+    }
+    assert!(c.frames().is_empty());
+    assert_eq!(c.input(send), Flow::Close);
+    let frames = c.frames();
+    assert_eq!(frames[0].command, Command::Error);
+    assert_eq!(frames[0].get("message"), Some("Transaction too large"));
+    assert_eq!(
+        ready(&h, "big"),
+        None,
+        "nothing of the transaction was published"
+    );
+}
+
+#[test]
+fn a_seventeenth_open_transaction_is_refused() {
+    let h = Harness::new();
+    let mut c = Client::connected(&h);
+    for i in 0..16 {
+        let begin = format!("BEGIN\ntransaction:t{i}\n\n\0");
+        assert_eq!(c.input(begin.as_bytes()), Flow::Continue);
+    }
+    assert_eq!(c.input(b"BEGIN\ntransaction:t16\n\n\0"), Flow::Close);
+    let frames = c.frames();
+    assert_eq!(frames[0].get("message"), Some("Transaction limit exceeded"));
 }

@@ -7,8 +7,14 @@
 //! *before* flushing is what makes this correct: every epoch at or below it belongs to a write
 //! that was buffered before the flush began, so the flush covers it. Requests that arrive during
 //! a flush are batched into the next one.
+//!
+//! A flush that fails (a full disk, an I/O error) publishes nothing: its batch goes back to the
+//! pending set (see `Writer::commit`) and the thread tries again, waiting longer each time, until
+//! a flush succeeds. The durable epoch therefore never passes a write that is not on disk, and
+//! whoever waits on it (publisher confirms) keeps waiting; [`FailureFlag`] tells the broker to
+//! pause publishers meanwhile.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -20,8 +26,11 @@ use crate::sled_store::Writer;
 use tokio::sync::watch;
 
 /// After a failed flush, wait this long before trying again, so a persistent disk error does
-/// not turn into a busy loop.
+/// not turn into a busy loop...
 const RETRY_AFTER_ERROR: Duration = Duration::from_millis(100);
+/// ...doubling after each further failure up to this, which bounds both the delay before the
+/// store notices that space is back and the segment files abandoned while it is not.
+const RETRY_AFTER_ERROR_MAX: Duration = Duration::from_secs(2);
 /// A flush of at least this many message writes means several publishers (or one with many
 /// confirms outstanding) are waiting on the store...
 const BUSY_BATCH: usize = 16;
@@ -35,6 +44,21 @@ const BUSY_LINGER: Duration = Duration::from_micros(500);
 /// Called on the commit thread, so it must be quick and must not block.
 pub type FlushObserver = Arc<dyn Fn(Duration) + Send + Sync>;
 
+/// Told of every failed flush (write or fsync error), e.g. to count them. Called on the commit
+/// thread, so it must be quick and must not block.
+pub type FailureObserver = Arc<dyn Fn() + Send + Sync>;
+
+/// Whether the store's writes are failing right now: set by a failed flush, cleared by the
+/// next successful one. While it is set nothing new becomes durable.
+#[derive(Clone)]
+pub struct FailureFlag(Arc<AtomicBool>);
+
+impl FailureFlag {
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 #[derive(Default)]
 struct State {
     /// The highest epoch anyone asked to make durable.
@@ -42,6 +66,8 @@ struct State {
     shutdown: bool,
     /// Number of failed flushes so far; a waiter that sees it move knows its flush failed.
     failures: u64,
+    /// `failures` when the last outage ended, so its end can say how many attempts failed.
+    failures_reported: u64,
     last_error: Option<String>,
 }
 
@@ -58,6 +84,8 @@ pub struct Committer {
     last_flush_micros: AtomicU64,
     flush_count: AtomicU64,
     observer: RwLock<Option<FlushObserver>>,
+    failure_observer: RwLock<Option<FailureObserver>>,
+    failing: Arc<AtomicBool>,
 }
 
 impl Committer {
@@ -73,6 +101,8 @@ impl Committer {
             last_flush_micros: AtomicU64::new(0),
             flush_count: AtomicU64::new(0),
             observer: RwLock::new(None),
+            failure_observer: RwLock::new(None),
+            failing: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -113,6 +143,15 @@ impl Committer {
     /// Replaces the flush observer.
     pub fn set_observer(&self, observer: FlushObserver) {
         *self.observer.write() = Some(observer);
+    }
+
+    /// Replaces the failure observer.
+    pub fn set_failure_observer(&self, observer: FailureObserver) {
+        *self.failure_observer.write() = Some(observer);
+    }
+
+    pub fn failure_flag(&self) -> FailureFlag {
+        FailureFlag(self.failing.clone())
     }
 
     pub fn request(&self, epoch: Epoch) {
@@ -160,10 +199,16 @@ impl Committer {
     }
 
     fn run(&self, writer: &Writer) {
+        let mut retry_after = RETRY_AFTER_ERROR;
         loop {
             {
                 let mut st = self.state.lock();
-                while !st.shutdown && st.requested <= self.durable() {
+                // A failed batch is retried even if nobody waits on it (acknowledgements only):
+                // the failure flag, and with it the publishers' pause, stays until it is written.
+                while !st.shutdown
+                    && st.requested <= self.durable()
+                    && !self.failing.load(Ordering::Relaxed)
+                {
                     self.work.wait(&mut st);
                 }
                 if st.shutdown {
@@ -171,28 +216,37 @@ impl Committer {
                 }
             }
             match self.flush(writer) {
-                Ok(writes) if writes >= BUSY_BATCH => std::thread::sleep(BUSY_LINGER),
-                Ok(_) => {}
-                Err(_) => std::thread::sleep(RETRY_AFTER_ERROR),
+                Ok(writes) => {
+                    retry_after = RETRY_AFTER_ERROR;
+                    if writes >= BUSY_BATCH {
+                        std::thread::sleep(BUSY_LINGER);
+                    }
+                }
+                Err(_) => {
+                    self.pause(retry_after);
+                    retry_after = (retry_after * 2).min(RETRY_AFTER_ERROR_MAX);
+                }
             }
         }
+    }
+
+    /// Waits `how_long` before a retry, or until shutdown: a store closed while its disk
+    /// fails should not wait out the back-off. New requests do not cut it short.
+    fn pause(&self, how_long: Duration) {
+        let deadline = Instant::now() + how_long;
+        let mut st = self.state.lock();
+        while !st.shutdown && !self.work.wait_until(&mut st, deadline).timed_out() {}
     }
 
     /// One flush covering every write buffered so far; also used for the final flush on drop.
     /// Returns how many message writes it covered.
     pub fn flush(&self, writer: &Writer) -> Result<usize, StoreError> {
         let started = Instant::now();
-        let (target, result) = match writer.write_pending() {
-            Ok(written) => match writer.sync() {
-                Ok(()) => {
-                    writer.remove_segments(written.retired);
-                    (written.target, Ok(written.writes))
-                }
-                Err(e) => {
-                    writer.keep_retired(written.retired);
-                    (0, Err(e.to_string()))
-                }
-            },
+        let (target, result) = match writer.commit() {
+            Ok(written) => {
+                writer.remove_segments(written.retired);
+                (written.target, Ok(written.writes))
+            }
             Err(e) => (0, Err(e.to_string())),
         };
         let elapsed = started.elapsed();
@@ -206,6 +260,13 @@ impl Committer {
         let mut st = self.state.lock();
         match result {
             Ok(writes) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(
+                        failed_attempts = st.failures - st.failures_reported,
+                        "store writes succeed again"
+                    );
+                    st.failures_reported = st.failures;
+                }
                 // fetch_max: a concurrent final flush may already have published a later epoch.
                 let previous = self.durable.fetch_max(target, Ordering::SeqCst);
                 if target > previous {
@@ -215,7 +276,18 @@ impl Committer {
                 Ok(writes)
             }
             Err(reason) => {
-                tracing::error!(error = %reason, "store flush failed");
+                // Logged once per outage, not per retry; the metric counts every attempt.
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::error!(
+                        error = %reason,
+                        "store write failed; retrying, nothing more is confirmed until it succeeds"
+                    );
+                } else {
+                    tracing::debug!(error = %reason, "store write failed again");
+                }
+                if let Some(observe) = self.failure_observer.read().as_ref() {
+                    observe();
+                }
                 st.failures += 1;
                 st.last_error = Some(reason.clone());
                 self.done.notify_all();

@@ -51,6 +51,13 @@
 //! bounded chunks rather than one batch (see `chunked`); the order above is what recovery
 //! relies on, not batch atomicity.
 //!
+//! # Failed writes
+//!
+//! A commit whose write or fsync fails confirms nothing: its batch goes back to the pending set
+//! and is written again, to a new segment, until a commit succeeds (see `commit` and
+//! `segments`). sled's own files are outside this: after an I/O error sled refuses every further
+//! write until it is reopened, so a failure there keeps everything pending until a restart.
+//!
 //! [`ExchangeRecord`]: rosetta_core::store::ExchangeRecord
 //! [`QueueRecord`]: rosetta_core::store::QueueRecord
 //! [`BindingRecord`]: rosetta_core::store::BindingRecord
@@ -59,6 +66,7 @@
 mod chunked;
 pub mod codec;
 mod commit;
+pub mod fs;
 mod keys;
 mod pending;
 mod recover;
@@ -67,6 +75,6 @@ mod segments;
 mod sled_store;
 mod wire;
 
-pub use commit::FlushObserver;
+pub use commit::{FailureFlag, FailureObserver, FlushObserver};
 pub use rosetta_core::store::StoreError;
 pub use sled_store::SledStore;

@@ -7,7 +7,7 @@
 //! off the connection tasks onto the commit thread. The publisher confirm still waits for the
 //! fsync that follows the batch (or for the acknowledgement that made the write unnecessary).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use rosetta_core::message::Message;
@@ -30,6 +30,10 @@ pub(crate) struct Pending {
     /// reader finds a body between the moment it leaves `bodies` and the moment sled has it.
     /// Not part of a batch: `is_empty` ignores it.
     pub writing: Option<Arc<HashMap<u64, Arc<Message>>>>,
+    /// Entries in `puts` that a failed commit may already have handed to sled: cancelling one
+    /// of them must also delete it there (see [`Pending::restore`]). Empty unless a commit
+    /// failed.
+    pub maybe_written: HashSet<(u64, u64)>,
 }
 
 impl Pending {
@@ -60,6 +64,35 @@ impl Pending {
             .cloned()
     }
 
+    /// Takes back a batch whose commit failed, so the next commit writes it together with what
+    /// was buffered meanwhile (its bodies are put back by the caller, who knows which are still
+    /// referenced). Puts come before deletes within a commit, so an entry acknowledged while
+    /// its write was failing is still deleted after it.
+    pub fn restore(&mut self, failed: Pending) {
+        for (key, put) in failed.puts {
+            // sled may have taken the entry before the failure; if its put is cancelled now,
+            // the entry must still be deleted there.
+            self.maybe_written.insert(key);
+            self.puts.insert(key, put);
+        }
+        self.maybe_written.extend(failed.maybe_written);
+        self.deletes.extend(failed.deletes);
+        for (queue, seq) in failed.delivered {
+            let mark = self.delivered.entry(queue).or_default();
+            *mark = (*mark).max(seq);
+        }
+        self.body_deletes.extend(failed.body_deletes);
+    }
+
+    /// Cancels the write of entry `key`; true if it must be deleted from sled instead (it was
+    /// written, or maybe written by a failed commit).
+    pub fn cancel_put(&mut self, key: (u64, u64)) -> bool {
+        let unwritten = self.puts.remove(&key).is_some();
+        // The emptiness check keeps the usual case, no failed commit, to one branch.
+        let maybe_written = !self.maybe_written.is_empty() && self.maybe_written.remove(&key);
+        !unwritten || maybe_written
+    }
+
     /// Forgets every unwritten entry of a deleted queue; returns how many entries each message
     /// lost, for the reference counts.
     pub fn drop_queue(&mut self, queue: u64) -> HashMap<u64, u64> {
@@ -73,6 +106,7 @@ impl Pending {
             }
         });
         self.deletes.retain(|(q, _)| *q != queue);
+        self.maybe_written.retain(|(q, _)| *q != queue);
         self.delivered.remove(&queue);
         released
     }

@@ -18,10 +18,16 @@
 //! crash an entry can name a record that never fully reached the disk; the checksum turns that
 //! into a missing body instead of a wrong one. Such an entry was never confirmed, since
 //! confirms wait for the fsync of both.
+//!
+//! # Failures
+//!
+//! A failed write or fsync leaves the active segment's unsynced tail in an unknown state: after
+//! a failed fsync, Linux may have dropped the dirty pages and a second fsync would report
+//! success without writing them. So the segment is never synced or appended to again
+//! ([`Segments::abandon_active`]); the bodies of the failed batch are written anew to a fresh
+//! segment by the next attempt. Bodies synced there before stay readable.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -31,6 +37,7 @@ use rosetta_core::message::Message;
 use rosetta_core::store::StoreError;
 
 use crate::codec;
+use crate::fs::{FileSystem, SegmentFile};
 
 /// A segment takes no more appends once it is this large.
 const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
@@ -71,16 +78,17 @@ impl Location {
 /// The segment being appended to. Only the commit thread appends.
 struct Active {
     segment: u32,
-    file: Arc<File>,
+    file: Arc<dyn SegmentFile>,
     len: u64,
     /// Appended to since its last fsync.
     dirty: bool,
 }
 
 pub struct Segments {
+    fs: Arc<dyn FileSystem>,
     dir: PathBuf,
     /// Open handles for reading, by segment number.
-    files: RwLock<HashMap<u32, Arc<File>>>,
+    files: RwLock<HashMap<u32, Arc<dyn SegmentFile>>>,
     active: Mutex<Option<Active>>,
     /// Live bodies per segment. A segment missing here holds none.
     live: Mutex<HashMap<u32, u64>>,
@@ -97,17 +105,19 @@ impl Segments {
     /// Opens the segment directory, creating it if needed. Existing segments are readable at
     /// once; which of them still hold live bodies is only known after recovery
     /// ([`Segments::recovered`]).
-    pub fn open(dir: &Path) -> Result<Segments, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| io_error("create", dir, &e))?;
+    pub fn open(fs: Arc<dyn FileSystem>, dir: &Path) -> Result<Segments, StoreError> {
+        fs.create_dir_all(dir)
+            .map_err(|e| io_error("create", dir, &e))?;
         let mut files = HashMap::new();
         let mut highest = 0u32;
-        for number in list(dir)? {
+        for number in list(&*fs, dir)? {
             let path = segment_path(dir, number);
-            let file = File::open(&path).map_err(|e| io_error("open", &path, &e))?;
-            files.insert(number, Arc::new(file));
+            let file = fs.open(&path).map_err(|e| io_error("open", &path, &e))?;
+            files.insert(number, file);
             highest = highest.max(number);
         }
         Ok(Segments {
+            fs,
             dir: dir.to_owned(),
             files: RwLock::new(files),
             active: Mutex::new(None),
@@ -120,8 +130,25 @@ impl Segments {
     }
 
     /// Appends `messages` (not yet durable: see [`Segments::sync`]) and returns their places,
-    /// in the same order. Each counts as a live body of its segment.
+    /// in the same order. Each counts as a live body of its segment; on error none does.
     pub fn append(&self, messages: &[&Message]) -> Result<Vec<Location>, StoreError> {
+        let mut counted = Vec::new();
+        let result = self.append_counting(messages, &mut counted);
+        if result.is_err() {
+            for (segment, n) in counted {
+                self.discard(segment, n);
+            }
+        }
+        result
+    }
+
+    /// [`Segments::append`], recording in `counted` the live bodies it added per segment, so
+    /// that a failure part way through can take them back.
+    fn append_counting(
+        &self,
+        messages: &[&Message],
+        counted: &mut Vec<(u32, u64)>,
+    ) -> Result<Vec<Location>, StoreError> {
         let mut locations = Vec::with_capacity(messages.len());
         let mut scratch = self.scratch.lock();
         let mut active = self.active.lock();
@@ -169,6 +196,7 @@ impl Segments {
             current.len += scratch.len() as u64;
             current.dirty = true;
             *self.live.lock().entry(current.segment).or_default() += added;
+            counted.push((current.segment, added));
         }
         // Large bodies would otherwise keep a large buffer for good.
         if scratch.capacity() > 2 * SEGMENT_BYTES as usize {
@@ -240,21 +268,40 @@ impl Segments {
     /// One body of `location`'s segment is gone. If that was its last one and nothing more
     /// will be appended to it, the segment is retired.
     pub fn release(&self, location: Location) {
+        self.discard(location.segment, 1);
+    }
+
+    /// `n` bodies of `segment` are gone (see [`Segments::release`]).
+    fn discard(&self, segment: u32, n: u64) {
         let mut live = self.live.lock();
-        let Some(count) = live.get_mut(&location.segment) else {
+        let Some(count) = live.get_mut(&segment) else {
             return;
         };
-        *count = count.saturating_sub(1);
+        *count = count.saturating_sub(n);
         if *count > 0 {
             return;
         }
-        live.remove(&location.segment);
+        live.remove(&segment);
         drop(live);
         let active = self.active.lock();
         // The active segment stays, since more bodies are coming; the roll retires it if it is
         // empty by then.
-        if active.as_ref().map(|a| a.segment) != Some(location.segment) {
-            self.retired.lock().push(location.segment);
+        if active.as_ref().map(|a| a.segment) != Some(segment) {
+            self.retired.lock().push(segment);
+        }
+    }
+
+    /// After a failed write or fsync: the active segment takes no more appends and is never
+    /// synced again, since its unsynced contents are unknown (see the module docs). The
+    /// caller releases the failed batch's bodies first; the segment is retired if none of its
+    /// bodies is left.
+    pub fn abandon_active(&self) {
+        let mut active = self.active.lock();
+        let Some(old) = active.take() else {
+            return;
+        };
+        if !self.live.lock().contains_key(&old.segment) {
+            self.retired.lock().push(old.segment);
         }
     }
 
@@ -274,7 +321,7 @@ impl Segments {
     pub fn remove(&self, number: u32) -> Result<(), StoreError> {
         self.files.write().remove(&number);
         let path = self.path(number);
-        match std::fs::remove_file(&path) {
+        match self.fs.remove(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_error("delete", &path, &e)),
@@ -289,24 +336,21 @@ impl Segments {
     /// Bytes the segment files occupy.
     pub fn size_on_disk(&self) -> u64 {
         let files = self.files.read();
-        files
-            .values()
-            .filter_map(|f| f.metadata().ok())
-            .map(|m| m.len())
-            .sum()
+        files.values().filter_map(|f| f.size().ok()).sum()
     }
 
     /// Starts a new active segment, after syncing the previous one, which is retired if all its
-    /// bodies are already gone.
+    /// bodies are already gone. If that sync fails, the previous segment is left behind as
+    /// [`Segments::abandon_active`] would.
     fn roll<'a>(&self, active: &'a mut Option<Active>) -> Result<&'a mut Active, StoreError> {
         if let Some(old) = active.take() {
+            if !self.live.lock().contains_key(&old.segment) {
+                self.retired.lock().push(old.segment);
+            }
             if old.dirty {
                 old.file
                     .sync_data()
                     .map_err(|e| io_error("sync", &self.path(old.segment), &e))?;
-            }
-            if !self.live.lock().contains_key(&old.segment) {
-                self.retired.lock().push(old.segment);
             }
         }
         let number = {
@@ -318,17 +362,16 @@ impl Segments {
             n
         };
         let path = self.path(number);
-        let file = OpenOptions::new()
-            .create_new(true)
-            .read(true)
-            .write(true)
-            .open(&path)
+        let file = self
+            .fs
+            .create_new(&path)
             .map_err(|e| io_error("create", &path, &e))?;
         // The new file's directory entry must be durable before any entry names it.
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io_error("sync", &self.dir, &e))?;
-        let file = Arc::new(file);
+        if let Err(e) = self.fs.sync_dir(&self.dir) {
+            // Nothing names the file yet; it goes with the next successful commit.
+            self.retired.lock().push(number);
+            return Err(io_error("sync", &self.dir, &e));
+        }
         self.files.write().insert(number, file.clone());
         Ok(active.insert(Active {
             segment: number,
@@ -348,12 +391,9 @@ fn segment_path(dir: &Path, number: u32) -> PathBuf {
 }
 
 /// Segment numbers present in `dir`. Other files are left alone.
-fn list(dir: &Path) -> Result<Vec<u32>, StoreError> {
+fn list(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<u32>, StoreError> {
     let mut numbers = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| io_error("list", dir, &e))? {
-        let entry = entry.map_err(|e| io_error("list", dir, &e))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
+    for name in fs.list(dir).map_err(|e| io_error("list", dir, &e))? {
         let Some(stem) = name.strip_suffix(&format!(".{EXTENSION}")) else {
             continue;
         };
@@ -371,8 +411,11 @@ fn io_error(action: &str, path: &Path, e: &std::io::Error) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fs::StdFs;
     use bytes::Bytes;
     use rosetta_core::message::Properties;
+    use std::fs::{File, OpenOptions};
+    use std::os::unix::fs::FileExt;
 
     fn message(id: u64, size: usize) -> Message {
         let mut m = Message::new(
@@ -388,7 +431,7 @@ mod tests {
     #[test]
     fn appended_bodies_read_back_and_a_segment_goes_with_its_last_body() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let segments = Segments::open(dir.path()).expect("open");
+        let segments = Segments::open(Arc::new(StdFs), dir.path()).expect("open");
         // Big enough to fill more than one segment.
         let messages: Vec<Message> = (1..=40).map(|id| message(id, 1024 * 1024)).collect();
         let refs: Vec<&Message> = messages.iter().collect();
@@ -418,14 +461,13 @@ mod tests {
     #[test]
     fn a_damaged_record_is_corrupt_not_a_wrong_message() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let segments = Segments::open(dir.path()).expect("open");
+        let segments = Segments::open(Arc::new(StdFs), dir.path()).expect("open");
         let m = message(1, 100);
         let l = segments.append(&[&m]).expect("append")[0];
         segments.sync().expect("sync");
         let path = segment_path(dir.path(), l.segment);
         let file = OpenOptions::new().write(true).open(&path).expect("open");
-        file.write_all_at(b"X", u64::from(l.offset) + 50)
-            .expect("damage");
+        FileExt::write_all_at(&file, b"X", u64::from(l.offset) + 50).expect("damage");
         let err = segments.read(l, b"k").expect_err("damaged");
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
     }
@@ -434,12 +476,12 @@ mod tests {
     fn after_a_restart_appends_go_to_a_new_segment_and_unreferenced_ones_are_deleted() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (kept, dropped) = {
-            let segments = Segments::open(dir.path()).expect("open");
+            let segments = Segments::open(Arc::new(StdFs), dir.path()).expect("open");
             let a = segments.append(&[&message(1, 10)]).expect("append")[0];
             segments.sync().expect("sync");
             (a, a.segment)
         };
-        let segments = Segments::open(dir.path()).expect("reopen");
+        let segments = Segments::open(Arc::new(StdFs), dir.path()).expect("reopen");
         let fresh = segments.append(&[&message(2, 10)]).expect("append")[0];
         assert!(fresh.segment > kept.segment);
         // Nothing recovered refers to the old segment.

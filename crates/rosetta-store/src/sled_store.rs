@@ -14,7 +14,8 @@ use rosetta_core::store::{
 };
 
 use crate::chunked::Chunked;
-use crate::commit::{Committer, FlushObserver};
+use crate::commit::{Committer, FailureFlag, FailureObserver, FlushObserver};
+use crate::fs::{FileSystem, StdFs};
 use crate::pending::Pending;
 use crate::refs::RefCounts;
 use crate::segments::{Location, Segments};
@@ -83,42 +84,63 @@ pub(crate) struct Written {
 }
 
 impl Writer {
-    /// Takes the pending batch, writes it (not yet synced) and returns what it covers. The
-    /// epoch is read under the pending lock, where writers bump it, so every epoch up to it
-    /// belongs to this batch or an earlier one; the retired segments are taken there too, so
-    /// the deletions that emptied them are in this batch or an earlier one.
-    pub fn write_pending(&self) -> Result<Written, StoreError> {
-        let (batch, written, done) = {
+    /// Takes the pending batch, writes it and makes it durable: the segments first, then sled.
+    /// Returns what it covered. The epoch is read under the pending lock, where writers bump
+    /// it, so every epoch up to it belongs to this batch or an earlier one; the retired
+    /// segments are taken there too, so the deletions that emptied them are in this batch or
+    /// an earlier one.
+    ///
+    /// On failure nothing is lost or skipped: the batch goes back to the pending set and the
+    /// next commit writes it again, to a fresh segment (see [`Writer::restore`]). Since every
+    /// later commit covers it, the durable epoch cannot pass the failed one.
+    pub fn commit(&self) -> Result<Written, StoreError> {
+        let (batch, bodies, done) = {
             let mut pending = self.pending.lock();
             let mut batch = std::mem::take(&mut *pending);
             // Readers look for these bodies in `writing` until their location is known.
-            let written = Arc::new(std::mem::take(&mut batch.bodies));
-            if !written.is_empty() {
-                pending.writing = Some(written.clone());
+            let bodies = Arc::new(std::mem::take(&mut batch.bodies));
+            if !bodies.is_empty() {
+                pending.writing = Some(bodies.clone());
             }
             let done = Written {
                 target: self.committer.current(),
                 retired: self.segments.take_retired(),
-                writes: written.len() + batch.puts.len() + batch.deletes.len(),
+                writes: bodies.len() + batch.puts.len() + batch.deletes.len(),
             };
-            (batch, written, done)
+            (batch, bodies, done)
         };
-        if batch.is_empty() && written.is_empty() {
-            return Ok(done);
+        if batch.is_empty() && bodies.is_empty() {
+            // Earlier writes (metadata goes to sled at once) still need their flush.
+            return match self.sync() {
+                Ok(()) => Ok(done),
+                Err(e) => {
+                    self.segments.restore_retired(done.retired);
+                    Err(e)
+                }
+            };
         }
+        match self.write(&batch, &bodies).and_then(|()| self.sync()) {
+            Ok(()) => Ok(done),
+            Err(e) => {
+                self.restore(batch, &bodies, done.retired);
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes a batch taken by [`Writer::commit`], not yet synced.
+    fn write(
+        &self,
+        batch: &Pending,
+        bodies: &HashMap<u64, Arc<Message>>,
+    ) -> Result<(), StoreError> {
         // Bodies before the entries naming them, entry deletes before body deletes: a crash in
         // between leaves only orphan bodies, which recovery removes.
-        let located = self.write_bodies(&written);
-        // Whether or not it worked, readers look up locations from here on.
+        let located = self.write_bodies(bodies);
+        // Whether or not it worked, readers look up locations from here on (a failure puts
+        // the bodies back into the pending set).
         self.pending.lock().writing = None;
-        let located = match located {
-            Ok(located) => located,
-            Err(e) => {
-                // Nothing else will delete them before a restart.
-                self.segments.restore_retired(done.retired);
-                return Err(e);
-            }
-        };
+        let located = located?;
         let mut entries = Chunked::new(&self.entries);
         for ((queue, seq), (summary, redelivered)) in &batch.puts {
             let location = located
@@ -141,8 +163,32 @@ impl Writer {
         for id in &batch.body_deletes {
             gone.remove(&keys::message(*id))?;
         }
-        gone.finish()?;
-        Ok(done)
+        gone.finish()
+    }
+
+    /// Puts a batch whose write or fsync failed back into the pending set. Its bodies that are
+    /// still referenced lose the place the failed attempt gave them and wait to be written
+    /// again; the segment it wrote to is abandoned, because after a failed fsync its unsynced
+    /// contents cannot be trusted even if a later fsync succeeds. The segments the batch would
+    /// have deleted wait for the next successful commit.
+    fn restore(&self, batch: Pending, bodies: &HashMap<u64, Arc<Message>>, retired: Vec<u32>) {
+        let mut pending = self.pending.lock();
+        pending.writing = None;
+        for (id, message) in bodies {
+            let mut refs = self.refs.lock(*id);
+            // A body whose last entry went meanwhile stays gone: its place, if it had one, was
+            // released by whoever saw the count reach zero.
+            let Some(body) = refs.get_mut(id) else {
+                continue;
+            };
+            if let Some(location) = body.location.take() {
+                self.segments.release(location);
+            }
+            pending.bodies.insert(*id, message.clone());
+        }
+        self.segments.abandon_active();
+        self.segments.restore_retired(retired);
+        pending.restore(batch);
     }
 
     /// Appends the batch's bodies to the segments and records where each went. A body whose
@@ -171,7 +217,7 @@ impl Writer {
     }
 
     /// Makes everything written so far durable: the segments first, then sled.
-    pub fn sync(&self) -> Result<(), StoreError> {
+    fn sync(&self) -> Result<(), StoreError> {
         self.segments.sync()?;
         self.db.flush().map(drop).map_err(engine)
     }
@@ -183,11 +229,6 @@ impl Writer {
                 tracing::warn!(segment = number, error = %e, "cannot delete an empty segment");
             }
         }
-    }
-
-    /// Gives back segments a failed commit could not delete.
-    pub fn keep_retired(&self, retired: Vec<u32>) {
-        self.segments.restore_retired(retired);
     }
 
     /// Raises the queue's delivery watermark to `seq`: after a restart, every entry of the
@@ -215,6 +256,13 @@ pub(crate) fn engine(e: sled::Error) -> StoreError {
 impl SledStore {
     /// Opens (creating if needed) the store in directory `path`.
     pub fn open(path: &Path) -> Result<SledStore, StoreError> {
+        Self::open_with_fs(path, Arc::new(StdFs))
+    }
+
+    /// [`SledStore::open`] with the body segments' file operations going through `fs` (a test
+    /// stands in a file layer that simulates power loss and disk errors; sled's own files
+    /// always go to the operating system).
+    pub fn open_with_fs(path: &Path, fs: Arc<dyn FileSystem>) -> Result<SledStore, StoreError> {
         prepare_dir(path)?;
         // Durability comes from our own flushes, so sled's periodic background flush is off:
         // it would add fsyncs without making any acknowledged write safer.
@@ -227,7 +275,7 @@ impl SledStore {
                 StoreError::Engine(format!("cannot open store at {}: {e}", path.display()))
             })?;
         check_format(&db)?;
-        let segments = Arc::new(Segments::open(&path.join(SEGMENTS_DIR))?);
+        let segments = Arc::new(Segments::open(fs, &path.join(SEGMENTS_DIR))?);
         let tree = |name: &str| db.open_tree(name).map_err(engine);
         let committer = Committer::new();
         let pending = Arc::new(Mutex::new(Pending::default()));
@@ -271,6 +319,16 @@ impl SledStore {
     /// Has `observer` told the duration of every flush from now on (replacing an earlier one).
     pub fn observe_flushes(&self, observer: FlushObserver) {
         self.committer.set_observer(observer);
+    }
+
+    /// Has `observer` told of every failed flush from now on (replacing an earlier one).
+    pub fn observe_failures(&self, observer: FailureObserver) {
+        self.committer.set_failure_observer(observer);
+    }
+
+    /// Set while the store's writes fail (see [`FailureFlag`]).
+    pub fn failure_flag(&self) -> FailureFlag {
+        self.committer.failure_flag()
     }
 
     /// Number of flushes performed since open.
@@ -504,7 +562,7 @@ impl Store for SledStore {
     fn dequeue(&self, queue_id: u64, seq: u64, message_id: u64) -> Result<Epoch, StoreError> {
         let mut pending = self.pending.lock();
         // An entry still waiting to be written is simply not written.
-        if pending.puts.remove(&(queue_id, seq)).is_none() {
+        if pending.cancel_put((queue_id, seq)) {
             pending.deletes.push((queue_id, seq));
         }
         self.release(&mut pending, message_id, 1);

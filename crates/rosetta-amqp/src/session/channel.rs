@@ -9,10 +9,11 @@ use amq_protocol::frame::AMQPContentHeader;
 use amq_protocol::protocol::{
     access, basic, channel as chan, confirm, exchange, queue, tx, AMQPClass,
 };
+use amq_protocol::types::ShortString;
 use rosetta_core::store::Epoch;
 use rosetta_core::{
     Consumer, ConsumerSpec, Credit, Destination, ExchangeDeclare, Message, Outbound, Queue,
-    QueueDeclare, Settlement,
+    QueueDeclare, Settlement, VHost, Value,
 };
 
 use super::content::{Complete, Incoming, Progress};
@@ -40,10 +41,19 @@ struct Confirms {
 struct Tx {
     publishes: Vec<Complete>,
     settles: Vec<(u64, bool, Settlement)>,
+    /// Body bytes of the held publishes, announced ones included.
+    bytes: u64,
+}
+
+impl Tx {
+    fn frames(&self) -> usize {
+        self.publishes.len() + self.settles.len()
+    }
 }
 
 pub(super) struct Channel {
     id: u16,
+    vhost: Arc<VHost>,
     closing: bool,
     incoming: Option<Incoming>,
     next_tag: u64,
@@ -62,9 +72,10 @@ pub(super) struct Channel {
 }
 
 impl Channel {
-    pub fn new(id: u16) -> Self {
+    pub fn new(id: u16, vhost: Arc<VHost>) -> Self {
         Channel {
             id,
+            vhost,
             closing: false,
             incoming: None,
             next_tag: 1,
@@ -92,15 +103,13 @@ impl Channel {
 
     /// Ends the channel: consumers stop, unacked messages go back to their queues in their
     /// original order with the redelivered flag (AMQP 0-9-1 basic.recover semantics).
-    pub fn close(&mut self, ctx: &mut Ctx<'_>) {
+    pub fn close(&mut self) {
         self.closing = true;
         self.incoming = None;
         self.tx = None;
         self.confirms = None;
-        if let Ok(vhost) = ctx.vhost() {
-            for (_, (q, c)) in self.consumers.drain() {
-                vhost.cancel(&q, &c);
-            }
+        for (_, (q, c)) in self.consumers.drain() {
+            self.vhost.cancel(&q, &c);
         }
         self.requeue_all();
         for item in self.paused.drain(..) {
@@ -309,7 +318,7 @@ impl Channel {
                 self.last_queue = declared.name.clone();
                 if !d.nowait {
                     let reply = queue::DeclareOk {
-                        queue: declared.name.into(),
+                        queue: short_string(&declared.name, "queue name", &method)?,
                         message_count: clamp32(declared.message_count),
                         consumer_count: clamp32(declared.consumer_count),
                     };
@@ -398,6 +407,7 @@ impl Channel {
                     return Err(Exception::not_implemented(&method, "immediate=true"));
                 }
                 self.incoming = Some(Incoming::new(p));
+                *ctx.published = true;
                 Ok(())
             }
             basic::AMQPMethod::Qos(q) => {
@@ -493,6 +503,14 @@ impl Channel {
                 format!("attempt to reuse consumer tag '{tag}'"),
             ));
         }
+        // RabbitMQ's consumer_max_per_channel: 530, which closes the connection.
+        let max = ctx.config.max_consumers_per_channel;
+        if max != 0 && self.consumers.len() >= max as usize {
+            return Err(Exception::not_allowed(
+                method,
+                format!("reached maximum ({max}) of consumers per channel"),
+            ));
+        }
         let spec = ConsumerSpec {
             tag: tag.to_string(),
             channel: self.id,
@@ -514,7 +532,7 @@ impl Channel {
             ctx.send(
                 self.id,
                 AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
-                    consumer_tag: tag.to_string().into(),
+                    consumer_tag: short_string(&tag, "consumer tag", method)?,
                 })),
             );
         }
@@ -529,46 +547,56 @@ impl Channel {
         method: &AMQPClass,
     ) -> Result<(), Exception> {
         let vhost = ctx.vhost()?.clone();
-        let (q, got) = vhost
-            .get(&self.queue_name(g.queue.as_str()), ctx.conn_id, g.no_ack)
-            .map_err(|e| Exception::from_core(&e, method))?;
-        let Some(got) = got else {
-            ctx.send(
-                self.id,
-                AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
-            );
+        let name = self.queue_name(g.queue.as_str());
+        // Each message AMQP cannot carry leaves the queue (rejected), so this ends.
+        loop {
+            let (q, got) = vhost
+                .get(&name, ctx.conn_id, g.no_ack)
+                .map_err(|e| Exception::from_core(&e, method))?;
+            let Some(got) = got else {
+                ctx.send(
+                    self.id,
+                    AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
+                );
+                return Ok(());
+            };
+            let tag = self.next_tag;
+            let written = addressing(&got.message).and_then(|(exchange, routing_key)| {
+                let reply = basic::GetOk {
+                    delivery_tag: tag,
+                    redelivered: got.redelivered,
+                    exchange,
+                    routing_key,
+                    message_count: clamp32(got.remaining),
+                };
+                write_content(
+                    ctx,
+                    self.id,
+                    AMQPClass::Basic(basic::AMQPMethod::GetOk(reply)),
+                    &got.message,
+                )
+            });
+            if let Err(why) = written {
+                refuse_delivery(ctx, &q, got.seq, g.no_ack, &got.message, &why);
+                continue;
+            }
+            self.next_tag += 1;
+            if !g.no_ack {
+                self.unacked.insert(
+                    tag,
+                    Pending {
+                        queue: q,
+                        seq: got.seq,
+                    },
+                );
+            }
+            let counters = ctx.broker.counters();
+            counters.delivered.fetch_add(1, Ordering::Relaxed);
+            if got.redelivered {
+                counters.redelivered.fetch_add(1, Ordering::Relaxed);
+            }
             return Ok(());
-        };
-        let tag = self.next_tag;
-        self.next_tag += 1;
-        if !g.no_ack {
-            self.unacked.insert(
-                tag,
-                Pending {
-                    queue: q,
-                    seq: got.seq,
-                },
-            );
         }
-        let counters = ctx.broker.counters();
-        counters.delivered.fetch_add(1, Ordering::Relaxed);
-        if got.redelivered {
-            counters.redelivered.fetch_add(1, Ordering::Relaxed);
-        }
-        let reply = basic::GetOk {
-            delivery_tag: tag,
-            redelivered: got.redelivered,
-            exchange: got.message.exchange.as_str().into(),
-            routing_key: got.message.routing_key.as_str().into(),
-            message_count: clamp32(got.remaining),
-        };
-        write_content(
-            ctx,
-            self.id,
-            AMQPClass::Basic(basic::AMQPMethod::GetOk(reply)),
-            &got.message,
-        );
-        Ok(())
     }
 
     fn settle_or_defer(
@@ -586,6 +614,7 @@ impl Channel {
                     format!("unknown delivery tag {tag}"),
                 ));
             }
+            check_tx_frames(tx, ctx.config.max_transaction_frames, method)?;
             tx.settles.push((tag, multiple, kind));
             return Ok(());
         }
@@ -717,7 +746,23 @@ impl Channel {
                 "content header without basic.publish",
             ));
         };
-        let progress = incoming.header(header, ctx.max_message_size)?;
+        if let Some(tx) = &mut self.tx {
+            // Checked from the header, before any body byte is buffered for the transaction.
+            let method = AMQPClass::Basic(basic::AMQPMethod::Publish(incoming.publish.clone()));
+            check_tx_frames(tx, ctx.config.max_transaction_frames, &method)?;
+            let max = ctx.config.max_transaction_bytes;
+            let bytes = tx.bytes.saturating_add(header.body_size);
+            if max != 0 && bytes > max {
+                return Err(Exception::precondition(
+                    &method,
+                    format!(
+                        "transaction would hold {bytes} body bytes, more than the limit of {max}"
+                    ),
+                ));
+            }
+            tx.bytes = bytes;
+        }
+        let progress = incoming.header(header, ctx.config.max_message_size)?;
         self.advance(ctx, progress)
     }
 
@@ -766,7 +811,6 @@ impl Channel {
         let outcome = vhost
             .publish(message)
             .map_err(|e| Exception::from_core(&e, &method))?;
-        *ctx.published = true;
         let counters = ctx.broker.counters();
         counters.published.fetch_add(1, Ordering::Relaxed);
         if !outcome.routed {
@@ -778,12 +822,15 @@ impl Channel {
                     exchange: publish.exchange.clone(),
                     routing_key: publish.routing_key.clone(),
                 };
-                write_content(
+                let returned = write_content(
                     ctx,
                     self.id,
                     AMQPClass::Basic(basic::AMQPMethod::Return(reply)),
                     &m,
                 );
+                if let Err(why) = returned {
+                    tracing::warn!(reason = %why, "unroutable message cannot be returned; dropped");
+                }
             }
         }
         if let Some(confirms) = &mut self.confirms {
@@ -853,12 +900,32 @@ impl Channel {
                     return;
                 }
                 let tag = self.next_tag;
+                let written = addressing(&d.message).and_then(|(exchange, routing_key)| {
+                    let deliver = basic::Deliver {
+                        consumer_tag: ShortString::try_new(d.consumer.tag.as_ref())
+                            .map_err(|_| "consumer tag longer than 255 bytes".to_owned())?,
+                        delivery_tag: tag,
+                        redelivered: d.redelivered,
+                        exchange,
+                        routing_key,
+                    };
+                    write_content(
+                        ctx,
+                        self.id,
+                        AMQPClass::Basic(basic::AMQPMethod::Deliver(deliver)),
+                        &d.message,
+                    )
+                });
+                if let Err(why) = written {
+                    refuse_delivery(ctx, &d.queue, d.seq, d.consumer.no_ack, &d.message, &why);
+                    if d.consumer.no_ack {
+                        release_auto_ack(ctx, &d.consumer, &d.queue);
+                    }
+                    return;
+                }
                 self.next_tag += 1;
                 if d.consumer.no_ack {
-                    d.consumer.release();
-                    if !ctx.to_dispatch.iter().any(|q| Arc::ptr_eq(q, &d.queue)) {
-                        ctx.to_dispatch.push(d.queue.clone());
-                    }
+                    release_auto_ack(ctx, &d.consumer, &d.queue);
                 } else {
                     self.unacked.insert(
                         tag,
@@ -873,27 +940,17 @@ impl Channel {
                 if d.redelivered {
                     counters.redelivered.fetch_add(1, Ordering::Relaxed);
                 }
-                let deliver = basic::Deliver {
-                    consumer_tag: d.consumer.tag.to_string().into(),
-                    delivery_tag: tag,
-                    redelivered: d.redelivered,
-                    exchange: d.message.exchange.as_str().into(),
-                    routing_key: d.message.routing_key.as_str().into(),
-                };
-                write_content(
-                    ctx,
-                    self.id,
-                    AMQPClass::Basic(basic::AMQPMethod::Deliver(deliver)),
-                    &d.message,
-                );
             }
             Outbound::Cancelled { consumer_tag, .. } => {
                 if self.consumers.remove(&consumer_tag).is_some() && ctx.cancel_notify {
-                    let cancel = basic::Cancel {
-                        consumer_tag: consumer_tag.to_string().into(),
-                        nowait: true,
-                    };
-                    ctx.send(self.id, AMQPClass::Basic(basic::AMQPMethod::Cancel(cancel)));
+                    // The tag came from this channel's basic.consume, so it fits.
+                    if let Ok(consumer_tag) = ShortString::try_new(consumer_tag.as_ref()) {
+                        let cancel = basic::Cancel {
+                            consumer_tag,
+                            nowait: true,
+                        };
+                        ctx.send(self.id, AMQPClass::Basic(basic::AMQPMethod::Cancel(cancel)));
+                    }
                 }
             }
             // Handled by the session before it reaches a channel.
@@ -902,22 +959,132 @@ impl Channel {
     }
 }
 
+impl Drop for Channel {
+    /// A channel dropped without [`Channel::close`] (a panic unwinding through its handler)
+    /// still gives back what it holds, so no delivery stays unacknowledged with nobody left to
+    /// settle it. After `close` there is nothing left to give back.
+    fn drop(&mut self) {
+        if !self.closing {
+            self.close();
+        }
+    }
+}
+
 fn clamp32(n: u64) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-fn write_content(ctx: &mut Ctx<'_>, channel: u16, method: AMQPClass, message: &Message) {
+/// Writes a content-carrying method with the message's header and body; on failure nothing
+/// is written and the error says why, for the log.
+fn write_content(
+    ctx: &mut Ctx<'_>,
+    channel: u16,
+    method: AMQPClass,
+    message: &Message,
+) -> Result<(), String> {
     let props = properties_to_amqp(&message.properties);
-    if let Err(e) = codec::encode_content(
+    codec::encode_content(
         channel,
         &method,
         &props,
         &message.body,
         ctx.frame_max,
         ctx.out,
-    ) {
-        tracing::warn!(error = %e, "message properties too large to deliver; dropped");
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// The exchange and routing key of `message` as AMQP short strings. Other protocols refuse
+/// longer ones at the source; this is the second line, for whatever route remains.
+fn addressing(message: &Message) -> Result<(ShortString, ShortString), String> {
+    let exchange = ShortString::try_new(message.exchange.as_str())
+        .map_err(|_| format!("exchange name of {} bytes", message.exchange.len()))?;
+    let routing_key = ShortString::try_new(message.routing_key.as_str())
+        .map_err(|_| format!("routing key of {} bytes", message.routing_key.len()))?;
+    Ok((exchange, routing_key))
+}
+
+/// A server-chosen or server-echoed name as a short string; failing is the server's fault.
+fn short_string(value: &str, what: &str, method: &AMQPClass) -> Result<ShortString, Exception> {
+    ShortString::try_new(value).map_err(|_| {
+        Exception::for_method(
+            crate::error::INTERNAL_ERROR,
+            format!(
+                "INTERNAL_ERROR - {what} of {} bytes does not fit AMQP",
+                value.len()
+            ),
+            method,
+        )
+    })
+}
+
+/// An auto-ack delivery is settled once written (or given up): its credit comes back and the
+/// queue may dispatch again after the flush.
+fn release_auto_ack(ctx: &mut Ctx<'_>, consumer: &Arc<Consumer>, queue: &Arc<Queue>) {
+    consumer.release();
+    if !ctx.to_dispatch.iter().any(|q| Arc::ptr_eq(q, queue)) {
+        ctx.to_dispatch.push(queue.clone());
     }
+}
+
+/// Settles a delivery this connection cannot encode: rejected without requeue, so a queue with
+/// a dead-letter exchange keeps it, and a consumer is never offered it again. A message that
+/// was already rejected from this queue is dropped instead, so a dead-letter route leading
+/// back here cannot bounce it between the queue and this connection forever.
+fn refuse_delivery(
+    ctx: &mut Ctx<'_>,
+    queue: &Arc<Queue>,
+    seq: u64,
+    no_ack: bool,
+    message: &Message,
+    why: &str,
+) {
+    let seen = rejected_before(message, &queue.name);
+    if std::mem::replace(ctx.undeliverable_reported, true) {
+        tracing::debug!(queue = %queue.name, reason = why, "undeliverable over AMQP 0-9-1");
+    } else {
+        tracing::warn!(
+            queue = %queue.name,
+            reason = why,
+            "a message cannot be carried by AMQP 0-9-1; rejected without requeue (further ones on this connection are logged at debug)"
+        );
+    }
+    if !no_ack {
+        let how = if seen {
+            Settlement::Ack
+        } else {
+            Settlement::Reject
+        };
+        queue.settle(&[seq], how);
+    }
+}
+
+/// Whether `message` carries an `x-death` entry for a rejection from `queue`.
+fn rejected_before(message: &Message, queue: &str) -> bool {
+    let Some(Value::Array(deaths)) = message
+        .properties
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("x-death"))
+    else {
+        return false;
+    };
+    deaths.iter().any(|d| {
+        matches!(d, Value::Table(t)
+            if t.get("queue").and_then(Value::as_str) == Some(queue)
+                && t.get("reason").and_then(Value::as_str) == Some("rejected"))
+    })
+}
+
+/// Refuses one more publish or acknowledgement into a transaction that holds the most allowed.
+fn check_tx_frames(tx: &Tx, max: u32, method: &AMQPClass) -> Result<(), Exception> {
+    if max != 0 && tx.frames() >= max as usize {
+        return Err(Exception::precondition(
+            method,
+            format!("transaction already holds {max} publishes and acknowledgements, the limit"),
+        ));
+    }
+    Ok(())
 }
 
 /// Groups settled deliveries by queue, keeping delivery order within each queue.
@@ -930,4 +1097,125 @@ fn group_by_queue(items: impl Iterator<Item = Pending>) -> Vec<(Arc<Queue>, Vec<
         }
     }
     groups
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::{Bytes, BytesMut};
+    use rosetta_core::{
+        Broker, ConsumerSpec, CoreLimits, Message, Outbound, Properties, QueueDeclare, Table,
+    };
+    use rosetta_store::SledStore;
+    use tokio::sync::mpsc::unbounded_channel;
+
+    use super::super::{Ctx, SessionConfig};
+    use super::Channel;
+
+    fn config() -> SessionConfig {
+        SessionConfig {
+            frame_max: 131_072,
+            channel_max: 2047,
+            heartbeat: 0,
+            max_message_size: 1 << 20,
+            max_consumers_per_channel: 0,
+            max_transaction_frames: 0,
+            max_transaction_bytes: 0,
+        }
+    }
+
+    /// Another protocol's key no AMQP short string holds is refused by its front-end; should
+    /// one still reach an AMQP consumer, the delivery is rejected and the channel carries on.
+    #[test]
+    fn a_delivery_with_a_routing_key_amqp_cannot_carry_is_rejected_and_the_next_one_flows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(SledStore::open(dir.path()).expect("store"));
+        let broker = Broker::open(store, &["/".to_owned()], CoreLimits::default()).expect("broker");
+        let vhost = broker.vhost("/").expect("vhost");
+        let conn = broker.new_connection_id();
+        vhost
+            .declare_queue(
+                QueueDeclare {
+                    name: "q".into(),
+                    passive: false,
+                    durable: false,
+                    exclusive: false,
+                    auto_delete: false,
+                    arguments: Table::new(),
+                },
+                conn,
+            )
+            .expect("declare");
+        let (outbox, mut deliveries) = unbounded_channel();
+        let spec = ConsumerSpec {
+            tag: "c".into(),
+            channel: 1,
+            connection: conn,
+            no_ack: false,
+            exclusive: false,
+            arguments: Table::new(),
+            prefetch: 0,
+            shared_credit: None,
+        };
+        let (queue, consumer) = vhost.consume("q", spec, outbox.clone()).expect("consume");
+        let mut channel = Channel::new(1, vhost.clone());
+        channel
+            .consumers
+            .insert("c".into(), (queue.clone(), consumer));
+
+        let config = config();
+        let mut out = BytesMut::new();
+        let (mut published, mut to_dispatch, mut reported) = (false, Vec::new(), false);
+        let mut ctx = Ctx {
+            broker: &broker,
+            vhost: Some(&vhost),
+            conn_id: conn,
+            frame_max: config.frame_max,
+            config: &config,
+            cancel_notify: false,
+            outbox: &outbox,
+            out: &mut out,
+            published: &mut published,
+            to_dispatch: &mut to_dispatch,
+            undeliverable_reported: &mut reported,
+        };
+        let message = |body: &'static str| {
+            Message::new(
+                "",
+                "q",
+                Properties::default(),
+                Bytes::from_static(body.as_bytes()),
+            )
+        };
+        let mut next = || match deliveries.try_recv() {
+            Ok(Outbound::Deliver(d)) => d,
+            other => panic!("expected a delivery, got {other:?}"),
+        };
+
+        vhost.publish(message("long")).expect("publish");
+        let mut long = next();
+        let mut altered = (*long.message).clone();
+        altered.routing_key = "k".repeat(300);
+        long.message = Arc::new(altered);
+        channel.handle_outbound(&mut ctx, Outbound::Deliver(long));
+        assert!(
+            ctx.out.is_empty(),
+            "nothing written for the undeliverable message"
+        );
+        assert!(*ctx.undeliverable_reported);
+        assert!(channel.unacked.is_empty());
+        let stats = queue.stats();
+        assert_eq!(
+            (stats.ready, stats.unacked),
+            (0, 0),
+            "rejected, not requeued"
+        );
+
+        vhost.publish(message("fine")).expect("publish");
+        channel.handle_outbound(&mut ctx, Outbound::Deliver(next()));
+        assert!(!ctx.out.is_empty(), "the next delivery is written");
+        assert_eq!(channel.unacked.len(), 1);
+        channel.close();
+    }
 }

@@ -46,7 +46,9 @@ impl Exception {
             CoreError::NotFound(_) => 404,
             CoreError::AccessRefused(_) => 403,
             CoreError::ResourceLocked(_) => 405,
-            CoreError::PreconditionFailed(_) | CoreError::InvalidArgument { .. } => 406,
+            CoreError::PreconditionFailed(_)
+            | CoreError::InvalidArgument { .. }
+            | CoreError::LimitReached(_) => 406,
             CoreError::UnknownExchangeType(_) => 503,
             CoreError::ResourceLimit(_) => 506,
             CoreError::Store(_) => 541,

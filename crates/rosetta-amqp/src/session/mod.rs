@@ -34,6 +34,12 @@ pub struct SessionConfig {
     pub heartbeat: u16,
     /// Largest message body accepted, in bytes.
     pub max_message_size: u64,
+    /// Consumers one channel may hold; 0 = no limit.
+    pub max_consumers_per_channel: u32,
+    /// Publishes and acknowledgements one open transaction may hold; 0 = no limit.
+    pub max_transaction_frames: u32,
+    /// Message body bytes one open transaction may hold; 0 = no limit.
+    pub max_transaction_bytes: u64,
 }
 
 /// What the connection task should do after a call.
@@ -85,6 +91,9 @@ pub struct Session {
     /// Queues whose auto-ack consumers got credit back while writing; they dispatch again
     /// once the output has been flushed.
     to_dispatch: Vec<Arc<Queue>>,
+    /// A delivery AMQP cannot carry has been reported on this connection; later ones are
+    /// logged at debug so one misbehaving producer cannot flood the log.
+    undeliverable_reported: bool,
 }
 
 impl Session {
@@ -102,7 +111,11 @@ impl Session {
             broker,
             users,
             frame_max: config.frame_max,
-            channel_max: config.channel_max,
+            // 0 in connection.tune means "no limit": the highest channel number there is.
+            channel_max: match config.channel_max {
+                0 => u16::MAX,
+                n => n,
+            },
             heartbeat: config.heartbeat,
             config,
             conn_id,
@@ -119,6 +132,7 @@ impl Session {
             outbox: tx,
             out: BytesMut::with_capacity(512),
             to_dispatch: Vec::new(),
+            undeliverable_reported: false,
         };
         (session, rx)
     }
@@ -181,6 +195,13 @@ impl Session {
         loop {
             if self.phase == Phase::Closed {
                 return Flow::Close;
+            }
+            // A publisher paused by an alarm stops here, its next frames left in `input`, as
+            // RabbitMQ stops reading a blocked connection right after the `basic.publish`
+            // frame: nothing more of the publish is taken until the alarm clears.
+            if self.reading_paused() {
+                self.update_blocked();
+                return Flow::Continue;
             }
             let frame = match codec::decode_frame(input, self.frame_max) {
                 Ok(Some(frame)) => frame,
@@ -289,7 +310,7 @@ impl Session {
             }
             Err(exc) => {
                 tracing::debug!(peer = %self.peer, channel = id, code = exc.code, text = %exc.text, "channel error");
-                channel.close(&mut self.ctx());
+                channel.close();
                 self.send(
                     id,
                     AMQPClass::Channel(chan::AMQPMethod::Close(exc.channel_close())),
@@ -306,12 +327,13 @@ impl Session {
             vhost: self.vhost.as_ref(),
             conn_id: self.conn_id,
             frame_max: self.frame_max,
-            max_message_size: self.config.max_message_size,
+            config: &self.config,
             cancel_notify: self.cancel_notify,
             outbox: &self.outbox,
             out: &mut self.out,
             published: &mut self.published,
             to_dispatch: &mut self.to_dispatch,
+            undeliverable_reported: &mut self.undeliverable_reported,
         }
     }
 
@@ -322,11 +344,14 @@ impl Session {
     ) -> Result<(), Exception> {
         match method {
             chan::AMQPMethod::Open(_) => {
+                // AMQP 0-9-1 connection.tune: usable channel numbers are 1..=channel-max, so
+                // this also bounds how many channels are open. Past it RabbitMQ closes the
+                // connection with 530 (a hard error), and so do we.
                 if id > self.channel_max {
                     return Err(Exception::new(
                         530,
                         format!(
-                            "NOT_ALLOWED - channel id {id} above channel_max {}",
+                            "NOT_ALLOWED - channel {id} is above the negotiated channel_max ({})",
                             self.channel_max
                         ),
                         20,
@@ -341,7 +366,8 @@ impl Session {
                         10,
                     ));
                 }
-                self.channels.insert(id, Channel::new(id));
+                let vhost = self.ctx().vhost()?.clone();
+                self.channels.insert(id, Channel::new(id, vhost));
                 self.send(
                     id,
                     AMQPClass::Channel(chan::AMQPMethod::OpenOk(chan::OpenOk {})),
@@ -350,7 +376,7 @@ impl Session {
             }
             chan::AMQPMethod::Close(_) => {
                 if let Some(mut c) = self.channels.remove(&id) {
-                    c.close(&mut self.ctx());
+                    c.close();
                 }
                 self.send(
                     id,
@@ -522,7 +548,7 @@ impl Session {
         let ids: Vec<u16> = self.channels.keys().copied().collect();
         for id in ids {
             if let Some(mut c) = self.channels.remove(&id) {
-                c.close(&mut self.ctx());
+                c.close();
             }
         }
         if self.vhost.is_some() {
@@ -543,12 +569,14 @@ pub(crate) struct Ctx<'a> {
     pub vhost: Option<&'a Arc<VHost>>,
     pub conn_id: ConnectionId,
     pub frame_max: u32,
-    pub max_message_size: u64,
+    pub config: &'a SessionConfig,
     pub cancel_notify: bool,
     pub outbox: &'a UnboundedSender<Outbound>,
     pub out: &'a mut BytesMut,
+    /// Set by `basic.publish` itself, so an alarm pauses the connection at its first publish.
     pub published: &'a mut bool,
     pub to_dispatch: &'a mut Vec<Arc<Queue>>,
+    pub undeliverable_reported: &'a mut bool,
 }
 
 impl Ctx<'_> {

@@ -10,6 +10,7 @@ use mqtt_proto::v5::{
 };
 use mqtt_proto::{Pid, Protocol};
 use rosetta_core::queue::now_ms;
+use rosetta_core::store::Epoch;
 use rosetta_core::{AuthFailure, CloseReason, Outbound};
 
 use super::{End, Inner, Phase, Shared};
@@ -18,6 +19,7 @@ use crate::error::MqttError;
 use crate::message::Will;
 use crate::persist::{OutStage, PendingWill, StoredSession, NEVER_EXPIRES};
 use crate::state::Live;
+use crate::topic;
 
 /// The user a client without a user name is known as, when anonymous login is allowed.
 const ANONYMOUS: &str = "anonymous";
@@ -131,6 +133,15 @@ impl Inner {
                 "receive maximum and maximum packet size must not be 0",
             );
         }
+        // A will is published like any PUBLISH, so its topic passes the same checks; 5.0
+        // has a CONNACK reason for it (0x90), 3.x only the closed connection.
+        if let Some(why) = c
+            .last_will
+            .as_ref()
+            .and_then(|w| topic::refusal(&w.topic_name, self.state.config.max_topic_levels))
+        {
+            return self.refuse_malformed_connect(&MqttError::TopicNameInvalid(why));
+        }
         let user = match c.username.as_deref() {
             // Without a user name there is nothing to check; only `[mqtt] allow_anonymous`
             // lets such a client in. A password alone (5.0 allows one) names no one either.
@@ -185,10 +196,12 @@ impl Inner {
         let session_present = resumed.is_some();
         if let Err(e) = self.start_session(resumed) {
             tracing::warn!(client_id = %self.client_id, error = %e, "cannot start the session");
-            return self.refuse(
-                ConnectReasonCode::ServerUnavailable,
-                "session could not be restored",
-            );
+            let reason = if e.is_quota() {
+                ConnectReasonCode::QuotaExceeded
+            } else {
+                ConnectReasonCode::ServerUnavailable
+            };
+            return self.refuse(reason, "session could not be restored");
         }
 
         self.client_alias_max = props.topic_alias_max.unwrap_or(0);
@@ -304,13 +317,21 @@ impl Inner {
         if self.expiry == 0 {
             return Ok(());
         }
+        self.write_session(disconnected_at_ms)?;
+        Ok(())
+    }
+
+    /// Writes a persistent session's record; the epoch says when it is on disk.
+    pub(super) fn write_session(
+        &mut self,
+        disconnected_at_ms: Option<u64>,
+    ) -> Result<Epoch, MqttError> {
         let stored = StoredSession {
             expiry: self.expiry,
             disconnected_at_ms,
             subscriptions: self.subscriptions.values().cloned().collect(),
         };
-        self.state.save_session(&self.client_id, stored)?;
-        Ok(())
+        self.state.save_session(&self.client_id, stored)
     }
 
     pub(super) fn on_disconnect(&mut self, d: Disconnect) -> Result<(), MqttError> {

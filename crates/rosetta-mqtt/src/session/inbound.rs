@@ -13,11 +13,16 @@ use super::Inner;
 use crate::codec;
 use crate::error::MqttError;
 use crate::message::AppMessage;
+use crate::topic;
 
 impl Inner {
     /// The topic a PUBLISH addresses, resolving and recording topic aliases (MQTT 5.0 §3.3.2.3.4).
     fn resolve_topic(&mut self, p: &Publish) -> Result<String, MqttError> {
         let topic = p.topic_name.to_string();
+        // Checked before an alias records it, so a refused topic never stands behind one.
+        if let Some(why) = topic::refusal(&topic, self.state.config.max_topic_levels) {
+            return Err(MqttError::TopicNameInvalid(why));
+        }
         let Some(alias) = p.properties.topic_alias else {
             if topic.is_empty() {
                 // [MQTT-4.7.3-1]: a topic name has at least one character.
@@ -52,7 +57,23 @@ impl Inner {
     }
 
     pub(super) fn on_publish(&mut self, p: Publish) -> Result<(), MqttError> {
-        let topic = self.resolve_topic(&p)?;
+        let topic = match self.resolve_topic(&p) {
+            Ok(topic) => topic,
+            // A 5.0 client can be told that this one message is refused and keep its
+            // connection (MQTT 5.0 §3.4.2.1, §3.5.2.1: reason 0x90); QoS 0 has no reply, so
+            // it and 3.x clients are disconnected, as RabbitMQ does.
+            Err(MqttError::TopicNameInvalid(why)) if self.protocol == Protocol::V500 => {
+                let ack = match p.qos_pid {
+                    QosPid::Level0 => return Err(MqttError::TopicNameInvalid(why)),
+                    QosPid::Level1(pid) => codec::puback(pid, PubackReasonCode::TopicNameInvalid),
+                    QosPid::Level2(pid) => codec::pubrec(pid, PubrecReasonCode::TopicNameInvalid),
+                };
+                self.log_refusal("publish refused", &why);
+                self.acks.push_back((ack, 0));
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         if p.qos_pid != QosPid::Level0
             && self.protocol == Protocol::V500
             && self.inbound_in_flight() >= usize::from(self.state.config.max_inflight)

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use mqtt_proto::v5::{Disconnect, DisconnectProperties, DisconnectReasonCode, Packet};
-use mqtt_proto::Protocol;
+use mqtt_proto::{Protocol, QoS};
 use parking_lot::Mutex;
 use rosetta_core::store::Epoch;
 use rosetta_core::{CloseReason, ConnectionId, Consumer, Credit, Outbound, Queue};
@@ -107,7 +107,17 @@ pub(crate) struct Inner {
     alarm: bool,
     published: bool,
     ended: bool,
+    /// Retained messages owed to new subscriptions, by topic: the QoS and subscription
+    /// identifiers each goes out with. They are sent in `retained_order` as the client's
+    /// window and the socket take them, like queue deliveries, not written out all at once.
+    retained_due: HashMap<String, (QoS, Vec<u32>)>,
+    retained_order: VecDeque<String>,
+    /// A refused topic, filter or subscription was logged at warn level.
+    refusal_logged: bool,
 }
+
+/// The packet type of PUBLISH in a fixed header's high nibble ([MQTT-2.1.2]).
+const PUBLISH_TYPE: u8 = 3;
 
 /// The MQTT session the connection driver works with.
 pub struct Session {
@@ -152,6 +162,9 @@ impl Session {
             alarm: false,
             published: false,
             ended: false,
+            retained_due: HashMap::new(),
+            retained_order: VecDeque::new(),
+            refusal_logged: false,
             state,
         };
         Session {
@@ -194,7 +207,14 @@ impl Session {
 
     pub fn take_output(&mut self) -> Option<Bytes> {
         let mut inner = self.inner.lock();
+        inner.send_retained();
         (!inner.out.is_empty()).then(|| inner.out.split().freeze())
+    }
+
+    /// Owed retained messages can go out now: the driver asks for output again, without
+    /// waiting for the socket or the outbox, once the last batch was written.
+    pub fn output_ready(&self) -> bool {
+        self.inner.lock().retained_ready()
     }
 
     /// After output was written: QoS 0 deliveries are settled, so their queues deliver more.
@@ -286,6 +306,16 @@ impl Inner {
                     }
                 }
                 Phase::Connected => {
+                    // Under a resource alarm a PUBLISH stays unread, the first one too, and
+                    // reading stops (as RabbitMQ blocks a connection on its first publish);
+                    // a client that only subscribes keeps being read.
+                    if self.alarm && input.first().is_some_and(|b| b >> 4 == PUBLISH_TYPE) {
+                        self.published = true;
+                        if !self.acks.is_empty() {
+                            self.release_acks();
+                        }
+                        return true;
+                    }
                     match codec::decode(input, self.protocol, self.state.config.max_packet_size) {
                         Ok(None) => {
                             // Acknowledgements that needed no fsync go out with this batch.
@@ -350,6 +380,17 @@ impl Inner {
         tracing::warn!(peer = %self.peer, client_id = %self.client_id, error = %e, "closing mqtt connection");
         self.close(e.disconnect_reason(), &e.to_string());
         self.end(End::WithWill);
+    }
+
+    /// Logs a refusal that leaves the connection open: the first at warn level, the rest at
+    /// debug, so a client that repeats it (or sends 50,000 filters) cannot flood the log.
+    fn log_refusal(&mut self, what: &str, why: &str) {
+        if self.refusal_logged {
+            tracing::debug!(peer = %self.peer, client_id = %self.client_id, why, "{what}");
+        } else {
+            self.refusal_logged = true;
+            tracing::warn!(peer = %self.peer, client_id = %self.client_id, why, "{what} (further refusals on this connection are logged at debug level)");
+        }
     }
 
     /// Sends DISCONNECT (5.0 only) and stops reading.

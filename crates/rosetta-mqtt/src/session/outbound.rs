@@ -52,7 +52,77 @@ impl OutFlight {
     }
 }
 
+/// Output that owed retained messages fill up to before the socket takes it: the socket's own
+/// pace then sets theirs.
+const RETAINED_BATCH_BYTES: usize = 64 * 1024;
+
 impl Inner {
+    /// Records retained messages (topic, QoS) owed to new subscriptions with identifier `id`
+    /// (0 = none), and sends what the window allows. A topic already owed is sent once, at the
+    /// higher QoS and with both identifiers ([MQTT-3.3.4-2]), so what is owed never exceeds the
+    /// retained topics however often a client subscribes.
+    pub(super) fn owe_retained(&mut self, owed: Vec<(String, QoS)>, id: u32) {
+        for (topic, qos) in owed {
+            match self.retained_due.entry(topic) {
+                Entry::Occupied(mut e) => {
+                    let (q, ids) = e.get_mut();
+                    *q = (*q).max(qos);
+                    if id != 0 && !ids.contains(&id) {
+                        ids.push(id);
+                    }
+                }
+                Entry::Vacant(e) => {
+                    self.retained_order.push_back(e.key().clone());
+                    e.insert((qos, if id != 0 { vec![id] } else { Vec::new() }));
+                }
+            }
+        }
+        self.send_retained();
+    }
+
+    /// QoS 1 and 2 messages in flight are below the client's window (its Receive Maximum,
+    /// capped by ours).
+    fn window_open(&self) -> bool {
+        let limit = usize::try_from(self.credit.limit()).unwrap_or(usize::MAX);
+        limit == 0 || self.out_flight.len() < limit
+    }
+
+    /// The next owed retained message could be written now.
+    pub(super) fn retained_ready(&self) -> bool {
+        let Some(topic) = self.retained_order.front() else {
+            return false;
+        };
+        let qos = self
+            .retained_due
+            .get(topic)
+            .map_or(QoS::Level0, |(q, _)| *q);
+        self.phase == Phase::Connected
+            && !self.ended
+            && self.out.len() < RETAINED_BATCH_BYTES
+            && (qos == QoS::Level0 || self.window_open())
+    }
+
+    /// Writes owed retained messages while the output is short of a batch and, for QoS 1 and
+    /// 2, the window has room; the rest wait for the next call.
+    pub(super) fn send_retained(&mut self) {
+        let now = now_ms();
+        while self.retained_ready() {
+            let Some(topic) = self.retained_order.pop_front() else {
+                return;
+            };
+            let Some((qos, ids)) = self.retained_due.remove(&topic) else {
+                continue;
+            };
+            // The topic's retained message as it is now: it may have been replaced or cleared
+            // since the SUBSCRIBE.
+            let Some(message) = self.state.retained.get(&topic, now) else {
+                continue;
+            };
+            // [MQTT-3.3.1-8]: retained messages sent for a new subscription keep RETAIN.
+            self.send_message(&message, message.qos.min(qos), true, &ids, None, false);
+        }
+    }
+
     /// A message from one of the session's queues.
     pub(super) fn deliver(&mut self, d: Delivery) {
         let live = !self.ended
@@ -352,6 +422,9 @@ impl Inner {
     /// session to send them under the same ids ([MQTT-4.4.0-1]). A shared subscription's
     /// message may meanwhile go to another member, so its id is not kept.
     pub(super) fn release_deliveries(&mut self) -> PacketIds {
+        // Owed retained messages are not queue entries; a new subscription owes them again.
+        self.retained_due.clear();
+        self.retained_order.clear();
         for (_, (q, c)) in self.consumers.drain() {
             self.state.vhost.cancel(&q, &c);
         }

@@ -5,14 +5,17 @@ use mqtt_proto::v5::{
     Packet, RetainHandling, Suback, SubackProperties, Subscribe, SubscribeReasonCode, Unsuback,
     UnsubackProperties, Unsubscribe, UnsubscribeReasonCode,
 };
-use rosetta_core::queue::now_ms;
+use mqtt_proto::QoS;
+use rosetta_core::store::Epoch;
 use rosetta_core::{ConsumerSpec, Destination, QueueDeclare, Table};
 
 use super::Inner;
 use crate::codec;
 use crate::error::MqttError;
 use crate::persist::Subscription;
-use crate::topic::{filter_to_binding, parse_filter, session_queue, shared_queue, shared_queue_of};
+use crate::topic::{
+    self, filter_to_binding, parse_filter, session_queue, shared_queue, shared_queue_of,
+};
 
 const EXCHANGE: &str = "amq.topic";
 
@@ -29,7 +32,8 @@ impl Inner {
     /// Declares the subscription's queue and binds it. The session's own queue is durable for a
     /// persistent session and exclusive to the connection otherwise; a shared subscription's
     /// queue lives while a session holds the subscription (`MqttState::hold_shared`).
-    fn bind_subscription(&self, filter: &str) -> Result<(), MqttError> {
+    /// Returns the store epoch that makes a new durable binding safe to acknowledge, if any.
+    fn bind_subscription(&self, filter: &str) -> Result<Option<Epoch>, MqttError> {
         let parsed = parse_filter(filter).ok_or_else(|| {
             MqttError::Protocol(format!("invalid shared subscription '{filter}'"))
         })?;
@@ -56,22 +60,26 @@ impl Inner {
                 name
             }
         };
-        vhost.bind(
+        Ok(vhost.bind_deferred(
             EXCHANGE,
             Destination::Queue(queue),
             &filter_to_binding(parsed.filter),
             Table::new(),
             self.conn_id,
-        )?;
-        Ok(())
+        )?)
     }
 
     /// Binds every subscription of a resumed session again: a shared subscription's queue may
     /// have been deleted (by an operator) while the session was away.
     pub(super) fn restore_bindings(&mut self) -> Result<(), MqttError> {
         let filters: Vec<String> = self.subscriptions.keys().cloned().collect();
+        let mut rebound = false;
         for f in filters {
-            self.bind_subscription(&f)?;
+            rebound |= self.bind_subscription(&f)?.is_some();
+        }
+        // Rare (an operator deleted a queue meanwhile), so one wait before CONNACK will do.
+        if rebound {
+            self.state.store().sync()?;
         }
         Ok(())
     }
@@ -113,11 +121,50 @@ impl Inner {
         }
     }
 
+    /// Why a new subscription to `full` (whose share prefix, if any, is already checked) is
+    /// refused before anything is bound: the packet carries too many filters, the session holds
+    /// too many subscriptions, or the filter is one the front-end does not take.
+    fn subscribe_refusal(
+        &self,
+        index: usize,
+        full: &str,
+        filter: &str,
+    ) -> Option<(SubscribeReasonCode, String)> {
+        let config = &self.state.config;
+        if config.max_filters_per_subscribe > 0 && index >= config.max_filters_per_subscribe {
+            let why = format!(
+                "more than {} filters in one SUBSCRIBE",
+                config.max_filters_per_subscribe
+            );
+            return Some((SubscribeReasonCode::QuotaExceeded, why));
+        }
+        if let Some(why) = topic::refusal(filter, config.max_topic_levels) {
+            return Some((SubscribeReasonCode::TopicFilterInvalid, why));
+        }
+        // A subscription replacing one to the same filter adds nothing ([MQTT-3.8.4-3]).
+        if config.max_subscriptions > 0
+            && self.subscriptions.len() >= config.max_subscriptions
+            && !self.subscriptions.contains_key(full)
+        {
+            let why = format!(
+                "the session holds {} subscriptions, the limit",
+                config.max_subscriptions
+            );
+            return Some((SubscribeReasonCode::QuotaExceeded, why));
+        }
+        None
+    }
+
     pub(super) fn on_subscribe(&mut self, s: Subscribe) -> Result<(), MqttError> {
         let id = s.properties.subscription_id.map_or(0, |v| v.value());
         let mut codes = Vec::with_capacity(s.topics.len());
         let mut retained = Vec::new();
-        for (filter, options) in s.topics {
+        let mut refused = 0usize;
+        let mut first_refusal = String::new();
+        // SUBACK waits for the store to hold what it confirms, without blocking on an fsync
+        // per filter: one SUBSCRIBE may carry thousands.
+        let mut durable_at: Epoch = 0;
+        for (index, (filter, options)) in s.topics.into_iter().enumerate() {
             let full = filter.to_string();
             let Some(parsed) = parse_filter(&full) else {
                 codes.push(SubscribeReasonCode::TopicFilterInvalid);
@@ -129,16 +176,34 @@ impl Inner {
                     "No Local set on a shared subscription".into(),
                 ));
             }
+            // 3.1.1 clients read every refusal as 0x80 ([MQTT-3.9.3-2]).
+            if let Some((code, why)) = self.subscribe_refusal(index, &full, parsed.filter) {
+                if refused == 0 {
+                    first_refusal = why;
+                }
+                refused += 1;
+                codes.push(code);
+                continue;
+            }
             let existed = self.subscriptions.contains_key(&full);
-            if let Err(e) = self
-                .bind_subscription(&full)
-                .and_then(|()| self.queue_of(&full).map_or(Ok(()), |q| self.consume(&q)))
-            {
-                tracing::warn!(client_id = %self.client_id, filter = %full, error = %e, "subscription failed");
+            let bound = self.bind_subscription(&full).and_then(|epoch| {
+                self.queue_of(&full)
+                    .map_or(Ok(()), |q| self.consume(&q))
+                    .map(|()| epoch)
+            });
+            if let Err(e) = bound.map(|epoch| durable_at = durable_at.max(epoch.unwrap_or(0))) {
+                if refused == 0 {
+                    first_refusal = format!("{full}: {e}");
+                }
+                refused += 1;
                 if !existed {
                     self.release_shared(&full);
                 }
-                codes.push(SubscribeReasonCode::UnspecifiedError);
+                codes.push(if e.is_quota() {
+                    SubscribeReasonCode::QuotaExceeded
+                } else {
+                    SubscribeReasonCode::UnspecifiedError
+                });
                 continue;
             }
             let subscription = Subscription {
@@ -151,8 +216,7 @@ impl Inner {
             };
             self.stamp_client_id |= subscription.no_local;
             // [MQTT-3.8.4-3]: a subscription to an existing filter replaces it.
-            self.subscriptions
-                .insert(full.clone(), subscription.clone());
+            self.subscriptions.insert(full.clone(), subscription);
             codes.push(codec::granted(options.max_qos));
             // Retained messages go to new plain subscriptions, by Retain Handling (MQTT 5.0
             // §3.8.3.1), never to shared ones.
@@ -162,29 +226,34 @@ impl Inner {
                 RetainHandling::DoNotSend => false,
             };
             if send && parsed.group.is_none() {
-                retained.push(subscription);
+                retained.push((full, options.max_qos));
             }
         }
-        self.persist_subscriptions()?;
-        self.send(&Packet::Suback(Suback {
-            pid: s.pid,
-            properties: SubackProperties::default(),
-            topics: codes,
-        }));
-        let now = now_ms();
-        for sub in retained {
-            for message in self.state.retained.matching(&sub.filter, now) {
-                let qos = message.qos.min(sub.qos);
-                let ids: &[u32] = if sub.id != 0 { &[sub.id] } else { &[] };
-                // [MQTT-3.3.1-8]: retained messages sent for a new subscription keep RETAIN.
-                self.send_message(&message, qos, true, ids, None, false);
-            }
+        if refused > 0 {
+            let why = format!("{refused} of the filters refused, first: {first_refusal}");
+            self.log_refusal("subscription refused", &why);
+        }
+        durable_at = durable_at.max(self.persist_subscriptions()?);
+        self.reply_when_durable(
+            Packet::Suback(Suback {
+                pid: s.pid,
+                properties: SubackProperties::default(),
+                topics: codes,
+            }),
+            durable_at,
+        );
+        if !retained.is_empty() {
+            let filters: Vec<(&str, QoS)> =
+                retained.iter().map(|(f, q)| (f.as_str(), *q)).collect();
+            let owed = self.state.retained.owed(&filters);
+            self.owe_retained(owed, id);
         }
         Ok(())
     }
 
     pub(super) fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), MqttError> {
         let mut codes = Vec::with_capacity(u.topics.len());
+        let mut durable_at: Epoch = 0;
         for filter in u.topics {
             let full = filter.to_string();
             let Some(sub) = self.subscriptions.remove(&full) else {
@@ -201,19 +270,22 @@ impl Inner {
                         }
                     }
                     self.release_shared(&sub.filter);
-                    Ok(())
+                    Ok(None)
                 }
-                Some(p) => self.state.vhost.unbind(
+                Some(p) => self.state.vhost.unbind_deferred(
                     EXCHANGE,
                     Destination::Queue(session_queue(&self.client_id)),
                     &filter_to_binding(p.filter),
                     &Table::new(),
                     self.conn_id,
                 ),
-                None => Ok(()),
+                None => Ok(None),
             };
             match result {
-                Ok(()) => codes.push(UnsubscribeReasonCode::Success),
+                Ok(epoch) => {
+                    durable_at = durable_at.max(epoch.unwrap_or(0));
+                    codes.push(UnsubscribeReasonCode::Success);
+                }
                 Err(e) => {
                     tracing::warn!(client_id = %self.client_id, filter = %full, error = %e, "unsubscribe failed");
                     codes.push(UnsubscribeReasonCode::UnspecifiedError);
@@ -221,12 +293,15 @@ impl Inner {
             }
         }
         self.stamp_client_id = self.subscriptions.values().any(|s| s.no_local);
-        self.persist_subscriptions()?;
-        self.send(&Packet::Unsuback(Unsuback {
-            pid: u.pid,
-            properties: UnsubackProperties::default(),
-            topics: codes,
-        }));
+        durable_at = durable_at.max(self.persist_subscriptions()?);
+        self.reply_when_durable(
+            Packet::Unsuback(Unsuback {
+                pid: u.pid,
+                properties: UnsubackProperties::default(),
+                topics: codes,
+            }),
+            durable_at,
+        );
         Ok(())
     }
 
@@ -245,12 +320,24 @@ impl Inner {
         }
     }
 
-    /// A persistent session's subscriptions are on disk before SUBACK or UNSUBACK is sent.
-    fn persist_subscriptions(&mut self) -> Result<(), MqttError> {
-        if self.expiry > 0 {
-            self.save_session(None)?;
-            self.state.store().sync()?;
+    /// Writes a persistent session's subscriptions; SUBACK or UNSUBACK waits for the returned
+    /// epoch to be on disk.
+    fn persist_subscriptions(&mut self) -> Result<Epoch, MqttError> {
+        if self.expiry == 0 {
+            return Ok(0);
         }
-        Ok(())
+        let epoch = self.write_session(None)?;
+        self.state.store().request_sync(epoch);
+        Ok(epoch)
+    }
+
+    /// Sends `reply` once the store's durable point reaches `epoch`, after every earlier
+    /// acknowledgement still waiting (replies keep the order of the packets they answer).
+    fn reply_when_durable(&mut self, reply: Packet, epoch: Epoch) {
+        if epoch == 0 && self.acks.is_empty() {
+            self.send(&reply);
+        } else {
+            self.acks.push_back((reply, epoch));
+        }
     }
 }

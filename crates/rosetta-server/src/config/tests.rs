@@ -64,6 +64,7 @@ fn default_toml_sets_every_key() {
         "max_message_size",
         "max_queue_length",
         "max_queue_bytes",
+        "consumer_buffer_bytes",
         "memory_limit",
         "disk_free_limit",
         "level",

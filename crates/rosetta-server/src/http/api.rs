@@ -403,9 +403,9 @@ fn core_error(e: &CoreError) -> Reply {
         CoreError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
         CoreError::AccessRefused(_) => (StatusCode::FORBIDDEN, "access_refused"),
         CoreError::ResourceLocked(_) => (StatusCode::CONFLICT, "resource_locked"),
-        CoreError::PreconditionFailed(_) | CoreError::InvalidArgument { .. } => {
-            (StatusCode::BAD_REQUEST, "precondition_failed")
-        }
+        CoreError::PreconditionFailed(_)
+        | CoreError::InvalidArgument { .. }
+        | CoreError::LimitReached(_) => (StatusCode::BAD_REQUEST, "precondition_failed"),
         CoreError::UnknownExchangeType(_) => (StatusCode::BAD_REQUEST, "bad_request"),
         CoreError::ResourceLimit(_) => (StatusCode::SERVICE_UNAVAILABLE, "resource_error"),
         CoreError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),

@@ -154,6 +154,12 @@ pub(crate) fn render(state: &ServerState) -> String {
     );
     counter(
         &mut out,
+        "rosetta_messages_dead_letter_dropped_total",
+        "Dead letters dropped to break a dead-letter cycle or end a runaway cascade.",
+        load(&counters.dead_letter_dropped),
+    );
+    counter(
+        &mut out,
         "rosetta_messages_unroutable_total",
         "Published messages that matched no queue.",
         load(&counters.unroutable),

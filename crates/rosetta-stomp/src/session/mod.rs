@@ -20,9 +20,10 @@ use rosetta_core::store::Epoch;
 use rosetta_core::{Broker, ConnectionId, Outbound, Queue, Users, VHost};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
-use crate::codec::{self, Limits};
+use crate::codec::{self, Decoder, Limits};
 use crate::error::StompError;
 use crate::frame::{Command, Frame, Version};
+use send::Transaction;
 use subscribe::{Pending, Subscription};
 
 /// Limits and defaults the server configures.
@@ -33,6 +34,27 @@ pub struct SessionConfig {
     pub heartbeat_ms: u32,
     /// The virtual host for clients whose `host` header names none that exists.
     pub default_vhost: String,
+    /// Most subscriptions at once, temporary-queue ones included (0 = no limit). A STOMP
+    /// connection is one channel, so `max_consumers_per_channel` sets it.
+    pub max_subscriptions: usize,
+    /// Most frames (SEND, ACK, NACK) one open transaction may hold (0 = no limit).
+    pub max_transaction_frames: usize,
+    /// Most bytes, bodies and headers, one open transaction may hold (0 = no limit).
+    pub max_transaction_bytes: u64,
+}
+
+impl Default for SessionConfig {
+    /// The defaults of `broker.toml`.
+    fn default() -> Self {
+        SessionConfig {
+            limits: Limits::default(),
+            heartbeat_ms: 10_000,
+            default_vhost: "/".to_owned(),
+            max_subscriptions: 10_000,
+            max_transaction_frames: 10_000,
+            max_transaction_bytes: 128 * 1024 * 1024,
+        }
+    }
 }
 
 /// What the connection task should do after a call.
@@ -70,7 +92,7 @@ pub struct Session {
     unacked: BTreeMap<u64, Pending>,
     next_message_id: u64,
     /// Open transactions (STOMP 1.2 BEGIN): frames held back until COMMIT.
-    transactions: HashMap<String, Vec<Frame>>,
+    transactions: HashMap<String, Transaction>,
     /// RECEIPTs in the order their frames arrived, each with the store epoch it waits for.
     receipts: VecDeque<(Epoch, String)>,
     /// `/temp-queue/` names and the private queues behind them.
@@ -78,10 +100,14 @@ pub struct Session {
     /// Whether this connection has sent; only publishers are paused by a resource alarm.
     published: bool,
     alarm: bool,
+    /// A publishing frame that arrived while the alarm was on, handled once it is off.
+    paused: Option<Frame>,
+    /// Bytes read after the paused frame, or the start of a frame that followed it.
+    held: BytesMut,
     outbox: UnboundedSender<Outbound>,
     out: BytesMut,
-    /// Decoder resumption point (see [`codec::decode_from`]).
-    searched: usize,
+    /// Keeps its place in a frame that arrives over several reads.
+    decoder: Decoder,
     /// Queues whose auto-ack consumers got credit back while writing; they dispatch again once
     /// the output has been flushed.
     to_dispatch: Vec<Arc<Queue>>,
@@ -118,9 +144,11 @@ impl Session {
             temp_queues: HashMap::new(),
             published: false,
             alarm: false,
+            paused: None,
+            held: BytesMut::new(),
             outbox: tx,
             out: BytesMut::with_capacity(512),
-            searched: 0,
+            decoder: Decoder::new(),
             to_dispatch: Vec::new(),
         };
         (session, rx)
@@ -160,17 +188,30 @@ impl Session {
 
     /// Decodes and handles every complete frame in `input`.
     pub fn handle_input(&mut self, input: &mut BytesMut) -> Flow {
+        if !self.held.is_empty() {
+            // Bytes read before a pause come first, and the decoder's place is in them.
+            self.held.extend_from_slice(input);
+            input.clear();
+            std::mem::swap(input, &mut self.held);
+        }
+        self.process(input)
+    }
+
+    fn process(&mut self, input: &mut BytesMut) -> Flow {
         loop {
             if self.phase == Phase::Closed {
                 input.clear();
                 return Flow::Close;
             }
-            let frame = match codec::decode_from(
-                input,
-                &self.config.limits,
-                self.version,
-                &mut self.searched,
-            ) {
+            if self.paused.is_some() {
+                // Nothing after the paused frame may overtake it.
+                self.held = input.split();
+                return Flow::Continue;
+            }
+            let frame = match self
+                .decoder
+                .decode(input, &self.config.limits, self.version)
+            {
                 Ok(Some(frame)) => frame,
                 Ok(None) => {
                     if !self.receipts.is_empty() {
@@ -184,18 +225,42 @@ impl Session {
                     return Flow::Close;
                 }
             };
-            match self.handle_frame(&frame) {
-                Ok(Flow::Continue) => {}
-                Ok(Flow::Close) => {
-                    input.clear();
-                    return Flow::Close;
-                }
-                Err(e) => {
-                    input.clear();
-                    self.fail(&e, Some(&frame));
-                    return Flow::Close;
-                }
+            if self.alarm && self.publishes(&frame) {
+                // RabbitMQ blocks a connection on its first publish under an alarm, so even a
+                // connection that never published before waits here.
+                self.paused = Some(frame);
+                continue;
             }
+            if self.dispatch(&frame) == Flow::Close {
+                input.clear();
+                return Flow::Close;
+            }
+        }
+    }
+
+    fn dispatch(&mut self, frame: &Frame) -> Flow {
+        match self.handle_frame(frame) {
+            Ok(flow) => flow,
+            Err(e) => {
+                self.fail(&e, Some(frame));
+                Flow::Close
+            }
+        }
+    }
+
+    /// Whether handling `frame` would publish: a SEND, held in a transaction or not, or the
+    /// COMMIT of a transaction holding one.
+    fn publishes(&self, frame: &Frame) -> bool {
+        if self.phase != Phase::Connected {
+            return false;
+        }
+        match frame.command {
+            Command::Send => true,
+            Command::Commit => frame
+                .get("transaction")
+                .and_then(|tx| self.transactions.get(tx))
+                .is_some_and(Transaction::publishes),
+            _ => false,
         }
     }
 
@@ -317,14 +382,34 @@ impl Session {
         self.phase = Phase::Closed;
     }
 
+    /// The resource alarm went on or off. Once it is off, the frame it paused and whatever was
+    /// read after it are handled.
     pub fn set_alarm(&mut self, on: bool) {
         self.alarm = on;
+        if on {
+            return;
+        }
+        if let Some(frame) = self.paused.take() {
+            if self.dispatch(&frame) == Flow::Close {
+                self.held.clear();
+                return;
+            }
+        }
+        if !self.held.is_empty() {
+            let mut held = std::mem::take(&mut self.held);
+            self.process(&mut held);
+            if self.held.is_empty() {
+                // No new pause: what is left is the start of a frame still arriving.
+                self.held = held;
+            }
+        }
     }
 
     /// Publishers are held back while an alarm is on; STOMP has no way to say so, so TCP
-    /// backpressure tells the client.
+    /// backpressure tells the client. A connection that has published stops being read, and
+    /// so does one whose publishing frame the alarm paused.
     pub fn reading_paused(&self) -> bool {
-        self.alarm && self.published && self.phase == Phase::Connected
+        self.phase == Phase::Connected && (self.paused.is_some() || self.alarm && self.published)
     }
 
     /// After output was written: queues whose auto-ack consumers regained credit deliver more.
@@ -344,6 +429,8 @@ impl Session {
     /// queues, flagged redelivered; exclusive queues go with the connection.
     fn cleanup(&mut self) {
         self.transactions.clear();
+        self.paused = None;
+        self.held.clear();
         if let Some(vhost) = self.vhost.clone() {
             for (_, sub) in self.subscriptions.drain() {
                 vhost.cancel(&sub.queue, &sub.consumer);

@@ -3,6 +3,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use rosetta_core::queue::now_ms;
 use rosetta_core::store::Epoch;
 use rosetta_core::{CoreError, Message, QueueDeclare, VHost};
@@ -12,7 +14,32 @@ use super::{required, Session};
 use crate::destination::{Destination, TOPIC_EXCHANGE};
 use crate::error::StompError;
 use crate::frame::{Command, Frame};
-use crate::mapping::properties_from_send;
+use crate::mapping::{check_short_strings, properties_from_send};
+
+/// Most transactions one connection may have open at once: what RabbitMQ's STOMP plugin
+/// allows, so clients written for it fit, while a client cannot pile up empty transactions.
+const MAX_TRANSACTIONS: usize = 16;
+
+/// An open transaction (STOMP 1.2 BEGIN): frames held back until COMMIT.
+#[derive(Default)]
+pub(super) struct Transaction {
+    frames: Vec<Frame>,
+    /// Body and header bytes of `frames`, for `max_transaction_bytes`.
+    bytes: u64,
+}
+
+impl Transaction {
+    /// Whether committing it publishes something.
+    pub(super) fn publishes(&self) -> bool {
+        self.frames.iter().any(|f| f.command == Command::Send)
+    }
+}
+
+/// What holding `frame` costs: its body and its headers.
+fn held_size(frame: &Frame) -> u64 {
+    let headers: usize = frame.headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+    (frame.body.len() + headers) as u64
+}
 
 impl Session {
     /// SEND, or holds it back when it names a transaction (STOMP 1.2 SEND: "the message will
@@ -21,15 +48,47 @@ impl Session {
         let Some(tx) = frame.get("transaction") else {
             return self.send(frame);
         };
-        // Refuse a bad destination now rather than at COMMIT, where the client could not tell
-        // which SEND was wrong.
+        // Refuse a bad destination or header now rather than at COMMIT, where the client could
+        // not tell which SEND was wrong.
         Destination::parse(required(frame, "destination")?)?;
+        properties_from_send(frame, now_ms())?;
+        self.hold(tx, frame)?;
+        Ok(None)
+    }
+
+    /// Adds `frame` to transaction `tx`. One frame past `max_transaction_frames` or
+    /// `max_transaction_bytes` drops the whole transaction: none of it will ever take effect.
+    pub(super) fn hold(&mut self, tx: &str, frame: &Frame) -> Result<(), StompError> {
+        let (max_frames, max_bytes) = (
+            self.config.max_transaction_frames,
+            self.config.max_transaction_bytes,
+        );
         let held = self
             .transactions
             .get_mut(tx)
             .ok_or_else(|| StompError::UnknownTransaction(tx.to_owned()))?;
-        held.push(frame.clone());
-        Ok(None)
+        let size = held_size(frame);
+        let limit = if max_frames > 0 && held.frames.len() >= max_frames {
+            Some(format!("{max_frames} frames"))
+        } else if max_bytes > 0 && held.bytes.saturating_add(size) > max_bytes {
+            Some(format!("{max_bytes} bytes"))
+        } else {
+            None
+        };
+        if let Some(limit) = limit {
+            self.transactions.remove(tx);
+            return Err(StompError::TransactionTooLarge {
+                id: tx.to_owned(),
+                limit,
+            });
+        }
+        let mut frame = frame.clone();
+        // The body is a slice of a read buffer; a copy of its own lets that buffer go, so a held
+        // frame costs what it counts.
+        frame.body = Bytes::copy_from_slice(&frame.body);
+        held.frames.push(frame);
+        held.bytes += size;
+        Ok(())
     }
 
     /// Publishes a SEND; returns the store epoch to wait for before the RECEIPT, if the
@@ -50,12 +109,16 @@ impl Session {
         let mut properties = properties_from_send(frame, now_ms())?;
         // RabbitMQ's temporary reply queues: `reply-to:/temp-queue/t` gets this connection a
         // private queue it is subscribed to, and the responder sees where to answer.
-        if let Some(Ok(Destination::TempQueue(t))) =
-            properties.reply_to.as_deref().map(Destination::parse)
-        {
-            let queue = self.temp_queue(&vhost, &t, true)?;
-            properties.reply_to = Some(format!("/reply-queue/{queue}"));
+        match properties.reply_to.as_deref().map(Destination::parse) {
+            Some(Ok(Destination::TempQueue(t))) => {
+                let queue = self.temp_queue(&vhost, &t, true)?;
+                properties.reply_to = Some(format!("/reply-queue/{queue}"));
+            }
+            Some(Err(e @ StompError::NameTooLong { .. })) => return Err(e),
+            // Any other text is an address for the responder to interpret.
+            _ => {}
         }
+        check_short_strings(&properties)?;
         let outcome = vhost.publish(Message::new(
             exchange,
             routing_key,
@@ -134,7 +197,13 @@ impl Session {
         if self.transactions.contains_key(tx) {
             return Err(StompError::DuplicateTransaction(tx.to_owned()));
         }
-        self.transactions.insert(tx.to_owned(), Vec::new());
+        if self.transactions.len() >= MAX_TRANSACTIONS {
+            return Err(StompError::TooManyTransactions {
+                max: MAX_TRANSACTIONS,
+            });
+        }
+        self.transactions
+            .insert(tx.to_owned(), Transaction::default());
         Ok(())
     }
 
@@ -147,7 +216,7 @@ impl Session {
             .remove(tx)
             .ok_or_else(|| StompError::UnknownTransaction(tx.to_owned()))?;
         let mut wait = None;
-        for f in &held {
+        for f in &held.frames {
             match f.command {
                 Command::Send => wait = wait.max(self.send(f)?),
                 _ => self.ack(f)?,

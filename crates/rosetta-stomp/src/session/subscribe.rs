@@ -128,7 +128,7 @@ impl Session {
     ) -> Result<(String, bool), StompError> {
         let declare = if durable {
             QueueDeclare {
-                name: durable_subscription_queue(self.client_id.as_deref(), id),
+                name: durable_subscription_queue(self.client_id.as_deref(), id)?,
                 durable: true,
                 ..QueueDeclare::default()
             }
@@ -164,6 +164,10 @@ impl Session {
         ack: AckMode,
         prefetch: u32,
     ) -> Result<(), StompError> {
+        let max = self.config.max_subscriptions;
+        if max > 0 && self.subscriptions.len() >= max {
+            return Err(StompError::TooManySubscriptions { max });
+        }
         let spec = ConsumerSpec {
             tag: id.clone(),
             channel: 0,
@@ -282,12 +286,7 @@ impl Session {
             return self.ack(frame);
         };
         self.ack_id(frame)?;
-        let held = self
-            .transactions
-            .get_mut(tx)
-            .ok_or_else(|| StompError::UnknownTransaction(tx.to_owned()))?;
-        held.push(frame.clone());
-        Ok(())
+        self.hold(tx, frame)
     }
 
     /// The outstanding message an ACK or NACK names: STOMP 1.2 uses `id` (the MESSAGE's `ack`

@@ -1,0 +1,31 @@
+//! Fuzzing on the stable toolchain: the frame decoder fed random and mutated bytes, and the
+//! session driven by random operations interleaved with mutated frames, against a real broker.
+//!
+//! Each property runs a bounded number of cases so that `cargo test` stays quick;
+//! `ROSETTA_FUZZ_CASES=<n>` runs `n` cases of every property instead (docs/reliability.md).
+
+mod decoder;
+mod mutate;
+mod session;
+
+// The codec tests' frames (every method the broker sends or receives, content and heartbeat)
+// are the seed corpus the decoder's mutations start from.
+#[path = "../codec/frames.rs"]
+mod frames;
+
+use proptest::test_runner::Config;
+
+/// The frame-max the codec tests' frames were built for (RabbitMQ's default).
+pub(crate) const FRAME_MAX: u32 = 131_072;
+
+/// `default_cases` cases, or `ROSETTA_FUZZ_CASES` when it is set.
+pub(crate) fn config(default_cases: u32) -> Config {
+    let cases = std::env::var("ROSETTA_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default_cases);
+    Config {
+        cases,
+        ..Config::default()
+    }
+}

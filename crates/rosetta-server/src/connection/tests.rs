@@ -1,0 +1,217 @@
+//! The driver's panic guard, proven on a real AMQP session over a real loopback socket. No
+//! input makes the real session panic, so a wrapper panics when a chosen routing key arrives,
+//! between the socket and the session, where any bug in a session would unwind from.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use rosetta_amqp::session::{Session as AmqpSession, SessionConfig};
+use rosetta_core::{Broker, CoreLimits, Outbound, User, Users};
+use rosetta_store::SledStore;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::{drive, Heartbeats, Session};
+use crate::connections::Connections;
+use crate::lifecycle::Lifecycle;
+use crate::metrics::Metrics;
+use crate::state::ServerState;
+
+const TRIPWIRE: &[u8] = b"tripwire.routing.key";
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// The real AMQP session, except that input holding [`TRIPWIRE`] panics before it is handled.
+struct Tripwire(AmqpSession);
+
+impl Session for Tripwire {
+    const PROTOCOL: &'static str = "amqp";
+
+    fn handle_input(&mut self, input: &mut BytesMut) -> bool {
+        if input.windows(TRIPWIRE.len()).any(|w| w == TRIPWIRE) {
+            panic!("tripwire crossed");
+        }
+        Session::handle_input(&mut self.0, input)
+    }
+    fn handle_outbound(&mut self, item: Outbound) {
+        Session::handle_outbound(&mut self.0, item);
+    }
+    fn has_pending_durability(&self) -> bool {
+        Session::has_pending_durability(&self.0)
+    }
+    fn on_durable(&mut self) {
+        Session::on_durable(&mut self.0);
+    }
+    fn take_output(&mut self) -> Option<Bytes> {
+        Session::take_output(&mut self.0)
+    }
+    fn after_flush(&mut self) {
+        Session::after_flush(&mut self.0);
+    }
+    fn heartbeats(&self) -> Heartbeats {
+        Session::heartbeats(&self.0)
+    }
+    fn send_heartbeat(&mut self) {
+        Session::send_heartbeat(&mut self.0);
+    }
+    fn user(&self) -> Option<&str> {
+        Session::user(&self.0)
+    }
+    fn is_closing(&self) -> bool {
+        Session::is_closing(&self.0)
+    }
+    fn set_alarm(&mut self, on: bool) {
+        Session::set_alarm(&mut self.0, on);
+    }
+    fn reading_paused(&self) -> bool {
+        Session::reading_paused(&self.0)
+    }
+    fn force_close(&mut self) {
+        Session::force_close(&mut self.0);
+    }
+    fn shutdown(&mut self) {
+        Session::shutdown(&mut self.0);
+    }
+}
+
+fn server_state(data: &std::path::Path) -> Arc<ServerState> {
+    let store = Arc::new(SledStore::open(data).expect("store"));
+    let broker = Broker::open(store, &["/".to_owned()], CoreLimits::default()).expect("broker");
+    let users = Users::new(vec![User {
+        name: "guest".into(),
+        password: "guest".into(),
+        loopback_only: true,
+    }]);
+    let (_alarm_tx, alarm) = watch::channel(false);
+    Arc::new(ServerState {
+        broker,
+        users: Arc::new(users),
+        amqp: SessionConfig {
+            frame_max: 131_072,
+            channel_max: 2047,
+            heartbeat: 0,
+            max_message_size: 1 << 20,
+            max_consumers_per_channel: 0,
+            max_transaction_frames: 0,
+            max_transaction_bytes: 0,
+        },
+        stomp: rosetta_stomp::session::SessionConfig {
+            limits: rosetta_stomp::codec::Limits {
+                max_headers: 100,
+                max_header_length: 1024,
+                max_body: 1 << 20,
+            },
+            heartbeat_ms: 0,
+            default_vhost: "/".into(),
+            max_subscriptions: 0,
+            max_transaction_frames: 0,
+            max_transaction_bytes: 0,
+        },
+        alarm,
+        connections: Connections::default(),
+        metrics: Metrics::new().expect("metrics"),
+        lifecycle: Lifecycle::new(),
+    })
+}
+
+async fn until(what: &str, mut condition: impl FnMut() -> bool) {
+    let end = Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(Instant::now() < end, "{what} within {DEADLINE:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_a_session_closes_only_its_connection_and_still_cleans_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = server_state(dir.path());
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (_shutdown_tx, shutdown) = watch::channel(false);
+    let server_state = state.clone();
+    let server = tokio::spawn(async move {
+        let (stream, peer) = listener.accept().await.expect("accept");
+        let (session, outbox) = AmqpSession::new(
+            server_state.broker.clone(),
+            server_state.users.clone(),
+            server_state.amqp.clone(),
+            peer,
+        );
+        drive(
+            stream,
+            peer,
+            Tripwire(session),
+            Some(outbox),
+            server_state,
+            shutdown,
+        )
+        .await;
+    });
+
+    let url = format!("amqp://guest:guest@{addr}/%2f");
+    let client = Connection::connect(&url, ConnectionProperties::default())
+        .await
+        .expect("connect");
+    let channel = client.create_channel().await.expect("channel");
+    let exclusive = QueueDeclareOptions {
+        exclusive: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare("mine".into(), exclusive, FieldTable::default())
+        .await
+        .expect("declare exclusive queue");
+    channel
+        .queue_declare(
+            "work".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare shared queue");
+    let publish = |key: &'static str| {
+        channel.basic_publish(
+            "".into(),
+            key.into(),
+            BasicPublishOptions::default(),
+            b"job",
+            BasicProperties::default(),
+        )
+    };
+    publish("work").await.expect("publish");
+    let got = channel
+        .basic_get("work".into(), BasicGetOptions { no_ack: false })
+        .await
+        .expect("basic.get")
+        .expect("a message to hold unacknowledged");
+    assert!(!got.delivery.redelivered);
+
+    let vhost = state.broker.vhost("/").expect("vhost");
+    let work = vhost.queue("work").expect("shared queue");
+    assert_eq!((work.stats().ready, work.stats().unacked), (0, 1));
+    assert!(vhost.queue("mine").is_some());
+
+    // The routing key is in the publish frame: the wrapper panics before the session sees it.
+    let _ = publish("tripwire.routing.key").await;
+    tokio::time::timeout(DEADLINE, server)
+        .await
+        .expect("the connection task ended")
+        .expect("the panic stayed inside the connection task");
+    until("the unacknowledged message requeued", || {
+        work.stats().ready == 1 && work.stats().unacked == 0
+    })
+    .await;
+    assert!(vhost.queue("mine").is_none(), "exclusive queue deleted");
+    until("the client sees its connection closed", || {
+        !client.status().connected()
+    })
+    .await;
+    assert!(
+        state.connections.list().is_empty(),
+        "the connection is deregistered"
+    );
+}

@@ -1,0 +1,122 @@
+//! Slow consumers: a client that consumes with prefetch 0 (unlimited, the AMQP default) and
+//! then stops reading its socket gets what fills its socket and its consumer buffer
+//! (`consumer_buffer_bytes`), no more. Its backlog stays in the queue, on disk, the broker's
+//! memory stays flat, other clients are served, and delivery resumes once it reads again.
+
+use std::time::{Duration, Instant};
+
+use crate::paging::{publish_backlog, rss_bytes};
+use crate::support::*;
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use rosetta_tests::raw::{Args, RawConnection, FRAME_METHOD};
+use rosetta_tests::{eventually, Broker};
+
+const BASIC_CONSUME: (u16, u16) = (60, 20);
+const BASIC_CONSUME_OK: (u16, u16) = (60, 21);
+const BASIC_DELIVER: (u16, u16) = (60, 60);
+
+/// 200 MiB of persistent backlog in 64 KiB messages (one body frame each).
+const COUNT: usize = 3200;
+const SIZE: usize = 64 * 1024;
+/// Messages the stalled client may be sent: its consumer buffer (1 MiB by default) and what the
+/// two socket buffers absorb (a few MiB on loopback) make well under this.
+const MAX_SENT: usize = 800;
+/// Growth of the broker's RSS allowed while the client is stalled; pushing the backlog into its
+/// outbox would cost the whole 200 MiB.
+const MAX_GROWTH: u64 = 100 << 20;
+/// How long the stalled client is watched.
+const OBSERVE: Duration = Duration::from_secs(3);
+
+#[test]
+fn a_prefetch_zero_consumer_that_stops_reading_holds_its_backlog_on_disk_not_in_memory() {
+    let broker = Broker::start();
+    let pid = broker.pid().expect("broker pid");
+    run(async {
+        let queue = "slow.backlog";
+        let client = connect(&broker).await;
+        let channel = client.confirm_channel().await;
+        declare(
+            &channel,
+            queue,
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await;
+        publish_backlog(&channel, queue, 0..COUNT, SIZE).await;
+        let baseline = rss_bytes(pid);
+
+        let mut raw = RawConnection::connect(broker.amqp_addr()).expect("connect");
+        raw.handshake().expect("handshake");
+        raw.open_channel(1).expect("channel.open");
+        let consume = Args::new()
+            .u16(0)
+            .shortstr(queue)
+            .shortstr("slow")
+            // no-local, no-ack, exclusive, no-wait: an acknowledging consumer, and no basic.qos
+            // before it, so its prefetch is 0 (unlimited).
+            .bits(&[false, false, false, false])
+            .table(&Vec::new());
+        raw.send_method(1, BASIC_CONSUME, consume)
+            .expect("basic.consume");
+        raw.expect_method(BASIC_CONSUME_OK, WAIT)
+            .expect("basic.consume-ok");
+        // From here on the client reads nothing.
+
+        assert!(
+            eventually(WAIT, || async {
+                message_count(&client, queue).await < COUNT as u32
+            })
+            .await,
+            "the broker starts delivering"
+        );
+        let end = Instant::now() + OBSERVE;
+        let mut peak = baseline;
+        while Instant::now() < end {
+            let ready = message_count(&client, queue).await as usize;
+            assert!(
+                ready >= COUNT - MAX_SENT,
+                "{} messages were pushed to a client that reads nothing",
+                COUNT - ready
+            );
+            peak = peak.max(rss_bytes(pid));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!(
+            "broker RSS {} MiB before the stalled consumer, peak {} MiB",
+            baseline >> 20,
+            peak >> 20
+        );
+        assert!(
+            peak < baseline + MAX_GROWTH,
+            "broker RSS grew from {baseline} to {peak} bytes behind a stalled consumer"
+        );
+
+        // Another client is served promptly meanwhile.
+        let started = Instant::now();
+        let other = client.channel().await;
+        let ping = unique("slow.ping");
+        declare_queue(&other, &ping).await;
+        publish(&other, "", &ping, "ping").await;
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                get(&other, &ping, true).await.is_some()
+            })
+            .await,
+            "a publish and get round trip completes"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+
+        // Once the client reads again, deliveries resume past what was buffered.
+        let mut delivered = 0;
+        let reading = Instant::now() + TEST_DEADLINE / 2;
+        while delivered < MAX_SENT + 100 {
+            let left = reading.saturating_duration_since(Instant::now());
+            let frame = raw.read_frame(left).expect("deliveries resume");
+            if frame.kind == FRAME_METHOD && frame.is_method(BASIC_DELIVER) {
+                delivered += 1;
+            }
+        }
+        assert!(message_count(&client, queue).await as usize <= COUNT - delivered);
+    });
+}
