@@ -465,3 +465,70 @@ fn kill9_during_a_publish_stream_keeps_every_confirmed_message_in_order() {
         }
     });
 }
+
+async fn queue_exists(client: &Client, name: &str) -> bool {
+    let channel = client.channel().await;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    match channel
+        .queue_declare(name.into(), passive, FieldTable::default())
+        .await
+    {
+        Ok(_) => true,
+        Err(e) if code_of(&e) == Some(code::NOT_FOUND) => false,
+        Err(e) => panic!("passive queue.declare {name}: {e:?}"),
+    }
+}
+
+#[test]
+fn a_durable_queue_declared_and_another_deleted_just_before_a_kill_are_as_the_replies_said() {
+    let mut broker = Broker::start();
+    run(async {
+        {
+            let client = connect(&broker).await;
+            let channel = client.channel().await;
+            durable_queue(&channel, "d.doomed").await;
+            // declare-ok and delete-ok are the last frames before the kill: each must mean
+            // its change was already written and made durable.
+            durable_queue(&channel, "d.fresh").await;
+            channel
+                .queue_delete("d.doomed".into(), Default::default())
+                .await
+                .expect("queue.delete");
+        }
+        broker.kill9();
+        broker.restart();
+        let client = connect(&broker).await;
+        assert!(queue_exists(&client, "d.fresh").await);
+        assert!(!queue_exists(&client, "d.doomed").await);
+    });
+}
+
+#[test]
+fn messages_committed_just_before_a_kill_survive_it() {
+    let mut broker = Broker::start();
+    run(async {
+        let queue = "d.tx";
+        {
+            let client = connect(&broker).await;
+            let channel = client.channel().await;
+            durable_queue(&channel, queue).await;
+            channel.tx_select().await.expect("tx.select");
+            for i in 0..50 {
+                let body = format!("tx-{i}");
+                publish_props(&channel, "", queue, body.as_bytes(), persistent()).await;
+            }
+            // commit-ok is the last frame before the kill: it must mean the messages are
+            // durable.
+            channel.tx_commit().await.expect("tx.commit");
+        }
+        broker.kill9();
+        broker.restart();
+        let client = connect(&broker).await;
+        let channel = client.channel().await;
+        let expected: Vec<String> = (0..50).map(|i| format!("tx-{i}")).collect();
+        assert_eq!(drain(&channel, queue).await, expected);
+    });
+}

@@ -151,3 +151,109 @@ fn running_with_an_invalid_config_exits_1_without_a_panic() {
     assert!(stderr.contains("mqtt.listen"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// A store with one exchange, one queue and one message in it, closed, under `dir/data`; and a
+/// config naming it.
+fn stopped_store(dir: &Path) -> (PathBuf, PathBuf) {
+    use rosetta_core::message::{Message, Properties, Table};
+    use rosetta_core::store::{ExchangeRecord, Store};
+
+    let data = dir.join("data");
+    let store = rosetta_store::SledStore::open(&data).expect("store opens");
+    store
+        .save_exchange(&ExchangeRecord {
+            vhost: "/".into(),
+            name: "x".into(),
+            kind: "direct".into(),
+            auto_delete: false,
+            internal: false,
+            arguments: Table::new(),
+        })
+        .expect("exchange");
+    store
+        .save_queue(&rosetta_core::store::QueueRecord {
+            id: 1,
+            vhost: "/".into(),
+            name: "q".into(),
+            auto_delete: false,
+            arguments: Table::new(),
+        })
+        .expect("queue");
+    let mut message = Message::new("x", "k", Properties::default(), "body".into());
+    message.id = 1;
+    store
+        .enqueue(&std::sync::Arc::new(message), &[(1, 1)])
+        .expect("enqueue");
+    store.sync().expect("sync");
+    drop(store);
+    let config = dir.join("store.toml");
+    std::fs::write(
+        &config,
+        format!("[storage]\npath = {:?}\n", data.display().to_string()),
+    )
+    .expect("write config");
+    (data, config)
+}
+
+/// Runs `check-store`. sled's background threads of a store just closed may hold its lock for
+/// a moment, and the command refuses a locked store, so a "locked" refusal is retried until a
+/// deadline.
+fn check_store(dir: &Path, config: &Path) -> Output {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let out = rosetta(
+            dir,
+            &["check-store", "--config", &config.display().to_string()],
+        );
+        if !text(&out.stderr).contains("locked") || std::time::Instant::now() > deadline {
+            return out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn check_store_on_a_sound_store_exits_0_with_the_counts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, config) = stopped_store(dir.path());
+    let out = check_store(dir.path(), &config);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("exchanges: 1\n"), "{stdout}");
+    assert!(stdout.contains("queues: 1\n"), "{stdout}");
+    assert!(stdout.contains("entries: 1\n"), "{stdout}");
+    assert!(stdout.contains("segment bodies: 1\n"), "{stdout}");
+    assert!(stdout.ends_with("store OK\n"), "{stdout}");
+}
+
+#[test]
+fn check_store_names_a_planted_bad_record_and_exits_3() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, config) = stopped_store(dir.path());
+    {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let db = loop {
+            match sled::open(&data) {
+                Ok(db) => break db,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("raw open: {e:?}"),
+            }
+        };
+        let queues = db.open_tree("queues").expect("tree");
+        queues
+            .insert(b"/\0bad", &b"not a record"[..])
+            .expect("plant");
+        db.flush().expect("flush");
+    }
+    let out = check_store(dir.path(), &config);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("bad record: tree queues, key 2f00626164"),
+        "{stdout}"
+    );
+    assert!(stdout.ends_with("store has problems\n"), "{stdout}");
+}

@@ -84,3 +84,40 @@ fn unsubscribe_with_durable_ends_a_durable_subscription() {
     client.send_with_receipt("SUBSCRIBE", &durable, b"");
     client.expect_silence();
 }
+
+#[test]
+fn persistent_sends_before_a_receipted_disconnect_survive_kill_9_and_the_connection_closes() {
+    let mut broker = broker();
+    let queue = format!("/queue/{}", unique("bye"));
+    let mut client = Raw::login_12(broker.stomp_addr());
+    for i in 0..20 {
+        // No receipt of their own: only DISCONNECT's receipt vouches for them.
+        let body = format!("persistent {i}");
+        client.send_frame(
+            "SEND",
+            &[("destination", &queue), ("persistent", "true")],
+            body.as_bytes(),
+        );
+    }
+    client.send_frame("DISCONNECT", &[("receipt", "bye")], b"");
+    let receipt = client.expect_frame("RECEIPT");
+    assert_eq!(receipt.header("receipt-id"), Some("bye"));
+    let after = client.expect_closed();
+    assert!(
+        after.is_empty(),
+        "nothing follows the DISCONNECT receipt: {after:?}"
+    );
+    broker.kill9();
+    broker.restart();
+    let mut client = Raw::login_12(broker.stomp_addr());
+    client.subscribe("s", &queue, "client-individual");
+    for i in 0..20 {
+        let message = client.expect_frame("MESSAGE");
+        assert_eq!(
+            String::from_utf8_lossy(&message.body),
+            format!("persistent {i}")
+        );
+        client.send_frame("ACK", &[("id", message.expect_header("ack"))], b"");
+    }
+    client.expect_silence();
+}

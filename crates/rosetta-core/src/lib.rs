@@ -8,6 +8,8 @@ pub mod broker;
 mod buffer_tests;
 pub mod consumer;
 pub mod dead_letter;
+#[cfg(test)]
+mod durability_tests;
 pub mod error;
 pub mod exchange;
 mod headers_match;
@@ -32,4 +34,6 @@ pub use error::CoreError;
 pub use exchange::Destination;
 pub use message::{Message, Properties, Table, Value};
 pub use queue::{Queue, Settlement};
-pub use vhost::{ExchangeDeclare, PublishOutcome, QueueDeclare, QueueDeclared, VHost};
+pub use vhost::{
+    ExchangeDeclare, PublishOutcome, QueueDeclare, QueueDeclared, QueueDeleted, VHost,
+};

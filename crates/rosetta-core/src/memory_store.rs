@@ -25,6 +25,11 @@ pub(crate) struct MemoryStore {
     /// Called on every body read, for tests that look at the caller's state meanwhile.
     pub(crate) on_load: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
     epoch: AtomicU64,
+    /// Blocking [`Store::sync`] calls, which front-end paths must never make: they run on
+    /// async worker threads.
+    pub(crate) blocking_syncs: AtomicU64,
+    /// The highest epoch the group committer was asked for.
+    pub(crate) requested: AtomicU64,
 }
 
 impl MemoryStore {
@@ -127,11 +132,14 @@ impl Store for MemoryStore {
     fn durable_epoch(&self) -> Epoch {
         self.current_epoch()
     }
-    fn request_sync(&self, _: Epoch) {}
+    fn request_sync(&self, epoch: Epoch) {
+        self.requested.fetch_max(epoch, Ordering::SeqCst);
+    }
     fn subscribe_durable(&self) -> watch::Receiver<Epoch> {
         watch::channel(self.current_epoch()).1
     }
     fn sync(&self) -> Result<(), StoreError> {
+        self.blocking_syncs.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
     fn recover_streaming(

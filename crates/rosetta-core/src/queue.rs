@@ -85,6 +85,9 @@ pub enum Admission {
     Reject,
     /// Full with `reject-publish-dlx`: rejected and dead-lettered.
     RejectDeadLetter,
+    /// Deleted after routing found it: as if it had not matched. A queue that goes away while a
+    /// message is on its way to it is no reason to refuse the message to the publisher.
+    Gone,
 }
 
 /// Counters visible to management and metrics.
@@ -227,7 +230,7 @@ impl Queue {
     pub fn admit(&self, message: &Message) -> Admission {
         let st = self.state.lock();
         if st.deleted {
-            return Admission::Reject;
+            return Admission::Gone;
         }
         let full = self
             .max_length()

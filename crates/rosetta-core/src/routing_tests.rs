@@ -46,18 +46,20 @@ fn queue(vhost: &VHost, name: &str, arguments: Table) {
 }
 
 fn bind(vhost: &VHost, source: &str, queue: &str, key: &str) -> Result<(), CoreError> {
-    vhost.bind(
-        source,
-        Destination::Queue(queue.into()),
-        key,
-        Table::new(),
-        1,
-    )
+    vhost
+        .bind_deferred(
+            source,
+            Destination::Queue(queue.into()),
+            key,
+            Table::new(),
+            1,
+        )
+        .map(drop)
 }
 
 fn bind_exchange(vhost: &VHost, source: &str, destination: &str) {
     vhost
-        .bind(
+        .bind_deferred(
             source,
             Destination::Exchange(destination.into()),
             "",
@@ -252,7 +254,7 @@ fn a_hundred_thousand_topic_bindings_route_each_key_to_its_own_queue() {
     assert_eq!(ready(&vhost, "s42"), 1);
     for i in 0..N {
         vhost
-            .unbind(
+            .unbind_deferred(
                 "amq.topic",
                 Destination::Queue(q(i)),
                 &format!("dev.{i}.t"),
@@ -360,4 +362,16 @@ fn keys_longer_than_a_short_string_are_refused() {
         1,
     );
     assert!(matches!(queue, Err(CoreError::LimitReached(_))));
+}
+
+#[test]
+fn a_queue_deleted_while_a_message_is_on_its_way_neither_takes_nor_refuses_it() {
+    let (_broker, vhost) = open(CoreLimits::default());
+    queue(&vhost, "leaving", Table::new());
+    let stale = vhost.queue("leaving").expect("queue");
+    vhost
+        .delete_queue("leaving", false, false, 1)
+        .expect("deleted");
+    let m = message("", "leaving");
+    assert!(matches!(stale.admit(&m), crate::queue::Admission::Gone));
 }

@@ -97,6 +97,17 @@ pub struct QueueDeclared {
     pub name: String,
     pub message_count: u64,
     pub consumer_count: u64,
+    /// The store epoch the new queue's record waits for; `None` when nothing was written.
+    pub durable_at: Option<Epoch>,
+}
+
+/// A deleted queue: what it held, and the store epoch its removal waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueDeleted {
+    /// Ready messages the queue held.
+    pub messages: u64,
+    /// `None` when nothing durable changed.
+    pub durable_at: Option<Epoch>,
 }
 
 /// What happened to a published message.
@@ -206,20 +217,24 @@ impl VHost {
         CoreError::NotFound(format!("no exchange '{name}' in vhost '{}'", self.name))
     }
 
-    /// Durable metadata changes are synced before the client hears "ok", as RabbitMQ does.
+    /// Writes a durable metadata record and asks the group committer for it. The client hears
+    /// "ok" only once the record is on disk, as with RabbitMQ, but this runs on an async worker
+    /// thread, so the epoch goes back to the front-end, which holds its reply until the store's
+    /// durable point passes it instead of blocking the thread on an fsync.
     fn persist(
         &self,
         write: impl FnOnce() -> Result<Epoch, crate::store::StoreError>,
-    ) -> Result<(), CoreError> {
-        write()?;
-        self.shared.store.sync()?;
-        Ok(())
+    ) -> Result<Epoch, CoreError> {
+        let epoch = write()?;
+        self.shared.store.request_sync(epoch);
+        Ok(epoch)
     }
 
-    pub fn declare_exchange(&self, d: ExchangeDeclare) -> Result<(), CoreError> {
+    /// Declares an exchange; returns the epoch a durable exchange's new record waits for.
+    pub fn declare_exchange(&self, d: ExchangeDeclare) -> Result<Option<Epoch>, CoreError> {
         if d.name.is_empty() {
             if d.passive {
-                return Ok(());
+                return Ok(None);
             }
             return Err(CoreError::AccessRefused(
                 "operation not permitted on the default exchange".into(),
@@ -227,7 +242,7 @@ impl VHost {
         }
         if let Some(existing) = self.exchange(&d.name) {
             if d.passive {
-                return Ok(());
+                return Ok(None);
             }
             let what = "exchange";
             if existing.kind.as_str() != d.kind {
@@ -270,7 +285,7 @@ impl VHost {
                     existing.internal,
                 ));
             }
-            return Ok(());
+            return Ok(None);
         }
         if d.passive {
             return Err(self.not_found_exchange(&d.name));
@@ -296,6 +311,7 @@ impl VHost {
                 d.name, self.name
             )));
         }
+        let mut durable_at = None;
         if d.durable {
             let record = ExchangeRecord {
                 vhost: self.name.clone(),
@@ -305,7 +321,7 @@ impl VHost {
                 internal: d.internal,
                 arguments: d.arguments.clone(),
             };
-            self.persist(|| self.shared.store.save_exchange(&record))?;
+            durable_at = Some(self.persist(|| self.shared.store.save_exchange(&record))?);
         }
         let ex = Exchange::new(
             d.name.clone(),
@@ -316,7 +332,7 @@ impl VHost {
             d.arguments,
         );
         self.exchanges.insert(d.name, Arc::new(ex));
-        Ok(())
+        Ok(durable_at)
     }
 
     pub(crate) fn restore_exchange(&self, r: &ExchangeRecord) {
@@ -333,14 +349,15 @@ impl VHost {
         }
     }
 
-    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), CoreError> {
+    /// Deletes an exchange; returns the epoch its removal from the store waits for.
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<Option<Epoch>, CoreError> {
         if name.is_empty() || name.starts_with("amq.") {
             return Err(CoreError::AccessRefused(format!(
                 "operation not permitted on exchange '{name}'"
             )));
         }
         let Some(ex) = self.exchange(name) else {
-            return Ok(());
+            return Ok(None);
         };
         if if_unused && ex.binding_count() > 0 {
             return Err(CoreError::PreconditionFailed(format!(
@@ -351,28 +368,51 @@ impl VHost {
         self.remove_exchange(&ex)
     }
 
-    fn remove_exchange(&self, ex: &Arc<Exchange>) -> Result<(), CoreError> {
+    /// Removes an exchange and its bindings; returns the latest epoch written, if any.
+    fn remove_exchange(&self, ex: &Arc<Exchange>) -> Result<Option<Epoch>, CoreError> {
         self.exchanges.remove(&ex.name);
         // Bindings from it go with it; bindings to it (exchange-to-exchange) too.
         let dest = Destination::Exchange(ex.name.clone());
         let own = ex.bindings();
         self.binding_count
             .fetch_sub(own.len() as u64, Ordering::Relaxed);
+        let mut written = None;
         for b in own {
-            self.forget_binding(ex, &b.destination, &b.routing_key, &b.arguments)?;
+            written = written.max(self.forget_binding(
+                ex,
+                &b.destination,
+                &b.routing_key,
+                &b.arguments,
+            )?);
         }
         for other in self.exchanges() {
             let gone = other.unbind_all_to(&dest);
             self.binding_count
                 .fetch_sub(gone.len() as u64, Ordering::Relaxed);
             for b in gone {
-                self.forget_binding(&other, &b.destination, &b.routing_key, &b.arguments)?;
+                written = written.max(self.forget_binding(
+                    &other,
+                    &b.destination,
+                    &b.routing_key,
+                    &b.arguments,
+                )?);
             }
         }
         if ex.durable {
-            self.persist(|| self.shared.store.delete_exchange(&self.name, &ex.name))?;
+            written =
+                written.max(Some(self.persist(|| {
+                    self.shared.store.delete_exchange(&self.name, &ex.name)
+                })?));
         }
-        Ok(())
+        self.request_sync(written);
+        Ok(written)
+    }
+
+    /// Asks the group committer for `epoch`, when something was written.
+    fn request_sync(&self, epoch: Option<Epoch>) {
+        if let Some(epoch) = epoch {
+            self.shared.store.request_sync(epoch);
+        }
     }
 
     fn check_owner(&self, q: &Queue, conn: ConnectionId) -> Result<(), CoreError> {
@@ -450,6 +490,7 @@ impl VHost {
                 name,
                 message_count: stats.ready,
                 consumer_count: stats.consumers,
+                durable_at: None,
             });
         }
         if d.passive {
@@ -472,6 +513,7 @@ impl VHost {
         let id = self.shared.next_queue_id.fetch_add(1, Ordering::Relaxed);
         // Exclusive queues die with their connection, so they are never written to disk.
         let stored = d.durable && !d.exclusive;
+        let mut durable_at = None;
         if stored {
             let record = QueueRecord {
                 id,
@@ -480,7 +522,7 @@ impl VHost {
                 auto_delete: d.auto_delete,
                 arguments: d.arguments.clone(),
             };
-            self.persist(|| self.shared.store.save_queue(&record))?;
+            durable_at = Some(self.persist(|| self.shared.store.save_queue(&record))?);
         }
         let params = QueueParams {
             name: name.clone(),
@@ -498,6 +540,7 @@ impl VHost {
             name,
             message_count: 0,
             consumer_count: 0,
+            durable_at,
         })
     }
 
@@ -517,17 +560,20 @@ impl VHost {
         Ok(q)
     }
 
-    /// Deletes a queue; returns the number of ready messages it held. Deleting a queue that
-    /// does not exist succeeds (RabbitMQ 3.x behaviour).
+    /// Deletes a queue. Deleting a queue that does not exist succeeds (RabbitMQ 3.x
+    /// behaviour).
     pub fn delete_queue(
         &self,
         name: &str,
         if_unused: bool,
         if_empty: bool,
         conn: ConnectionId,
-    ) -> Result<u64, CoreError> {
+    ) -> Result<QueueDeleted, CoreError> {
         let Some(q) = self.queue(name) else {
-            return Ok(0);
+            return Ok(QueueDeleted {
+                messages: 0,
+                durable_at: None,
+            });
         };
         self.check_owner(&q, conn)?;
         let (empty, unused) = q.is_ready_empty_and_unused();
@@ -546,22 +592,35 @@ impl VHost {
         self.remove_queue(&q)
     }
 
-    fn remove_queue(&self, q: &Arc<Queue>) -> Result<u64, CoreError> {
-        let count = q.mark_deleted();
+    fn remove_queue(&self, q: &Arc<Queue>) -> Result<QueueDeleted, CoreError> {
+        let messages = q.mark_deleted();
         self.queues.remove_if(&q.name, |_, v| Arc::ptr_eq(v, q));
         let dest = Destination::Queue(q.name.clone());
+        let mut written = None;
         for ex in self.exchanges() {
             let gone = ex.unbind_all_to(&dest);
             self.binding_count
                 .fetch_sub(gone.len() as u64, Ordering::Relaxed);
             for b in gone {
-                self.forget_binding(&ex, &b.destination, &b.routing_key, &b.arguments)?;
+                written = written.max(self.forget_binding(
+                    &ex,
+                    &b.destination,
+                    &b.routing_key,
+                    &b.arguments,
+                )?);
             }
         }
         if q.durable && q.exclusive_owner.is_none() {
-            self.persist(|| self.shared.store.delete_queue(&self.name, &q.name, q.id))?;
+            written =
+                written.max(Some(self.persist(|| {
+                    self.shared.store.delete_queue(&self.name, &q.name, q.id)
+                })?));
         }
-        Ok(count)
+        self.request_sync(written);
+        Ok(QueueDeleted {
+            messages,
+            durable_at: written,
+        })
     }
 
     pub fn purge_queue(&self, name: &str, conn: ConnectionId) -> Result<u64, CoreError> {
@@ -594,27 +653,29 @@ impl VHost {
         }
     }
 
-    /// Drops a binding's durable record, and an auto-delete source left without bindings.
+    /// Drops a binding's durable record, and an auto-delete source left without bindings;
+    /// returns the latest epoch written, if any.
     fn forget_binding(
         &self,
         source: &Arc<Exchange>,
         destination: &Destination,
         routing_key: &str,
         arguments: &Table,
-    ) -> Result<(), CoreError> {
+    ) -> Result<Option<Epoch>, CoreError> {
+        let mut written = None;
         // Deleting a record that was never written is harmless, and the destination may
         // already be gone, so durability is judged by the source alone.
         if source.durable {
             let record = self.binding_record(source, destination, routing_key, arguments);
-            self.shared.store.delete_binding(&record)?;
+            written = Some(self.shared.store.delete_binding(&record)?);
         }
         if source.auto_delete
             && source.binding_count() == 0
             && self.exchanges.contains_key(&source.name)
         {
-            self.remove_exchange(source)?;
+            written = written.max(self.remove_exchange(source)?);
         }
-        Ok(())
+        Ok(written)
     }
 
     fn source_exchange(&self, name: &str) -> Result<Arc<Exchange>, CoreError> {
@@ -625,24 +686,6 @@ impl VHost {
         }
         self.exchange(name)
             .ok_or_else(|| self.not_found_exchange(name))
-    }
-
-    /// Binds and, for a durable binding, waits for its record to be on disk.
-    pub fn bind(
-        &self,
-        source: &str,
-        destination: Destination,
-        routing_key: &str,
-        arguments: Table,
-        conn: ConnectionId,
-    ) -> Result<(), CoreError> {
-        if self
-            .bind_deferred(source, destination, routing_key, arguments, conn)?
-            .is_some()
-        {
-            self.shared.store.sync()?;
-        }
-        Ok(())
     }
 
     /// Binds; a durable binding's record is written and its fsync requested, and the epoch to
@@ -719,26 +762,8 @@ impl VHost {
         }
     }
 
-    /// Unbinds and waits for the change to be on disk.
-    pub fn unbind(
-        &self,
-        source: &str,
-        destination: Destination,
-        routing_key: &str,
-        arguments: &Table,
-        conn: ConnectionId,
-    ) -> Result<(), CoreError> {
-        if self
-            .unbind_deferred(source, destination, routing_key, arguments, conn)?
-            .is_some()
-        {
-            self.shared.store.sync()?;
-        }
-        Ok(())
-    }
-
     /// Unbinds; like [`VHost::bind_deferred`], returns the epoch to wait for when the store
-    /// changed.
+    /// changed. There is no blocking variant: front-ends run on async worker threads.
     pub fn unbind_deferred(
         &self,
         source: &str,
@@ -760,10 +785,9 @@ impl VHost {
             return Ok(None);
         }
         self.binding_count.fetch_sub(1, Ordering::Relaxed);
-        self.forget_binding(&ex, &destination, routing_key, arguments)?;
-        let epoch = self.shared.store.current_epoch();
-        self.shared.store.request_sync(epoch);
-        Ok(Some(epoch))
+        let written = self.forget_binding(&ex, &destination, routing_key, arguments)?;
+        self.request_sync(written);
+        Ok(written)
     }
 
     /// Collects target queues: follows exchange-to-exchange bindings (each exchange once, at
@@ -866,6 +890,7 @@ impl VHost {
         for q in &targets {
             match q.admit(&message) {
                 Admission::Accept(seq) => accepted.push((q, seq)),
+                Admission::Gone => {}
                 Admission::Reject => outcome.rejected = true,
                 Admission::RejectDeadLetter => {
                     outcome.rejected = true;
@@ -873,6 +898,8 @@ impl VHost {
                 }
             }
         }
+        // Queues deleted on the way do not count as routes.
+        outcome.routed = !accepted.is_empty() || outcome.rejected;
         let durable: Vec<(u64, u64)> = accepted
             .iter()
             .filter(|(q, _)| persistent && q.durable && q.exclusive_owner.is_none())

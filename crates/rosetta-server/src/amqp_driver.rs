@@ -23,7 +23,7 @@ impl Session for AmqpSession {
         AmqpSession::handle_outbound(self, item);
     }
     fn has_pending_durability(&self) -> bool {
-        self.has_pending_confirms()
+        AmqpSession::has_pending_durability(self)
     }
     fn on_durable(&mut self) {
         AmqpSession::on_durable(self);

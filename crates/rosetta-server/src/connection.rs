@@ -37,7 +37,9 @@ const READ_CHUNK: usize = 16 * 1024;
 /// devices send a packet a minute, and thousands of them should not each hold a buffer between
 /// packets.
 const IDLE_RELEASE: Duration = Duration::from_secs(1);
-const TICK: Duration = Duration::from_millis(250);
+/// How long a connection with no deadline at all (no heartbeats, nothing buffered) sleeps before
+/// looking again; only signals and traffic matter to it.
+const NOTHING_DUE: Duration = Duration::from_secs(3600);
 
 /// Heartbeat timing a session negotiated.
 #[derive(Debug, Clone, Copy, Default)]
@@ -72,6 +74,11 @@ pub(crate) trait Session {
         0
     }
     fn is_closing(&self) -> bool;
+    /// The session ended while a reply still waited for the store (a STOMP DISCONNECT
+    /// receipt) and that reply is now out: close once the output is written.
+    fn is_finished(&self) -> bool {
+        false
+    }
     fn set_alarm(&mut self, on: bool);
     fn reading_paused(&self) -> bool;
     /// The broker is shutting down: say goodbye in the protocol's terms.
@@ -139,14 +146,19 @@ pub(crate) async fn drive<S: Session>(
     let mut last_read = Instant::now();
     let mut last_write = Instant::now();
     let mut closing_since: Option<Instant> = None;
-    let mut ticker = tokio::time::interval(TICK);
+    // Sleeps until the connection's next deadline (heartbeat, handshake, buffer release); the
+    // broker-wide signals wake the task through its registration instead. A fixed tick would
+    // wake every idle connection several times a second.
+    let timer = tokio::time::sleep_until((started + HANDSHAKE_TIMEOUT).into());
+    tokio::pin!(timer);
+    let mut armed: Option<Instant> = Some(started + HANDSHAKE_TIMEOUT);
     let mut alarm = state.alarm.clone();
-    let mut alarm_live = true;
     // Deliveries turned into output and not yet on the socket: their bytes stay charged to
     // their consumers until the write completes, so a client that stops reading stops
     // receiving (TCP backpressure reaches the queues) instead of filling the outbox.
     let mut unwritten = Unwritten::default();
     session.set_alarm(*alarm.borrow_and_update());
+    look_at_signals(&mut session, &mut shutdown, &mut alarm);
     // A panic is a bug, but it must cost one connection, not the broker's state: the loop runs
     // guarded, and the cleanup below runs whatever happened in it.
     let run = async {
@@ -181,53 +193,44 @@ pub(crate) async fn drive<S: Session>(
                         break;
                     }
                     session.on_durable();
-                    true
+                    !session.is_finished()
                 }
                 () = std::future::ready(()), if session.output_ready() => true,
-                _ = ticker.tick() => {
+                () = registration.signalled() => {
                     let paused_before = session.reading_paused();
-                    // The broker-wide signals are looked at here rather than awaited: an awaited
-                    // watch would keep a waiter in every connection's task, and a tick is soon
-                    // enough for both (the resource monitor itself samples every 250 ms).
-                    if shutdown.has_changed().unwrap_or(true) {
-                        shutdown.mark_unchanged();
-                        session.force_close();
-                    }
-                    if alarm_live {
-                        match alarm.has_changed() {
-                            Ok(true) => session.set_alarm(*alarm.borrow_and_update()),
-                            Ok(false) => {}
-                            // The monitor stopped (shutdown); nothing more will change.
-                            Err(_) => alarm_live = false,
-                        }
-                    }
-                    if session.reading_paused() {
-                        // Nothing is read from a paused client, so its silence says nothing
-                        // (RabbitMQ stops its heartbeat monitor while a connection is blocked).
-                        last_read = Instant::now();
-                    }
-                    let hb = session.heartbeats();
-                    if hb.expect_within.is_some_and(|d| last_read.elapsed() > d) {
-                        tracing::warn!(%peer, protocol = S::PROTOCOL, "client silent past its heartbeat; closing");
-                        break;
-                    }
-                    if hb.send_after.is_some_and(|d| last_write.elapsed() >= d) {
-                        session.send_heartbeat();
-                    }
-                    if session.user().is_none() && started.elapsed() > HANDSHAKE_TIMEOUT {
-                        tracing::warn!(%peer, protocol = S::PROTOCOL, "handshake timeout");
-                        break;
-                    }
-                    if input.is_empty() && last_read.elapsed() >= IDLE_RELEASE {
-                        input = BytesMut::new();
-                    }
+                    look_at_signals(&mut session, &mut shutdown, &mut alarm);
                     // Frames a paused session left unread are taken up as soon as it resumes,
-                    // without waiting for the client to send more.
-                    if paused_before && !session.reading_paused() && !input.is_empty() {
-                        session.handle_input(&mut input)
+                    // without waiting for the client to send more. Its silence while paused
+                    // says nothing (RabbitMQ stops its heartbeat monitor while blocked).
+                    if paused_before && !session.reading_paused() {
+                        last_read = Instant::now();
+                        input.is_empty() || session.handle_input(&mut input)
                     } else {
                         true
                     }
+                }
+                () = &mut timer => {
+                    let now = Instant::now();
+                    if session.reading_paused() {
+                        last_read = now;
+                    }
+                    let hb = session.heartbeats();
+                    if hb.expect_within.is_some_and(|d| now.duration_since(last_read) > d) {
+                        tracing::warn!(%peer, protocol = S::PROTOCOL, "client silent past its heartbeat; closing");
+                        break;
+                    }
+                    if hb.send_after.is_some_and(|d| now.duration_since(last_write) >= d) {
+                        session.send_heartbeat();
+                    }
+                    if session.user().is_none() && now.duration_since(started) > HANDSHAKE_TIMEOUT {
+                        tracing::warn!(%peer, protocol = S::PROTOCOL, "handshake timeout");
+                        break;
+                    }
+                    if input.is_empty() && now.duration_since(last_read) >= IDLE_RELEASE {
+                        input = BytesMut::new();
+                    }
+                    armed = None;
+                    true
                 }
             };
             if let Some(out) = session.take_output() {
@@ -248,6 +251,23 @@ pub(crate) async fn drive<S: Session>(
                 if since.elapsed() > CLOSE_TIMEOUT {
                     break;
                 }
+            }
+            // The timer is moved only to an earlier deadline; a later one (traffic pushed the
+            // heartbeat back) is found when it fires, so busy connections do not touch the
+            // timer wheel on every wake-up.
+            let next = Deadlines {
+                started,
+                last_read,
+                last_write,
+                closing_since,
+                authenticated: session.user().is_some(),
+                holds_input: input.capacity() > 0,
+                paused: session.reading_paused(),
+            }
+            .next(session.heartbeats());
+            if armed.is_none_or(|at| next < at) {
+                timer.as_mut().reset(next.into());
+                armed = Some(next);
             }
         }
     };
@@ -275,6 +295,57 @@ pub(crate) async fn drive<S: Session>(
     }
     if let Some(user) = session.user() {
         tracing::info!(%peer, user, protocol = S::PROTOCOL, "connection closed");
+    }
+}
+
+/// Applies the broker-wide signals that changed since the last look: shutdown makes the session
+/// say goodbye, the resource alarm pauses or resumes its publishers.
+fn look_at_signals<S: Session>(
+    session: &mut S,
+    shutdown: &mut watch::Receiver<bool>,
+    alarm: &mut watch::Receiver<bool>,
+) {
+    match shutdown.has_changed() {
+        Ok(true) if *shutdown.borrow_and_update() => session.force_close(),
+        Ok(_) => {}
+        // The broker dropped the sender: it is going away.
+        Err(_) => session.force_close(),
+    }
+    // An error means the monitor stopped (shutdown): nothing more will change.
+    if alarm.has_changed().unwrap_or(false) {
+        session.set_alarm(*alarm.borrow_and_update());
+    }
+}
+
+/// When each of a connection's timeouts falls due.
+struct Deadlines {
+    started: Instant,
+    last_read: Instant,
+    last_write: Instant,
+    closing_since: Option<Instant>,
+    authenticated: bool,
+    holds_input: bool,
+    paused: bool,
+}
+
+impl Deadlines {
+    /// The earliest moment something may be due; far away when nothing is.
+    fn next(&self, hb: Heartbeats) -> Instant {
+        [
+            hb.send_after.map(|d| self.last_write + d),
+            // A paused client is not read, so its silence is not counted.
+            hb.expect_within
+                .filter(|_| !self.paused)
+                .map(|d| self.last_read + d + Duration::from_millis(1)),
+            (!self.authenticated).then(|| self.started + HANDSHAKE_TIMEOUT),
+            self.holds_input.then(|| self.last_read + IDLE_RELEASE),
+            self.closing_since
+                .map(|t| t + CLOSE_TIMEOUT + Duration::from_millis(1)),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or_else(|| Instant::now() + NOTHING_DUE)
     }
 }
 

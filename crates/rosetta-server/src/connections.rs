@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::SystemTime;
 
+use tokio::sync::Notify;
+
 use crate::metrics::PROTOCOLS;
 
 #[derive(Default)]
@@ -25,6 +27,9 @@ pub(crate) struct ConnectionInfo {
     /// Set once the client has authenticated.
     user: OnceLock<String>,
     channels: AtomicUsize,
+    /// Woken when a broker-wide signal (shutdown, the resource alarm) changes, so a connection
+    /// task sleeps until its own next deadline instead of polling the signals on a fixed tick.
+    signal: Notify,
 }
 
 impl ConnectionInfo {
@@ -51,6 +56,12 @@ pub(crate) struct Registration<'a> {
 }
 
 impl Registration<'_> {
+    /// Completes once [`Connections::signal_all`] was called since the last completion (a
+    /// signal sent while nobody waits is kept, so none is lost between two waits).
+    pub async fn signalled(&self) {
+        self.info.signal.notified().await;
+    }
+
     /// Records what the session reports; cheap enough to call after every wake-up.
     pub fn update(&self, user: Option<&str>, channels: usize) {
         if self.info.user.get().is_none() {
@@ -85,9 +96,18 @@ impl Connections {
             opened_at: SystemTime::now(),
             user: OnceLock::new(),
             channels: AtomicUsize::new(0),
+            signal: Notify::new(),
         });
         self.lock().insert(id, info.clone());
         Registration { table: self, info }
+    }
+
+    /// Tells every connection task to look at the broker-wide signals again. Rare (shutdown,
+    /// an alarm raised or cleared), so one pass over the table is fine.
+    pub fn signal_all(&self) {
+        for c in self.lock().values() {
+            c.signal.notify_one();
+        }
     }
 
     /// Every live connection, oldest first.

@@ -64,6 +64,7 @@ async fn serve(config: Config) -> Result<(), Error> {
     let metrics = Metrics::new()?;
     store.observe_flushes(metrics.flush_observer());
     store.observe_failures(metrics.failure_observer());
+    store.observe_quarantine(metrics.quarantine_observer());
     let vhosts: Vec<String> = config.vhosts.iter().map(|v| v.name.clone()).collect();
     let limits = CoreLimits {
         max_queue_length: config.limits.max_queue_length,
@@ -224,6 +225,16 @@ async fn serve(config: Config) -> Result<(), Error> {
         store_failing: store.failure_flag(),
     };
     let monitor = tokio::spawn(monitor.run(alarm_tx, shutdown_rx.clone()));
+    // Connection tasks sleep until their own deadlines; an alarm raised or cleared wakes them.
+    let alarm_relay = {
+        let state = state.clone();
+        let mut alarm = state.alarm.clone();
+        tokio::spawn(async move {
+            while alarm.changed().await.is_ok() {
+                state.connections.signal_all();
+            }
+        })
+    };
     tracing::info!(version = env!("CARGO_PKG_VERSION"), data = %config.storage.path.display(), "broker started");
 
     signal.await;
@@ -231,11 +242,13 @@ async fn serve(config: Config) -> Result<(), Error> {
     tracing::info!(timeout = ?shutdown_timeout, "shutting down");
     state.lifecycle.begin_shutdown();
     let _ = shutdown_tx.send(true);
+    state.connections.signal_all();
     for t in tasks {
         let _ = t.await;
     }
     let _ = housekeeping.await;
     let _ = monitor.await;
+    let _ = alarm_relay.await;
     // Connections close themselves on the shutdown signal; wait for them to release their
     // permits, bounded by `server.shutdown_timeout`.
     let deadline = tokio::time::Instant::now() + shutdown_timeout;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
-use rosetta_store::{FailureObserver, FlushObserver};
+use rosetta_store::{FailureObserver, FlushObserver, QuarantineObserver};
 
 /// The protocols the broker speaks; labelled series exist for each from the start, so a
 /// dashboard shows 0 rather than "no data" before the first client.
@@ -21,6 +21,7 @@ pub(crate) struct Metrics {
     registry: Registry,
     fsync: Histogram,
     write_failures: IntCounter,
+    quarantined: IntCounter,
     received: IntCounterVec,
     sent: IntCounterVec,
 }
@@ -51,6 +52,10 @@ impl Metrics {
             "rosetta_store_write_failures_total",
             "Store flushes whose write or fsync failed (e.g. a full disk); each is retried, and nothing new is confirmed until one succeeds.",
         )?;
+        let quarantined = IntCounter::new(
+            "rosetta_store_quarantined_records_total",
+            "Store records that failed their checksum or did not decode and were moved to the quarantine directory.",
+        )?;
         let received = IntCounterVec::new(
             Opts::new(
                 "rosetta_received_bytes_total",
@@ -71,6 +76,7 @@ impl Metrics {
         }
         registry.register(Box::new(fsync.clone()))?;
         registry.register(Box::new(write_failures.clone()))?;
+        registry.register(Box::new(quarantined.clone()))?;
         registry.register(Box::new(received.clone()))?;
         registry.register(Box::new(sent.clone()))?;
         register_process_collector(&registry)?;
@@ -78,6 +84,7 @@ impl Metrics {
             registry,
             fsync,
             write_failures,
+            quarantined,
             received,
             sent,
         })
@@ -93,6 +100,12 @@ impl Metrics {
     pub fn failure_observer(&self) -> FailureObserver {
         let failures = self.write_failures.clone();
         Arc::new(move || failures.inc())
+    }
+
+    /// Counts records the store moves to quarantine; hand it to the store before recovery.
+    pub fn quarantine_observer(&self) -> QuarantineObserver {
+        let quarantined = self.quarantined.clone();
+        Arc::new(move || quarantined.inc())
     }
 
     pub fn traffic(&self, protocol: &str) -> Traffic {

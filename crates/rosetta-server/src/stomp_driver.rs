@@ -52,6 +52,9 @@ impl Session for StompSession {
     fn is_closing(&self) -> bool {
         StompSession::is_closing(self)
     }
+    fn is_finished(&self) -> bool {
+        StompSession::is_finished(self)
+    }
     fn set_alarm(&mut self, on: bool) {
         StompSession::set_alarm(self, on);
     }

@@ -2,7 +2,10 @@
 //!
 //! Every value starts with a format version byte and a record kind byte, so a future format can
 //! be read side by side with this one and a value filed under the wrong tree is caught instead of
-//! misread. Integers that are usually small (lengths, counts, ids) are LEB128 varints; the rest
+//! misread. Metadata records (version 2) end with a CRC-32 of everything before it, so a damaged
+//! value is told apart from one that merely decodes to something else; message bodies keep
+//! version 1, without the trailer, because the segment record around them is already checked.
+//! Version 1 metadata, written before the checksum existed, is still read. Integers that are usually small (lengths, counts, ids) are LEB128 varints; the rest
 //! are fixed-width big-endian. Decoding treats its input as untrusted: every length is checked
 //! against what remains, nesting depth is bounded, and any inconsistency becomes
 //! [`StoreError::Corrupt`] rather than a panic.
@@ -13,8 +16,13 @@ use rosetta_core::store::{BindingRecord, ExchangeRecord, QueueRecord, StoreError
 
 use crate::wire::{Reader, Writer};
 
-/// The format written by this version of the crate.
+/// The encoding without a checksum: message bodies, and metadata written by store layouts 1-3.
 pub const FORMAT_VERSION: u8 = 1;
+/// The same encoding followed by a CRC-32 (u32 BE) of every byte before it; metadata records
+/// are written this way from store layout 4 on.
+pub const CHECKED_VERSION: u8 = 2;
+/// Length of the checksum trailer.
+const CRC_LEN: usize = 4;
 
 const KIND_MESSAGE: u8 = 1;
 const KIND_EXCHANGE: u8 = 2;
@@ -99,13 +107,14 @@ pub fn decode_message(input: &[u8], key: &[u8]) -> Result<Message, StoreError> {
 
 pub fn encode_exchange(record: &ExchangeRecord) -> Vec<u8> {
     let mut w = Writer::with_capacity(64);
-    header(&mut w, KIND_EXCHANGE);
+    w.u8(CHECKED_VERSION);
+    w.u8(KIND_EXCHANGE);
     w.str(&record.vhost);
     w.str(&record.name);
     w.str(&record.kind);
     w.u8(u8::from(record.auto_delete) | u8::from(record.internal) << 1);
     encode_table(&mut w, &record.arguments);
-    w.finish()
+    seal(w.finish())
 }
 
 pub fn decode_exchange(input: &[u8], key: &[u8]) -> Result<ExchangeRecord, StoreError> {
@@ -128,13 +137,14 @@ pub fn decode_exchange(input: &[u8], key: &[u8]) -> Result<ExchangeRecord, Store
 
 pub fn encode_queue(record: &QueueRecord) -> Vec<u8> {
     let mut w = Writer::with_capacity(64);
-    header(&mut w, KIND_QUEUE);
+    w.u8(CHECKED_VERSION);
+    w.u8(KIND_QUEUE);
     w.varint(record.id);
     w.str(&record.vhost);
     w.str(&record.name);
     w.u8(u8::from(record.auto_delete));
     encode_table(&mut w, &record.arguments);
-    w.finish()
+    seal(w.finish())
 }
 
 pub fn decode_queue(input: &[u8], key: &[u8]) -> Result<QueueRecord, StoreError> {
@@ -156,14 +166,15 @@ pub fn decode_queue(input: &[u8], key: &[u8]) -> Result<QueueRecord, StoreError>
 
 pub fn encode_binding(record: &BindingRecord) -> Vec<u8> {
     let mut w = Writer::with_capacity(64);
-    header(&mut w, KIND_BINDING);
+    w.u8(CHECKED_VERSION);
+    w.u8(KIND_BINDING);
     w.str(&record.vhost);
     w.str(&record.source);
     w.str(&record.destination);
     w.u8(u8::from(record.destination_is_queue));
     w.str(&record.routing_key);
     encode_table(&mut w, &record.arguments);
-    w.finish()
+    seal(w.finish())
 }
 
 pub fn decode_binding(input: &[u8], key: &[u8]) -> Result<BindingRecord, StoreError> {
@@ -198,6 +209,20 @@ fn header(w: &mut Writer, kind: u8) {
     w.u8(kind);
 }
 
+/// Appends the CRC-32 of `value` to it.
+pub fn seal(mut value: Vec<u8>) -> Vec<u8> {
+    let crc = crc32fast::hash(&value);
+    value.extend_from_slice(&crc.to_be_bytes());
+    value
+}
+
+/// The value a [`seal`]ed input carries, or `None` if its checksum does not match.
+pub fn unseal(input: &[u8]) -> Option<&[u8]> {
+    let (value, crc) = input.split_at_checked(input.len().checked_sub(CRC_LEN)?)?;
+    let crc = u32::from_be_bytes(crc.try_into().ok()?);
+    (crc32fast::hash(value) == crc).then_some(value)
+}
+
 /// Checks the header, runs `body`, and insists the whole input was consumed: trailing bytes
 /// mean the record is not what we think it is.
 fn decode<T>(
@@ -207,10 +232,13 @@ fn decode<T>(
     body: impl FnOnce(&mut Reader<'_>) -> Result<T, &'static str>,
 ) -> Result<T, StoreError> {
     let run = || {
+        let input = match input.first() {
+            Some(&FORMAT_VERSION) => input,
+            Some(&CHECKED_VERSION) => unseal(input).ok_or("checksum mismatch")?,
+            _ => return Err("unknown format version"),
+        };
         let mut r = Reader::new(input);
-        if r.u8()? != FORMAT_VERSION {
-            return Err("unknown format version");
-        }
+        r.u8()?;
         if r.u8()? != kind {
             return Err("unexpected record kind");
         }

@@ -162,7 +162,7 @@ fn trailing_bytes_wrong_kind_and_wrong_version_are_errors() {
     assert!(decode_message(&exchange, b"k").is_err());
 
     let mut wrong_version = exchange.clone();
-    wrong_version[0] = FORMAT_VERSION + 1;
+    wrong_version[0] = CHECKED_VERSION + 1;
     assert!(decode_exchange(&wrong_version, b"k").is_err());
 }
 

@@ -8,12 +8,18 @@ use crate::segments::Location;
 /// Length of a queue entry key: queue id and sequence, both big-endian u64.
 pub const ENTRY_KEY_LEN: usize = 16;
 /// Length of a queue entry value: message id (u64 BE), flags, body length (u64 BE), priority,
-/// per-message TTL in ms (u64 BE), then the body's segment location. The summary fields let
-/// recovery rebuild a queue without reading any body.
-pub const ENTRY_VALUE_LEN: usize = SUMMARY_VALUE_LEN + Location::ENCODED_LEN;
-/// Length of an entry value written by layout 2 (or naming a body kept in sled's `bodies`
-/// tree): the summary without a location.
+/// per-message TTL in ms (u64 BE), the body's segment location, then a CRC-32 (u32 BE) of the
+/// bytes before it. The summary fields let recovery rebuild a queue without reading any body.
+pub const ENTRY_VALUE_LEN: usize = LOCATED_VALUE_LEN + CRC_LEN;
+/// The same naming a body kept in sled's `bodies` tree: no location.
+pub const UNLOCATED_VALUE_LEN: usize = SUMMARY_VALUE_LEN + CRC_LEN;
+/// Length of an entry value written by layout 3: summary and location, no checksum.
+pub const LOCATED_VALUE_LEN: usize = SUMMARY_VALUE_LEN + Location::ENCODED_LEN;
+/// Length of an entry value written by layout 2 (or by layout 3 naming a body kept in sled's
+/// `bodies` tree): the summary alone.
 pub const SUMMARY_VALUE_LEN: usize = 26;
+/// Length of the checksum trailer of layout 4 entry values.
+const CRC_LEN: usize = 4;
 /// Length of an entry value written by layout 1: message id and flags only.
 pub const LEGACY_ENTRY_VALUE_LEN: usize = 9;
 /// Offset of the flags byte, the same in both layouts.
@@ -94,8 +100,8 @@ pub fn queue_prefix(queue_id: u64) -> [u8; 8] {
     queue_id.to_be_bytes()
 }
 
-/// The entry value; without a location (a body in sled's `bodies` tree) it is the shorter
-/// layout 2 value.
+/// The entry value, checksummed; without a location (a body in sled's `bodies` tree) it is
+/// shorter.
 pub fn entry_value(
     summary: &MessageSummary,
     redelivered: bool,
@@ -117,7 +123,7 @@ pub fn entry_value(
     if let Some(location) = location {
         v.extend_from_slice(&location.encode());
     }
-    v
+    codec::seal(v)
 }
 
 /// A parsed queue entry value.
@@ -131,12 +137,19 @@ pub struct EntryValue {
     pub location: Option<Location>,
 }
 
-/// The same entry value with the redelivered flag set (either layout).
+/// The same entry value with the redelivered flag set, in this layout's form whatever the
+/// layout it was written in (a checksummed value needs its checksum recomputed anyway).
 pub fn with_redelivered(value: &[u8]) -> Option<Vec<u8>> {
-    parse_entry_value(value)?;
-    let mut v = value.to_vec();
-    v[FLAGS_AT] |= FLAG_REDELIVERED;
-    Some(v)
+    let parsed = parse_entry_value(value)?;
+    match parsed.summary {
+        Some(summary) => Some(entry_value(&summary, true, parsed.location)),
+        // Layout 1 has no summary to write a newer value with; it keeps its form.
+        None => {
+            let mut v = value.to_vec();
+            v[FLAGS_AT] |= FLAG_REDELIVERED;
+            Some(v)
+        }
+    }
 }
 
 /// Splits an entry key into (queue id, seq).
@@ -149,8 +162,13 @@ pub fn parse_entry_key(key: &[u8]) -> Option<(u64, u64)> {
     ))
 }
 
-/// Parses an entry value of either layout; `None` if it is neither.
+/// Parses an entry value of any layout; `None` if it is none of them or fails its checksum.
+/// The layouts differ in length, which is what tells them apart.
 pub fn parse_entry_value(value: &[u8]) -> Option<EntryValue> {
+    let value = match value.len() {
+        UNLOCATED_VALUE_LEN | ENTRY_VALUE_LEN => codec::unseal(value)?,
+        _ => value,
+    };
     let u64_at = |at: usize| {
         value
             .get(at..at + 8)
@@ -167,7 +185,7 @@ pub fn parse_entry_value(value: &[u8]) -> Option<EntryValue> {
             summary: None,
             location: None,
         }),
-        SUMMARY_VALUE_LEN | ENTRY_VALUE_LEN if flags & !ALL_FLAGS == 0 => {
+        SUMMARY_VALUE_LEN | LOCATED_VALUE_LEN if flags & !ALL_FLAGS == 0 => {
             let summary = MessageSummary {
                 id: message_id,
                 body_len: u64_at(9)?,

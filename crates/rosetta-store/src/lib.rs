@@ -11,7 +11,7 @@
 //! | `queues`    | `vhost \0 name`                                  | encoded [`QueueRecord`]        |
 //! | `bindings`  | `vhost \0` then source, destination (each u32 BE length + bytes), `q`/`e`, routing key (length-prefixed), encoded arguments | encoded [`BindingRecord`] |
 //! | `bodies`    | message id, u64 big-endian                       | encoded [`Message`] (layouts 1 and 2 only; read until drained) |
-//! | `entries`   | queue id (u64 BE) ++ seq (u64 BE)                | message id (u64 BE) ++ flags (bit 0: redelivered, 1: has priority, 2: has TTL) ++ body length (u64 BE) ++ priority (u8) ++ per-message TTL ms (u64 BE) ++ body location: segment (u32 BE), offset (u32 BE), record length (u32 BE) |
+//! | `entries`   | queue id (u64 BE) ++ seq (u64 BE)                | message id (u64 BE) ++ flags (bit 0: redelivered, 1: has priority, 2: has TTL) ++ body length (u64 BE) ++ priority (u8) ++ per-message TTL ms (u64 BE) ++ body location: segment (u32 BE), offset (u32 BE), record length (u32 BE) ++ CRC-32 of the bytes before it (u32 BE; from layout 4) |
 //! | `delivered` | queue id (u64 BE)                                | highest seq delivered (u64 BE): entries at or below it recover as redelivered; folded into the entries' flags at recovery |
 //! | `records`   | `namespace \0 key` (key bytes chosen by the front-end) | opaque bytes, encoded by the front-end |
 //!
@@ -21,8 +21,10 @@
 //!
 //! Big-endian integers make sled's byte order numeric order, so a queue's entries come back in
 //! sequence order from a prefix scan on its id. The default tree holds a format marker (layout
-//! 3; layout 2, whose entry values stop before the location and whose bodies are in the
-//! `bodies` tree, and layout 1, whose entry values stop after the flags, are still read).
+//! 4, which added checksums to metadata and entry values; layout 3, without them; layout 2,
+//! whose entry values stop before the location and whose bodies are in the `bodies` tree, and
+//! layout 1, whose entry values stop after the flags, are still read). Records that fail their
+//! checksum or do not decode go to quarantine at recovery (see `quarantine`).
 //!
 //! An entry value carries the summary of its message (body length, priority, TTL), so recovery
 //! rebuilds every queue from the `entries` tree alone and bodies stay on disk until a queue
@@ -63,12 +65,14 @@
 //! [`BindingRecord`]: rosetta_core::store::BindingRecord
 //! [`Message`]: rosetta_core::message::Message
 
+pub mod check;
 mod chunked;
 pub mod codec;
 mod commit;
 pub mod fs;
 mod keys;
 mod pending;
+pub mod quarantine;
 mod recover;
 mod refs;
 mod segments;
@@ -76,5 +80,6 @@ mod sled_store;
 mod wire;
 
 pub use commit::{FailureFlag, FailureObserver, FlushObserver};
+pub use quarantine::QuarantineObserver;
 pub use rosetta_core::store::StoreError;
 pub use sled_store::SledStore;

@@ -34,6 +34,16 @@ pub(crate) struct Pending {
     /// of them must also delete it there (see [`Pending::restore`]). Empty unless a commit
     /// failed.
     pub maybe_written: HashSet<(u64, u64)>,
+    /// Durable queues deleted since the store opened. Their deletion settles every entry they
+    /// held, so a later enqueue, acknowledgement or redelivery mark for one of them (a consumer
+    /// acking what it received before the queue went) changes nothing: an acknowledgement
+    /// would otherwise release a body reference the deletion already released, and free a body
+    /// that another queue still holds. Queue ids are never reused while the store is open, so
+    /// the set only grows, by one id per deleted durable queue. Outlives each batch.
+    pub deleted_queues: HashSet<u64>,
+    /// Deleted queues whose written entries the commit thread is still removing from sled, a
+    /// bounded number per commit (see `Writer::purge`). Outlives each batch.
+    pub purging: Vec<u64>,
 }
 
 impl Pending {
@@ -49,6 +59,23 @@ impl Pending {
     /// flush.
     pub fn unrequested_writes(&self) -> usize {
         self.deletes.len() + self.delivered.len() + self.body_deletes.len()
+    }
+
+    /// Takes the writes buffered so far for the commit thread, leaving behind what outlives a
+    /// batch: the deleted queues and the ones still being purged.
+    pub fn take_batch(&mut self) -> Pending {
+        let outlives = Pending {
+            deleted_queues: std::mem::take(&mut self.deleted_queues),
+            purging: std::mem::take(&mut self.purging),
+            ..Pending::default()
+        };
+        std::mem::replace(self, outlives)
+    }
+
+    /// Whether queue `queue` was deleted, which settled all of its entries.
+    pub fn is_deleted(&self, queue: u64) -> bool {
+        // The emptiness check keeps the usual case, no deleted queue, to one branch.
+        !self.deleted_queues.is_empty() && self.deleted_queues.contains(&queue)
     }
 
     /// Whether body `id` is being written right now.
@@ -70,6 +97,11 @@ impl Pending {
     /// its write was failing is still deleted after it.
     pub fn restore(&mut self, failed: Pending) {
         for (key, put) in failed.puts {
+            // A queue deleted meanwhile settled its entries: the purge removes whatever the
+            // failed commit left of this one in sled and releases its reference then.
+            if self.is_deleted(key.0) {
+                continue;
+            }
             // sled may have taken the entry before the failure; if its put is cancelled now,
             // the entry must still be deleted there.
             self.maybe_written.insert(key);
@@ -93,21 +125,34 @@ impl Pending {
         !unwritten || maybe_written
     }
 
-    /// Forgets every unwritten entry of a deleted queue; returns how many entries each message
-    /// lost, for the reference counts.
+    /// Marks `queue` deleted and forgets its unwritten entries; returns how many of those each
+    /// message loses, for the reference counts. Its written entries still standing are left to
+    /// the commit thread (`purging`), which releases their references as it removes them:
+    /// scanning them here would hold the lock every publisher needs for as long as the queue is
+    /// long.
+    ///
+    /// An entry a failed commit may have written is counted by neither: the purge releases it
+    /// if it is in sled, and if it is not, its body is kept until the next restart (counts may
+    /// err high, never low).
     pub fn drop_queue(&mut self, queue: u64) -> HashMap<u64, u64> {
         let mut released: HashMap<u64, u64> = HashMap::new();
-        self.puts.retain(|(q, _), (summary, _)| {
-            if *q == queue {
-                *released.entry(summary.id).or_default() += 1;
-                false
-            } else {
-                true
+        let maybe_written = &self.maybe_written;
+        self.puts.retain(|key, (summary, _)| {
+            if key.0 != queue {
+                return true;
             }
+            if !maybe_written.contains(key) {
+                *released.entry(summary.id).or_default() += 1;
+            }
+            false
         });
-        self.deletes.retain(|(q, _)| *q != queue);
+        // Its acknowledged entries keep their deletes, written before the purge scans: dropping
+        // them would let the scan find those entries and release their references again.
         self.maybe_written.retain(|(q, _)| *q != queue);
         self.delivered.remove(&queue);
+        if self.deleted_queues.insert(queue) {
+            self.purging.push(queue);
+        }
         released
     }
 }

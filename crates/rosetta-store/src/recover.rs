@@ -12,11 +12,13 @@ use rosetta_core::store::{MessageSummary, QueueRecord, Recovered, RecoveredEntry
 use crate::chunked::Chunked;
 use crate::codec::{self, corrupt};
 use crate::keys;
+use crate::quarantine::{tree_place, BadRecord};
 use crate::sled_store::{engine, SledStore};
 
-/// Metadata that does not decode is an error rather than something to skip: silently dropping
-/// a queue or binding would lose routing the operator relies on. Leftovers of interrupted
-/// writes are a different matter: they are expected after a crash, so they are cleaned up.
+/// A record that fails its checksum or does not decode is moved to the quarantine directory
+/// (see `quarantine`) and everything else recovers: one bad record must neither stop the broker
+/// nor vanish without trace. Leftovers of interrupted writes are a different matter: they are
+/// expected after a crash, so they are cleaned up.
 pub fn recover(
     store: &SledStore,
     each: &mut dyn FnMut(&QueueRecord, RecoveredEntry),
@@ -25,23 +27,37 @@ pub fn recover(
 
     for item in store.exchanges.iter() {
         let (k, v) = item.map_err(engine)?;
-        out.exchanges.push(codec::decode_exchange(&v, &k)?);
+        match codec::decode_exchange(&v, &k) {
+            Ok(exchange) => out.exchanges.push(exchange),
+            Err(e) => store.move_aside(&store.exchanges, "exchanges", &k, &v, &e)?,
+        }
     }
     for item in store.bindings.iter() {
         let (k, v) = item.map_err(engine)?;
-        out.bindings.push(codec::decode_binding(&v, &k)?);
+        match codec::decode_binding(&v, &k) {
+            Ok(binding) => out.bindings.push(binding),
+            Err(e) => store.move_aside(&store.bindings, "bindings", &k, &v, &e)?,
+        }
     }
 
     let mut queues: BTreeMap<u64, QueueRecord> = BTreeMap::new();
+    let mut lost_queues = false;
     for item in store.queues.iter() {
         let (k, v) = item.map_err(engine)?;
-        let q = codec::decode_queue(&v, &k)?;
-        out.max_queue_id = out.max_queue_id.max(q.id);
-        queues.insert(q.id, q);
+        match codec::decode_queue(&v, &k) {
+            Ok(q) => {
+                out.max_queue_id = out.max_queue_id.max(q.id);
+                queues.insert(q.id, q);
+            }
+            Err(e) => {
+                store.move_aside(&store.queues, "queues", &k, &v, &e)?;
+                lost_queues = true;
+            }
+        }
     }
 
     store.refs.clear();
-    let referenced = load_entries(store, &queues, each, &mut out.max_message_id)?;
+    let referenced = load_entries(store, &queues, lost_queues, each, &mut out.max_message_id)?;
     let dead_segments = store.segments.recovered()?;
     if dead_segments > 0 {
         tracing::info!(
@@ -68,10 +84,12 @@ pub fn recover(
 /// `bodies` tree (older layouts) are referenced; bodies in segments are counted live there.
 /// The entry value carries the message summary; a layout 1 entry, which does not, reads it from
 /// its body. Entries of queues that no longer exist are removed, and so are layout 1 entries
-/// whose body is missing.
+/// whose body is missing. When a queue record was quarantined (`lost_queues`), an entry of an
+/// unknown queue may be one of its messages, so it is quarantined with its body instead.
 fn load_entries(
     store: &SledStore,
     queues: &BTreeMap<u64, QueueRecord>,
+    lost_queues: bool,
     each: &mut dyn FnMut(&QueueRecord, RecoveredEntry),
     max_message_id: &mut u64,
 ) -> Result<usize, StoreError> {
@@ -84,13 +102,20 @@ fn load_entries(
 
     for item in store.entries.iter() {
         let (k, v) = item.map_err(engine)?;
-        let (queue_id, seq) =
-            keys::parse_entry_key(&k).ok_or_else(|| corrupt(&k, "queue entry key"))?;
-        let value = keys::parse_entry_value(&v).ok_or_else(|| corrupt(&k, "queue entry value"))?;
+        let parsed = keys::parse_entry_key(&k).zip(keys::parse_entry_value(&v));
+        let Some(((queue_id, seq), value)) = parsed else {
+            let e = corrupt(&k, "queue entry fails its checksum or does not decode");
+            store.move_aside(&store.entries, "entries", &k, &v, &e)?;
+            continue;
+        };
         let message_id = value.message_id;
         *max_message_id = (*max_message_id).max(message_id);
 
         let Some(queue) = queues.get(&queue_id) else {
+            if lost_queues {
+                quarantine_orphan_entry(store, &k, &v, value.location)?;
+                continue;
+            }
             // Left by a crash during delete_queue, which removes the record first.
             tracing::warn!(queue_id, seq, "removing an entry of a deleted queue");
             stale.remove(k)?;
@@ -149,16 +174,76 @@ fn load_entries(
     Ok(referenced)
 }
 
-/// Each queue's delivery watermark (see `mark_redelivered`).
+/// Quarantines an entry whose queue record was itself quarantined, together with its body
+/// (when it can be read), so the message can still be recovered by hand. The body's place is
+/// not released: nothing counted it, so recovery deletes it like any unreferenced body.
+fn quarantine_orphan_entry(
+    store: &SledStore,
+    key: &[u8],
+    value: &[u8],
+    location: Option<crate::segments::Location>,
+) -> Result<(), StoreError> {
+    let reason = "entry of a queue whose record was quarantined";
+    let body = location.map(|l| store.segments.read(l, key));
+    match body {
+        Some(Ok(message)) => {
+            let raw = codec::encode_message(&message);
+            store.quarantine.put(&BadRecord {
+                place: format!("body of {}", tree_place("entries", key)),
+                reason: reason.to_owned(),
+                raw: &raw,
+            })?;
+        }
+        Some(Err(e)) => tracing::warn!(error = %e, "cannot read the body of a quarantined entry"),
+        None => {}
+    }
+    store.move_aside(&store.entries, "entries", key, value, &corrupt(key, reason))
+}
+
+/// Each queue's delivery watermark (see `mark_redelivered`). A bad one is quarantined: at
+/// worst some entries come back without their redelivered flag.
 fn delivery_watermarks(store: &SledStore) -> Result<HashMap<u64, u64>, StoreError> {
     let mut marks = HashMap::new();
     for item in store.delivered.iter() {
         let (k, v) = item.map_err(engine)?;
-        let queue = keys::parse_seq(&k).ok_or_else(|| corrupt(&k, "delivery watermark key"))?;
-        let seq = keys::parse_seq(&v).ok_or_else(|| corrupt(&k, "delivery watermark"))?;
-        marks.insert(queue, seq);
+        match keys::parse_seq(&k).zip(keys::parse_seq(&v)) {
+            Some((queue, seq)) => {
+                marks.insert(queue, seq);
+            }
+            None => {
+                let e = corrupt(&k, "delivery watermark does not decode");
+                store.move_aside(&store.delivered, "delivered", &k, &v, &e)?;
+            }
+        }
     }
     Ok(marks)
+}
+
+impl SledStore {
+    /// Copies a bad record of `tree` (named `name`) to the quarantine directory, then removes
+    /// it from the tree. The removal becomes durable with the next flush; a crash before that
+    /// quarantines the record again, which only adds a second copy.
+    pub(crate) fn move_aside(
+        &self,
+        tree: &sled::Tree,
+        name: &str,
+        key: &[u8],
+        raw: &[u8],
+        error: &StoreError,
+    ) -> Result<(), StoreError> {
+        let reason = match error {
+            StoreError::Corrupt { reason, .. } => reason.clone(),
+            other => other.to_string(),
+        };
+        self.quarantine.put(&BadRecord {
+            place: tree_place(name, key),
+            reason,
+            raw,
+        })?;
+        tree.remove(key).map_err(engine)?;
+        self.committer.advance();
+        Ok(())
+    }
 }
 
 /// Deletes bodies no entry references: written by an enqueue whose entries never made it to
@@ -170,7 +255,12 @@ fn remove_orphan_bodies(store: &SledStore, max_message_id: &mut u64) -> Result<u
     let mut orphan_count = 0usize;
     for key in store.bodies.iter().keys() {
         let key = key.map_err(engine)?;
-        let id = keys::parse_message_key(&key).ok_or_else(|| corrupt(&key, "message body key"))?;
+        let Some(id) = keys::parse_message_key(&key) else {
+            let raw = store.bodies.get(&key).map_err(engine)?.unwrap_or_default();
+            let e = corrupt(&key, "message body key does not decode");
+            store.move_aside(&store.bodies, "bodies", &key, &raw, &e)?;
+            continue;
+        };
         // Counted even when deleted: handing out the id again is harmless, but keeping ids
         // monotonic makes logs and debugging saner.
         *max_message_id = (*max_message_id).max(id);

@@ -17,6 +17,7 @@ use crate::chunked::Chunked;
 use crate::commit::{Committer, FailureFlag, FailureObserver, FlushObserver};
 use crate::fs::{FileSystem, StdFs};
 use crate::pending::Pending;
+use crate::quarantine::{Quarantine, QuarantineObserver};
 use crate::refs::RefCounts;
 use crate::segments::{Location, Segments};
 use crate::{codec, keys};
@@ -33,13 +34,18 @@ const FLUSH_AFTER_WRITES: usize = 65_536;
 const FORMAT_KEY: &[u8] = b"rosetta-format";
 /// The layout this build writes. Layout 2 added the message summary to queue entry values, so
 /// recovery rebuilds queues without reading bodies; layout 3 moved bodies out of sled into
-/// segment files, entry values naming their place.
-const LAYOUT_VERSION: u8 = 3;
+/// segment files, entry values naming their place; layout 4 added a checksum to metadata
+/// records and entry values.
+const LAYOUT_VERSION: u8 = 4;
 /// The layouts this build still opens: bodies in sled's `bodies` tree, which are read from
 /// there until their last entry goes, and (layout 1) entry values without the summary, which
-/// recovery then reads from the body. Opening such a store marks it layout 3 (new entries use
-/// the new values, which an older build could not read).
-const LEGACY_LAYOUTS: [u8; 2] = [1, 2];
+/// recovery then reads from the body. Layout 3 values simply lack the checksum. Opening such a
+/// store marks it layout 4 (new records use the new values, which an older build could not read).
+const LEGACY_LAYOUTS: [u8; 3] = [1, 2, 3];
+/// Entries of deleted queues the commit thread removes per commit: a queue of millions is
+/// removed over many commits, so no single fsync, and none of the publishers waiting on it,
+/// waits for the whole of it.
+const PURGE_PER_COMMIT: usize = 16_384;
 /// Subdirectory of the store holding the body segments.
 const SEGMENTS_DIR: &str = "segments";
 
@@ -58,6 +64,8 @@ pub struct SledStore {
     /// Message writes waiting for the commit thread (see `pending`).
     pub(crate) pending: Arc<Mutex<Pending>>,
     pub(crate) committer: Arc<Committer>,
+    /// Where bad records go (see `quarantine`).
+    pub(crate) quarantine: Quarantine,
     writer: Writer,
     thread: Option<JoinHandle<()>>,
 }
@@ -94,9 +102,10 @@ impl Writer {
     /// next commit writes it again, to a fresh segment (see [`Writer::restore`]). Since every
     /// later commit covers it, the durable epoch cannot pass the failed one.
     pub fn commit(&self) -> Result<Written, StoreError> {
-        let (batch, bodies, done) = {
+        let (batch, bodies, done, purge_due) = {
             let mut pending = self.pending.lock();
-            let mut batch = std::mem::take(&mut *pending);
+            let mut batch = pending.take_batch();
+            let purge_due = !pending.purging.is_empty();
             // Readers look for these bodies in `writing` until their location is known.
             let bodies = Arc::new(std::mem::take(&mut batch.bodies));
             if !bodies.is_empty() {
@@ -107,9 +116,9 @@ impl Writer {
                 retired: self.segments.take_retired(),
                 writes: bodies.len() + batch.puts.len() + batch.deletes.len(),
             };
-            (batch, bodies, done)
+            (batch, bodies, done, purge_due)
         };
-        if batch.is_empty() && bodies.is_empty() {
+        if batch.is_empty() && bodies.is_empty() && !purge_due {
             // Earlier writes (metadata goes to sled at once) still need their flush.
             return match self.sync() {
                 Ok(()) => Ok(done),
@@ -119,8 +128,14 @@ impl Writer {
                 }
             };
         }
-        match self.write(&batch, &bodies).and_then(|()| self.sync()) {
-            Ok(()) => Ok(done),
+        match self.write(&batch, &bodies).and_then(|purged| {
+            self.sync()?;
+            Ok(purged)
+        }) {
+            Ok(purged) => Ok(Written {
+                writes: done.writes + purged,
+                ..done
+            }),
             Err(e) => {
                 self.restore(batch, &bodies, done.retired);
                 Err(e)
@@ -128,12 +143,13 @@ impl Writer {
         }
     }
 
-    /// Writes a batch taken by [`Writer::commit`], not yet synced.
+    /// Writes a batch taken by [`Writer::commit`], not yet synced, then removes the next
+    /// entries of deleted queues; returns how many of those it removed.
     fn write(
         &self,
         batch: &Pending,
         bodies: &HashMap<u64, Arc<Message>>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<usize, StoreError> {
         // Bodies before the entries naming them, entry deletes before body deletes: a crash in
         // between leaves only orphan bodies, which recovery removes.
         let located = self.write_bodies(bodies);
@@ -163,7 +179,72 @@ impl Writer {
         for id in &batch.body_deletes {
             gone.remove(&keys::message(*id))?;
         }
-        gone.finish()
+        gone.finish()?;
+        // After the batch's puts and deletes: the entries a deleted queue still has in sled are
+        // then exactly those whose reference nobody has released yet.
+        self.purge()
+    }
+
+    /// Removes up to [`PURGE_PER_COMMIT`] entries of deleted queues from sled and releases the
+    /// body references they held; returns how many it removed. Runs on the commit thread, with
+    /// the pending lock taken only to read the queues and to release, so publishers are not
+    /// held up by a long queue's deletion. A queue is done once a scan finds nothing left; while
+    /// one is not, another commit is asked for. A crash before it is done leaves entries of a
+    /// queue whose record is gone, which recovery removes without counting them.
+    fn purge(&self) -> Result<usize, StoreError> {
+        let queues = self.pending.lock().purging.clone();
+        if queues.is_empty() {
+            return Ok(0);
+        }
+        let mut budget = PURGE_PER_COMMIT;
+        let mut removed = 0;
+        let mut released: HashMap<u64, u64> = HashMap::new();
+        let mut finished = Vec::new();
+        let mut batch = Chunked::new(&self.entries);
+        for queue in queues {
+            let mut seen = 0;
+            for item in self
+                .entries
+                .scan_prefix(keys::queue_prefix(queue))
+                .take(budget)
+            {
+                let (k, v) = item.map_err(engine)?;
+                match keys::parse_entry_value(&v) {
+                    Some(value) => *released.entry(value.message_id).or_default() += 1,
+                    None => tracing::warn!(queue, "dropping an unreadable queue entry"),
+                }
+                batch.remove(k)?;
+                seen += 1;
+            }
+            removed += seen;
+            budget -= seen;
+            if budget == 0 {
+                // The queue may have more: the next commit looks again.
+                break;
+            }
+            finished.push(queue);
+        }
+        // Entries first, bodies after: a crash in between leaves orphan bodies, never entries
+        // without a body.
+        batch.finish()?;
+        for queue in &finished {
+            self.delivered
+                .remove(keys::queue_prefix(*queue))
+                .map_err(engine)?;
+        }
+        let more = {
+            let mut pending = self.pending.lock();
+            pending.purging.retain(|q| !finished.contains(q));
+            for (id, n) in released {
+                self.release(&mut pending, id, n);
+            }
+            !pending.purging.is_empty()
+        };
+        if more {
+            // Nobody waits on the rest of the purge, so nobody else would ask for it.
+            self.committer.request(self.committer.advance());
+        }
+        Ok(removed)
     }
 
     /// Puts a batch whose write or fsync failed back into the pending set. Its bodies that are
@@ -220,6 +301,33 @@ impl Writer {
     fn sync(&self) -> Result<(), StoreError> {
         self.segments.sync()?;
         self.db.flush().map(drop).map_err(engine)
+    }
+
+    /// Drops `n` references to body `id`; the last one deletes the body, or cancels its
+    /// write if it was never written.
+    pub(crate) fn release(&self, pending: &mut Pending, id: u64, n: u64) {
+        let mut refs = self.refs.lock(id);
+        // An unknown count means this store never counted the body (e.g. `recover` was not
+        // called yet), so it may still be referenced: leave it for recovery to judge.
+        let Some(body) = refs.get_mut(&id) else {
+            return;
+        };
+        body.count = body.count.saturating_sub(n);
+        if body.count > 0 {
+            return;
+        }
+        let location = body.location;
+        refs.remove(&id);
+        if pending.bodies.remove(&id).is_some() {
+            // Never written.
+            return;
+        }
+        match location {
+            Some(location) => self.segments.release(location),
+            // Being appended right now: the commit thread releases it when it finds no count.
+            None if pending.is_writing(id) => {}
+            None => pending.body_deletes.push(id),
+        }
     }
 
     /// Deletes segments once the commit that emptied them is durable.
@@ -305,6 +413,7 @@ impl SledStore {
             segments,
             pending,
             committer,
+            quarantine: Quarantine::new(path),
             writer,
             db,
             thread: Some(thread),
@@ -329,6 +438,17 @@ impl SledStore {
     /// Set while the store's writes fail (see [`FailureFlag`]).
     pub fn failure_flag(&self) -> FailureFlag {
         self.committer.failure_flag()
+    }
+
+    /// Has `observer` told of every record moved to quarantine from now on; set it before
+    /// recovery to see the records recovery finds bad.
+    pub fn observe_quarantine(&self, observer: QuarantineObserver) {
+        self.quarantine.set_observer(observer);
+    }
+
+    /// Number of bad records moved to the quarantine directory since open.
+    pub fn quarantined_records(&self) -> u64 {
+        self.quarantine.count()
     }
 
     /// Number of flushes performed since open.
@@ -375,33 +495,6 @@ impl SledStore {
             self.committer.request(epoch);
         }
         epoch
-    }
-
-    /// Drops `n` references to body `id`; the last one deletes the body, or cancels its
-    /// write if it was never written.
-    fn release(&self, pending: &mut Pending, id: u64, n: u64) {
-        let mut refs = self.refs.lock(id);
-        // An unknown count means this store never counted the body (e.g. `recover` was not
-        // called yet), so it may still be referenced: leave it for recovery to judge.
-        let Some(body) = refs.get_mut(&id) else {
-            return;
-        };
-        body.count = body.count.saturating_sub(n);
-        if body.count > 0 {
-            return;
-        }
-        let location = body.location;
-        refs.remove(&id);
-        if pending.bodies.remove(&id).is_some() {
-            // Never written.
-            return;
-        }
-        match location {
-            Some(location) => self.segments.release(location),
-            // Being appended right now: the commit thread releases it when it finds no count.
-            None if pending.is_writing(id) => {}
-            None => pending.body_deletes.push(id),
-        }
     }
 }
 
@@ -497,26 +590,13 @@ impl Store for SledStore {
                 self.queues.remove(&key).map_err(engine)?;
             }
         }
-        self.delivered
-            .remove(keys::queue_prefix(id))
-            .map_err(engine)?;
-
-        let mut batch = Chunked::new(&self.entries);
+        // Cheap whatever the queue holds (only its unwritten entries, one batch at most, are
+        // looked at): its written entries are removed, and their references released, by the
+        // commit thread (see `Writer::purge`). From now on the queue's entries count as
+        // settled, so a late acknowledgement releases nothing.
         let mut pending = self.pending.lock();
-        let mut released = pending.drop_queue(id);
-        for item in self.entries.scan_prefix(keys::queue_prefix(id)) {
-            let (k, v) = item.map_err(engine)?;
-            match keys::parse_entry_value(&v) {
-                Some(value) => *released.entry(value.message_id).or_default() += 1,
-                None => tracing::warn!(queue = id, "dropping an unreadable queue entry"),
-            }
-            batch.remove(k)?;
-        }
-        // Entries first, bodies after: a crash in between leaves orphan bodies, never entries
-        // without a body.
-        batch.finish()?;
-        for (msg, n) in released {
-            self.release(&mut pending, msg, n);
+        for (msg, n) in pending.drop_queue(id) {
+            self.writer.release(&mut pending, msg, n);
         }
         Ok(self.committer.advance())
     }
@@ -547,25 +627,39 @@ impl Store for SledStore {
         }
         let id = message.id;
         let mut pending = self.pending.lock();
+        let summary = MessageSummary::of(message);
+        let mut added = 0u64;
+        for (queue, seq) in queue_seqs {
+            // A publish that raced the queue's deletion: the deletion settled the queue's
+            // entries, this one included, so it is neither written nor counted.
+            if pending.is_deleted(*queue) {
+                continue;
+            }
+            pending.puts.insert((*queue, *seq), (summary, false));
+            added += 1;
+        }
+        if added == 0 {
+            return Ok(self.committer.current());
+        }
         let mut refs = self.refs.lock(id);
         if !refs.contains_key(&id) {
             pending.bodies.insert(id, message.clone());
         }
-        let summary = MessageSummary::of(message);
-        for (queue, seq) in queue_seqs {
-            pending.puts.insert((*queue, *seq), (summary, false));
-        }
-        refs.entry(id).or_default().count += queue_seqs.len() as u64;
+        refs.entry(id).or_default().count += added;
         Ok(self.committer.advance())
     }
 
     fn dequeue(&self, queue_id: u64, seq: u64, message_id: u64) -> Result<Epoch, StoreError> {
         let mut pending = self.pending.lock();
+        // Deleting the queue settled the entry and released its reference already.
+        if pending.is_deleted(queue_id) {
+            return Ok(self.committer.current());
+        }
         // An entry still waiting to be written is simply not written.
         if pending.cancel_put((queue_id, seq)) {
             pending.deletes.push((queue_id, seq));
         }
-        self.release(&mut pending, message_id, 1);
+        self.writer.release(&mut pending, message_id, 1);
         Ok(self.advance_buffered(&pending))
     }
 
@@ -577,6 +671,9 @@ impl Store for SledStore {
     /// one that was, which is the direction AMQP's `redelivered` allows.
     fn mark_redelivered(&self, queue_id: u64, seq: u64) -> Result<Epoch, StoreError> {
         let mut pending = self.pending.lock();
+        if pending.is_deleted(queue_id) {
+            return Ok(self.committer.current());
+        }
         match pending.puts.get_mut(&(queue_id, seq)) {
             Some((_, redelivered)) => *redelivered = true,
             None => {

@@ -1,4 +1,5 @@
-//! `rosetta`: runs the broker in the foreground, or checks or prints its configuration.
+//! `rosetta`: runs the broker in the foreground, checks or prints its configuration, or checks
+//! a stopped broker's store.
 
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
@@ -29,11 +30,22 @@ enum Command {
     CheckConfig,
     /// Print the built-in default configuration, every key with its default value
     PrintDefaultConfig,
+    /// Verify a stopped broker's store and report what it finds: exits 0 if it is sound, 3 if
+    /// it found bad records or dangling entries, 1 if it could not check (e.g. the broker runs)
+    CheckStore {
+        /// Move bad records to the quarantine directory, as the broker does when it starts,
+        /// then check again
+        #[arg(long)]
+        repair: bool,
+    },
 }
+
+/// Exit status of `check-store` when the store has problems; 1 stays "could not check".
+const STORE_PROBLEMS: u8 = 3;
 
 fn main() -> ExitCode {
     match execute(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             // Operators read this, so one line with the reason, never a backtrace.
             eprintln!("error: {err}");
@@ -42,19 +54,41 @@ fn main() -> ExitCode {
     }
 }
 
-fn execute(cli: Cli) -> Result<()> {
+fn execute(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Some(Command::PrintDefaultConfig) => write_stdout(DEFAULT_TOML),
+        Some(Command::PrintDefaultConfig) => write_stdout(DEFAULT_TOML)?,
         Some(Command::CheckConfig) => {
             load(cli.config.as_deref())?;
-            write_stdout("config OK\n")
+            write_stdout("config OK\n")?;
+        }
+        Some(Command::CheckStore { repair }) => {
+            return check_store(&load(cli.config.as_deref())?, repair);
         }
         None => {
             // `run` installs logging from `config.log` itself.
             rosetta_server::run(load(cli.config.as_deref())?)?;
-            Ok(())
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check_store(config: &Config, repair: bool) -> Result<ExitCode> {
+    let path = &config.storage.path;
+    if repair {
+        let moved = rosetta_store::check::repair(path)?;
+        write_stdout(&format!(
+            "repair: {moved} record(s) moved to {}\n",
+            path.join(rosetta_store::quarantine::QUARANTINE_DIR)
+                .display()
+        ))?;
+    }
+    let report = rosetta_store::check::check(path)?;
+    write_stdout(&report.to_string())?;
+    Ok(if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(STORE_PROBLEMS)
+    })
 }
 
 fn load(explicit: Option<&Path>) -> Result<Config> {

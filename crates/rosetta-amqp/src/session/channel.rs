@@ -5,11 +5,12 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use amq_protocol::frame::AMQPContentHeader;
+use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
 use amq_protocol::protocol::{
     access, basic, channel as chan, confirm, exchange, queue, tx, AMQPClass,
 };
 use amq_protocol::types::ShortString;
+use bytes::BytesMut;
 use rosetta_core::store::Epoch;
 use rosetta_core::{
     Consumer, ConsumerSpec, Credit, Destination, ExchangeDeclare, Message, Outbound, Queue,
@@ -17,6 +18,7 @@ use rosetta_core::{
 };
 
 use super::content::{Complete, Incoming, Progress};
+use super::held::HeldOutput;
 use super::{Ctx, Exception};
 use crate::codec;
 use crate::convert::{properties_from_amqp, properties_to_amqp, table_from_amqp};
@@ -69,6 +71,11 @@ pub(super) struct Channel {
     last_queue: String,
     flow_active: bool,
     paused: VecDeque<Outbound>,
+    /// Replies waiting for the store's durable point, and what the channel wrote after them.
+    held: HeldOutput,
+    /// The client closed the channel while replies were held: its `close-ok` waits behind them,
+    /// and the channel goes once they are out.
+    closed_by_peer: bool,
 }
 
 impl Channel {
@@ -88,6 +95,8 @@ impl Channel {
             last_queue: String::new(),
             flow_active: true,
             paused: VecDeque::new(),
+            held: HeldOutput::default(),
+            closed_by_peer: false,
         }
     }
 
@@ -95,10 +104,55 @@ impl Channel {
         self.closing
     }
 
-    pub fn has_pending_confirms(&self) -> bool {
-        self.confirms
-            .as_ref()
-            .is_some_and(|c| !c.pending.is_empty())
+    /// Whether a confirm or a held reply waits for the store's durable point.
+    pub fn has_pending_durability(&self) -> bool {
+        !self.held.is_empty()
+            || self
+                .confirms
+                .as_ref()
+                .is_some_and(|c| !c.pending.is_empty())
+    }
+
+    /// Before the channel writes to the session's output: see [`HeldOutput::begin`].
+    pub fn begin_output(&mut self, out: &BytesMut) {
+        self.held.begin(out);
+    }
+
+    /// After the channel wrote to the session's output: see [`HeldOutput::end`].
+    pub fn end_output(&mut self, out: &mut BytesMut) {
+        self.held.end(out);
+    }
+
+    /// Writes to `out` the held output whose epoch is now durable.
+    pub fn release_held(&mut self, out: &mut BytesMut, durable: Epoch) {
+        self.held.release(out, durable);
+    }
+
+    /// The client closed the channel; a channel with held replies lingers until they are out.
+    pub fn close_by_peer(&mut self) {
+        self.close();
+        self.closed_by_peer = true;
+    }
+
+    /// A channel the client closed whose last held reply (its `close-ok`) has gone out.
+    pub fn is_finished(&self) -> bool {
+        self.closed_by_peer && self.held.is_empty()
+    }
+
+    /// Sends `method` now, or once the store's durable point reaches `epoch` when the method
+    /// promises a durable change; either way after everything the channel sent before it.
+    fn send_when_durable(&mut self, ctx: &mut Ctx<'_>, method: AMQPClass, epoch: Option<Epoch>) {
+        let durable = ctx.broker.store().durable_epoch();
+        match epoch {
+            Some(epoch) if !self.held.passes(Some(epoch), durable) => {
+                let mut frames = BytesMut::new();
+                codec::encode_frame(&AMQPFrame::Method(self.id, method), &mut frames);
+                self.held.hold(ctx.out, epoch, frames);
+            }
+            // Nothing to wait for of its own: it goes to the output, which `end_output` moves
+            // behind anything already held.
+            _ => ctx.send(self.id, method),
+        }
     }
 
     /// Ends the channel: consumers stop, unacked messages go back to their queues in their
@@ -219,7 +273,7 @@ impl Channel {
         let core = |e: rosetta_core::CoreError| Exception::from_core(&e, &method);
         match m {
             exchange::AMQPMethod::Declare(d) => {
-                vhost
+                let durable_at = vhost
                     .declare_exchange(ExchangeDeclare {
                         name: d.exchange.to_string(),
                         kind: d.kind.to_string(),
@@ -231,29 +285,31 @@ impl Channel {
                     })
                     .map_err(core)?;
                 if !d.nowait {
-                    ctx.send(
-                        self.id,
+                    self.send_when_durable(
+                        ctx,
                         AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(
                             exchange::DeclareOk {},
                         )),
+                        durable_at,
                     );
                 }
             }
             exchange::AMQPMethod::Delete(d) => {
-                vhost
+                let durable_at = vhost
                     .delete_exchange(d.exchange.as_str(), d.if_unused)
                     .map_err(core)?;
                 if !d.nowait {
-                    ctx.send(
-                        self.id,
+                    self.send_when_durable(
+                        ctx,
                         AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})),
+                        durable_at,
                     );
                 }
             }
             exchange::AMQPMethod::Bind(b) => {
                 let dest = Destination::Exchange(b.destination.to_string());
-                vhost
-                    .bind(
+                let durable_at = vhost
+                    .bind_deferred(
                         b.source.as_str(),
                         dest,
                         b.routing_key.as_str(),
@@ -262,16 +318,17 @@ impl Channel {
                     )
                     .map_err(core)?;
                 if !b.nowait {
-                    ctx.send(
-                        self.id,
+                    self.send_when_durable(
+                        ctx,
                         AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})),
+                        durable_at,
                     );
                 }
             }
             exchange::AMQPMethod::Unbind(b) => {
                 let dest = Destination::Exchange(b.destination.to_string());
-                vhost
-                    .unbind(
+                let durable_at = vhost
+                    .unbind_deferred(
                         b.source.as_str(),
                         dest,
                         b.routing_key.as_str(),
@@ -280,9 +337,10 @@ impl Channel {
                     )
                     .map_err(core)?;
                 if !b.nowait {
-                    ctx.send(
-                        self.id,
+                    self.send_when_durable(
+                        ctx,
                         AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})),
+                        durable_at,
                     );
                 }
             }
@@ -322,16 +380,17 @@ impl Channel {
                         message_count: clamp32(declared.message_count),
                         consumer_count: clamp32(declared.consumer_count),
                     };
-                    ctx.send(
-                        self.id,
+                    self.send_when_durable(
+                        ctx,
                         AMQPClass::Queue(queue::AMQPMethod::DeclareOk(reply)),
+                        declared.durable_at,
                     );
                 }
             }
             queue::AMQPMethod::Bind(b) => {
                 let dest = Destination::Queue(self.queue_name(b.queue.as_str()));
-                vhost
-                    .bind(
+                let durable_at = vhost
+                    .bind_deferred(
                         b.exchange.as_str(),
                         dest,
                         b.routing_key.as_str(),
@@ -340,16 +399,17 @@ impl Channel {
                     )
                     .map_err(core)?;
                 if !b.nowait {
-                    ctx.send(
-                        self.id,
+                    self.send_when_durable(
+                        ctx,
                         AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})),
+                        durable_at,
                     );
                 }
             }
             queue::AMQPMethod::Unbind(b) => {
                 let dest = Destination::Queue(self.queue_name(b.queue.as_str()));
-                vhost
-                    .unbind(
+                let durable_at = vhost
+                    .unbind_deferred(
                         b.exchange.as_str(),
                         dest,
                         b.routing_key.as_str(),
@@ -357,9 +417,10 @@ impl Channel {
                         ctx.conn_id,
                     )
                     .map_err(core)?;
-                ctx.send(
-                    self.id,
+                self.send_when_durable(
+                    ctx,
                     AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})),
+                    durable_at,
                 );
             }
             queue::AMQPMethod::Purge(p) => {
@@ -375,16 +436,17 @@ impl Channel {
             }
             queue::AMQPMethod::Delete(d) => {
                 let name = self.queue_name(d.queue.as_str());
-                let count = vhost
+                let deleted = vhost
                     .delete_queue(&name, d.if_unused, d.if_empty, ctx.conn_id)
                     .map_err(core)?;
                 if !d.nowait {
                     let reply = queue::DeleteOk {
-                        message_count: clamp32(count),
+                        message_count: clamp32(deleted.messages),
                     };
-                    ctx.send(
-                        self.id,
+                    self.send_when_durable(
+                        ctx,
                         AMQPClass::Queue(queue::AMQPMethod::DeleteOk(reply)),
+                        deleted.durable_at,
                     );
                 }
             }
@@ -694,23 +756,19 @@ impl Channel {
                     ));
                 };
                 self.tx = Some(Tx::default());
-                let mut durable = false;
+                let mut durable_at = None;
                 for complete in tx.publishes {
-                    durable |= self.route(ctx, complete)?.is_some();
-                }
-                if durable {
-                    // tx.commit-ok promises the publishes are safe (AMQP 0-9-1 class tx).
-                    ctx.broker
-                        .store()
-                        .sync()
-                        .map_err(|e| Exception::from_core(&e.into(), &method))?;
+                    durable_at = durable_at.max(self.route(ctx, complete)?);
                 }
                 for (tag, multiple, kind) in tx.settles {
                     self.settle(ctx, tag, multiple, kind, &method)?;
                 }
-                ctx.send(
-                    self.id,
+                // tx.commit-ok promises the publishes are safe (AMQP 0-9-1 class tx), so it
+                // waits for their writes' fsync, which publishing already asked for.
+                self.send_when_durable(
+                    ctx,
                     AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
+                    durable_at,
                 );
             }
             tx::AMQPMethod::Rollback(_) => {

@@ -9,6 +9,7 @@ mod channel;
 mod content;
 mod exception;
 mod handshake;
+mod held;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -206,9 +207,9 @@ impl Session {
             let frame = match codec::decode_frame(input, self.frame_max) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => {
-                    // Confirms for writes that needed no fsync (or whose fsync already
-                    // happened) go out with this batch's other replies.
-                    if self.has_pending_confirms() {
+                    // Confirms and replies for writes that needed no fsync (or whose fsync
+                    // already happened) go out with this batch's other replies.
+                    if self.has_pending_durability() {
                         self.on_durable();
                     }
                     return Flow::Continue;
@@ -295,30 +296,27 @@ impl Session {
             self.channels.insert(id, channel);
             return Ok(());
         }
+        channel.begin_output(&self.out);
         let result = {
             let mut ctx = self.ctx();
             f(&mut ctx, &mut channel)
         };
-        match result {
-            Ok(()) => {
-                self.channels.insert(id, channel);
-                Ok(())
-            }
-            Err(exc) if exc.is_hard() => {
-                self.channels.insert(id, channel);
-                Err(exc)
-            }
-            Err(exc) => {
+        let result = match result {
+            Err(exc) if !exc.is_hard() => {
                 tracing::debug!(peer = %self.peer, channel = id, code = exc.code, text = %exc.text, "channel error");
                 channel.close();
+                // Behind any held reply, like everything else the channel sends.
                 self.send(
                     id,
                     AMQPClass::Channel(chan::AMQPMethod::Close(exc.channel_close())),
                 );
-                self.channels.insert(id, channel);
                 Ok(())
             }
-        }
+            other => other,
+        };
+        channel.end_output(&mut self.out);
+        self.channels.insert(id, channel);
+        result
     }
 
     fn ctx(&mut self) -> Ctx<'_> {
@@ -375,13 +373,20 @@ impl Session {
                 Ok(())
             }
             chan::AMQPMethod::Close(_) => {
-                if let Some(mut c) = self.channels.remove(&id) {
-                    c.close();
+                let close_ok = AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {}));
+                let Some(mut c) = self.channels.remove(&id) else {
+                    self.send(id, close_ok);
+                    return Ok(());
+                };
+                c.close_by_peer();
+                // The replies the channel still holds answer earlier requests, so close-ok
+                // goes out after them; the channel stays until it has.
+                c.begin_output(&self.out);
+                self.send(id, close_ok);
+                c.end_output(&mut self.out);
+                if !c.is_finished() {
+                    self.channels.insert(id, c);
                 }
-                self.send(
-                    id,
-                    AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})),
-                );
                 Ok(())
             }
             chan::AMQPMethod::CloseOk(_) => {
@@ -516,23 +521,30 @@ impl Session {
             }
             return;
         };
+        channel.begin_output(&self.out);
         channel.handle_outbound(&mut self.ctx(), item);
+        channel.end_output(&mut self.out);
         self.channels.insert(channel_id, channel);
     }
 
-    /// Whether some confirm waits for the store.
-    pub fn has_pending_confirms(&self) -> bool {
-        self.channels.values().any(Channel::has_pending_confirms)
+    /// Whether some confirm or reply waits for the store.
+    pub fn has_pending_durability(&self) -> bool {
+        self.channels.values().any(Channel::has_pending_durability)
     }
 
-    /// The store's durable epoch advanced: send the confirms it covers.
+    /// The store's durable epoch advanced: send the held replies and confirms it covers.
     pub fn on_durable(&mut self) {
         let durable = self.broker.store().durable_epoch();
         let ids: Vec<u16> = self.channels.keys().copied().collect();
         for id in ids {
             if let Some(mut c) = self.channels.remove(&id) {
+                c.release_held(&mut self.out, durable);
+                c.begin_output(&self.out);
                 c.release_confirms(&mut self.ctx(), durable);
-                self.channels.insert(id, c);
+                c.end_output(&mut self.out);
+                if !c.is_finished() {
+                    self.channels.insert(id, c);
+                }
             }
         }
     }

@@ -296,11 +296,11 @@ fn delete_queue(state: &ServerState, vhost: &str, name: &str, query: &str) -> Re
             query_flag(query, "if-empty"),
             conn,
         ) {
-            Ok(messages) => {
+            Ok(deleted) => {
                 tracing::info!(
                     vhost,
                     queue = name,
-                    messages,
+                    messages = deleted.messages,
                     "queue deleted through the management API"
                 );
                 no_content()

@@ -95,6 +95,8 @@ pub struct Session {
     transactions: HashMap<String, Transaction>,
     /// RECEIPTs in the order their frames arrived, each with the store epoch it waits for.
     receipts: VecDeque<(Epoch, String)>,
+    /// The latest store epoch this session's frames wrote, which DISCONNECT's receipt awaits.
+    written: Epoch,
     /// `/temp-queue/` names and the private queues behind them.
     temp_queues: HashMap<String, String>,
     /// Whether this connection has sent; only publishers are paused by a resource alarm.
@@ -141,6 +143,7 @@ impl Session {
             next_message_id: 1,
             transactions: HashMap::new(),
             receipts: VecDeque::new(),
+            written: 0,
             temp_queues: HashMap::new(),
             published: false,
             alarm: false,
@@ -201,7 +204,12 @@ impl Session {
         loop {
             if self.phase == Phase::Closed {
                 input.clear();
-                return Flow::Close;
+                // A DISCONNECT receipt still waiting for the store keeps the connection open.
+                return if self.is_finished() {
+                    Flow::Close
+                } else {
+                    Flow::Continue
+                };
             }
             if self.paused.is_some() {
                 // Nothing after the paused frame may overtake it.
@@ -287,13 +295,14 @@ impl Session {
             }
             Command::Disconnect => return Ok(self.disconnect(frame)),
             Command::Send => self.send_or_hold(frame)?,
-            Command::Subscribe => self.subscribe(frame).map(|()| None)?,
-            Command::Unsubscribe => self.unsubscribe(frame).map(|()| None)?,
+            Command::Subscribe => self.subscribe(frame)?,
+            Command::Unsubscribe => self.unsubscribe(frame)?,
             Command::Ack | Command::Nack => self.ack_or_hold(frame).map(|()| None)?,
             Command::Begin => self.begin(frame).map(|()| None)?,
             Command::Commit => self.commit(frame)?,
             Command::Abort => self.abort(frame).map(|()| None)?,
         };
+        self.written = self.written.max(epoch.unwrap_or(0));
         if let Some(receipt) = frame.get("receipt") {
             self.receipt(epoch.unwrap_or(0), receipt.to_owned());
         }
@@ -312,6 +321,12 @@ impl Session {
         !self.receipts.is_empty()
     }
 
+    /// The session ended and its last RECEIPT (DISCONNECT's) is out: the connection closes once
+    /// the output is written.
+    pub fn is_finished(&self) -> bool {
+        self.phase == Phase::Closed && self.receipts.is_empty()
+    }
+
     /// The store's durable epoch advanced: send the receipts it covers, in order.
     pub fn on_durable(&mut self) {
         let durable = self.broker.store().durable_epoch();
@@ -325,24 +340,23 @@ impl Session {
         }
     }
 
-    /// DISCONNECT: the receipt, if asked for, goes out once everything before it is durable
-    /// (STOMP 1.2 Connecting: graceful disconnect), then the connection closes.
+    /// DISCONNECT: the receipt, if asked for, goes out once everything the session wrote is
+    /// durable (STOMP 1.2 Connecting, graceful disconnect: the receipt tells the client all
+    /// its previous frames were handled, and a persistent SEND is handled once it is on disk),
+    /// then the connection closes. Until then nothing more is read, and the driver waits for
+    /// the store's durable point as for any receipt rather than blocking on an fsync.
     fn disconnect(&mut self, frame: &Frame) -> Flow {
-        if let Some(receipt) = frame.get("receipt") {
-            let waiting = self.receipts.back().map_or(0, |(e, _)| *e);
-            if waiting > self.broker.store().durable_epoch() {
-                // Rare (a persistent SEND right before DISCONNECT): wait for the fsync here
-                // rather than keep a closing connection around.
-                if let Err(e) = self.broker.store().sync() {
-                    tracing::warn!(peer = %self.peer, error = %e, "store sync before DISCONNECT receipt failed");
-                }
-            }
-            self.receipt(0, receipt.to_owned());
-        }
         tracing::debug!(peer = %self.peer, "client disconnected");
         self.cleanup();
         self.phase = Phase::Closed;
-        Flow::Close
+        if let Some(receipt) = frame.get("receipt") {
+            self.receipt(self.written, receipt.to_owned());
+        }
+        if self.is_finished() {
+            Flow::Close
+        } else {
+            Flow::Continue
+        }
     }
 
     /// Sends ERROR and ends the session (STOMP 1.2 ERROR: "the server MUST then close the
@@ -409,7 +423,10 @@ impl Session {
     /// backpressure tells the client. A connection that has published stops being read, and
     /// so does one whose publishing frame the alarm paused.
     pub fn reading_paused(&self) -> bool {
-        self.phase == Phase::Connected && (self.paused.is_some() || self.alarm && self.published)
+        // After DISCONNECT nothing more is read while its receipt waits for the store.
+        !self.receipts.is_empty() && self.phase == Phase::Closed
+            || self.phase == Phase::Connected
+                && (self.paused.is_some() || self.alarm && self.published)
     }
 
     /// After output was written: queues whose auto-ack consumers regained credit deliver more.

@@ -142,17 +142,21 @@ impl Session {
 
     /// `/queue/q`: the durable shared queue `q`, declared on first use. A queue that already
     /// exists is used as it is, so one declared differently by another protocol still works.
-    pub(super) fn ensure_queue(&self, vhost: &VHost, name: &str) -> Result<(), StompError> {
+    /// Returns the store epoch a newly declared queue's record waits for.
+    pub(super) fn ensure_queue(
+        &self,
+        vhost: &VHost,
+        name: &str,
+    ) -> Result<Option<Epoch>, StompError> {
         match vhost.usable_queue(name, self.conn_id) {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(None),
             Err(CoreError::NotFound(_)) => {
                 let declare = QueueDeclare {
                     name: name.to_owned(),
                     durable: true,
                     ..QueueDeclare::default()
                 };
-                vhost.declare_queue(declare, self.conn_id)?;
-                Ok(())
+                Ok(vhost.declare_queue(declare, self.conn_id)?.durable_at)
             }
             Err(e) => Err(e.into()),
         }

@@ -3,6 +3,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use rosetta_core::store::Epoch;
 use rosetta_core::{
     Consumer, ConsumerSpec, Destination as Bind, Outbound, Queue, QueueDeclare, Table, VHost,
 };
@@ -59,7 +60,8 @@ fn truthy(frame: &Frame, header: &str) -> bool {
 }
 
 impl Session {
-    pub(super) fn subscribe(&mut self, frame: &Frame) -> Result<(), StompError> {
+    /// Subscribes; returns the store epoch the queue and binding it wrote wait for, if any.
+    pub(super) fn subscribe(&mut self, frame: &Frame) -> Result<Option<Epoch>, StompError> {
         let text = required(frame, "destination")?;
         let destination = Destination::parse(text)?;
         // STOMP 1.1 made `id` mandatory; a 1.0 subscription is known by its destination.
@@ -86,13 +88,13 @@ impl Session {
         // RabbitMQ: `durable:true` (or the older `persistent:true`) on a topic subscription.
         let durable = truthy(frame, "durable") || truthy(frame, "persistent");
         let vhost = self.vhost()?;
-        let (queue, transient) = match destination {
+        let (queue, transient, written) = match destination {
             Destination::Queue(q) => {
-                self.ensure_queue(&vhost, &q)?;
-                (q, false)
+                let written = self.ensure_queue(&vhost, &q)?;
+                (q, false, written)
             }
-            Destination::AmqQueue(q) | Destination::ReplyQueue(q) => (q, false),
-            Destination::TempQueue(t) => (self.temp_queue(&vhost, &t, false)?, false),
+            Destination::AmqQueue(q) | Destination::ReplyQueue(q) => (q, false, None),
+            Destination::TempQueue(t) => (self.temp_queue(&vhost, &t, false)?, false, None),
             Destination::Topic(key) => {
                 self.subscription_queue(&vhost, TOPIC_EXCHANGE, &key, id, durable)?
             }
@@ -112,12 +114,13 @@ impl Session {
             // Nobody will ever read the queue made for this subscription.
             let _ = vhost.delete_queue(&queue, false, false, self.conn_id);
         }
-        started
+        started.map(|()| written)
     }
 
     /// The queue a topic or exchange subscription reads: a new exclusive auto-delete queue,
     /// or for a durable subscription a durable one named after it that outlives the connection.
-    /// Returns the queue and whether it was made for this subscription alone.
+    /// Returns the queue, whether it was made for this subscription alone, and the store epoch
+    /// its durable records wait for.
     fn subscription_queue(
         &self,
         vhost: &VHost,
@@ -125,7 +128,7 @@ impl Session {
         key: &str,
         id: &str,
         durable: bool,
-    ) -> Result<(String, bool), StompError> {
+    ) -> Result<(String, bool, Option<Epoch>), StompError> {
         let declare = if durable {
             QueueDeclare {
                 name: durable_subscription_queue(self.client_id.as_deref(), id)?,
@@ -139,20 +142,23 @@ impl Session {
                 ..QueueDeclare::default()
             }
         };
-        let name = vhost.declare_queue(declare, self.conn_id)?.name;
-        if let Err(e) = vhost.bind(
+        let declared = vhost.declare_queue(declare, self.conn_id)?;
+        let name = declared.name;
+        match vhost.bind_deferred(
             exchange,
             Bind::Queue(name.clone()),
             key,
             Table::new(),
             self.conn_id,
         ) {
-            if !durable {
-                let _ = vhost.delete_queue(&name, false, false, self.conn_id);
+            Ok(bound) => Ok((name, !durable, declared.durable_at.max(bound))),
+            Err(e) => {
+                if !durable {
+                    let _ = vhost.delete_queue(&name, false, false, self.conn_id);
+                }
+                Err(e.into())
             }
-            return Err(e.into());
         }
-        Ok((name, !durable))
     }
 
     pub(super) fn start_subscription(
@@ -192,7 +198,8 @@ impl Session {
         Ok(())
     }
 
-    pub(super) fn unsubscribe(&mut self, frame: &Frame) -> Result<(), StompError> {
+    /// Unsubscribes; returns the store epoch a durable subscription's deletion waits for.
+    pub(super) fn unsubscribe(&mut self, frame: &Frame) -> Result<Option<Epoch>, StompError> {
         let id = match (frame.get("id"), self.version) {
             (Some(id), _) => id,
             (None, Version::V1_0) => required(frame, "destination")?,
@@ -208,9 +215,10 @@ impl Session {
         // without it the queue keeps collecting messages for the next SUBSCRIBE.
         let durable = truthy(frame, "durable") || truthy(frame, "persistent");
         if durable && sub.queue.durable && sub.queue.name.starts_with("stomp-subscription-") {
-            vhost.delete_queue(&sub.queue.name, false, false, self.conn_id)?;
+            let deleted = vhost.delete_queue(&sub.queue.name, false, false, self.conn_id)?;
+            return Ok(deleted.durable_at);
         }
-        Ok(())
+        Ok(None)
     }
 
     /// A delivery or notification from a queue.
