@@ -39,7 +39,8 @@ start_rosetta() {
 }
 
 # start_rabbitmq NODE AMQP_PORT WAIT_PORT [PLUGIN] [CONF_LINE]: a fresh node with its own
-# Mnesia directory; returns once WAIT_PORT accepts connections.
+# Mnesia directory; returns once WAIT_PORT accepts connections. With RABBITMQ_NOFILE set, the
+# node may open that many files (the Debian package's default is 1024).
 start_rabbitmq() {
   local node=$1 amqp_port=$2 wait_port=$3 plugin=${4:-} conf=${5:-}
   rm -rf "$work/rabbit"; mkdir -p "$work/rabbit"
@@ -51,7 +52,14 @@ start_rabbitmq() {
     RABBITMQ_MNESIA_BASE="$work/rabbit/mnesia" RABBITMQ_LOG_BASE="$work/rabbit/log" \
     RABBITMQ_ENABLED_PLUGINS_FILE="$work/rabbit/enabled_plugins" RABBITMQ_PID_FILE="$work/rabbit/pid" \
     RABBITMQ_CONFIG_FILE="$work/rabbit/rabbitmq.conf"
-  rabbitmq-server > "$work/rabbit/out" 2>&1 &
+  if [[ -n ${RABBITMQ_NOFILE:-} && -x /usr/lib/rabbitmq/bin/rabbitmq-server ]]; then
+    # Debian's wrapper starts the node through `su`, which puts the open-files limit back to
+    # 1024 (each connection is one); raise it again as the rabbitmq user, up to the hard limit.
+    su rabbitmq -s /bin/sh -c "ulimit -n $RABBITMQ_NOFILE; exec /usr/lib/rabbitmq/bin/rabbitmq-server" \
+      > "$work/rabbit/out" 2>&1 &
+  else
+    rabbitmq-server > "$work/rabbit/out" 2>&1 &
+  fi
   # Wait for the port rather than with rabbitmqctl, which needs the node's cookie.
   wait_for_port "$wait_port" || { cat "$work/rabbit/out" >&2; echo "RabbitMQ did not open port $wait_port" >&2; exit 1; }
   # The node writes its OS pid (the beam process, whose CPU and memory we sample) here.

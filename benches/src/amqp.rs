@@ -401,6 +401,75 @@ pub async fn fanout(c: &Common, queues: usize) -> Result<Report> {
     Ok(report)
 }
 
+/// One queue bound to `amq.topic` with the key the publishers use, and `bindings` more topic
+/// patterns that never match it (bound to a second queue, which stays empty): the publish rate
+/// and the broker's CPU per message against the number of bindings show what routing costs.
+pub async fn topic_routing(c: &Common, bindings: usize) -> Result<Report> {
+    validate(c)?;
+    let id = run_id();
+    let (queue, idle) = (
+        format!("bench-topic-{id}"),
+        format!("bench-topic-{id}-idle"),
+    );
+    let key = "dev.target.cmd";
+    let (conn, ch) = channel(&c.uri).await?;
+    declare_queue(&ch, &queue, c.persistent).await?;
+    declare_queue(&ch, &idle, false).await?;
+    let bind = |q: String, pattern: String| {
+        let ch = ch.clone();
+        async move {
+            ch.queue_bind(
+                q.as_str().into(),
+                "amq.topic".into(),
+                pattern.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("bind {q} to amq.topic with {pattern}"))
+        }
+    };
+    bind(queue.clone(), key.to_owned()).await?;
+    // Exact words, `*` and `#` in turn; none matches `dev.target.cmd`.
+    let bind_started = Instant::now();
+    for i in 0..bindings {
+        let pattern = match i % 3 {
+            0 => format!("dev.{i}.cmd"),
+            1 => format!("dev.*.{i}"),
+            _ => format!("dev.{i}.#"),
+        };
+        bind(idle.clone(), pattern).await?;
+    }
+    let bind_s = bind_started.elapsed().as_secs_f64();
+    let mut report = base_report("topic-routing", c, 1);
+    report.broker_before = c.broker_pid.and_then(sample_process);
+    let epoch = Instant::now();
+    let expected = (c.messages / c.producers as u64) * c.producers as u64;
+    let (subs, stop, _) = spawn_subscribers(
+        c,
+        std::slice::from_ref(&queue),
+        c.consumers,
+        expected,
+        false,
+        epoch,
+    );
+    let pubs = spawn_publishers(c, "amq.topic", key, None, epoch);
+    report.sent = join_publishers(pubs).await?;
+    let tally = join_subscribers(subs, stop, c, 1, epoch).await?;
+    report.elapsed_s = epoch.elapsed().as_secs_f64();
+    report.broker_after = c.broker_pid.and_then(sample_process);
+    report.expected = expected;
+    report.absorb(tally);
+    report.extra.push(("bindings", bindings.to_string()));
+    report.extra.push(("bind_s", format!("{bind_s:.3}")));
+    for q in [&queue, &idle] {
+        ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await?;
+    }
+    let _ = conn.close(200, "done".into()).await;
+    Ok(report)
+}
+
 pub async fn backlog(c: &Common) -> Result<Report> {
     validate(c)?;
     let queue = format!("bench-backlog-{}", run_id());

@@ -4,6 +4,7 @@
 
 mod amqp;
 mod mqtt;
+mod mqtt_many;
 mod report;
 mod stats;
 mod stomp;
@@ -37,6 +38,14 @@ enum Scenario {
         common: Common,
         #[arg(long, default_value_t = 10)]
         queues: usize,
+    },
+    /// P producers and C consumers through `amq.topic` to one queue, with `--bindings` more
+    /// topic patterns bound that never match: routing cost against the number of bindings.
+    TopicRouting {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 1000)]
+        bindings: usize,
     },
     /// Publish M messages with no consumer, then drain them.
     Backlog(Common),
@@ -73,6 +82,9 @@ enum Scenario {
         #[arg(long, default_value_t = 100)]
         concurrency: usize,
     },
+    /// MQTT: N subscribers, each on its own topic, and P publishers sending to random
+    /// subscribers' topics for `--duration` seconds: routing and delivery with N subscriptions.
+    MqttManySubscribers(mqtt_many::Many),
     /// STOMP 1.2: P producers and C consumers on one `/queue/` destination, with
     /// `--uri stomp://login:passcode@host:port[/vhost]`; `--confirm N` puts a `receipt` on every
     /// SEND with N unreceipted in flight, consumers ACK each MESSAGE (`ack:client-individual`).
@@ -132,9 +144,11 @@ fn main() -> anyhow::Result<()> {
         Scenario::Throughput(c) | Scenario::Backlog(c) => c.threads,
         Scenario::Latency { common, .. }
         | Scenario::Fanout { common, .. }
-        | Scenario::Churn { common, .. } => common.threads,
+        | Scenario::Churn { common, .. }
+        | Scenario::TopicRouting { common, .. } => common.threads,
         Scenario::MqttThroughput(flow) | Scenario::MqttFanout { flow, .. } => flow.broker.threads,
         Scenario::MqttIdle { broker, .. } => broker.threads,
+        Scenario::MqttManySubscribers(m) => m.broker.threads,
         Scenario::StompThroughput(c) => c.threads,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -146,6 +160,9 @@ fn main() -> anyhow::Result<()> {
             Scenario::Throughput(c) => amqp::throughput(&c).await,
             Scenario::Latency { common, rate } => amqp::latency(&common, rate).await,
             Scenario::Fanout { common, queues } => amqp::fanout(&common, queues).await,
+            Scenario::TopicRouting { common, bindings } => {
+                amqp::topic_routing(&common, bindings).await
+            }
             Scenario::Backlog(c) => amqp::backlog(&c).await,
             Scenario::Churn {
                 common,
@@ -170,6 +187,7 @@ fn main() -> anyhow::Result<()> {
                 hold,
                 concurrency,
             } => mqtt::idle(&broker, connections, hold, concurrency).await,
+            Scenario::MqttManySubscribers(m) => mqtt_many::run(m).await,
             Scenario::StompThroughput(c) => stomp::throughput(&c).await,
         }
     })?;
