@@ -1,7 +1,7 @@
 //! AMQP clients (lapin): publishers with publisher confirms, and a consumer with manual acks.
 
-use crate::ledger::{body_of, message_id, next_publisher, rng_for, Protocol, Sink, TOPIC_ROUTE};
-use crate::world::{away, lifetime, pause, step, World};
+use crate::ledger::{body_of, message_id, rng_for, Protocol, Sink, TOPIC_ROUTE};
+use crate::world::{away, lifetime, pause, publish_until_stopped, step, World};
 use futures_lite::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
@@ -65,18 +65,7 @@ pub async fn declare_topology(addr: SocketAddr) -> Result<(), String> {
 /// `soak.a` through the default exchange, one in four to `amq.topic` as `soak.m.a`, where the
 /// MQTT session and `soak.x` receive it.
 pub async fn publisher(world: Arc<World>, task: u64) {
-    let mut rng = rng_for(world.seed, task);
-    let publisher = next_publisher();
-    let mut seq = 0;
-    while world.publishing() {
-        let Some(addrs) = world.addrs().await else {
-            break;
-        };
-        let kills = world.kills();
-        let result = publish_session(&world, &mut rng, addrs.amqp, publisher, &mut seq).await;
-        world.connection_ended("amqp publisher", kills, result);
-        pause(&mut rng, 10, 300).await;
-    }
+    publish_until_stopped(world, task, "amqp publisher", |a| a.amqp, publish_session).await;
 }
 
 async fn publish_session(

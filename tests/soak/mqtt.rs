@@ -1,8 +1,8 @@
 //! MQTT 3.1.1 clients (rumqttc): QoS 1 publishers, and one subscriber on a persistent session
 //! (clean session off, fixed client id) whose durable queue keeps collecting while it is away.
 
-use crate::ledger::{body_of, message_id, next_publisher, rng_for, Protocol, Sink, TOPIC_ROUTE};
-use crate::world::{away, lifetime, pause, World, STEP};
+use crate::ledger::{body_of, message_id, rng_for, Protocol, Sink, TOPIC_ROUTE};
+use crate::world::{away, lifetime, pause, publish_until_stopped, World, STEP};
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -118,18 +118,7 @@ pub async fn create_session(addr: SocketAddr) -> Result<(), String> {
 
 /// Publishes QoS 1 messages on `soak/m/q` in bursts until the run stops publishing.
 pub async fn publisher(world: Arc<World>, task: u64) {
-    let mut rng = rng_for(world.seed, task);
-    let publisher = next_publisher();
-    let mut seq = 0;
-    while world.publishing() {
-        let Some(addrs) = world.addrs().await else {
-            break;
-        };
-        let kills = world.kills();
-        let result = publish_session(&world, &mut rng, addrs.mqtt, publisher, &mut seq).await;
-        world.connection_ended("mqtt publisher", kills, result);
-        pause(&mut rng, 10, 300).await;
-    }
+    publish_until_stopped(world, task, "mqtt publisher", |a| a.mqtt, publish_session).await;
 }
 
 async fn publish_session(

@@ -1,8 +1,8 @@
 //! STOMP 1.2 clients over a tokio `TcpStream`: publishers sending persistent messages with a
 //! receipt each, and consumers acknowledging each message (`client-individual`).
 
-use crate::ledger::{body_of, message_id, next_publisher, rng_for, Protocol, Sink, TOPIC_ROUTE};
-use crate::world::{away, lifetime, pause, step, World, STEP};
+use crate::ledger::{body_of, message_id, rng_for, Protocol, Sink, TOPIC_ROUTE};
+use crate::world::{away, lifetime, pause, publish_until_stopped, step, World, STEP};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -207,18 +207,7 @@ impl Stomp {
 /// `/queue/soak.s`, one in four to `/topic/soak.m.s` (`amq.topic`, where the MQTT session and
 /// `soak.x` receive it). A message counts once its RECEIPT arrived.
 pub async fn publisher(world: Arc<World>, task: u64) {
-    let mut rng = rng_for(world.seed, task);
-    let publisher = next_publisher();
-    let mut seq = 0;
-    while world.publishing() {
-        let Some(addrs) = world.addrs().await else {
-            break;
-        };
-        let kills = world.kills();
-        let result = publish_session(&world, &mut rng, addrs.stomp, publisher, &mut seq).await;
-        world.connection_ended("stomp publisher", kills, result);
-        pause(&mut rng, 10, 300).await;
-    }
+    publish_until_stopped(world, task, "stomp publisher", |a| a.stomp, publish_session).await;
 }
 
 async fn publish_session(

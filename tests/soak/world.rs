@@ -173,3 +173,33 @@ impl World {
         self.reconnects.add(kind.to_string());
     }
 }
+
+/// A publisher's life: connect, publish for a while through `session`, end (by choice, a kill
+/// or an error), pause, reconnect, until the run stops publishing. Each protocol supplies the
+/// session; `seq` runs on across connections so every message of this publisher is unique.
+pub async fn publish_until_stopped(
+    world: std::sync::Arc<World>,
+    task: u64,
+    kind: &str,
+    addr_of: fn(&Addrs) -> SocketAddr,
+    mut session: impl AsyncFnMut(
+        &World,
+        &mut fastrand::Rng,
+        SocketAddr,
+        u64,
+        &mut u64,
+    ) -> Result<(), String>,
+) {
+    let mut rng = crate::ledger::rng_for(world.seed, task);
+    let publisher = crate::ledger::next_publisher();
+    let mut seq = 0;
+    while world.publishing() {
+        let Some(addrs) = world.addrs().await else {
+            break;
+        };
+        let kills = world.kills();
+        let result = session(&world, &mut rng, addr_of(&addrs), publisher, &mut seq).await;
+        world.connection_ended(kind, kills, result);
+        pause(&mut rng, 10, 300).await;
+    }
+}
