@@ -14,6 +14,7 @@ mod dead_letter;
 mod durability;
 mod errors;
 mod exchanges;
+mod full_disk;
 mod hostile;
 mod paging;
 mod queues;
