@@ -10,6 +10,7 @@ pub mod consumer;
 pub mod dead_letter;
 #[cfg(test)]
 mod durability_tests;
+pub mod durable;
 pub mod error;
 pub mod exchange;
 mod headers_match;
@@ -22,6 +23,8 @@ pub mod queue_config;
 #[cfg(test)]
 mod routing_tests;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod topic;
 pub mod vhost;
 

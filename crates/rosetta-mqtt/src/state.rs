@@ -286,7 +286,8 @@ impl MqttState {
 
     /// Ends a session for good: its queue, its bindings and its records go ([MQTT-4.1.0-?]
     /// session state ends with the session), and so does its hold on shared subscriptions.
-    pub(crate) fn end_session(&self, client_id: &str) -> Result<(), MqttError> {
+    /// Returns the epoch of the last store write, which covers the earlier ones.
+    pub(crate) fn end_session(&self, client_id: &str) -> Result<Epoch, MqttError> {
         let ended = self.sessions.lock().remove(client_id);
         for sub in ended.iter().flat_map(|s| &s.subscriptions) {
             if let Some(queue) = topic::shared_queue_of(&sub.filter) {
@@ -296,8 +297,7 @@ impl MqttState {
         self.unacked_ids.lock().remove(client_id);
         self.vhost
             .delete_queue(&topic::session_queue(client_id), false, false, 0)?;
-        self.records(client_id).delete_session()?;
-        Ok(())
+        self.records(client_id).delete_session()
     }
 
     /// Publishes an application message as a client would: retained if asked, then routed

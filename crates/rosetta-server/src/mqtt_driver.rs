@@ -31,7 +31,7 @@ impl Session for MqttSession {
         MqttSession::handle_outbound(self, item);
     }
     fn has_pending_durability(&self) -> bool {
-        self.has_pending_acks()
+        MqttSession::has_pending_durability(self)
     }
     fn on_durable(&mut self) {
         MqttSession::on_durable(self);

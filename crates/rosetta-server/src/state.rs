@@ -22,3 +22,52 @@ pub(crate) struct ServerState {
     pub metrics: Metrics,
     pub lifecycle: Lifecycle,
 }
+
+#[cfg(test)]
+impl ServerState {
+    /// A broker over `store` with the `/` virtual host and the user guest/guest (loopback
+    /// only), no resource alarm, and small default session settings.
+    pub(crate) fn for_tests(store: Arc<dyn rosetta_core::store::Store>) -> Arc<ServerState> {
+        let broker = Broker::open(
+            store,
+            &["/".to_owned()],
+            rosetta_core::CoreLimits::default(),
+        )
+        .expect("broker");
+        let users = Users::new(vec![rosetta_core::User {
+            name: "guest".into(),
+            password: "guest".into(),
+            loopback_only: true,
+        }]);
+        let (_alarm_tx, alarm) = watch::channel(false);
+        Arc::new(ServerState {
+            broker,
+            users: Arc::new(users),
+            amqp: SessionConfig {
+                frame_max: 131_072,
+                channel_max: 2047,
+                heartbeat: 0,
+                max_message_size: 1 << 20,
+                max_consumers_per_channel: 0,
+                max_transaction_frames: 0,
+                max_transaction_bytes: 0,
+            },
+            stomp: rosetta_stomp::session::SessionConfig {
+                limits: rosetta_stomp::codec::Limits {
+                    max_headers: 100,
+                    max_header_length: 1024,
+                    max_body: 1 << 20,
+                },
+                heartbeat_ms: 0,
+                default_vhost: "/".into(),
+                max_subscriptions: 0,
+                max_transaction_frames: 0,
+                max_transaction_bytes: 0,
+            },
+            alarm,
+            connections: Connections::default(),
+            metrics: Metrics::new().expect("metrics"),
+            lifecycle: Lifecycle::new(),
+        })
+    }
+}

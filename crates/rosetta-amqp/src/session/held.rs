@@ -8,15 +8,14 @@
 //! tell the client about work it has not been told is done. So once something is held,
 //! everything the channel writes afterwards queues behind it.
 
-use std::collections::VecDeque;
-
 use bytes::BytesMut;
+use rosetta_core::durable::Held;
 use rosetta_core::store::Epoch;
 
 #[derive(Default)]
 pub(super) struct HeldOutput {
     /// Encoded frames, each run released once the durable epoch reaches its epoch, in order.
-    runs: VecDeque<(Epoch, BytesMut)>,
+    runs: Held<BytesMut>,
     /// Where, in the session's output buffer, the output of the current call starts being
     /// held; `None` while nothing of this call is held.
     from: Option<usize>,
@@ -51,26 +50,21 @@ impl HeldOutput {
         if let Some(from) = self.from {
             self.take_tail(out, from);
         }
-        self.runs.push_back((epoch, frames));
+        self.runs.push(epoch, frames);
         self.from = Some(out.len());
     }
 
     /// Appends to `out`, in order, every run whose epoch is durable, stopping at the first that
     /// is not: later runs may have smaller epochs but must not overtake it.
     pub fn release(&mut self, out: &mut BytesMut, durable: Epoch) {
-        while let Some((epoch, _)) = self.runs.front() {
-            if *epoch > durable {
-                break;
-            }
-            if let Some((_, frames)) = self.runs.pop_front() {
-                out.extend_from_slice(&frames);
-            }
+        while let Some(frames) = self.runs.pop_durable(durable) {
+            out.extend_from_slice(&frames);
         }
     }
 
     fn take_tail(&mut self, out: &mut BytesMut, from: usize) {
         let tail = out.split_off(from);
-        if let Some((_, run)) = self.runs.back_mut() {
+        if let Some(run) = self.runs.last_mut() {
             run.extend_from_slice(&tail);
         }
     }

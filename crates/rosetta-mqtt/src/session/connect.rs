@@ -187,21 +187,29 @@ impl Inner {
             NEVER_EXPIRES
         };
         let existing = self.state.stored_session(&self.client_id);
+        // The store writes CONNACK confirms: a session discarded, resumed or written down.
+        let mut durable_at = None;
         if c.clean_start && existing.is_some() {
-            if let Err(e) = self.state.end_session(&self.client_id) {
-                tracing::warn!(client_id = %self.client_id, error = %e, "cannot discard the previous session");
+            match self.state.end_session(&self.client_id) {
+                Ok(epoch) => durable_at = Some(epoch),
+                Err(e) => {
+                    tracing::warn!(client_id = %self.client_id, error = %e, "cannot discard the previous session");
+                }
             }
         }
         let resumed = if c.clean_start { None } else { existing };
         let session_present = resumed.is_some();
-        if let Err(e) = self.start_session(resumed) {
-            tracing::warn!(client_id = %self.client_id, error = %e, "cannot start the session");
-            let reason = if e.is_quota() {
-                ConnectReasonCode::QuotaExceeded
-            } else {
-                ConnectReasonCode::ServerUnavailable
-            };
-            return self.refuse(reason, "session could not be restored");
+        match self.start_session(resumed) {
+            Ok(epoch) => durable_at = durable_at.max(epoch),
+            Err(e) => {
+                tracing::warn!(client_id = %self.client_id, error = %e, "cannot start the session");
+                let reason = if e.is_quota() {
+                    ConnectReasonCode::QuotaExceeded
+                } else {
+                    ConnectReasonCode::ServerUnavailable
+                };
+                return self.refuse(reason, "session could not be restored");
+            }
         }
 
         self.client_alias_max = props.topic_alias_max.unwrap_or(0);
@@ -246,6 +254,9 @@ impl Inner {
             };
         }
         self.send(&Packet::Connack(connack));
+        if let Some(epoch) = durable_at {
+            self.hold_output_until(epoch);
+        }
         self.phase = Phase::Connected;
         tracing::info!(
             peer = %self.peer,
@@ -272,9 +283,25 @@ impl Inner {
         self.consume_all();
     }
 
+    /// Holds the output, CONNACK first, until the durable point reaches `epoch`: a session
+    /// is confirmed once it is on disk, and waiting for that here, on an async worker thread,
+    /// would stall every connection scheduled on it.
+    fn hold_output_until(&mut self, epoch: Epoch) {
+        let store = self.state.store();
+        if epoch > store.durable_epoch() {
+            store.request_sync(epoch);
+            self.output_held_until = Some(epoch);
+        }
+    }
+
     /// Sets up the session: a resumed one gets its subscriptions and unfinished QoS 2 exchanges
-    /// back; a persistent one is written down.
-    fn start_session(&mut self, resumed: Option<StoredSession>) -> Result<(), MqttError> {
+    /// back; a persistent one is written down. Returns the epoch of the last store write, if
+    /// any, which CONNACK waits for.
+    fn start_session(
+        &mut self,
+        resumed: Option<StoredSession>,
+    ) -> Result<Option<Epoch>, MqttError> {
+        let mut written = None;
         let records = self.state.records(&self.client_id);
         // Taken in any case, so that ids kept for a session that is not resumed go with it.
         let unacked = self.state.take_unacked_ids(&self.client_id);
@@ -299,14 +326,13 @@ impl Inner {
                 self.stamp_client_id |= s.no_local;
                 self.subscriptions.insert(s.filter.clone(), s);
             }
-            self.restore_bindings()?;
+            written = self.restore_bindings()?;
         }
         if self.expiry > 0 {
             self.durable_queue = true;
-            self.save_session(None)?;
-            self.state.store().sync()?;
+            written = written.max(Some(self.write_session(None)?));
         }
-        Ok(())
+        Ok(written)
     }
 
     /// Writes the session down (persistent sessions only).

@@ -51,7 +51,7 @@ impl Inner {
     fn inbound_in_flight(&self) -> usize {
         self.acks
             .iter()
-            .filter(|(p, _)| matches!(p, Packet::Puback(_)))
+            .filter(|p| matches!(p, Packet::Puback(_)))
             .count()
             + self.qos2_in.len()
     }
@@ -69,7 +69,7 @@ impl Inner {
                     QosPid::Level2(pid) => codec::pubrec(pid, PubrecReasonCode::TopicNameInvalid),
                 };
                 self.log_refusal("publish refused", &why);
-                self.acks.push_back((ack, 0));
+                self.acks.push(0, ack);
                 return Ok(());
             }
             Err(e) => return Err(e),
@@ -88,7 +88,7 @@ impl Inner {
                 // A resent PUBLISH whose PUBREC was lost: acknowledged again, not routed again
                 // (MQTT 5.0 §4.3.3, method B).
                 self.acks
-                    .push_back((codec::pubrec(pid, PubrecReasonCode::Success), 0));
+                    .push(0, codec::pubrec(pid, PubrecReasonCode::Success));
                 return Ok(());
             }
         }
@@ -102,12 +102,12 @@ impl Inner {
             QosPid::Level0 => {}
             QosPid::Level1(pid) => {
                 self.acks
-                    .push_back((codec::puback(pid, puback_reason(outcome)), epoch));
+                    .push(epoch, codec::puback(pid, puback_reason(outcome)));
             }
             // A refused QoS 2 message ends its exchange at PUBREC (reason >= 0x80).
             QosPid::Level2(pid) if outcome.rejected => {
                 self.acks
-                    .push_back((codec::pubrec(pid, PubrecReasonCode::QuotaExceeded), epoch));
+                    .push(epoch, codec::pubrec(pid, PubrecReasonCode::QuotaExceeded));
             }
             QosPid::Level2(pid) => {
                 self.qos2_in.insert(pid.value());
@@ -121,7 +121,7 @@ impl Inner {
                     epoch = epoch.max(written);
                 }
                 self.acks
-                    .push_back((codec::pubrec(pid, pubrec_reason(outcome)), epoch));
+                    .push(epoch, codec::pubrec(pid, pubrec_reason(outcome)));
             }
         }
         Ok(())
@@ -144,7 +144,7 @@ impl Inner {
             PubcompReasonCode::PacketIdentifierNotFound
         };
         // Queued behind pending acknowledgements so replies keep the order of requests.
-        self.acks.push_back((codec::pubcomp(pid, reason), 0));
+        self.acks.push(0, codec::pubcomp(pid, reason));
     }
 }
 

@@ -23,6 +23,7 @@ use bytes::{Bytes, BytesMut};
 use mqtt_proto::v5::{Disconnect, DisconnectProperties, DisconnectReasonCode, Packet};
 use mqtt_proto::{Protocol, QoS};
 use parking_lot::Mutex;
+use rosetta_core::durable::Held;
 use rosetta_core::store::Epoch;
 use rosetta_core::{CloseReason, ConnectionId, Consumer, Credit, Outbound, Queue};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -90,7 +91,11 @@ pub(crate) struct Inner {
     /// QoS 2 packet ids received and awaiting PUBREL.
     qos2_in: HashSet<u16>,
     /// Acknowledgements waiting for the store, in the order they must be sent.
-    acks: VecDeque<(Packet, Epoch)>,
+    acks: Held<Packet>,
+    /// The epoch a CONNACK waits for while the session it confirms is on its way to disk.
+    /// Nothing may reach the client before CONNACK ([MQTT-3.2.0-1]), so until the durable
+    /// point passes it the whole output waits.
+    output_held_until: Option<Epoch>,
     alias_in: HashMap<u16, String>,
     alias_out: HashMap<String, u16>,
     client_alias_max: u16,
@@ -150,7 +155,8 @@ impl Session {
             out_flight: HashMap::new(),
             resend: HashMap::new(),
             qos2_in: HashSet::new(),
-            acks: VecDeque::new(),
+            acks: Held::default(),
+            output_held_until: None,
             alias_in: HashMap::new(),
             alias_out: HashMap::new(),
             client_alias_max: 0,
@@ -196,17 +202,23 @@ impl Session {
         self.inner.lock().handle_outbound(item);
     }
 
-    pub fn has_pending_acks(&self) -> bool {
-        !self.inner.lock().acks.is_empty()
+    /// Whether a reply (an acknowledgement, or CONNACK and everything behind it) waits for
+    /// the store's durable point.
+    pub fn has_pending_durability(&self) -> bool {
+        let inner = self.inner.lock();
+        !inner.acks.is_empty() || inner.output_held_until.is_some()
     }
 
-    /// The store's durable epoch advanced: send the acknowledgements it covers.
+    /// The store's durable epoch advanced: send the replies it covers.
     pub fn on_durable(&mut self) {
-        self.inner.lock().release_acks();
+        self.inner.lock().release_durable();
     }
 
     pub fn take_output(&mut self) -> Option<Bytes> {
         let mut inner = self.inner.lock();
+        if inner.output_held_until.is_some() {
+            return None;
+        }
         inner.send_retained();
         (!inner.out.is_empty()).then(|| inner.out.split().freeze())
     }
@@ -218,8 +230,14 @@ impl Session {
     }
 
     /// After output was written: QoS 0 deliveries are settled, so their queues deliver more.
+    /// Output held behind CONNACK was not written, so its deliveries stay unsettled.
     pub fn after_flush(&mut self) {
-        let written = std::mem::take(&mut self.inner.lock().written);
+        let mut inner = self.inner.lock();
+        if inner.output_held_until.is_some() {
+            return;
+        }
+        let written = std::mem::take(&mut inner.written);
+        drop(inner);
         settle(written);
     }
 
@@ -312,7 +330,7 @@ impl Inner {
                     if self.alarm && input.first().is_some_and(|b| b >> 4 == PUBLISH_TYPE) {
                         self.published = true;
                         if !self.acks.is_empty() {
-                            self.release_acks();
+                            self.release_durable();
                         }
                         return true;
                     }
@@ -320,7 +338,7 @@ impl Inner {
                         Ok(None) => {
                             // Acknowledgements that needed no fsync go out with this batch.
                             if !self.acks.is_empty() {
-                                self.release_acks();
+                                self.release_durable();
                             }
                             return true;
                         }
@@ -426,16 +444,15 @@ impl Inner {
         }
     }
 
-    /// Sends, in order, the acknowledgements whose store writes are durable.
-    fn release_acks(&mut self) {
+    /// Sends, in order, the acknowledgements whose store writes are durable, and lets the
+    /// output go once the CONNACK it starts with is.
+    fn release_durable(&mut self) {
         let durable = self.state.store().durable_epoch();
-        while let Some((_, epoch)) = self.acks.front() {
-            if *epoch > durable {
-                break;
-            }
-            if let Some((packet, _)) = self.acks.pop_front() {
-                self.send(&packet);
-            }
+        while let Some(packet) = self.acks.pop_durable(durable) {
+            self.send(&packet);
+        }
+        if self.output_held_until.is_some_and(|epoch| epoch <= durable) {
+            self.output_held_until = None;
         }
     }
 }

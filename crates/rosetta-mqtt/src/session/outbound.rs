@@ -87,7 +87,8 @@ impl Inner {
         limit == 0 || self.out_flight.len() < limit
     }
 
-    /// The next owed retained message could be written now.
+    /// The next owed retained message could be written now (not while the output waits behind
+    /// CONNACK: it would only pile up there).
     pub(super) fn retained_ready(&self) -> bool {
         let Some(topic) = self.retained_order.front() else {
             return false;
@@ -98,6 +99,7 @@ impl Inner {
             .map_or(QoS::Level0, |(q, _)| *q);
         self.phase == Phase::Connected
             && !self.ended
+            && self.output_held_until.is_none()
             && self.out.len() < RETAINED_BATCH_BYTES
             && (qos == QoS::Level0 || self.window_open())
     }

@@ -70,18 +70,15 @@ impl Inner {
     }
 
     /// Binds every subscription of a resumed session again: a shared subscription's queue may
-    /// have been deleted (by an operator) while the session was away.
-    pub(super) fn restore_bindings(&mut self) -> Result<(), MqttError> {
+    /// have been deleted (by an operator) while the session was away. Returns the epoch of the
+    /// last binding written, if any, for CONNACK to wait for.
+    pub(super) fn restore_bindings(&mut self) -> Result<Option<Epoch>, MqttError> {
         let filters: Vec<String> = self.subscriptions.keys().cloned().collect();
-        let mut rebound = false;
+        let mut written = None;
         for f in filters {
-            rebound |= self.bind_subscription(&f)?.is_some();
+            written = written.max(self.bind_subscription(&f)?);
         }
-        // Rare (an operator deleted a queue meanwhile), so one wait before CONNACK will do.
-        if rebound {
-            self.state.store().sync()?;
-        }
-        Ok(())
+        Ok(written)
     }
 
     fn consume(&mut self, queue: &str) -> Result<(), MqttError> {
@@ -337,7 +334,7 @@ impl Inner {
         if epoch == 0 && self.acks.is_empty() {
             self.send(&reply);
         } else {
-            self.acks.push_back((reply, epoch));
+            self.acks.push(epoch, reply);
         }
     }
 }

@@ -9,16 +9,13 @@ use bytes::{Bytes, BytesMut};
 use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use rosetta_amqp::session::{Session as AmqpSession, SessionConfig};
-use rosetta_core::{Broker, CoreLimits, Outbound, User, Users};
+use rosetta_amqp::session::Session as AmqpSession;
+use rosetta_core::Outbound;
 use rosetta_store::SledStore;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::{drive, Heartbeats, Session};
-use crate::connections::Connections;
-use crate::lifecycle::Lifecycle;
-use crate::metrics::Metrics;
 use crate::state::ServerState;
 
 const TRIPWIRE: &[u8] = b"tripwire.routing.key";
@@ -78,43 +75,7 @@ impl Session for Tripwire {
 }
 
 fn server_state(data: &std::path::Path) -> Arc<ServerState> {
-    let store = Arc::new(SledStore::open(data).expect("store"));
-    let broker = Broker::open(store, &["/".to_owned()], CoreLimits::default()).expect("broker");
-    let users = Users::new(vec![User {
-        name: "guest".into(),
-        password: "guest".into(),
-        loopback_only: true,
-    }]);
-    let (_alarm_tx, alarm) = watch::channel(false);
-    Arc::new(ServerState {
-        broker,
-        users: Arc::new(users),
-        amqp: SessionConfig {
-            frame_max: 131_072,
-            channel_max: 2047,
-            heartbeat: 0,
-            max_message_size: 1 << 20,
-            max_consumers_per_channel: 0,
-            max_transaction_frames: 0,
-            max_transaction_bytes: 0,
-        },
-        stomp: rosetta_stomp::session::SessionConfig {
-            limits: rosetta_stomp::codec::Limits {
-                max_headers: 100,
-                max_header_length: 1024,
-                max_body: 1 << 20,
-            },
-            heartbeat_ms: 0,
-            default_vhost: "/".into(),
-            max_subscriptions: 0,
-            max_transaction_frames: 0,
-            max_transaction_bytes: 0,
-        },
-        alarm,
-        connections: Connections::default(),
-        metrics: Metrics::new().expect("metrics"),
-        lifecycle: Lifecycle::new(),
-    })
+    ServerState::for_tests(Arc::new(SledStore::open(data).expect("store")))
 }
 
 async fn until(what: &str, mut condition: impl FnMut() -> bool) {

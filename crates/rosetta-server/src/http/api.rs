@@ -2,22 +2,32 @@
 //! against the configured users. Field names follow RabbitMQ's management API where one exists,
 //! so existing scripts need few changes. docs/operations.md lists the endpoints.
 //!
-//! Handlers run on the blocking pool: deleting a durable queue waits for an fsync.
+//! Handlers run on the blocking pool, as they may walk every queue of a large broker. A reply
+//! that confirms a durable change (a deleted durable queue) then waits for the store's durable
+//! point without holding a thread.
 
 use std::net::SocketAddr;
-use std::time::UNIX_EPOCH;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
 
 use http_body_util::Full;
 use hyper::header::{HeaderValue, ALLOW, WWW_AUTHENTICATE};
 use hyper::http::request::Parts;
 use hyper::{Method, StatusCode};
+use rosetta_core::durable;
+use rosetta_core::store::Epoch;
 use rosetta_core::{CoreError, Queue, Table, VHost, Value};
 use serde_json::{json, Map, Value as Json};
 
 use super::auth::{authenticate, Denied};
 use super::totals::{exchange_count, walk_queues};
-use super::{respond, Reply};
+use super::{internal_error, respond, Reply};
 use crate::state::ServerState;
+
+/// How long a reply waits for its change to reach the disk before the caller hears 503 instead:
+/// a failing disk must not hold the request, and with it the broker's shutdown (which lets
+/// requests finish), for ever.
+const DURABLE_WAIT: Duration = Duration::from_secs(10);
 
 /// What a path allows, decided before authentication so that a wrong method is a 405 only for
 /// callers who may know the endpoint exists.
@@ -25,20 +35,63 @@ const READ: &str = "GET, HEAD";
 const READ_DELETE: &str = "GET, HEAD, DELETE";
 const DELETE: &str = "DELETE";
 
-pub(crate) fn handle(state: &ServerState, peer: SocketAddr, request: &Parts) -> Reply {
+/// A reply, and the store epoch it must wait for when it confirms a durable change.
+struct Answer {
+    reply: Reply,
+    durable_at: Option<Epoch>,
+}
+
+impl From<Reply> for Answer {
+    fn from(reply: Reply) -> Self {
+        Answer {
+            reply,
+            durable_at: None,
+        }
+    }
+}
+
+/// Answers one request: handled on the blocking pool, then sent once what it confirms is on
+/// disk. A store that closes or stays behind meanwhile turns the reply into a 503, since the
+/// change may not survive a crash.
+pub(crate) async fn serve(state: Arc<ServerState>, peer: SocketAddr, request: Parts) -> Reply {
+    let store = state.broker.store().clone();
+    let answer = match tokio::task::spawn_blocking(move || handle(&state, peer, &request)).await {
+        Ok(answer) => answer,
+        Err(e) => return internal_error(&e),
+    };
+    let Some(epoch) = answer.durable_at else {
+        return answer.reply;
+    };
+    match tokio::time::timeout(DURABLE_WAIT, durable::reached(store.as_ref(), epoch)).await {
+        Ok(Ok(())) => answer.reply,
+        Ok(Err(e)) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            &e.to_string(),
+        ),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            &format!("the change is made but not yet on disk after {DURABLE_WAIT:?}"),
+        ),
+    }
+}
+
+fn handle(state: &ServerState, peer: SocketAddr, request: &Parts) -> Answer {
     if let Err(denied) = authenticate(&state.users, &request.headers, peer) {
-        return unauthorized(denied);
+        return unauthorized(denied).into();
     }
     let Some(segments) = segments(request.uri.path()) else {
         return error(
             StatusCode::BAD_REQUEST,
             "bad_request",
             "path segments must be percent-encoded UTF-8",
-        );
+        )
+        .into();
     };
     let path: Vec<&str> = segments.iter().map(String::as_str).collect();
     let Some(allowed) = allowed_methods(&path) else {
-        return error(StatusCode::NOT_FOUND, "not_found", "no such endpoint");
+        return error(StatusCode::NOT_FOUND, "not_found", "no such endpoint").into();
     };
     let method = if request.method == Method::HEAD {
         Method::GET
@@ -54,10 +107,10 @@ pub(crate) fn handle(state: &ServerState, peer: SocketAddr, request: &Parts) -> 
         reply
             .headers_mut()
             .insert(ALLOW, HeaderValue::from_static(allowed));
-        return reply;
+        return reply.into();
     }
     let query = request.uri.query().unwrap_or("");
-    match (method, path.as_slice()) {
+    let reply = match (method, path.as_slice()) {
         (Method::GET, ["overview"]) => ok(overview(state)),
         (Method::GET, ["queues"]) => ok(queues(state, None)),
         (Method::GET, ["queues", vhost]) => {
@@ -66,7 +119,9 @@ pub(crate) fn handle(state: &ServerState, peer: SocketAddr, request: &Parts) -> 
         (Method::GET, ["queues", vhost, name]) => {
             with_queue(state, vhost, name, |_, queue| ok(queue_json(vhost, queue)))
         }
-        (Method::DELETE, ["queues", vhost, name]) => delete_queue(state, vhost, name, query),
+        (Method::DELETE, ["queues", vhost, name]) => {
+            return delete_queue(state, vhost, name, query)
+        }
         (Method::DELETE, ["queues", vhost, name, "contents"]) => purge_queue(state, vhost, name),
         (Method::GET, ["exchanges"]) => ok(exchanges(state, None)),
         (Method::GET, ["exchanges", vhost]) => {
@@ -74,7 +129,8 @@ pub(crate) fn handle(state: &ServerState, peer: SocketAddr, request: &Parts) -> 
         }
         (Method::GET, ["connections"]) => ok(connections(state)),
         _ => error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
-    }
+    };
+    reply.into()
 }
 
 fn allowed_methods(path: &[&str]) -> Option<&'static str> {
@@ -284,9 +340,11 @@ fn with_queue(
 }
 
 /// `DELETE /api/queues/{vhost}/{name}[?if-empty=true][&if-unused=true]`. An operator may delete
-/// an exclusive queue too, as the owning connection could.
-fn delete_queue(state: &ServerState, vhost: &str, name: &str, query: &str) -> Reply {
-    with_queue(state, vhost, name, |v, queue| {
+/// an exclusive queue too, as the owning connection could. The 204 waits for a durable
+/// queue's removal to be on disk.
+fn delete_queue(state: &ServerState, vhost: &str, name: &str, query: &str) -> Answer {
+    let mut durable_at = None;
+    let reply = with_queue(state, vhost, name, |v, queue| {
         let conn = queue
             .exclusive_owner
             .unwrap_or_else(|| state.broker.new_connection_id());
@@ -303,11 +361,13 @@ fn delete_queue(state: &ServerState, vhost: &str, name: &str, query: &str) -> Re
                     messages = deleted.messages,
                     "queue deleted through the management API"
                 );
+                durable_at = deleted.durable_at;
                 no_content()
             }
             Err(e) => core_error(&e),
         }
-    })
+    });
+    Answer { reply, durable_at }
 }
 
 /// `DELETE /api/queues/{vhost}/{name}/contents`: drops the ready messages, keeps the queue.

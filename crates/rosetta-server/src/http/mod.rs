@@ -7,6 +7,8 @@
 mod api;
 mod auth;
 mod scrape;
+#[cfg(test)]
+mod tests;
 mod totals;
 
 use std::convert::Infallible;
@@ -88,12 +90,7 @@ async fn route(state: Arc<ServerState>, peer: SocketAddr, request: Request<Incom
         }
         "/healthz" => healthz(&state),
         "/readyz" => readyz(&state),
-        _ if path == "/api" || path.starts_with("/api/") => {
-            match tokio::task::spawn_blocking(move || api::handle(&state, peer, &parts)).await {
-                Ok(reply) => reply,
-                Err(e) => internal_error(&e),
-            }
-        }
+        _ if path == "/api" || path.starts_with("/api/") => api::serve(state, peer, parts).await,
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

@@ -10,12 +10,13 @@ mod connect;
 mod send;
 mod subscribe;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use rosetta_core::durable::Held;
 use rosetta_core::store::Epoch;
 use rosetta_core::{Broker, ConnectionId, Outbound, Queue, Users, VHost};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
@@ -94,7 +95,7 @@ pub struct Session {
     /// Open transactions (STOMP 1.2 BEGIN): frames held back until COMMIT.
     transactions: HashMap<String, Transaction>,
     /// RECEIPTs in the order their frames arrived, each with the store epoch it waits for.
-    receipts: VecDeque<(Epoch, String)>,
+    receipts: Held<String>,
     /// The latest store epoch this session's frames wrote, which DISCONNECT's receipt awaits.
     written: Epoch,
     /// `/temp-queue/` names and the private queues behind them.
@@ -142,7 +143,7 @@ impl Session {
             unacked: BTreeMap::new(),
             next_message_id: 1,
             transactions: HashMap::new(),
-            receipts: VecDeque::new(),
+            receipts: Held::default(),
             written: 0,
             temp_queues: HashMap::new(),
             published: false,
@@ -312,7 +313,7 @@ impl Session {
     /// Queues a RECEIPT behind any still waiting for the store (STOMP 1.2 RECEIPT), and sends
     /// every receipt that is ready.
     fn receipt(&mut self, epoch: Epoch, id: String) {
-        self.receipts.push_back((epoch, id));
+        self.receipts.push(epoch, id);
         self.on_durable();
     }
 
@@ -330,13 +331,8 @@ impl Session {
     /// The store's durable epoch advanced: send the receipts it covers, in order.
     pub fn on_durable(&mut self) {
         let durable = self.broker.store().durable_epoch();
-        while let Some((epoch, _)) = self.receipts.front() {
-            if *epoch > durable {
-                break;
-            }
-            if let Some((_, id)) = self.receipts.pop_front() {
-                self.write(&Frame::new(Command::Receipt).header("receipt-id", id));
-            }
+        while let Some(id) = self.receipts.pop_durable(durable) {
+            self.write(&Frame::new(Command::Receipt).header("receipt-id", id));
         }
     }
 
