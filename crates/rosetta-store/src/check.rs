@@ -2,14 +2,17 @@
 //! decoded and checksummed, every queue entry's body is looked up, and what is wrong is listed
 //! with where it is. Nothing is changed except what sled itself does when it opens.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 
 use rosetta_core::store::{Store, StoreError};
 
 use crate::codec;
-use crate::keys;
+use crate::fs::StdFs;
+use crate::index::{Index, Walk};
+use crate::keys::{self, EntryValue};
 use crate::quarantine::tree_place;
 use crate::segments::Location;
 use crate::sled_store::{engine, SledStore};
@@ -111,8 +114,22 @@ pub fn check(path: &Path) -> Result<Report, StoreError> {
         codec::decode_message(v, k).map(drop)
     })?;
 
-    let segments = read_segments(&path.join("segments"), &mut report)?;
-    let mut referenced = BTreeSet::new();
+    let mut moved = HashMap::new();
+    check_tree(&tree("moved")?, "moved", &mut report, |k, v| {
+        let parsed = keys::parse_message_key(k)
+            .zip(codec::unseal(v).and_then(Location::decode))
+            .ok_or_else(|| codec::corrupt(k, "moved body record does not decode"))?;
+        moved.insert(parsed.0, parsed.1);
+        Ok(())
+    })?;
+    let mut known = Known {
+        queue_ids: &queue_ids,
+        segments: read_segments(&path.join("segments"), &mut report)?,
+        bodies: &bodies,
+        moved,
+        referenced: BTreeSet::new(),
+    };
+    // Entries an older layout kept in sled (the broker moves them at its next start).
     for item in tree("entries")?.iter() {
         let (k, v) = item.map_err(engine)?;
         let place = tree_place("entries", &k);
@@ -123,16 +140,77 @@ pub fn check(path: &Path) -> Result<Report, StoreError> {
                 .push(format!("{place}: fails its checksum or does not decode"));
             continue;
         };
+        known.check_entry(&mut report, &place, queue, &value)?;
+    }
+    let index = Index::open(Arc::new(StdFs), path)?;
+    let mut bad = Vec::new();
+    let mut found = Vec::new();
+    index.recover(
+        Walk {
+            known: &|queue| queue_ids.contains(&queue),
+            delivered: &|_| None,
+            lost_queues: true,
+            bad: &mut |record| {
+                bad.push(format!("{}: {}", record.place, record.reason));
+                Ok(())
+            },
+            read_only: true,
+        },
+        &mut |entry| {
+            found.push((entry.queue, entry.seq, entry.value));
+            Ok(())
+        },
+    )?;
+    report.bad.extend(bad);
+    for (queue, seq, value) in found {
+        let place = format!("queue {queue} seq {seq} in the queue index");
+        known.check_entry(&mut report, &place, queue, &value)?;
+    }
+    for number in known.segments.files.keys() {
+        if !known.referenced.contains(number) {
+            report.notes.push(format!(
+                "segment {number:08x} holds no referenced body (removed at the next start)"
+            ));
+        }
+    }
+    Ok(report)
+}
+
+/// What entries are checked against.
+struct Known<'a> {
+    queue_ids: &'a HashSet<u64>,
+    segments: SegmentRecords,
+    bodies: &'a sled::Tree,
+    /// Where compaction moved bodies to.
+    moved: HashMap<u64, Location>,
+    /// Segments some entry's body is in.
+    referenced: BTreeSet<u32>,
+}
+
+impl Known<'_> {
+    /// Counts one entry and checks that its queue exists and its body is readable.
+    fn check_entry(
+        &mut self,
+        report: &mut Report,
+        place: &str,
+        queue: u64,
+        value: &EntryValue,
+    ) -> Result<(), StoreError> {
         report.count("entries");
-        if !queue_ids.contains(&queue) {
+        if !self.queue_ids.contains(&queue) {
             report.notes.push(format!(
                 "{place}: its queue {queue} does not exist (removed at the next start)"
             ));
         }
-        match value.location {
+        let location = self
+            .moved
+            .get(&value.message_id)
+            .copied()
+            .or(value.location);
+        match location {
             Some(location) => {
-                referenced.insert(location.segment);
-                if let Err(reason) = segments.verify(location) {
+                self.referenced.insert(location.segment);
+                if let Err(reason) = self.segments.verify(location) {
                     report.dangling.push(format!(
                         "{place} -> segment {:08x}, offset {}: {reason}",
                         location.segment, location.offset
@@ -140,7 +218,8 @@ pub fn check(path: &Path) -> Result<Report, StoreError> {
                 }
             }
             None => {
-                if !bodies
+                if !self
+                    .bodies
                     .contains_key(keys::message(value.message_id))
                     .map_err(engine)?
                 {
@@ -151,15 +230,8 @@ pub fn check(path: &Path) -> Result<Report, StoreError> {
                 }
             }
         }
+        Ok(())
     }
-    for number in segments.files.keys() {
-        if !referenced.contains(number) {
-            report.notes.push(format!(
-                "segment {number:08x} holds no referenced body (removed at the next start)"
-            ));
-        }
-    }
-    Ok(report)
 }
 
 /// Opens the store as the broker would and runs its recovery, which quarantines every bad

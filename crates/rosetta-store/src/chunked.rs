@@ -31,15 +31,6 @@ impl<'a> Chunked<'a> {
         }
     }
 
-    pub fn insert(
-        &mut self,
-        key: impl Into<IVec>,
-        value: impl Into<IVec>,
-    ) -> Result<(), StoreError> {
-        self.batch.insert(key, value);
-        self.count()
-    }
-
     pub fn remove(&mut self, key: impl Into<IVec>) -> Result<(), StoreError> {
         self.batch.remove(key);
         self.count()

@@ -1,10 +1,11 @@
-//! The file operations the body segments need, behind a trait.
+//! The file operations of the store's own files (body segments, queue index, journal), behind
+//! a trait.
 //!
 //! A process killed with SIGKILL leaves the kernel's page cache behind, so kill tests cannot
 //! tell a write that reached the disk from one that did not. Going through [`FileSystem`]
 //! lets a test stand in a file layer that keeps unsynced writes in volatile memory, loses or
-//! tears them at a simulated power cut, and fails writes or fsyncs on demand. Only the segment
-//! files go through it: sled opens and syncs its own files.
+//! tears them at a simulated power cut, and fails writes or fsyncs on demand. Only sled's files
+//! bypass it: sled opens and syncs them itself.
 //!
 //! Calls are per batch write, per fsync and per body read, never per encoded message, so the
 //! dynamic dispatch costs nothing measurable.
@@ -34,7 +35,7 @@ pub trait FileSystem: Send + Sync {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// Names of the entries in `dir`.
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
-    /// Opens an existing file for reading.
+    /// Opens an existing file for reading and writing.
     fn open(&self, path: &Path) -> io::Result<Arc<dyn SegmentFile>>;
     /// Creates a file that must not exist yet, for reading and writing.
     fn create_new(&self, path: &Path) -> io::Result<Arc<dyn SegmentFile>>;
@@ -82,7 +83,9 @@ impl FileSystem for StdFs {
     }
 
     fn open(&self, path: &Path) -> io::Result<Arc<dyn SegmentFile>> {
-        Ok(Arc::new(File::open(path)?))
+        Ok(Arc::new(
+            OpenOptions::new().read(true).write(true).open(path)?,
+        ))
     }
 
     fn create_new(&self, path: &Path) -> io::Result<Arc<dyn SegmentFile>> {

@@ -88,14 +88,6 @@ pub fn message(id: u64) -> [u8; 8] {
     id.to_be_bytes()
 }
 
-/// Big-endian so that sled's lexicographic order is numeric order.
-pub fn entry(queue_id: u64, seq: u64) -> [u8; ENTRY_KEY_LEN] {
-    let mut k = [0u8; ENTRY_KEY_LEN];
-    k[..8].copy_from_slice(&queue_id.to_be_bytes());
-    k[8..].copy_from_slice(&seq.to_be_bytes());
-    k
-}
-
 pub fn queue_prefix(queue_id: u64) -> [u8; 8] {
     queue_id.to_be_bytes()
 }
@@ -124,6 +116,37 @@ pub fn entry_value(
         v.extend_from_slice(&location.encode());
     }
     codec::seal(v)
+}
+
+/// A segment number no segment ever has (numbering stops before it): an entry value with this
+/// location names a body kept in sled's `bodies` tree by an older layout.
+const IN_SLED: u32 = u32::MAX;
+
+/// The entry value as index slots and the journal hold it: always located, so always
+/// [`ENTRY_VALUE_LEN`] bytes.
+pub fn slot_value(
+    summary: &MessageSummary,
+    redelivered: bool,
+    location: Option<Location>,
+) -> [u8; ENTRY_VALUE_LEN] {
+    let location = location.unwrap_or(Location {
+        segment: IN_SLED,
+        offset: 0,
+        len: 0,
+    });
+    let mut out = [0u8; ENTRY_VALUE_LEN];
+    out.copy_from_slice(&entry_value(summary, redelivered, Some(location)));
+    out
+}
+
+/// Parses a value written by [`slot_value`]; `None` if it fails its checksum or does not decode.
+pub fn parse_slot_value(value: &[u8]) -> Option<EntryValue> {
+    let mut parsed = parse_entry_value(value)?;
+    parsed.summary?;
+    if parsed.location.is_some_and(|l| l.segment == IN_SLED) {
+        parsed.location = None;
+    }
+    Some(parsed)
 }
 
 /// A parsed queue entry value.

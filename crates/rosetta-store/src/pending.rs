@@ -26,6 +26,8 @@ pub(crate) struct Pending {
     pub delivered: HashMap<u64, u64>,
     /// Bodies in sled's `bodies` tree (an older layout) whose last entry went.
     pub body_deletes: Vec<u64>,
+    /// Bodies compaction moved whose last entry went: their `moved` records go.
+    pub moved_deletes: Vec<u64>,
     /// Bodies the commit thread has taken from `bodies` and is writing right now, so that a
     /// reader finds a body between the moment it leaves `bodies` and the moment sled has it.
     /// Not part of a batch: `is_empty` ignores it.
@@ -53,12 +55,16 @@ impl Pending {
             && self.deletes.is_empty()
             && self.delivered.is_empty()
             && self.body_deletes.is_empty()
+            && self.moved_deletes.is_empty()
     }
 
     /// Writes that no caller waits on (deletes and delivery marks), so none requests their
     /// flush.
     pub fn unrequested_writes(&self) -> usize {
-        self.deletes.len() + self.delivered.len() + self.body_deletes.len()
+        self.deletes.len()
+            + self.delivered.len()
+            + self.body_deletes.len()
+            + self.moved_deletes.len()
     }
 
     /// Takes the writes buffered so far for the commit thread, leaving behind what outlives a
@@ -114,6 +120,7 @@ impl Pending {
             *mark = (*mark).max(seq);
         }
         self.body_deletes.extend(failed.body_deletes);
+        self.moved_deletes.extend(failed.moved_deletes);
     }
 
     /// Cancels the write of entry `key`; true if it must be deleted from sled instead (it was

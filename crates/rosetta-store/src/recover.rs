@@ -11,8 +11,10 @@ use rosetta_core::store::{MessageSummary, QueueRecord, Recovered, RecoveredEntry
 
 use crate::chunked::Chunked;
 use crate::codec::{self, corrupt};
+use crate::index::Walk;
 use crate::keys;
 use crate::quarantine::{tree_place, BadRecord};
+use crate::segments::Location;
 use crate::sled_store::{engine, SledStore};
 
 /// A record that fails its checksum or does not decode is moved to the quarantine directory
@@ -79,13 +81,12 @@ pub fn recover(
     Ok(out)
 }
 
-/// Hands every entry to `each` with its queue (already in seq order: keys sort by queue, then
-/// seq), counts references to each body and returns how many distinct bodies kept in sled's
-/// `bodies` tree (older layouts) are referenced; bodies in segments are counted live there.
-/// The entry value carries the message summary; a layout 1 entry, which does not, reads it from
-/// its body. Entries of queues that no longer exist are removed, and so are layout 1 entries
-/// whose body is missing. When a queue record was quarantined (`lost_queues`), an entry of an
-/// unknown queue may be one of its messages, so it is quarantined with its body instead.
+/// Hands every entry to `each` with its queue, queue by queue in seq order, counts references
+/// to each body and returns how many distinct bodies kept in sled's `bodies` tree (older
+/// layouts) are referenced; bodies in segments are counted live there. Entries an older layout
+/// kept in sled move into the queue index first. Entries of queues that no longer exist are
+/// removed; when a queue record was quarantined (`lost_queues`), an entry of an unknown queue
+/// may be one of its messages, so it is quarantined instead.
 fn load_entries(
     store: &SledStore,
     queues: &BTreeMap<u64, QueueRecord>,
@@ -93,63 +94,30 @@ fn load_entries(
     each: &mut dyn FnMut(&QueueRecord, RecoveredEntry),
     max_message_id: &mut u64,
 ) -> Result<usize, StoreError> {
-    let mut referenced = 0usize;
-    let mut stale = Chunked::new(&store.entries);
-    let mut stale_count = 0usize;
+    migrate_sled_entries(store, queues, lost_queues, max_message_id)?;
     let watermarks = delivery_watermarks(store)?;
-    let mut flagged = Chunked::new(&store.entries);
-    let mut flagged_count = 0usize;
-
-    for item in store.entries.iter() {
-        let (k, v) = item.map_err(engine)?;
-        let parsed = keys::parse_entry_key(&k).zip(keys::parse_entry_value(&v));
-        let Some(((queue_id, seq), value)) = parsed else {
-            let e = corrupt(&k, "queue entry fails its checksum or does not decode");
-            store.move_aside(&store.entries, "entries", &k, &v, &e)?;
-            continue;
+    let moved = moved_bodies(store)?;
+    let mut referenced = 0usize;
+    let walk = Walk {
+        known: &|queue| queues.contains_key(&queue),
+        delivered: &|queue| watermarks.get(&queue).copied(),
+        lost_queues,
+        bad: &mut |bad| store.quarantine.put(&bad).map(drop),
+        read_only: false,
+    };
+    store.index.recover(walk, &mut |found| {
+        let Some(queue) = queues.get(&found.queue) else {
+            let place = format!("queue {} seq {} in the queue index", found.queue, found.seq);
+            return quarantine_orphan_entry(store, &place, &found.slot, found.value.location);
         };
-        let message_id = value.message_id;
+        let Some(summary) = found.value.summary else {
+            return Ok(());
+        };
+        let message_id = found.value.message_id;
         *max_message_id = (*max_message_id).max(message_id);
-
-        let Some(queue) = queues.get(&queue_id) else {
-            if lost_queues {
-                quarantine_orphan_entry(store, &k, &v, value.location)?;
-                continue;
-            }
-            // Left by a crash during delete_queue, which removes the record first.
-            tracing::warn!(queue_id, seq, "removing an entry of a deleted queue");
-            stale.remove(k)?;
-            stale_count += 1;
-            continue;
-        };
-        let summary = match value.summary {
-            Some(summary) => summary,
-            None => match store.read_body(message_id)? {
-                Some(message) => MessageSummary::of(&message),
-                None => {
-                    tracing::warn!(
-                        queue_id,
-                        seq,
-                        message_id,
-                        "skipping a queue entry whose message body is missing"
-                    );
-                    stale.remove(k)?;
-                    stale_count += 1;
-                    continue;
-                }
-            },
-        };
-        let delivered = watermarks.get(&queue_id).is_some_and(|w| seq <= *w);
-        let redelivered = value.redelivered || delivered;
-        if redelivered && !value.redelivered {
-            // Kept in the entry itself, so the watermark can go.
-            let flagged_value =
-                keys::with_redelivered(&v).ok_or_else(|| corrupt(&k, "queue entry value"))?;
-            flagged.insert(k.clone(), flagged_value)?;
-            flagged_count += 1;
-        }
-        if store.refs.add(message_id, value.location) {
-            match value.location {
+        let location = moved.get(&message_id).copied().or(found.value.location);
+        if store.refs.add(message_id, location) {
+            match location {
                 Some(location) => store.segments.recovered_body(location),
                 None => referenced += 1,
             }
@@ -157,21 +125,120 @@ fn load_entries(
         each(
             queue,
             RecoveredEntry {
-                seq,
-                redelivered,
+                seq: found.seq,
+                redelivered: found.value.redelivered,
                 summary,
             },
         );
-    }
-
-    stale.finish()?;
-    // Flags first, watermarks after: a crash in between recovers the same flags again.
-    flagged.finish()?;
-    store.delivered.clear().map_err(engine)?;
-    if stale_count + flagged_count > 0 || !watermarks.is_empty() {
+        Ok(())
+    })?;
+    forget_moves_of_gone_bodies(store, &moved)?;
+    // The flags are in the index files now.
+    if !watermarks.is_empty() {
+        store.delivered.clear().map_err(engine)?;
         store.committer.advance();
     }
     Ok(referenced)
+}
+
+/// Entries sled moved into the queue index per step.
+const MIGRATE_CHUNK: usize = 65_536;
+
+/// Moves the queue entries an older layout kept in sled's `entries` tree into the queue index,
+/// a chunk at a time: each chunk is written and synced there before it is removed from sled,
+/// so a crash in between leaves entries in both places, which the next start moves again
+/// (writing a slot twice is harmless), and never in neither. A layout 1 entry, which lacks the
+/// summary, reads it from its body.
+fn migrate_sled_entries(
+    store: &SledStore,
+    queues: &BTreeMap<u64, QueueRecord>,
+    lost_queues: bool,
+    max_message_id: &mut u64,
+) -> Result<(), StoreError> {
+    if store.entries.is_empty() {
+        return Ok(());
+    }
+    let mut moved = 0usize;
+    let mut chunk = Vec::with_capacity(MIGRATE_CHUNK);
+    let mut done = Vec::with_capacity(MIGRATE_CHUNK);
+    let mut iter = store.entries.iter();
+    loop {
+        let item = iter.next();
+        if let Some(item) = item.as_ref() {
+            let (k, v) = item.as_ref().map_err(|e| engine(e.clone()))?;
+            if let Some(entry) = sled_entry(store, queues, lost_queues, k, v, max_message_id)? {
+                chunk.push(entry);
+            }
+            done.push(k.clone());
+            if done.len() < MIGRATE_CHUNK {
+                continue;
+            }
+        }
+        store.index.import(&chunk)?;
+        moved += chunk.len();
+        let mut gone = Chunked::new(&store.entries);
+        for k in done.drain(..) {
+            gone.remove(k)?;
+        }
+        gone.finish()?;
+        store.db.flush().map_err(engine)?;
+        chunk.clear();
+        if item.is_none() {
+            break;
+        }
+    }
+    tracing::info!(
+        entries = moved,
+        "queue entries moved from sled into the queue index"
+    );
+    Ok(())
+}
+
+/// One entry of sled's `entries` tree as an index slot, or `None` if it is not to be moved
+/// (bad, of a deleted queue, or whose body is missing).
+fn sled_entry(
+    store: &SledStore,
+    queues: &BTreeMap<u64, QueueRecord>,
+    lost_queues: bool,
+    k: &[u8],
+    v: &[u8],
+    max_message_id: &mut u64,
+) -> Result<Option<(u64, u64, [u8; keys::ENTRY_VALUE_LEN])>, StoreError> {
+    let parsed = keys::parse_entry_key(k).zip(keys::parse_entry_value(v));
+    let Some(((queue_id, seq), value)) = parsed else {
+        let e = corrupt(k, "queue entry fails its checksum or does not decode");
+        store.move_aside(&store.entries, "entries", k, v, &e)?;
+        return Ok(None);
+    };
+    // Counted even for an entry not moved: handing out its id again is harmless, but ids
+    // that only grow keep logs readable.
+    *max_message_id = (*max_message_id).max(value.message_id);
+    if !queues.contains_key(&queue_id) {
+        if lost_queues {
+            quarantine_orphan_entry(store, &tree_place("entries", k), v, value.location)?;
+        } else {
+            // Left by a crash during delete_queue, which removes the record first.
+            tracing::warn!(queue_id, seq, "removing an entry of a deleted queue");
+        }
+        return Ok(None);
+    }
+    let summary = match value.summary {
+        Some(summary) => summary,
+        None => match store.read_body(value.message_id)? {
+            Some(message) => MessageSummary::of(&message),
+            None => {
+                tracing::warn!(
+                    queue_id,
+                    seq,
+                    message_id = value.message_id,
+                    "skipping a queue entry whose message body is missing"
+                );
+                return Ok(None);
+            }
+        },
+    };
+    let slot = keys::slot_value(&summary, value.redelivered, value.location);
+    Ok(Some((queue_id, seq, slot)))
 }
 
 /// Quarantines an entry whose queue record was itself quarantined, together with its body
@@ -179,17 +246,17 @@ fn load_entries(
 /// not released: nothing counted it, so recovery deletes it like any unreferenced body.
 fn quarantine_orphan_entry(
     store: &SledStore,
-    key: &[u8],
-    value: &[u8],
+    place: &str,
+    raw: &[u8],
     location: Option<crate::segments::Location>,
 ) -> Result<(), StoreError> {
     let reason = "entry of a queue whose record was quarantined";
-    let body = location.map(|l| store.segments.read(l, key));
+    let body = location.map(|l| store.segments.read(l, place.as_bytes()));
     match body {
         Some(Ok(message)) => {
             let raw = codec::encode_message(&message);
             store.quarantine.put(&BadRecord {
-                place: format!("body of {}", tree_place("entries", key)),
+                place: format!("body of {place}"),
                 reason: reason.to_owned(),
                 raw: &raw,
             })?;
@@ -197,7 +264,61 @@ fn quarantine_orphan_entry(
         Some(Err(e)) => tracing::warn!(error = %e, "cannot read the body of a quarantined entry"),
         None => {}
     }
-    store.move_aside(&store.entries, "entries", key, value, &corrupt(key, reason))
+    store.quarantine.put(&BadRecord {
+        place: place.to_owned(),
+        reason: reason.to_owned(),
+        raw,
+    })?;
+    Ok(())
+}
+
+/// Where compaction moved bodies (see `compact`). A record that does not decode is
+/// quarantined: its body is then looked for at its first place, which is still right unless
+/// the old segment is gone.
+fn moved_bodies(store: &SledStore) -> Result<HashMap<u64, Location>, StoreError> {
+    let mut moved = HashMap::new();
+    for item in store.moved.iter() {
+        let (k, v) = item.map_err(engine)?;
+        let parsed = keys::parse_message_key(&k).zip(codec::unseal(&v).and_then(Location::decode));
+        match parsed {
+            Some((id, location)) => {
+                moved.insert(id, location);
+            }
+            None => {
+                let e = corrupt(
+                    &k,
+                    "moved body record fails its checksum or does not decode",
+                );
+                store.move_aside(&store.moved, "moved", &k, &v, &e)?;
+            }
+        }
+    }
+    Ok(moved)
+}
+
+/// Marks the recovered bodies that were moved, and removes the records of bodies no entry
+/// references any more.
+fn forget_moves_of_gone_bodies(
+    store: &SledStore,
+    moved: &HashMap<u64, Location>,
+) -> Result<(), StoreError> {
+    let mut gone = Chunked::new(&store.moved);
+    let mut removed = false;
+    for id in moved.keys() {
+        let mut refs = store.refs.lock(*id);
+        match refs.get_mut(id) {
+            Some(body) => body.moved = true,
+            None => {
+                gone.remove(&keys::message(*id))?;
+                removed = true;
+            }
+        }
+    }
+    gone.finish()?;
+    if removed {
+        store.committer.advance();
+    }
+    Ok(())
 }
 
 /// Each queue's delivery watermark (see `mark_redelivered`). A bad one is quarantined: at

@@ -24,6 +24,9 @@ pub struct BodyRef {
     /// Its place in the segments, once written there; `None` before, and for a body an older
     /// layout wrote into sled's `bodies` tree.
     pub location: Option<Location>,
+    /// Compaction moved it, so sled's `moved` tree names its place (entries still name the
+    /// old one), and that record goes when the body does.
+    pub moved: bool,
 }
 
 pub struct RefCounts {

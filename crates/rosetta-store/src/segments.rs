@@ -8,8 +8,11 @@
 //!
 //! Space comes back a segment at a time: each segment counts its live bodies, and a segment
 //! that is no longer appended to and has none left is deleted, after the commit that made its
-//! bodies' deletions durable (so a crash never finds an entry whose segment is gone). A body
-//! that stays queued keeps its whole segment alive; segments are kept small for that reason.
+//! bodies' deletions durable (so a crash never finds an entry whose segment is gone). So that a
+//! few bodies that stay queued do not keep whole segments alive, a segment whose live bytes
+//! fall below half its size, and which nobody has released a body of for a while (a backlog
+//! being consumed frees its segments without help), is compacted: its live bodies are copied
+//! to the active segment and it is then deleted like an empty one (see `compact`).
 //!
 //! # Record layout
 //!
@@ -27,9 +30,10 @@
 //! ([`Segments::abandon_active`]); the bodies of the failed batch are written anew to a fresh
 //! segment by the next attempt. Bodies synced there before stay readable.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 
@@ -75,6 +79,16 @@ impl Location {
     }
 }
 
+/// What is still live in one segment.
+#[derive(Debug, Clone, Copy)]
+struct Live {
+    bodies: u64,
+    /// Bytes of the live bodies' records.
+    bytes: u64,
+    /// When a body of it was last released: a segment still being consumed is left alone.
+    last_release: Instant,
+}
+
 /// The segment being appended to. Only the commit thread appends.
 struct Active {
     segment: u32,
@@ -91,7 +105,10 @@ pub struct Segments {
     files: RwLock<HashMap<u32, Arc<dyn SegmentFile>>>,
     active: Mutex<Option<Active>>,
     /// Live bodies per segment. A segment missing here holds none.
-    live: Mutex<HashMap<u32, u64>>,
+    live: Mutex<HashMap<u32, Live>>,
+    /// Segments compaction copied what it could from: never picked again (a body that cannot
+    /// be read stays behind, and would otherwise have its segment picked over and over).
+    compacted: Mutex<HashSet<u32>>,
     /// The next segment number to create.
     next: Mutex<u32>,
     /// Segments with no live body left and no more appends coming, to delete once the
@@ -122,6 +139,7 @@ impl Segments {
             files: RwLock::new(files),
             active: Mutex::new(None),
             live: Mutex::new(HashMap::new()),
+            compacted: Mutex::new(HashSet::new()),
             // Never append to a segment from before the restart: its tail may be torn.
             next: Mutex::new(highest + 1),
             retired: Mutex::new(Vec::new()),
@@ -135,8 +153,8 @@ impl Segments {
         let mut counted = Vec::new();
         let result = self.append_counting(messages, &mut counted);
         if result.is_err() {
-            for (segment, n) in counted {
-                self.discard(segment, n);
+            for (segment, n, bytes) in counted {
+                self.discard(segment, n, bytes);
             }
         }
         result
@@ -147,7 +165,7 @@ impl Segments {
     fn append_counting(
         &self,
         messages: &[&Message],
-        counted: &mut Vec<(u32, u64)>,
+        counted: &mut Vec<(u32, u64, u64)>,
     ) -> Result<Vec<Location>, StoreError> {
         let mut locations = Vec::with_capacity(messages.len());
         let mut scratch = self.scratch.lock();
@@ -195,8 +213,8 @@ impl Segments {
                 .map_err(|e| io_error("write", &self.path(current.segment), &e))?;
             current.len += scratch.len() as u64;
             current.dirty = true;
-            *self.live.lock().entry(current.segment).or_default() += added;
-            counted.push((current.segment, added));
+            self.count(current.segment, added, scratch.len() as u64);
+            counted.push((current.segment, added, scratch.len() as u64));
         }
         // Large bodies would otherwise keep a large buffer for good.
         if scratch.capacity() > 2 * SEGMENT_BYTES as usize {
@@ -245,7 +263,77 @@ impl Segments {
 
     /// Counts a recovered body as live in its segment.
     pub fn recovered_body(&self, location: Location) {
-        *self.live.lock().entry(location.segment).or_default() += 1;
+        self.count(location.segment, 1, u64::from(location.len));
+    }
+
+    fn count(&self, segment: u32, bodies: u64, bytes: u64) {
+        let mut live = self.live.lock();
+        let entry = live.entry(segment).or_insert(Live {
+            bodies: 0,
+            bytes: 0,
+            last_release: Instant::now(),
+        });
+        entry.bodies += bodies;
+        entry.bytes += bytes;
+    }
+
+    /// A segment worth compacting: not being appended to, less than half of it live, and no
+    /// body of it released for `quiet`. The sparsest such segment.
+    pub fn sparse_segment(&self, quiet: Duration) -> Option<u32> {
+        let active = self.active.lock().as_ref().map(|a| a.segment);
+        let compacted = self.compacted.lock();
+        let live = self.live.lock();
+        let files = self.files.read();
+        let now = Instant::now();
+        live.iter()
+            .filter(|(n, l)| {
+                Some(**n) != active
+                    && !compacted.contains(n)
+                    && now.duration_since(l.last_release) >= quiet
+            })
+            .filter_map(|(n, l)| {
+                let size = files.get(n)?.size().ok()?;
+                (l.bytes * 2 < size).then_some((l.bytes * 1000 / size.max(1), *n))
+            })
+            .min()
+            .map(|(_, n)| n)
+    }
+
+    /// Every record of segment `number` that reads back whole, with its place. Marks the
+    /// segment compacted: it is not offered again.
+    pub fn records(&self, number: u32) -> Result<Vec<(Location, Message)>, StoreError> {
+        self.compacted.lock().insert(number);
+        let Some(file) = self.files.read().get(&number).cloned() else {
+            return Ok(Vec::new());
+        };
+        let path = self.path(number);
+        let size = file.size().map_err(|e| io_error("read", &path, &e))?;
+        let mut data = vec![0u8; usize::try_from(size).unwrap_or(0)];
+        file.read_exact_at(&mut data, 0)
+            .map_err(|e| io_error("read", &path, &e))?;
+        let mut out = Vec::new();
+        let mut at = 0usize;
+        while let Some(header) = data.get(at..at + RECORD_HEADER) {
+            let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+            let crc = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+            let Some(payload) = data.get(at + RECORD_HEADER..at + RECORD_HEADER + len) else {
+                break;
+            };
+            if crc32fast::hash(payload) != crc {
+                // Nothing after a bad length can be trusted to start a record.
+                break;
+            }
+            let location = Location {
+                segment: number,
+                offset: at as u32,
+                len: (RECORD_HEADER + len) as u32,
+            };
+            if let Ok(message) = codec::decode_message(payload, &location.encode()) {
+                out.push((location, message));
+            }
+            at += RECORD_HEADER + len;
+        }
+        Ok(out)
     }
 
     /// After recovery: deletes the segments no entry refers to.
@@ -268,17 +356,19 @@ impl Segments {
     /// One body of `location`'s segment is gone. If that was its last one and nothing more
     /// will be appended to it, the segment is retired.
     pub fn release(&self, location: Location) {
-        self.discard(location.segment, 1);
+        self.discard(location.segment, 1, u64::from(location.len));
     }
 
-    /// `n` bodies of `segment` are gone (see [`Segments::release`]).
-    fn discard(&self, segment: u32, n: u64) {
+    /// `n` bodies of `segment`, `bytes` long together, are gone (see [`Segments::release`]).
+    fn discard(&self, segment: u32, n: u64, bytes: u64) {
         let mut live = self.live.lock();
         let Some(count) = live.get_mut(&segment) else {
             return;
         };
-        *count = count.saturating_sub(n);
-        if *count > 0 {
+        count.bodies = count.bodies.saturating_sub(n);
+        count.bytes = count.bytes.saturating_sub(bytes);
+        count.last_release = Instant::now();
+        if count.bodies > 0 {
             return;
         }
         live.remove(&segment);
@@ -320,6 +410,7 @@ impl Segments {
     /// Deletes a segment file.
     pub fn remove(&self, number: u32) -> Result<(), StoreError> {
         self.files.write().remove(&number);
+        self.compacted.lock().remove(&number);
         let path = self.path(number);
         match self.fs.remove(&path) {
             Ok(()) => Ok(()),
@@ -330,7 +421,7 @@ impl Segments {
 
     /// Live bodies across all segments.
     pub fn live_bodies(&self) -> u64 {
-        self.live.lock().values().sum()
+        self.live.lock().values().map(|l| l.bodies).sum()
     }
 
     /// Bytes the segment files occupy.

@@ -16,6 +16,8 @@ use rosetta_core::store::{
 use crate::chunked::Chunked;
 use crate::commit::{Committer, FailureFlag, FailureObserver, FlushObserver};
 use crate::fs::{FileSystem, StdFs};
+use crate::index::Index;
+use crate::journal::Op;
 use crate::pending::Pending;
 use crate::quarantine::{Quarantine, QuarantineObserver};
 use crate::refs::RefCounts;
@@ -35,17 +37,18 @@ const FORMAT_KEY: &[u8] = b"rosetta-format";
 /// The layout this build writes. Layout 2 added the message summary to queue entry values, so
 /// recovery rebuilds queues without reading bodies; layout 3 moved bodies out of sled into
 /// segment files, entry values naming their place; layout 4 added a checksum to metadata
-/// records and entry values.
-const LAYOUT_VERSION: u8 = 4;
-/// The layouts this build still opens: bodies in sled's `bodies` tree, which are read from
-/// there until their last entry goes, and (layout 1) entry values without the summary, which
-/// recovery then reads from the body. Layout 3 values simply lack the checksum. Opening such a
-/// store marks it layout 4 (new records use the new values, which an older build could not read).
-const LEGACY_LAYOUTS: [u8; 3] = [1, 2, 3];
-/// Entries of deleted queues the commit thread removes per commit: a queue of millions is
-/// removed over many commits, so no single fsync, and none of the publishers waiting on it,
-/// waits for the whole of it.
-const PURGE_PER_COMMIT: usize = 16_384;
+/// records and entry values; layout 5 moved queue entries out of sled into the queue index.
+const LAYOUT_VERSION: u8 = 5;
+/// The layouts this build still opens: queue entries in sled's `entries` tree, which recovery
+/// moves into the queue index; bodies in sled's `bodies` tree, which are read from there until
+/// their last entry goes; and (layout 1) entry values without the summary, which recovery
+/// then reads from the body. Layout 3 values simply lack the checksum. Opening such a store
+/// marks it layout 5 (an older build could not read it any more).
+const LEGACY_LAYOUTS: [u8; 4] = [1, 2, 3, 4];
+/// Index files of deleted queues the commit thread removes per commit (8,192 entries each): a
+/// queue of millions is removed over many commits, so no single commit, and none of the
+/// publishers waiting on it, waits for the whole of it.
+const PURGE_FILES_PER_COMMIT: usize = 2;
 /// Subdirectory of the store holding the body segments.
 const SEGMENTS_DIR: &str = "segments";
 
@@ -58,9 +61,11 @@ pub struct SledStore {
     pub(crate) bodies: sled::Tree,
     pub(crate) entries: sled::Tree,
     pub(crate) delivered: sled::Tree,
+    pub(crate) moved: sled::Tree,
     pub(crate) records: sled::Tree,
     pub(crate) refs: Arc<RefCounts>,
     pub(crate) segments: Arc<Segments>,
+    pub(crate) index: Arc<Index>,
     /// Message writes waiting for the commit thread (see `pending`).
     pub(crate) pending: Arc<Mutex<Pending>>,
     pub(crate) committer: Arc<Committer>,
@@ -74,13 +79,15 @@ pub struct SledStore {
 #[derive(Clone)]
 pub(crate) struct Writer {
     pub db: sled::Db,
-    bodies: sled::Tree,
-    entries: sled::Tree,
-    delivered: sled::Tree,
-    refs: Arc<RefCounts>,
-    segments: Arc<Segments>,
-    pending: Arc<Mutex<Pending>>,
-    committer: Arc<Committer>,
+    pub bodies: sled::Tree,
+    pub delivered: sled::Tree,
+    /// Where compaction moved bodies to (see `compact`).
+    pub moved: sled::Tree,
+    pub refs: Arc<RefCounts>,
+    pub segments: Arc<Segments>,
+    pub index: Arc<Index>,
+    pub pending: Arc<Mutex<Pending>>,
+    pub committer: Arc<Committer>,
 }
 
 /// What one commit wrote: the epoch it covers and the segments to delete once it is durable.
@@ -128,14 +135,24 @@ impl Writer {
                 }
             };
         }
-        match self.write(&batch, &bodies).and_then(|purged| {
+        match self.write(&batch, &bodies).and_then(|ops| {
             self.sync()?;
-            Ok(purged)
+            Ok(ops)
         }) {
-            Ok(purged) => Ok(Written {
-                writes: done.writes + purged,
-                ..done
-            }),
+            Ok(ops) => {
+                self.index.committed(ops);
+                // After the sync: the deleted queues' records are gone for good now, so a
+                // crash cannot bring back a queue whose entries were removed in part.
+                let purged = self.purge().unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "removing a deleted queue's entries failed; retried later");
+                    0
+                });
+                self.compact();
+                Ok(Written {
+                    writes: done.writes + purged,
+                    ..done
+                })
+            }
             Err(e) => {
                 self.restore(batch, &bodies, done.retired);
                 Err(e)
@@ -143,13 +160,13 @@ impl Writer {
         }
     }
 
-    /// Writes a batch taken by [`Writer::commit`], not yet synced, then removes the next
-    /// entries of deleted queues; returns how many of those it removed.
+    /// Writes a batch taken by [`Writer::commit`], not yet synced; returns the entry changes
+    /// it appended to the journal, for the queue index once they are durable.
     fn write(
         &self,
         batch: &Pending,
         bodies: &HashMap<u64, Arc<Message>>,
-    ) -> Result<usize, StoreError> {
+    ) -> Result<Vec<(u64, u64, Op)>, StoreError> {
         // Bodies before the entries naming them, entry deletes before body deletes: a crash in
         // between leaves only orphan bodies, which recovery removes.
         let located = self.write_bodies(bodies);
@@ -157,21 +174,19 @@ impl Writer {
         // the bodies back into the pending set).
         self.pending.lock().writing = None;
         let located = located?;
-        let mut entries = Chunked::new(&self.entries);
+        let mut ops = Vec::with_capacity(batch.puts.len() + batch.deletes.len());
         for ((queue, seq), (summary, redelivered)) in &batch.puts {
             let location = located
                 .get(&summary.id)
                 .copied()
                 .or_else(|| self.refs.location(summary.id));
-            entries.insert(
-                &keys::entry(*queue, *seq),
-                keys::entry_value(summary, *redelivered, location),
-            )?;
+            let value = keys::slot_value(summary, *redelivered, location);
+            ops.push((*queue, *seq, Op::Put(value)));
         }
         for (queue, seq) in &batch.deletes {
-            entries.remove(&keys::entry(*queue, *seq))?;
+            ops.push((*queue, *seq, Op::Settle));
         }
-        entries.finish()?;
+        self.index.append(&ops)?;
         for (queue, seq) in &batch.delivered {
             self.raise_delivered(*queue, *seq)?;
         }
@@ -180,57 +195,45 @@ impl Writer {
             gone.remove(&keys::message(*id))?;
         }
         gone.finish()?;
-        // After the batch's puts and deletes: the entries a deleted queue still has in sled are
-        // then exactly those whose reference nobody has released yet.
-        self.purge()
+        let mut unmoved = Chunked::new(&self.moved);
+        for id in &batch.moved_deletes {
+            unmoved.remove(&keys::message(*id))?;
+        }
+        unmoved.finish()?;
+        Ok(ops)
     }
 
-    /// Removes up to [`PURGE_PER_COMMIT`] entries of deleted queues from sled and releases the
-    /// body references they held; returns how many it removed. Runs on the commit thread, with
-    /// the pending lock taken only to read the queues and to release, so publishers are not
-    /// held up by a long queue's deletion. A queue is done once a scan finds nothing left; while
-    /// one is not, another commit is asked for. A crash before it is done leaves entries of a
-    /// queue whose record is gone, which recovery removes without counting them.
+    /// Removes the next index files of deleted queues (at most [`PURGE_FILES_PER_COMMIT`]) and
+    /// releases the body references their entries held; returns how many entries it removed.
+    /// Runs on the commit thread after a successful sync, with the pending lock taken only to
+    /// read the queues and to release, so publishers are not held up by a long queue's
+    /// deletion. While a queue is not done, another commit is asked for. A crash before it is
+    /// done leaves index files of a queue whose record is gone, which recovery removes.
     fn purge(&self) -> Result<usize, StoreError> {
         let queues = self.pending.lock().purging.clone();
         if queues.is_empty() {
             return Ok(0);
         }
-        let mut budget = PURGE_PER_COMMIT;
-        let mut removed = 0;
+        let mut budget = PURGE_FILES_PER_COMMIT;
         let mut released: HashMap<u64, u64> = HashMap::new();
+        let mut removed = 0;
         let mut finished = Vec::new();
-        let mut batch = Chunked::new(&self.entries);
         for queue in queues {
-            let mut seen = 0;
-            for item in self
-                .entries
-                .scan_prefix(keys::queue_prefix(queue))
-                .take(budget)
-            {
-                let (k, v) = item.map_err(engine)?;
-                match keys::parse_entry_value(&v) {
-                    Some(value) => *released.entry(value.message_id).or_default() += 1,
-                    None => tracing::warn!(queue, "dropping an unreadable queue entry"),
-                }
-                batch.remove(k)?;
-                seen += 1;
-            }
-            removed += seen;
-            budget -= seen;
             if budget == 0 {
-                // The queue may have more: the next commit looks again.
                 break;
             }
-            finished.push(queue);
-        }
-        // Entries first, bodies after: a crash in between leaves orphan bodies, never entries
-        // without a body.
-        batch.finish()?;
-        for queue in &finished {
-            self.delivered
-                .remove(keys::queue_prefix(*queue))
-                .map_err(engine)?;
+            let purged = self.index.purge(queue, budget)?;
+            budget -= purged.files;
+            removed += purged.released.len();
+            for id in purged.released {
+                *released.entry(id).or_default() += 1;
+            }
+            if purged.done {
+                self.delivered
+                    .remove(keys::queue_prefix(queue))
+                    .map_err(engine)?;
+                finished.push(queue);
+            }
         }
         let more = {
             let mut pending = self.pending.lock();
@@ -268,6 +271,7 @@ impl Writer {
             pending.bodies.insert(*id, message.clone());
         }
         self.segments.abandon_active();
+        self.index.abandon_active();
         self.segments.restore_retired(retired);
         pending.restore(batch);
     }
@@ -297,9 +301,11 @@ impl Writer {
         Ok(located)
     }
 
-    /// Makes everything written so far durable: the segments first, then sled.
+    /// Makes everything written so far durable: the segments first, then the journal naming
+    /// them, then sled.
     fn sync(&self) -> Result<(), StoreError> {
         self.segments.sync()?;
+        self.index.sync()?;
         self.db.flush().map(drop).map_err(engine)
     }
 
@@ -317,6 +323,9 @@ impl Writer {
             return;
         }
         let location = body.location;
+        if body.moved {
+            pending.moved_deletes.push(id);
+        }
         refs.remove(&id);
         if pending.bodies.remove(&id).is_some() {
             // Never written.
@@ -383,7 +392,8 @@ impl SledStore {
                 StoreError::Engine(format!("cannot open store at {}: {e}", path.display()))
             })?;
         check_format(&db)?;
-        let segments = Arc::new(Segments::open(fs, &path.join(SEGMENTS_DIR))?);
+        let segments = Arc::new(Segments::open(fs.clone(), &path.join(SEGMENTS_DIR))?);
+        let index = Arc::new(Index::open(fs, path)?);
         let tree = |name: &str| db.open_tree(name).map_err(engine);
         let committer = Committer::new();
         let pending = Arc::new(Mutex::new(Pending::default()));
@@ -391,10 +401,11 @@ impl SledStore {
         let writer = Writer {
             db: db.clone(),
             bodies: tree("bodies")?,
-            entries: tree("entries")?,
             delivered: tree("delivered")?,
+            moved: tree("moved")?,
             refs: refs.clone(),
             segments: segments.clone(),
+            index: index.clone(),
             pending: pending.clone(),
             committer: committer.clone(),
         };
@@ -406,11 +417,13 @@ impl SledStore {
             queues: tree("queues")?,
             bindings: tree("bindings")?,
             bodies: writer.bodies.clone(),
-            entries: writer.entries.clone(),
+            entries: tree("entries")?,
             delivered: writer.delivered.clone(),
+            moved: writer.moved.clone(),
             records: tree("records")?,
             refs,
             segments,
+            index,
             pending,
             committer,
             quarantine: Quarantine::new(path),
@@ -464,14 +477,22 @@ impl SledStore {
 
     /// Number of queue entries stored, across all queues.
     pub fn entry_count(&self) -> usize {
-        self.entries.len()
+        self.index.entry_count() + self.entries.len()
     }
 
     /// Reads a written body; `None` if it is not on disk.
     pub(crate) fn read_body(&self, id: u64) -> Result<Option<Arc<Message>>, StoreError> {
         let key = keys::message(id);
         let message = match self.refs.location(id) {
-            Some(location) => self.segments.read(location, &key)?,
+            Some(location) => match self.segments.read(location, &key) {
+                Ok(message) => message,
+                // Compaction may have moved the body, and deleted its old segment, between
+                // the lookup and the read: the body is then at its new place.
+                Err(e) => match self.refs.location(id) {
+                    Some(moved) if moved != location => self.segments.read(moved, &key)?,
+                    _ => return Err(e),
+                },
+            },
             None => {
                 // Written by an older layout, into sled.
                 let Some(raw) = self.bodies.get(key).map_err(engine)? else {
@@ -763,7 +784,7 @@ impl Store for SledStore {
             tracing::warn!(error = %e, "cannot read store size");
             0
         });
-        sled + self.segments.size_on_disk()
+        sled + self.segments.size_on_disk() + self.index.size_on_disk()
     }
 }
 

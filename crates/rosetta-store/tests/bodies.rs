@@ -145,8 +145,9 @@ fn recovery_drops_orphan_bodies_and_skips_entries_without_body() {
             .enqueue(&message(1, "kept"), &[(1, 1)])
             .expect("enqueue");
     }
-    // Forge what a crash between two writes can leave: a body with no entry, an entry with no
-    // body, and an entry of a queue that was being deleted.
+    // Forge what a crash between two writes could leave in an older layout, which kept
+    // entries in sled: a body with no entry, an entry with no body, and an entry of a queue
+    // that was being deleted. Recovery moves the good entries into the queue index.
     {
         let db = common::raw_open(dir.path());
         let bodies = db.open_tree("bodies").expect("tree");
@@ -243,14 +244,9 @@ fn recovery_deletes_segments_no_entry_refers_to() {
         store.sync().expect("sync");
     }
     assert_eq!(common::segment_files(dir.path()).len(), 1);
-    // A crash can leave a segment whose entries never reached sled.
-    {
-        let db = common::raw_open(dir.path());
-        db.open_tree("entries")
-            .expect("tree")
-            .clear()
-            .expect("clear");
-        db.flush().expect("flush");
+    // A crash can leave a segment whose entries never reached the journal.
+    for sub in ["journal", "index"] {
+        std::fs::remove_dir_all(dir.path().join(sub)).expect("remove entries");
     }
     let store = open(dir.path());
     let r = store.recover().expect("recover");

@@ -185,7 +185,7 @@ fn a_layout_1_store_opens_and_its_entries_get_summaries_from_their_bodies() {
     let db = common::raw_open(dir.path());
     assert_eq!(
         db.get("rosetta-format").expect("get").as_deref(),
-        Some(&[4u8][..])
+        Some(&[5u8][..])
     );
 }
 

@@ -66,6 +66,18 @@ fn entry_key(queue: u64, seq: u64) -> Vec<u8> {
     k
 }
 
+/// Bytes per queue index slot, and where its entry value starts.
+const SLOT_LEN: usize = 48;
+const VALUE_AT: usize = 2;
+const VALUE_LEN: usize = 42;
+
+/// The index file holding the first slots of `queue`, after a restart has moved the journal
+/// into the index files.
+fn index_file(dir: &std::path::Path, queue: u64) -> std::path::PathBuf {
+    open(dir).recover().expect("recover");
+    dir.join("index").join(format!("{queue:016x}-00000000.idx"))
+}
+
 #[test]
 fn a_metadata_record_failing_its_checksum_is_quarantined_and_the_rest_recovers() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -99,7 +111,10 @@ fn a_metadata_record_failing_its_checksum_is_quarantined_and_the_rest_recovers()
 fn a_queue_entry_that_does_not_decode_is_quarantined_and_its_queue_keeps_the_others() {
     let dir = tempfile::tempdir().expect("tempdir");
     populate(dir.path());
-    flip_a_bit(dir.path(), "entries", &entry_key(1, 2));
+    let path = index_file(dir.path(), 1);
+    let mut bytes = std::fs::read(&path).expect("read index file");
+    bytes[2 * SLOT_LEN + VALUE_AT + 3] ^= 0x10;
+    std::fs::write(&path, bytes).expect("damage");
 
     let store = open(dir.path());
     let recovered = store.recover().expect("recovery succeeds");
@@ -112,8 +127,11 @@ fn a_queue_entry_that_does_not_decode_is_quarantined_and_its_queue_keeps_the_oth
     assert_eq!(ids, [1, 3]);
     assert_eq!(store.quarantined_records(), 1);
     let files = quarantine_files(dir.path());
-    assert!(String::from_utf8_lossy(&files[0])
-        .contains("tree entries, key 00000000000000010000000000000002"));
+    let text = String::from_utf8_lossy(&files[0]);
+    assert!(
+        text.contains("0000000000000001-00000000.idx slot 2 (queue 1 seq 2)"),
+        "{text}"
+    );
     // The bodies of the recovered entries are still readable.
     assert_eq!(
         store.load_message(3).expect("read").expect("present").body,
@@ -137,16 +155,23 @@ fn entries_of_a_quarantined_queue_are_quarantined_with_their_bodies() {
     let files = quarantine_files(dir.path());
     assert!(files
         .iter()
-        .any(|f| String::from_utf8_lossy(f).contains("body of tree entries")));
+        .any(|f| String::from_utf8_lossy(f).contains("body of queue 2 seq 1")));
 }
 
 #[test]
 fn records_written_before_checksums_existed_still_recover() {
     let dir = tempfile::tempdir().expect("tempdir");
     populate(dir.path());
+    // A layout 3 store kept entries in sled, their values without a checksum: the one of
+    // queue 1, seq 1 moves there from the index.
+    let path = index_file(dir.path(), 1);
+    let mut index = std::fs::read(&path).expect("read index file");
+    let mut legacy_value = index[SLOT_LEN + VALUE_AT..SLOT_LEN + VALUE_AT + VALUE_LEN].to_vec();
+    legacy_value.truncate(VALUE_LEN - 4);
+    index[SLOT_LEN] = 0;
+    std::fs::write(&path, index).expect("write index file");
     {
-        // A layout 3 store: metadata with format version 1 (no checksum trailer), entry
-        // values without one either.
+        // Metadata with format version 1 (no checksum trailer).
         let db = raw_open(dir.path());
         let exchanges = db.open_tree("exchanges").expect("tree");
         let mut value = exchanges.get(b"/\0x1").expect("get").expect("x1").to_vec();
@@ -154,10 +179,9 @@ fn records_written_before_checksums_existed_still_recover() {
         value[0] = 1;
         exchanges.insert(b"/\0x1", value).expect("insert");
         let entries = db.open_tree("entries").expect("tree");
-        let key = entry_key(1, 1);
-        let mut value = entries.get(&key).expect("get").expect("entry").to_vec();
-        value.truncate(value.len() - 4);
-        entries.insert(key, value).expect("insert");
+        entries
+            .insert(entry_key(1, 1), legacy_value)
+            .expect("insert");
         db.insert(b"rosetta-format", &[3]).expect("marker");
         db.flush().expect("flush");
     }

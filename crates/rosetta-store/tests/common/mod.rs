@@ -85,7 +85,10 @@ pub fn forge_legacy(
     message: &Message,
     entries: &[([u8; 16], Vec<u8>)],
 ) {
-    std::fs::remove_dir_all(dir.join("segments")).expect("remove segments");
+    // Older layouts had neither segments nor the queue index: their entries were in sled.
+    for sub in ["segments", "index", "journal"] {
+        std::fs::remove_dir_all(dir.join(sub)).expect("remove what older layouts lacked");
+    }
     let db = raw_open(dir);
     db.insert("rosetta-format", &[layout][..]).expect("marker");
     db.open_tree("bodies")
