@@ -540,8 +540,20 @@ pub async fn churn(c: &Common, data_dir: &std::path::Path, sample_every: u64) ->
         let got = received.load(Ordering::Relaxed);
         if got >= next {
             curve.push((got, dir_bytes(data_dir)));
+            // The live data the directory is measured against: messages waiting in the queue.
+            let depth = ch
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_or(0, |q| q.message_count());
             eprintln!(
-                "churn: {got} messages, data directory {} bytes",
+                "churn: {got} messages, data directory {} bytes, {depth} messages queued",
                 curve.last().map_or(0, |p| p.1)
             );
             next += sample_every;

@@ -80,6 +80,8 @@ struct State {
     window_bytes: u64,
     /// When the window reaches this many bytes, checkpoint (moved on after a failed attempt).
     checkpoint_at: u64,
+    /// The window a checkpoint normally waits for ([`CHECKPOINT_BYTES`]).
+    checkpoint_bytes: u64,
     active: Option<ActiveJournal>,
     /// Journal files since the last checkpoint, oldest first; the active one is last.
     journals: Vec<u32>,
@@ -140,6 +142,7 @@ impl Index {
         let journal_dir = data_dir.join("journal");
         let mut state = State {
             checkpoint_at: CHECKPOINT_BYTES,
+            checkpoint_bytes: CHECKPOINT_BYTES,
             ..State::default()
         };
         for d in [&dir, &journal_dir] {
@@ -275,13 +278,13 @@ impl Index {
                 if std::mem::take(&mut st.checkpoint_failing) {
                     tracing::warn!("queue index checkpoints succeed again");
                 }
-                st.checkpoint_at = CHECKPOINT_BYTES;
+                st.checkpoint_at = st.checkpoint_bytes;
             }
             Err(e) => {
                 if !std::mem::replace(&mut st.checkpoint_failing, true) {
                     tracing::error!(error = %e, "queue index checkpoint failed; the journal keeps the changes and it is retried");
                 }
-                st.checkpoint_at = st.window_bytes + CHECKPOINT_BYTES / 4;
+                st.checkpoint_at = st.window_bytes + st.checkpoint_bytes / 4;
             }
         }
     }
@@ -690,6 +693,14 @@ impl Index {
             files,
             done,
         })
+    }
+
+    /// Checkpoints once the journal holds `bytes` (tests use small windows to reach
+    /// checkpoints often).
+    pub fn set_checkpoint_bytes(&self, bytes: u64) {
+        let mut st = self.state.lock();
+        st.checkpoint_bytes = bytes;
+        st.checkpoint_at = bytes;
     }
 
     /// Live entries on disk, across all queues.

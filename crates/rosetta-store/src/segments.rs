@@ -235,6 +235,17 @@ impl Segments {
         Ok(())
     }
 
+    /// The bytes stored at `location`, as far as the file holds them (for quarantine).
+    pub fn read_raw(&self, location: Location) -> Option<Vec<u8>> {
+        let file = self.files.read().get(&location.segment).cloned()?;
+        let size = file.size().ok()?;
+        let end = (u64::from(location.offset) + u64::from(location.len)).min(size);
+        let len = usize::try_from(end.checked_sub(u64::from(location.offset))?).ok()?;
+        let mut raw = vec![0u8; len];
+        file.read_exact_at(&mut raw, u64::from(location.offset)).ok()?;
+        Some(raw)
+    }
+
     /// Reads the message at `location`; `key` labels errors. A record that does not check out
     /// (torn by a crash, or damaged) is reported as corrupt.
     pub fn read(&self, location: Location, key: &[u8]) -> Result<Message, StoreError> {

@@ -1,6 +1,6 @@
 //! [`SledStore`]: opening the database and the write side of the [`Store`] trait.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -19,7 +19,7 @@ use crate::fs::{FileSystem, StdFs};
 use crate::index::Index;
 use crate::journal::Op;
 use crate::pending::Pending;
-use crate::quarantine::{Quarantine, QuarantineObserver};
+use crate::quarantine::{BadRecord, Quarantine, QuarantineObserver};
 use crate::refs::RefCounts;
 use crate::segments::{Location, Segments};
 use crate::{codec, keys};
@@ -49,6 +49,10 @@ const LEGACY_LAYOUTS: [u8; 4] = [1, 2, 3, 4];
 /// queue of millions is removed over many commits, so no single commit, and none of the
 /// publishers waiting on it, waits for the whole of it.
 const PURGE_FILES_PER_COMMIT: usize = 2;
+/// The tree of the front-ends' records, each value sealed with a checksum (layout 5)...
+const RECORDS_TREE: &str = "sealed_records";
+/// ...and the one that held them without before.
+const LEGACY_RECORDS_TREE: &str = "records";
 /// Subdirectory of the store holding the body segments.
 const SEGMENTS_DIR: &str = "segments";
 
@@ -71,6 +75,8 @@ pub struct SledStore {
     pub(crate) committer: Arc<Committer>,
     /// Where bad records go (see `quarantine`).
     pub(crate) quarantine: Quarantine,
+    /// Bodies found unreadable and copied to quarantine since open.
+    quarantined_bodies: Mutex<HashSet<u64>>,
     writer: Writer,
     thread: Option<JoinHandle<()>>,
 }
@@ -420,13 +426,14 @@ impl SledStore {
             entries: tree("entries")?,
             delivered: writer.delivered.clone(),
             moved: writer.moved.clone(),
-            records: tree("records")?,
+            records: tree(RECORDS_TREE)?,
             refs,
             segments,
             index,
             pending,
             committer,
             quarantine: Quarantine::new(path),
+            quarantined_bodies: Mutex::new(HashSet::new()),
             writer,
             db,
             thread: Some(thread),
@@ -462,6 +469,13 @@ impl SledStore {
     /// Number of bad records moved to the quarantine directory since open.
     pub fn quarantined_records(&self) -> u64 {
         self.quarantine.count()
+    }
+
+    /// Moves queue entry changes from the journal into the index files once the journal holds
+    /// `bytes` (4 MiB by default). Smaller windows checkpoint more often; tests use them to
+    /// put power cuts inside checkpoints.
+    pub fn set_checkpoint_bytes(&self, bytes: u64) {
+        self.index.set_checkpoint_bytes(bytes);
     }
 
     /// Number of flushes performed since open.
@@ -505,6 +519,34 @@ impl SledStore {
             return Err(codec::corrupt(&key, "message id differs from its key"));
         }
         Ok(Some(Arc::new(message)))
+    }
+
+    /// Copies the record of a body that fails to read to quarantine, once per body: the queue
+    /// that asked drops its entry, and another queue holding the same body would otherwise
+    /// copy it again.
+    fn quarantine_body(&self, id: u64, reason: &str) {
+        if !self.quarantined_bodies.lock().insert(id) {
+            return;
+        }
+        let location = self.refs.location(id);
+        let raw = location
+            .and_then(|l| self.segments.read_raw(l))
+            .unwrap_or_default();
+        let place = match location {
+            Some(l) => format!(
+                "segment {:08x}, offset {}, length {} (message {id})",
+                l.segment, l.offset, l.len
+            ),
+            None => format!("body of message {id} in sled"),
+        };
+        let bad = BadRecord {
+            place,
+            reason: reason.to_owned(),
+            raw: &raw,
+        };
+        if let Err(e) = self.quarantine.put(&bad) {
+            tracing::error!(message_id = id, error = %e, "cannot quarantine an unreadable message body");
+        }
     }
 
     /// Bumps the epoch for a buffered write that nobody waits for (an acknowledgement, a
@@ -555,6 +597,19 @@ fn prepare_dir(path: &Path) -> Result<(), StoreError> {
         })
 }
 
+/// Copies the front-ends' records of a layout before 5, which carried no checksum, into the
+/// tree that holds them sealed.
+fn seal_records(db: &sled::Db) -> Result<(), StoreError> {
+    let old = db.open_tree(LEGACY_RECORDS_TREE).map_err(engine)?;
+    let new = db.open_tree(RECORDS_TREE).map_err(engine)?;
+    for item in old.iter() {
+        let (k, v) = item.map_err(engine)?;
+        new.insert(k, codec::seal(v.to_vec())).map_err(engine)?;
+    }
+    db.flush().map_err(engine)?;
+    Ok(())
+}
+
 fn check_format(db: &sled::Db) -> Result<(), StoreError> {
     match db.get(FORMAT_KEY).map_err(engine)? {
         None => {
@@ -563,8 +618,13 @@ fn check_format(db: &sled::Db) -> Result<(), StoreError> {
         }
         Some(v) if v.as_ref() == [LAYOUT_VERSION] => Ok(()),
         Some(v) if v.len() == 1 && LEGACY_LAYOUTS.contains(&v[0]) => {
+            seal_records(db)?;
             tracing::info!(from = v[0], to = LAYOUT_VERSION, "store layout upgraded");
             db.insert(FORMAT_KEY, &[LAYOUT_VERSION]).map_err(engine)?;
+            db.flush().map_err(engine)?;
+            // Only once the new layout is durable: a crash before leaves the old records
+            // to copy again.
+            db.drop_tree(LEGACY_RECORDS_TREE).map_err(engine)?;
             Ok(())
         }
         Some(v) => Err(StoreError::Engine(format!(
@@ -711,12 +771,16 @@ impl Store for SledStore {
         if let Some(message) = self.pending.lock().body(id) {
             return Ok(Some(message));
         }
-        self.read_body(id)
+        let result = self.read_body(id);
+        if let Err(StoreError::Corrupt { reason, .. }) = &result {
+            self.quarantine_body(id, reason);
+        }
+        result
     }
 
     fn put_record(&self, namespace: &str, key: &[u8], value: &[u8]) -> Result<Epoch, StoreError> {
         self.records
-            .insert(record_key(namespace, key)?, value)
+            .insert(record_key(namespace, key)?, codec::seal(value.to_vec()))
             .map_err(engine)?;
         Ok(self.committer.advance())
     }
@@ -743,13 +807,19 @@ impl Store for SledStore {
 
     fn scan_records(&self, namespace: &str, prefix: &[u8]) -> Result<Records, StoreError> {
         let skip = namespace.len() + 1;
-        self.records
-            .scan_prefix(record_key(namespace, prefix)?)
-            .map(|item| {
-                let (k, v) = item.map_err(engine)?;
-                Ok((k[skip..].to_vec(), v.to_vec()))
-            })
-            .collect()
+        let mut out = Vec::new();
+        for item in self.records.scan_prefix(record_key(namespace, prefix)?) {
+            let (k, v) = item.map_err(engine)?;
+            match codec::unseal(&v) {
+                Some(value) => out.push((k[skip..].to_vec(), value.to_vec())),
+                // One bad session or retained message must not stop the others loading.
+                None => {
+                    let e = codec::corrupt(&k, "record fails its checksum");
+                    self.move_aside(&self.records, RECORDS_TREE, &k, &v, &e)?;
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn current_epoch(&self) -> Epoch {

@@ -203,6 +203,16 @@ fn a_corrupt_body_is_reported_when_read_not_a_panic() {
         matches!(err, rosetta_core::store::StoreError::Corrupt { .. }),
         "{err}"
     );
+    // Copied aside, with where it was, once however often it is read.
+    store.load_message(1).expect_err("still corrupt");
+    assert_eq!(store.quarantined_records(), 1);
+    let files: Vec<_> = std::fs::read_dir(dir.path().join("quarantine"))
+        .expect("quarantine directory")
+        .map(|e| std::fs::read(e.expect("entry").path()).expect("read"))
+        .collect();
+    assert_eq!(files.len(), 1);
+    let text = String::from_utf8_lossy(&files[0]);
+    assert!(text.contains("offset 0") && text.contains("(message 1)"), "{text}");
 }
 
 #[test]

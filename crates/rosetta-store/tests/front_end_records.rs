@@ -114,3 +114,57 @@ fn synced_records_survive_reopen() {
         vec![(b"/\0a/b".to_vec(), b"payload".to_vec())]
     );
 }
+
+#[test]
+fn a_record_failing_its_checksum_is_quarantined_and_the_others_load() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = open(dir.path());
+        for key in [&b"a"[..], b"b", b"c"] {
+            store
+                .put_record("mqtt.retained", key, b"retained payload")
+                .expect("put");
+        }
+        store.sync().expect("sync");
+    }
+    {
+        let db = common::raw_open(dir.path());
+        let tree = db.open_tree("sealed_records").expect("tree");
+        let key = b"mqtt.retained\0b";
+        let mut value = tree.get(key).expect("get").expect("record").to_vec();
+        value[2] ^= 0x01;
+        tree.insert(key, value).expect("damage");
+        db.flush().expect("flush");
+    }
+    let store = open(dir.path());
+    let loaded = store.scan_records("mqtt.retained", b"").expect("scan");
+    let keys: Vec<&[u8]> = loaded.iter().map(|(k, _)| k.as_slice()).collect();
+    assert_eq!(keys, [&b"a"[..], b"c"]);
+    assert_eq!(store.quarantined_records(), 1);
+    // Moved aside, not met again.
+    assert_eq!(
+        store.scan_records("mqtt.retained", b"").expect("scan").len(),
+        2
+    );
+    assert_eq!(store.quarantined_records(), 1);
+}
+
+#[test]
+fn records_of_a_layout_4_store_are_sealed_at_the_upgrade() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let db = common::raw_open(dir.path());
+        db.insert("rosetta-format", &[4u8][..]).expect("marker");
+        db.open_tree("records")
+            .expect("tree")
+            .insert(b"mqtt.session\0/\0dev-1", &b"session bytes"[..])
+            .expect("insert");
+        db.flush().expect("flush");
+    }
+    let store = open(dir.path());
+    assert_eq!(
+        store.scan_records("mqtt.session", b"").expect("scan"),
+        vec![(b"/\0dev-1".to_vec(), b"session bytes".to_vec())]
+    );
+    assert_eq!(store.quarantined_records(), 0);
+}
