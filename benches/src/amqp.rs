@@ -470,7 +470,11 @@ pub async fn topic_routing(c: &Common, bindings: usize) -> Result<Report> {
     Ok(report)
 }
 
-pub async fn backlog(c: &Common) -> Result<Report> {
+pub async fn backlog(
+    c: &Common,
+    data_dir: Option<&std::path::Path>,
+    settle_s: u64,
+) -> Result<Report> {
     validate(c)?;
     let queue = format!("bench-backlog-{}", run_id());
     let (conn, ch) = channel(&c.uri).await?;
@@ -481,6 +485,11 @@ pub async fn backlog(c: &Common) -> Result<Report> {
     report.sent = join_publishers(pubs).await?;
     report.publish_s = Some(epoch.elapsed().as_secs_f64());
     report.broker_rss_after_publish = c.broker_pid.and_then(sample_process).map(|s| s.rss_bytes);
+    if let Some(dir) = data_dir {
+        report
+            .extra
+            .push(("dir_bytes_published", dir_bytes(dir).to_string()));
+    }
     let expected = (c.messages / c.producers as u64) * c.producers as u64;
     let (subs, stop, _) = spawn_subscribers(
         c,
@@ -495,6 +504,17 @@ pub async fn backlog(c: &Common) -> Result<Report> {
     report.broker_after = c.broker_pid.and_then(sample_process);
     report.expected = expected;
     report.absorb(tally);
+    if let Some(dir) = data_dir {
+        // Measured with the drained queue still declared: what acknowledgements gave back,
+        // not what deleting the queue would.
+        report
+            .extra
+            .push(("dir_bytes_drained", dir_bytes(dir).to_string()));
+        tokio::time::sleep(Duration::from_secs(settle_s)).await;
+        report
+            .extra
+            .push(("dir_bytes_settled", dir_bytes(dir).to_string()));
+    }
     ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await?;
     let _ = conn.close(200, "done".into()).await;

@@ -48,7 +48,16 @@ enum Scenario {
         bindings: usize,
     },
     /// Publish M messages with no consumer, then drain them.
-    Backlog(Common),
+    Backlog {
+        #[command(flatten)]
+        common: Common,
+        /// The broker's data directory: when given, its size is reported after publishing,
+        /// once drained, and `--settle` seconds later (space given back).
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
+        #[arg(long, default_value_t = 10)]
+        settle: u64,
+    },
     /// Steady publish-and-consume through one queue while the broker's data directory is
     /// measured every `--sample-every` messages (space reclaim under churn).
     Churn {
@@ -141,7 +150,7 @@ impl Common {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let threads = match &cli.scenario {
-        Scenario::Throughput(c) | Scenario::Backlog(c) => c.threads,
+        Scenario::Throughput(c) | Scenario::Backlog { common: c, .. } => c.threads,
         Scenario::Latency { common, .. }
         | Scenario::Fanout { common, .. }
         | Scenario::Churn { common, .. }
@@ -163,7 +172,11 @@ fn main() -> anyhow::Result<()> {
             Scenario::TopicRouting { common, bindings } => {
                 amqp::topic_routing(&common, bindings).await
             }
-            Scenario::Backlog(c) => amqp::backlog(&c).await,
+            Scenario::Backlog {
+                common,
+                data_dir,
+                settle,
+            } => amqp::backlog(&common, data_dir.as_deref(), settle).await,
             Scenario::Churn {
                 common,
                 data_dir,

@@ -40,6 +40,10 @@ const BUSY_BATCH: usize = 16;
 /// and never waits.
 const BUSY_LINGER: Duration = Duration::from_micros(500);
 
+/// With nothing to commit for this long, the thread tidies the store (see `Writer::tidy`): space
+/// held by settled entries and sparse segments comes back even when no traffic follows.
+const IDLE_AFTER: Duration = Duration::from_secs(5);
+
 /// Told how long each flush (write-out plus fsync) took, e.g. to feed a latency histogram.
 /// Called on the commit thread, so it must be quick and must not block.
 pub type FlushObserver = Arc<dyn Fn(Duration) + Send + Sync>;
@@ -201,6 +205,7 @@ impl Committer {
     fn run(&self, writer: &Writer) {
         let mut retry_after = RETRY_AFTER_ERROR;
         loop {
+            let mut idle = false;
             {
                 let mut st = self.state.lock();
                 // A failed batch is retried even if nobody waits on it (acknowledgements only):
@@ -209,11 +214,18 @@ impl Committer {
                     && st.requested <= self.durable()
                     && !self.failing.load(Ordering::Relaxed)
                 {
-                    self.work.wait(&mut st);
+                    if self.work.wait_for(&mut st, IDLE_AFTER).timed_out() {
+                        idle = true;
+                        break;
+                    }
                 }
                 if st.shutdown {
                     return;
                 }
+            }
+            if idle {
+                writer.tidy();
+                continue;
             }
             match self.flush(writer) {
                 Ok(writes) => {

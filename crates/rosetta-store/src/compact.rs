@@ -27,6 +27,15 @@ use crate::sled_store::{engine, Writer};
 const QUIET: Duration = Duration::from_secs(5);
 
 impl Writer {
+    /// What the commit thread does when it has had nothing to commit for a while: moves the
+    /// journal into the index files (deleting the files whose entries are all settled) and
+    /// compacts a sparse segment. After a backlog drains and traffic stops, this is what gives
+    /// the last of the space back.
+    pub(crate) fn tidy(&self) {
+        self.index.checkpoint_now();
+        self.compact();
+    }
+
     /// Compacts one sparse segment, if there is one. Runs on the commit thread after a commit;
     /// a failure is logged and leaves everything where it was.
     pub(crate) fn compact(&self) {

@@ -273,7 +273,20 @@ impl Index {
         if st.window_bytes < st.checkpoint_at {
             return;
         }
-        match self.checkpoint(&mut st) {
+        self.checkpoint_logged(&mut st);
+    }
+
+    /// Checkpoints whatever the window holds, however little (when the store is idle).
+    pub fn checkpoint_now(&self) {
+        let mut st = self.state.lock();
+        if st.window_bytes > 0 {
+            self.checkpoint_logged(&mut st);
+        }
+    }
+
+    /// [`Index::checkpoint`], with a failure logged once and the next attempt put off.
+    fn checkpoint_logged(&self, st: &mut State) {
+        match self.checkpoint(st) {
             Ok(()) => {
                 if std::mem::take(&mut st.checkpoint_failing) {
                     tracing::warn!("queue index checkpoints succeed again");
@@ -378,7 +391,11 @@ impl Index {
         }
         st.window.clear();
         st.window_bytes = 0;
-        Ok(())
+        // A deleted journal that came back after a power cut would replay old changes over
+        // newer ones (a queue that drained reuses its sequence numbers after a restart).
+        self.fs
+            .sync_dir(&self.journal_dir)
+            .map_err(|e| io_error("sync", &self.journal_dir, &e))
     }
 
     /// Replays the journals over the index files and hands every live entry to `each`, queue

@@ -242,7 +242,8 @@ impl Segments {
         let end = (u64::from(location.offset) + u64::from(location.len)).min(size);
         let len = usize::try_from(end.checked_sub(u64::from(location.offset))?).ok()?;
         let mut raw = vec![0u8; len];
-        file.read_exact_at(&mut raw, u64::from(location.offset)).ok()?;
+        file.read_exact_at(&mut raw, u64::from(location.offset))
+            .ok()?;
         Some(raw)
     }
 
