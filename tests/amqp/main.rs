@@ -16,6 +16,7 @@ mod errors;
 mod exchanges;
 mod full_disk;
 mod hostile;
+mod login;
 mod paging;
 mod queues;
 mod slow_consumer;

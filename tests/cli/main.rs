@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod hash_password;
+
 fn workspace_root() -> PathBuf {
     let tests_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     tests_dir.parent().unwrap_or(tests_dir).to_path_buf()
@@ -177,6 +179,7 @@ fn stopped_store(dir: &Path) -> (PathBuf, PathBuf) {
             name: "q".into(),
             auto_delete: false,
             arguments: Table::new(),
+            owner: None,
         })
         .expect("queue");
     let mut message = Message::new("x", "k", Properties::default(), "body".into());

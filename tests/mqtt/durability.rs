@@ -240,3 +240,63 @@ fn queues_only_clean_sessions_used_do_not_outlive_a_crash() {
         );
     });
 }
+
+#[test]
+fn queues_an_amqp_client_declares_with_mqtt_names_keep_their_messages_across_a_restart() {
+    let mut broker = broker();
+    // Named as MQTT names a session's queue and a shared subscription's queue, but declared by
+    // an AMQP client: no MQTT session uses them, and MQTT did not make them.
+    let queues = [
+        format!("mqtt-subscription-{}", unique("declared")),
+        format!("mqtt-shared-{}/jobs", unique("declared")),
+    ];
+    run(async {
+        let channel = amqp(&broker).await;
+        channel
+            .confirm_select(lapin::options::ConfirmSelectOptions::default())
+            .await
+            .expect("confirm.select");
+        for queue in &queues {
+            channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    lapin::options::QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    lapin::types::FieldTable::default(),
+                )
+                .await
+                .expect("queue.declare");
+            let confirm = channel
+                .basic_publish(
+                    "".into(),
+                    queue.as_str().into(),
+                    lapin::options::BasicPublishOptions::default(),
+                    b"kept",
+                    lapin::BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .expect("publish")
+                .await
+                .expect("confirm");
+            assert!(confirm.is_ack(), "{queue}: {confirm:?}");
+        }
+    });
+    broker.kill9();
+    broker.restart();
+    run(async {
+        let conn = amqp_connection(&broker).await;
+        for queue in &queues {
+            assert!(
+                queue_exists(&conn, queue).await,
+                "{queue} was removed at startup"
+            );
+        }
+        let channel = amqp(&broker).await;
+        for queue in &queues {
+            let got = amqp_get(&channel, queue).await;
+            assert_eq!(&got.delivery.data[..], b"kept", "{queue}");
+        }
+    });
+}

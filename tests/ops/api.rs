@@ -121,6 +121,44 @@ fn queues_are_listed_with_depths_and_arguments() {
 }
 
 #[test]
+fn queues_list_the_front_end_that_made_them_as_their_owner() {
+    let broker = Broker::builder()
+        .with_http()
+        .config("[stomp]\nenabled = true\nlisten = \"127.0.0.1:0\"\n")
+        .start();
+    let http = broker.http_addr();
+    let stomp = broker
+        .addr("stomp")
+        .expect("the broker has no STOMP listener");
+    let mut subscriber = std::net::TcpStream::connect(stomp).expect("connect to STOMP");
+    std::io::Write::write_all(
+        &mut subscriber,
+        b"CONNECT\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:guest\nclient-id:app\n\n\0\
+          SUBSCRIBE\nid:s1\ndestination:/topic/owned\ndurable:true\n\n\0",
+    )
+    .expect("send CONNECT and SUBSCRIBE");
+    let path = "/api/queues/%2F/stomp-subscription-app-s1";
+    assert!(
+        rosetta_tests::wait_until(WAIT, || api(http, "GET", path).status == 200),
+        "the durable subscription's queue never appeared"
+    );
+    let owner = api(http, "GET", path).json()["owner"].clone();
+    assert_eq!(
+        owner,
+        serde_json::json!({ "front_end": "stomp", "client": "app" })
+    );
+
+    run(async {
+        let client = connect(&broker).await;
+        let channel = client.channel().await;
+        declare_queue(&channel, "stomp-subscription-by-amqp").await;
+        let declared = api(http, "GET", "/api/queues/%2F/stomp-subscription-by-amqp").json();
+        assert_eq!(declared["owner"], Value::Null, "{declared}");
+        client.close().await;
+    });
+}
+
+#[test]
 fn exchanges_are_listed_with_their_type_and_bindings() {
     let broker = broker();
     let http = broker.http_addr();

@@ -4,6 +4,8 @@
 //!
 //! Needs the broker binary: `cargo build -p rosetta` first (`tests/run` does it).
 
+#[path = "../mqtt/support.rs"]
+mod mqtt_support;
 #[path = "../amqp/support.rs"]
 mod support;
 

@@ -262,6 +262,109 @@ fn the_exposition_is_well_formed_and_includes_process_metrics() {
     assert!(scrape.value("process_open_fds").expect("fds") > 0.0);
 }
 
+const DELIVERED: &str = "rosetta_messages_delivered_total";
+const REDELIVERED: &str = "rosetta_messages_redelivered_total";
+const ACKED: &str = "rosetta_messages_acked_total";
+
+/// A redelivery counts once in the redelivered counter whichever protocol takes it, because
+/// the queue counts it as it hands the message over: an AMQP client's requeued message fetched
+/// again, a message an MQTT subscriber did not acknowledge before its connection dropped, sent
+/// again (DUP) when it resumes its persistent session, and a requeued message that MQTT sends
+/// at QoS 0, where no DUP flag exists.
+#[test]
+fn a_redelivery_counts_the_same_for_an_amqp_client_and_an_mqtt_persistent_session() {
+    use crate::mqtt_support::{port, unique, v4_options, MQTT_ON, V4};
+    use rumqttc::QoS;
+
+    let broker = Broker::builder().with_http().config(MQTT_ON).start();
+    let http = broker.http_addr();
+    let mqtt_port = port(&broker);
+    run(async move {
+        let client = connect(&broker).await;
+        let channel = client.channel().await;
+
+        // AMQP: fetched, given back, fetched again and acknowledged.
+        declare_queue(&channel, "redo.q").await;
+        publish(&channel, "", "redo.q", "amqp").await;
+        let first = get(&channel, "redo.q", false).await.expect("first");
+        assert!(!first.delivery.redelivered);
+        first
+            .delivery
+            .acker
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            })
+            .await
+            .expect("nack");
+        let again = get(&channel, "redo.q", false).await.expect("again");
+        assert!(again.delivery.redelivered);
+        again
+            .delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .expect("ack");
+        wait_for_metric(http, DELIVERED, 2.0);
+        wait_for_metric(http, REDELIVERED, 1.0);
+        wait_for_metric(http, ACKED, 1.0);
+
+        // MQTT: a QoS 1 message to a persistent session, not acknowledged; the connection
+        // drops, and the resumed session gets it again.
+        let id = unique("redo");
+        let mut options = v4_options(mqtt_port, &id);
+        options.set_clean_session(false).set_manual_acks(true);
+        let mut subscriber = V4::with(options.clone()).await;
+        subscriber.subscribe("redo/m", QoS::AtLeastOnce).await;
+        publish_props(&channel, "amq.topic", "redo.m", b"qos1", persistent()).await;
+        let got = subscriber.publish().await;
+        assert!(!got.dup);
+        wait_for_metric(http, DELIVERED, 3.0);
+        drop(subscriber); // no PUBACK, no DISCONNECT
+        let mut resumed = V4::with(options.clone()).await;
+        assert!(resumed.session_present);
+        let again = resumed.publish().await;
+        assert_eq!(&again.payload[..], b"qos1");
+        assert!(again.dup, "a resent PUBLISH has DUP set");
+        resumed.client.ack(&again).await.expect("PUBACK");
+        wait_for_metric(http, DELIVERED, 4.0);
+        wait_for_metric(http, REDELIVERED, 2.0);
+        wait_for_metric(http, ACKED, 2.0);
+        resumed.disconnect().await;
+
+        // MQTT at QoS 0: a transient message waits in the session's queue, an AMQP client
+        // fetches it and gives it back, and the resumed session gets it without DUP (QoS 0
+        // has none); it is a redelivery all the same.
+        publish(&channel, "amq.topic", "redo.m", "qos0").await;
+        let queue = format!("mqtt-subscription-{id}");
+        let fetched = get_eventually(&channel, &queue, false).await;
+        assert!(!fetched.delivery.redelivered);
+        fetched
+            .delivery
+            .acker
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            })
+            .await
+            .expect("nack");
+        wait_for_metric(http, DELIVERED, 5.0);
+        wait_for_metric(http, REDELIVERED, 2.0);
+        let mut back = V4::with(options).await;
+        assert!(back.session_present);
+        let at_most_once = back.publish().await;
+        assert_eq!(&at_most_once.payload[..], b"qos0");
+        assert_eq!(at_most_once.qos, QoS::AtMostOnce);
+        assert!(!at_most_once.dup);
+        wait_for_metric(http, DELIVERED, 6.0);
+        wait_for_metric(http, REDELIVERED, 3.0);
+        // A QoS 0 message needs no acknowledgement, so none is counted.
+        assert_eq!(scrape(http).value(ACKED), Some(2.0));
+        back.disconnect().await;
+        client.close().await;
+    });
+}
+
 /// Reads from `stream` until `expected` has been seen; panics after [`WAIT`].
 fn read_until(stream: &mut std::net::TcpStream, expected: &[u8]) {
     use std::io::Read;

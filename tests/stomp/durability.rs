@@ -1,5 +1,7 @@
 //! Persistence: a RECEIPT for a persistent SEND means the message survives a crash.
 
+use rosetta_tests::Broker;
+
 use crate::support::*;
 
 #[test]
@@ -120,4 +122,123 @@ fn persistent_sends_before_a_receipted_disconnect_survive_kill_9_and_the_connect
         client.send_frame("ACK", &[("id", message.expect_header("ack"))], b"");
     }
     client.expect_silence();
+}
+
+/// Reads frames until the RECEIPT for `receipt`, skipping any others (deliveries).
+fn until_receipt(client: &mut Raw, receipt: &str) {
+    loop {
+        let frame = client.read_frame();
+        match frame.command.as_str() {
+            "RECEIPT" if frame.header("receipt-id") == Some(receipt) => return,
+            "MESSAGE" => {}
+            _ => panic!("expected RECEIPT {receipt}, got {frame:?}"),
+        }
+    }
+}
+
+/// An AMQP channel to the broker (the connection must be kept while the channel is used).
+async fn amqp_channel(broker: &Broker) -> (lapin::Connection, lapin::Channel) {
+    let conn =
+        lapin::Connection::connect(&broker.amqp_url(), lapin::ConnectionProperties::default())
+            .await
+            .expect("AMQP connect");
+    let channel = conn.create_channel().await.expect("channel");
+    (conn, channel)
+}
+
+#[test]
+fn an_amqp_queue_named_like_a_durable_subscription_survives_a_restart_and_a_durable_unsubscribe() {
+    let mut broker = broker();
+    let id = unique("declared");
+    let queue = format!("stomp-subscription-{id}");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let (_conn, channel) = amqp_channel(&broker).await;
+        channel
+            .confirm_select(lapin::options::ConfirmSelectOptions::default())
+            .await
+            .expect("confirm.select");
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .expect("queue.declare");
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                lapin::options::BasicPublishOptions::default(),
+                b"kept",
+                lapin::BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(confirm.is_ack(), "{confirm:?}");
+    });
+    broker.kill9();
+    broker.restart();
+
+    // A durable subscription with that id reads the queue, then ends for good: STOMP did not
+    // make the queue, so the queue stays, and the message it was handed goes back.
+    let mut client = Raw::login_12(broker.stomp_addr());
+    let topic = format!("/topic/{}", unique("t"));
+    client.send_frame(
+        "SUBSCRIBE",
+        &[
+            ("id", &id),
+            ("destination", &topic),
+            ("durable", "true"),
+            ("ack", "client"),
+            ("receipt", "subscribed"),
+        ],
+        b"",
+    );
+    until_receipt(&mut client, "subscribed");
+    client.send_frame(
+        "UNSUBSCRIBE",
+        &[
+            ("id", &id),
+            ("durable", "true"),
+            ("receipt", "unsubscribed"),
+        ],
+        b"",
+    );
+    until_receipt(&mut client, "unsubscribed");
+    client.send_with_receipt("DISCONNECT", &[], b"");
+    drop(client);
+
+    runtime.block_on(async {
+        let (_conn, channel) = amqp_channel(&broker).await;
+        // The message goes back to the queue once the STOMP connection is gone.
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let got = channel
+                .basic_get(
+                    queue.as_str().into(),
+                    lapin::options::BasicGetOptions { no_ack: true },
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{queue} is gone: {e:?}"));
+            if let Some(got) = got {
+                assert_eq!(&got.delivery.data[..], b"kept");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the message never came back to {queue}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    });
 }

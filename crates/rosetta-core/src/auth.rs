@@ -1,13 +1,50 @@
 //! Users and the login check every front-end shares.
+//!
+//! Passwords are kept only as salted hashes ([`PasswordHash`], RabbitMQ's format). A refused
+//! login is also noted for whoever drives the connection: the front-ends check credentials
+//! synchronously while they decode a frame, and the connection driver, which owns the socket
+//! and the timers, answers a refusal late and counts it. [`refusals_during`] tells it how many
+//! logins the code it ran refused, without each protocol reporting them on its own.
 
+mod password;
+
+use std::cell::Cell;
 use std::net::IpAddr;
+
+pub use password::{constant_time_eq, HashAlgorithm, HashError, PasswordHash};
 
 #[derive(Debug, Clone)]
 pub struct User {
     pub name: String,
-    pub password: String,
+    /// Build it from plain text with `"secret".into()` or [`PasswordHash::new`], or read an
+    /// existing hash with [`PasswordHash::parse`].
+    pub password: PasswordHash,
     /// May log in only over a loopback address (RabbitMQ's rule for `guest`).
     pub loopback_only: bool,
+}
+
+/// A user's management role, RabbitMQ's user tags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tag {
+    Administrator,
+    Management,
+    Monitoring,
+}
+
+impl Tag {
+    pub const ALL: [Tag; 3] = [Tag::Administrator, Tag::Management, Tag::Monitoring];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Tag::Administrator => "administrator",
+            Tag::Management => "management",
+            Tag::Monitoring => "monitoring",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Tag> {
+        Tag::ALL.into_iter().find(|t| t.name() == name)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,43 +55,137 @@ pub enum AuthFailure {
     LoopbackOnly,
 }
 
+#[derive(Debug, Clone)]
+struct Account {
+    user: User,
+    tags: Vec<Tag>,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Users {
-    users: Vec<User>,
+    accounts: Vec<Account>,
 }
 
 impl Users {
+    /// Users without tags.
     pub fn new(users: Vec<User>) -> Self {
-        Users { users }
+        Users::tagged(users.into_iter().map(|u| (u, Vec::new())).collect())
     }
 
+    /// Users with their tags.
+    pub fn tagged(users: Vec<(User, Vec<Tag>)>) -> Self {
+        Users {
+            accounts: users
+                .into_iter()
+                .map(|(user, tags)| Account { user, tags })
+                .collect(),
+        }
+    }
+
+    /// The tags of user `name`; none for an unknown user.
+    pub fn tags(&self, name: &str) -> &[Tag] {
+        self.find(name).map_or(&[][..], |a| a.tags.as_slice())
+    }
+
+    fn find(&self, name: &str) -> Option<&Account> {
+        self.accounts.iter().find(|a| a.user.name == name)
+    }
+
+    /// Checks a login. A refusal is counted for [`refusals_during`].
     pub fn check(&self, name: &str, password: &str, peer: IpAddr) -> Result<(), AuthFailure> {
-        let user = self
-            .users
-            .iter()
-            .find(|u| u.name == name && u.password == password)
-            .ok_or(AuthFailure::BadCredentials)?;
-        if user.loopback_only && !peer.is_loopback() {
+        let verdict = self.verdict(name, password, peer);
+        if verdict.is_err() {
+            note_refusal();
+        }
+        verdict
+    }
+
+    fn verdict(&self, name: &str, password: &str, peer: IpAddr) -> Result<(), AuthFailure> {
+        let account = self.find(name);
+        // An unknown name costs the same hash as a known one, so timing does not tell which
+        // names exist.
+        let matches = match account {
+            Some(a) => a.user.password.verify(password),
+            None => {
+                std::hint::black_box(UNKNOWN_USER.with(|h| h.verify(password)));
+                false
+            }
+        };
+        // A blank password never logs in, whatever is stored (RabbitMQ's internal backend
+        // refuses it too).
+        let Some(account) = account.filter(|_| matches && !password.is_empty()) else {
+            return Err(AuthFailure::BadCredentials);
+        };
+        // An IPv4 client of a listener on `[::]` shows up as `::ffff:127.0.0.1`.
+        if account.user.loopback_only && !peer.to_canonical().is_loopback() {
             return Err(AuthFailure::LoopbackOnly);
         }
         Ok(())
     }
 }
 
+thread_local! {
+    /// A stand-in checked for unknown user names.
+    static UNKNOWN_USER: PasswordHash = PasswordHash::new("\u{0}unknown user");
+    /// Refusals counted by the innermost [`refusals_during`] running on this thread; `None`
+    /// outside one.
+    static REFUSALS: Cell<Option<u32>> = const { Cell::new(None) };
+}
+
+fn note_refusal() {
+    REFUSALS.with(|r| {
+        if let Some(n) = r.get() {
+            r.set(Some(n.saturating_add(1)));
+        }
+    });
+}
+
+/// Runs `f` and returns its result with the number of logins [`Users::check`] refused while it
+/// ran. Front-ends check credentials synchronously inside their input handling, so wrapping
+/// that call is enough to learn whether it refused someone. Refusals outside any such scope
+/// (the management API's basic auth) are not counted here.
+pub fn refusals_during<R>(f: impl FnOnce() -> R) -> (R, u32) {
+    /// Puts the enclosing scope's count back, with this scope's refusals added, even if `f`
+    /// panics.
+    struct Restore(Option<u32>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            REFUSALS.with(|r| {
+                let inner = r.get().unwrap_or(0);
+                r.set(self.0.map(|outer| outer.saturating_add(inner)));
+            });
+        }
+    }
+    let restore = Restore(REFUSALS.with(|r| r.replace(Some(0))));
+    let result = f();
+    let refused = REFUSALS.with(|r| r.get()).unwrap_or(0);
+    drop(restore);
+    (result, refused)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn loopback_only_users_are_refused_from_elsewhere() {
-        let users = Users::new(vec![User {
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("ip")
+    }
+
+    fn guest() -> Users {
+        Users::new(vec![User {
             name: "guest".into(),
             password: "guest".into(),
             loopback_only: true,
-        }]);
-        let local: IpAddr = "127.0.0.1".parse().expect("ip");
-        let remote: IpAddr = "10.1.2.3".parse().expect("ip");
+        }])
+    }
+
+    #[test]
+    fn loopback_only_users_are_refused_from_elsewhere() {
+        let users = guest();
+        let local = ip("127.0.0.1");
+        let remote = ip("10.1.2.3");
         assert_eq!(users.check("guest", "guest", local), Ok(()));
+        assert_eq!(users.check("guest", "guest", ip("::1")), Ok(()));
         assert_eq!(
             users.check("guest", "guest", remote),
             Err(AuthFailure::LoopbackOnly)
@@ -67,5 +198,108 @@ mod tests {
             users.check("nobody", "guest", local),
             Err(AuthFailure::BadCredentials)
         );
+    }
+
+    #[test]
+    fn an_ipv4_loopback_client_of_an_ipv6_listener_counts_as_loopback() {
+        let users = guest();
+        assert_eq!(
+            users.check("guest", "guest", ip("::ffff:127.0.0.1")),
+            Ok(())
+        );
+        assert_eq!(
+            users.check("guest", "guest", ip("::ffff:10.0.0.1")),
+            Err(AuthFailure::LoopbackOnly)
+        );
+    }
+
+    #[test]
+    fn a_user_given_by_a_rabbitmq_hash_logs_in_with_its_password() {
+        let hash = PasswordHash::parse("kI3GCqW5JLMJa4iX1lo7X4D6XbYqlLgxIs30+P6tENUV2POR")
+            .expect("RabbitMQ's example hash of test12");
+        let users = Users::tagged(vec![(
+            User {
+                name: "alice".into(),
+                password: hash,
+                loopback_only: false,
+            },
+            vec![Tag::Administrator],
+        )]);
+        let remote = ip("192.0.2.7");
+        assert_eq!(users.check("alice", "test12", remote), Ok(()));
+        assert_eq!(
+            users.check("alice", "test1", remote),
+            Err(AuthFailure::BadCredentials)
+        );
+        assert_eq!(users.tags("alice"), &[Tag::Administrator]);
+        assert!(users.tags("bob").is_empty());
+    }
+
+    #[test]
+    fn a_blank_password_never_logs_in() {
+        let users = Users::new(vec![User {
+            name: "blank".into(),
+            password: "".into(),
+            loopback_only: false,
+        }]);
+        assert_eq!(
+            users.check("blank", "", ip("127.0.0.1")),
+            Err(AuthFailure::BadCredentials)
+        );
+    }
+
+    #[test]
+    fn refusals_are_counted_only_inside_a_scope() {
+        let users = guest();
+        let local = ip("127.0.0.1");
+        // Outside a scope nothing is kept for a later one.
+        let _ = users.check("guest", "wrong", local);
+        let ((), refused) = refusals_during(|| {
+            assert!(users.check("guest", "guest", local).is_ok());
+        });
+        assert_eq!(refused, 0);
+        let (outcome, refused) = refusals_during(|| {
+            let _ = users.check("guest", "wrong", local);
+            let _ = users.check("guest", "guest", ip("10.0.0.1"));
+            "done"
+        });
+        assert_eq!((outcome, refused), ("done", 2));
+    }
+
+    #[test]
+    fn a_nested_scope_adds_its_refusals_to_the_enclosing_one() {
+        let users = guest();
+        let local = ip("127.0.0.1");
+        let ((), outer) = refusals_during(|| {
+            let _ = users.check("guest", "wrong", local);
+            let ((), inner) = refusals_during(|| {
+                let _ = users.check("nobody", "x", local);
+            });
+            assert_eq!(inner, 1);
+        });
+        assert_eq!(outer, 2);
+    }
+
+    #[test]
+    fn a_panicking_scope_leaves_no_count_behind() {
+        let users = guest();
+        let local = ip("127.0.0.1");
+        let panicked = std::panic::catch_unwind(|| {
+            refusals_during(|| {
+                let _ = users.check("guest", "wrong", local);
+                panic!("boom");
+            })
+        });
+        assert!(panicked.is_err());
+        assert_eq!(REFUSALS.with(|r| r.get()), None);
+    }
+
+    #[test]
+    fn tags_have_rabbitmq_names() {
+        for tag in Tag::ALL {
+            assert_eq!(Tag::from_name(tag.name()), Some(tag));
+        }
+        assert_eq!(Tag::from_name("none"), None);
+        assert_eq!(Tag::from_name("Administrator"), None);
     }
 }

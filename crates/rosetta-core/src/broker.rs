@@ -34,17 +34,35 @@ pub struct CoreLimits {
     pub max_bindings: u64,
 }
 
-/// Broker-wide message counters, read by the metrics endpoint.
+/// Broker-wide message counters, read by the metrics endpoint. Each is counted once, in the
+/// core, where its event happens, so every protocol counts the same event the same way.
 #[derive(Debug, Default)]
 pub struct Counters {
+    /// Messages clients published (`VHost::publish`).
     pub published: AtomicU64,
+    /// Messages queues handed to consumers or to `basic.get`, and MQTT retained messages sent.
     pub delivered: AtomicU64,
+    /// Deliveries the client acknowledged (`Queue::settle` with [`crate::Settlement::Ack`]).
     pub acked: AtomicU64,
+    /// Deliveries of messages that had been delivered before (the redelivered flag).
     pub redelivered: AtomicU64,
     pub dead_lettered: AtomicU64,
+    /// Published messages that matched no queue.
     pub unroutable: AtomicU64,
     /// Dead letters dropped to break a cycle or end a runaway cascade.
     pub dead_letter_dropped: AtomicU64,
+}
+
+impl Counters {
+    /// Counts a message handed to a client, and whether it had been delivered before. Queues
+    /// count theirs as they hand them to consumers or to `basic.get`; the MQTT front-end counts
+    /// the retained messages it sends, which come from no queue.
+    pub fn count_delivery(&self, redelivered: bool) {
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+        if redelivered {
+            self.redelivered.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// State every virtual host shares.

@@ -62,7 +62,6 @@ fn consume(vhost: &VHost, queue: &str) -> (Arc<Queue>, UnboundedReceiver<Outboun
     let (tx, rx) = mpsc::unbounded_channel();
     let spec = ConsumerSpec {
         tag: "c".into(),
-        channel: 1,
         connection: 1,
         no_ack: false,
         exclusive: false,

@@ -93,7 +93,6 @@ pub enum Outbound {
     Deliver(Delivery),
     /// The queue was deleted under the consumer (RabbitMQ's consumer cancel notification).
     Cancelled {
-        channel: u16,
         consumer_tag: Arc<str>,
     },
     /// The broker tells the connection to close, from outside its own task.
@@ -132,8 +131,9 @@ pub struct Delivery {
 /// What a protocol session asks for when it starts consuming.
 #[derive(Debug, Clone)]
 pub struct ConsumerSpec {
+    /// Names the consumer to the front-end that made it, which gets it back with every
+    /// delivery and cancel notification; the core never reads it.
     pub tag: String,
-    pub channel: u16,
     pub connection: ConnectionId,
     pub no_ack: bool,
     pub exclusive: bool,
@@ -147,7 +147,6 @@ pub struct ConsumerSpec {
 #[derive(Debug)]
 pub struct Consumer {
     pub tag: Arc<str>,
-    pub channel: u16,
     pub connection: ConnectionId,
     pub no_ack: bool,
     pub exclusive: bool,
@@ -176,7 +175,6 @@ impl Consumer {
         };
         Arc::new(Consumer {
             tag: spec.tag.into(),
-            channel: spec.channel,
             connection: spec.connection,
             no_ack: spec.no_ack,
             exclusive: spec.exclusive,

@@ -16,6 +16,10 @@ use crate::message::{Message, Table, Value};
 use crate::queue::Queue;
 use crate::topic::TopicTrie;
 
+/// The topic exchange every virtual host has. MQTT publishes and subscribes through it, and
+/// STOMP's `/topic/` destinations name it (RabbitMQ's conventions).
+pub const AMQ_TOPIC: &str = "amq.topic";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExchangeKind {
     Direct,

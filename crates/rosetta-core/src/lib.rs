@@ -7,19 +7,25 @@ pub mod broker;
 #[cfg(test)]
 mod buffer_tests;
 pub mod consumer;
+#[cfg(test)]
+mod counter_tests;
 pub mod dead_letter;
 #[cfg(test)]
 mod durability_tests;
 pub mod durable;
 pub mod error;
 pub mod exchange;
+pub mod front_end;
 mod headers_match;
 #[cfg(test)]
 mod memory_store;
 pub mod message;
+#[cfg(test)]
+mod owner_tests;
 mod paging;
 pub mod queue;
 pub mod queue_config;
+pub mod queue_owner;
 #[cfg(test)]
 mod routing_tests;
 pub mod store;
@@ -34,9 +40,10 @@ pub use consumer::{
     CloseReason, ConnectionId, Consumer, ConsumerSpec, Credit, Delivery, Outbound, Unwritten,
 };
 pub use error::CoreError;
-pub use exchange::Destination;
+pub use exchange::{Destination, AMQ_TOPIC};
 pub use message::{Message, Properties, Table, Value};
 pub use queue::{Queue, Settlement};
+pub use queue_owner::QueueOwner;
 pub use vhost::{
     ExchangeDeclare, PublishOutcome, QueueDeclare, QueueDeclared, QueueDeleted, VHost,
 };

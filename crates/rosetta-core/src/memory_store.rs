@@ -14,10 +14,15 @@ use crate::store::{
     RecoveredEntry, Store, StoreError,
 };
 
+/// A front-end record's namespace and key.
+type RecordKey = (String, Vec<u8>);
+
 /// A store that keeps everything in maps, counts body reads, and can lose a body on request.
 #[derive(Default)]
 pub(crate) struct MemoryStore {
     queues: Mutex<Vec<QueueRecord>>,
+    /// The front-ends' records, by namespace and key.
+    records: Mutex<BTreeMap<RecordKey, Vec<u8>>>,
     pub(crate) entries: Mutex<BTreeMap<(u64, u64), (MessageSummary, bool)>>,
     /// Body and the number of entries referencing it.
     pub(crate) bodies: Mutex<HashMap<u64, (Arc<Message>, u64)>>,
@@ -58,7 +63,11 @@ impl Store for MemoryStore {
         Ok(self.advance())
     }
     fn save_queue(&self, record: &QueueRecord) -> Result<Epoch, StoreError> {
-        self.queues.lock().push(record.clone());
+        // Replaces a record of the same queue, as a store keyed by vhost and name does.
+        let mut queues = self.queues.lock();
+        queues.retain(|q| q.vhost != record.vhost || q.name != record.name);
+        queues.push(record.clone());
+        drop(queues);
         Ok(self.advance())
     }
     fn delete_queue(&self, _: &str, _: &str, id: u64) -> Result<Epoch, StoreError> {
@@ -114,17 +123,32 @@ impl Store for MemoryStore {
         }
         Ok(self.bodies.lock().get(&id).map(|(m, _)| m.clone()))
     }
-    fn put_record(&self, _: &str, _: &[u8], _: &[u8]) -> Result<Epoch, StoreError> {
+    fn put_record(&self, namespace: &str, key: &[u8], value: &[u8]) -> Result<Epoch, StoreError> {
+        self.records
+            .lock()
+            .insert((namespace.to_owned(), key.to_vec()), value.to_vec());
         Ok(self.advance())
     }
-    fn delete_record(&self, _: &str, _: &[u8]) -> Result<Epoch, StoreError> {
+    fn delete_record(&self, namespace: &str, key: &[u8]) -> Result<Epoch, StoreError> {
+        self.records
+            .lock()
+            .remove(&(namespace.to_owned(), key.to_vec()));
         Ok(self.advance())
     }
-    fn delete_records(&self, _: &str, _: &[u8]) -> Result<Epoch, StoreError> {
+    fn delete_records(&self, namespace: &str, prefix: &[u8]) -> Result<Epoch, StoreError> {
+        self.records
+            .lock()
+            .retain(|(ns, k), _| ns != namespace || !k.starts_with(prefix));
         Ok(self.advance())
     }
-    fn scan_records(&self, _: &str, _: &[u8]) -> Result<Records, StoreError> {
-        Ok(Vec::new())
+    fn scan_records(&self, namespace: &str, prefix: &[u8]) -> Result<Records, StoreError> {
+        Ok(self
+            .records
+            .lock()
+            .iter()
+            .filter(|((ns, k), _)| ns == namespace && k.starts_with(prefix))
+            .map(|((_, k), v)| (k.clone(), v.clone()))
+            .collect())
     }
     fn current_epoch(&self) -> Epoch {
         self.epoch.load(Ordering::SeqCst)

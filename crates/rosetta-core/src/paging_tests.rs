@@ -137,7 +137,6 @@ fn a_consumer_receives_a_paged_backlog_in_order() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let spec = ConsumerSpec {
         tag: "c".into(),
-        channel: 1,
         connection: 1,
         no_ack: false,
         exclusive: false,

@@ -11,18 +11,19 @@
 use std::collections::HashMap;
 use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, MutexGuard};
 
-use crate::broker::CoreLimits;
+use crate::broker::{CoreLimits, Counters};
 use crate::consumer::{ConnectionId, Consumer, Delivery, Outbound};
 use crate::dead_letter::{DeadLetter, DeathReason};
 use crate::error::CoreError;
 use crate::message::{Message, Table};
 use crate::paging::{Entry, Ready, Slot};
 use crate::queue_config::{Overflow, QueueConfig};
+use crate::queue_owner::QueueOwner;
 use crate::store::{MessageSummary, Store};
 use crate::vhost::VHost;
 
@@ -124,8 +125,14 @@ pub struct Queue {
     pub exclusive_owner: Option<ConnectionId>,
     pub arguments: Table,
     pub config: QueueConfig,
+    /// The front-end that made the queue for its own use (see `queue_owner`). Set at most once:
+    /// when the queue is made, or when a front-end adopts a queue whose record predates owners.
+    owner: OnceLock<QueueOwner>,
     /// The broker-wide caps for queues declared without their own (0 = none).
     limits: CoreLimits,
+    /// The broker-wide message counters: deliveries, redeliveries and acknowledgements are
+    /// counted here, where they happen, the same way whichever protocol the consumer speaks.
+    counters: Arc<Counters>,
     store: Arc<dyn Store>,
     vhost: Weak<VHost>,
     next_seq: AtomicU64,
@@ -142,12 +149,15 @@ pub(crate) struct QueueParams {
     pub exclusive_owner: Option<ConnectionId>,
     pub arguments: Table,
     pub config: QueueConfig,
+    pub owner: Option<QueueOwner>,
     pub limits: CoreLimits,
+    pub counters: Arc<Counters>,
 }
 
 impl Queue {
     pub(crate) fn new(params: QueueParams, store: Arc<dyn Store>, vhost: Weak<VHost>) -> Arc<Self> {
         let may_expire = params.config.message_ttl.is_some();
+        let owner = params.owner.map_or_else(OnceLock::new, OnceLock::from);
         Arc::new(Queue {
             name: params.name,
             id: params.id,
@@ -156,7 +166,9 @@ impl Queue {
             exclusive_owner: params.exclusive_owner,
             arguments: params.arguments,
             config: params.config,
+            owner,
             limits: params.limits,
+            counters: params.counters,
             store,
             vhost,
             next_seq: AtomicU64::new(1),
@@ -166,6 +178,22 @@ impl Queue {
                 ..State::default()
             }),
         })
+    }
+
+    /// The front-end that made the queue for its own use; `None` for a client's or an
+    /// operator's queue.
+    pub fn owner(&self) -> Option<&QueueOwner> {
+        self.owner.get()
+    }
+
+    /// Whether `front_end` made the queue and may therefore remove it on its own initiative.
+    pub fn owned_by(&self, front_end: &str) -> bool {
+        self.owner().is_some_and(|o| o.front_end == front_end)
+    }
+
+    /// Records `owner` for a queue that has none; `false` if it already had one.
+    pub(crate) fn adopt(&self, owner: QueueOwner) -> bool {
+        self.owner.set(owner).is_ok()
     }
 
     fn max_length(&self) -> Option<u64> {
@@ -488,7 +516,9 @@ impl Queue {
                 redelivered,
                 charge,
             };
-            if !consumer.send(Outbound::Deliver(delivery)) {
+            if consumer.send(Outbound::Deliver(delivery)) {
+                self.count_delivery(redelivered);
+            } else {
                 // The connection is gone; its cleanup will cancel the consumer. Put the message
                 // back and stop offering to this consumer.
                 consumer.mark_cancelled();
@@ -536,6 +566,12 @@ impl Queue {
                 consumer,
             },
         );
+    }
+
+    /// Counts a message handed to a consumer or to `basic.get`, and whether it had been
+    /// delivered before.
+    fn count_delivery(&self, redelivered: bool) {
+        self.counters.count_delivery(redelivered);
     }
 
     /// Offers ready messages to consumers that have credit again.
@@ -663,6 +699,7 @@ impl Queue {
                 entry.redelivered = true;
                 self.hold_unacked(&mut st, slot, entry, None);
             }
+            self.count_delivery(redelivered);
             return Some(Got {
                 seq,
                 message,
@@ -680,10 +717,28 @@ impl Queue {
         }
         Some(u)
     }
-    /// Settles deliveries: acknowledged messages leave the queue (and the store), requeued ones
-    /// return to their original position flagged redelivered, rejected ones are dead-lettered
-    /// (reason `rejected`) or dropped. Credit returns to their consumers either way.
+    /// Settles deliveries as their client asked: acknowledged messages leave the queue (and the
+    /// store), requeued ones return to their original position flagged redelivered, rejected
+    /// ones are dead-lettered (reason `rejected`) or dropped. Credit returns to their consumers
+    /// either way. Acknowledgements are counted.
     pub fn settle(self: &Arc<Self>, seqs: &[u64], how: Settlement) {
+        let settled = self.settle_entries(seqs, how);
+        if how == Settlement::Ack && settled > 0 {
+            self.counters.acked.fetch_add(settled, Ordering::Relaxed);
+        }
+    }
+
+    /// Settles deliveries that end without an acknowledgement from the client: ones that need
+    /// none once written (MQTT QoS 0), and ones the front-end cannot deliver at all. They leave
+    /// the queue as acknowledged ones do, but are not counted as acknowledged.
+    pub fn finish(self: &Arc<Self>, seqs: &[u64]) {
+        self.settle_entries(seqs, Settlement::Ack);
+    }
+
+    /// Settles the deliveries among `seqs` still awaiting settlement; returns how many there
+    /// were.
+    fn settle_entries(self: &Arc<Self>, seqs: &[u64], how: Settlement) -> u64 {
+        let mut settled = 0;
         let mut dead = Vec::new();
         {
             let mut st = self.state.lock();
@@ -691,6 +746,7 @@ impl Queue {
                 let Some(u) = self.take_unacked(&mut st, seq) else {
                     continue;
                 };
+                settled += 1;
                 match how {
                     Settlement::Ack if u.entry.persisted => self.forget(seq, u.entry.id),
                     Settlement::Ack => {}
@@ -706,8 +762,10 @@ impl Queue {
             }
         }
         self.bury(dead);
+        settled
     }
 
+    /// Settles deliveries the client acknowledged; see [`Queue::settle`].
     pub fn ack(self: &Arc<Self>, seqs: &[u64]) {
         self.settle(seqs, Settlement::Ack);
     }
@@ -747,7 +805,6 @@ impl Queue {
         for c in st.consumers.drain(..) {
             c.mark_cancelled();
             c.send(Outbound::Cancelled {
-                channel: c.channel,
                 consumer_tag: c.tag.clone(),
             });
         }

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::message::{Message, Table};
+use crate::queue_owner::QueueOwner;
 
 /// A monotonically increasing write counter. A write with epoch `e` is on disk once the durable
 /// epoch is `>= e`.
@@ -32,6 +33,9 @@ pub struct QueueRecord {
     pub name: String,
     pub auto_delete: bool,
     pub arguments: Table,
+    /// The front-end that made the queue for its own use; `None` for queues clients and
+    /// operators declared, and for records written before queues carried an owner.
+    pub owner: Option<QueueOwner>,
 }
 
 /// A binding between durable ends. `destination_is_queue` tells queue from exchange bindings.
@@ -135,8 +139,9 @@ pub trait Store: Send + Sync + 'static {
     fn load_message(&self, id: u64) -> Result<Option<Arc<Message>>, StoreError>;
 
     /// Stores a small record a front-end keeps beside its queues (MQTT sessions, retained
-    /// messages, packet ids awaiting release), under `namespace` and `key`, replacing any record
-    /// of the same key. The value is opaque: its owner encodes it. Durable like every other
+    /// messages, packet ids awaiting release; the core keeps which front-ends took over their
+    /// queues from before queue owners the same way), under `namespace` and `key`, replacing any
+    /// record of the same key. The value is opaque: its writer encodes it. Durable like every other
     /// write, once the durable epoch reaches the returned one. `namespace` holds no NUL byte.
     fn put_record(&self, namespace: &str, key: &[u8], value: &[u8]) -> Result<Epoch, StoreError>;
     /// Deletes one record; deleting a missing record succeeds.

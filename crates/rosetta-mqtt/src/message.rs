@@ -20,7 +20,7 @@
 use bytes::Bytes;
 use mqtt_proto::v5::{LastWill, Publish, PublishProperties, UserProperty};
 use mqtt_proto::{QoS, QosPid, TopicName};
-use rosetta_core::{Message, Properties, Table, Value};
+use rosetta_core::{Message, Properties, Table, Value, AMQ_TOPIC};
 
 use crate::error::MqttError;
 use crate::record::{Reader, Writer};
@@ -118,26 +118,6 @@ fn user_properties(list: &[UserProperty]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// A header value as user property text, if it has a faithful text form.
-fn value_text(value: &Value) -> Option<String> {
-    match value {
-        Value::Str(s) => Some(s.clone()),
-        Value::Bytes(b) => std::str::from_utf8(b).ok().map(str::to_owned),
-        Value::Bool(b) => Some(b.to_string()),
-        Value::I8(_)
-        | Value::U8(_)
-        | Value::I16(_)
-        | Value::U16(_)
-        | Value::I32(_)
-        | Value::U32(_)
-        | Value::I64(_)
-        | Value::Timestamp(_) => value.as_i64().map(|n| n.to_string()),
-        Value::F32(f) => Some(f.to_string()),
-        Value::F64(f) => Some(f.to_string()),
-        Value::Decimal(..) | Value::Table(_) | Value::Array(_) | Value::Void => None,
-    }
-}
-
 impl AppMessage {
     /// From a PUBLISH whose topic (possibly given by alias) is `topic`.
     pub fn from_publish(p: &Publish, topic: String, now_ms: u64) -> Self {
@@ -211,7 +191,7 @@ impl AppMessage {
             ..Properties::default()
         };
         Message::new(
-            "amq.topic",
+            AMQ_TOPIC,
             topic_to_key(&self.topic),
             properties,
             self.payload.clone(),
@@ -238,11 +218,11 @@ impl AppMessage {
                     user_properties.extend(
                         values
                             .iter()
-                            .filter_map(value_text)
+                            .filter_map(Value::to_text)
                             .map(|v| (name.clone(), v)),
                     );
                 }
-                other => user_properties.extend(value_text(other).map(|v| (name.clone(), v))),
+                other => user_properties.extend(other.to_text().map(|v| (name.clone(), v))),
             }
         }
         let correlation_data = match header(HEADER_CORRELATION) {
@@ -472,6 +452,37 @@ mod tests {
             ]
         );
         assert_eq!(m.props.correlation_data.as_deref(), Some(&b"c1"[..]));
+    }
+
+    #[test]
+    fn amqp_decimals_and_array_elements_become_user_properties_as_text() {
+        let mut headers = Table::new();
+        headers.insert("price".into(), Value::Decimal(2, 12_345));
+        headers.insert(
+            "tags".into(),
+            Value::Array(vec![
+                Value::Str("a".into()),
+                Value::Decimal(1, 5),
+                Value::Table(Table::new()),
+                Value::Void,
+            ]),
+        );
+        let props = Properties {
+            headers: Some(headers),
+            ..Properties::default()
+        };
+        let m = AppMessage::from_core(
+            &Message::new(AMQ_TOPIC, "x", props, Bytes::from_static(b"hi")),
+            5,
+        );
+        assert_eq!(
+            m.props.user_properties,
+            vec![
+                ("price".to_owned(), "123.45".to_owned()),
+                ("tags".to_owned(), "a".to_owned()),
+                ("tags".to_owned(), "0.5".to_owned()),
+            ]
+        );
     }
 
     #[test]

@@ -3,13 +3,12 @@
 //! out their delay, and retained messages.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 use rosetta_core::queue::now_ms;
 use rosetta_core::store::{Epoch, Store};
-use rosetta_core::{Broker, ConnectionId, PublishOutcome, QueueDeclare, Users, VHost};
+use rosetta_core::{Broker, ConnectionId, PublishOutcome, QueueDeclare, QueueOwner, Users, VHost};
 
 use crate::error::MqttError;
 use crate::message::AppMessage;
@@ -94,9 +93,32 @@ fn shared_holders(sessions: &HashMap<String, StoredSession>) -> HashMap<String, 
     holders
 }
 
+/// Takes over the queues MQTT made before queues carried an owner, at its first start on such
+/// a store: the queue of each stored session and the shared subscriptions' queues stored
+/// sessions hold. Any other queue with an MQTT-style name is left to whoever declared it, as
+/// nothing but its name would say it was MQTT's.
+fn adopt_queues_made_before_owners(
+    vhost: &VHost,
+    sessions: &HashMap<String, StoredSession>,
+    shared: &HashMap<String, HashSet<String>>,
+) -> Result<(), MqttError> {
+    let mut ours: HashMap<String, QueueOwner> = sessions
+        .keys()
+        .map(|c| (topic::session_queue(c), topic::session_queue_owner(c)))
+        .chain(
+            shared
+                .keys()
+                .map(|q| (q.clone(), topic::shared_queue_owner())),
+        )
+        .collect();
+    vhost.adopt_queues_made_before_owners(topic::OWNER, |q| ours.remove(&q.name))?;
+    Ok(())
+}
+
 /// Deletes the durable queues MQTT made that no persistent session needs any more: a session
 /// queue whose session is gone (a crash between the two deletes), and a shared subscription's
-/// queue whose members were all clean sessions, which ended with the broker.
+/// queue whose members were all clean sessions, which ended with the broker. Only queues MQTT
+/// owns: a queue another protocol's client declared stays, whatever its name.
 fn remove_orphan_queues(
     vhost: &VHost,
     sessions: &HashMap<String, StoredSession>,
@@ -108,11 +130,9 @@ fn remove_orphan_queues(
         .chain(shared.keys().cloned())
         .collect();
     for q in vhost.queues() {
-        let ours = q.name.starts_with(topic::SESSION_QUEUE_PREFIX)
-            || q.name.starts_with(topic::SHARED_QUEUE_PREFIX);
-        if ours && !wanted.contains(&q.name) {
+        if q.owned_by(topic::OWNER) && !wanted.contains(&q.name) {
             tracing::info!(queue = %q.name, "removing an mqtt queue no session uses");
-            if let Err(e) = vhost.delete_queue(&q.name, false, false, 0) {
+            if let Err(e) = vhost.delete_owned_queue(&q.name, topic::OWNER, 0) {
                 tracing::warn!(queue = %q.name, error = %e, "cannot remove an unused mqtt queue");
             }
         }
@@ -152,8 +172,9 @@ impl MqttState {
             };
             wills.insert(client, PendingWill::decode(&value)?);
         }
-        let retained = Retained::load(store, &config.vhost, config.max_retained)?;
         let shared = shared_holders(&sessions);
+        adopt_queues_made_before_owners(&vhost, &sessions, &shared)?;
+        let retained = Retained::load(store, &config.vhost, config.max_retained)?;
         remove_orphan_queues(&vhost, &sessions, &shared);
         tracing::info!(
             sessions = sessions.len(),
@@ -240,7 +261,8 @@ impl MqttState {
     /// Counts `client_id` among the holders of the shared subscription queue `queue`, and
     /// declares the queue if it does not exist. The queue is durable, so that it keeps its
     /// messages for persistent sessions across a restart (a queue only clean sessions held is
-    /// removed at startup), and is not auto-deleted: it goes with its last holder.
+    /// removed at startup), and is not auto-deleted: it goes with its last holder. A queue MQTT
+    /// did not make (an AMQP client declared one of that name) is used but never removed.
     pub(crate) fn hold_shared(
         &self,
         queue: &str,
@@ -254,7 +276,8 @@ impl MqttState {
                 durable: true,
                 ..QueueDeclare::default()
             };
-            self.vhost.declare_queue(declare, conn)?;
+            self.vhost
+                .declare_owned_queue(declare, conn, topic::shared_queue_owner())?;
         }
         shared
             .entry(queue.to_owned())
@@ -275,18 +298,22 @@ impl MqttState {
             return;
         }
         shared.remove(queue);
-        tracing::info!(
-            queue,
-            "removing a shared subscription's queue: no session holds it"
-        );
-        if let Err(e) = self.vhost.delete_queue(queue, false, false, 0) {
-            tracing::warn!(queue, error = %e, "cannot remove a shared subscription's queue");
+        match self.vhost.delete_owned_queue(queue, topic::OWNER, 0) {
+            Ok(Some(_)) => tracing::info!(
+                queue,
+                "removed a shared subscription's queue: no session holds it"
+            ),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(queue, error = %e, "cannot remove a shared subscription's queue")
+            }
         }
     }
 
     /// Ends a session for good: its queue, its bindings and its records go ([MQTT-4.1.0-?]
     /// session state ends with the session), and so does its hold on shared subscriptions.
-    /// Returns the epoch of the last store write, which covers the earlier ones.
+    /// The queue goes only if MQTT made it: one of that name another protocol's client
+    /// declared stays. Returns the epoch of the last store write, which covers the earlier ones.
     pub(crate) fn end_session(&self, client_id: &str) -> Result<Epoch, MqttError> {
         let ended = self.sessions.lock().remove(client_id);
         for sub in ended.iter().flat_map(|s| &s.subscriptions) {
@@ -296,7 +323,7 @@ impl MqttState {
         }
         self.unacked_ids.lock().remove(client_id);
         self.vhost
-            .delete_queue(&topic::session_queue(client_id), false, false, 0)?;
+            .delete_owned_queue(&topic::session_queue(client_id), topic::OWNER, 0)?;
         self.records(client_id).delete_session()
     }
 
@@ -314,11 +341,6 @@ impl MqttState {
             None
         };
         let outcome = self.vhost.publish(message.to_core(publisher, now))?;
-        let counters = self.broker.counters();
-        counters.published.fetch_add(1, Ordering::Relaxed);
-        if !outcome.routed {
-            counters.unroutable.fetch_add(1, Ordering::Relaxed);
-        }
         if let Some(epoch) = retained {
             self.store().request_sync(epoch);
         }

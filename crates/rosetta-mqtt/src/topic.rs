@@ -9,6 +9,8 @@
 //! AMQP word is unescaped, and a `/` inside a word (impossible from MQTT) becomes a level
 //! separator.
 
+use rosetta_core::QueueOwner;
+
 /// Prefix of a shared subscription's filter (MQTT 5.0 §4.8.2).
 pub const SHARE_PREFIX: &str = "$share/";
 
@@ -277,10 +279,27 @@ pub fn parse_filter(full: &str) -> Option<ParsedFilter<'_>> {
     })
 }
 
-/// Prefix of every session's queue (RabbitMQ's naming, so operators recognise it).
+/// Prefix of every session's queue (RabbitMQ's naming, so operators recognise it). A name
+/// only: whether a queue is MQTT's is told by its owner ([`OWNER`]), since a client of another
+/// protocol may declare a queue of any name.
 pub const SESSION_QUEUE_PREFIX: &str = "mqtt-subscription-";
 /// Prefix of every shared subscription's queue.
 pub const SHARED_QUEUE_PREFIX: &str = "mqtt-shared-";
+
+/// The owner the MQTT front-end records on the queues it makes, and the only queues it ever
+/// deletes.
+pub const OWNER: &str = "mqtt";
+
+/// The owner of a session's queue: MQTT, for that client.
+pub fn session_queue_owner(client_id: &str) -> QueueOwner {
+    QueueOwner::client(OWNER, client_id)
+}
+
+/// The owner of a shared subscription's queue: MQTT, for no client in particular (it serves
+/// every member session).
+pub fn shared_queue_owner() -> QueueOwner {
+    QueueOwner::front_end(OWNER)
+}
 
 /// The queue of a session.
 pub fn session_queue(client_id: &str) -> String {

@@ -10,6 +10,7 @@ use mqtt_proto::v5::{
     self, ConnectReasonCode, DisconnectReasonCode, Packet, SubscribeReasonCode, SubscriptionOptions,
 };
 use mqtt_proto::{v3, Pid, Protocol, QoS, TopicFilter};
+use rosetta_core::front_end::{Flow, Session as _};
 use rosetta_core::testing::ManualDurability;
 use rosetta_core::{Broker, CoreLimits, User, Users};
 use rosetta_mqtt::codec::decode;
@@ -103,7 +104,10 @@ fn bytes<E: std::fmt::Debug>(encoded: Result<impl AsRef<[u8]>, E>) -> Vec<u8> {
 
 /// Hands the session `input` as one socket read.
 fn send(session: &mut Session, input: &[u8]) {
-    assert!(session.handle_input(&mut BytesMut::from(input)));
+    assert_eq!(
+        session.handle_input(&mut BytesMut::from(input)),
+        Flow::Continue
+    );
 }
 
 /// Everything the session would write to the socket now, decoded. (3.x packets decode with
@@ -255,7 +259,10 @@ fn a_persistent_session_the_store_cannot_write_is_refused() {
     let h = Harness::new();
     h.store.fail_writes(true);
     let mut s = h.session();
-    assert!(!s.handle_input(&mut BytesMut::from(&connect5("unlucky", false, 60)[..])));
+    assert_eq!(
+        s.handle_input(&mut BytesMut::from(&connect5("unlucky", false, 60)[..])),
+        Flow::Close
+    );
 
     let packets = written(&mut s, Protocol::V500);
     assert_eq!(

@@ -90,6 +90,7 @@ fn populate(path: &Path, queues: u64) -> Result<(), Box<dyn Error>> {
             name,
             auto_delete: false,
             arguments: Table::new(),
+            owner: None,
         })?;
         let properties = Properties {
             delivery_mode: Some(2),

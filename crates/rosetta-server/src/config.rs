@@ -13,6 +13,7 @@ mod validate;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use rosetta_core::auth::{HashError, PasswordHash, Tag, User as CoreUser, Users};
 use serde::Deserialize;
 
 /// The default configuration: the repository's `broker.toml`, embedded so the binary runs without
@@ -142,16 +143,64 @@ pub struct MqttConfig {
 #[serde(deny_unknown_fields)]
 pub struct User {
     pub name: String,
-    pub password: String,
+    /// The password in plain text, hashed when the configuration is loaded. Exactly one of
+    /// `password` and `password_hash` is set.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// The password hashed in RabbitMQ's format, as `rosetta hash-password` prints it.
+    #[serde(default)]
+    pub password_hash: Option<String>,
+    /// Management roles: `administrator`, `management`, `monitoring`; `none` stands for no
+    /// role.
+    #[serde(default)]
+    pub tags: Vec<String>,
     #[serde(default)]
     pub loopback_only: Option<bool>,
 }
+
+/// Why a user's password is not usable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialError {
+    Missing,
+    Both,
+    EmptyPassword,
+    Hash(HashError),
+}
+
+/// What `tags` may hold besides the core's tags: RabbitMQ's word for a user without any.
+pub const NO_TAG: &str = "none";
 
 impl User {
     /// RabbitMQ's rule, kept so clients move over unchanged: unless told otherwise, only `guest`
     /// is confined to loopback, because its password is public.
     pub fn is_loopback_only(&self) -> bool {
         self.loopback_only.unwrap_or(self.name == "guest")
+    }
+
+    /// The stored password: `password_hash` read, or `password` hashed with a fresh salt.
+    pub fn credential(&self) -> Result<PasswordHash, CredentialError> {
+        match (&self.password, &self.password_hash) {
+            (None, None) => Err(CredentialError::Missing),
+            (Some(_), Some(_)) => Err(CredentialError::Both),
+            (Some(plain), None) if plain.is_empty() => Err(CredentialError::EmptyPassword),
+            (Some(plain), None) => Ok(PasswordHash::new(plain)),
+            (None, Some(hash)) => PasswordHash::parse(hash).map_err(CredentialError::Hash),
+        }
+    }
+
+    /// The user's tags; `none` and duplicates drop out. The first name that is no tag comes
+    /// back as the error.
+    pub fn tag_set(&self) -> Result<Vec<Tag>, &str> {
+        let mut tags = Vec::new();
+        for name in &self.tags {
+            match Tag::from_name(name) {
+                Some(tag) if !tags.contains(&tag) => tags.push(tag),
+                Some(_) => {}
+                None if name == NO_TAG => {}
+                None => return Err(name.as_str()),
+            }
+        }
+        Ok(tags)
     }
 }
 
@@ -196,6 +245,8 @@ pub struct Limits {
     pub max_transaction_frames: u32,
     /// Message body bytes one open transaction may hold; 0 = no limit.
     pub max_transaction_bytes: u64,
+    /// Milliseconds a refused login waits before it is answered; 0 answers at once.
+    pub failed_login_delay_ms: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -227,6 +278,27 @@ impl Config {
         Ok(config)
     }
 
+    /// The users as the core checks them: plain passwords hashed, tags read. Fails only for a
+    /// configuration that did not come through [`Config::from_toml_str`] or [`Config::load`].
+    pub fn core_users(&self) -> Result<Users, ConfigError> {
+        let users = self
+            .users
+            .iter()
+            .enumerate()
+            .map(|(i, u)| {
+                let (password, tags) = validate::user(i, u)
+                    .map_err(|v| locate::violation_error("", "configuration", v))?;
+                let user = CoreUser {
+                    name: u.name.clone(),
+                    password,
+                    loopback_only: u.is_loopback_only(),
+                };
+                Ok((user, tags))
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+        Ok(Users::tagged(users))
+    }
+
     /// Reads, parses and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -248,6 +320,9 @@ fn listener(port: u16) -> ListenerConfig {
     }
 }
 
+/// The default user's password, "guest", as `rosetta hash-password` prints it.
+const GUEST_PASSWORD_HASH: &str = "X4oRw9o9N874fnCe3LFRCwXJRaK4oG66dZJ3NTkjWEki0F3E";
+
 // The defaults below must match broker.toml; a unit test parses DEFAULT_TOML and compares.
 impl Default for Config {
     fn default() -> Self {
@@ -260,7 +335,9 @@ impl Default for Config {
             http: listener(15692),
             users: vec![User {
                 name: "guest".into(),
-                password: "guest".into(),
+                password: None,
+                password_hash: Some(GUEST_PASSWORD_HASH.into()),
+                tags: vec!["administrator".into()],
                 loopback_only: Some(true),
             }],
             vhosts: vec![VHostConfig { name: "/".into() }],
@@ -348,6 +425,7 @@ impl Default for Limits {
             max_bindings: 1_000_000,
             max_transaction_frames: 10_000,
             max_transaction_bytes: 128 * 1024 * 1024,
+            failed_login_delay_ms: 1000,
         }
     }
 }

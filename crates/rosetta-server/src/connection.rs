@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
+use rosetta_core::auth;
+use rosetta_core::front_end::{Flow, Heartbeats, Session};
 use rosetta_core::{Outbound, Unwritten};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -40,59 +42,6 @@ const IDLE_RELEASE: Duration = Duration::from_secs(1);
 /// How long a connection with no deadline at all (no heartbeats, nothing buffered) sleeps before
 /// looking again; only signals and traffic matter to it.
 const NOTHING_DUE: Duration = Duration::from_secs(3600);
-
-/// Heartbeat timing a session negotiated.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Heartbeats {
-    /// Send a heartbeat when nothing was written for this long.
-    pub send_after: Option<Duration>,
-    /// Close the connection when nothing was read for this long.
-    pub expect_within: Option<Duration>,
-}
-
-/// What the driver needs from a protocol session.
-pub(crate) trait Session {
-    const PROTOCOL: &'static str;
-    /// Handles every complete frame in `input`; false means "close after writing output".
-    fn handle_input(&mut self, input: &mut BytesMut) -> bool;
-    fn handle_outbound(&mut self, item: Outbound);
-    fn has_pending_durability(&self) -> bool;
-    fn on_durable(&mut self);
-    fn take_output(&mut self) -> Option<Bytes>;
-    fn after_flush(&mut self);
-    /// More output can be produced at once, without input (MQTT retained messages paced by
-    /// the socket): the driver calls [`Session::take_output`] again after a write.
-    fn output_ready(&self) -> bool {
-        false
-    }
-    fn heartbeats(&self) -> Heartbeats;
-    fn send_heartbeat(&mut self);
-    /// The client authenticated (for the handshake timeout and the closing log line).
-    fn user(&self) -> Option<&str>;
-    /// Open channels, for the channel gauge; protocols without channels keep the default.
-    fn channel_count(&self) -> usize {
-        0
-    }
-    fn is_closing(&self) -> bool;
-    /// The session ended while a reply still waited for the store (a STOMP DISCONNECT
-    /// receipt) and that reply is now out: close once the output is written.
-    fn is_finished(&self) -> bool {
-        false
-    }
-    fn set_alarm(&mut self, on: bool);
-    fn reading_paused(&self) -> bool;
-    /// The broker is shutting down: say goodbye in the protocol's terms.
-    fn force_close(&mut self);
-    /// The socket is gone: give back unacknowledged messages, drop transient state.
-    fn shutdown(&mut self);
-    /// For a session that creates its outbox only once it needs one (an idle MQTT client that
-    /// subscribes to nothing never does): the receiver, once it exists. Until then the session
-    /// keeps `waker` and wakes it when the outbox is created. Sessions that create their outbox
-    /// up front hand the receiver to [`drive`] instead.
-    fn take_outbox(&mut self, _waker: &Waker) -> Option<UnboundedReceiver<Outbound>> {
-        None
-    }
-}
 
 /// Reads what the socket has into `input`, which gets its memory only once bytes are there: a
 /// small buffer for a quiet connection, room for a whole chunk once it is busy. Cancel-safe:
@@ -127,6 +76,8 @@ fn next_outbound<'a, S: Session>(
     })
 }
 
+/// Runs one connection until it closes: the socket, the session's outbox (`outbox`, or the one
+/// the session creates later), the store's durable point, timers and broker-wide signals.
 pub(crate) async fn drive<S: Session>(
     mut stream: TcpStream,
     peer: SocketAddr,
@@ -162,6 +113,8 @@ pub(crate) async fn drive<S: Session>(
     // A panic is a bug, but it must cost one connection, not the broker's state: the loop runs
     // guarded, and the cleanup below runs whatever happened in it.
     let run = async {
+        // Logins the session refused that are not answered yet.
+        let mut refused = 0;
         loop {
             let keep = tokio::select! {
                 read = read_some(&mut stream, &mut input), if !session.reading_paused() => match read {
@@ -169,7 +122,7 @@ pub(crate) async fn drive<S: Session>(
                     Ok(n) => {
                         traffic.received.inc_by(n as u64);
                         last_read = Instant::now();
-                        session.handle_input(&mut input)
+                        handle_input(&mut session, &mut input, &mut refused)
                     }
                 },
                 Some(item) = next_outbound(&mut outbox, &mut session) => {
@@ -204,7 +157,7 @@ pub(crate) async fn drive<S: Session>(
                     // says nothing (RabbitMQ stops its heartbeat monitor while blocked).
                     if paused_before && !session.reading_paused() {
                         last_read = Instant::now();
-                        input.is_empty() || session.handle_input(&mut input)
+                        input.is_empty() || handle_input(&mut session, &mut input, &mut refused)
                     } else {
                         true
                     }
@@ -233,6 +186,17 @@ pub(crate) async fn drive<S: Session>(
                     true
                 }
             };
+            // A refused login is counted, and answered only after a delay so that guessing
+            // passwords is slow. Only this connection's task waits; its output (the refusal)
+            // stays unwritten meanwhile.
+            if refused > 0 {
+                state
+                    .metrics
+                    .auth_failures(S::PROTOCOL, std::mem::take(&mut refused));
+                if !state.failed_login_delay.is_zero() {
+                    tokio::time::sleep(state.failed_login_delay).await;
+                }
+            }
             if let Some(out) = session.take_output() {
                 if stream.write_all(&out).await.is_err() {
                     break;
@@ -296,6 +260,16 @@ pub(crate) async fn drive<S: Session>(
     if let Some(user) = session.user() {
         tracing::info!(%peer, user, protocol = S::PROTOCOL, "connection closed");
     }
+}
+
+/// Hands the input to the session; whether the connection goes on. Logins the session refused
+/// meanwhile are added to `refused`: sessions check credentials through the core's
+/// [`rosetta_core::Users::check`], which notes each refusal for the enclosing
+/// [`auth::refusals_during`].
+fn handle_input<S: Session>(session: &mut S, input: &mut BytesMut, refused: &mut u32) -> bool {
+    let (flow, n) = auth::refusals_during(|| session.handle_input(input));
+    *refused = refused.saturating_add(n);
+    flow == Flow::Continue
 }
 
 /// Applies the broker-wide signals that changed since the last look: shutdown makes the session

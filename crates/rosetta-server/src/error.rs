@@ -20,4 +20,6 @@ pub enum Error {
     Metrics(#[from] prometheus::Error),
     #[error("mqtt: {0}")]
     Mqtt(#[from] rosetta_mqtt::MqttError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }

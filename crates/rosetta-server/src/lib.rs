@@ -1,7 +1,6 @@
 //! The Rosetta server: configuration, listeners, one task per connection, housekeeping and
 //! signals. Protocol rules live in the protocol crates' sessions; this crate moves bytes.
 
-mod amqp_driver;
 pub mod config;
 mod connection;
 mod connections;
@@ -11,17 +10,16 @@ mod lifecycle;
 mod listener;
 pub mod logging;
 mod metrics;
-mod mqtt_driver;
 mod resources;
 mod state;
-mod stomp_driver;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use rosetta_amqp::session::SessionConfig;
 use rosetta_core::store::Store;
-use rosetta_core::{Broker, CoreLimits, User as CoreUser, Users};
+use rosetta_core::{Broker, CoreLimits};
+use rosetta_mqtt::{MqttConfig, MqttState};
 use rosetta_store::SledStore;
 use tokio::sync::{watch, Semaphore};
 
@@ -34,6 +32,8 @@ use state::ServerState;
 
 /// How often queues expire TTL'd messages and `x-expires` queues are collected.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(100);
+/// How often delayed MQTT wills and expired MQTT sessions are looked for; both count in seconds.
+const MQTT_HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Runs the broker until SIGTERM or SIGINT. Returns an error, without panicking, when it cannot
 /// start (port taken, data directory unusable, store unreadable).
@@ -77,19 +77,12 @@ async fn serve(config: Config) -> Result<(), Error> {
     };
     let dyn_store: Arc<dyn Store> = store.clone();
     let broker = Broker::open(dyn_store, &vhosts, limits)?;
-    let users = config
-        .users
-        .iter()
-        .map(|u| CoreUser {
-            name: u.name.clone(),
-            password: u.password.clone(),
-            loopback_only: u.is_loopback_only(),
-        })
-        .collect();
+    let users = config.core_users()?;
     let (alarm_tx, alarm_rx) = watch::channel(false);
     let state = Arc::new(ServerState {
         broker: broker.clone(),
-        users: Arc::new(Users::new(users)),
+        users: Arc::new(users),
+        failed_login_delay: Duration::from_millis(u64::from(config.limits.failed_login_delay_ms)),
         amqp: SessionConfig {
             frame_max: config.limits.frame_max,
             channel_max: config.limits.channel_max,
@@ -132,16 +125,13 @@ async fn serve(config: Config) -> Result<(), Error> {
         None
     };
     let stomp = if config.stomp.enabled {
+        rosetta_stomp::owner::adopt_queues_made_before_owners(&broker)?;
         Some(listener::bind("stomp", config.stomp.listen).await?)
     } else {
         None
     };
     let mqtt = if config.mqtt.enabled {
-        let mqtt = rosetta_mqtt::MqttState::open(
-            broker.clone(),
-            state.users.clone(),
-            mqtt_driver::config(&config),
-        )?;
+        let mqtt = MqttState::open(broker.clone(), state.users.clone(), mqtt_config(&config))?;
         Some((listener::bind("mqtt", config.mqtt.listen).await?, mqtt))
     } else {
         None
@@ -160,12 +150,20 @@ async fn serve(config: Config) -> Result<(), Error> {
             l,
             limit.clone(),
             shutdown_rx.clone(),
-            move |stream, peer, shutdown| amqp_driver::serve(stream, peer, state.clone(), shutdown),
+            move |stream, peer, shutdown| {
+                let (session, outbox) = rosetta_amqp::session::Session::new(
+                    state.broker.clone(),
+                    state.users.clone(),
+                    state.amqp.clone(),
+                    peer,
+                );
+                connection::drive(stream, peer, session, Some(outbox), state.clone(), shutdown)
+            },
         )));
     }
     if let Some((l, mqtt)) = mqtt {
         let state = state.clone();
-        tasks.push(tokio::spawn(mqtt_driver::housekeeping(
+        tasks.push(tokio::spawn(mqtt_housekeeping(
             mqtt.clone(),
             shutdown_rx.clone(),
         )));
@@ -175,7 +173,10 @@ async fn serve(config: Config) -> Result<(), Error> {
             limit.clone(),
             shutdown_rx.clone(),
             move |stream, peer, shutdown| {
-                mqtt_driver::serve(stream, peer, state.clone(), mqtt.clone(), shutdown)
+                // The session creates its outbox on the first subscription; the driver picks it
+                // up then.
+                let session = rosetta_mqtt::Session::new(mqtt.clone(), peer);
+                connection::drive(stream, peer, session, None, state.clone(), shutdown)
             },
         )));
     }
@@ -187,7 +188,13 @@ async fn serve(config: Config) -> Result<(), Error> {
             limit.clone(),
             shutdown_rx.clone(),
             move |stream, peer, shutdown| {
-                stomp_driver::serve(stream, peer, state.clone(), shutdown)
+                let (session, outbox) = rosetta_stomp::session::Session::new(
+                    state.broker.clone(),
+                    state.users.clone(),
+                    state.stomp.clone(),
+                    peer,
+                );
+                connection::drive(stream, peer, session, Some(outbox), state.clone(), shutdown)
             },
         )));
     }
@@ -270,6 +277,35 @@ async fn serve(config: Config) -> Result<(), Error> {
         let _ = task.await;
     }
     Ok(())
+}
+
+/// The MQTT front-end's settings from `[mqtt]`.
+fn mqtt_config(config: &Config) -> MqttConfig {
+    let mqtt = &config.mqtt;
+    MqttConfig {
+        vhost: mqtt.vhost.clone(),
+        max_packet_size: mqtt.max_packet_size,
+        max_inflight: mqtt.max_inflight,
+        topic_alias_max: mqtt.topic_alias_max,
+        max_keep_alive: mqtt.max_keep_alive,
+        max_retained: mqtt.max_retained as usize,
+        allow_anonymous: mqtt.allow_anonymous,
+        max_subscriptions: mqtt.max_subscriptions as usize,
+        max_filters_per_subscribe: mqtt.max_filters_per_subscribe as usize,
+        max_topic_levels: mqtt.max_topic_levels as usize,
+    }
+}
+
+/// Sends MQTT wills whose delay is over and ends MQTT sessions past their expiry, until
+/// shutdown.
+async fn mqtt_housekeeping(mqtt: Arc<MqttState>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(MQTT_HOUSEKEEPING_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => mqtt.tick(),
+            _ = shutdown.changed() => return,
+        }
+    }
 }
 
 /// Installs the SIGTERM and SIGINT handlers now and returns a future that completes on either.

@@ -24,6 +24,7 @@ pub(crate) struct Metrics {
     quarantined: IntCounter,
     received: IntCounterVec,
     sent: IntCounterVec,
+    auth_failures: IntCounterVec,
 }
 
 /// One connection's handles on its protocol's byte counters, looked up once so that counting a
@@ -70,15 +71,24 @@ impl Metrics {
             ),
             &["protocol"],
         )?;
+        let auth_failures = IntCounterVec::new(
+            Opts::new(
+                "rosetta_auth_failures_total",
+                "Refused logins: unknown user, wrong password, or a loopback-only user from elsewhere.",
+            ),
+            &["protocol"],
+        )?;
         for protocol in PROTOCOLS {
             received.with_label_values(&[protocol]);
             sent.with_label_values(&[protocol]);
+            auth_failures.with_label_values(&[protocol]);
         }
         registry.register(Box::new(fsync.clone()))?;
         registry.register(Box::new(write_failures.clone()))?;
         registry.register(Box::new(quarantined.clone()))?;
         registry.register(Box::new(received.clone()))?;
         registry.register(Box::new(sent.clone()))?;
+        registry.register(Box::new(auth_failures.clone()))?;
         register_process_collector(&registry)?;
         Ok(Metrics {
             registry,
@@ -87,6 +97,7 @@ impl Metrics {
             quarantined,
             received,
             sent,
+            auth_failures,
         })
     }
 
@@ -113,6 +124,13 @@ impl Metrics {
             received: self.received.with_label_values(&[protocol]),
             sent: self.sent.with_label_values(&[protocol]),
         }
+    }
+
+    /// Counts `refused` logins on a `protocol` connection.
+    pub fn auth_failures(&self, protocol: &str, refused: u32) {
+        self.auth_failures
+            .with_label_values(&[protocol])
+            .inc_by(u64::from(refused));
     }
 
     /// Appends the registered instruments in the Prometheus text format.

@@ -1,6 +1,7 @@
 //! What every connection task shares.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use rosetta_amqp::session::SessionConfig;
 use rosetta_core::{Broker, Users};
@@ -13,6 +14,8 @@ use crate::metrics::Metrics;
 pub(crate) struct ServerState {
     pub broker: Arc<Broker>,
     pub users: Arc<Users>,
+    /// How long a refused login waits before it is answered (`limits.failed_login_delay_ms`).
+    pub failed_login_delay: Duration,
     pub amqp: SessionConfig,
     pub stomp: rosetta_stomp::session::SessionConfig,
     /// On while memory or disk is past its limit; publishers pause.
@@ -43,6 +46,7 @@ impl ServerState {
         Arc::new(ServerState {
             broker,
             users: Arc::new(users),
+            failed_login_delay: Duration::ZERO,
             amqp: SessionConfig {
                 frame_max: 131_072,
                 channel_max: 2047,

@@ -9,6 +9,8 @@
 //! | `/temp-queue/t`        | this connection's private queue for `t` | the same private queue               |
 //! | `/reply-queue/q`       | default exchange, key `q`       | existing queue `q`                           |
 
+use rosetta_core::AMQ_TOPIC;
+
 use crate::error::StompError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,9 +22,6 @@ pub enum Destination {
     TempQueue(String),
     ReplyQueue(String),
 }
-
-/// The exchange the `/topic/` destinations use.
-pub const TOPIC_EXCHANGE: &str = "amq.topic";
 
 /// Longest exchange name, queue name or routing key: an AMQP 0-9-1 short string (§4.2.5.3)
 /// carries them to AMQP consumers, and RabbitMQ refuses longer ones.
@@ -83,11 +82,15 @@ impl Destination {
     pub fn of_message(exchange: &str, routing_key: &str) -> String {
         match exchange {
             "" => format!("/queue/{routing_key}"),
-            TOPIC_EXCHANGE => format!("/topic/{routing_key}"),
+            AMQ_TOPIC => format!("/topic/{routing_key}"),
             x => format!("/exchange/{x}/{routing_key}"),
         }
     }
 }
+
+/// Prefix of every durable subscription's queue (RabbitMQ's naming). A name only: whether a
+/// queue is STOMP's is told by its owner (see `owner`).
+pub const DURABLE_SUBSCRIPTION_PREFIX: &str = "stomp-subscription-";
 
 /// The queue behind a durable topic subscription: derived from the subscription id (and the
 /// `client-id` the client connected with, when it gave one), so reconnecting with the same id
@@ -95,8 +98,8 @@ impl Destination {
 /// queue name.
 pub fn durable_subscription_queue(client_id: Option<&str>, id: &str) -> Result<String, StompError> {
     let name = match client_id {
-        Some(c) => format!("stomp-subscription-{c}-{id}"),
-        None => format!("stomp-subscription-{id}"),
+        Some(c) => format!("{DURABLE_SUBSCRIPTION_PREFIX}{c}-{id}"),
+        None => format!("{DURABLE_SUBSCRIPTION_PREFIX}{id}"),
     };
     bounded("durable subscription queue name", &name)?;
     Ok(name)

@@ -6,6 +6,7 @@ pub mod destination;
 pub mod error;
 pub mod frame;
 pub mod mapping;
+pub mod owner;
 pub mod session;
 
 pub use error::StompError;

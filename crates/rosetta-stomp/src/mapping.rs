@@ -136,30 +136,6 @@ pub fn check_short_strings(properties: &Properties) -> Result<(), StompError> {
     Ok(())
 }
 
-/// A header value as text, for the types that have one; tables, arrays, void and non-UTF-8
-/// bytes have no STOMP form and are left out.
-fn value_text(value: &Value) -> Option<String> {
-    match value {
-        Value::Bool(b) => Some(b.to_string()),
-        Value::F32(f) => Some(f.to_string()),
-        Value::F64(f) => Some(f.to_string()),
-        Value::Decimal(scale, v) => Some(decimal_text(*scale, *v)),
-        Value::Str(_) | Value::Bytes(_) => value.as_str().map(str::to_owned),
-        other => other.as_i64().map(|n| n.to_string()),
-    }
-}
-
-fn decimal_text(scale: u8, value: u32) -> String {
-    let digits = value.to_string();
-    let scale = usize::from(scale);
-    if scale == 0 {
-        return digits;
-    }
-    let padded = format!("{digits:0>width$}", width = scale + 1);
-    let (int, frac) = padded.split_at(padded.len() - scale);
-    format!("{int}.{frac}")
-}
-
 /// Adds the message's properties and custom headers to a MESSAGE frame. Headers the frame
 /// already has (subscription, message-id, …) keep their value.
 pub fn add_message_headers(frame: &mut Frame, message: &Message) {
@@ -188,7 +164,7 @@ pub fn add_message_headers(frame: &mut Frame, message: &Message) {
             .iter()
             .filter(|(n, _)| !FRAME_HEADERS.contains(&n.as_str()))
         {
-            put(name, value_text(value));
+            put(name, value.to_text());
         }
     }
 }

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
+use rosetta_core::front_end::Session as _;
 use rosetta_core::store::Store;
 use rosetta_core::{Broker, CoreLimits, Outbound, User, Users};
 use rosetta_stomp::codec::{decode, Limits};
@@ -64,7 +65,7 @@ impl Client {
     }
 
     fn frames(&mut self) -> Vec<Frame> {
-        let mut out = BytesMut::from(&self.session.take_output()[..]);
+        let mut out = BytesMut::from(&self.session.take_output().unwrap_or_default()[..]);
         let mut frames = Vec::new();
         while let Some(f) =
             decode(&mut out, &Limits::default(), Version::V1_2).expect("server output decodes")
@@ -92,8 +93,8 @@ fn connect_negotiates_version_and_heartbeats() {
     assert_eq!(frames.len(), 1);
     assert_eq!(frames[0].get("version"), Some("1.2"));
     assert_eq!(frames[0].get("heart-beat"), Some("1000,1000"));
-    assert_eq!(c.session.user(), "guest");
-    let (send, expect) = c.session.heartbeats();
+    assert_eq!(c.session.user(), Some("guest"));
+    let (send, expect) = c.session.negotiated_heartbeats();
     assert_eq!(
         send.map(|d| d.as_millis()),
         Some(2000),

@@ -12,6 +12,7 @@
 
 use bytes::Bytes;
 use rosetta_core::message::{Message, Properties, Table, Value};
+use rosetta_core::queue_owner::QueueOwner;
 use rosetta_core::store::{BindingRecord, ExchangeRecord, QueueRecord, StoreError};
 
 use crate::wire::{Reader, Writer};
@@ -135,6 +136,14 @@ pub fn decode_exchange(input: &[u8], key: &[u8]) -> Result<ExchangeRecord, Store
     })
 }
 
+/// Queue flag: auto-delete.
+const Q_AUTO_DELETE: u8 = 1 << 0;
+/// Queue flag: an owner (its front-end's name) follows the arguments. A record without it,
+/// which is every record written before queues carried an owner, has none.
+const Q_OWNED: u8 = 1 << 1;
+/// Queue flag: the owner names a client, which follows its front-end.
+const Q_OWNER_CLIENT: u8 = 1 << 2;
+
 pub fn encode_queue(record: &QueueRecord) -> Vec<u8> {
     let mut w = Writer::with_capacity(64);
     w.u8(CHECKED_VERSION);
@@ -142,8 +151,26 @@ pub fn encode_queue(record: &QueueRecord) -> Vec<u8> {
     w.varint(record.id);
     w.str(&record.vhost);
     w.str(&record.name);
-    w.u8(u8::from(record.auto_delete));
+    let mut flags = 0;
+    if record.auto_delete {
+        flags |= Q_AUTO_DELETE;
+    }
+    if let Some(owner) = &record.owner {
+        flags |= Q_OWNED;
+        if owner.client.is_some() {
+            flags |= Q_OWNER_CLIENT;
+        }
+    }
+    w.u8(flags);
     encode_table(&mut w, &record.arguments);
+    // After the arguments, so that an unowned queue's record is byte for byte what it was
+    // before owners existed.
+    if let Some(owner) = &record.owner {
+        w.str(&owner.front_end);
+        if let Some(client) = &owner.client {
+            w.str(client);
+        }
+    }
     seal(w.finish())
 }
 
@@ -152,14 +179,23 @@ pub fn decode_queue(input: &[u8], key: &[u8]) -> Result<QueueRecord, StoreError>
         let id = r.varint()?;
         let vhost = r.string()?;
         let name = r.string()?;
-        let auto_delete = flags(r, 1)? != 0;
+        let flags = flags(r, Q_AUTO_DELETE | Q_OWNED | Q_OWNER_CLIENT)?;
         let arguments = decode_table(r, 0)?;
+        let owner = match (flags & Q_OWNED != 0, flags & Q_OWNER_CLIENT != 0) {
+            (false, false) => None,
+            (false, true) => return Err("owner client without an owner"),
+            (true, has_client) => Some(QueueOwner {
+                front_end: r.string()?,
+                client: if has_client { Some(r.string()?) } else { None },
+            }),
+        };
         Ok(QueueRecord {
             id,
             vhost,
             name,
-            auto_delete,
+            auto_delete: flags & Q_AUTO_DELETE != 0,
             arguments,
+            owner,
         })
     })
 }

@@ -212,7 +212,10 @@ fn a_corrupt_body_is_reported_when_read_not_a_panic() {
         .collect();
     assert_eq!(files.len(), 1);
     let text = String::from_utf8_lossy(&files[0]);
-    assert!(text.contains("offset 0") && text.contains("(message 1)"), "{text}");
+    assert!(
+        text.contains("offset 0") && text.contains("(message 1)"),
+        "{text}"
+    );
 }
 
 #[test]

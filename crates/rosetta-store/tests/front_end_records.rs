@@ -143,7 +143,10 @@ fn a_record_failing_its_checksum_is_quarantined_and_the_others_load() {
     assert_eq!(store.quarantined_records(), 1);
     // Moved aside, not met again.
     assert_eq!(
-        store.scan_records("mqtt.retained", b"").expect("scan").len(),
+        store
+            .scan_records("mqtt.retained", b"")
+            .expect("scan")
+            .len(),
         2
     );
     assert_eq!(store.quarantined_records(), 1);

@@ -30,6 +30,7 @@ fn queue() -> QueueRecord {
         name: "q".into(),
         auto_delete: false,
         arguments: Default::default(),
+        owner: None,
     }
 }
 

@@ -4,6 +4,7 @@ mod common;
 
 use common::{open, queue};
 use rosetta_core::message::{Table, Value};
+use rosetta_core::queue_owner::QueueOwner;
 use rosetta_core::store::{BindingRecord, ExchangeRecord, Store, StoreError};
 use rosetta_store::SledStore;
 
@@ -69,6 +70,36 @@ fn every_record_kind_survives_reopen() {
     assert_eq!(r.bindings.len(), 2);
     assert!(r.bindings.contains(&binding("a.*", true)));
     assert!(r.bindings.contains(&binding("a.*", false)));
+}
+
+#[test]
+fn queue_owners_survive_reopen_and_a_rewritten_record_takes_its_new_owner() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut session = queue(1, "mqtt-subscription-c1");
+    session.owner = Some(QueueOwner::client("mqtt", "c1"));
+    let mut shared = queue(2, "mqtt-shared-g/f");
+    shared.owner = Some(QueueOwner::front_end("mqtt"));
+    let declared = queue(3, "mqtt-subscription-c2");
+    let mut adopted = queue(4, "stomp-subscription-s");
+    {
+        let store = open(dir.path());
+        for q in [&session, &shared, &declared, &adopted] {
+            store.save_queue(q).expect("queue");
+        }
+        adopted.owner = Some(QueueOwner::front_end("stomp"));
+        store.save_queue(&adopted).expect("queue saved again");
+        store.sync().expect("sync");
+    }
+    let store = open(dir.path());
+    let mut queues: Vec<_> = store
+        .recover()
+        .expect("recover")
+        .queues
+        .into_iter()
+        .map(|(q, _)| q)
+        .collect();
+    queues.sort_by_key(|q| q.id);
+    assert_eq!(queues, vec![session, shared, declared, adopted]);
 }
 
 #[test]

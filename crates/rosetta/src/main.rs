@@ -1,12 +1,13 @@
-//! `rosetta`: runs the broker in the foreground, checks or prints its configuration, or checks
-//! a stopped broker's store.
+//! `rosetta`: runs the broker in the foreground, checks or prints its configuration, checks a
+//! stopped broker's store, or hashes a password for the configuration.
 
-use std::io::{ErrorKind, Write};
+use std::io::{BufRead, ErrorKind, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
+use rosetta_core::auth::PasswordHash;
 use rosetta_server::config::{Config, DEFAULT_TOML};
 
 /// Looked for in the working directory when no --config is given.
@@ -38,6 +39,9 @@ enum Command {
         #[arg(long)]
         repair: bool,
     },
+    /// Read a password from the first line of standard input and print its hash for a user's
+    /// `password_hash` (salted SHA-256 in RabbitMQ's format)
+    HashPassword,
 }
 
 /// Exit status of `check-store` when the store has problems; 1 stays "could not check".
@@ -61,6 +65,10 @@ fn execute(cli: Cli) -> Result<ExitCode> {
             load(cli.config.as_deref())?;
             write_stdout("config OK\n")?;
         }
+        Some(Command::HashPassword) => {
+            let hash = PasswordHash::new(&read_password()?);
+            write_stdout(&format!("{hash}\n"))?;
+        }
         Some(Command::CheckStore { repair }) => {
             return check_store(&load(cli.config.as_deref())?, repair);
         }
@@ -70,6 +78,26 @@ fn execute(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The first line of standard input, without its line ending. Nothing is echoed or prompted
+/// for, so `printf %s "$PASSWORD" | rosetta hash-password` works in scripts; typed at a terminal
+/// the password shows as it is typed.
+fn read_password() -> Result<String> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprintln!("password (one line, shown as typed):");
+    }
+    let mut line = String::new();
+    stdin.lock().read_line(&mut line)?;
+    let password = line
+        .strip_suffix('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .unwrap_or(&line);
+    if password.is_empty() {
+        bail!("empty password: give the password on the first line of standard input, e.g. `printf %s 's3cret' | rosetta hash-password`");
+    }
+    Ok(password.to_owned())
 }
 
 fn check_store(config: &Config, repair: bool) -> Result<ExitCode> {

@@ -1,9 +1,9 @@
 //! One AMQP 0-9-1 connection's protocol state, without I/O.
 //!
-//! The server's connection task feeds it bytes ([`Session::handle_input`]), deliveries from the
-//! core ([`Session::handle_outbound`]) and durability progress ([`Session::on_durable`]), and
-//! writes out whatever [`Session::take_output`] returns. Everything the protocol decides (which
-//! frame answers which, reply codes, confirms, redelivery on close) is decided here.
+//! The server's connection driver works it through [`rosetta_core::front_end::Session`]: bytes
+//! in, deliveries from the core, durability progress, and whatever output it has. Everything
+//! the protocol decides (which frame answers which, reply codes, confirms, redelivery on close,
+//! heartbeat timing) is decided here.
 
 mod channel;
 mod content;
@@ -14,10 +14,12 @@ mod held;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{channel as chan, connection, AMQPClass};
 use bytes::{Bytes, BytesMut};
+use rosetta_core::front_end::{self, Heartbeats, Session as _};
 use rosetta_core::{Broker, ConnectionId, Outbound, Queue, Users, VHost};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
@@ -43,13 +45,7 @@ pub struct SessionConfig {
     pub max_transaction_bytes: u64,
 }
 
-/// What the connection task should do after a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flow {
-    Continue,
-    /// Write the pending output, then close the socket.
-    Close,
-}
+pub use rosetta_core::front_end::Flow;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -98,8 +94,8 @@ pub struct Session {
 }
 
 impl Session {
-    /// Creates a session and the receiver the connection task must drain into
-    /// [`Session::handle_outbound`].
+    /// Creates a session and the receiver of its outbox, which the connection driver drains
+    /// into the session.
     pub fn new(
         broker: Arc<Broker>,
         users: Arc<Users>,
@@ -138,104 +134,8 @@ impl Session {
         (session, rx)
     }
 
-    pub fn user(&self) -> &str {
-        &self.user
-    }
-
-    /// The negotiated heartbeat interval in seconds (0 = none).
-    pub fn heartbeat(&self) -> u16 {
-        if self.phase == Phase::Open || self.phase == Phase::AwaitingOpen {
-            self.heartbeat
-        } else {
-            0
-        }
-    }
-
-    pub fn is_closing(&self) -> bool {
-        matches!(self.phase, Phase::Closing | Phase::Closed)
-    }
-
-    pub fn channel_count(&self) -> usize {
-        self.channels.len()
-    }
-
-    pub fn take_output(&mut self) -> Bytes {
-        self.out.split().freeze()
-    }
-
-    pub fn has_output(&self) -> bool {
-        !self.out.is_empty()
-    }
-
     fn send(&mut self, channel: u16, method: AMQPClass) {
         codec::encode_frame(&AMQPFrame::Method(channel, method), &mut self.out);
-    }
-
-    pub fn send_heartbeat(&mut self) {
-        codec::encode_frame(&AMQPFrame::Heartbeat, &mut self.out);
-    }
-
-    /// Decodes and handles every complete frame in `input`.
-    pub fn handle_input(&mut self, input: &mut BytesMut) -> Flow {
-        if self.phase == Phase::AwaitingHeader {
-            match codec::decode_header(input) {
-                None => return Flow::Continue,
-                Some(ProtocolHeader::Amqp091) => {
-                    self.send_start();
-                    self.phase = Phase::AwaitingStartOk;
-                }
-                Some(ProtocolHeader::Unsupported(got)) => {
-                    // AMQP 0-9-1 §4.2.2: answer with the header we support, then close.
-                    tracing::warn!(peer = %self.peer, header = ?got, "unsupported protocol header");
-                    self.out.extend_from_slice(&codec::PROTOCOL_HEADER);
-                    self.phase = Phase::Closed;
-                    return Flow::Close;
-                }
-            }
-        }
-        loop {
-            if self.phase == Phase::Closed {
-                return Flow::Close;
-            }
-            // A publisher paused by an alarm stops here, its next frames left in `input`, as
-            // RabbitMQ stops reading a blocked connection right after the `basic.publish`
-            // frame: nothing more of the publish is taken until the alarm clears.
-            if self.reading_paused() {
-                self.update_blocked();
-                return Flow::Continue;
-            }
-            let frame = match codec::decode_frame(input, self.frame_max) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => {
-                    // Confirms and replies for writes that needed no fsync (or whose fsync
-                    // already happened) go out with this batch's other replies.
-                    if self.has_pending_durability() {
-                        self.on_durable();
-                    }
-                    return Flow::Continue;
-                }
-                Err(e) => {
-                    tracing::warn!(peer = %self.peer, error = %e, "bad frame");
-                    let (class_id, method_id) = e.failing_method();
-                    self.close_connection(Exception::new(
-                        e.reply_code(),
-                        e.reply_text(),
-                        class_id,
-                        method_id,
-                    ));
-                    // Framing can no longer be trusted: do not wait for close-ok.
-                    input.clear();
-                    self.phase = Phase::Closed;
-                    return Flow::Close;
-                }
-            };
-            if let Err(exc) = self.handle_frame(frame) {
-                self.close_connection(exc);
-            }
-            if self.alarm && !self.blocked {
-                self.update_blocked();
-            }
-        }
     }
 
     fn handle_frame(&mut self, frame: AMQPFrame) -> Result<(), Exception> {
@@ -459,26 +359,14 @@ impl Session {
         };
     }
 
-    /// The server closes the connection (shutdown): AMQP 320 CONNECTION_FORCED.
-    pub fn force_close(&mut self, reason: &str) {
+    /// The server closes the connection: AMQP 320 CONNECTION_FORCED.
+    fn close_forced(&mut self, reason: &str) {
         self.close_connection(Exception::new(
             320,
             format!("CONNECTION_FORCED - {reason}"),
             0,
             0,
         ));
-    }
-
-    /// A resource alarm went on or off.
-    pub fn set_alarm(&mut self, on: bool) {
-        self.alarm = on;
-        self.update_blocked();
-    }
-
-    /// Whether the connection task should stop reading: publishers are held back while an
-    /// alarm is on, which TCP turns into backpressure on the client.
-    pub fn reading_paused(&self) -> bool {
-        self.alarm && self.published && self.phase == Phase::Open
     }
 
     /// RabbitMQ's connection.blocked extension: tell capable clients why they are paused.
@@ -501,14 +389,93 @@ impl Session {
         self.send(0, AMQPClass::Connection(method));
     }
 
+    fn cleanup(&mut self) {
+        let ids: Vec<u16> = self.channels.keys().copied().collect();
+        for id in ids {
+            if let Some(mut c) = self.channels.remove(&id) {
+                c.close();
+            }
+        }
+        if self.vhost.is_some() {
+            self.broker.connection_closed(self.conn_id);
+        }
+    }
+}
+
+impl front_end::Session for Session {
+    const PROTOCOL: &'static str = "amqp";
+
+    /// Decodes and handles every complete frame in `input`.
+    fn handle_input(&mut self, input: &mut BytesMut) -> Flow {
+        if self.phase == Phase::AwaitingHeader {
+            match codec::decode_header(input) {
+                None => return Flow::Continue,
+                Some(ProtocolHeader::Amqp091) => {
+                    self.send_start();
+                    self.phase = Phase::AwaitingStartOk;
+                }
+                Some(ProtocolHeader::Unsupported(got)) => {
+                    // AMQP 0-9-1 §4.2.2: answer with the header we support, then close.
+                    tracing::warn!(peer = %self.peer, header = ?got, "unsupported protocol header");
+                    self.out.extend_from_slice(&codec::PROTOCOL_HEADER);
+                    self.phase = Phase::Closed;
+                    return Flow::Close;
+                }
+            }
+        }
+        loop {
+            if self.phase == Phase::Closed {
+                return Flow::Close;
+            }
+            // A publisher paused by an alarm stops here, its next frames left in `input`, as
+            // RabbitMQ stops reading a blocked connection right after the `basic.publish`
+            // frame: nothing more of the publish is taken until the alarm clears.
+            if self.reading_paused() {
+                self.update_blocked();
+                return Flow::Continue;
+            }
+            let frame = match codec::decode_frame(input, self.frame_max) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => {
+                    // Confirms and replies for writes that needed no fsync (or whose fsync
+                    // already happened) go out with this batch's other replies.
+                    if self.has_pending_durability() {
+                        self.on_durable();
+                    }
+                    return Flow::Continue;
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %self.peer, error = %e, "bad frame");
+                    let (class_id, method_id) = e.failing_method();
+                    self.close_connection(Exception::new(
+                        e.reply_code(),
+                        e.reply_text(),
+                        class_id,
+                        method_id,
+                    ));
+                    // Framing can no longer be trusted: do not wait for close-ok.
+                    input.clear();
+                    self.phase = Phase::Closed;
+                    return Flow::Close;
+                }
+            };
+            if let Err(exc) = self.handle_frame(frame) {
+                self.close_connection(exc);
+            }
+            if self.alarm && !self.blocked {
+                self.update_blocked();
+            }
+        }
+    }
+
     /// A delivery or notification from a queue.
-    pub fn handle_outbound(&mut self, item: Outbound) {
+    fn handle_outbound(&mut self, item: Outbound) {
         let channel_id = match &item {
-            Outbound::Deliver(d) => d.consumer.channel,
-            Outbound::Cancelled { channel, .. } => *channel,
+            Outbound::Deliver(d) => channel::channel_of(&d.consumer.tag),
+            Outbound::Cancelled { consumer_tag } => channel::channel_of(consumer_tag),
             Outbound::Close(reason) => {
                 // AMQP has no client identity to take over; close as the broker would on shutdown.
-                self.force_close(reason.as_str());
+                self.close_forced(reason.as_str());
                 return;
             }
         };
@@ -528,12 +495,12 @@ impl Session {
     }
 
     /// Whether some confirm or reply waits for the store.
-    pub fn has_pending_durability(&self) -> bool {
+    fn has_pending_durability(&self) -> bool {
         self.channels.values().any(Channel::has_pending_durability)
     }
 
     /// The store's durable epoch advanced: send the held replies and confirms it covers.
-    pub fn on_durable(&mut self) {
+    fn on_durable(&mut self) {
         let durable = self.broker.store().durable_epoch();
         let ids: Vec<u16> = self.channels.keys().copied().collect();
         for id in ids {
@@ -549,27 +516,67 @@ impl Session {
         }
     }
 
+    fn take_output(&mut self) -> Option<Bytes> {
+        (!self.out.is_empty()).then(|| self.out.split().freeze())
+    }
+
     /// After output was written: queues whose auto-ack consumers regained credit deliver more.
-    pub fn after_flush(&mut self) {
+    fn after_flush(&mut self) {
         for q in std::mem::take(&mut self.to_dispatch) {
             q.dispatch();
         }
     }
 
-    fn cleanup(&mut self) {
-        let ids: Vec<u16> = self.channels.keys().copied().collect();
-        for id in ids {
-            if let Some(mut c) = self.channels.remove(&id) {
-                c.close();
-            }
+    /// AMQP 0-9-1 §4.2.7: send at half the negotiated interval (as RabbitMQ does) and treat two
+    /// missed intervals as a dead peer. Before the interval is negotiated there is none.
+    fn heartbeats(&self) -> Heartbeats {
+        let negotiated = matches!(self.phase, Phase::Open | Phase::AwaitingOpen);
+        let hb = Duration::from_secs(u64::from(self.heartbeat));
+        if !negotiated || hb.is_zero() {
+            return Heartbeats::default();
         }
-        if self.vhost.is_some() {
-            self.broker.connection_closed(self.conn_id);
+        Heartbeats {
+            send_after: Some(hb / 2),
+            expect_within: Some(hb * 2),
         }
     }
 
+    fn send_heartbeat(&mut self) {
+        codec::encode_frame(&AMQPFrame::Heartbeat, &mut self.out);
+    }
+
+    /// The authenticated user, once `connection.start-ok` was accepted.
+    fn user(&self) -> Option<&str> {
+        (!self.user.is_empty()).then_some(self.user.as_str())
+    }
+
+    fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
+    fn is_closing(&self) -> bool {
+        matches!(self.phase, Phase::Closing | Phase::Closed)
+    }
+
+    /// A resource alarm went on or off.
+    fn set_alarm(&mut self, on: bool) {
+        self.alarm = on;
+        self.update_blocked();
+    }
+
+    /// Whether the connection task should stop reading: publishers are held back while an
+    /// alarm is on, which TCP turns into backpressure on the client.
+    fn reading_paused(&self) -> bool {
+        self.alarm && self.published && self.phase == Phase::Open
+    }
+
+    /// The broker is shutting down.
+    fn force_close(&mut self) {
+        self.close_forced("broker shutdown");
+    }
+
     /// The socket is gone: requeue unacked messages, cancel consumers, drop exclusive queues.
-    pub fn shutdown(&mut self) {
+    fn shutdown(&mut self) {
         self.cleanup();
         self.phase = Phase::Closed;
     }

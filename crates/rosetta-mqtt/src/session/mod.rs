@@ -1,8 +1,8 @@
 //! One MQTT connection's protocol state, without I/O.
 //!
-//! The server's connection task feeds it bytes ([`Session::handle_input`]), deliveries from the
-//! core ([`Session::handle_outbound`]) and durability progress ([`Session::on_durable`]), and
-//! writes out what [`Session::take_output`] returns. The state sits behind a mutex that the
+//! The server's connection driver works it through [`rosetta_core::front_end::Session`]: bytes
+//! in, deliveries from the core, durability progress, and whatever output it has. The state
+//! sits behind a mutex that the
 //! broker's registry of client ids also holds, so that a newer connection with the same client
 //! id can end this one's session attachment at once, from its own task, before it resumes the
 //! session (MQTT 5.0 §3.1.4, takeover); nothing else contends for it.
@@ -24,6 +24,7 @@ use mqtt_proto::v5::{Disconnect, DisconnectProperties, DisconnectReasonCode, Pac
 use mqtt_proto::{Protocol, QoS};
 use parking_lot::Mutex;
 use rosetta_core::durable::Held;
+use rosetta_core::front_end::{self, Flow, Heartbeats};
 use rosetta_core::store::Epoch;
 use rosetta_core::{CloseReason, ConnectionId, Consumer, Credit, Outbound, Queue};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -133,7 +134,7 @@ pub struct Session {
 }
 
 impl Session {
-    /// Creates a session; its outbox comes later, from [`Session::take_outbox`].
+    /// Creates a session; its outbox comes later, when a subscription or a takeover needs one.
     pub fn new(state: Arc<MqttState>, peer: SocketAddr) -> Self {
         let conn_id = state.broker.new_connection_id();
         let inner = Inner {
@@ -179,15 +180,13 @@ impl Session {
             keep_alive: 0,
         }
     }
+}
 
-    /// The receiver the connection task drains into [`Session::handle_outbound`], once the
-    /// session has created its outbox; until then `waker` is woken when it does.
-    pub fn take_outbox(&mut self, waker: &Waker) -> Option<UnboundedReceiver<Outbound>> {
-        self.inner.lock().outbox.take_receiver(waker)
-    }
+impl front_end::Session for Session {
+    const PROTOCOL: &'static str = "mqtt";
 
-    /// Handles every complete packet in `input`; false means "close after writing the output".
-    pub fn handle_input(&mut self, input: &mut BytesMut) -> bool {
+    /// Handles every complete packet in `input`.
+    fn handle_input(&mut self, input: &mut BytesMut) -> Flow {
         let me = self.inner.clone();
         let mut inner = self.inner.lock();
         let keep = inner.handle_input(input, &me);
@@ -195,26 +194,30 @@ impl Session {
             self.user.clone_from(&inner.user);
         }
         self.keep_alive = inner.keep_alive;
-        keep
+        if keep {
+            Flow::Continue
+        } else {
+            Flow::Close
+        }
     }
 
-    pub fn handle_outbound(&mut self, item: Outbound) {
+    fn handle_outbound(&mut self, item: Outbound) {
         self.inner.lock().handle_outbound(item);
     }
 
     /// Whether a reply (an acknowledgement, or CONNACK and everything behind it) waits for
     /// the store's durable point.
-    pub fn has_pending_durability(&self) -> bool {
+    fn has_pending_durability(&self) -> bool {
         let inner = self.inner.lock();
         !inner.acks.is_empty() || inner.output_held_until.is_some()
     }
 
     /// The store's durable epoch advanced: send the replies it covers.
-    pub fn on_durable(&mut self) {
+    fn on_durable(&mut self) {
         self.inner.lock().release_durable();
     }
 
-    pub fn take_output(&mut self) -> Option<Bytes> {
+    fn take_output(&mut self) -> Option<Bytes> {
         let mut inner = self.inner.lock();
         if inner.output_held_until.is_some() {
             return None;
@@ -225,13 +228,13 @@ impl Session {
 
     /// Owed retained messages can go out now: the driver asks for output again, without
     /// waiting for the socket or the outbox, once the last batch was written.
-    pub fn output_ready(&self) -> bool {
+    fn output_ready(&self) -> bool {
         self.inner.lock().retained_ready()
     }
 
     /// After output was written: QoS 0 deliveries are settled, so their queues deliver more.
     /// Output held behind CONNACK was not written, so its deliveries stay unsettled.
-    pub fn after_flush(&mut self) {
+    fn after_flush(&mut self) {
         let mut inner = self.inner.lock();
         if inner.output_held_until.is_some() {
             return;
@@ -241,32 +244,40 @@ impl Session {
         settle(written);
     }
 
-    /// The keep-alive the client must honour (0 = none); the server closes the connection after
-    /// one and a half times it without a packet ([MQTT-3.1.2-22]).
-    pub fn keep_alive(&self) -> Duration {
-        Duration::from_secs(u64::from(self.keep_alive))
+    /// [MQTT-3.1.2-22]: one and a half keep-alive periods without a packet close the
+    /// connection. The server never sends pings; PINGRESP answers the client's.
+    fn heartbeats(&self) -> Heartbeats {
+        if self.keep_alive == 0 {
+            return Heartbeats::default();
+        }
+        Heartbeats {
+            send_after: None,
+            expect_within: Some(Duration::from_secs(u64::from(self.keep_alive)) * 3 / 2),
+        }
     }
 
-    pub fn user(&self) -> Option<&str> {
+    fn send_heartbeat(&mut self) {}
+
+    fn user(&self) -> Option<&str> {
         self.user.as_deref()
     }
 
-    pub fn is_closing(&self) -> bool {
+    fn is_closing(&self) -> bool {
         self.inner.lock().phase == Phase::Closed
     }
 
-    pub fn set_alarm(&mut self, on: bool) {
+    fn set_alarm(&mut self, on: bool) {
         self.inner.lock().alarm = on;
     }
 
     /// Publishers stop being read while a resource alarm is on; TCP pushes back on them.
-    pub fn reading_paused(&self) -> bool {
+    fn reading_paused(&self) -> bool {
         let inner = self.inner.lock();
         inner.alarm && inner.published && inner.phase == Phase::Connected
     }
 
     /// The broker is shutting down: 5.0 clients are told (reason 0x8B).
-    pub fn force_close(&mut self) {
+    fn force_close(&mut self) {
         self.inner
             .lock()
             .close(DisconnectReasonCode::ServerShuttingDown, "broker shutdown");
@@ -274,14 +285,21 @@ impl Session {
 
     /// The socket is gone: requeue what the client did not acknowledge, publish the will unless
     /// the client said goodbye, and keep or end the session by its expiry.
-    pub fn shutdown(&mut self) {
+    fn shutdown(&mut self) {
         let mut inner = self.inner.lock();
         inner.end(End::WithWill);
         inner.phase = Phase::Closed;
     }
+
+    /// The receiver of the session's outbox, once a subscription or a takeover created it;
+    /// until then `waker` is woken when it is.
+    fn take_outbox(&mut self, waker: &Waker) -> Option<UnboundedReceiver<Outbound>> {
+        self.inner.lock().outbox.take_receiver(waker)
+    }
 }
 
-/// Acknowledges queue entries, one call per queue.
+/// Settles queue entries that need no acknowledgement from the client (QoS 0 messages written,
+/// messages that cannot be delivered), one call per queue.
 fn settle(entries: Vec<(Arc<Queue>, u64)>) {
     let mut groups: Vec<(Arc<Queue>, Vec<u64>)> = Vec::new();
     for (q, seq) in entries {
@@ -291,7 +309,7 @@ fn settle(entries: Vec<(Arc<Queue>, u64)>) {
         }
     }
     for (q, seqs) in groups {
-        q.ack(&seqs);
+        q.finish(&seqs);
     }
 }
 

@@ -2,7 +2,6 @@
 //! packet ids, topic aliases and the QoS 1 and 2 exchanges that settle them in their queues.
 
 use std::collections::hash_map::Entry;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use mqtt_proto::v5::{PubrecReasonCode, PubrelReasonCode};
@@ -169,7 +168,7 @@ impl Inner {
             }
         }
         let Some(granted) = granted else {
-            d.queue.ack(&[d.seq]);
+            d.queue.finish(&[d.seq]);
             return;
         };
         self.send_message(
@@ -292,10 +291,9 @@ impl Inner {
             self.alias_out.insert(topic.to_string(), a);
         }
         self.out.extend_from_slice(&bytes);
-        let counters = self.state.broker.counters();
-        counters.delivered.fetch_add(1, Ordering::Relaxed);
-        if dup {
-            counters.redelivered.fetch_add(1, Ordering::Relaxed);
+        if source.is_none() {
+            // A retained message comes from no queue, so no queue counted it.
+            self.state.broker.counters().count_delivery(false);
         }
         let Some(pid) = pid else {
             self.written.extend(source);
@@ -338,11 +336,6 @@ impl Inner {
     fn acked(&self, source: Option<(Arc<Queue>, u64)>) {
         if let Some((q, seq)) = source {
             q.ack(&[seq]);
-            self.state
-                .broker
-                .counters()
-                .acked
-                .fetch_add(1, Ordering::Relaxed);
         }
     }
 

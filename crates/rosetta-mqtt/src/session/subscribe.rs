@@ -7,7 +7,7 @@ use mqtt_proto::v5::{
 };
 use mqtt_proto::QoS;
 use rosetta_core::store::Epoch;
-use rosetta_core::{ConsumerSpec, Destination, QueueDeclare, Table};
+use rosetta_core::{ConsumerSpec, Destination, QueueDeclare, Table, AMQ_TOPIC};
 
 use super::Inner;
 use crate::codec;
@@ -16,8 +16,6 @@ use crate::persist::Subscription;
 use crate::topic::{
     self, filter_to_binding, parse_filter, session_queue, shared_queue, shared_queue_of,
 };
-
-const EXCHANGE: &str = "amq.topic";
 
 impl Inner {
     /// The queue a subscription's messages arrive in.
@@ -31,8 +29,9 @@ impl Inner {
 
     /// Declares the subscription's queue and binds it. The session's own queue is durable for a
     /// persistent session and exclusive to the connection otherwise; a shared subscription's
-    /// queue lives while a session holds the subscription (`MqttState::hold_shared`).
-    /// Returns the store epoch that makes a new durable binding safe to acknowledge, if any.
+    /// queue lives while a session holds the subscription (`MqttState::hold_shared`). Either
+    /// records MQTT as its owner when made here; an existing queue of that name is used as it
+    /// is. Returns the store epoch that makes a new durable binding safe to acknowledge, if any.
     fn bind_subscription(&self, filter: &str) -> Result<Option<Epoch>, MqttError> {
         let parsed = parse_filter(filter).ok_or_else(|| {
             MqttError::Protocol(format!("invalid shared subscription '{filter}'"))
@@ -55,13 +54,14 @@ impl Inner {
                         exclusive: !durable,
                         ..QueueDeclare::default()
                     };
-                    vhost.declare_queue(declare, self.conn_id)?;
+                    let owner = topic::session_queue_owner(&self.client_id);
+                    vhost.declare_owned_queue(declare, self.conn_id, owner)?;
                 }
                 name
             }
         };
         Ok(vhost.bind_deferred(
-            EXCHANGE,
+            AMQ_TOPIC,
             Destination::Queue(queue),
             &filter_to_binding(parsed.filter),
             Table::new(),
@@ -87,7 +87,6 @@ impl Inner {
         }
         let spec = ConsumerSpec {
             tag: format!("mqtt-{}-{}", self.conn_id, queue),
-            channel: 0,
             connection: self.conn_id,
             no_ack: false,
             exclusive: false,
@@ -270,7 +269,7 @@ impl Inner {
                     Ok(None)
                 }
                 Some(p) => self.state.vhost.unbind_deferred(
-                    EXCHANGE,
+                    AMQ_TOPIC,
                     Destination::Queue(session_queue(&self.client_id)),
                     &filter_to_binding(p.filter),
                     &Table::new(),

@@ -1,5 +1,7 @@
 use std::net::SocketAddr;
 
+use rosetta_core::auth::Tag;
+
 use super::*;
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -69,8 +71,10 @@ fn default_toml_sets_every_key() {
         "disk_free_limit",
         "level",
         "format",
+        "failed_login_delay_ms",
         "name",
-        "password",
+        "password_hash",
+        "tags",
         "loopback_only",
     ] {
         let set = DEFAULT_TOML
@@ -213,7 +217,9 @@ fn invalid_log_format_names_the_key() {
 fn guest_is_loopback_only_unless_overridden() {
     let user = |name: &str, loopback_only| User {
         name: name.into(),
-        password: "p".into(),
+        password: Some("p".into()),
+        password_hash: None,
+        tags: Vec::new(),
         loopback_only,
     };
     assert!(user("guest", None).is_loopback_only());
@@ -285,4 +291,113 @@ fn stomp_section_takes_heartbeat_and_frame_limits() {
         (line, key.as_deref()),
         (Some(2), Some("stomp.max_header_length"))
     );
+}
+
+/// RabbitMQ's documented example: the hash of "test12" with salt 0x908DC60A.
+const TEST12_HASH: &str = "kI3GCqW5JLMJa4iX1lo7X4D6XbYqlLgxIs30+P6tENUV2POR";
+
+#[test]
+fn users_take_a_password_hash_tags_and_loopback_only() {
+    let text = format!(
+        "[[users]]\nname = \"alice\"\npassword_hash = \"{TEST12_HASH}\"\n\
+         tags = [\"administrator\", \"monitoring\"]\nloopback_only = false\n\n\
+         [[users]]\nname = \"bob\"\npassword = \"plain\"\ntags = [\"none\"]\n\n\
+         [[users]]\nname = \"carol\"\npassword = \"x\"\nloopback_only = true\n"
+    );
+    let config = parse(&text).expect("valid users");
+    let [alice, bob, carol] = &config.users[..] else {
+        panic!("three users expected: {:?}", config.users);
+    };
+    let hash = alice.credential().expect("alice's hash");
+    assert!(hash.verify("test12"));
+    assert_eq!(
+        alice.tag_set(),
+        Ok(vec![Tag::Administrator, Tag::Monitoring])
+    );
+    assert!(!alice.is_loopback_only());
+    // A plain password is hashed, with a fresh salt each time.
+    let first = bob.credential().expect("bob's password");
+    assert!(first.verify("plain"));
+    assert_ne!(
+        first.to_string(),
+        bob.credential().expect("again").to_string()
+    );
+    assert_eq!(bob.tag_set(), Ok(vec![]));
+    assert!(!bob.is_loopback_only());
+    assert_eq!(carol.tag_set(), Ok(vec![]));
+    assert!(carol.is_loopback_only());
+}
+
+#[test]
+fn the_default_guest_logs_in_with_guest_as_administrator_from_loopback_only() {
+    let config = Config::default();
+    let [guest] = &config.users[..] else {
+        panic!("one default user expected");
+    };
+    assert_eq!(guest.name, "guest");
+    assert!(guest.credential().expect("guest's hash").verify("guest"));
+    assert_eq!(guest.tag_set(), Ok(vec![Tag::Administrator]));
+    assert!(guest.is_loopback_only());
+}
+
+#[test]
+fn a_user_needs_exactly_one_of_password_and_password_hash() {
+    let (line, key, shown) = error("[[users]]\nname = \"a\"\n");
+    assert_eq!((line, key.as_deref()), (Some(1), Some("users[0].password")));
+    assert!(shown.contains("password_hash"), "{shown}");
+
+    let text =
+        format!("[[users]]\nname = \"a\"\npassword = \"x\"\npassword_hash = \"{TEST12_HASH}\"\n");
+    let (line, key, shown) = error(&text);
+    assert_eq!(
+        (line, key.as_deref()),
+        (Some(4), Some("users[0].password_hash"))
+    );
+    assert!(shown.contains("not both"), "{shown}");
+
+    let (line, key, shown) = error("[[users]]\nname = \"a\"\npassword = \"\"\n");
+    assert_eq!((line, key.as_deref()), (Some(3), Some("users[0].password")));
+    assert!(shown.contains("must not be empty"), "{shown}");
+}
+
+#[test]
+fn a_malformed_password_hash_names_the_key_and_the_reason() {
+    let text = "[[users]]\nname = \"a\"\npassword = \"x\"\n\n[[users]]\nname = \"b\"\npassword_hash = \"not base64!\"\n";
+    let (line, key, shown) = error(text);
+    assert_eq!(
+        (line, key.as_deref()),
+        (Some(7), Some("users[1].password_hash"))
+    );
+    assert!(shown.contains("base64"), "{shown}");
+
+    let (_, key, shown) = error("[[users]]\nname = \"a\"\npassword_hash = \"c2hvcnQ=\"\n");
+    assert_eq!(key.as_deref(), Some("users[0].password_hash"));
+    assert!(shown.contains("5 bytes"), "{shown}");
+}
+
+#[test]
+fn an_unknown_tag_names_the_key_and_the_known_tags() {
+    let (line, key, shown) =
+        error("[[users]]\nname = \"a\"\npassword = \"x\"\ntags = [\"admin\"]\n");
+    assert_eq!((line, key.as_deref()), (Some(4), Some("users[0].tags")));
+    assert!(
+        shown.contains("unknown tag `admin`, expected one of `administrator`, `management`, `monitoring`, `none`"),
+        "{shown}"
+    );
+    let (_, key, _) =
+        error("[[users]]\nname = \"a\"\npassword = \"x\"\ntags = \"administrator\"\n");
+    assert_eq!(key.as_deref(), Some("users[0].tags"));
+}
+
+#[test]
+fn failed_login_delay_is_read_and_bounded() {
+    let config = parse("[limits]\nfailed_login_delay_ms = 0\n").expect("valid");
+    assert_eq!(config.limits.failed_login_delay_ms, 0);
+    assert_eq!(Config::default().limits.failed_login_delay_ms, 1000);
+    let (line, key, shown) = error("[limits]\nfailed_login_delay_ms = 60000\n");
+    assert_eq!(
+        (line, key.as_deref()),
+        (Some(2), Some("limits.failed_login_delay_ms"))
+    );
+    assert!(shown.contains("at most 10000"), "{shown}");
 }

@@ -4,7 +4,9 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 
-use super::{Config, FRAME_MIN_SIZE};
+use rosetta_core::auth::{PasswordHash, Tag};
+
+use super::{Config, CredentialError, User, FRAME_MIN_SIZE, NO_TAG};
 
 /// Where a key lives: `limits.frame_max`, `users[1].name`, or a top-level `users`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +86,17 @@ pub(super) fn validate(config: &Config) -> Result<(), Violation> {
         }
     }
     unique_names("users", config.users.iter().map(|u| u.name.as_str()))?;
+    users(config)?;
+    if config.limits.failed_login_delay_ms > MAX_FAILED_LOGIN_DELAY_MS {
+        return Err(violation(
+            KeyPath::new("limits", "failed_login_delay_ms"),
+            format!(
+                "must be at most {MAX_FAILED_LOGIN_DELAY_MS} (a client waits no longer than that \
+                 for its handshake), got {}",
+                config.limits.failed_login_delay_ms
+            ),
+        ));
+    }
     unique_names("vhosts", config.vhosts.iter().map(|v| v.name.as_str()))?;
     listeners_distinct(config)?;
     if let Err(err) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
@@ -93,6 +106,55 @@ pub(super) fn validate(config: &Config) -> Result<(), Violation> {
         ));
     }
     Ok(())
+}
+
+/// The longest `limits.failed_login_delay_ms`: the handshake timeout.
+const MAX_FAILED_LOGIN_DELAY_MS: u32 = 10_000;
+
+/// Each user has one usable password and known tags.
+fn users(config: &Config) -> Result<(), Violation> {
+    for (i, entry) in config.users.iter().enumerate() {
+        user(i, entry)?;
+    }
+    Ok(())
+}
+
+/// The password hash and tags of `users[i]`, or what is wrong with them.
+pub(super) fn user(i: usize, user: &User) -> Result<(PasswordHash, Vec<Tag>), Violation> {
+    let password = user.credential().map_err(|e| {
+        let (key, message) = match e {
+            CredentialError::Missing => (
+                "password",
+                "required: set `password` (plain text) or `password_hash` (from `rosetta \
+                 hash-password`)"
+                    .to_owned(),
+            ),
+            CredentialError::Both => (
+                "password_hash",
+                "set either `password` or `password_hash`, not both".to_owned(),
+            ),
+            CredentialError::EmptyPassword => ("password", "must not be empty".to_owned()),
+            CredentialError::Hash(why) => (
+                "password_hash",
+                format!(
+                    "not a password hash in RabbitMQ's format (base64 of a 4-byte salt and a \
+                     SHA-256 digest, as `rosetta hash-password` prints): {why}"
+                ),
+            ),
+        };
+        violation(KeyPath::item("users", i, key), message)
+    })?;
+    let tags = user.tag_set().map_err(|unknown| {
+        let known: Vec<&str> = Tag::ALL.iter().map(|t| t.name()).chain([NO_TAG]).collect();
+        violation(
+            KeyPath::item("users", i, "tags"),
+            format!(
+                "unknown tag `{unknown}`, expected one of `{}`",
+                known.join("`, `")
+            ),
+        )
+    })?;
+    Ok((password, tags))
 }
 
 /// At least one entry, none with an empty name, no name twice.

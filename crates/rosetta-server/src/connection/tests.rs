@@ -10,12 +10,13 @@ use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use rosetta_amqp::session::Session as AmqpSession;
+use rosetta_core::front_end::{Flow, Heartbeats, Session};
 use rosetta_core::Outbound;
 use rosetta_store::SledStore;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::{drive, Heartbeats, Session};
+use super::drive;
 use crate::state::ServerState;
 
 const TRIPWIRE: &[u8] = b"tripwire.routing.key";
@@ -27,7 +28,7 @@ struct Tripwire(AmqpSession);
 impl Session for Tripwire {
     const PROTOCOL: &'static str = "amqp";
 
-    fn handle_input(&mut self, input: &mut BytesMut) -> bool {
+    fn handle_input(&mut self, input: &mut BytesMut) -> Flow {
         if input.windows(TRIPWIRE.len()).any(|w| w == TRIPWIRE) {
             panic!("tripwire crossed");
         }

@@ -252,6 +252,9 @@ fn queue_json(vhost: &str, queue: &Queue) -> Json {
         "durable": queue.durable,
         "auto_delete": queue.auto_delete,
         "exclusive": queue.exclusive_owner.is_some(),
+        // The front-end that made the queue for its own use (null for a client's or an
+        // operator's queue): the queues MQTT or STOMP may delete on their own.
+        "owner": queue.owner().map(|o| json!({ "front_end": o.front_end, "client": o.client })),
         "arguments": table_json(&queue.arguments),
         "consumers": stats.consumers,
         "messages": stats.ready + stats.unacked,

@@ -1,10 +1,9 @@
 //! One STOMP connection's protocol state, without I/O.
 //!
-//! The server's connection task feeds it bytes ([`Session::handle_input`]), deliveries from the
-//! core ([`Session::handle_outbound`]) and durability progress ([`Session::on_durable`]), and
-//! writes out whatever [`Session::take_output`] returns. Everything STOMP decides (version and
-//! heart-beat negotiation, receipts, acknowledgement modes, transactions, ERROR then close) is
-//! decided here.
+//! The server's connection driver works it through [`rosetta_core::front_end::Session`]: bytes
+//! in, deliveries from the core, durability progress, and whatever output it has. Everything
+//! STOMP decides (version and heart-beat negotiation, receipts, acknowledgement modes,
+//! transactions, ERROR then close) is decided here.
 
 mod connect;
 mod send;
@@ -17,6 +16,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use rosetta_core::durable::Held;
+use rosetta_core::front_end::{self, Heartbeats, Session as _};
 use rosetta_core::store::Epoch;
 use rosetta_core::{Broker, ConnectionId, Outbound, Queue, Users, VHost};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
@@ -58,13 +58,7 @@ impl Default for SessionConfig {
     }
 }
 
-/// What the connection task should do after a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flow {
-    Continue,
-    /// Write the pending output, then close the socket.
-    Close,
-}
+pub use rosetta_core::front_end::Flow;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -117,8 +111,8 @@ pub struct Session {
 }
 
 impl Session {
-    /// Creates a session and the receiver the connection task must drain into
-    /// [`Session::handle_outbound`].
+    /// Creates a session and the receiver of its outbox, which the connection driver drains
+    /// into the session.
     pub fn new(
         broker: Arc<Broker>,
         users: Arc<Users>,
@@ -158,47 +152,15 @@ impl Session {
         (session, rx)
     }
 
-    /// The authenticated user; empty before CONNECTED.
-    pub fn user(&self) -> &str {
-        &self.user
-    }
-
     /// Negotiated heart-beats: how often to send one, and how long the client may stay silent
     /// (STOMP 1.2 Heart-beating). `None` where that direction is off.
-    pub fn heartbeats(&self) -> (Option<Duration>, Option<Duration>) {
+    pub fn negotiated_heartbeats(&self) -> (Option<Duration>, Option<Duration>) {
         let on = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
         (on(self.heartbeat.0), on(self.heartbeat.1))
     }
 
-    pub fn send_heartbeat(&mut self) {
-        codec::encode_heartbeat(&mut self.out);
-    }
-
-    pub fn is_closing(&self) -> bool {
-        self.phase == Phase::Closed
-    }
-
-    pub fn has_output(&self) -> bool {
-        !self.out.is_empty()
-    }
-
-    pub fn take_output(&mut self) -> Bytes {
-        self.out.split().freeze()
-    }
-
     fn write(&mut self, frame: &Frame) {
         codec::encode(frame, self.version, &mut self.out);
-    }
-
-    /// Decodes and handles every complete frame in `input`.
-    pub fn handle_input(&mut self, input: &mut BytesMut) -> Flow {
-        if !self.held.is_empty() {
-            // Bytes read before a pause come first, and the decoder's place is in them.
-            self.held.extend_from_slice(input);
-            input.clear();
-            std::mem::swap(input, &mut self.held);
-        }
-        self.process(input)
     }
 
     fn process(&mut self, input: &mut BytesMut) -> Flow {
@@ -317,25 +279,6 @@ impl Session {
         self.on_durable();
     }
 
-    /// Whether some RECEIPT waits for the store.
-    pub fn has_pending_durability(&self) -> bool {
-        !self.receipts.is_empty()
-    }
-
-    /// The session ended and its last RECEIPT (DISCONNECT's) is out: the connection closes once
-    /// the output is written.
-    pub fn is_finished(&self) -> bool {
-        self.phase == Phase::Closed && self.receipts.is_empty()
-    }
-
-    /// The store's durable epoch advanced: send the receipts it covers, in order.
-    pub fn on_durable(&mut self) {
-        let durable = self.broker.store().durable_epoch();
-        while let Some(id) = self.receipts.pop_durable(durable) {
-            self.write(&Frame::new(Command::Receipt).header("receipt-id", id));
-        }
-    }
-
     /// DISCONNECT: the receipt, if asked for, goes out once everything the session wrote is
     /// durable (STOMP 1.2 Connecting, graceful disconnect: the receipt tells the client all
     /// its previous frames were handled, and a persistent SEND is handled once it is on disk),
@@ -379,8 +322,8 @@ impl Session {
         self.phase = Phase::Closed;
     }
 
-    /// The broker is shutting down: tell the client why, then close.
-    pub fn force_close(&mut self, reason: &str) {
+    /// The broker ends the connection: tell the client why, then close.
+    fn close_forced(&mut self, reason: &str) {
         if self.phase == Phase::Closed {
             return;
         }
@@ -392,9 +335,102 @@ impl Session {
         self.phase = Phase::Closed;
     }
 
+    fn vhost(&self) -> Result<Arc<VHost>, StompError> {
+        self.vhost
+            .clone()
+            .ok_or_else(|| StompError::Unexpected("not connected".into()))
+    }
+
+    /// Ends every subscription and transaction and gives unacknowledged messages back to their
+    /// queues, flagged redelivered; exclusive queues go with the connection.
+    fn cleanup(&mut self) {
+        self.transactions.clear();
+        self.paused = None;
+        self.held.clear();
+        if let Some(vhost) = self.vhost.clone() {
+            for (_, sub) in self.subscriptions.drain() {
+                vhost.cancel(&sub.queue, &sub.consumer);
+            }
+            self.requeue_all();
+            self.broker.connection_closed(self.conn_id);
+        }
+    }
+}
+
+impl front_end::Session for Session {
+    const PROTOCOL: &'static str = "stomp";
+
+    /// Decodes and handles every complete frame in `input`.
+    fn handle_input(&mut self, input: &mut BytesMut) -> Flow {
+        if !self.held.is_empty() {
+            // Bytes read before a pause come first, and the decoder's place is in them.
+            self.held.extend_from_slice(input);
+            input.clear();
+            std::mem::swap(input, &mut self.held);
+        }
+        self.process(input)
+    }
+
+    fn handle_outbound(&mut self, item: Outbound) {
+        self.deliver(item);
+    }
+
+    /// Whether some RECEIPT waits for the store.
+    fn has_pending_durability(&self) -> bool {
+        !self.receipts.is_empty()
+    }
+
+    /// The store's durable epoch advanced: send the receipts it covers, in order.
+    fn on_durable(&mut self) {
+        let durable = self.broker.store().durable_epoch();
+        while let Some(id) = self.receipts.pop_durable(durable) {
+            self.write(&Frame::new(Command::Receipt).header("receipt-id", id));
+        }
+    }
+
+    fn take_output(&mut self) -> Option<Bytes> {
+        (!self.out.is_empty()).then(|| self.out.split().freeze())
+    }
+
+    /// After output was written: queues whose auto-ack consumers regained credit deliver more.
+    fn after_flush(&mut self) {
+        for q in std::mem::take(&mut self.to_dispatch) {
+            q.dispatch();
+        }
+    }
+
+    /// STOMP 1.2 Heart-beating: the receiver "SHOULD" allow for timing inaccuracies; a client
+    /// is declared dead after twice its negotiated interval of silence.
+    fn heartbeats(&self) -> Heartbeats {
+        let (send, expect) = self.negotiated_heartbeats();
+        Heartbeats {
+            send_after: send,
+            expect_within: expect.map(|d| d * 2),
+        }
+    }
+
+    fn send_heartbeat(&mut self) {
+        codec::encode_heartbeat(&mut self.out);
+    }
+
+    /// The authenticated user; none before CONNECTED.
+    fn user(&self) -> Option<&str> {
+        (!self.user.is_empty()).then_some(self.user.as_str())
+    }
+
+    fn is_closing(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// The session ended and its last RECEIPT (DISCONNECT's) is out: the connection closes once
+    /// the output is written.
+    fn is_finished(&self) -> bool {
+        self.phase == Phase::Closed && self.receipts.is_empty()
+    }
+
     /// The resource alarm went on or off. Once it is off, the frame it paused and whatever was
     /// read after it are handled.
-    pub fn set_alarm(&mut self, on: bool) {
+    fn set_alarm(&mut self, on: bool) {
         self.alarm = on;
         if on {
             return;
@@ -418,43 +454,20 @@ impl Session {
     /// Publishers are held back while an alarm is on; STOMP has no way to say so, so TCP
     /// backpressure tells the client. A connection that has published stops being read, and
     /// so does one whose publishing frame the alarm paused.
-    pub fn reading_paused(&self) -> bool {
+    fn reading_paused(&self) -> bool {
         // After DISCONNECT nothing more is read while its receipt waits for the store.
         !self.receipts.is_empty() && self.phase == Phase::Closed
             || self.phase == Phase::Connected
                 && (self.paused.is_some() || self.alarm && self.published)
     }
 
-    /// After output was written: queues whose auto-ack consumers regained credit deliver more.
-    pub fn after_flush(&mut self) {
-        for q in std::mem::take(&mut self.to_dispatch) {
-            q.dispatch();
-        }
-    }
-
-    fn vhost(&self) -> Result<Arc<VHost>, StompError> {
-        self.vhost
-            .clone()
-            .ok_or_else(|| StompError::Unexpected("not connected".into()))
-    }
-
-    /// Ends every subscription and transaction and gives unacknowledged messages back to their
-    /// queues, flagged redelivered; exclusive queues go with the connection.
-    fn cleanup(&mut self) {
-        self.transactions.clear();
-        self.paused = None;
-        self.held.clear();
-        if let Some(vhost) = self.vhost.clone() {
-            for (_, sub) in self.subscriptions.drain() {
-                vhost.cancel(&sub.queue, &sub.consumer);
-            }
-            self.requeue_all();
-            self.broker.connection_closed(self.conn_id);
-        }
+    /// The broker is shutting down: tell the client why, then close.
+    fn force_close(&mut self) {
+        self.close_forced("broker shutdown");
     }
 
     /// The socket is gone.
-    pub fn shutdown(&mut self) {
+    fn shutdown(&mut self) {
         if self.phase != Phase::Closed {
             self.cleanup();
             self.phase = Phase::Closed;

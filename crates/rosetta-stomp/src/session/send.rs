@@ -1,20 +1,20 @@
 //! SEND, temporary queues and transactions (BEGIN, COMMIT, ABORT).
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 use rosetta_core::queue::now_ms;
 use rosetta_core::store::Epoch;
-use rosetta_core::{CoreError, Message, QueueDeclare, VHost};
+use rosetta_core::{CoreError, Message, QueueDeclare, VHost, AMQ_TOPIC};
 
 use super::subscribe::AckMode;
 use super::{required, Session};
-use crate::destination::{Destination, TOPIC_EXCHANGE};
+use crate::destination::Destination;
 use crate::error::StompError;
 use crate::frame::{Command, Frame};
 use crate::mapping::{check_short_strings, properties_from_send};
+use crate::owner;
 
 /// Most transactions one connection may have open at once: what RabbitMQ's STOMP plugin
 /// allows, so clients written for it fit, while a client cannot pile up empty transactions.
@@ -101,7 +101,7 @@ impl Session {
                 self.ensure_queue(&vhost, &q)?;
                 (String::new(), q)
             }
-            Destination::Topic(key) => (TOPIC_EXCHANGE.to_owned(), key),
+            Destination::Topic(key) => (AMQ_TOPIC.to_owned(), key),
             Destination::Exchange { name, key } => (name, key),
             Destination::AmqQueue(q) | Destination::ReplyQueue(q) => (String::new(), q),
             Destination::TempQueue(t) => (String::new(), self.temp_queue(&vhost, &t, true)?),
@@ -126,11 +126,6 @@ impl Session {
             frame.body.clone(),
         ))?;
         self.published = true;
-        let counters = self.broker.counters();
-        counters.published.fetch_add(1, Ordering::Relaxed);
-        if !outcome.routed {
-            counters.unroutable.fetch_add(1, Ordering::Relaxed);
-        }
         if outcome.rejected && frame.get("receipt").is_some() {
             // The client asked to know the message arrived; a full queue refused it.
             return Err(StompError::Core(
@@ -142,7 +137,8 @@ impl Session {
 
     /// `/queue/q`: the durable shared queue `q`, declared on first use. A queue that already
     /// exists is used as it is, so one declared differently by another protocol still works.
-    /// Returns the store epoch a newly declared queue's record waits for.
+    /// The client named it for anyone to share, as with an AMQP declare, so it has no owner and
+    /// STOMP never deletes it. Returns the store epoch a newly declared queue's record waits for.
     pub(super) fn ensure_queue(
         &self,
         vhost: &VHost,
@@ -183,7 +179,10 @@ impl Session {
                     exclusive: true,
                     ..QueueDeclare::default()
                 };
-                let name = vhost.declare_queue(declare, self.conn_id)?.name;
+                let made_for = owner::queue_owner(self.client_id.as_deref());
+                let name = vhost
+                    .declare_owned_queue(declare, self.conn_id, made_for)?
+                    .name;
                 self.temp_queues.insert(temp.to_owned(), name.clone());
                 name
             }

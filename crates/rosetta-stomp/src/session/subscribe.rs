@@ -1,19 +1,20 @@
 //! SUBSCRIBE and UNSUBSCRIBE, MESSAGE frames for deliveries, ACK and NACK.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use rosetta_core::store::Epoch;
 use rosetta_core::{
     Consumer, ConsumerSpec, Destination as Bind, Outbound, Queue, QueueDeclare, Table, VHost,
+    AMQ_TOPIC,
 };
 
 use super::{required, Session};
 use crate::codec;
-use crate::destination::{durable_subscription_queue, Destination, TOPIC_EXCHANGE};
+use crate::destination::{durable_subscription_queue, Destination};
 use crate::error::StompError;
 use crate::frame::{Command, Frame, Version};
 use crate::mapping::add_message_headers;
+use crate::owner;
 
 /// STOMP 1.2 SUBSCRIBE `ack` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,7 +97,7 @@ impl Session {
             Destination::AmqQueue(q) | Destination::ReplyQueue(q) => (q, false, None),
             Destination::TempQueue(t) => (self.temp_queue(&vhost, &t, false)?, false, None),
             Destination::Topic(key) => {
-                self.subscription_queue(&vhost, TOPIC_EXCHANGE, &key, id, durable)?
+                self.subscription_queue(&vhost, AMQ_TOPIC, &key, id, durable)?
             }
             Destination::Exchange { name, key } => {
                 self.subscription_queue(&vhost, &name, &key, id, durable)?
@@ -112,15 +113,16 @@ impl Session {
         );
         if started.is_err() && transient {
             // Nobody will ever read the queue made for this subscription.
-            let _ = vhost.delete_queue(&queue, false, false, self.conn_id);
+            let _ = vhost.delete_owned_queue(&queue, owner::OWNER, self.conn_id);
         }
         started.map(|()| written)
     }
 
     /// The queue a topic or exchange subscription reads: a new exclusive auto-delete queue,
-    /// or for a durable subscription a durable one named after it that outlives the connection.
-    /// Returns the queue, whether it was made for this subscription alone, and the store epoch
-    /// its durable records wait for.
+    /// or for a durable subscription a durable one named after it that outlives the connection
+    /// (an existing queue of that name is used as it is). A queue made here records STOMP as
+    /// its owner. Returns the queue, whether it was made for this subscription alone, and the
+    /// store epoch its durable records wait for.
     fn subscription_queue(
         &self,
         vhost: &VHost,
@@ -142,7 +144,8 @@ impl Session {
                 ..QueueDeclare::default()
             }
         };
-        let declared = vhost.declare_queue(declare, self.conn_id)?;
+        let made_for = owner::queue_owner(self.client_id.as_deref());
+        let declared = vhost.declare_owned_queue(declare, self.conn_id, made_for)?;
         let name = declared.name;
         match vhost.bind_deferred(
             exchange,
@@ -154,7 +157,7 @@ impl Session {
             Ok(bound) => Ok((name, !durable, declared.durable_at.max(bound))),
             Err(e) => {
                 if !durable {
-                    let _ = vhost.delete_queue(&name, false, false, self.conn_id);
+                    let _ = vhost.delete_owned_queue(&name, owner::OWNER, self.conn_id);
                 }
                 Err(e.into())
             }
@@ -176,7 +179,6 @@ impl Session {
         }
         let spec = ConsumerSpec {
             tag: id.clone(),
-            channel: 0,
             connection: self.conn_id,
             no_ack: ack == AckMode::Auto,
             exclusive: false,
@@ -212,17 +214,19 @@ impl Session {
         let vhost = self.vhost()?;
         vhost.cancel(&sub.queue, &sub.consumer);
         // RabbitMQ: UNSUBSCRIBE with `durable:true` ends a durable subscription for good;
-        // without it the queue keeps collecting messages for the next SUBSCRIBE.
+        // without it the queue keeps collecting messages for the next SUBSCRIBE. Only a queue
+        // STOMP made goes: a durable subscription may read one an AMQP client declared under
+        // its name, and a `/queue/` destination's queue is nobody's.
         let durable = truthy(frame, "durable") || truthy(frame, "persistent");
-        if durable && sub.queue.durable && sub.queue.name.starts_with("stomp-subscription-") {
-            let deleted = vhost.delete_queue(&sub.queue.name, false, false, self.conn_id)?;
-            return Ok(deleted.durable_at);
+        if durable && sub.queue.durable {
+            let deleted = vhost.delete_owned_queue(&sub.queue.name, owner::OWNER, self.conn_id)?;
+            return Ok(deleted.and_then(|d| d.durable_at));
         }
         Ok(None)
     }
 
     /// A delivery or notification from a queue.
-    pub fn handle_outbound(&mut self, item: Outbound) {
+    pub(super) fn deliver(&mut self, item: Outbound) {
         match item {
             Outbound::Deliver(d) => {
                 let live = self
@@ -269,11 +273,6 @@ impl Session {
                 }
                 frame.push_header("redelivered", d.redelivered.to_string());
                 add_message_headers(&mut frame, &d.message);
-                let counters = self.broker.counters();
-                counters.delivered.fetch_add(1, Ordering::Relaxed);
-                if d.redelivered {
-                    counters.redelivered.fetch_add(1, Ordering::Relaxed);
-                }
                 let frame = codec::with_body(frame, d.message.body.clone());
                 self.write(&frame);
             }
@@ -284,7 +283,7 @@ impl Session {
                     tracing::debug!(peer = %self.peer, id = %consumer_tag, "subscription's queue deleted");
                 }
             }
-            Outbound::Close(reason) => self.force_close(reason.as_str()),
+            Outbound::Close(reason) => self.close_forced(reason.as_str()),
         }
     }
 
@@ -338,12 +337,6 @@ impl Session {
         };
         let taken: Vec<Pending> = ids.iter().filter_map(|k| self.unacked.remove(k)).collect();
         let nack = frame.command == Command::Nack;
-        if !nack {
-            self.broker
-                .counters()
-                .acked
-                .fetch_add(taken.len() as u64, Ordering::Relaxed);
-        }
         // NACK gives the message back, flagged redelivered; RabbitMQ's `requeue:false` drops it
         // (or dead-letters it, if its queue says so).
         let requeue = frame.get("requeue") != Some("false");

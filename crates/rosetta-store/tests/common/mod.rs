@@ -47,6 +47,7 @@ pub fn queue(id: u64, name: &str) -> QueueRecord {
         name: name.into(),
         auto_delete: false,
         arguments: Table::new(),
+        owner: None,
     }
 }
 

@@ -1,0 +1,101 @@
+//! The exchange class: declare, delete, and exchange-to-exchange bind and unbind.
+
+use amq_protocol::protocol::{exchange, AMQPClass};
+use rosetta_core::{Destination, ExchangeDeclare};
+
+use super::Channel;
+use crate::convert::table_from_amqp;
+use crate::session::{Ctx, Exception};
+
+impl Channel {
+    pub(super) fn exchange_method(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        m: exchange::AMQPMethod,
+    ) -> Result<(), Exception> {
+        let method = AMQPClass::Exchange(m.clone());
+        let vhost = ctx.vhost()?.clone();
+        let core = |e: rosetta_core::CoreError| Exception::from_core(&e, &method);
+        match m {
+            exchange::AMQPMethod::Declare(d) => {
+                let durable_at = vhost
+                    .declare_exchange(ExchangeDeclare {
+                        name: d.exchange.to_string(),
+                        kind: d.kind.to_string(),
+                        passive: d.passive,
+                        durable: d.durable,
+                        auto_delete: d.auto_delete,
+                        internal: d.internal,
+                        arguments: table_from_amqp(&d.arguments),
+                    })
+                    .map_err(core)?;
+                if !d.nowait {
+                    self.send_when_durable(
+                        ctx,
+                        AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(
+                            exchange::DeclareOk {},
+                        )),
+                        durable_at,
+                    );
+                }
+            }
+            exchange::AMQPMethod::Delete(d) => {
+                let durable_at = vhost
+                    .delete_exchange(d.exchange.as_str(), d.if_unused)
+                    .map_err(core)?;
+                if !d.nowait {
+                    self.send_when_durable(
+                        ctx,
+                        AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})),
+                        durable_at,
+                    );
+                }
+            }
+            exchange::AMQPMethod::Bind(b) => {
+                let dest = Destination::Exchange(b.destination.to_string());
+                let durable_at = vhost
+                    .bind_deferred(
+                        b.source.as_str(),
+                        dest,
+                        b.routing_key.as_str(),
+                        table_from_amqp(&b.arguments),
+                        ctx.conn_id,
+                    )
+                    .map_err(core)?;
+                if !b.nowait {
+                    self.send_when_durable(
+                        ctx,
+                        AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})),
+                        durable_at,
+                    );
+                }
+            }
+            exchange::AMQPMethod::Unbind(b) => {
+                let dest = Destination::Exchange(b.destination.to_string());
+                let durable_at = vhost
+                    .unbind_deferred(
+                        b.source.as_str(),
+                        dest,
+                        b.routing_key.as_str(),
+                        &table_from_amqp(&b.arguments),
+                        ctx.conn_id,
+                    )
+                    .map_err(core)?;
+                if !b.nowait {
+                    self.send_when_durable(
+                        ctx,
+                        AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})),
+                        durable_at,
+                    );
+                }
+            }
+            other => {
+                return Err(Exception::command_invalid(
+                    &AMQPClass::Exchange(other),
+                    "method not valid from a client",
+                ))
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,141 @@
+//! Publishing: `basic.publish` with its content header and body frames, assembled and handed to
+//! the core; `basic.return` for a mandatory message nothing took.
+
+use amq_protocol::frame::AMQPContentHeader;
+use amq_protocol::protocol::{basic, AMQPClass};
+use rosetta_core::store::Epoch;
+use rosetta_core::Message;
+
+use super::tx::check_tx_frames;
+use super::{write_content, Channel};
+use crate::convert::properties_from_amqp;
+use crate::session::content::{Complete, Incoming, Progress};
+use crate::session::{Ctx, Exception};
+
+impl Channel {
+    /// `basic.publish`: the content header and body frames that follow complete the message.
+    pub(super) fn start_publish(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        p: basic::Publish,
+        method: &AMQPClass,
+    ) -> Result<(), Exception> {
+        if p.immediate {
+            // RabbitMQ dropped `immediate` in 3.0; refusing it beats silently ignoring it.
+            return Err(Exception::not_implemented(method, "immediate=true"));
+        }
+        self.incoming = Some(Incoming::new(p));
+        *ctx.published = true;
+        Ok(())
+    }
+
+    pub fn handle_header(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        header: AMQPContentHeader,
+    ) -> Result<(), Exception> {
+        let Some(incoming) = self.incoming.take() else {
+            return Err(Exception::unexpected_frame(
+                "content header without basic.publish",
+            ));
+        };
+        if let Some(tx) = &mut self.tx {
+            // Checked from the header, before any body byte is buffered for the transaction.
+            let method = AMQPClass::Basic(basic::AMQPMethod::Publish(incoming.publish.clone()));
+            check_tx_frames(tx, ctx.config.max_transaction_frames, &method)?;
+            let max = ctx.config.max_transaction_bytes;
+            let bytes = tx.bytes.saturating_add(header.body_size);
+            if max != 0 && bytes > max {
+                return Err(Exception::precondition(
+                    &method,
+                    format!(
+                        "transaction would hold {bytes} body bytes, more than the limit of {max}"
+                    ),
+                ));
+            }
+            tx.bytes = bytes;
+        }
+        let progress = incoming.header(header, ctx.config.max_message_size)?;
+        self.advance(ctx, progress)
+    }
+
+    pub fn handle_body(&mut self, ctx: &mut Ctx<'_>, body: Vec<u8>) -> Result<(), Exception> {
+        let Some(incoming) = self.incoming.take() else {
+            return Err(Exception::unexpected_frame(
+                "content body without basic.publish",
+            ));
+        };
+        let progress = incoming.body(&body)?;
+        self.advance(ctx, progress)
+    }
+
+    fn advance(&mut self, ctx: &mut Ctx<'_>, progress: Progress) -> Result<(), Exception> {
+        match progress {
+            Progress::More(incoming) => {
+                self.incoming = Some(incoming);
+                Ok(())
+            }
+            Progress::Done(complete) => {
+                if let Some(tx) = &mut self.tx {
+                    tx.publishes.push(complete);
+                    return Ok(());
+                }
+                self.route(ctx, complete).map(drop)
+            }
+        }
+    }
+
+    /// Hands a complete message to the core; returns the store epoch if it was written durably.
+    pub(super) fn route(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        complete: Complete,
+    ) -> Result<Option<Epoch>, Exception> {
+        let Complete {
+            publish,
+            properties,
+            body,
+        } = complete;
+        let method = AMQPClass::Basic(basic::AMQPMethod::Publish(publish.clone()));
+        let message = Message::new(
+            publish.exchange.as_str(),
+            publish.routing_key.as_str(),
+            properties_from_amqp(properties),
+            body,
+        );
+        let returned = publish.mandatory.then(|| message.clone());
+        let vhost = ctx.vhost()?.clone();
+        let outcome = vhost
+            .publish(message)
+            .map_err(|e| Exception::from_core(&e, &method))?;
+        if !outcome.routed {
+            if let Some(m) = returned {
+                let reply = basic::Return {
+                    reply_code: 312,
+                    reply_text: "NO_ROUTE".into(),
+                    exchange: publish.exchange.clone(),
+                    routing_key: publish.routing_key.clone(),
+                };
+                let returned = write_content(
+                    ctx,
+                    self.id,
+                    AMQPClass::Basic(basic::AMQPMethod::Return(reply)),
+                    &m,
+                );
+                if let Err(why) = returned {
+                    tracing::warn!(reason = %why, "unroutable message cannot be returned; dropped");
+                }
+            }
+        }
+        if let Some(confirms) = &mut self.confirms {
+            // The confirm follows any basic.return, since both go out in order.
+            confirms.pending.push_back((
+                confirms.next,
+                outcome.epoch.unwrap_or(0),
+                outcome.rejected,
+            ));
+            confirms.next += 1;
+        }
+        Ok(outcome.epoch)
+    }
+}

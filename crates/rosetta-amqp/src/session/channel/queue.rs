@@ -1,0 +1,120 @@
+//! The queue class: declare, bind, unbind, purge and delete.
+
+use amq_protocol::protocol::{queue, AMQPClass};
+use rosetta_core::{Destination, QueueDeclare};
+
+use super::{clamp32, short_string, Channel};
+use crate::convert::table_from_amqp;
+use crate::session::{Ctx, Exception};
+
+impl Channel {
+    pub(super) fn queue_method(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        m: queue::AMQPMethod,
+    ) -> Result<(), Exception> {
+        let method = AMQPClass::Queue(m.clone());
+        let vhost = ctx.vhost()?.clone();
+        let core = |e: rosetta_core::CoreError| Exception::from_core(&e, &method);
+        match m {
+            queue::AMQPMethod::Declare(d) => {
+                let declared = vhost
+                    .declare_queue(
+                        QueueDeclare {
+                            name: d.queue.to_string(),
+                            passive: d.passive,
+                            durable: d.durable,
+                            exclusive: d.exclusive,
+                            auto_delete: d.auto_delete,
+                            arguments: table_from_amqp(&d.arguments),
+                        },
+                        ctx.conn_id,
+                    )
+                    .map_err(core)?;
+                self.last_queue = declared.name.clone();
+                if !d.nowait {
+                    let reply = queue::DeclareOk {
+                        queue: short_string(&declared.name, "queue name", &method)?,
+                        message_count: clamp32(declared.message_count),
+                        consumer_count: clamp32(declared.consumer_count),
+                    };
+                    self.send_when_durable(
+                        ctx,
+                        AMQPClass::Queue(queue::AMQPMethod::DeclareOk(reply)),
+                        declared.durable_at,
+                    );
+                }
+            }
+            queue::AMQPMethod::Bind(b) => {
+                let dest = Destination::Queue(self.queue_name(b.queue.as_str()));
+                let durable_at = vhost
+                    .bind_deferred(
+                        b.exchange.as_str(),
+                        dest,
+                        b.routing_key.as_str(),
+                        table_from_amqp(&b.arguments),
+                        ctx.conn_id,
+                    )
+                    .map_err(core)?;
+                if !b.nowait {
+                    self.send_when_durable(
+                        ctx,
+                        AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})),
+                        durable_at,
+                    );
+                }
+            }
+            queue::AMQPMethod::Unbind(b) => {
+                let dest = Destination::Queue(self.queue_name(b.queue.as_str()));
+                let durable_at = vhost
+                    .unbind_deferred(
+                        b.exchange.as_str(),
+                        dest,
+                        b.routing_key.as_str(),
+                        &table_from_amqp(&b.arguments),
+                        ctx.conn_id,
+                    )
+                    .map_err(core)?;
+                self.send_when_durable(
+                    ctx,
+                    AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})),
+                    durable_at,
+                );
+            }
+            queue::AMQPMethod::Purge(p) => {
+                let count = vhost
+                    .purge_queue(&self.queue_name(p.queue.as_str()), ctx.conn_id)
+                    .map_err(core)?;
+                if !p.nowait {
+                    let reply = queue::PurgeOk {
+                        message_count: clamp32(count),
+                    };
+                    ctx.send(self.id, AMQPClass::Queue(queue::AMQPMethod::PurgeOk(reply)));
+                }
+            }
+            queue::AMQPMethod::Delete(d) => {
+                let name = self.queue_name(d.queue.as_str());
+                let deleted = vhost
+                    .delete_queue(&name, d.if_unused, d.if_empty, ctx.conn_id)
+                    .map_err(core)?;
+                if !d.nowait {
+                    let reply = queue::DeleteOk {
+                        message_count: clamp32(deleted.messages),
+                    };
+                    self.send_when_durable(
+                        ctx,
+                        AMQPClass::Queue(queue::AMQPMethod::DeleteOk(reply)),
+                        deleted.durable_at,
+                    );
+                }
+            }
+            other => {
+                return Err(Exception::command_invalid(
+                    &AMQPClass::Queue(other),
+                    "method not valid from a client",
+                ))
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,85 @@
+//! What every protocol front-end offers the connection driver, and what the front-ends share.
+//!
+//! Each protocol crate's session implements [`Session`]: it turns bytes into core calls and core
+//! events into bytes, and decides everything its protocol decides (heartbeats, goodbyes,
+//! pausing publishers). The server's connection driver owns the socket, the timers and the
+//! shutdown signal, and calls a session only through this trait, whatever its protocol.
+
+use std::task::Waker;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::consumer::Outbound;
+
+/// What the connection should do after the session handled its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// Write the pending output, then close the socket.
+    Close,
+}
+
+/// Heartbeat timing a session negotiated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Heartbeats {
+    /// Send a heartbeat when nothing was written for this long.
+    pub send_after: Option<Duration>,
+    /// Close the connection when nothing was read for this long.
+    pub expect_within: Option<Duration>,
+}
+
+/// One client connection's protocol state, as the connection driver sees it. Nothing here does
+/// I/O: the driver reads and writes the socket and calls these.
+pub trait Session {
+    /// The protocol's name in logs and metric labels (`amqp`, `mqtt`, `stomp`).
+    const PROTOCOL: &'static str;
+    /// Handles every complete frame in `input`, leaving an incomplete one there.
+    fn handle_input(&mut self, input: &mut BytesMut) -> Flow;
+    /// A delivery or notification from the core, through the session's outbox.
+    fn handle_outbound(&mut self, item: Outbound);
+    /// Whether some reply waits for the store's durable point.
+    fn has_pending_durability(&self) -> bool;
+    /// The store's durable epoch advanced: send the replies it covers.
+    fn on_durable(&mut self);
+    /// The bytes to write now, if any.
+    fn take_output(&mut self) -> Option<Bytes>;
+    /// The output taken was written to the socket.
+    fn after_flush(&mut self);
+    /// More output can be produced at once, without input (MQTT retained messages paced by
+    /// the socket): the driver calls [`Session::take_output`] again after a write.
+    fn output_ready(&self) -> bool {
+        false
+    }
+    fn heartbeats(&self) -> Heartbeats;
+    fn send_heartbeat(&mut self);
+    /// The authenticated user, once the client has logged in (for the handshake timeout and
+    /// the closing log line).
+    fn user(&self) -> Option<&str>;
+    /// Open channels, for the channel gauge; protocols without channels keep the default.
+    fn channel_count(&self) -> usize {
+        0
+    }
+    fn is_closing(&self) -> bool;
+    /// The session ended while a reply still waited for the store (a STOMP DISCONNECT
+    /// receipt) and that reply is now out: close once the output is written.
+    fn is_finished(&self) -> bool {
+        false
+    }
+    /// A resource alarm went on or off.
+    fn set_alarm(&mut self, on: bool);
+    /// Whether the driver should stop reading the socket (a publisher held back by an alarm).
+    fn reading_paused(&self) -> bool;
+    /// The broker is shutting down: say goodbye in the protocol's terms.
+    fn force_close(&mut self);
+    /// The socket is gone: give back unacknowledged messages, drop transient state.
+    fn shutdown(&mut self);
+    /// For a session that creates its outbox only once it needs one (an idle MQTT client that
+    /// subscribes to nothing never does): the receiver, once it exists. Until then the session
+    /// keeps `waker` and wakes it when the outbox is created. Sessions that create their outbox
+    /// up front hand the receiver to the driver when they are made instead.
+    fn take_outbox(&mut self, _waker: &Waker) -> Option<UnboundedReceiver<Outbound>> {
+        None
+    }
+}
