@@ -26,7 +26,9 @@ fn requests_without_valid_basic_auth_are_refused() {
     let broker = Broker::builder()
         .with_http()
         .config(
-            "[[users]]\nname = \"guest\"\npassword = \"guest\"\n\n[[users]]\nname = \"ops\"\npassword = \"s3cret\"\n",
+            "[limits]\nfailed_login_delay_ms = 0\n\n\
+             [[users]]\nname = \"guest\"\npassword = \"guest\"\ntags = [\"administrator\"]\n\n\
+             [[users]]\nname = \"ops\"\npassword = \"s3cret\"\ntags = [\"monitoring\"]\n",
         )
         .start();
     let http = broker.http_addr();
@@ -49,6 +51,83 @@ fn requests_without_valid_basic_auth_are_refused() {
     assert_eq!(api(http, "GET", "/api/overview").status, 200);
     // Metrics and health stay open to scrapers and probes.
     assert_eq!(request(http, "GET", "/metrics", None).status, 200);
+}
+
+#[test]
+fn the_api_is_authorised_by_tags_as_rabbitmq_does() {
+    let broker = Broker::builder()
+        .with_http()
+        .config(
+            "[limits]\nfailed_login_delay_ms = 0\n\n\
+             [[users]]\nname = \"guest\"\npassword = \"guest\"\ntags = [\"administrator\"]\n\n\
+             [[users]]\nname = \"watch\"\npassword = \"pw\"\ntags = [\"monitoring\"]\n\n\
+             [[users]]\nname = \"team\"\npassword = \"pw\"\ntags = [\"management\"]\n\n\
+             [[users]]\nname = \"app\"\npassword = \"pw\"\n",
+        )
+        .start();
+    let http = broker.http_addr();
+    run(async {
+        let client = connect(&broker).await;
+        let channel = client.confirm_channel().await;
+        declare_queue(&channel, "tagged.q").await;
+        publish_all(&channel, "tagged.q", &["x"]).await;
+
+        // A user without a management tag has no API at all.
+        let app = request(http, "GET", "/api/queues", Some(("app", "pw")));
+        assert_eq!(app.status, 401, "{}", app.body);
+        assert_eq!(app.json()["error"], "not_authorised");
+        assert_eq!(app.json()["reason"], "Not management user");
+        // monitoring and management read...
+        for user in ["watch", "team"] {
+            let read = request(http, "GET", "/api/queues", Some((user, "pw")));
+            assert_eq!(read.status, 200, "{user}: {}", read.body);
+            named(&read.json(), "tagged.q");
+        }
+        // ...but only an administrator deletes or purges.
+        for user in ["watch", "team"] {
+            for path in ["/api/queues/%2F/tagged.q/contents", "/api/queues/%2F/tagged.q"] {
+                let change = request(http, "DELETE", path, Some((user, "pw")));
+                assert_eq!(change.status, 401, "{user} {path}: {}", change.body);
+                assert_eq!(change.json()["reason"], "Not administrator user");
+            }
+        }
+        assert_eq!(message_count(&client, "tagged.q").await, 1);
+        let purge = request(
+            http,
+            "DELETE",
+            "/api/queues/%2F/tagged.q/contents",
+            Some(("guest", "guest")),
+        );
+        assert_eq!(purge.status, 204, "{}", purge.body);
+        assert_eq!(message_count(&client, "tagged.q").await, 0);
+        client.close().await;
+    });
+}
+
+#[test]
+fn a_wrong_api_password_is_answered_after_the_delay_and_counted() {
+    let broker = Broker::builder()
+        .with_http()
+        .config("[limits]\nfailed_login_delay_ms = 600\n")
+        .start();
+    let http = broker.http_addr();
+    let started = std::time::Instant::now();
+    let wrong = request(http, "GET", "/api/overview", Some(("guest", "guess")));
+    assert_eq!(wrong.status, 401);
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(600),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    // Missing credentials are not a guess: answered at once, not counted.
+    let started = std::time::Instant::now();
+    assert_eq!(request(http, "GET", "/api/overview", None).status, 401);
+    assert!(started.elapsed() < std::time::Duration::from_millis(600));
+    let metrics = request(http, "GET", "/metrics", None).body;
+    assert!(
+        metrics.contains("rosetta_auth_failures_total{protocol=\"http\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[test]

@@ -83,6 +83,8 @@ impl Metrics {
             sent.with_label_values(&[protocol]);
             auth_failures.with_label_values(&[protocol]);
         }
+        // The management API's basic-auth logins count too.
+        auth_failures.with_label_values(&["http"]);
         registry.register(Box::new(fsync.clone()))?;
         registry.register(Box::new(write_failures.clone()))?;
         registry.register(Box::new(quarantined.clone()))?;

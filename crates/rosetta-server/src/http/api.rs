@@ -14,6 +14,7 @@ use http_body_util::Full;
 use hyper::header::{HeaderValue, ALLOW, WWW_AUTHENTICATE};
 use hyper::http::request::Parts;
 use hyper::{Method, StatusCode};
+use rosetta_core::auth::Tag;
 use rosetta_core::durable;
 use rosetta_core::store::Epoch;
 use rosetta_core::{CoreError, Queue, Table, VHost, Value};
@@ -39,12 +40,15 @@ const DELETE: &str = "DELETE";
 struct Answer {
     reply: Reply,
     durable_at: Option<Epoch>,
+    /// The credentials were wrong: counted, and answered after the failed-login delay.
+    refused_login: bool,
 }
 
 impl From<Reply> for Answer {
     fn from(reply: Reply) -> Self {
         Answer {
             reply,
+            refused_login: false,
             durable_at: None,
         }
     }
@@ -55,10 +59,18 @@ impl From<Reply> for Answer {
 /// change may not survive a crash.
 pub(crate) async fn serve(state: Arc<ServerState>, peer: SocketAddr, request: Parts) -> Reply {
     let store = state.broker.store().clone();
-    let answer = match tokio::task::spawn_blocking(move || handle(&state, peer, &request)).await {
-        Ok(answer) => answer,
-        Err(e) => return internal_error(&e),
-    };
+    let handler_state = state.clone();
+    let answer =
+        match tokio::task::spawn_blocking(move || handle(&handler_state, peer, &request)).await {
+            Ok(answer) => answer,
+            Err(e) => return internal_error(&e),
+        };
+    if answer.refused_login {
+        // As for client connections: guessing passwords through the API is as slow.
+        state.metrics.auth_failures("http", 1);
+        tokio::time::sleep(state.failed_login_delay).await;
+        return answer.reply;
+    }
     let Some(epoch) = answer.durable_at else {
         return answer.reply;
     };
@@ -78,9 +90,16 @@ pub(crate) async fn serve(state: Arc<ServerState>, peer: SocketAddr, request: Pa
 }
 
 fn handle(state: &ServerState, peer: SocketAddr, request: &Parts) -> Answer {
-    if let Err(denied) = authenticate(&state.users, &request.headers, peer) {
-        return unauthorized(denied).into();
-    }
+    let user = match authenticate(&state.users, &request.headers, peer) {
+        Ok(user) => user,
+        Err(denied) => {
+            return Answer {
+                refused_login: matches!(denied, Denied::Refused(_)),
+                ..unauthorized(denied).into()
+            }
+        }
+    };
+    let tags = state.users.tags(&user);
     let Some(segments) = segments(request.uri.path()) else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -109,6 +128,10 @@ fn handle(state: &ServerState, peer: SocketAddr, request: &Parts) -> Answer {
             .insert(ALLOW, HeaderValue::from_static(allowed));
         return reply.into();
     }
+    if let Err(reason) = authorise(tags, &method) {
+        // RabbitMQ answers these with 401 and the same texts, which clients match on.
+        return error(StatusCode::UNAUTHORIZED, "not_authorised", reason).into();
+    }
     let query = request.uri.query().unwrap_or("");
     let reply = match (method, path.as_slice()) {
         (Method::GET, ["overview"]) => ok(overview(state)),
@@ -131,6 +154,20 @@ fn handle(state: &ServerState, peer: SocketAddr, request: &Parts) -> Answer {
         _ => error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
     };
     reply.into()
+}
+
+/// What the user's tags allow, as RabbitMQ's management plugin decides it: `monitoring` and
+/// `management` read, `administrator` also changes; a user without any of them has no API.
+/// (`management` is meant to see only its own virtual hosts; every user may use every virtual
+/// host until permissions exist, so it reads them all.)
+fn authorise(tags: &[Tag], method: &Method) -> Result<(), &'static str> {
+    if tags.is_empty() {
+        return Err("Not management user");
+    }
+    if *method != Method::GET && !tags.contains(&Tag::Administrator) {
+        return Err("Not administrator user");
+    }
+    Ok(())
 }
 
 fn allowed_methods(path: &[&str]) -> Option<&'static str> {
@@ -370,7 +407,11 @@ fn delete_queue(state: &ServerState, vhost: &str, name: &str, query: &str) -> An
             Err(e) => core_error(&e),
         }
     });
-    Answer { reply, durable_at }
+    Answer {
+        reply,
+        durable_at,
+        refused_login: false,
+    }
 }
 
 /// `DELETE /api/queues/{vhost}/{name}/contents`: drops the ready messages, keeps the queue.
