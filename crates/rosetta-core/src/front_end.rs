@@ -4,6 +4,10 @@
 //! events into bytes, and decides everything its protocol decides (heartbeats, goodbyes,
 //! pausing publishers). The server's connection driver owns the socket, the timers and the
 //! shutdown signal, and calls a session only through this trait, whatever its protocol.
+//!
+//! The bookkeeping of deliveries that every front-end keeps the same way is in [`ledger`].
+
+pub mod ledger;
 
 use std::task::Waker;
 use std::time::Duration;
@@ -28,6 +32,38 @@ pub struct Heartbeats {
     pub send_after: Option<Duration>,
     /// Close the connection when nothing was read for this long.
     pub expect_within: Option<Duration>,
+}
+
+/// Whether a resource alarm holds a connection back. RabbitMQ's rule: only a connection that has
+/// published is paused, so one that only consumes keeps draining and acknowledging, which is
+/// what frees memory and disk. Each protocol decides when the pause starts (AMQP and STOMP at
+/// the first publish under the alarm, MQTT before reading a PUBLISH) and how it tells the client.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AlarmPause {
+    alarm: bool,
+    published: bool,
+}
+
+impl AlarmPause {
+    /// A resource alarm went on or off.
+    pub fn set_alarm(&mut self, on: bool) {
+        self.alarm = on;
+    }
+
+    /// Whether a resource alarm is on.
+    pub fn is_on(&self) -> bool {
+        self.alarm
+    }
+
+    /// The connection published, or is about to.
+    pub fn published(&mut self) {
+        self.published = true;
+    }
+
+    /// Whether the connection's publishers must wait now.
+    pub fn holds_back(&self) -> bool {
+        self.alarm && self.published
+    }
 }
 
 /// One client connection's protocol state, as the connection driver sees it. Nothing here does
@@ -81,5 +117,21 @@ pub trait Session {
     /// up front hand the receiver to the driver when they are made instead.
     fn take_outbox(&mut self, _waker: &Waker) -> Option<UnboundedReceiver<Outbound>> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AlarmPause;
+
+    #[test]
+    fn an_alarm_holds_back_only_a_connection_that_published() {
+        let mut pause = AlarmPause::default();
+        pause.set_alarm(true);
+        assert!(pause.is_on() && !pause.holds_back());
+        pause.published();
+        assert!(pause.holds_back());
+        pause.set_alarm(false);
+        assert!(!pause.holds_back());
     }
 }

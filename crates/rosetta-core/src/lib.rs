@@ -18,6 +18,8 @@ pub mod exchange;
 pub mod front_end;
 mod headers_match;
 #[cfg(test)]
+mod ledger_tests;
+#[cfg(test)]
 mod memory_store;
 pub mod message;
 #[cfg(test)]

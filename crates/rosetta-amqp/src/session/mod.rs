@@ -19,8 +19,9 @@ use std::time::Duration;
 use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{channel as chan, connection, AMQPClass};
 use bytes::{Bytes, BytesMut};
-use rosetta_core::front_end::{self, Heartbeats, Session as _};
-use rosetta_core::{Broker, ConnectionId, Outbound, Queue, Users, VHost};
+use rosetta_core::front_end::ledger::{give_back, AutoAck};
+use rosetta_core::front_end::{self, AlarmPause, Heartbeats, Session as _};
+use rosetta_core::{Broker, ConnectionId, Outbound, Users, VHost};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::codec::{self, ProtocolHeader};
@@ -75,19 +76,15 @@ pub struct Session {
     /// Client capabilities from `connection.start-ok`.
     cancel_notify: bool,
     blocked_notify: bool,
-    /// Whether this connection has published; only publishers are paused by a resource alarm
-    /// (RabbitMQ's rule), so consumers can keep draining and acknowledging.
-    published: bool,
-    /// A memory or disk alarm is on.
-    alarm: bool,
+    /// A memory or disk alarm, and whether this connection has published.
+    alarm: AlarmPause,
     /// We told the client `connection.blocked` and have not unblocked it yet.
     blocked: bool,
     channels: HashMap<u16, Channel>,
     outbox: UnboundedSender<Outbound>,
     out: BytesMut,
-    /// Queues whose auto-ack consumers got credit back while writing; they dispatch again
-    /// once the output has been flushed.
-    to_dispatch: Vec<Arc<Queue>>,
+    /// Auto-ack deliveries written: their queues dispatch again once the output is flushed.
+    auto_ack: AutoAck,
     /// A delivery AMQP cannot carry has been reported on this connection; later ones are
     /// logged at debug so one misbehaving producer cannot flood the log.
     undeliverable_reported: bool,
@@ -122,13 +119,12 @@ impl Session {
             vhost: None,
             cancel_notify: false,
             blocked_notify: false,
-            published: false,
-            alarm: false,
+            alarm: AlarmPause::default(),
             blocked: false,
             channels: HashMap::new(),
             outbox: tx,
             out: BytesMut::with_capacity(512),
-            to_dispatch: Vec::new(),
+            auto_ack: AutoAck::default(),
             undeliverable_reported: false,
         };
         (session, rx)
@@ -229,8 +225,8 @@ impl Session {
             cancel_notify: self.cancel_notify,
             outbox: &self.outbox,
             out: &mut self.out,
-            published: &mut self.published,
-            to_dispatch: &mut self.to_dispatch,
+            alarm: &mut self.alarm,
+            auto_ack: &mut self.auto_ack,
             undeliverable_reported: &mut self.undeliverable_reported,
         }
     }
@@ -462,7 +458,7 @@ impl front_end::Session for Session {
             if let Err(exc) = self.handle_frame(frame) {
                 self.close_connection(exc);
             }
-            if self.alarm && !self.blocked {
+            if self.alarm.is_on() && !self.blocked {
                 self.update_blocked();
             }
         }
@@ -482,9 +478,7 @@ impl front_end::Session for Session {
         let Some(mut channel) = self.channels.remove(&channel_id) else {
             // The channel is gone; its cleanup requeued or will requeue what it held.
             if let Outbound::Deliver(d) = item {
-                if !d.consumer.no_ack {
-                    d.queue.requeue(&[d.seq]);
-                }
+                give_back(&d);
             }
             return;
         };
@@ -522,9 +516,7 @@ impl front_end::Session for Session {
 
     /// After output was written: queues whose auto-ack consumers regained credit deliver more.
     fn after_flush(&mut self) {
-        for q in std::mem::take(&mut self.to_dispatch) {
-            q.dispatch();
-        }
+        self.auto_ack.flushed();
     }
 
     /// AMQP 0-9-1 §4.2.7: send at half the negotiated interval (as RabbitMQ does) and treat two
@@ -560,14 +552,14 @@ impl front_end::Session for Session {
 
     /// A resource alarm went on or off.
     fn set_alarm(&mut self, on: bool) {
-        self.alarm = on;
+        self.alarm.set_alarm(on);
         self.update_blocked();
     }
 
     /// Whether the connection task should stop reading: publishers are held back while an
     /// alarm is on, which TCP turns into backpressure on the client.
     fn reading_paused(&self) -> bool {
-        self.alarm && self.published && self.phase == Phase::Open
+        self.alarm.holds_back() && self.phase == Phase::Open
     }
 
     /// The broker is shutting down.
@@ -592,9 +584,9 @@ pub(crate) struct Ctx<'a> {
     pub cancel_notify: bool,
     pub outbox: &'a UnboundedSender<Outbound>,
     pub out: &'a mut BytesMut,
-    /// Set by `basic.publish` itself, so an alarm pauses the connection at its first publish.
-    pub published: &'a mut bool,
-    pub to_dispatch: &'a mut Vec<Arc<Queue>>,
+    /// Told by `basic.publish` itself, so an alarm pauses the connection at its first publish.
+    pub alarm: &'a mut AlarmPause,
+    pub auto_ack: &'a mut AutoAck,
     pub undeliverable_reported: &'a mut bool,
 }
 

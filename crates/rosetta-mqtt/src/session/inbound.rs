@@ -96,7 +96,7 @@ impl Inner {
         let message = AppMessage::from_publish(&p, topic, now);
         let publisher = self.stamp_client_id.then_some(self.client_id.as_str());
         let (outcome, epoch) = self.state.publish(&message, publisher, now)?;
-        self.published = true;
+        self.alarm.published();
         let epoch = epoch.unwrap_or(0);
         match p.qos_pid {
             QosPid::Level0 => {}

@@ -24,7 +24,8 @@ use mqtt_proto::v5::{Disconnect, DisconnectProperties, DisconnectReasonCode, Pac
 use mqtt_proto::{Protocol, QoS};
 use parking_lot::Mutex;
 use rosetta_core::durable::Held;
-use rosetta_core::front_end::{self, Flow, Heartbeats};
+use rosetta_core::front_end::ledger::Batch;
+use rosetta_core::front_end::{self, AlarmPause, Flow, Heartbeats};
 use rosetta_core::store::Epoch;
 use rosetta_core::{CloseReason, ConnectionId, Consumer, Credit, Outbound, Queue};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -109,9 +110,8 @@ pub(crate) struct Inner {
     out: BytesMut,
     /// QoS 0 deliveries written: settled once the output has been flushed, which paces the
     /// queue by the socket.
-    written: Vec<(Arc<Queue>, u64)>,
-    alarm: bool,
-    published: bool,
+    written: Batch,
+    alarm: AlarmPause,
     ended: bool,
     /// Retained messages owed to new subscriptions, by topic: the QoS and subscription
     /// identifiers each goes out with. They are sent in `retained_order` as the client's
@@ -165,9 +165,8 @@ impl Session {
             problem_info: true,
             will: None,
             out: BytesMut::new(),
-            written: Vec::new(),
-            alarm: false,
-            published: false,
+            written: Batch::default(),
+            alarm: AlarmPause::default(),
             ended: false,
             retained_due: HashMap::new(),
             retained_order: VecDeque::new(),
@@ -241,7 +240,7 @@ impl front_end::Session for Session {
         }
         let written = std::mem::take(&mut inner.written);
         drop(inner);
-        settle(written);
+        written.finish();
     }
 
     /// [MQTT-3.1.2-22]: one and a half keep-alive periods without a packet close the
@@ -267,13 +266,13 @@ impl front_end::Session for Session {
     }
 
     fn set_alarm(&mut self, on: bool) {
-        self.inner.lock().alarm = on;
+        self.inner.lock().alarm.set_alarm(on);
     }
 
     /// Publishers stop being read while a resource alarm is on; TCP pushes back on them.
     fn reading_paused(&self) -> bool {
         let inner = self.inner.lock();
-        inner.alarm && inner.published && inner.phase == Phase::Connected
+        inner.alarm.holds_back() && inner.phase == Phase::Connected
     }
 
     /// The broker is shutting down: 5.0 clients are told (reason 0x8B).
@@ -295,21 +294,6 @@ impl front_end::Session for Session {
     /// until then `waker` is woken when it is.
     fn take_outbox(&mut self, waker: &Waker) -> Option<UnboundedReceiver<Outbound>> {
         self.inner.lock().outbox.take_receiver(waker)
-    }
-}
-
-/// Settles queue entries that need no acknowledgement from the client (QoS 0 messages written,
-/// messages that cannot be delivered), one call per queue.
-fn settle(entries: Vec<(Arc<Queue>, u64)>) {
-    let mut groups: Vec<(Arc<Queue>, Vec<u64>)> = Vec::new();
-    for (q, seq) in entries {
-        match groups.iter_mut().find(|(g, _)| Arc::ptr_eq(g, &q)) {
-            Some((_, seqs)) => seqs.push(seq),
-            None => groups.push((q, vec![seq])),
-        }
-    }
-    for (q, seqs) in groups {
-        q.finish(&seqs);
     }
 }
 
@@ -345,8 +329,8 @@ impl Inner {
                     // Under a resource alarm a PUBLISH stays unread, the first one too, and
                     // reading stops (as RabbitMQ blocks a connection on its first publish);
                     // a client that only subscribes keeps being read.
-                    if self.alarm && input.first().is_some_and(|b| b >> 4 == PUBLISH_TYPE) {
-                        self.published = true;
+                    if self.alarm.is_on() && input.first().is_some_and(|b| b >> 4 == PUBLISH_TYPE) {
+                        self.alarm.published();
                         if !self.acks.is_empty() {
                             self.release_durable();
                         }

@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use mqtt_proto::v5::{PubrecReasonCode, PubrelReasonCode};
 use mqtt_proto::{Pid, QoS, QosPid, TopicName};
+use rosetta_core::front_end::ledger::{give_back, is_for, Batch};
 use rosetta_core::queue::now_ms;
-use rosetta_core::{Delivery, Queue};
+use rosetta_core::{Delivery, Queue, Settlement};
 
-use super::{settle, Inner, Phase};
+use super::{Inner, Phase};
 use crate::codec;
 use crate::message::AppMessage;
 use crate::persist::OutStage;
@@ -128,12 +129,9 @@ impl Inner {
     pub(super) fn deliver(&mut self, d: Delivery) {
         let live = !self.ended
             && self.phase == Phase::Connected
-            && self
-                .consumers
-                .get(&d.queue.name)
-                .is_some_and(|(_, c)| Arc::ptr_eq(c, &d.consumer));
+            && is_for(&d, self.consumers.get(&d.queue.name).map(|(_, c)| c));
         if !live {
-            d.queue.requeue(&[d.seq]);
+            give_back(&d);
             return;
         }
         let now = now_ms();
@@ -235,7 +233,7 @@ impl Inner {
         };
         // [MQTT-3.3.2-5]: an expired message is not delivered.
         let Some(mut properties) = message.publish_properties(now) else {
-            settle(source.into_iter().collect());
+            not_sent(source);
             return;
         };
         let topic = match TopicName::try_from(message.topic.as_str()) {
@@ -244,7 +242,7 @@ impl Inner {
             // empty): no MQTT client can receive it.
             _ => {
                 tracing::debug!(client_id = %self.client_id, topic = %message.topic, "not a valid MQTT topic name; not delivered");
-                settle(source.into_iter().collect());
+                not_sent(source);
                 return;
             }
         };
@@ -276,7 +274,7 @@ impl Inner {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(client_id = %self.client_id, error = %e, "cannot encode a PUBLISH; not delivered");
-                settle(source.into_iter().collect());
+                not_sent(source);
                 return;
             }
         };
@@ -284,7 +282,7 @@ impl Inner {
         // it had been delivered.
         if bytes.len() as u64 > u64::from(self.client_max_packet) {
             tracing::debug!(client_id = %self.client_id, size = bytes.len(), "message larger than the client accepts; discarded");
-            settle(source.into_iter().collect());
+            not_sent(source);
             return;
         }
         if let Some(a) = new_alias {
@@ -296,7 +294,9 @@ impl Inner {
             self.state.broker.counters().count_delivery(false);
         }
         let Some(pid) = pid else {
-            self.written.extend(source);
+            if let Some((q, seq)) = source {
+                self.written.push(q, seq);
+            }
             return;
         };
         let mut persisted = false;
@@ -427,21 +427,16 @@ impl Inner {
         let keep = self.expiry > 0;
         let own = session_queue(&self.client_id);
         let mut kept = PacketIds::new();
-        let mut back: Vec<(Arc<Queue>, Vec<u64>)> = Vec::new();
+        let mut back = Batch::default();
         for (pid, f) in self.out_flight.drain() {
             let Some((q, seq)) = f.source else { continue };
             if keep && q.name == own {
                 kept.insert((own.clone(), seq), pid);
             }
-            match back.iter_mut().find(|(g, _)| Arc::ptr_eq(g, &q)) {
-                Some((_, seqs)) => seqs.push(seq),
-                None => back.push((q, vec![seq])),
-            }
+            back.push(q, seq);
         }
-        for (q, seqs) in back {
-            q.requeue(&seqs);
-        }
-        settle(std::mem::take(&mut self.written));
+        back.settle(Settlement::Requeue);
+        std::mem::take(&mut self.written).finish();
         // Ids this connection was to resend but did not get to (its window was full) stay
         // reserved, as long as the queue holds enough messages to need them: an entry that
         // expired or was purged meanwhile never comes back, and would pin its id for good.
@@ -456,5 +451,13 @@ impl Inner {
             kept.extend(leftovers.into_iter().filter(|((q, _), _)| *q == own));
         }
         kept
+    }
+}
+
+/// Settles the queue entry of a message that is not sent at all (expired, or one the client
+/// cannot take): it needs no acknowledgement and must not come back.
+fn not_sent(source: Option<(Arc<Queue>, u64)>) {
+    if let Some((q, seq)) = source {
+        q.finish(&[seq]);
     }
 }

@@ -9,23 +9,24 @@ mod connect;
 mod send;
 mod subscribe;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use rosetta_core::durable::Held;
-use rosetta_core::front_end::{self, Heartbeats, Session as _};
+use rosetta_core::front_end::ledger::{AutoAck, Ledger};
+use rosetta_core::front_end::{self, AlarmPause, Heartbeats, Session as _};
 use rosetta_core::store::Epoch;
-use rosetta_core::{Broker, ConnectionId, Outbound, Queue, Users, VHost};
+use rosetta_core::{Broker, ConnectionId, Outbound, Users, VHost};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::codec::{self, Decoder, Limits};
 use crate::error::StompError;
 use crate::frame::{Command, Frame, Version};
 use send::Transaction;
-use subscribe::{Pending, Subscription};
+use subscribe::Subscription;
 
 /// Limits and defaults the server configures.
 #[derive(Debug, Clone)]
@@ -83,8 +84,9 @@ pub struct Session {
     /// Negotiated heart-beats: (server sends every, server expects within), in ms.
     heartbeat: (u64, u64),
     subscriptions: HashMap<String, Subscription>,
-    /// Deliveries awaiting ACK or NACK, by the message id the MESSAGE frame carried.
-    unacked: BTreeMap<u64, Pending>,
+    /// Deliveries awaiting ACK or NACK, by the message id the MESSAGE frame carried, each
+    /// with the id of its subscription.
+    unacked: Ledger<u64, String>,
     next_message_id: u64,
     /// Open transactions (STOMP 1.2 BEGIN): frames held back until COMMIT.
     transactions: HashMap<String, Transaction>,
@@ -94,9 +96,8 @@ pub struct Session {
     written: Epoch,
     /// `/temp-queue/` names and the private queues behind them.
     temp_queues: HashMap<String, String>,
-    /// Whether this connection has sent; only publishers are paused by a resource alarm.
-    published: bool,
-    alarm: bool,
+    /// A resource alarm, and whether this connection has sent.
+    alarm: AlarmPause,
     /// A publishing frame that arrived while the alarm was on, handled once it is off.
     paused: Option<Frame>,
     /// Bytes read after the paused frame, or the start of a frame that followed it.
@@ -105,9 +106,9 @@ pub struct Session {
     out: BytesMut,
     /// Keeps its place in a frame that arrives over several reads.
     decoder: Decoder,
-    /// Queues whose auto-ack consumers got credit back while writing; they dispatch again once
-    /// the output has been flushed.
-    to_dispatch: Vec<Arc<Queue>>,
+    /// MESSAGE frames of `ack:auto` subscriptions written: their queues dispatch again once
+    /// the output is flushed.
+    auto_ack: AutoAck,
 }
 
 impl Session {
@@ -134,20 +135,19 @@ impl Session {
             client_id: None,
             heartbeat: (0, 0),
             subscriptions: HashMap::new(),
-            unacked: BTreeMap::new(),
+            unacked: Ledger::default(),
             next_message_id: 1,
             transactions: HashMap::new(),
             receipts: Held::default(),
             written: 0,
             temp_queues: HashMap::new(),
-            published: false,
-            alarm: false,
+            alarm: AlarmPause::default(),
             paused: None,
             held: BytesMut::new(),
             outbox: tx,
             out: BytesMut::with_capacity(512),
             decoder: Decoder::new(),
-            to_dispatch: Vec::new(),
+            auto_ack: AutoAck::default(),
         };
         (session, rx)
     }
@@ -196,7 +196,7 @@ impl Session {
                     return Flow::Close;
                 }
             };
-            if self.alarm && self.publishes(&frame) {
+            if self.alarm.is_on() && self.publishes(&frame) {
                 // RabbitMQ blocks a connection on its first publish under an alarm, so even a
                 // connection that never published before waits here.
                 self.paused = Some(frame);
@@ -351,7 +351,7 @@ impl Session {
             for (_, sub) in self.subscriptions.drain() {
                 vhost.cancel(&sub.queue, &sub.consumer);
             }
-            self.requeue_all();
+            self.unacked.requeue_all();
             self.broker.connection_closed(self.conn_id);
         }
     }
@@ -394,9 +394,7 @@ impl front_end::Session for Session {
 
     /// After output was written: queues whose auto-ack consumers regained credit deliver more.
     fn after_flush(&mut self) {
-        for q in std::mem::take(&mut self.to_dispatch) {
-            q.dispatch();
-        }
+        self.auto_ack.flushed();
     }
 
     /// STOMP 1.2 Heart-beating: the receiver "SHOULD" allow for timing inaccuracies; a client
@@ -431,7 +429,7 @@ impl front_end::Session for Session {
     /// The resource alarm went on or off. Once it is off, the frame it paused and whatever was
     /// read after it are handled.
     fn set_alarm(&mut self, on: bool) {
-        self.alarm = on;
+        self.alarm.set_alarm(on);
         if on {
             return;
         }
@@ -457,8 +455,7 @@ impl front_end::Session for Session {
     fn reading_paused(&self) -> bool {
         // After DISCONNECT nothing more is read while its receipt waits for the store.
         !self.receipts.is_empty() && self.phase == Phase::Closed
-            || self.phase == Phase::Connected
-                && (self.paused.is_some() || self.alarm && self.published)
+            || self.phase == Phase::Connected && (self.paused.is_some() || self.alarm.holds_back())
     }
 
     /// The broker is shutting down: tell the client why, then close.

@@ -125,7 +125,7 @@ impl Session {
             properties,
             frame.body.clone(),
         ))?;
-        self.published = true;
+        self.alarm.published();
         if outcome.rejected && frame.get("receipt").is_some() {
             // The client asked to know the message arrived; a full queue refused it.
             return Err(StompError::Core(

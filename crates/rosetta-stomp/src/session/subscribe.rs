@@ -2,10 +2,11 @@
 
 use std::sync::Arc;
 
+use rosetta_core::front_end::ledger::{give_back, is_for};
 use rosetta_core::store::Epoch;
 use rosetta_core::{
-    Consumer, ConsumerSpec, Destination as Bind, Outbound, Queue, QueueDeclare, Table, VHost,
-    AMQ_TOPIC,
+    Consumer, ConsumerSpec, Destination as Bind, Outbound, Queue, QueueDeclare, Settlement, Table,
+    VHost, AMQ_TOPIC,
 };
 
 use super::{required, Session};
@@ -47,13 +48,6 @@ pub(super) struct Subscription {
     pub queue: Arc<Queue>,
     pub consumer: Arc<Consumer>,
     ack: AckMode,
-}
-
-/// A delivery awaiting ACK or NACK.
-pub(super) struct Pending {
-    subscription: String,
-    queue: Arc<Queue>,
-    seq: u64,
 }
 
 fn truthy(frame: &Frame, header: &str) -> bool {
@@ -232,12 +226,10 @@ impl Session {
                 let live = self
                     .subscriptions
                     .get(&*d.consumer.tag)
-                    .filter(|s| Arc::ptr_eq(&s.consumer, &d.consumer));
+                    .filter(|s| is_for(&d, Some(&s.consumer)));
                 let Some(sub) = live else {
                     // The subscription ended meanwhile; its message goes back.
-                    if !d.consumer.no_ack {
-                        d.queue.requeue(&[d.seq]);
-                    }
+                    give_back(&d);
                     return;
                 };
                 let id = self.next_message_id;
@@ -252,24 +244,15 @@ impl Session {
                     .header("message-id", id.to_string())
                     .header("destination", destination);
                 if sub.ack == AckMode::Auto {
-                    d.consumer.release();
-                    if !self.to_dispatch.iter().any(|q| Arc::ptr_eq(q, &d.queue)) {
-                        self.to_dispatch.push(d.queue.clone());
-                    }
+                    self.auto_ack.written(&d.consumer, &d.queue);
                 } else {
                     // STOMP 1.2 MESSAGE: with client acknowledgement the frame carries an
                     // `ack` header whose value the ACK names.
                     if self.version == Version::V1_2 {
                         frame.push_header("ack", id.to_string());
                     }
-                    self.unacked.insert(
-                        id,
-                        Pending {
-                            subscription: d.consumer.tag.to_string(),
-                            queue: d.queue.clone(),
-                            seq: d.seq,
-                        },
-                    );
+                    self.unacked
+                        .insert(id, d.queue.clone(), d.seq, d.consumer.tag.to_string());
                 }
                 frame.push_header("redelivered", d.redelivered.to_string());
                 add_message_headers(&mut frame, &d.message);
@@ -311,61 +294,36 @@ impl Session {
         };
         text.parse::<u64>()
             .ok()
-            .filter(|id| self.unacked.contains_key(id))
+            .filter(|id| self.unacked.contains(*id))
             .ok_or_else(|| StompError::UnknownAckId(text.to_owned()))
     }
 
     pub(super) fn ack(&mut self, frame: &Frame) -> Result<(), StompError> {
         let id = self.ack_id(frame)?;
-        let Some(subscription) = self.unacked.get(&id).map(|p| p.subscription.clone()) else {
+        let Some(subscription) = self.unacked.get(id).map(|u| u.extra.clone()) else {
             return Err(StompError::UnknownAckId(id.to_string()));
         };
         let mode = self
             .subscriptions
             .get(&subscription)
             .map_or(AckMode::ClientIndividual, |s| s.ack);
-        let ids: Vec<u64> = if mode == AckMode::Client {
-            // STOMP 1.2 SUBSCRIBE ack:client: "the ACK is treated as a cumulative
-            // acknowledgment", within the subscription.
-            self.unacked
-                .range(..=id)
-                .filter(|(_, p)| p.subscription == subscription)
-                .map(|(k, _)| *k)
-                .collect()
-        } else {
-            vec![id]
-        };
-        let taken: Vec<Pending> = ids.iter().filter_map(|k| self.unacked.remove(k)).collect();
-        let nack = frame.command == Command::Nack;
         // NACK gives the message back, flagged redelivered; RabbitMQ's `requeue:false` drops it
         // (or dead-letters it, if its queue says so).
-        let requeue = frame.get("requeue") != Some("false");
-        for (queue, seqs) in group_by_queue(taken) {
-            match (nack, requeue) {
-                (false, _) => queue.ack(&seqs),
-                (true, true) => queue.requeue(&seqs),
-                (true, false) => queue.reject(&seqs),
-            }
+        let how = match (
+            frame.command == Command::Nack,
+            frame.get("requeue") != Some("false"),
+        ) {
+            (false, _) => Settlement::Ack,
+            (true, true) => Settlement::Requeue,
+            (true, false) => Settlement::Reject,
+        };
+        if mode == AckMode::Client {
+            // STOMP 1.2 SUBSCRIBE ack:client: "the ACK is treated as a cumulative
+            // acknowledgment", within the subscription.
+            self.unacked.settle_up_to(id, |s| *s == subscription, how);
+        } else {
+            self.unacked.settle(id, how);
         }
         Ok(())
     }
-
-    /// Gives every unacknowledged message back to its queue, in delivery order.
-    pub(super) fn requeue_all(&mut self) {
-        let all = std::mem::take(&mut self.unacked).into_values().collect();
-        for (queue, seqs) in group_by_queue(all) {
-            queue.requeue(&seqs);
-        }
-    }
-}
-
-fn group_by_queue(items: Vec<Pending>) -> Vec<(Arc<Queue>, Vec<u64>)> {
-    let mut groups: Vec<(Arc<Queue>, Vec<u64>)> = Vec::new();
-    for p in items {
-        match groups.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &p.queue)) {
-            Some((_, seqs)) => seqs.push(p.seq),
-            None => groups.push((p.queue, vec![p.seq])),
-        }
-    }
-    groups
 }

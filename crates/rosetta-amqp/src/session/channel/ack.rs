@@ -1,20 +1,12 @@
 //! Settling deliveries: `basic.ack`, `basic.nack`, `basic.reject` and `basic.recover`, by the
 //! delivery tags the channel assigned. In a transaction they wait for `tx.commit`.
 
-use std::sync::Arc;
-
 use amq_protocol::protocol::{basic, AMQPClass};
-use rosetta_core::{Queue, Settlement};
+use rosetta_core::Settlement;
 
 use super::tx::check_tx_frames;
 use super::Channel;
 use crate::session::{Ctx, Exception};
-
-/// An unacknowledged delivery, by delivery tag.
-pub(super) struct Pending {
-    pub(super) queue: Arc<Queue>,
-    pub(super) seq: u64,
-}
 
 impl Channel {
     pub(super) fn ack(
@@ -58,20 +50,12 @@ impl Channel {
     pub(super) fn recover(&mut self, ctx: &mut Ctx<'_>, method: &AMQPClass) {
         // RabbitMQ requeues on recover whatever `requeue` says; redelivering to the same
         // consumer is not something it (or we) support.
-        self.requeue_all();
+        self.unacked.requeue_all();
         if matches!(method, AMQPClass::Basic(basic::AMQPMethod::Recover(_))) {
             ctx.send(
                 self.id,
                 AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})),
             );
-        }
-    }
-
-    /// Every unacknowledged delivery goes back to its queue.
-    pub(super) fn requeue_all(&mut self) {
-        let all: Vec<(u64, Pending)> = std::mem::take(&mut self.unacked).into_iter().collect();
-        for (queue, seqs) in group_by_queue(all.into_iter().map(|(_, p)| p)) {
-            queue.requeue(&seqs);
         }
     }
 
@@ -85,7 +69,7 @@ impl Channel {
         method: &AMQPClass,
     ) -> Result<(), Exception> {
         if let Some(tx) = &mut self.tx {
-            if !multiple && !self.unacked.contains_key(&tag) {
+            if !multiple && !self.unacked.contains(tag) {
                 return Err(Exception::precondition(
                     method,
                     format!("unknown delivery tag {tag}"),
@@ -106,31 +90,18 @@ impl Channel {
         kind: Settlement,
         method: &AMQPClass,
     ) -> Result<(), Exception> {
-        let taken: Vec<Pending> = if multiple {
+        let found = if multiple {
             // AMQP 0-9-1 basic.ack: multiple with tag 0 means every outstanding delivery.
             let upto = if tag == 0 { u64::MAX } else { tag };
-            let keep = self.unacked.split_off(&upto.saturating_add(1));
-            let taken = std::mem::replace(&mut self.unacked, keep);
-            if taken.is_empty() && tag != 0 {
-                return Err(Exception::precondition(
-                    method,
-                    format!("unknown delivery tag {tag}"),
-                ));
-            }
-            taken.into_values().collect()
+            self.unacked.settle_up_to(upto, |_| true, kind) > 0 || tag == 0
         } else {
-            match self.unacked.remove(&tag) {
-                Some(p) => vec![p],
-                None => {
-                    return Err(Exception::precondition(
-                        method,
-                        format!("unknown delivery tag {tag}"),
-                    ))
-                }
-            }
+            self.unacked.settle(tag, kind)
         };
-        for (queue, seqs) in group_by_queue(taken.into_iter()) {
-            queue.settle(&seqs, kind);
+        if !found {
+            return Err(Exception::precondition(
+                method,
+                format!("unknown delivery tag {tag}"),
+            ));
         }
         // A channel-wide window freed by this settle may unblock consumers on other queues.
         if self.shared_credit.limit() > 0 {
@@ -140,16 +111,4 @@ impl Channel {
         }
         Ok(())
     }
-}
-
-/// Groups settled deliveries by queue, keeping delivery order within each queue.
-fn group_by_queue(items: impl Iterator<Item = Pending>) -> Vec<(Arc<Queue>, Vec<u64>)> {
-    let mut groups: Vec<(Arc<Queue>, Vec<u64>)> = Vec::new();
-    for p in items {
-        match groups.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &p.queue)) {
-            Some((_, seqs)) => seqs.push(p.seq),
-            None => groups.push((p.queue, vec![p.seq])),
-        }
-    }
-    groups
 }

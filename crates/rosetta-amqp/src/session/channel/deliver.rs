@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use amq_protocol::protocol::{basic, AMQPClass};
 use amq_protocol::types::ShortString;
-use rosetta_core::{Consumer, Delivery, Message, Queue, Settlement, Value};
+use rosetta_core::front_end::ledger::{give_back, is_for};
+use rosetta_core::{Delivery, Message, Queue, Settlement, Value};
 
-use super::ack::Pending;
 use super::consume::client_tag;
 use super::{clamp32, write_content, Channel};
 use crate::session::{Ctx, Exception};
@@ -16,14 +16,9 @@ impl Channel {
     /// A queue hands one of the channel's consumers a message.
     pub(super) fn deliver(&mut self, ctx: &mut Ctx<'_>, d: Delivery) {
         let consumer_tag = client_tag(&d.consumer.tag);
-        let live = self
-            .consumers
-            .get(consumer_tag)
-            .is_some_and(|(_, c)| Arc::ptr_eq(c, &d.consumer));
+        let live = is_for(&d, self.consumers.get(consumer_tag).map(|(_, c)| c));
         if self.closing || !live {
-            if !d.consumer.no_ack {
-                d.queue.requeue(&[d.seq]);
-            }
+            give_back(&d);
             return;
         }
         let tag = self.next_tag;
@@ -46,21 +41,15 @@ impl Channel {
         if let Err(why) = written {
             refuse_delivery(ctx, &d.queue, d.seq, d.consumer.no_ack, &d.message, &why);
             if d.consumer.no_ack {
-                release_auto_ack(ctx, &d.consumer, &d.queue);
+                ctx.auto_ack.written(&d.consumer, &d.queue);
             }
             return;
         }
         self.next_tag += 1;
         if d.consumer.no_ack {
-            release_auto_ack(ctx, &d.consumer, &d.queue);
+            ctx.auto_ack.written(&d.consumer, &d.queue);
         } else {
-            self.unacked.insert(
-                tag,
-                Pending {
-                    queue: d.queue.clone(),
-                    seq: d.seq,
-                },
-            );
+            self.unacked.insert(tag, d.queue, d.seq, ());
         }
     }
 
@@ -106,13 +95,7 @@ impl Channel {
             }
             self.next_tag += 1;
             if !g.no_ack {
-                self.unacked.insert(
-                    tag,
-                    Pending {
-                        queue: q,
-                        seq: got.seq,
-                    },
-                );
+                self.unacked.insert(tag, q, got.seq, ());
             }
             return Ok(());
         }
@@ -127,15 +110,6 @@ fn addressing(message: &Message) -> Result<(ShortString, ShortString), String> {
     let routing_key = ShortString::try_new(message.routing_key.as_str())
         .map_err(|_| format!("routing key of {} bytes", message.routing_key.len()))?;
     Ok((exchange, routing_key))
-}
-
-/// An auto-ack delivery is settled once written (or given up): its credit comes back and the
-/// queue may dispatch again after the flush.
-fn release_auto_ack(ctx: &mut Ctx<'_>, consumer: &Arc<Consumer>, queue: &Arc<Queue>) {
-    consumer.release();
-    if !ctx.to_dispatch.iter().any(|q| Arc::ptr_eq(q, queue)) {
-        ctx.to_dispatch.push(queue.clone());
-    }
 }
 
 /// Settles a delivery this connection cannot encode: rejected without requeue, so a queue with
@@ -191,6 +165,8 @@ mod tests {
     use std::sync::Arc;
 
     use bytes::{Bytes, BytesMut};
+    use rosetta_core::front_end::ledger::AutoAck;
+    use rosetta_core::front_end::AlarmPause;
     use rosetta_core::{
         Broker, ConsumerSpec, CoreLimits, Message, Outbound, Properties, QueueDeclare, Table,
     };
@@ -253,7 +229,8 @@ mod tests {
 
         let config = config();
         let mut out = BytesMut::new();
-        let (mut published, mut to_dispatch, mut reported) = (false, Vec::new(), false);
+        let (mut alarm, mut auto_ack, mut reported) =
+            (AlarmPause::default(), AutoAck::default(), false);
         let mut ctx = Ctx {
             broker: &broker,
             vhost: Some(&vhost),
@@ -263,8 +240,8 @@ mod tests {
             cancel_notify: false,
             outbox: &outbox,
             out: &mut out,
-            published: &mut published,
-            to_dispatch: &mut to_dispatch,
+            alarm: &mut alarm,
+            auto_ack: &mut auto_ack,
             undeliverable_reported: &mut reported,
         };
         let message = |body: &'static str| {

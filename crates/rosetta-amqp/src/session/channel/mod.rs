@@ -24,13 +24,14 @@ mod publish;
 mod queue;
 mod tx;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{access, basic, AMQPClass};
 use amq_protocol::types::ShortString;
 use bytes::BytesMut;
+use rosetta_core::front_end::ledger::{give_back, Ledger};
 use rosetta_core::store::Epoch;
 use rosetta_core::{Consumer, Credit, Message, Outbound, Queue, VHost};
 
@@ -39,7 +40,6 @@ use super::held::HeldOutput;
 use super::{Ctx, Exception};
 use crate::codec;
 use crate::convert::properties_to_amqp;
-use ack::Pending;
 use confirm::Confirms;
 pub(super) use consume::channel_of;
 use tx::Tx;
@@ -51,7 +51,8 @@ pub(super) struct Channel {
     closing: bool,
     incoming: Option<Incoming>,
     next_tag: u64,
-    unacked: BTreeMap<u64, Pending>,
+    /// Deliveries the client has not settled, by delivery tag.
+    unacked: Ledger<u64>,
     /// By the client's consumer tag, which is scoped to this channel.
     consumers: HashMap<Arc<str>, (Arc<Queue>, Arc<Consumer>)>,
     /// `basic.qos` global=false: the window of consumers created afterwards.
@@ -79,7 +80,7 @@ impl Channel {
             closing: false,
             incoming: None,
             next_tag: 1,
-            unacked: BTreeMap::new(),
+            unacked: Ledger::default(),
             consumers: HashMap::new(),
             prefetch: 0,
             shared_credit: Credit::new(0),
@@ -158,12 +159,10 @@ impl Channel {
         for (_, (q, c)) in self.consumers.drain() {
             self.vhost.cancel(&q, &c);
         }
-        self.requeue_all();
+        self.unacked.requeue_all();
         for item in self.paused.drain(..) {
             if let Outbound::Deliver(d) = item {
-                if !d.consumer.no_ack {
-                    d.queue.requeue(&[d.seq]);
-                }
+                give_back(&d);
             }
         }
     }

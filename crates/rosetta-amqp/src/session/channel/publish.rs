@@ -25,7 +25,7 @@ impl Channel {
             return Err(Exception::not_implemented(method, "immediate=true"));
         }
         self.incoming = Some(Incoming::new(p));
-        *ctx.published = true;
+        ctx.alarm.published();
         Ok(())
     }
 
