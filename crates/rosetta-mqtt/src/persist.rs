@@ -79,6 +79,9 @@ pub struct StoredSession {
     /// When its last connection ended; `None` while one is open.
     pub disconnected_at_ms: Option<u64>,
     pub subscriptions: Vec<Subscription>,
+    /// The user the session belongs to: another user's CONNECT with its client id is
+    /// refused. `None` for a session stored before sessions had owners.
+    pub user: Option<String>,
 }
 
 impl StoredSession {
@@ -92,6 +95,9 @@ impl StoredSession {
                 .u8(u8::from(s.no_local))
                 .u8(u8::from(s.retain_as_published));
             w.u8(s.retain_handling as u8).u32(s.id);
+        }
+        if let Some(user) = &self.user {
+            w.str(user);
         }
         w.finish()
     }
@@ -120,11 +126,14 @@ impl StoredSession {
                 id,
             });
         }
+        // Added later: a session written before has no owner.
+        let user = if r.at_end() { None } else { Some(r.str()?) };
         r.end()?;
         Ok(StoredSession {
             expiry,
             disconnected_at_ms,
             subscriptions,
+            user,
         })
     }
 }
@@ -275,8 +284,15 @@ mod tests {
                 retain_handling: RetainHandling::DoNotSend,
                 id: 7,
             }],
+            user: Some("alice".into()),
         };
         assert_eq!(StoredSession::decode(&s.encode()).expect("decodes"), s);
+        // A session stored before owners existed decodes with none.
+        let older = StoredSession { user: None, ..s };
+        assert_eq!(
+            StoredSession::decode(&older.encode()).expect("decodes"),
+            older
+        );
     }
 
     #[test]

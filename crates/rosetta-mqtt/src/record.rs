@@ -160,6 +160,12 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Whether every byte has been read: fields added to a record later are read only when
+    /// a record has them.
+    pub fn at_end(&self) -> bool {
+        self.data.is_empty()
+    }
+
     /// Fails if bytes are left over: a record of a different layout.
     pub fn end(&self) -> Result<(), MqttError> {
         if self.data.is_empty() {

@@ -55,6 +55,8 @@ pub(crate) type PacketIds = HashMap<(String, u64), u16>;
 pub(crate) struct Live {
     pub conn_id: ConnectionId,
     pub session: Shared,
+    /// Who logged in: only the same user may take the client id over.
+    pub user: String,
 }
 
 pub struct MqttState {
@@ -209,8 +211,15 @@ impl MqttState {
     }
 
     /// Registers the connection now holding `client_id`; returns the one it replaces.
-    pub(crate) fn register(&self, client_id: &str, live: Live) -> Option<Live> {
-        self.live.lock().insert(client_id.to_owned(), live)
+    /// Makes `live` the holder of `client_id` and returns the connection it takes over, or,
+    /// when another user holds the client id, refuses and leaves that connection alone (the
+    /// check and the takeover are one step, so two logins cannot both pass it).
+    pub(crate) fn register(&self, client_id: &str, live: Live) -> Result<Option<Live>, String> {
+        let mut holders = self.live.lock();
+        if let Some(holder) = holders.get(client_id).filter(|h| h.user != live.user) {
+            return Err(holder.user.clone());
+        }
+        Ok(holders.insert(client_id.to_owned(), live))
     }
 
     /// Forgets `conn_id` as the holder of `client_id`, unless a newer connection holds it.

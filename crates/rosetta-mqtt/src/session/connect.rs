@@ -23,6 +23,9 @@ use crate::topic;
 
 /// The user a client without a user name is known as, when anonymous login is allowed.
 const ANONYMOUS: &str = "anonymous";
+/// Who a client without a user name logs in as otherwise (RabbitMQ's MQTT `default_user` and
+/// `default_pass`): guest, whose loopback-only rule then decides.
+const DEFAULT_LOGIN: (&str, &str) = ("guest", "guest");
 
 /// Receive Maximum when a 5.0 client names none (MQTT 5.0 §3.1.2.11.3).
 const DEFAULT_RECEIVE_MAXIMUM: u16 = 65_535;
@@ -143,11 +146,23 @@ impl Inner {
             return self.refuse_malformed_connect(&MqttError::TopicNameInvalid(why));
         }
         let user = match c.username.as_deref() {
-            // Without a user name there is nothing to check; only `[mqtt] allow_anonymous`
-            // lets such a client in. A password alone (5.0 allows one) names no one either.
+            // Without a user name there is nothing to check; `[mqtt] allow_anonymous` lets
+            // such a client in from anywhere. A password alone (5.0 allows one) names no one
+            // either.
             None if self.state.config.allow_anonymous => ANONYMOUS,
-            name => {
-                let user = name.unwrap_or("");
+            // Otherwise it logs in as guest with guest's default password, as RabbitMQ's MQTT
+            // plugin does, and guest's loopback rule refuses it from elsewhere: so
+            // `mosquitto_pub -h localhost` works out of the box, as with Mosquitto's
+            // local-only default.
+            None => {
+                let (user, password) = DEFAULT_LOGIN;
+                if let Err(failure) = self.state.users.check(user, password, self.peer.ip()) {
+                    return self.refuse(auth_reason(failure), "anonymous login refused");
+                }
+                user
+            }
+            Some(name) => {
+                let user = name;
                 let password = c
                     .password
                     .as_deref()
@@ -160,16 +175,38 @@ impl Inner {
                 user
             }
         };
-        self.user = Some(user.to_owned());
-
+        // A client id belongs to the user whose session holds it: another user could
+        // otherwise take over a device's session and read what is queued for it.
+        let existing = self.state.stored_session(&self.client_id);
+        if existing
+            .as_ref()
+            .and_then(|s| s.user.as_deref())
+            .is_some_and(|owner| owner != user)
+        {
+            return self.refuse(
+                ConnectReasonCode::NotAuthorized,
+                "client id belongs to another user's session",
+            );
+        }
         // Takeover: one connection per client id ([MQTT-3.1.4-3]). The old connection's
         // session is detached here, synchronously, so the session below resumes from a settled
         // state; the old connection is then told to close.
         let live = Live {
             conn_id: self.conn_id,
             session: me.clone(),
+            user: user.to_owned(),
         };
-        if let Some(old) = self.state.register(&self.client_id, live) {
+        let taken_over = match self.state.register(&self.client_id, live) {
+            Ok(taken_over) => taken_over,
+            Err(_) => {
+                return self.refuse(
+                    ConnectReasonCode::NotAuthorized,
+                    "client id is held by another user's connection",
+                );
+            }
+        };
+        self.user = Some(user.to_owned());
+        if let Some(old) = taken_over {
             let mut old_session = old.session.lock();
             old_session.end(End::TakenOver);
             let _ = old_session
@@ -186,7 +223,6 @@ impl Inner {
         } else {
             NEVER_EXPIRES
         };
-        let existing = self.state.stored_session(&self.client_id);
         // The store writes CONNACK confirms: a session discarded, resumed or written down.
         let mut durable_at = None;
         if c.clean_start && existing.is_some() {
@@ -356,6 +392,7 @@ impl Inner {
             expiry: self.expiry,
             disconnected_at_ms,
             subscriptions: self.subscriptions.values().cloned().collect(),
+            user: self.user.clone(),
         };
         self.state.save_session(&self.client_id, stored)
     }
