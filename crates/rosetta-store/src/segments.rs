@@ -45,6 +45,8 @@ use crate::fs::{FileSystem, SegmentFile};
 
 /// A segment takes no more appends once it is this large.
 const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
+/// How often compaction looks for a sparse segment.
+const SPARSE_SCAN_EVERY: Duration = Duration::from_secs(1);
 /// Length and checksum before each record.
 const RECORD_HEADER: usize = 8;
 const EXTENSION: &str = "seg";
@@ -109,6 +111,9 @@ pub struct Segments {
     /// Segments compaction copied what it could from: never picked again (a body that cannot
     /// be read stays behind, and would otherwise have its segment picked over and over).
     compacted: Mutex<HashSet<u32>>,
+    /// When [`Segments::sparse_segment`] may look again: it asks every segment file its size,
+    /// which is too many system calls to make after each of thousands of commits a second.
+    next_sparse_scan: Mutex<Instant>,
     /// The next segment number to create.
     next: Mutex<u32>,
     /// Segments with no live body left and no more appends coming, to delete once the
@@ -140,6 +145,7 @@ impl Segments {
             active: Mutex::new(None),
             live: Mutex::new(HashMap::new()),
             compacted: Mutex::new(HashSet::new()),
+            next_sparse_scan: Mutex::new(Instant::now()),
             // Never append to a segment from before the restart: its tail may be torn.
             next: Mutex::new(highest + 1),
             retired: Mutex::new(Vec::new()),
@@ -292,6 +298,14 @@ impl Segments {
     /// A segment worth compacting: not being appended to, less than half of it live, and no
     /// body of it released for `quiet`. The sparsest such segment.
     pub fn sparse_segment(&self, quiet: Duration) -> Option<u32> {
+        {
+            let mut next = self.next_sparse_scan.lock();
+            let now = Instant::now();
+            if now < *next {
+                return None;
+            }
+            *next = now + SPARSE_SCAN_EVERY;
+        }
         let active = self.active.lock().as_ref().map(|a| a.segment);
         let compacted = self.compacted.lock();
         let live = self.live.lock();
