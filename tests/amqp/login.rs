@@ -220,3 +220,30 @@ fn loopback_only_users_are_refused_over_another_address_and_others_are_not() {
         "remote refused over {ip}"
     );
 }
+
+#[test]
+fn the_administrator_named_by_the_environment_logs_in_from_another_address() {
+    let Some(ip) = non_loopback_address() else {
+        eprintln!("skipped: this machine has no address besides loopback");
+        return;
+    };
+    // The container image's configuration: guest confined to loopback, the administrator
+    // from the environment.
+    let broker = Broker::builder()
+        .config("[amqp]\nlisten = \"0.0.0.0:0\"\n[limits]\nfailed_login_delay_ms = 0\n")
+        .env("ROSETTA_DEFAULT_USER", "admin")
+        .env("ROSETTA_DEFAULT_PASS", "from-env")
+        .start();
+    let outside = SocketAddr::new(ip, broker.amqp_port());
+    let mut conn = RawConnection::connect(outside).expect("tcp connect");
+    conn.start().expect("connection.start");
+    conn.start_ok_plain("admin", "from-env").expect("start-ok");
+    assert!(conn.read_tune().is_ok(), "admin refused over {ip}");
+    let mut guest = RawConnection::connect(outside).expect("tcp connect");
+    guest.start().expect("connection.start");
+    guest.start_ok_plain("guest", "guest").expect("start-ok");
+    let close = guest
+        .expect_connection_close(REPLY_DEADLINE)
+        .expect("guest refused from outside");
+    assert_eq!(close.reply_code, code::ACCESS_REFUSED, "{close:?}");
+}

@@ -59,6 +59,25 @@ fn check_config_accepts_the_default_file() {
 }
 
 #[test]
+fn a_default_user_password_without_its_name_is_a_config_error_naming_the_variables() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(binary())
+        .args(["check-config"])
+        .current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .env_remove("ROSETTA_DEFAULT_USER")
+        .env("ROSETTA_DEFAULT_PASS", "pw")
+        .output()
+        .expect("run rosetta");
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("ROSETTA_DEFAULT_PASS") && stderr.contains("ROSETTA_DEFAULT_USER"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn check_config_without_a_file_uses_the_built_in_default() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = rosetta(dir.path(), &["check-config"]);

@@ -201,6 +201,14 @@ impl BrokerBuilder {
             if config.listener_enabled(protocol) && !expected.iter().any(|p| p == protocol) {
                 expected.push(protocol.to_string());
             }
+            // A TLS listener logs as `amqps`, `mqtts`, `stomps`, `https`.
+            let tls = format!("{protocol}s");
+            if config.listener_enabled(protocol)
+                && config.get(protocol, "tls_listen").is_some()
+                && !expected.contains(&tls)
+            {
+                expected.push(tls);
+            }
         }
         let config_path = dir.path().join("broker.toml");
         std::fs::write(&config_path, config.render())
@@ -522,6 +530,11 @@ impl Broker {
         if self.reap(STOP_DEADLINE).is_none() {
             panic!("broker did not exit after SIGKILL\n{}", self.log());
         }
+    }
+
+    /// Sends SIGHUP: the broker reloads its TLS certificates.
+    pub fn hangup(&self) {
+        self.signal(Signal::HUP);
     }
 
     /// Sends SIGTERM and returns at once, so a test can watch the shutdown as it happens;

@@ -32,9 +32,10 @@ fn a_connect_without_a_user_name_logs_in_as_guest_over_loopback() {
     let (_raw, ack) = raw5(port, anonymous5(&unique("anon")));
     assert_eq!(ack.reason_code, v5::ConnectReasonCode::Success);
     let shown = rosetta_tests::wait_until(WAIT, || {
-        broker.log().lines().any(|l| {
-            l.contains("connection opened") && l.contains("mqtt") && l.contains("guest")
-        })
+        broker
+            .log()
+            .lines()
+            .any(|l| l.contains("connection opened") && l.contains("mqtt") && l.contains("guest"))
     });
     assert!(shown, "the connection is logged as user guest");
 }

@@ -85,7 +85,10 @@ fn the_api_is_authorised_by_tags_as_rabbitmq_does() {
         }
         // ...but only an administrator deletes or purges.
         for user in ["watch", "team"] {
-            for path in ["/api/queues/%2F/tagged.q/contents", "/api/queues/%2F/tagged.q"] {
+            for path in [
+                "/api/queues/%2F/tagged.q/contents",
+                "/api/queues/%2F/tagged.q",
+            ] {
                 let change = request(http, "DELETE", path, Some((user, "pw")));
                 assert_eq!(change.status, 401, "{user} {path}: {}", change.body);
                 assert_eq!(change.json()["reason"], "Not administrator user");

@@ -107,6 +107,12 @@ class Broker:
             for protocol in ("amqp", "mqtt", "stomp", "http")
             if protocol in config and config[protocol].get("enabled", True)
         ]
+        # A TLS listener logs as "amqps", "mqtts", "stomps" or "https".
+        self.expected += [
+            protocol + "s"
+            for protocol in ("amqp", "mqtt", "stomp", "http")
+            if protocol in self.expected and "tls_listen" in config[protocol]
+        ]
         self.process = None
         self.lines = []
         self.listeners = {}
@@ -171,6 +177,10 @@ class Broker:
     def mqtt_port(self) -> int:
         """The MQTT listener's port (enable it with MQTT_CONFIG or `[mqtt] enabled = true`)."""
         return self.listeners["mqtt"][1]
+
+    def port(self, listener: str) -> int:
+        """The port of a listener as logged: "amqp", "amqps", "mqtts", ..."""
+        return self.listeners[listener][1]
 
     def params(self, user="guest", password="guest", **kwargs) -> pika.ConnectionParameters:
         kwargs.setdefault("connection_attempts", 1)

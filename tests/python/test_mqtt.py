@@ -154,12 +154,23 @@ def test_paho_5_message_carries_the_ids_of_every_matching_subscription(mqtt_brok
     sub.no_message()
 
 
-def test_paho_connects_without_credentials_only_when_anonymous_login_is_allowed(make_broker, clients):
-    closed = make_broker(MQTT_CONFIG)
+def test_paho_without_credentials_logs_in_as_guest_and_is_refused_once_guest_is_gone(make_broker, clients):
+    # Over loopback a client without a user name logs in as guest, as with RabbitMQ, so
+    # `mosquitto_pub -h localhost` works out of the box.
+    default = make_broker(MQTT_CONFIG)
+    for version in (mqtt.MQTTv311, mqtt.MQTTv5):
+        anon = Client(default.mqtt_port, name("anon"), version, credentials=None)
+        clients.append(anon)
+        anon.subscribe("anon/t")
+        anon.publish("anon/t", "hi")
+        assert anon.message().payload == b"hi"
+
+    # Without guest there is nobody to log in as.
+    guestless = make_broker(MQTT_CONFIG + '\n[[users]]\nname = "alice"\npassword = "pw"\n')
     refused = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name("anon"), protocol=mqtt.MQTTv311)
     codes = queue.Queue()
     refused.on_connect = lambda c, u, flags, rc, props: codes.put(rc)
-    refused.connect("127.0.0.1", closed.mqtt_port, keepalive=30)
+    refused.connect("127.0.0.1", guestless.mqtt_port, keepalive=30)
     refused.loop_start()
     try:
         rc = codes.get(timeout=WAIT)
@@ -168,6 +179,7 @@ def test_paho_connects_without_credentials_only_when_anonymous_login_is_allowed(
     finally:
         refused.loop_stop()
 
+    # allow_anonymous accepts such clients from anywhere, as user anonymous.
     open_broker = make_broker(MQTT_CONFIG + "allow_anonymous = true\n")
     for version in (mqtt.MQTTv311, mqtt.MQTTv5):
         anon = Client(open_broker.mqtt_port, name("anon"), version, credentials=None)

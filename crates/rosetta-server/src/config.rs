@@ -4,6 +4,7 @@
 //! silently leaving its default in place. Every error names the key and, when it can be found in
 //! the text, its line.
 
+mod default_user;
 mod listen;
 mod locate;
 #[cfg(test)]
@@ -56,6 +57,28 @@ pub struct Config {
     pub vhosts: Vec<VHostConfig>,
     pub limits: Limits,
     pub log: LogConfig,
+    /// Certificates for the `tls_listen` listeners; absent, no listener speaks TLS.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[tls]`: the server's certificate and key, and how client certificates are checked. Paths
+/// are relative to the working directory. Read at startup and again on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM: the server's certificate first, then the intermediates.
+    pub cert_file: PathBuf,
+    /// PEM: the certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// PEM: the certificate authorities client certificates are verified against.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Ask clients for a certificate and verify any they present against `ca_file`.
+    #[serde(default)]
+    pub verify_peer: bool,
+    /// With `verify_peer`, refuse clients that present no certificate.
+    #[serde(default)]
+    pub fail_if_no_peer_cert: bool,
 }
 
 /// The daemon itself, whatever the protocols.
@@ -79,6 +102,8 @@ pub struct StorageConfig {
 pub struct ListenerConfig {
     pub enabled: bool,
     pub listen: SocketAddr,
+    /// The same service over TLS; absent, none.
+    pub tls_listen: Option<SocketAddr>,
 }
 
 /// The AMQP listener. Its fields repeat [`ListenerConfig`]'s because `serde(flatten)` would
@@ -89,6 +114,9 @@ pub struct AmqpConfig {
     pub enabled: bool,
     #[serde(deserialize_with = "listen::deserialize")]
     pub listen: SocketAddr,
+    /// The same listener over TLS (`[tls]`); absent, none.
+    #[serde(deserialize_with = "listen::deserialize_some")]
+    pub tls_listen: Option<SocketAddr>,
     /// Seconds proposed in `connection.tune`; 0 disables heartbeats.
     pub heartbeat: u16,
 }
@@ -101,6 +129,9 @@ pub struct StompConfig {
     pub enabled: bool,
     #[serde(deserialize_with = "listen::deserialize")]
     pub listen: SocketAddr,
+    /// The same listener over TLS (`[tls]`); absent, none.
+    #[serde(deserialize_with = "listen::deserialize_some")]
+    pub tls_listen: Option<SocketAddr>,
     /// Heart-beat interval in milliseconds offered in CONNECTED for both directions; 0 disables.
     pub heartbeat_ms: u32,
     /// Most header lines one frame may carry.
@@ -117,6 +148,9 @@ pub struct MqttConfig {
     pub enabled: bool,
     #[serde(deserialize_with = "listen::deserialize")]
     pub listen: SocketAddr,
+    /// The same listener over TLS (`[tls]`); absent, none.
+    #[serde(deserialize_with = "listen::deserialize_some")]
+    pub tls_listen: Option<SocketAddr>,
     /// The virtual host MQTT clients use.
     pub vhost: String,
     /// Largest packet accepted, in bytes, fixed header included.
@@ -317,6 +351,7 @@ fn listener(port: u16) -> ListenerConfig {
     ListenerConfig {
         enabled: true,
         listen: any_ipv4(port),
+        tls_listen: None,
     }
 }
 
@@ -343,6 +378,7 @@ impl Default for Config {
             vhosts: vec![VHostConfig { name: "/".into() }],
             limits: Limits::default(),
             log: LogConfig::default(),
+            tls: None,
         }
     }
 }
@@ -368,6 +404,7 @@ impl Default for AmqpConfig {
         AmqpConfig {
             enabled: true,
             listen: any_ipv4(5672),
+            tls_listen: None,
             heartbeat: 60,
         }
     }
@@ -378,6 +415,7 @@ impl Default for StompConfig {
         StompConfig {
             enabled: true,
             listen: any_ipv4(61613),
+            tls_listen: None,
             heartbeat_ms: 10_000,
             max_headers: 1000,
             max_header_length: 65_536,
@@ -390,6 +428,7 @@ impl Default for MqttConfig {
         MqttConfig {
             enabled: true,
             listen: any_ipv4(1883),
+            tls_listen: None,
             vhost: "/".into(),
             max_packet_size: 16 * 1024 * 1024,
             max_inflight: 100,

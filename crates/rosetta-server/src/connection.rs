@@ -14,10 +14,11 @@ use bytes::BytesMut;
 use rosetta_core::auth;
 use rosetta_core::front_end::{Flow, Heartbeats, Session};
 use rosetta_core::{Outbound, Unwritten};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::watch;
+use tokio_rustls::server::TlsStream;
 
 use crate::state::ServerState;
 
@@ -43,11 +44,20 @@ const IDLE_RELEASE: Duration = Duration::from_secs(1);
 /// looking again; only signals and traffic matter to it.
 const NOTHING_DUE: Duration = Duration::from_secs(3600);
 
-/// Reads what the socket has into `input`, which gets its memory only once bytes are there: a
-/// small buffer for a quiet connection, room for a whole chunk once it is busy. Cancel-safe:
-/// bytes are consumed only by the read that completes.
-async fn read_some(stream: &mut TcpStream, input: &mut BytesMut) -> std::io::Result<usize> {
-    poll_fn(|cx| stream.poll_read_ready(cx)).await?;
+/// A client connection's byte stream: plain TCP, or TLS over TCP. The driver is generic over
+/// it, so the plain path is compiled for `TcpStream` alone, with no dynamic dispatch per read.
+pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Reads what the stream has into `input`. Cancel-safe: bytes are consumed only by the read
+    /// that completes.
+    fn read_some(
+        &mut self,
+        input: &mut BytesMut,
+    ) -> impl Future<Output = std::io::Result<usize>> + Send;
+}
+
+/// Makes room in `input` for a read: a small buffer for a quiet connection, room for a whole
+/// chunk once it is busy.
+fn reserve_input(input: &mut BytesMut) {
     if input.capacity() - input.len() < INITIAL_INPUT / 2 {
         input.reserve(if input.capacity() == 0 {
             INITIAL_INPUT
@@ -55,9 +65,26 @@ async fn read_some(stream: &mut TcpStream, input: &mut BytesMut) -> std::io::Res
             READ_CHUNK
         });
     }
-    // `read_buf` rather than `try_read_buf`: after a short read it lets tokio forget the
-    // readiness, which saves a read that would only return EAGAIN.
-    stream.read_buf(input).await
+}
+
+impl Transport for TcpStream {
+    /// `input` gets its memory only once bytes are there: readiness first, then the read.
+    async fn read_some(&mut self, input: &mut BytesMut) -> std::io::Result<usize> {
+        poll_fn(|cx| self.poll_read_ready(cx)).await?;
+        reserve_input(input);
+        // `read_buf` rather than `try_read_buf`: after a short read it lets tokio forget the
+        // readiness, which saves a read that would only return EAGAIN.
+        self.read_buf(input).await
+    }
+}
+
+impl Transport for TlsStream<TcpStream> {
+    /// Records may already hold decrypted bytes that socket readiness would not announce, so
+    /// the buffer is reserved before waiting (an idle TLS connection keeps its small one).
+    async fn read_some(&mut self, input: &mut BytesMut) -> std::io::Result<usize> {
+        reserve_input(input);
+        self.read_buf(input).await
+    }
 }
 
 /// The next item of the session's outbox, picking the receiver up once the session has one.
@@ -78,15 +105,14 @@ fn next_outbound<'a, S: Session>(
 
 /// Runs one connection until it closes: the socket, the session's outbox (`outbox`, or the one
 /// the session creates later), the store's durable point, timers and broker-wide signals.
-pub(crate) async fn drive<S: Session>(
-    mut stream: TcpStream,
+pub(crate) async fn drive<S: Session, T: Transport>(
+    mut stream: T,
     peer: SocketAddr,
     mut session: S,
     mut outbox: Option<UnboundedReceiver<Outbound>>,
     state: Arc<ServerState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let _ = stream.set_nodelay(true);
     let registration = state.connections.register(S::PROTOCOL, peer);
     let traffic = state.metrics.traffic(S::PROTOCOL);
     let mut durable = state.broker.store().subscribe_durable();
@@ -117,7 +143,7 @@ pub(crate) async fn drive<S: Session>(
         let mut refused = 0;
         loop {
             let keep = tokio::select! {
-                read = read_some(&mut stream, &mut input), if !session.reading_paused() => match read {
+                read = stream.read_some(&mut input), if !session.reading_paused() => match read {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
                         traffic.received.inc_by(n as u64);
@@ -198,7 +224,8 @@ pub(crate) async fn drive<S: Session>(
                 }
             }
             if let Some(out) = session.take_output() {
-                if stream.write_all(&out).await.is_err() {
+                // `flush` hands TLS records still buffered to the socket; a no-op on TCP.
+                if stream.write_all(&out).await.is_err() || stream.flush().await.is_err() {
                     break;
                 }
                 traffic.sent.inc_by(out.len() as u64);

@@ -1,6 +1,7 @@
 //! The server crate's one error type: what can stop the broker from starting or running.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -20,6 +21,15 @@ pub enum Error {
     Metrics(#[from] prometheus::Error),
     #[error("mqtt: {0}")]
     Mqtt(#[from] rosetta_mqtt::MqttError),
+    /// A `[tls]` file that cannot be used; `key` names the setting (`cert_file`, ...).
+    #[error("tls {key} {}: {reason}", path.display())]
+    TlsFile {
+        key: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("tls: {0}")]
+    Tls(String),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
 }

@@ -11,7 +11,9 @@ mod listener;
 pub mod logging;
 mod metrics;
 mod resources;
+mod services;
 mod state;
+mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +30,9 @@ use connections::Connections;
 pub use error::Error;
 use lifecycle::Lifecycle;
 use metrics::Metrics;
+use services::{bind, Accept, Amqp, Http, Mqtt, Stomp};
 use state::ServerState;
+use tls::Tls;
 
 /// How often queues expire TTL'd messages and `x-expires` queues are collected.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(100);
@@ -46,6 +50,11 @@ pub fn run(config: Config) -> Result<(), Error> {
     runtime.block_on(serve(config))
 }
 
+/// Reads the `[tls]` files as the broker would at startup, for `rosetta check-config`.
+pub fn check_tls(config: &Config) -> Result<(), Error> {
+    config.tls.as_ref().map(Tls::load).transpose().map(|_| ())
+}
+
 fn open_store(config: &Config) -> Result<Arc<SledStore>, Error> {
     let path = &config.storage.path;
     SledStore::open(path)
@@ -60,6 +69,15 @@ async fn serve(config: Config) -> Result<(), Error> {
     // Handlers first: a SIGTERM that arrives while the store recovers or the listeners open must
     // mean a clean shutdown, not the default action (death without flushing).
     let signal = shutdown_signal();
+    let hangup = hangup_signal();
+    // Certificate files first: a TLS setting that cannot work stops the broker before anything
+    // is opened.
+    let tls = config
+        .tls
+        .as_ref()
+        .map(Tls::load)
+        .transpose()?
+        .map(Arc::new);
     let store = open_store(&config)?;
     let metrics = Metrics::new()?;
     store.observe_flushes(metrics.flush_observer());
@@ -120,98 +138,65 @@ async fn serve(config: Config) -> Result<(), Error> {
 
     // Bind everything first so a taken port fails startup before anything is served.
     let amqp = if config.amqp.enabled {
-        Some(listener::bind("amqp", config.amqp.listen).await?)
+        Some(bind("amqp", config.amqp.listen, config.amqp.tls_listen).await?)
     } else {
         None
     };
     let stomp = if config.stomp.enabled {
         rosetta_stomp::owner::adopt_queues_made_before_owners(&broker)?;
-        Some(listener::bind("stomp", config.stomp.listen).await?)
+        Some(bind("stomp", config.stomp.listen, config.stomp.tls_listen).await?)
     } else {
         None
     };
     let mqtt = if config.mqtt.enabled {
         let mqtt = MqttState::open(broker.clone(), state.users.clone(), mqtt_config(&config))?;
-        Some((listener::bind("mqtt", config.mqtt.listen).await?, mqtt))
+        let listeners = bind("mqtt", config.mqtt.listen, config.mqtt.tls_listen).await?;
+        Some((listeners, mqtt))
     } else {
         None
     };
     let http = if config.http.enabled {
-        Some(listener::bind("http", config.http.listen).await?)
+        Some(bind("http", config.http.listen, config.http.tls_listen).await?)
     } else {
         None
     };
 
     let mut tasks = Vec::new();
-    if let Some(l) = amqp {
-        let state = state.clone();
-        tasks.push(tokio::spawn(listener::accept_loop(
-            "amqp",
-            l,
-            limit.clone(),
-            shutdown_rx.clone(),
-            move |stream, peer, shutdown| {
-                let (session, outbox) = rosetta_amqp::session::Session::new(
-                    state.broker.clone(),
-                    state.users.clone(),
-                    state.amqp.clone(),
-                    peer,
-                );
-                connection::drive(stream, peer, session, Some(outbox), state.clone(), shutdown)
-            },
-        )));
+    let clients = Accept {
+        tls: tls.clone(),
+        limit: limit.clone(),
+        shutdown: shutdown_rx.clone(),
+    };
+    if let Some(listeners) = amqp {
+        clients.start(&mut tasks, listeners, Amqp(state.clone()));
     }
-    if let Some((l, mqtt)) = mqtt {
-        let state = state.clone();
+    if let Some((listeners, mqtt)) = mqtt {
         tasks.push(tokio::spawn(mqtt_housekeeping(
             mqtt.clone(),
             shutdown_rx.clone(),
         )));
-        tasks.push(tokio::spawn(listener::accept_loop(
-            "mqtt",
-            l,
-            limit.clone(),
-            shutdown_rx.clone(),
-            move |stream, peer, shutdown| {
-                // The session creates its outbox on the first subscription; the driver picks it
-                // up then.
-                let session = rosetta_mqtt::Session::new(mqtt.clone(), peer);
-                connection::drive(stream, peer, session, None, state.clone(), shutdown)
-            },
-        )));
+        clients.start(&mut tasks, listeners, Mqtt(state.clone(), mqtt));
     }
-    if let Some(l) = stomp {
-        let state = state.clone();
-        tasks.push(tokio::spawn(listener::accept_loop(
-            "stomp",
-            l,
-            limit.clone(),
-            shutdown_rx.clone(),
-            move |stream, peer, shutdown| {
-                let (session, outbox) = rosetta_stomp::session::Session::new(
-                    state.broker.clone(),
-                    state.users.clone(),
-                    state.stomp.clone(),
-                    peer,
-                );
-                connection::drive(stream, peer, session, Some(outbox), state.clone(), shutdown)
-            },
-        )));
+    if let Some(listeners) = stomp {
+        clients.start(&mut tasks, listeners, Stomp(state.clone()));
     }
+    tasks.push(tokio::spawn(reload_on_hangup(
+        hangup,
+        tls.clone(),
+        shutdown_rx.clone(),
+    )));
     // The HTTP endpoint has its own stop signal: it keeps answering (health checks see 503)
     // while connections drain, and stops once the store is flushed.
     let (http_stop_tx, http_stop_rx) = watch::channel(false);
-    let http = http.map(|l| {
-        let state = state.clone();
-        let limit = Arc::new(Semaphore::new(http::MAX_CONNECTIONS));
-        tokio::spawn(listener::accept_loop(
-            "http",
-            l,
-            limit,
-            http_stop_rx,
-            move |stream, peer, stop| http::serve_connection(stream, peer, state.clone(), stop),
-        ))
-    });
+    let mut http_tasks = Vec::new();
+    if let Some(listeners) = http {
+        let operators = Accept {
+            tls: tls.clone(),
+            limit: Arc::new(Semaphore::new(http::MAX_CONNECTIONS)),
+            shutdown: http_stop_rx,
+        };
+        operators.start(&mut http_tasks, listeners, Http(state.clone()));
+    }
     let housekeeping = {
         let broker = broker.clone();
         let mut shutdown = shutdown_rx.clone();
@@ -273,10 +258,47 @@ async fn serve(config: Config) -> Result<(), Error> {
         Err(e) => tracing::error!(error = %e, "final store flush panicked"),
     }
     let _ = http_stop_tx.send(true);
-    if let Some(task) = http {
+    for task in http_tasks {
         let _ = task.await;
     }
     Ok(())
+}
+
+/// Reloads the TLS certificates on each SIGHUP until shutdown. A failed reload is logged and
+/// the certificates in force stay.
+async fn reload_on_hangup(
+    hangup: Option<tokio::signal::unix::Signal>,
+    tls: Option<Arc<Tls>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let Some(mut hangup) = hangup else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            got = hangup.recv() => {
+                if got.is_none() {
+                    return;
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+        match &tls {
+            None => tracing::info!("SIGHUP: no [tls] configured, nothing to reload"),
+            Some(tls) => match tls.reload() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificates reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: TLS reload failed; the previous certificates stay in use")
+                }
+            },
+        }
+    }
+}
+
+/// Installs the SIGHUP handler now, so a SIGHUP while the broker starts does not end it.
+fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{signal, SignalKind};
+    signal(SignalKind::hangup()).ok()
 }
 
 /// The MQTT front-end's settings from `[mqtt]`.

@@ -57,6 +57,7 @@ pub(crate) async fn accept_loop<F, Fut>(
             drop(stream);
             continue;
         };
+        let _ = stream.set_nodelay(true);
         // Boxed: a future captured by the `async` block below is stored twice in the task (once
         // as captured, once while awaited), which for a connection's driver is most of what an
         // idle connection costs.

@@ -29,7 +29,7 @@ pub(crate) struct ServerState {
 #[cfg(test)]
 impl ServerState {
     /// A broker over `store` with the `/` virtual host and the user guest/guest (loopback
-    /// only), no resource alarm, and small default session settings.
+    /// only, administrator), no resource alarm, and small default session settings.
     pub(crate) fn for_tests(store: Arc<dyn rosetta_core::store::Store>) -> Arc<ServerState> {
         let broker = Broker::open(
             store,
@@ -37,11 +37,15 @@ impl ServerState {
             rosetta_core::CoreLimits::default(),
         )
         .expect("broker");
-        let users = Users::new(vec![rosetta_core::User {
-            name: "guest".into(),
-            password: "guest".into(),
-            loopback_only: true,
-        }]);
+        // An administrator, as the default guest is: the management API lets it delete queues.
+        let users = Users::tagged(vec![(
+            rosetta_core::User {
+                name: "guest".into(),
+                password: "guest".into(),
+                loopback_only: true,
+            },
+            vec![rosetta_core::auth::Tag::Administrator],
+        )]);
         let (_alarm_tx, alarm) = watch::channel(false);
         Arc::new(ServerState {
             broker,

@@ -62,7 +62,8 @@ fn execute(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Some(Command::PrintDefaultConfig) => write_stdout(DEFAULT_TOML)?,
         Some(Command::CheckConfig) => {
-            load(cli.config.as_deref())?;
+            let config = load(cli.config.as_deref())?;
+            rosetta_server::check_tls(&config)?;
             write_stdout("config OK\n")?;
         }
         Some(Command::HashPassword) => {
@@ -125,7 +126,8 @@ fn load(explicit: Option<&Path>) -> Result<Config> {
         None if Path::new(LOCAL_CONFIG).is_file() => Config::load(Path::new(LOCAL_CONFIG))?,
         None => Config::from_toml_str(DEFAULT_TOML, "built-in default config")?,
     };
-    Ok(config)
+    // ROSETTA_DEFAULT_USER and its password: the administrator of a container deployment.
+    Ok(config.with_default_user_from_env()?)
 }
 
 /// Writes to stdout; a closed pipe (`rosetta print-default-config | head`) is not an error.

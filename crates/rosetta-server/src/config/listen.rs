@@ -15,7 +15,7 @@ pub(super) fn deserialize<'de, D: Deserializer<'de>>(
     deserializer.deserialize_any(ListenVisitor)
 }
 
-fn deserialize_some<'de, D: Deserializer<'de>>(
+pub(super) fn deserialize_some<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<SocketAddr>, D::Error> {
     deserialize(deserializer).map(Some)
@@ -71,6 +71,8 @@ struct PartialListener {
     enabled: Option<bool>,
     #[serde(default, deserialize_with = "deserialize_some")]
     listen: Option<SocketAddr>,
+    #[serde(default, deserialize_with = "deserialize_some")]
+    tls_listen: Option<SocketAddr>,
 }
 
 /// Deserializes a listener section, filling what is left out with `enabled = true` and
@@ -84,5 +86,6 @@ pub(super) fn section<'de, D: Deserializer<'de>, const PORT: u16>(
         listen: partial
             .listen
             .unwrap_or_else(|| SocketAddr::from((Ipv4Addr::UNSPECIFIED, PORT))),
+        tls_listen: partial.tls_listen,
     })
 }

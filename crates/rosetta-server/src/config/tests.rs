@@ -1,4 +1,5 @@
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use rosetta_core::auth::Tag;
 
@@ -400,4 +401,74 @@ fn failed_login_delay_is_read_and_bounded() {
         (Some(2), Some("limits.failed_login_delay_ms"))
     );
     assert!(shown.contains("at most 10000"), "{shown}");
+}
+
+const TLS: &str =
+    "[tls]\ncert_file = \"/etc/rosetta/server.pem\"\nkey_file = \"/etc/rosetta/server.key\"\n";
+
+#[test]
+fn tls_section_and_tls_listen_keys_are_read() {
+    let text = format!(
+        "{TLS}ca_file = \"/etc/rosetta/ca.pem\"\nverify_peer = true\nfail_if_no_peer_cert = true\n\
+         [amqp]\ntls_listen = \"0.0.0.0:5671\"\n[mqtt]\ntls_listen = 8883\n\
+         [stomp]\ntls_listen = \"0.0.0.0:61614\"\n[http]\ntls_listen = \"0.0.0.0:15691\"\n"
+    );
+    let config = parse(&text).expect("valid");
+    let tls = config.tls.expect("[tls]");
+    assert_eq!(tls.cert_file, PathBuf::from("/etc/rosetta/server.pem"));
+    assert_eq!(tls.key_file, PathBuf::from("/etc/rosetta/server.key"));
+    assert_eq!(tls.ca_file, Some(PathBuf::from("/etc/rosetta/ca.pem")));
+    assert!(tls.verify_peer && tls.fail_if_no_peer_cert);
+    assert_eq!(config.amqp.tls_listen, Some(addr("0.0.0.0:5671")));
+    assert_eq!(config.mqtt.tls_listen, Some(addr("0.0.0.0:8883")));
+    assert_eq!(config.stomp.tls_listen, Some(addr("0.0.0.0:61614")));
+    assert_eq!(config.http.tls_listen, Some(addr("0.0.0.0:15691")));
+    // Absent: no TLS listener, and no [tls] needed.
+    let plain = Config::default();
+    assert_eq!(plain.tls, None);
+    assert_eq!(plain.amqp.tls_listen, None);
+    assert_eq!(plain.http.tls_listen, None);
+}
+
+#[test]
+fn tls_listen_without_a_tls_section_names_the_key() {
+    for section in ["amqp", "mqtt", "stomp", "http"] {
+        let (line, key, shown) = error(&format!("[{section}]\ntls_listen = 7000\n"));
+        assert_eq!(line, Some(2), "{shown}");
+        assert_eq!(key, Some(format!("{section}.tls_listen")));
+        assert!(shown.contains("needs a [tls] section"), "{shown}");
+    }
+}
+
+#[test]
+fn tls_settings_that_cannot_work_name_their_key() {
+    let (line, key, _) = error("[tls]\ncert_file = \"c\"\n");
+    assert_eq!((line, key.as_deref()), (Some(1), Some("tls")));
+    let (line, key, shown) = error(&format!("{TLS}verify_peer = true\n"));
+    assert_eq!((line, key.as_deref()), (Some(4), Some("tls.verify_peer")));
+    assert!(shown.contains("ca_file"), "{shown}");
+    let (line, key, _) = error(&format!("{TLS}fail_if_no_peer_cert = true\n"));
+    assert_eq!(
+        (line, key.as_deref()),
+        (Some(4), Some("tls.fail_if_no_peer_cert"))
+    );
+    let (line, key, _) = error(&format!("{TLS}verify = true\n"));
+    assert_eq!((line, key.as_deref()), (Some(4), Some("tls.verify")));
+}
+
+#[test]
+fn a_tls_listener_may_not_share_a_port_with_another_listener() {
+    let (line, key, shown) = error(&format!(
+        "{TLS}[amqp]\nlisten = 5671\ntls_listen = \"127.0.0.1:5671\"\n"
+    ));
+    assert_eq!((line, key.as_deref()), (Some(6), Some("amqp.tls_listen")));
+    assert!(shown.contains("amqp.listen"), "{shown}");
+    parse(&format!(
+        "{TLS}[amqp]\ntls_listen = 5671\n[mqtt]\ntls_listen = 8883\n"
+    ))
+    .expect("distinct ports");
+    parse(&format!(
+        "{TLS}[amqp]\nenabled = false\ntls_listen = 1883\n"
+    ))
+    .expect("a disabled listener's tls_listen never clashes");
 }

@@ -98,6 +98,7 @@ pub(super) fn validate(config: &Config) -> Result<(), Violation> {
         ));
     }
     unique_names("vhosts", config.vhosts.iter().map(|v| v.name.as_str()))?;
+    tls(config)?;
     listeners_distinct(config)?;
     if let Err(err) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
         return Err(violation(
@@ -184,29 +185,73 @@ fn unique_names<'a>(
     Ok(())
 }
 
+/// A `tls_listen` needs `[tls]`; client certificates need the authorities to check them with.
+fn tls(config: &Config) -> Result<(), Violation> {
+    let Some(tls) = &config.tls else {
+        for (section, tls_listen) in [
+            ("amqp", config.amqp.tls_listen),
+            ("mqtt", config.mqtt.tls_listen),
+            ("stomp", config.stomp.tls_listen),
+            ("http", config.http.tls_listen),
+        ] {
+            if tls_listen.is_some() {
+                return Err(violation(
+                    KeyPath::new(section, "tls_listen"),
+                    "needs a [tls] section with `cert_file` and `key_file`",
+                ));
+            }
+        }
+        return Ok(());
+    };
+    if tls.verify_peer && tls.ca_file.is_none() {
+        return Err(violation(
+            KeyPath::new("tls", "verify_peer"),
+            "needs `ca_file`, the certificate authorities client certificates are verified against",
+        ));
+    }
+    if tls.fail_if_no_peer_cert && !tls.verify_peer {
+        return Err(violation(
+            KeyPath::new("tls", "fail_if_no_peer_cert"),
+            "has no effect without `verify_peer = true`",
+        ));
+    }
+    Ok(())
+}
+
 /// Two enabled listeners cannot bind the same port when their addresses overlap. A wildcard
 /// address overlaps every address of the port (and `[::]` usually covers IPv4 too), so that counts
 /// as a clash. Port 0 asks the OS for a free port and never clashes.
 fn listeners_distinct(config: &Config) -> Result<(), Violation> {
-    let listeners: [(&'static str, bool, SocketAddr); 4] = [
+    let plain = [
         ("amqp", config.amqp.enabled, config.amqp.listen),
         ("mqtt", config.mqtt.enabled, config.mqtt.listen),
         ("stomp", config.stomp.enabled, config.stomp.listen),
         ("http", config.http.enabled, config.http.listen),
-    ];
-    let active: Vec<_> = listeners
-        .iter()
-        .filter(|(_, enabled, addr)| *enabled && addr.port() != 0)
+    ]
+    .map(|(section, enabled, addr)| (KeyPath::new(section, "listen"), enabled, Some(addr)));
+    let tls = [
+        ("amqp", config.amqp.enabled, config.amqp.tls_listen),
+        ("mqtt", config.mqtt.enabled, config.mqtt.tls_listen),
+        ("stomp", config.stomp.enabled, config.stomp.tls_listen),
+        ("http", config.http.enabled, config.http.tls_listen),
+    ]
+    .map(|(section, enabled, addr)| (KeyPath::new(section, "tls_listen"), enabled, addr));
+    let active: Vec<(KeyPath, SocketAddr)> = plain
+        .into_iter()
+        .chain(tls)
+        .filter_map(|(key, enabled, addr)| {
+            addr.filter(|a| enabled && a.port() != 0).map(|a| (key, a))
+        })
         .collect();
-    for (j, (name, _, addr)) in active.iter().enumerate() {
-        for (other, _, other_addr) in &active[..j] {
+    for (j, (name, addr)) in active.iter().enumerate() {
+        for (other, other_addr) in &active[..j] {
             let overlap = addr.ip() == other_addr.ip()
                 || addr.ip().is_unspecified()
                 || other_addr.ip().is_unspecified();
             if addr.port() == other_addr.port() && overlap {
                 return Err(violation(
-                    KeyPath::new(name, "listen"),
-                    format!("{addr} clashes with {other}.listen ({other_addr})"),
+                    *name,
+                    format!("{addr} clashes with {other} ({other_addr})"),
                 ));
             }
         }

@@ -24,7 +24,6 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::state::ServerState;
@@ -40,12 +39,14 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 type Reply = Response<Full<Bytes>>;
 
 /// Serves one HTTP connection until the client leaves or `stop` fires.
-pub(crate) async fn serve_connection(
-    stream: TcpStream,
+pub(crate) async fn serve_connection<T>(
+    stream: T,
     peer: SocketAddr,
     state: Arc<ServerState>,
     mut stop: watch::Receiver<bool>,
-) {
+) where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = service_fn(move |request| {
         let state = state.clone();
         async move { Ok::<_, Infallible>(route(state, peer, request).await) }

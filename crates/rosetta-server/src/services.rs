@@ -1,0 +1,186 @@
+//! What each listener serves: binding a protocol's plain and TLS listeners, and the service
+//! (AMQP, MQTT, STOMP, HTTP) run on each connection they accept, whatever carries its bytes.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rosetta_mqtt::MqttState;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::connection::{self, Transport};
+use crate::error::Error;
+use crate::http;
+use crate::listener;
+use crate::state::ServerState;
+use crate::tls::Tls;
+
+/// One service's listeners: plain, and TLS when `tls_listen` is set.
+pub(crate) struct Listeners {
+    protocol: &'static str,
+    plain: TcpListener,
+    tls: Option<TcpListener>,
+}
+
+/// Binds `listen` and, if set, `tls_listen`. The TLS listener logs as `<protocol>s` (`amqps`,
+/// `mqtts`, `stomps`, `https`).
+pub(crate) async fn bind(
+    protocol: &'static str,
+    listen: SocketAddr,
+    tls_listen: Option<SocketAddr>,
+) -> Result<Listeners, Error> {
+    let plain = listener::bind(protocol, listen).await?;
+    let tls = match tls_listen {
+        Some(addr) => Some(listener::bind(tls_name(protocol), addr).await?),
+        None => None,
+    };
+    Ok(Listeners {
+        protocol,
+        plain,
+        tls,
+    })
+}
+
+fn tls_name(protocol: &'static str) -> &'static str {
+    match protocol {
+        "amqp" => "amqps",
+        "mqtt" => "mqtts",
+        "stomp" => "stomps",
+        "http" => "https",
+        other => other,
+    }
+}
+
+/// What runs on one accepted connection, whatever carries its bytes. Taken by value (a clone
+/// per connection): the connection's future must not borrow the listener's copy.
+pub(crate) trait Service: Clone + Send + Sync + 'static {
+    fn serve<T: Transport>(
+        self,
+        stream: T,
+        peer: SocketAddr,
+        shutdown: watch::Receiver<bool>,
+    ) -> impl Future<Output = ()> + Send + 'static;
+}
+
+#[derive(Clone)]
+pub(crate) struct Amqp(pub Arc<ServerState>);
+
+impl Service for Amqp {
+    fn serve<T: Transport>(
+        self,
+        stream: T,
+        peer: SocketAddr,
+        shutdown: watch::Receiver<bool>,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let state = &self.0;
+        let (session, outbox) = rosetta_amqp::session::Session::new(
+            state.broker.clone(),
+            state.users.clone(),
+            state.amqp.clone(),
+            peer,
+        );
+        connection::drive(stream, peer, session, Some(outbox), state.clone(), shutdown)
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct Mqtt(pub Arc<ServerState>, pub Arc<MqttState>);
+
+impl Service for Mqtt {
+    fn serve<T: Transport>(
+        self,
+        stream: T,
+        peer: SocketAddr,
+        shutdown: watch::Receiver<bool>,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        // The session creates its outbox on the first subscription; the driver picks it up
+        // then.
+        let session = rosetta_mqtt::Session::new(self.1.clone(), peer);
+        connection::drive(stream, peer, session, None, self.0.clone(), shutdown)
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct Stomp(pub Arc<ServerState>);
+
+impl Service for Stomp {
+    fn serve<T: Transport>(
+        self,
+        stream: T,
+        peer: SocketAddr,
+        shutdown: watch::Receiver<bool>,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let state = &self.0;
+        let (session, outbox) = rosetta_stomp::session::Session::new(
+            state.broker.clone(),
+            state.users.clone(),
+            state.stomp.clone(),
+            peer,
+        );
+        connection::drive(stream, peer, session, Some(outbox), state.clone(), shutdown)
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct Http(pub Arc<ServerState>);
+
+impl Service for Http {
+    fn serve<T: Transport>(
+        self,
+        stream: T,
+        peer: SocketAddr,
+        stop: watch::Receiver<bool>,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        http::serve_connection(stream, peer, self.0.clone(), stop)
+    }
+}
+
+/// How a group of listeners accepts: the TLS settings, the connection limit, the stop signal.
+pub(crate) struct Accept {
+    pub tls: Option<Arc<Tls>>,
+    pub limit: Arc<Semaphore>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Accept {
+    /// Spawns the accept loops of one service. A TLS connection's handshake runs in its own
+    /// task, after the connection took its slot of the limit.
+    pub fn start<S: Service>(
+        &self,
+        tasks: &mut Vec<JoinHandle<()>>,
+        listeners: Listeners,
+        service: S,
+    ) {
+        let protocol = listeners.protocol;
+        let plain = service.clone();
+        tasks.push(tokio::spawn(listener::accept_loop(
+            protocol,
+            listeners.plain,
+            self.limit.clone(),
+            self.shutdown.clone(),
+            move |stream, peer, shutdown| plain.clone().serve(stream, peer, shutdown),
+        )));
+        // Validation guarantees `[tls]` whenever a `tls_listen` is set.
+        let (Some(listener), Some(tls)) = (listeners.tls, self.tls.clone()) else {
+            return;
+        };
+        let protocol = tls_name(protocol);
+        tasks.push(tokio::spawn(listener::accept_loop(
+            protocol,
+            listener,
+            self.limit.clone(),
+            self.shutdown.clone(),
+            move |stream, peer, shutdown| {
+                let tls = tls.clone();
+                let service = service.clone();
+                async move {
+                    if let Some(stream) = tls.accept(protocol, stream, peer).await {
+                        service.serve(stream, peer, shutdown).await;
+                    }
+                }
+            },
+        )));
+    }
+}
