@@ -295,6 +295,60 @@ def test_heartbeats_are_negotiated_with_stomp_py(make_broker):
     c.close()
 
 
+# --- RabbitMQ's STOMP behaviour ------------------------------------------------------------
+
+
+class ConnectedHeaders(stomp.ConnectionListener):
+    def __init__(self):
+        self.headers = None
+
+    def on_connected(self, frame):
+        self.headers = frame.headers
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.1", "1.2"])
+def test_connected_carries_heart_beat_0_0_when_none_was_offered(stomp_broker, version):
+    # stomp.py sends no heart-beat for 1.0 and `0,0` by default for 1.1 and 1.2.
+    conn = CONNECTIONS[version]([("127.0.0.1", stomp_broker.stomp_port)], auto_decode=False)
+    seen = ConnectedHeaders()
+    conn.set_listener("connected", seen)
+    conn.connect("guest", "guest", wait=True)
+    try:
+        assert seen.headers["heart-beat"] == "0,0"
+    finally:
+        conn.disconnect()
+
+
+def test_boolean_headers_take_python_style_capitals(client):
+    queue = f"/queue/{name('bool')}"
+    client.subscribe(queue, "s", ack="client-individual")
+    client.conn.send(queue, b"x", headers={"persistent": "True"})
+    [frame] = client.seen.take()
+    assert frame.headers["persistent"] == "true"
+    # `requeue:False` drops the message instead of giving it back.
+    receipt = name("r")
+    client.conn.nack(frame.headers["ack"], receipt=receipt, requeue="False")
+    assert client.seen.wait(lambda: receipt in client.seen.receipts), f"no RECEIPT {receipt}"
+    assert client.seen.stays_quiet(0)
+
+
+def test_a_send_with_message_id_is_refused(client):
+    client.conn.send("/nowhere/x", b"x", headers={"message-id": "m-1"})
+    assert client.seen.wait(lambda: client.seen.errors)
+    error = client.seen.errors[0]
+    assert error.headers["message"] == "Invalid header"
+    assert error.body.startswith(b"'message-id' is not allowed on 'SEND'.\n")
+    assert client.seen.wait(lambda: client.seen.disconnected)
+
+
+def test_a_send_to_an_exchange_without_key_comes_back_with_that_destination(client):
+    client.subscribe("/exchange/amq.fanout", "f")
+    client.conn.send("/exchange/amq.fanout", b"all")
+    [frame] = client.seen.take()
+    assert frame.body == b"all"
+    assert frame.headers["destination"] == "/exchange/amq.fanout"
+
+
 # --- crossings between protocols ------------------------------------------------------------
 #
 # Each asserts that body bytes, content type, correlation id, reply-to, message id, expiry and

@@ -10,3 +10,4 @@ mod durability;
 mod errors;
 mod framing;
 mod hostile;
+mod rabbitmq;

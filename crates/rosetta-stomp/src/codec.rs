@@ -1,10 +1,11 @@
 //! The STOMP frame codec: pure functions, bytes in and frames out.
 //!
 //! A frame is `COMMAND EOL *(header EOL) EOL body NUL` (STOMP 1.2 Augmented BNF), where EOL is
-//! LF or CR LF. Heart-beats are bare EOLs between frames and are skipped. The body runs for
-//! `content-length` octets when that header is present (so it may contain NULs), otherwise up to
-//! the first NUL. Every limit is checked on the bytes buffered so far, so an oversized frame is
-//! refused while it arrives rather than after it has been buffered whole.
+//! LF or CR LF. Heart-beats are bare EOLs between frames and are skipped, and so are stray NULs
+//! there. The body runs for `content-length` octets when that header is present (so it may
+//! contain NULs), otherwise up to the first NUL. Every limit is checked on the bytes buffered so
+//! far, so an oversized frame is refused while it arrives rather than after it has been buffered
+//! whole.
 //!
 //! A frame may arrive a byte at a time. [`Decoder`] keeps its place in a partly received frame
 //! (the lines already parsed, how far the search for the next LF or the NUL got), so each byte
@@ -252,12 +253,13 @@ impl Decoder {
     }
 
     /// Consumes leading EOLs (STOMP 1.2 Heart-beating: "a single end-of-line"; frames may also
-    /// be followed by EOLs). A lone CR waits for its LF.
+    /// be followed by EOLs) and stray NULs, which RabbitMQ's STOMP plugin skips the same way, so
+    /// a client that pads its frames with NULs works with both. A lone CR waits for its LF.
     fn skip_heartbeats(&mut self, buf: &mut BytesMut) {
         let mut n = 0;
         loop {
             match buf.get(n..) {
-                Some([b'\n', ..]) => n += 1,
+                Some([b'\n' | 0, ..]) => n += 1,
                 Some([b'\r', b'\n', ..]) => n += 2,
                 _ => break,
             }

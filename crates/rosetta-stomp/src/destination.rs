@@ -78,12 +78,15 @@ impl Destination {
     }
 
     /// The destination a MESSAGE frame names for a message published to `exchange` with
-    /// `routing_key`, whichever protocol published it (RabbitMQ's rule).
+    /// `routing_key`, whichever protocol published it (RabbitMQ's rule). An empty key on another
+    /// exchange gives `/exchange/<x>`, the form a SEND without a key uses, so a client sees the
+    /// destination it sent to.
     pub fn of_message(exchange: &str, routing_key: &str) -> String {
-        match exchange {
-            "" => format!("/queue/{routing_key}"),
-            AMQ_TOPIC => format!("/topic/{routing_key}"),
-            x => format!("/exchange/{x}/{routing_key}"),
+        match (exchange, routing_key) {
+            ("", key) => format!("/queue/{key}"),
+            (AMQ_TOPIC, key) => format!("/topic/{key}"),
+            (x, "") => format!("/exchange/{x}"),
+            (x, key) => format!("/exchange/{x}/{key}"),
         }
     }
 }
@@ -189,5 +192,9 @@ mod tests {
         assert_eq!(Destination::of_message("", "q"), "/queue/q");
         assert_eq!(Destination::of_message("amq.topic", "a.b"), "/topic/a.b");
         assert_eq!(Destination::of_message("x", "k"), "/exchange/x/k");
+        assert_eq!(
+            Destination::of_message("amq.fanout", ""),
+            "/exchange/amq.fanout"
+        );
     }
 }

@@ -43,6 +43,12 @@ pub enum StompError {
         command: &'static str,
         header: &'static str,
     },
+    /// A header the command may not carry.
+    #[error("'{header}' is not allowed on '{command}'.")]
+    HeaderNotAllowed {
+        command: &'static str,
+        header: &'static str,
+    },
     /// A header has a value this server cannot use.
     #[error("invalid '{header}' header: {reason}")]
     InvalidHeader {
@@ -107,7 +113,14 @@ impl StompError {
             | StompError::NoTerminator { .. }
             | StompError::TooManyHeaders { .. }
             | StompError::HeaderTooLong { .. } => "Malformed frame",
-            StompError::MissingHeader { .. } | StompError::InvalidHeader { .. } => "Invalid header",
+            // RabbitMQ's STOMP plugin words an ACK or NACK that names no message so.
+            StompError::MissingHeader {
+                command: "ACK" | "NACK",
+                ..
+            } => "Missing header",
+            StompError::MissingHeader { .. }
+            | StompError::InvalidHeader { .. }
+            | StompError::HeaderNotAllowed { .. } => "Invalid header",
             StompError::BadDestination(_) => "Unknown destination",
             StompError::NameTooLong { .. } => "Invalid destination",
             StompError::Unexpected(_) => "Unexpected frame",
@@ -145,6 +158,22 @@ mod tests {
         assert_eq!(
             StompError::UnknownAckId("7".into()).summary(),
             "Invalid message id"
+        );
+        assert_eq!(
+            StompError::MissingHeader {
+                command: "NACK",
+                header: "id"
+            }
+            .summary(),
+            "Missing header"
+        );
+        assert_eq!(
+            StompError::MissingHeader {
+                command: "SEND",
+                header: "destination"
+            }
+            .summary(),
+            "Invalid header"
         );
         assert_eq!(
             StompError::UnknownCommand("FOO".into()).to_string(),

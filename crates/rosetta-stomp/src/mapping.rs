@@ -16,7 +16,7 @@ use crate::frame::Frame;
 const FRAME_HEADERS: [&str; 4] = ["destination", "content-length", "receipt", "transaction"];
 
 /// Headers that set a property on SEND.
-const PROPERTY_HEADERS: [&str; 14] = [
+const PROPERTY_HEADERS: [&str; 13] = [
     "content-type",
     "content-encoding",
     "persistent",
@@ -26,7 +26,6 @@ const PROPERTY_HEADERS: [&str; 14] = [
     "expiration",
     "expires",
     "amqp-message-id",
-    "message-id",
     "timestamp",
     "type",
     "user-id",
@@ -54,14 +53,28 @@ fn number<T: std::str::FromStr>(
         .transpose()
 }
 
+/// A boolean header (`persistent`, `durable`, `requeue`, …): `Some(true)` or `Some(false)` for
+/// `true` or `false` in any case, `None` when absent or anything else. RabbitMQ's STOMP plugin
+/// reads them so because some clients (Python ones writing `True`, say) capitalise them.
+pub fn boolean(frame: &Frame, header: &str) -> Option<bool> {
+    let value = frame.get(header)?;
+    if value.eq_ignore_ascii_case("true") {
+        Some(true)
+    } else if value.eq_ignore_ascii_case("false") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
 /// Properties for a SEND frame. `now_ms` turns an absolute `expires` into a TTL.
 pub fn properties_from_send(frame: &Frame, now_ms: u64) -> Result<Properties, StompError> {
     let text = |name: &str| frame.get(name).map(str::to_owned);
     // RabbitMQ: `persistent:true` means delivery mode 2; anything else is transient.
-    let delivery_mode = match frame.get("persistent") {
-        Some("true") => Some(2),
-        Some(_) => Some(1),
-        None => None,
+    let delivery_mode = match (frame.get("persistent"), boolean(frame, "persistent")) {
+        (_, Some(true)) => Some(2),
+        (Some(_), _) => Some(1),
+        (None, _) => None,
     };
     // `expiration` is RabbitMQ's relative TTL in ms; `expires` is the absolute time in ms since
     // the epoch that other brokers use, 0 meaning never. The core keeps a relative TTL.
@@ -100,9 +113,8 @@ pub fn properties_from_send(frame: &Frame, now_ms: u64) -> Result<Properties, St
         reply_to: text("reply-to"),
         expiration,
         // RabbitMQ names the AMQP message id `amqp-message-id`, because a MESSAGE frame's
-        // `message-id` is the server's delivery identifier; a plain `message-id` on SEND is taken
-        // when the RabbitMQ one is absent.
-        message_id: text("amqp-message-id").or_else(|| text("message-id")),
+        // `message-id` is the server's delivery identifier (a SEND may not carry one at all).
+        message_id: text("amqp-message-id"),
         timestamp: number::<u64>(frame, "timestamp")?,
         kind: text("type"),
         user_id: text("user-id"),
@@ -121,7 +133,7 @@ pub fn check_short_strings(properties: &Properties) -> Result<(), StompError> {
         ("content-encoding", &p.content_encoding),
         ("correlation-id", &p.correlation_id),
         ("reply-to", &p.reply_to),
-        ("message-id", &p.message_id),
+        ("amqp-message-id", &p.message_id),
         ("type", &p.kind),
         ("user-id", &p.user_id),
         ("app-id", &p.app_id),
@@ -205,6 +217,31 @@ mod tests {
         let headers = p.headers.expect("custom headers");
         assert_eq!(headers.len(), 1, "{headers:?}");
         assert_eq!(headers.get("x-trace"), Some(&Value::Str("abc".into())));
+    }
+
+    #[test]
+    fn boolean_headers_take_true_and_false_in_any_case() {
+        for (text, want) in [
+            ("true", Some(true)),
+            ("True", Some(true)),
+            ("TRUE", Some(true)),
+            ("false", Some(false)),
+            ("False", Some(false)),
+            ("FALSE", Some(false)),
+            ("yes", None),
+            ("", None),
+        ] {
+            assert_eq!(
+                boolean(&send(&[("durable", text)]), "durable"),
+                want,
+                "{text}"
+            );
+        }
+        assert_eq!(boolean(&send(&[]), "durable"), None);
+        let p = properties_from_send(&send(&[("persistent", "TRUE")]), 0).expect("valid");
+        assert!(p.is_persistent());
+        let p = properties_from_send(&send(&[("persistent", "False")]), 0).expect("valid");
+        assert_eq!(p.delivery_mode, Some(1));
     }
 
     #[test]

@@ -90,6 +90,24 @@ fn heartbeat_eols_between_and_after_frames_are_skipped() {
 }
 
 #[test]
+fn stray_nuls_between_frames_are_skipped_like_heartbeats() {
+    let input =
+        b"\0\0\nSEND\ndestination:/queue/a\n\none\0\0\r\n\0\0SEND\ndestination:/queue/b\n\ntwo\0\0";
+    let (frames, err, left) = decode_all(input, Version::V1_2);
+    assert_eq!(err, None);
+    assert_eq!(left, 0);
+    assert_eq!(
+        frames.iter().map(|f| f.body.clone()).collect::<Vec<_>>(),
+        [Bytes::from_static(b"one"), Bytes::from_static(b"two")]
+    );
+    let (bytewise, err) = decode_bytewise(input, Version::V1_2);
+    assert_eq!(err, None);
+    assert_eq!(bytewise, frames);
+    // Inside a frame a NUL still ends the body or is an error in the headers.
+    assert_eq!(error_of(b"\0SEND\0"), StompError::NulInHeaders);
+}
+
+#[test]
 fn frames_split_at_every_byte_decode_the_same_as_whole() {
     let input: &[u8] = b"\nCONNECT\naccept-version:1.2\nhost:/\n\n\0\nSEND\ndestination:/queue/a\ncontent-length:3\n\n\0\0\0\0SUBSCRIBE\nid:1\ndestination:/topic/x\n\n\0\r\n";
     let (whole, err, _) = decode_all(input, Version::V1_2);

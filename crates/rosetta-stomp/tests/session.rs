@@ -279,3 +279,160 @@ fn a_seventeenth_open_transaction_is_refused() {
     let frames = c.frames();
     assert_eq!(frames[0].get("message"), Some("Transaction limit exceeded"));
 }
+
+// --- RabbitMQ's STOMP behaviour -------------------------------------------------------------
+
+/// A session logged in with `connect` (a whole CONNECT frame); returns it with its CONNECTED.
+fn connect_with(h: &Harness, connect: &[u8]) -> (Client, Frame) {
+    let mut c = h.session();
+    assert_eq!(c.input(connect), Flow::Continue);
+    let mut frames = c.frames();
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    let connected = frames.remove(0);
+    assert_eq!(connected.command, Command::Connected);
+    (c, connected)
+}
+
+#[test]
+fn connected_always_carries_heart_beat_zero_when_none_was_offered() {
+    let h = Harness::new();
+    for connect in [
+        &b"CONNECT\nhost:/\nlogin:guest\npasscode:guest\n\n\0"[..],
+        b"CONNECT\naccept-version:1.1\nhost:/\nlogin:guest\npasscode:guest\n\n\0",
+        b"STOMP\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:guest\n\n\0",
+        b"CONNECT\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:guest\nheart-beat:0,0\n\n\0",
+    ] {
+        let (c, connected) = connect_with(&h, connect);
+        assert_eq!(connected.get("heart-beat"), Some("0,0"), "{connected:?}");
+        assert_eq!(c.session.negotiated_heartbeats(), (None, None));
+    }
+    // A 1.0 client that offers heart-beats is answered as any other.
+    let (c, connected) = connect_with(
+        &h,
+        b"CONNECT\nhost:/\nlogin:guest\npasscode:guest\nheart-beat:500,2000\n\n\0",
+    );
+    assert_eq!(connected.get("version"), Some("1.0"));
+    assert_eq!(connected.get("heart-beat"), Some("1000,1000"));
+    let (send, _) = c.session.negotiated_heartbeats();
+    assert_eq!(send.map(|d| d.as_millis()), Some(2000));
+}
+
+#[test]
+fn stray_nuls_between_frames_are_skipped() {
+    let h = Harness::new();
+    let mut c = h.session();
+    c.input(b"\0\0CONNECT\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:guest\n\n\0\0\n\0");
+    assert_eq!(c.frames()[0].command, Command::Connected);
+    assert_eq!(
+        c.input(b"\0SEND\ndestination:/queue/nuls\nreceipt:r\n\nx\0\0\0\r\n\0"),
+        Flow::Continue
+    );
+    h.broker.store().sync().expect("sync");
+    c.session.on_durable();
+    assert_eq!(c.frames()[0].get("receipt-id"), Some("r"));
+    assert_eq!(ready(&h, "nuls"), Some(1));
+}
+
+#[test]
+fn boolean_headers_take_any_case() {
+    let h = Harness::new();
+    let mut c = Client::connected(&h);
+    c.input(b"SEND\ndestination:/queue/bool\npersistent:TRUE\n\nx\0SUBSCRIBE\nid:s\ndestination:/queue/bool\nack:client\n\n\0");
+    c.pump();
+    let message = c.frames().pop().expect("a MESSAGE");
+    assert_eq!(message.get("persistent"), Some("true"));
+    // `requeue:False` drops the message rather than giving it back.
+    let nack = format!(
+        "NACK\nid:{}\nrequeue:False\nreceipt:n\n\n\0",
+        message.get("ack").expect("ack header")
+    );
+    c.input(nack.as_bytes());
+    c.pump();
+    let frames = c.frames();
+    assert_eq!(frames.len(), 1, "no redelivery: {frames:?}");
+    assert_eq!(frames[0].command, Command::Receipt);
+    let stats = h
+        .broker
+        .vhost("/")
+        .and_then(|v| v.queue("bool"))
+        .map(|q| q.stats())
+        .expect("queue");
+    assert_eq!((stats.ready, stats.unacked), (0, 0));
+}
+
+#[test]
+fn a_stomp_1_0_client_may_use_client_individual_and_nack() {
+    let h = Harness::new();
+    let (mut c, _) = connect_with(&h, b"CONNECT\nhost:/\nlogin:guest\npasscode:guest\n\n\0");
+    c.input(b"SUBSCRIBE\ndestination:/queue/v10ci\nack:client-individual\n\n\0SEND\ndestination:/queue/v10ci\n\na\0SEND\ndestination:/queue/v10ci\n\nb\0");
+    c.pump();
+    let frames = c.frames();
+    assert_eq!(frames.len(), 2, "{frames:?}");
+    let (a, b) = (&frames[0], &frames[1]);
+    // Individual: acknowledging the second leaves the first outstanding.
+    let ack = format!(
+        "ACK\nmessage-id:{}\nreceipt:a\n\n\0",
+        b.get("message-id").expect("message-id")
+    );
+    c.input(ack.as_bytes());
+    assert_eq!(c.frames()[0].get("receipt-id"), Some("a"));
+    let nack = format!(
+        "NACK\nmessage-id:{}\n\n\0",
+        a.get("message-id").expect("message-id")
+    );
+    assert_eq!(c.input(nack.as_bytes()), Flow::Continue);
+    c.pump();
+    let again = c.frames().pop().expect("redelivered MESSAGE");
+    assert_eq!(again.body, a.body);
+    assert_eq!(again.get("redelivered"), Some("true"));
+}
+
+#[test]
+fn a_stomp_1_2_ack_or_nack_without_id_is_refused() {
+    let h = Harness::new();
+    for command in ["ACK", "NACK"] {
+        let mut c = Client::connected(&h);
+        c.input(b"SUBSCRIBE\nid:s\ndestination:/queue/noid\nack:client\n\n\0SEND\ndestination:/queue/noid\n\nx\0");
+        c.pump();
+        let message = c.frames().pop().expect("a MESSAGE");
+        // The 1.0 and 1.1 header does not stand in for `id` on 1.2.
+        let frame = format!(
+            "{command}\nmessage-id:{}\n\n\0",
+            message.get("message-id").expect("message-id")
+        );
+        assert_eq!(c.input(frame.as_bytes()), Flow::Close);
+        let frames = c.frames();
+        assert_eq!(frames[0].command, Command::Error);
+        assert_eq!(frames[0].get("message"), Some("Missing header"));
+    }
+}
+
+#[test]
+fn a_send_with_message_id_is_refused_before_its_destination_is_checked() {
+    let h = Harness::new();
+    for send in [
+        &b"SEND\ndestination:/queue/mid\nmessage-id:m1\n\nx\0"[..],
+        b"SEND\ndestination:/nowhere\nmessage-id:m1\n\nx\0",
+        b"SEND\nmessage-id:m1\n\nx\0",
+    ] {
+        let mut c = Client::connected(&h);
+        assert_eq!(c.input(send), Flow::Close);
+        let frames = c.frames();
+        assert_eq!(frames[0].command, Command::Error);
+        assert_eq!(frames[0].get("message"), Some("Invalid header"));
+        assert!(frames[0]
+            .body
+            .starts_with(b"'message-id' is not allowed on 'SEND'."));
+    }
+    assert_eq!(ready(&h, "mid"), None, "nothing was published");
+}
+
+#[test]
+fn a_message_names_an_exchange_without_key_as_it_was_sent() {
+    let h = Harness::new();
+    let mut c = Client::connected(&h);
+    c.input(b"SUBSCRIBE\nid:s\ndestination:/exchange/amq.fanout\n\n\0SEND\ndestination:/exchange/amq.fanout\n\nx\0");
+    c.pump();
+    let message = c.frames().pop().expect("a MESSAGE");
+    assert_eq!(message.get("destination"), Some("/exchange/amq.fanout"));
+}

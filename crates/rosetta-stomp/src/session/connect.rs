@@ -77,11 +77,14 @@ impl Session {
             .header("version", version.as_str())
             .header("server", concat!("Rosetta/", env!("CARGO_PKG_VERSION")))
             .header("session", format!("session-{}", self.conn_id));
-        // Heart-beating arrived with STOMP 1.1; a 1.0 client neither sends nor expects it.
-        if version != Version::V1_0 {
-            self.heartbeat = negotiate_heartbeat(offer, client_heartbeat(frame)?);
-            reply.push_header("heart-beat", format!("{offer},{offer}"));
-        }
+        // RabbitMQ's STOMP plugin answers every CONNECT with `heart-beat`, in every version, and
+        // with `0,0` to a client that offered none (no header, or `0,0`): clients written
+        // against it read the header unconditionally. A 1.0 client that does offer heart-beats
+        // gets them, as there.
+        let client = client_heartbeat(frame)?;
+        self.heartbeat = negotiate_heartbeat(offer, client);
+        let answer = if client == (0, 0) { 0 } else { offer };
+        reply.push_header("heart-beat", format!("{answer},{answer}"));
         self.client_id = frame.get("client-id").map(str::to_owned);
         self.user = login.to_owned();
         tracing::info!(peer = %self.peer, user = login, vhost = %vhost.name, protocol = "stomp", version = version.as_str(), "connection opened");

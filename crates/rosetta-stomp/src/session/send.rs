@@ -45,6 +45,14 @@ impl Session {
     /// SEND, or holds it back when it names a transaction (STOMP 1.2 SEND: "the message will
     /// be handled atomically based on the transaction").
     pub(super) fn send_or_hold(&mut self, frame: &Frame) -> Result<Option<Epoch>, StompError> {
+        // A MESSAGE's `message-id` is the broker's; RabbitMQ's STOMP plugin refuses a SEND that
+        // sets one, before it looks at the destination. `amqp-message-id` sets the AMQP one.
+        if frame.get("message-id").is_some() {
+            return Err(StompError::HeaderNotAllowed {
+                command: "SEND",
+                header: "message-id",
+            });
+        }
         let Some(tx) = frame.get("transaction") else {
             return self.send(frame);
         };

@@ -14,7 +14,7 @@ use crate::codec;
 use crate::destination::{durable_subscription_queue, Destination};
 use crate::error::StompError;
 use crate::frame::{Command, Frame, Version};
-use crate::mapping::add_message_headers;
+use crate::mapping::{add_message_headers, boolean};
 use crate::owner;
 
 /// STOMP 1.2 SUBSCRIBE `ack` header.
@@ -29,11 +29,13 @@ pub(super) enum AckMode {
 }
 
 impl AckMode {
-    fn parse(text: Option<&str>, version: Version) -> Result<AckMode, StompError> {
+    /// STOMP 1.0 defines only `auto` and `client`, but RabbitMQ's STOMP plugin takes
+    /// `client-individual` (and NACK) from 1.0 clients too, and clients written for it use them.
+    fn parse(text: Option<&str>) -> Result<AckMode, StompError> {
         match text {
             None | Some("auto") => Ok(AckMode::Auto),
             Some("client") => Ok(AckMode::Client),
-            Some("client-individual") if version != Version::V1_0 => Ok(AckMode::ClientIndividual),
+            Some("client-individual") => Ok(AckMode::ClientIndividual),
             Some(other) => Err(StompError::InvalidHeader {
                 header: "ack",
                 reason: format!("'{other}' is not an acknowledgement mode"),
@@ -51,7 +53,7 @@ pub(super) struct Subscription {
 }
 
 fn truthy(frame: &Frame, header: &str) -> bool {
-    frame.get(header) == Some("true")
+    boolean(frame, header) == Some(true)
 }
 
 impl Session {
@@ -68,7 +70,7 @@ impl Session {
         if self.subscriptions.contains_key(id) {
             return Err(StompError::DuplicateSubscription(id.to_owned()));
         }
-        let ack = AckMode::parse(frame.get("ack"), self.version)?;
+        let ack = AckMode::parse(frame.get("ack"))?;
         // RabbitMQ's `prefetch-count`: the most unacknowledged messages in flight (0 = no limit).
         let prefetch = match frame.get("prefetch-count") {
             None => 0,
@@ -280,16 +282,11 @@ impl Session {
     }
 
     /// The outstanding message an ACK or NACK names: STOMP 1.2 uses `id` (the MESSAGE's `ack`
-    /// header), 1.0 and 1.1 use `message-id` (1.1 adds `subscription`, which the message id
-    /// already implies here).
+    /// header) and nothing else, as RabbitMQ's STOMP plugin requires; 1.0 and 1.1 use
+    /// `message-id` (1.1 adds `subscription`, which the message id already implies here).
     fn ack_id(&self, frame: &Frame) -> Result<u64, StompError> {
         let text = match self.version {
-            Version::V1_2 => frame.get("id").or_else(|| frame.get("message-id")).ok_or(
-                StompError::MissingHeader {
-                    command: frame.command.as_str(),
-                    header: "id",
-                },
-            )?,
+            Version::V1_2 => required(frame, "id")?,
             _ => required(frame, "message-id")?,
         };
         text.parse::<u64>()
@@ -311,7 +308,7 @@ impl Session {
         // (or dead-letters it, if its queue says so).
         let how = match (
             frame.command == Command::Nack,
-            frame.get("requeue") != Some("false"),
+            boolean(frame, "requeue") != Some(false),
         ) {
             (false, _) => Settlement::Ack,
             (true, true) => Settlement::Requeue,
