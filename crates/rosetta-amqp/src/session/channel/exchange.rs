@@ -3,7 +3,7 @@
 use amq_protocol::protocol::{exchange, AMQPClass};
 use rosetta_core::{Destination, ExchangeDeclare};
 
-use super::Channel;
+use super::{Binding, Channel};
 use crate::convert::table_from_amqp;
 use crate::session::{Ctx, Exception};
 
@@ -52,42 +52,40 @@ impl Channel {
                 }
             }
             exchange::AMQPMethod::Bind(b) => {
-                let dest = Destination::Exchange(b.destination.to_string());
-                let durable_at = vhost
-                    .bind_deferred(
-                        b.source.as_str(),
-                        dest,
-                        b.routing_key.as_str(),
-                        table_from_amqp(&b.arguments),
-                        ctx.conn_id,
-                    )
-                    .map_err(core)?;
-                if !b.nowait {
-                    self.send_when_durable(
-                        ctx,
-                        AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})),
-                        durable_at,
-                    );
-                }
+                let reply = (!b.nowait).then_some(AMQPClass::Exchange(
+                    exchange::AMQPMethod::BindOk(exchange::BindOk {}),
+                ));
+                self.change_binding(
+                    ctx,
+                    &vhost,
+                    true,
+                    Binding {
+                        source: b.source.as_str(),
+                        destination: Destination::Exchange(b.destination.to_string()),
+                        routing_key: b.routing_key.as_str(),
+                        arguments: &b.arguments,
+                    },
+                    reply,
+                )
+                .map_err(core)?;
             }
             exchange::AMQPMethod::Unbind(b) => {
-                let dest = Destination::Exchange(b.destination.to_string());
-                let durable_at = vhost
-                    .unbind_deferred(
-                        b.source.as_str(),
-                        dest,
-                        b.routing_key.as_str(),
-                        &table_from_amqp(&b.arguments),
-                        ctx.conn_id,
-                    )
-                    .map_err(core)?;
-                if !b.nowait {
-                    self.send_when_durable(
-                        ctx,
-                        AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})),
-                        durable_at,
-                    );
-                }
+                let reply = (!b.nowait).then_some(AMQPClass::Exchange(
+                    exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {}),
+                ));
+                self.change_binding(
+                    ctx,
+                    &vhost,
+                    false,
+                    Binding {
+                        source: b.source.as_str(),
+                        destination: Destination::Exchange(b.destination.to_string()),
+                        routing_key: b.routing_key.as_str(),
+                        arguments: &b.arguments,
+                    },
+                    reply,
+                )
+                .map_err(core)?;
             }
             other => {
                 return Err(Exception::command_invalid(

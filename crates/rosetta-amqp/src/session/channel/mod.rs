@@ -72,6 +72,14 @@ pub(super) struct Channel {
     closed_by_peer: bool,
 }
 
+/// A binding as `queue.bind`/`unbind` and `exchange.bind`/`unbind` name it.
+pub(super) struct Binding<'a> {
+    pub source: &'a str,
+    pub destination: rosetta_core::Destination,
+    pub routing_key: &'a str,
+    pub arguments: &'a amq_protocol::types::FieldTable,
+}
+
 impl Channel {
     pub fn new(id: u16, vhost: Arc<VHost>) -> Self {
         Channel {
@@ -135,6 +143,41 @@ impl Channel {
 
     /// Sends `method` now, or once the store's durable point reaches `epoch` when the method
     /// promises a durable change; either way after everything the channel sent before it.
+    /// `queue.bind`/`unbind` and `exchange.bind`/`unbind`: adds (`bind`) or removes the
+    /// binding and sends `reply` (none for `nowait`) once it is durable. The four methods
+    /// differ only in the destination's kind and the reply.
+    pub(super) fn change_binding(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        vhost: &rosetta_core::VHost,
+        bind: bool,
+        b: Binding<'_>,
+        reply: Option<AMQPClass>,
+    ) -> Result<(), rosetta_core::CoreError> {
+        let arguments = crate::convert::table_from_amqp(b.arguments);
+        let durable_at = if bind {
+            vhost.bind_deferred(
+                b.source,
+                b.destination,
+                b.routing_key,
+                arguments,
+                ctx.conn_id,
+            )?
+        } else {
+            vhost.unbind_deferred(
+                b.source,
+                b.destination,
+                b.routing_key,
+                &arguments,
+                ctx.conn_id,
+            )?
+        };
+        if let Some(reply) = reply {
+            self.send_when_durable(ctx, reply, durable_at);
+        }
+        Ok(())
+    }
+
     fn send_when_durable(&mut self, ctx: &mut Ctx<'_>, method: AMQPClass, epoch: Option<Epoch>) {
         let durable = ctx.broker.store().durable_epoch();
         match epoch {

@@ -3,7 +3,7 @@
 use amq_protocol::protocol::{queue, AMQPClass};
 use rosetta_core::{Destination, QueueDeclare};
 
-use super::{clamp32, short_string, Channel};
+use super::{clamp32, short_string, Binding, Channel};
 use crate::convert::table_from_amqp;
 use crate::session::{Ctx, Exception};
 
@@ -47,39 +47,40 @@ impl Channel {
             }
             queue::AMQPMethod::Bind(b) => {
                 let dest = Destination::Queue(self.queue_name(b.queue.as_str()));
-                let durable_at = vhost
-                    .bind_deferred(
-                        b.exchange.as_str(),
-                        dest,
-                        b.routing_key.as_str(),
-                        table_from_amqp(&b.arguments),
-                        ctx.conn_id,
-                    )
-                    .map_err(core)?;
-                if !b.nowait {
-                    self.send_when_durable(
-                        ctx,
-                        AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})),
-                        durable_at,
-                    );
-                }
+                let reply = (!b.nowait).then_some(AMQPClass::Queue(queue::AMQPMethod::BindOk(
+                    queue::BindOk {},
+                )));
+                self.change_binding(
+                    ctx,
+                    &vhost,
+                    true,
+                    Binding {
+                        source: b.exchange.as_str(),
+                        destination: dest,
+                        routing_key: b.routing_key.as_str(),
+                        arguments: &b.arguments,
+                    },
+                    reply,
+                )
+                .map_err(core)?;
             }
             queue::AMQPMethod::Unbind(b) => {
                 let dest = Destination::Queue(self.queue_name(b.queue.as_str()));
-                let durable_at = vhost
-                    .unbind_deferred(
-                        b.exchange.as_str(),
-                        dest,
-                        b.routing_key.as_str(),
-                        &table_from_amqp(&b.arguments),
-                        ctx.conn_id,
-                    )
-                    .map_err(core)?;
-                self.send_when_durable(
+                // queue.unbind has no nowait: it is always answered.
+                let reply = AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {}));
+                self.change_binding(
                     ctx,
-                    AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})),
-                    durable_at,
-                );
+                    &vhost,
+                    false,
+                    Binding {
+                        source: b.exchange.as_str(),
+                        destination: dest,
+                        routing_key: b.routing_key.as_str(),
+                        arguments: &b.arguments,
+                    },
+                    Some(reply),
+                )
+                .map_err(core)?;
             }
             queue::AMQPMethod::Purge(p) => {
                 let count = vhost
