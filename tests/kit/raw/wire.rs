@@ -51,6 +51,8 @@ pub mod method {
     pub const CHANNEL_CLOSE_OK: (u16, u16) = (20, 41);
     pub const QUEUE_DECLARE: (u16, u16) = (50, 10);
     pub const QUEUE_DECLARE_OK: (u16, u16) = (50, 11);
+    pub const BASIC_CONSUME: (u16, u16) = (60, 20);
+    pub const BASIC_CONSUME_OK: (u16, u16) = (60, 21);
     pub const BASIC_PUBLISH: (u16, u16) = (60, 40);
 }
 
