@@ -29,7 +29,7 @@ start_rosetta() {
   broker_pid=$!
   port=""
   for _ in $(seq 100); do
-    port=$(grep -o "protocol=$protocol addr=127.0.0.1:[0-9]*" "$work/rosetta/log" | sed 's/.*://' || true)
+    port=$(grep -o "protocol=$protocol addr=127.0.0.1:[0-9]*" "$work/rosetta/log" 2>/dev/null | sed 's/.*://' || true)
     [[ -n $port ]] && return 0
     sleep 0.1
   done
@@ -66,6 +66,30 @@ start_rabbitmq() {
   for _ in $(seq 100); do [[ -s $work/rabbit/pid ]] && break; sleep 0.1; done
   broker_pid=$(cat "$work/rabbit/pid")
   port=$wait_port
+}
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# start_mosquitto: Mosquitto from the Debian package on a free port, anonymous clients allowed.
+# Defaults otherwise: no persistence, max_inflight_messages 20, max_queued_messages 1000 (QoS 1
+# messages past that for one client are dropped, and show up as lost).
+start_mosquitto() {
+  rm -rf "$work/mosquitto"; mkdir -p "$work/mosquitto"
+  port=$(free_port)
+  cat > "$work/mosquitto/mosquitto.conf" <<CONF
+listener $port 127.0.0.1
+allow_anonymous true
+log_dest stderr
+CONF
+  mosquitto -c "$work/mosquitto/mosquitto.conf" > "$work/mosquitto/log" 2>&1 &
+  broker_pid=$!
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  cat "$work/mosquitto/log" >&2; exit 1
 }
 
 stop_broker() {

@@ -33,28 +33,7 @@ source "$here/benches/brokers.sh"
 # No cap on connections, for the idle-connection scenario.
 start_rosetta_mqtt() { start_rosetta "$rosetta" mqtt "max_connections = 0"; }
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-start_mosquitto_mqtt() {
-  rm -rf "$work/mosquitto"; mkdir -p "$work/mosquitto"
-  port=$(free_port)
-  # Defaults otherwise: no persistence, max_inflight_messages 20, max_queued_messages 1000
-  # (QoS 1 messages past that for one client are dropped, and show up as lost).
-  cat > "$work/mosquitto/mosquitto.conf" <<CONF
-listener $port 127.0.0.1
-allow_anonymous true
-log_dest stderr
-CONF
-  mosquitto -c "$work/mosquitto/mosquitto.conf" > "$work/mosquitto/log" 2>&1 &
-  broker_pid=$!
-  for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  cat "$work/mosquitto/log" >&2; exit 1
-}
+start_mosquitto_mqtt() { start_mosquitto; }
 
 run() { # broker scenario args...
   local broker=$1 scenario=$2; shift 2
@@ -103,9 +82,9 @@ for label, rs in sorted(groups.items()):
         continue
     print(f"{label:28} {len(rs):4} {med(rs, 'deliveries_per_s'):9.0f} {med(rs, 'publish_per_s'):9.0f} {med(rs, 'broker_cpu_us_per_msg'):10.2f} {med(rs, 'generator_cpu_s'):9.2f} {lat(rs, 'p50'):7.0f} {lat(rs, 'p99'):7.0f} {med(rs, 'broker_peak_rss_bytes')/2**20:12.0f} {med(rs, 'sent'):9.0f} {sum(r['lost'] for r in rs):7} {sum(r['duplicates'] for r in rs):5}")
 print()
-print(f"{'broker/scenario':28} {'runs':>4} {'connected':>9} {'failed':>6} {'closed':>6} {'connect s':>9} {'RSS before MiB':>14} {'RSS idle MiB':>12} {'bytes/conn':>10}")
+print(f"{'broker/scenario':28} {'runs':>4} {'connected':>9} {'failed':>6} {'closed':>6} {'connect s':>9} {'RSS before MiB':>14} {'RSS idle MiB':>12} {'bytes/conn':>10} {'idle cpu %':>10}")
 for label, rs in sorted(groups.items()):
     if rs[0]["scenario"] != "mqtt-idle":
         continue
-    print(f"{label:28} {len(rs):4} {med(rs, 'connected'):9.0f} {med(rs, 'failed'):6.0f} {med(rs, 'disturbed_while_idle'):6.0f} {med(rs, 'connect_s'):9.2f} {med(rs, 'broker_rss_before_bytes')/2**20:14.1f} {med(rs, 'broker_rss_idle_bytes')/2**20:12.1f} {med(rs, 'broker_bytes_per_connection'):10.0f}")
+    print(f"{label:28} {len(rs):4} {med(rs, 'connected'):9.0f} {med(rs, 'failed'):6.0f} {med(rs, 'disturbed_while_idle'):6.0f} {med(rs, 'connect_s'):9.2f} {med(rs, 'broker_rss_before_bytes')/2**20:14.1f} {med(rs, 'broker_rss_idle_bytes')/2**20:12.1f} {med(rs, 'broker_bytes_per_connection'):10.0f} {med(rs, 'broker_idle_cpu_percent'):10.2f}")
 PY

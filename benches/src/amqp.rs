@@ -16,6 +16,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::watch;
 
+use crate::pace::{self, Pacer};
 use crate::report::Report;
 use crate::stats::{sample_process, stamp, Tally, STAMP};
 use crate::Common;
@@ -75,14 +76,10 @@ impl Publisher {
         let mut in_flight = VecDeque::with_capacity(window);
         let mut body = vec![0u8; self.size.max(STAMP)];
         let mut confirmed = 0u64;
-        let mut ticker = self.rate.map(|r| {
-            let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / r.max(1) as f64));
-            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            t
-        });
+        let mut pacer = self.rate.map(Pacer::new);
         for seq in 0..self.count {
-            if let Some(t) = &mut ticker {
-                t.tick().await;
+            if let Some(p) = &mut pacer {
+                p.next().await;
             }
             stamp(&mut body, self.producer, seq, self.epoch);
             let confirm = ch
@@ -238,7 +235,7 @@ fn spawn_publishers(
                 size: c.size,
                 persistent: c.persistent,
                 confirm: c.confirm,
-                rate: rate.map(|r| r / c.producers as u64),
+                rate: pace::per_publisher(rate, c.producers),
                 epoch,
             };
             tokio::spawn(publisher.run())
@@ -342,7 +339,9 @@ pub async fn throughput(c: &Common) -> Result<Report> {
 }
 
 pub async fn latency(c: &Common, rate: u64) -> Result<Report> {
-    single_queue(c, "latency", Some(rate), true).await
+    let mut report = single_queue(c, "latency", Some(rate), true).await?;
+    report.extra.push(("rate", rate.to_string()));
+    Ok(report)
 }
 
 pub async fn fanout(c: &Common, queues: usize) -> Result<Report> {

@@ -5,6 +5,7 @@
 mod amqp;
 mod mqtt;
 mod mqtt_many;
+mod pace;
 mod report;
 mod stats;
 mod stomp;
@@ -78,13 +79,15 @@ enum Scenario {
         #[arg(long, default_value_t = 100)]
         fanout: usize,
     },
-    /// MQTT: open N connections that stay idle, and report the broker's memory per connection.
+    /// MQTT: open N connections that stay idle, and report the broker's memory per connection
+    /// and its CPU use while they idle.
     MqttIdle {
         #[command(flatten)]
         broker: mqtt::Broker,
         #[arg(long, default_value_t = 10_000)]
         connections: usize,
-        /// Seconds the connections stay open before the broker's memory is sampled.
+        /// Seconds the connections stay open, once all are up, before the broker's memory is
+        /// sampled; its CPU use is measured over this hold.
         #[arg(long, default_value_t = 5)]
         hold: u64,
         /// Connections being opened at once.
@@ -97,7 +100,14 @@ enum Scenario {
     /// STOMP 1.2: P producers and C consumers on one `/queue/` destination, with
     /// `--uri stomp://login:passcode@host:port[/vhost]`; `--confirm N` puts a `receipt` on every
     /// SEND with N unreceipted in flight, consumers ACK each MESSAGE (`ack:client-individual`).
-    StompThroughput(Common),
+    StompThroughput {
+        #[command(flatten)]
+        common: Common,
+        /// Send at this many messages per second in total (shared by the producers), evenly
+        /// spaced by the clock, each SEND written at once; latency is recorded.
+        #[arg(long)]
+        rate: Option<u64>,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -115,7 +125,7 @@ pub struct Common {
     /// Messages in total (per producer: total / producers).
     #[arg(long, short = 'n', default_value_t = 100_000)]
     pub messages: u64,
-    /// Body size in bytes (at least 20: the stamp).
+    /// Body size in bytes (at least 16: the stamp).
     #[arg(long, short = 's', default_value_t = 1024)]
     pub size: usize,
     /// Persistent messages in a durable queue.
@@ -158,7 +168,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::MqttThroughput(flow) | Scenario::MqttFanout { flow, .. } => flow.broker.threads,
         Scenario::MqttIdle { broker, .. } => broker.threads,
         Scenario::MqttManySubscribers(m) => m.broker.threads,
-        Scenario::StompThroughput(c) => c.threads,
+        Scenario::StompThroughput { common, .. } => common.threads,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
@@ -201,7 +211,7 @@ fn main() -> anyhow::Result<()> {
                 concurrency,
             } => mqtt::idle(&broker, connections, hold, concurrency).await,
             Scenario::MqttManySubscribers(m) => mqtt_many::run(m).await,
-            Scenario::StompThroughput(c) => stomp::throughput(&c).await,
+            Scenario::StompThroughput { common, rate } => stomp::throughput(&common, rate).await,
         }
     })?;
     println!("{}", report.to_json());

@@ -25,6 +25,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::timeout_at;
 
+use crate::pace::{self, Pacer};
 use crate::report::Report;
 use crate::stats::{sample_process, stamp, ProcSample, Tally, STAMP};
 
@@ -66,7 +67,7 @@ pub struct Flow {
     /// Messages in total (per publisher: total / publishers); each subscriber expects them all.
     #[arg(long, short = 'n', default_value_t = 100_000)]
     pub messages: u64,
-    /// Payload size in bytes (at least 20: the stamp).
+    /// Payload size in bytes (at least 16: the stamp).
     #[arg(long, short = 's', default_value_t = 1024)]
     pub size: usize,
     /// QoS of every PUBLISH and of every subscription.
@@ -82,6 +83,11 @@ pub struct Flow {
     /// Record end-to-end latency of every delivery.
     #[arg(long)]
     pub latency: bool,
+    /// Publish at this many messages per second in total (shared by the publishers), evenly
+    /// spaced by the clock whatever the broker answers, instead of as fast as it takes them;
+    /// latency is recorded.
+    #[arg(long)]
+    pub rate: Option<u64>,
     /// Seconds without a delivery, once every publisher is done, after which the messages
     /// still missing count as lost.
     #[arg(long, default_value_t = 5)]
@@ -298,6 +304,8 @@ struct Publisher {
     producer: u32,
     count: u64,
     size: usize,
+    /// Messages per second, or as fast as the in-flight window allows.
+    rate: Option<u64>,
     epoch: Instant,
     deadline: tokio::time::Instant,
 }
@@ -324,8 +332,12 @@ impl Publisher {
                 self.epoch,
             );
             let mut body = vec![0u8; self.size.max(STAMP)];
+            let mut pacer = self.rate.map(Pacer::new);
             tokio::spawn(async move {
                 for seq in 0..count {
+                    if let Some(p) = &mut pacer {
+                        p.next().await;
+                    }
                     stamp(&mut body, producer, seq, epoch);
                     if client
                         .publish(topic.as_str(), qos, false, body.clone())
@@ -420,7 +432,7 @@ pub async fn throughput(f: &Flow, scenario: &'static str) -> Result<Report> {
             lanes: f.subscribers,
             publishers: f.publishers,
             per_publisher,
-            keep_latency: f.latency,
+            keep_latency: f.latency || f.rate.is_some(),
             epoch,
             progress: progress.clone(),
         };
@@ -451,6 +463,7 @@ pub async fn throughput(f: &Flow, scenario: &'static str) -> Result<Report> {
                 producer: p as u32,
                 count: per_publisher,
                 size: f.size,
+                rate: pace::per_publisher(f.rate, f.publishers),
                 epoch,
                 deadline,
             };
@@ -491,6 +504,7 @@ pub async fn throughput(f: &Flow, scenario: &'static str) -> Result<Report> {
         eprintln!("subscriber stopped early: {e}");
     }
     report.extra.push(("qos", f.qos.to_string()));
+    report.extra.extend(f.rate.map(|r| ("rate", r.to_string())));
     report.extra.push(("inflight", f.inflight.to_string()));
     // The rate at which the broker took messages (PUBACKed them, at QoS 1), which exceeds the
     // delivery rate when it queues or drops what subscribers cannot take yet.
@@ -566,7 +580,8 @@ async fn close_idle(mut stream: TcpStream) {
 }
 
 /// Opens `connections` idle connections, holds them `hold` seconds, and reports the broker's
-/// resident memory before and after: the bytes one idle connection costs.
+/// resident memory before and after (the bytes one idle connection costs) and its CPU use over
+/// the hold, in percent of one core.
 pub async fn idle(b: &Broker, connections: usize, hold: u64, concurrency: usize) -> Result<Report> {
     let addr = tokio::net::lookup_host((b.host.as_str(), b.port))
         .await?
@@ -610,8 +625,13 @@ pub async fn idle(b: &Broker, connections: usize, hold: u64, concurrency: usize)
     if let Some(e) = &first_failure {
         eprintln!("{failures} connections failed; the first: {e}");
     }
+    // The broker's CPU over the hold alone, once every connection is up: what idle
+    // connections cost it (keep-alive timers, housekeeping), without the connection storm.
+    let hold_before = b.broker_pid.and_then(sample_process);
+    let hold_started = Instant::now();
     tokio::time::sleep(Duration::from_secs(hold)).await;
     report.broker_after = b.broker_pid.and_then(sample_process);
+    let held_s = hold_started.elapsed().as_secs_f64();
     let disturbed = streams.iter().filter(|s| disturbed(s)).count();
     let open = streams.len();
     let mut closing = JoinSet::new();
@@ -644,6 +664,13 @@ pub async fn idle(b: &Broker, connections: usize, hold: u64, concurrency: usize)
     report
         .extra
         .extend(closed_rss.map(|r| ("broker_rss_after_close_bytes", r.to_string())));
+    report.extra.push(("hold_s", format!("{held_s:.3}")));
+    if let (Some(before), Some(after)) = (hold_before, report.broker_after) {
+        let percent = (after.cpu_seconds - before.cpu_seconds) / held_s.max(1e-9) * 100.0;
+        report
+            .extra
+            .push(("broker_idle_cpu_percent", format!("{percent:.2}")));
+    }
     report
         .extra
         .extend(generator_cpu(generator_before).map(|s| ("generator_cpu_s", s)));

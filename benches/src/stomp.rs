@@ -15,6 +15,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore, TryAcquireError};
 
+use crate::pace::{self, Pacer};
 use crate::report::Report;
 use crate::stats::{sample_process, stamp, Tally, STAMP};
 use crate::Common;
@@ -299,6 +300,9 @@ struct Publisher {
     persistent: bool,
     /// Unreceipted SENDs allowed in flight; None sends without receipts.
     window: Option<usize>,
+    /// Messages per second, each written as soon as it is due; None batches writes and sends
+    /// as fast as the socket takes them.
+    rate: Option<u64>,
     epoch: Instant,
 }
 
@@ -338,7 +342,11 @@ impl Publisher {
         let length = body.len().to_string();
         let mut out = Vec::with_capacity(2 * WRITE_CHUNK);
         let mut sent = 0u64;
+        let mut pacer = self.rate.map(Pacer::new);
         for seq in 0..self.count {
+            if let Some(p) = &mut pacer {
+                p.next().await;
+            }
             if window.is_some() {
                 match permits.try_acquire() {
                     Ok(p) => p.forget(),
@@ -367,7 +375,7 @@ impl Publisher {
             }
             encode(&mut out, "SEND", &headers, &body);
             sent += 1;
-            if out.len() >= WRITE_CHUNK {
+            if pacer.is_some() || out.len() >= WRITE_CHUNK {
                 writer.write_all(&out).await?;
                 out.clear();
             }
@@ -384,6 +392,7 @@ struct Subscriber {
     writer: OwnedWriteHalf,
     auto_ack: bool,
     tally: Tally,
+    keep_latency: bool,
     epoch: Instant,
     received: Arc<AtomicU64>,
     goal: u64,
@@ -433,7 +442,7 @@ impl Subscriber {
                 match frame.command.as_str() {
                     "MESSAGE" => {
                         let now = self.epoch.elapsed().as_micros() as u64;
-                        self.tally.record(&frame.body, 0, now, false);
+                        self.tally.record(&frame.body, 0, now, self.keep_latency);
                         if !self.auto_ack {
                             // STOMP 1.2 ACK: the `id` is the MESSAGE's `ack` header.
                             let id = frame.get("ack").context("MESSAGE without an ack header")?;
@@ -474,8 +483,9 @@ fn queue_name() -> String {
     format!("bench-stomp-{}-{nanos}", std::process::id())
 }
 
-/// P producers and C consumers on one `/queue/` destination.
-pub async fn throughput(c: &Common) -> Result<Report> {
+/// P producers and C consumers on one `/queue/` destination; at a fixed `rate`, latency is
+/// recorded.
+pub async fn throughput(c: &Common, rate: Option<u64>) -> Result<Report> {
     if c.producers == 0 || c.consumers == 0 {
         bail!("need at least one producer and one consumer");
     }
@@ -515,6 +525,7 @@ pub async fn throughput(c: &Common) -> Result<Report> {
                 writer,
                 auto_ack: c.auto_ack,
                 tally: Tally::new(1, c.producers, per_producer),
+                keep_latency: rate.is_some(),
                 epoch,
                 received: received.clone(),
                 goal: expected,
@@ -534,6 +545,7 @@ pub async fn throughput(c: &Common) -> Result<Report> {
                 size: c.size,
                 persistent: c.persistent,
                 window: c.confirm,
+                rate: pace::per_publisher(rate, c.producers),
                 epoch,
             };
             tokio::spawn(publisher.run())
@@ -560,6 +572,7 @@ pub async fn throughput(c: &Common) -> Result<Report> {
     report.broker_after = c.broker_pid.and_then(sample_process);
     report.expected = expected;
     report.absorb(total);
+    report.extra.extend(rate.map(|r| ("rate", r.to_string())));
     Ok(report)
 }
 

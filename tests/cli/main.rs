@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 mod hash_password;
+mod import_definitions;
 
 fn workspace_root() -> PathBuf {
     let tests_dir = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -210,6 +210,23 @@ impl BrokerBuilder {
                 expected.push(tls);
             }
         }
+        // MQTT and STOMP open their WebSocket listeners with them (`mqtt-ws`, and `mqtt-wss`
+        // with `ws_tls_listen`), unless `ws_listen = false`.
+        for protocol in ["mqtt", "stomp"] {
+            if !config.listener_enabled(protocol) {
+                continue;
+            }
+            for (key, name) in [("ws_listen", "ws"), ("ws_tls_listen", "wss")] {
+                let name = format!("{protocol}-{name}");
+                let on = match config.get(protocol, key) {
+                    Some(value) => value != "false",
+                    None => key == "ws_listen",
+                };
+                if on && !expected.contains(&name) {
+                    expected.push(name);
+                }
+            }
+        }
         let config_path = dir.path().join("broker.toml");
         std::fs::write(&config_path, config.render())
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", config_path.display()));

@@ -41,13 +41,17 @@ fn key_of(line: &str) -> Option<&str> {
 
 impl ConfigFile {
     /// The kit's defaults: data under `data_dir`, AMQP on an ephemeral loopback port, the other
-    /// listeners disabled.
+    /// listeners disabled. MQTT's and STOMP's WebSocket listeners, which open with their
+    /// section, are on ephemeral loopback ports too, so parallel brokers do not fight over
+    /// 15674 and 15675.
     pub fn defaults(data_dir: &Path) -> Self {
         let mut config = Self::default();
         config.set("storage", "path", &toml_string(&data_dir.to_string_lossy()));
         config.set("amqp", "listen", "\"127.0.0.1:0\"");
         config.set("mqtt", "enabled", "false");
+        config.set("mqtt", "ws_listen", "\"127.0.0.1:0\"");
         config.set("stomp", "enabled", "false");
+        config.set("stomp", "ws_listen", "\"127.0.0.1:0\"");
         config.set("http", "enabled", "false");
         config
     }
@@ -171,6 +175,13 @@ mod tests {
         assert!(config.listener_enabled("amqp"));
         for section in ["mqtt", "stomp", "http"] {
             assert!(!config.listener_enabled(section), "{section}");
+        }
+        for section in ["mqtt", "stomp"] {
+            assert_eq!(
+                config.get(section, "ws_listen"),
+                Some("\"127.0.0.1:0\""),
+                "{section}"
+            );
         }
     }
 

@@ -102,6 +102,7 @@ fn extra_listeners_in_the_config_are_waited_for() {
     let body = r#"
 echo "listener opened protocol=amqp addr=127.0.0.1:1001"
 echo "listener opened protocol=mqtt addr=127.0.0.1:1002"
+echo "listener opened protocol=mqtt-ws addr=127.0.0.1:1003"
 while :; do sleep 0.05; done
 "#;
     let broker = Broker::builder()
@@ -109,6 +110,8 @@ while :; do sleep 0.05; done
         .config("[mqtt]\nenabled = true\nlisten = \"127.0.0.1:0\"")
         .start();
     assert_eq!(broker.addr("mqtt").map(|a| a.port()), Some(1002));
+    // MQTT's WebSocket listener opens with it, so it is waited for too.
+    assert_eq!(broker.addr("mqtt-ws").map(|a| a.port()), Some(1003));
     assert_eq!(broker.amqp_port(), 1001);
 }
 

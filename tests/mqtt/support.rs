@@ -425,6 +425,12 @@ impl Raw {
         self.stream.write_all(bytes).expect("write to the broker");
     }
 
+    /// The socket and what was read from it past the last whole packet, for tests that need
+    /// the socket's own errors (a reset rather than an orderly close).
+    pub fn into_parts(self) -> (TcpStream, Vec<u8>) {
+        (self.stream, self.input)
+    }
+
     pub fn send5(&mut self, packet: v5::Packet) {
         let bytes = packet.encode().expect("encode");
         self.send(bytes.as_ref());
@@ -502,7 +508,7 @@ impl Raw {
 }
 
 /// Total length of the packet at the start of `input`, once its fixed header is complete.
-fn packet_len(input: &[u8]) -> Option<usize> {
+pub fn packet_len(input: &[u8]) -> Option<usize> {
     let mut remaining = 0usize;
     for i in 0..4 {
         let byte = *input.get(1 + i)?;

@@ -219,7 +219,9 @@ fn queues_list_the_front_end_that_made_them_as_their_owner() {
           SUBSCRIBE\nid:s1\ndestination:/topic/owned\ndurable:true\n\n\0",
     )
     .expect("send CONNECT and SUBSCRIBE");
-    let path = "/api/queues/%2F/stomp-subscription-app-s1";
+    // RabbitMQ's name for durable subscription `s1` on `/topic/owned`: base64url of Erlang's
+    // md5(term_to_binary({"owned", "s1"})).
+    let path = "/api/queues/%2F/stomp-subscription-lj8lIETuhbqeba9oTJwWVg";
     assert!(
         rosetta_tests::wait_until(WAIT, || api(http, "GET", path).status == 200),
         "the durable subscription's queue never appeared"

@@ -40,6 +40,17 @@ pub fn try_request(
     path: &str,
     auth: Option<(&str, &str)>,
 ) -> io::Result<Response> {
+    send(addr, method, path, auth, None)
+}
+
+/// Sends one request with `body` (JSON) when given.
+pub fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    auth: Option<(&str, &str)>,
+    body: Option<&str>,
+) -> io::Result<Response> {
     let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
@@ -48,7 +59,14 @@ pub fn try_request(
         let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
         head.push_str(&format!("Authorization: Basic {token}\r\n"));
     }
+    if let Some(body) = body {
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
     head.push_str("\r\n");
+    head.push_str(body.unwrap_or(""));
     stream.write_all(head.as_bytes())?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
@@ -102,6 +120,12 @@ pub fn get(addr: SocketAddr, path: &str) -> Response {
 /// A management API request as guest (who may connect from loopback).
 pub fn api(addr: SocketAddr, method: &str, path: &str) -> Response {
     request(addr, method, path, Some(("guest", "guest")))
+}
+
+/// A management API request as guest with a JSON body.
+pub fn api_with(addr: SocketAddr, method: &str, path: &str, body: &str) -> Response {
+    send(addr, method, path, Some(("guest", "guest")), Some(body))
+        .unwrap_or_else(|e| panic!("{method} {path} on {addr}: {e}"))
 }
 
 /// One `/metrics` response, by series: `name{labels}` exactly as exposed.

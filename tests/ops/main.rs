@@ -12,8 +12,11 @@ mod support;
 mod http;
 
 mod api;
+mod definitions;
 mod goodbye;
 mod health;
 mod logs;
 mod metrics;
 mod shutdown;
+mod users;
+mod vhosts;

@@ -424,3 +424,39 @@ fn mqtt_and_stomp_connections_are_counted_under_their_protocol() {
     wait_for_metric(http, "rosetta_connections{protocol=\"stomp\"}", 0.0);
     wait_for_metric(http, "rosetta_connections{protocol=\"mqtt\"}", 0.0);
 }
+
+#[test]
+fn metrics_auth_asks_scrapers_for_a_user_with_a_management_tag() {
+    let broker = Broker::builder()
+        .with_http()
+        .config(
+            "[http]\nmetrics_auth = true\n\n[limits]\nfailed_login_delay_ms = 0\n\n\
+             [[users]]\nname = \"guest\"\npassword = \"guest\"\ntags = [\"administrator\"]\n\n\
+             [[users]]\nname = \"prometheus\"\npassword = \"pw\"\ntags = [\"monitoring\"]\n\n\
+             [[users]]\nname = \"app\"\npassword = \"pw\"\n",
+        )
+        .start();
+    let http = broker.http_addr();
+    let anonymous = crate::http::request(http, "GET", "/metrics", None);
+    assert_eq!(anonymous.status, 401, "{}", anonymous.body);
+    assert_eq!(
+        anonymous.header("www-authenticate"),
+        Some("Basic realm=\"rosetta\"")
+    );
+    for refused in [("prometheus", "wrong"), ("app", "pw")] {
+        let answer = crate::http::request(http, "GET", "/metrics", Some(refused));
+        assert_eq!(answer.status, 401, "{refused:?}: {}", answer.body);
+    }
+    for allowed in [("prometheus", "pw"), ("guest", "guest")] {
+        let answer = crate::http::request(http, "GET", "/metrics", Some(allowed));
+        assert_eq!(answer.status, 200, "{allowed:?}: {}", answer.body);
+        assert!(
+            answer.body.contains("rosetta_connections"),
+            "{}",
+            answer.body
+        );
+    }
+    // Health checks stay open to probes.
+    assert_eq!(crate::http::get(http, "/healthz").status, 200);
+    assert_eq!(crate::http::get(http, "/readyz").status, 200);
+}

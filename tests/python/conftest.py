@@ -59,8 +59,9 @@ def render_config(data_dir: pathlib.Path, extra: str = "") -> str:
     sections = {
         "storage": {"path": toml_string(str(data_dir))},
         "amqp": {"listen": '"127.0.0.1:0"'},
-        "mqtt": {"enabled": "false"},
-        "stomp": {"enabled": "false"},
+        # The WebSocket listeners open with their section: ephemeral ports, not 15675/15674.
+        "mqtt": {"enabled": "false", "ws_listen": '"127.0.0.1:0"'},
+        "stomp": {"enabled": "false", "ws_listen": '"127.0.0.1:0"'},
         "http": {"enabled": "false"},
     }
     verbatim = []
@@ -113,6 +114,14 @@ class Broker:
             for protocol in ("amqp", "mqtt", "stomp", "http")
             if protocol in self.expected and "tls_listen" in config[protocol]
         ]
+        # MQTT and STOMP open their WebSocket listeners with them ("mqtt-ws", "stomp-ws"; over
+        # TLS "mqtt-wss", "stomp-wss"), unless `ws_listen = false`.
+        for protocol in ("mqtt", "stomp"):
+            if protocol in self.expected:
+                if config[protocol].get("ws_listen", True) is not False:
+                    self.expected.append(protocol + "-ws")
+                if "ws_tls_listen" in config[protocol]:
+                    self.expected.append(protocol + "-wss")
         self.process = None
         self.lines = []
         self.listeners = {}

@@ -270,6 +270,95 @@ def test_extra_config_is_merged_into_the_default_sections(tmp_path):
     config = tomllib.loads(text)
     assert config["storage"]["path"] == str(tmp_path / "data")
     assert config["amqp"]["listen"] == "127.0.0.1:0"
-    assert config["mqtt"] == {"enabled": True, "listen": "127.0.0.1:0"}
+    # The kit keeps the WebSocket listener on an ephemeral port.
+    assert config["mqtt"] == {"enabled": True, "listen": "127.0.0.1:0", "ws_listen": "127.0.0.1:0"}
     assert config["stomp"]["enabled"] is False
     assert config["limits"]["frame_max"] == 8192
+
+
+def fib(n: int) -> int:
+    return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+
+def test_rpc_over_direct_reply_to_as_in_tutorial_six(broker):
+    """RabbitMQ's tutorial 6 with direct reply-to: no reply queue is declared."""
+    server = broker.connect()
+    server_channel = server.channel()
+    rpc_queue = name("py.rpc")
+    server_channel.queue_declare(rpc_queue)
+    seen_reply_to = []
+
+    def on_request(ch, method, props, body):
+        seen_reply_to.append(props.reply_to)
+        response = str(fib(int(body))).encode()
+        ch.basic_publish(
+            exchange="",
+            routing_key=props.reply_to,
+            properties=pika.BasicProperties(correlation_id=props.correlation_id),
+            body=response,
+        )
+        ch.basic_ack(delivery_tag=method.delivery_tag)
+
+    server_channel.basic_qos(prefetch_count=1)
+    server_channel.basic_consume(queue=rpc_queue, on_message_callback=on_request)
+
+    client = broker.connect()
+    client_channel = client.channel()
+    responses = {}
+
+    def on_response(ch, method, props, body):
+        responses[props.correlation_id] = body
+
+    client_channel.basic_consume(
+        queue="amq.rabbitmq.reply-to", on_message_callback=on_response, auto_ack=True
+    )
+    corr_id = str(uuid.uuid4())
+    client_channel.basic_publish(
+        exchange="",
+        routing_key=rpc_queue,
+        properties=pika.BasicProperties(reply_to="amq.rabbitmq.reply-to", correlation_id=corr_id),
+        body=b"10",
+    )
+    for _ in range(100):
+        if corr_id in responses:
+            break
+        server.process_data_events(time_limit=0.05)
+        client.process_data_events(time_limit=0.05)
+    assert responses.get(corr_id) == b"55"
+    assert seen_reply_to[0].startswith("amq.rabbitmq.reply-to.")
+    assert seen_reply_to[0] != "amq.rabbitmq.reply-to"
+    client.close()
+    server.close()
+
+
+def test_direct_reply_to_refuses_an_acknowledging_consumer(channel):
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as raised:
+        channel.basic_consume("amq.rabbitmq.reply-to", lambda *args: None, auto_ack=False)
+    assert raised.value.reply_code == 406
+
+
+def test_consumer_priority_prefers_the_high_consumer_until_its_prefetch_is_full(connection):
+    queue = name("py.consumer-priority")
+    publisher = connection.channel()
+    publisher.queue_declare(queue)
+    publisher.confirm_delivery()
+    got = {"high": [], "low": []}
+
+    def collect(who):
+        return lambda ch, method, props, body: got[who].append(body)
+
+    low = connection.channel()
+    low.basic_qos(prefetch_count=10)
+    low.basic_consume(queue, collect("low"), arguments={"x-priority": 0})
+    high = connection.channel()
+    high.basic_qos(prefetch_count=1)
+    high.basic_consume(queue, collect("high"), arguments={"x-priority": 10})
+
+    for i in range(3):
+        publisher.basic_publish("", queue, f"m{i}".encode())
+    for _ in range(100):
+        if len(got["high"]) + len(got["low"]) == 3:
+            break
+        connection.process_data_events(time_limit=0.05)
+    connection_sleep(publisher, QUIET)
+    assert got == {"high": [b"m0"], "low": [b"m1", b"m2"]}

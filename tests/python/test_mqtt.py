@@ -379,9 +379,36 @@ def test_mosquitto_retained_message_reaches_a_wildcard_subscriber(mqtt_broker):
     got = cli("mosquitto_sub", port, "-t", "cli/#", "-C", "1", "-W", str(int(WAIT)), "-v")
     assert got.stdout.split("\n")[0] == "cli/retained/a kept"
     # `#` alone does not see `$` topics.
-    cli("mosquitto_pub", port, "-t", "$SYS/cli", "-m", "hidden", "-r")
+    cli("mosquitto_pub", port, "-t", "$app/cli", "-m", "hidden", "-r")
     quiet = cli("mosquitto_sub", port, "-t", "#", "-W", "1", "-v", timeout=1)
     assert "hidden" not in quiet.stdout
+
+
+@mosquitto
+def test_mosquitto_sub_reads_the_sys_tree(make_broker):
+    broker = make_broker(MQTT_CONFIG + "sys_interval = 1\n")
+    # The retained tree first, then each second's changes; a tab between topic and payload,
+    # since one topic holds a space.
+    got = cli("mosquitto_sub", broker.mqtt_port, "-t", "$SYS/#", "-C", "40", "-W", str(int(WAIT)), "-F", "%t\t%p")
+    assert got.returncode == 0, got.stderr
+    values = dict(line.split("\t", 1) for line in got.stdout.splitlines())
+    assert values["$SYS/broker/version"].startswith("rosetta version ")
+    uptime, unit = values["$SYS/broker/uptime"].split(" ")
+    assert uptime.isdigit() and unit == "seconds"
+    for topic in ("clients/connected", "clients/total", "clients/disconnected", "clients/maximum",
+                  "messages/received", "messages/sent", "bytes/received", "bytes/sent", "subscriptions/count",
+                  "retained messages/count", "store/messages/count"):
+        assert values[f"$SYS/broker/{topic}"].isdigit(), topic
+    assert int(values["$SYS/broker/clients/connected"]) >= 1
+    for kind in ("messages/received", "messages/sent", "bytes/received", "bytes/sent"):
+        for window in ("1min", "5min", "15min"):
+            whole, cents = values[f"$SYS/broker/load/{kind}/{window}"].split(".")
+            assert whole.isdigit() and len(cents) == 2, (kind, window)
+    # A client's publish to $SYS is dropped; the broker's own values stay.
+    done = cli("mosquitto_pub", broker.mqtt_port, "-t", "$SYS/broker/version", "-m", "spoofed", "-r", "-q", "1")
+    assert done.returncode == 0, done.stderr
+    again = cli("mosquitto_sub", broker.mqtt_port, "-t", "$SYS/broker/version", "-C", "1", "-W", str(int(WAIT)))
+    assert again.stdout.startswith("rosetta version "), again.stdout
 
 
 @mosquitto

@@ -481,3 +481,69 @@ def test_a_stomp_nack_returns_an_amqp_message_to_its_queue(stomp_broker, amqp):
     method, _props, body = amqp.basic_get(queue, auto_ack=True)
     assert method is not None and method.redelivered
     assert body == b"retry me"
+
+
+def test_x_queue_name_lets_amqp_reach_a_topic_subscription_by_the_default_exchange(stomp_broker, amqp):
+    key = name("named").replace(".", "-")
+    queue = name("stomp-named")
+    c = Client(stomp_broker)
+    c.subscribe(f"/topic/{key}", "t", headers={"x-queue-name": queue})
+    # Published by name through the default exchange, not through amq.topic.
+    amqp.basic_publish("", queue, b"by name")
+    [frame] = c.seen.take()
+    assert frame.body == b"by name"
+    assert frame.headers["subscription"] == "t"
+
+    # A durable subscription's named queue outlives it, and an AMQP consumer can read it.
+    durable = name("stomp-durable-named")
+    c.subscribe(f"/topic/{key}", "d", headers={"x-queue-name": durable, "durable": "true"})
+    c.with_receipt("unsubscribe", "d")
+    c.with_receipt("send", f"/topic/{key}", b"kept for amqp", headers={"persistent": "true"})
+    method, _props, body = amqp.basic_get(durable, auto_ack=True)
+    assert method is not None, f"nothing in {durable}"
+    assert body == b"kept for amqp"
+    c.close()
+
+
+def test_queue_argument_headers_declare_a_queue_pika_can_redeclare_with_the_same_arguments(stomp_broker, amqp):
+    queue = name("args")
+    arguments = {"x-max-length": 5, "x-message-ttl": 60000, "x-dead-letter-exchange": "amq.fanout"}
+    c = Client(stomp_broker)
+    c.with_receipt(
+        "send",
+        f"/queue/{queue}",
+        b"first",
+        headers={k: str(v) for k, v in arguments.items()},
+    )
+    # pika sends the numbers as integers; the broker declared them as integers too.
+    declared = amqp.queue_declare(queue, durable=True, arguments=arguments)
+    assert declared.method.message_count == 1
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+        amqp.queue_declare(queue, durable=True, arguments=dict(arguments, **{"x-max-length": 6}))
+    assert refused.value.reply_code == 406
+    c.close()
+
+
+def test_receipts_of_transactional_sends_come_at_commit_and_never_after_abort(client):
+    queue = f"/queue/{name('txreceipt')}"
+    client.subscribe(queue, "s")
+    tx = client.conn.begin()
+    client.conn.send(queue, b"one", transaction=tx, headers={"receipt": "send-in-tx", "persistent": "true"})
+    # Frames come in order: by the marker's receipt, an earlier receipt would have come, and
+    # a message published earlier would come before the marker.
+    client.with_receipt("send", queue, b"marker")
+    assert "send-in-tx" not in client.seen.receipts, "receipt before COMMIT"
+    assert [f.body for f in client.seen.take()] == [b"marker"], "message before COMMIT"
+    client.with_receipt("commit", tx)
+    receipts = client.seen.receipts
+    assert "send-in-tx" in receipts
+    # The SEND's receipt comes before the COMMIT's.
+    assert receipts.index("send-in-tx") == len(receipts) - 2, receipts
+    assert [f.body for f in client.seen.take()] == [b"one"]
+
+    dropped = client.conn.begin()
+    client.conn.send(queue, b"never", transaction=dropped, headers={"receipt": "send-in-aborted"})
+    client.with_receipt("abort", dropped)
+    client.with_receipt("send", queue, b"marker")
+    assert "send-in-aborted" not in client.seen.receipts
+    assert [f.body for f in client.seen.take()] == [b"marker"], "an aborted message arrived"

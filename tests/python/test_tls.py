@@ -159,3 +159,85 @@ def test_stomp_py_sends_and_receives_over_tls(make_broker, pki):
         assert frame.body == "over tls"
     finally:
         connection.disconnect()
+
+
+# Users for the certificate logins: `app-1` is the CN of the client certificates below, and
+# there is no guest, so a client let in without credentials was let in by its certificate.
+CERT_USERS = '[[users]]\nname = "app-1"\npassword = "app-1-secret"\n'
+
+
+def identity_files(tmp_path, identity):
+    """The client certificate and key of `identity`, in files, as paho-mqtt takes them."""
+    cert, key = tmp_path / "client.pem", tmp_path / "client.key"
+    with open(cert, "wb") as f:
+        for blob in identity.cert_chain_pems:
+            f.write(blob.bytes())
+    identity.private_key_pem.write_to_path(str(key))
+    return str(cert), str(key)
+
+
+def test_pika_logs_in_with_external_credentials_as_the_certificate_cn(make_broker, pki):
+    broker = make_broker(tls_config(pki, "verify_peer = true\n") + CERT_USERS)
+    identity = pki.ca.issue_cert("app-1.example.com", common_name="app-1")
+    params = pika_params(broker, client_context(pki, identity))
+    params.credentials = pika.credentials.ExternalCredentials()
+    connection = pika.BlockingConnection(params)
+    try:
+        channel = connection.channel()
+        q = name("external")
+        channel.queue_declare(q)
+        channel.basic_publish("", q, b"by certificate")
+        method = None
+        for _ in range(50):
+            method, _props, body = channel.basic_get(q, auto_ack=True)
+            if method is not None:
+                break
+            connection.sleep(0.1)
+        assert body == b"by certificate"
+    finally:
+        connection.close()
+    assert 'user=app-1 vhost="/" protocol="amqp"' in broker.log()
+    # Without a certificate EXTERNAL is not offered, and pika gives up.
+    params = pika_params(broker, client_context(pki))
+    params.credentials = pika.credentials.ExternalCredentials()
+    with pytest.raises(pika.exceptions.AMQPConnectionError):
+        pika.BlockingConnection(params)
+
+
+def test_paho_mqtt_logs_in_by_certificate_with_ssl_cert_login(make_broker, pki, tmp_path):
+    broker = make_broker(
+        tls_config(pki, "verify_peer = true\n") + "[mqtt]\nssl_cert_login = true\n" + CERT_USERS
+    )
+    identity = pki.ca.issue_cert("app-1.example.com", common_name="app-1")
+    certfile, keyfile = identity_files(tmp_path, identity)
+
+    def connect(with_certificate: bool):
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=name("cert"), protocol=mqtt.MQTTv311
+        )
+        if with_certificate:
+            client.tls_set(ca_certs=str(pki.ca_file), certfile=certfile, keyfile=keyfile)
+        else:
+            client.tls_set(ca_certs=str(pki.ca_file))
+        connacks, messages = queue.Queue(), queue.Queue()
+        client.on_connect = lambda c, u, flags, rc, props: connacks.put(rc)
+        client.on_message = lambda c, u, m: messages.put(m)
+        client.connect("127.0.0.1", broker.port("mqtts"), keepalive=30)
+        client.loop_start()
+        return client, connacks.get(timeout=WAIT), messages
+
+    client, rc, messages = connect(with_certificate=True)
+    try:
+        assert rc == 0
+        client.subscribe("tls/cert", qos=1)
+        client.publish("tls/cert", b"by certificate", qos=1)
+        message = messages.get(timeout=WAIT)
+        assert message.payload == b"by certificate"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    assert 'user="app-1" protocol="mqtt"' in broker.log()
+    # No certificate, no credentials: refused (there is no guest to fall back on).
+    client, rc, _ = connect(with_certificate=False)
+    client.loop_stop()
+    assert rc != 0

@@ -149,8 +149,10 @@ async fn amqp_channel(broker: &Broker) -> (lapin::Connection, lapin::Channel) {
 #[test]
 fn an_amqp_queue_named_like_a_durable_subscription_survives_a_restart_and_a_durable_unsubscribe() {
     let mut broker = broker();
-    let id = unique("declared");
-    let queue = format!("stomp-subscription-{id}");
+    // RabbitMQ's name for durable subscription `declared` on `/topic/declared.t`: base64url of
+    // Erlang's md5(term_to_binary({"declared.t", "declared"})).
+    let id = "declared";
+    let queue = "stomp-subscription-gWOLk4oDP-PVjwPMMf6RrQ".to_owned();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -192,12 +194,12 @@ fn an_amqp_queue_named_like_a_durable_subscription_survives_a_restart_and_a_dura
     // A durable subscription with that id reads the queue, then ends for good: STOMP did not
     // make the queue, so the queue stays, and the message it was handed goes back.
     let mut client = Raw::login_12(broker.stomp_addr());
-    let topic = format!("/topic/{}", unique("t"));
+    let topic = "/topic/declared.t";
     client.send_frame(
         "SUBSCRIBE",
         &[
-            ("id", &id),
-            ("destination", &topic),
+            ("id", id),
+            ("destination", topic),
             ("durable", "true"),
             ("ack", "client"),
             ("receipt", "subscribed"),
@@ -207,11 +209,7 @@ fn an_amqp_queue_named_like_a_durable_subscription_survives_a_restart_and_a_dura
     until_receipt(&mut client, "subscribed");
     client.send_frame(
         "UNSUBSCRIBE",
-        &[
-            ("id", &id),
-            ("durable", "true"),
-            ("receipt", "unsubscribed"),
-        ],
+        &[("id", id), ("durable", "true"), ("receipt", "unsubscribed")],
         b"",
     );
     until_receipt(&mut client, "unsubscribed");

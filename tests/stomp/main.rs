@@ -10,4 +10,6 @@ mod durability;
 mod errors;
 mod framing;
 mod hostile;
+mod permissions;
 mod rabbitmq;
+mod websocket;

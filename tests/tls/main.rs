@@ -1,16 +1,18 @@
 //! TLS on every listener against the real broker: a certificate authority and certificates made
 //! by the test (rcgen), rustls clients speaking AMQP, MQTT (rumqttc), STOMP and HTTP over TLS,
-//! client certificates, plain-text clients on a TLS port, reloading on SIGHUP, and the
-//! configuration errors. pika, paho-mqtt and stomp.py over TLS are tested from tests/python.
+//! client certificates, logging in with one (AMQP EXTERNAL, MQTT and STOMP `ssl_cert_login`),
+//! plain-text clients on a TLS port, reloading on SIGHUP, and the configuration errors. pika, paho-mqtt and stomp.py over TLS are tested from tests/python.
 //!
 //! Needs the broker binary: `cargo build -p rosetta` first (`tests/run` does it).
 
+mod cert_login;
 mod config;
 mod listeners;
 mod mqtt;
 mod peers;
 mod pki;
 mod reload;
+mod websocket;
 
 use std::io;
 use std::net::SocketAddr;

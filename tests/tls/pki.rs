@@ -4,8 +4,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType,
 };
 
 /// A certificate authority.
@@ -64,10 +64,18 @@ impl Pki {
 
     /// A client certificate whose subject's CN is `common_name`.
     pub fn client(&self, common_name: &str) -> Issued {
+        self.client_with_subject(&[(DnType::CommonName, common_name)])
+    }
+
+    /// A client certificate whose subject is `names`, in the order given (the most general
+    /// first, as certificates write them: `O` before `CN`).
+    pub fn client_with_subject(&self, names: &[(DnType, &str)]) -> Issued {
         let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
+        // Without rcgen's default subject, so only `names` are in it, in their order.
+        params.distinguished_name = DistinguishedName::new();
+        for (kind, value) in names {
+            params.distinguished_name.push(kind.clone(), *value);
+        }
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.issue(params)
     }

@@ -10,6 +10,8 @@ use amq_protocol::frame::parsing::parse_content_header;
 use amq_protocol::frame::{AMQPFrame, BackToTheBuffer, GenError, GenResult, WriteContext};
 use amq_protocol::protocol::basic::gen_properties;
 use amq_protocol::protocol::{gen_class, parse_class, AMQPClass, BasicProperties};
+use amq_protocol::types::generation::gen_field_table;
+use amq_protocol::types::FieldTable;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// The codec's errors are the crate's error type; this name reads better at codec call sites.
@@ -384,7 +386,7 @@ pub fn encode_frame(frame: &AMQPFrame, out: &mut BytesMut) {
                 *channel,
                 header.class_id,
                 header.body_size,
-                &header.properties,
+                gen_amqp_properties(&header.properties),
                 out,
             );
         }
@@ -411,6 +413,131 @@ pub fn encode_content(
     frame_max: u32,
     out: &mut BytesMut,
 ) -> Result<(), CodecError> {
+    encode_content_parts(
+        channel,
+        |out| {
+            encode_method(channel, method, out);
+            Ok(())
+        },
+        gen_amqp_properties(properties),
+        body,
+        frame_max,
+        out,
+    )
+}
+
+/// A content method the server sends once per message, its fields borrowed from the message
+/// and the consumer: written straight to the output, where amq-protocol's values would copy
+/// every name into an owned string first.
+#[derive(Debug, Clone, Copy)]
+pub enum ServerContent<'a> {
+    /// `basic.deliver` (60, 60).
+    Deliver {
+        consumer_tag: &'a str,
+        delivery_tag: u64,
+        redelivered: bool,
+        exchange: &'a str,
+        routing_key: &'a str,
+    },
+    /// `basic.get-ok` (60, 71).
+    GetOk {
+        delivery_tag: u64,
+        redelivered: bool,
+        exchange: &'a str,
+        routing_key: &'a str,
+        message_count: u32,
+    },
+}
+
+/// Appends `method` with a content header whose properties `properties` writes (flags, then
+/// the fields they announce: see [`put_short_string`] and [`put_field_table`]) and the body,
+/// framed as [`encode_content`] does. Fails, leaving `out` as it was, when a name is longer
+/// than a short string or the content header does not fit one frame.
+pub fn encode_server_content(
+    channel: u16,
+    method: ServerContent<'_>,
+    properties: impl FnOnce(&mut BytesMut) -> Result<(), GenError>,
+    body: &[u8],
+    frame_max: u32,
+    out: &mut BytesMut,
+) -> Result<(), CodecError> {
+    encode_content_parts(
+        channel,
+        |out| {
+            let start = begin_frame(FRAME_METHOD, channel, out);
+            put_server_content(method, out).map_err(|e| match e {
+                GenError::BufferTooBig(len) => CodecError::NameTooLong { len },
+                // Writing to memory fails in no other way.
+                _ => CodecError::NameTooLong { len: 0 },
+            })?;
+            finish_frame(start, Ok(()), out);
+            Ok(())
+        },
+        properties,
+        body,
+        frame_max,
+        out,
+    )
+}
+
+fn put_server_content(method: ServerContent<'_>, out: &mut BytesMut) -> Result<(), GenError> {
+    out.put_u16(BASIC_CLASS);
+    match method {
+        ServerContent::Deliver {
+            consumer_tag,
+            delivery_tag,
+            redelivered,
+            exchange,
+            routing_key,
+        } => {
+            out.put_u16(60);
+            put_short_string(out, consumer_tag)?;
+            out.put_u64(delivery_tag);
+            out.put_u8(u8::from(redelivered));
+            put_short_string(out, exchange)?;
+            put_short_string(out, routing_key)
+        }
+        ServerContent::GetOk {
+            delivery_tag,
+            redelivered,
+            exchange,
+            routing_key,
+            message_count,
+        } => {
+            out.put_u16(71);
+            out.put_u64(delivery_tag);
+            out.put_u8(u8::from(redelivered));
+            put_short_string(out, exchange)?;
+            put_short_string(out, routing_key)?;
+            out.put_u32(message_count);
+            Ok(())
+        }
+    }
+}
+
+/// Appends an AMQP short string: a length octet and at most 255 bytes.
+pub fn put_short_string(out: &mut BytesMut, value: &str) -> Result<(), GenError> {
+    let len = u8::try_from(value.len()).map_err(|_| GenError::BufferTooBig(value.len()))?;
+    out.put_u8(len);
+    out.put_slice(value.as_bytes());
+    Ok(())
+}
+
+/// Appends a field table, length-prefixed.
+pub fn put_field_table(out: &mut BytesMut, table: &FieldTable) -> Result<(), GenError> {
+    gen_field_table(table)(WriteContext::from(Sink::Out(out))).map(drop)
+}
+
+/// The framing every content method shares: method frame (written whole by `method`), content
+/// header frame, body frames. On failure `out` is left as it was.
+fn encode_content_parts(
+    channel: u16,
+    method: impl FnOnce(&mut BytesMut) -> Result<(), CodecError>,
+    properties: impl FnOnce(&mut BytesMut) -> Result<(), GenError>,
+    body: &[u8],
+    frame_max: u32,
+    out: &mut BytesMut,
+) -> Result<(), CodecError> {
     let max_frame = if frame_max == 0 {
         u64::from(u32::MAX) + u64::from(FRAME_OVERHEAD)
     } else {
@@ -422,7 +549,10 @@ pub fn encode_content(
     // Method and header are small; reserve them a guess and the body exactly.
     out.reserve(256 + body.len() + body_frames * FRAME_OVERHEAD as usize);
 
-    encode_method(channel, method, out);
+    if let Err(e) = method(out) {
+        out.truncate(start);
+        return Err(e);
+    }
     let header_start = out.len();
     encode_content_header(channel, BASIC_CLASS, body.len() as u64, properties, out);
     let header_size = out.len() - header_start;
@@ -443,11 +573,12 @@ fn encode_method(channel: u16, method: &AMQPClass, out: &mut BytesMut) {
     finish_frame(start, generated, out);
 }
 
+/// Writes a content header frame whose properties (flags and fields) `properties` writes.
 fn encode_content_header(
     channel: u16,
     class_id: u16,
     body_size: u64,
-    properties: &BasicProperties,
+    properties: impl FnOnce(&mut BytesMut) -> Result<(), GenError>,
     out: &mut BytesMut,
 ) {
     let start = begin_frame(FRAME_HEADER, channel, out);
@@ -455,8 +586,14 @@ fn encode_content_header(
     out.put_u16(class_id);
     out.put_u16(0);
     out.put_u64(body_size);
-    let generated = gen_properties(properties)(WriteContext::from(Sink::Out(&mut *out))).map(drop);
+    let generated = properties(out);
     finish_frame(start, generated, out);
+}
+
+fn gen_amqp_properties(
+    properties: &BasicProperties,
+) -> impl FnOnce(&mut BytesMut) -> Result<(), GenError> + '_ {
+    |out| gen_properties(properties)(WriteContext::from(Sink::Out(out))).map(drop)
 }
 
 /// Writes `body` as body frames of at most `max_payload` bytes each, copying it once; an empty

@@ -9,12 +9,15 @@
 //! most properties) holds at most 255 bytes. Such a key or property is left out of the AMQP
 //! message rather than truncated into a different value.
 
+use amq_protocol::frame::GenError;
 use amq_protocol::protocol::BasicProperties;
 use amq_protocol::types::{
     AMQPValue, ByteArray, DecimalValue, FieldArray, FieldTable, LongString, ShortString,
 };
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use rosetta_core::{Properties, Table, Value};
+
+use crate::codec;
 
 /// Converts an AMQP field table into a core table.
 pub fn table_from_amqp(table: &FieldTable) -> Table {
@@ -174,18 +177,68 @@ pub fn properties_to_amqp(props: &Properties) -> BasicProperties {
 }
 
 fn short_string(property: &'static str, value: &Option<String>) -> Option<ShortString> {
+    fitting(property, value).map(ShortString::from)
+}
+
+/// `value` if a short string holds it; a longer one is left out of the AMQP message.
+fn fitting<'a>(property: &'static str, value: &'a Option<String>) -> Option<&'a str> {
     let value = value.as_deref()?;
-    match ShortString::try_new(value) {
-        Ok(s) => Some(s),
-        Err(_) => {
-            tracing::debug!(
-                property,
-                len = value.len(),
-                "property too long for an AMQP short string; left out"
-            );
-            None
+    if value.len() <= usize::from(u8::MAX) {
+        return Some(value);
+    }
+    tracing::debug!(
+        property,
+        len = value.len(),
+        "property too long for an AMQP short string; left out"
+    );
+    None
+}
+
+/// One property field as the content header carries it.
+enum Field<'a> {
+    Short(&'a str),
+    Octet(u8),
+    Timestamp(u64),
+    Headers(&'a Table),
+}
+
+/// Writes `props` as a content header's property flags and fields (AMQP 0-9-1 §4.2.6.1): the
+/// bytes `amq-protocol` writes for [`properties_to_amqp`], straight from the core's values, so
+/// a delivery without headers builds no owned copy of its properties. Headers still go
+/// through [`table_to_amqp`].
+pub fn put_properties(props: &Properties, out: &mut BytesMut) -> Result<(), GenError> {
+    // In flag order: the first field is flagged by bit 15, the next by bit 14, and so on.
+    let fields = [
+        fitting("content-type", &props.content_type).map(Field::Short),
+        fitting("content-encoding", &props.content_encoding).map(Field::Short),
+        props.headers.as_ref().map(Field::Headers),
+        props.delivery_mode.map(Field::Octet),
+        props.priority.map(Field::Octet),
+        fitting("correlation-id", &props.correlation_id).map(Field::Short),
+        fitting("reply-to", &props.reply_to).map(Field::Short),
+        fitting("expiration", &props.expiration).map(Field::Short),
+        fitting("message-id", &props.message_id).map(Field::Short),
+        props.timestamp.map(Field::Timestamp),
+        fitting("type", &props.kind).map(Field::Short),
+        fitting("user-id", &props.user_id).map(Field::Short),
+        fitting("app-id", &props.app_id).map(Field::Short),
+        fitting("cluster-id", &props.cluster_id).map(Field::Short),
+    ];
+    let flags = fields
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.is_some())
+        .fold(0u16, |flags, (i, _)| flags | 1 << (15 - i));
+    out.put_u16(flags);
+    for field in fields.into_iter().flatten() {
+        match field {
+            Field::Short(s) => codec::put_short_string(out, s)?,
+            Field::Octet(v) => out.put_u8(v),
+            Field::Timestamp(t) => out.put_u64(t),
+            Field::Headers(h) => codec::put_field_table(out, &table_to_amqp(h))?,
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -416,5 +469,102 @@ mod tests {
             amqp.message_id().as_ref().map(|s| s.as_str().len()),
             Some(255)
         );
+    }
+
+    /// A delivery written from the message's own fields is byte for byte the one written
+    /// through amq-protocol's values, whatever properties it carries.
+    #[test]
+    fn a_delivery_written_in_place_matches_amq_protocol_encoding() {
+        use amq_protocol::protocol::{basic, AMQPClass};
+
+        use crate::codec::{encode_content, encode_server_content, ServerContent};
+
+        let long = "x".repeat(300);
+        let cases = [
+            Properties::default(),
+            properties_from_amqp(every_property()),
+            Properties {
+                content_type: Some(long.clone()),
+                priority: Some(3),
+                app_id: Some("a".into()),
+                headers: Some(Table::new()),
+                ..Properties::default()
+            },
+        ];
+        for (i, props) in cases.iter().enumerate() {
+            // A body over two frames at the smallest frame-max, and an empty one.
+            for body in [&[7u8; 5000][..], b""] {
+                let deliver = ServerContent::Deliver {
+                    consumer_tag: "ctag",
+                    delivery_tag: 42,
+                    redelivered: i % 2 == 1,
+                    exchange: "amq.topic",
+                    routing_key: "a.b",
+                };
+                let get_ok = ServerContent::GetOk {
+                    delivery_tag: 43,
+                    redelivered: true,
+                    exchange: "",
+                    routing_key: "q",
+                    message_count: 7,
+                };
+                let owned = [
+                    AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
+                        consumer_tag: "ctag".into(),
+                        delivery_tag: 42,
+                        redelivered: i % 2 == 1,
+                        exchange: "amq.topic".into(),
+                        routing_key: "a.b".into(),
+                    })),
+                    AMQPClass::Basic(basic::AMQPMethod::GetOk(basic::GetOk {
+                        delivery_tag: 43,
+                        redelivered: true,
+                        exchange: "".into(),
+                        routing_key: "q".into(),
+                        message_count: 7,
+                    })),
+                ];
+                for (borrowed, owned) in [deliver, get_ok].into_iter().zip(owned) {
+                    let mut want = BytesMut::new();
+                    encode_content(1, &owned, &properties_to_amqp(props), body, 4096, &mut want)
+                        .expect("encodes");
+                    let mut got = BytesMut::new();
+                    encode_server_content(
+                        1,
+                        borrowed,
+                        |out| put_properties(props, out),
+                        body,
+                        4096,
+                        &mut got,
+                    )
+                    .expect("encodes");
+                    assert_eq!(got, want, "case {i}, {} body bytes", body.len());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_name_longer_than_a_short_string_writes_nothing() {
+        use crate::codec::{encode_server_content, ServerContent};
+
+        let long = "k".repeat(256);
+        let mut out = BytesMut::from(&b"before"[..]);
+        let refused = encode_server_content(
+            1,
+            ServerContent::Deliver {
+                consumer_tag: &long,
+                delivery_tag: 1,
+                redelivered: false,
+                exchange: "",
+                routing_key: "q",
+            },
+            |out| put_properties(&Properties::default(), out),
+            b"body",
+            4096,
+            &mut out,
+        );
+        assert!(refused.is_err());
+        assert_eq!(&out[..], b"before");
     }
 }

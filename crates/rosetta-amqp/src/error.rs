@@ -94,6 +94,14 @@ pub enum AmqpError {
         /// The negotiated frame-max.
         max: u32,
     },
+
+    /// An outgoing method names something longer than a short string holds (255 bytes): a
+    /// route another protocol allowed, which AMQP 0-9-1 cannot carry.
+    #[error("a name of {len} bytes does not fit a short string")]
+    NameTooLong {
+        /// The name's length in bytes.
+        len: usize,
+    },
 }
 
 impl AmqpError {
@@ -117,7 +125,9 @@ impl AmqpError {
             // at all.
             AmqpError::UnknownMethod { .. } => COMMAND_INVALID,
             // The server failed to frame its own output: nothing the client did wrong.
-            AmqpError::ContentHeaderTooLarge { .. } => INTERNAL_ERROR,
+            AmqpError::ContentHeaderTooLarge { .. } | AmqpError::NameTooLong { .. } => {
+                INTERNAL_ERROR
+            }
         }
     }
 

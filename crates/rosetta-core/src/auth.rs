@@ -1,4 +1,6 @@
-//! Users and the login check every front-end shares.
+//! Users, their permissions, and the checks every front-end shares: the login, access to a
+//! virtual host, and RabbitMQ's configure / write / read and topic permissions
+//! ([`Directory`], [`Grant`], `permissions`).
 //!
 //! Passwords are kept only as salted hashes ([`PasswordHash`], RabbitMQ's format). A refused
 //! login is also noted for whoever drives the connection: the front-ends check credentials
@@ -6,12 +8,23 @@
 //! and the timers, answers a refusal late and counts it. [`refusals_during`] tells it how many
 //! logins the code it ran refused, without each protocol reporting them on its own.
 
+mod directory;
+mod grant;
 mod password;
+#[cfg(test)]
+mod permission_tests;
+pub mod permissions;
+pub mod records;
 
 use std::cell::Cell;
 use std::net::IpAddr;
 
+pub use directory::{Contents, Directory};
+pub use grant::Grant;
 pub use password::{constant_time_eq, HashAlgorithm, HashError, PasswordHash};
+pub use permissions::{
+    Access, Pattern, PatternError, Permission, Permissions, Resource, TopicPermission,
+};
 
 #[derive(Debug, Clone)]
 pub struct User {
@@ -91,6 +104,36 @@ impl Users {
         self.accounts.iter().find(|a| a.user.name == name)
     }
 
+    /// User `name` with its tags.
+    pub fn get(&self, name: &str) -> Option<(&User, &[Tag])> {
+        self.find(name).map(|a| (&a.user, a.tags.as_slice()))
+    }
+
+    /// Every user with its tags, in the order they were added.
+    pub fn iter(&self) -> impl Iterator<Item = (&User, &[Tag])> {
+        self.accounts.iter().map(|a| (&a.user, a.tags.as_slice()))
+    }
+
+    /// Adds `user`, or replaces the user of its name (password, tags and all).
+    pub fn upsert(&mut self, user: User, tags: Vec<Tag>) {
+        let account = Account { user, tags };
+        match self
+            .accounts
+            .iter_mut()
+            .find(|a| a.user.name == account.user.name)
+        {
+            Some(existing) => *existing = account,
+            None => self.accounts.push(account),
+        }
+    }
+
+    /// Removes user `name`; whether there was one.
+    pub fn remove(&mut self, name: &str) -> bool {
+        let before = self.accounts.len();
+        self.accounts.retain(|a| a.user.name != name);
+        self.accounts.len() != before
+    }
+
     /// Checks a login. A refusal is counted for [`refusals_during`].
     pub fn check(&self, name: &str, password: &str, peer: IpAddr) -> Result<(), AuthFailure> {
         let verdict = self.verdict(name, password, peer);
@@ -116,12 +159,38 @@ impl Users {
         let Some(account) = account.filter(|_| matches && !password.is_empty()) else {
             return Err(AuthFailure::BadCredentials);
         };
-        // An IPv4 client of a listener on `[::]` shows up as `::ffff:127.0.0.1`.
-        if account.user.loopback_only && !peer.to_canonical().is_loopback() {
-            return Err(AuthFailure::LoopbackOnly);
-        }
-        Ok(())
+        loopback_rule(account, peer)
     }
+
+    /// Checks a login by TLS client certificate (AMQP `EXTERNAL`, MQTT and STOMP
+    /// `ssl_cert_login`). `identity` is the user name the server took from the connection's
+    /// verified certificate, `None` when there is none (a plain connection, no certificate
+    /// presented). No password is checked, the certificate stands for it, as in RabbitMQ; the
+    /// user must exist and its loopback rule holds. A refusal is counted for
+    /// [`refusals_during`].
+    pub fn check_certificate(
+        &self,
+        identity: Option<&str>,
+        peer: IpAddr,
+    ) -> Result<(), AuthFailure> {
+        let verdict = match identity.and_then(|name| self.find(name)) {
+            Some(account) => loopback_rule(account, peer),
+            None => Err(AuthFailure::BadCredentials),
+        };
+        if verdict.is_err() {
+            note_refusal();
+        }
+        verdict
+    }
+}
+
+/// A loopback-only user may log in only from a loopback address.
+fn loopback_rule(account: &Account, peer: IpAddr) -> Result<(), AuthFailure> {
+    // An IPv4 client of a listener on `[::]` shows up as `::ffff:127.0.0.1`.
+    if account.user.loopback_only && !peer.to_canonical().is_loopback() {
+        return Err(AuthFailure::LoopbackOnly);
+    }
+    Ok(())
 }
 
 thread_local! {
@@ -292,6 +361,49 @@ mod tests {
         });
         assert!(panicked.is_err());
         assert_eq!(REFUSALS.with(|r| r.get()), None);
+    }
+
+    #[test]
+    fn a_certificate_logs_in_as_a_known_user_without_a_password() {
+        let users = Users::new(vec![User {
+            name: "sensor-17".into(),
+            password: PasswordHash::none(),
+            loopback_only: false,
+        }]);
+        let remote = ip("192.0.2.7");
+        assert_eq!(
+            users.check("sensor-17", "", remote),
+            Err(AuthFailure::BadCredentials)
+        );
+        let (verdicts, refused) = refusals_during(|| {
+            [
+                users.check_certificate(Some("sensor-17"), remote),
+                users.check_certificate(Some("sensor-18"), remote),
+                users.check_certificate(None, remote),
+            ]
+        });
+        assert_eq!(
+            verdicts,
+            [
+                Ok(()),
+                Err(AuthFailure::BadCredentials),
+                Err(AuthFailure::BadCredentials)
+            ]
+        );
+        assert_eq!(refused, 2);
+    }
+
+    #[test]
+    fn a_certificate_does_not_lift_the_loopback_rule() {
+        let users = guest();
+        assert_eq!(
+            users.check_certificate(Some("guest"), ip("127.0.0.1")),
+            Ok(())
+        );
+        assert_eq!(
+            users.check_certificate(Some("guest"), ip("10.0.0.1")),
+            Err(AuthFailure::LoopbackOnly)
+        );
     }
 
     #[test]

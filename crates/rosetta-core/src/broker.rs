@@ -1,7 +1,9 @@
 //! The broker: virtual hosts over one store, recovery at startup, shared counters.
 
+mod vhosts;
+
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -11,6 +13,8 @@ use crate::error::CoreError;
 use crate::queue::Queue;
 use crate::store::Store;
 use crate::vhost::VHost;
+
+pub use vhosts::{VHostDeleted, VHostInfo, VHostMeta, VHostPut};
 
 /// Limits the core enforces; the server fills them from configuration.
 #[derive(Debug, Clone, Default)]
@@ -32,6 +36,9 @@ pub struct CoreLimits {
     pub max_exchanges: u64,
     /// Bindings per virtual host (0 = none).
     pub max_bindings: u64,
+    /// Quorum queue declares (`x-queue-type = quorum`) are taken as durable classic queues
+    /// rather than refused; what a single node can honour of them, it does.
+    pub quorum_as_classic: bool,
 }
 
 /// Broker-wide message counters, read by the metrics endpoint. Each is counted once, in the
@@ -84,13 +91,20 @@ impl std::fmt::Debug for dyn Store {
 #[derive(Debug)]
 pub struct Broker {
     vhosts: DashMap<String, Arc<VHost>>,
+    /// The virtual hosts the broker was opened with, which cannot be deleted.
+    permanent: HashSet<String>,
+    /// Descriptions and tags, for the virtual hosts that have any.
+    meta: DashMap<String, VHostMeta>,
+    /// Held while a virtual host is created or deleted (see `vhosts.rs`).
+    vhost_changes: parking_lot::Mutex<()>,
     shared: Arc<Shared>,
     next_connection_id: AtomicU64,
 }
 
 impl Broker {
-    /// Opens the broker over `store`, creating the configured virtual hosts and recovering
-    /// every durable exchange, queue, binding and message.
+    /// Opens the broker over `store`, creating the configured virtual hosts (`vhost_names`, which
+    /// cannot be deleted) and those made at run time before, and recovering every durable
+    /// exchange, queue, binding and message.
     pub fn open(
         store: Arc<dyn Store>,
         vhost_names: &[String],
@@ -107,6 +121,9 @@ impl Broker {
         });
         let broker = Arc::new(Broker {
             vhosts: DashMap::new(),
+            permanent: vhost_names.iter().cloned().collect(),
+            meta: DashMap::new(),
+            vhost_changes: parking_lot::Mutex::new(()),
             shared: shared.clone(),
             next_connection_id: AtomicU64::new(1),
         });
@@ -114,6 +131,13 @@ impl Broker {
             broker
                 .vhosts
                 .insert(name.clone(), VHost::new(name, shared.clone()));
+        }
+        for (name, meta) in vhosts::stored(shared.store.as_ref())? {
+            broker
+                .vhosts
+                .entry(name.clone())
+                .or_insert_with(|| VHost::new(&name, shared.clone()));
+            broker.meta.insert(name, meta);
         }
         let vhost = |name: &str| {
             broker

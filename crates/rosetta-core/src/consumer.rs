@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::error::CoreError;
 use crate::message::{Message, Table};
 use crate::queue::Queue;
 
@@ -128,6 +129,22 @@ pub struct Delivery {
     pub charge: u64,
 }
 
+/// The consumer argument that sets a consumer's priority (RabbitMQ's consumer priorities).
+pub const PRIORITY_ARGUMENT: &str = "x-priority";
+
+/// A consumer's priority from its arguments: any integer, 0 when absent. A queue offers its
+/// messages to its highest-priority consumers that can take one, lower ones only while every
+/// higher one is blocked.
+fn priority_of(arguments: &Table) -> Result<i64, CoreError> {
+    match arguments.get(PRIORITY_ARGUMENT) {
+        None => Ok(0),
+        Some(v) => v.as_i64().ok_or_else(|| CoreError::InvalidArgument {
+            name: PRIORITY_ARGUMENT.to_owned(),
+            reason: "expected an integer".to_owned(),
+        }),
+    }
+}
+
 /// What a protocol session asks for when it starts consuming.
 #[derive(Debug, Clone)]
 pub struct ConsumerSpec {
@@ -151,6 +168,8 @@ pub struct Consumer {
     pub no_ack: bool,
     pub exclusive: bool,
     pub arguments: Table,
+    /// From `x-priority` (0 by default); higher numbers are served first.
+    pub priority: i64,
     credit: Arc<Credit>,
     shared_credit: Option<Arc<Credit>>,
     outbox: UnboundedSender<Outbound>,
@@ -163,22 +182,25 @@ pub struct Consumer {
 
 impl Consumer {
     /// A consumer whose unwritten deliveries may hold `buffer_budget` bytes (0 = no limit).
+    /// Refuses an `x-priority` that is not an integer.
     pub fn new(
         spec: ConsumerSpec,
         outbox: UnboundedSender<Outbound>,
         buffer_budget: u64,
-    ) -> Arc<Self> {
+    ) -> Result<Arc<Self>, CoreError> {
+        let priority = priority_of(&spec.arguments)?;
         let limit = if spec.no_ack {
             AUTO_ACK_WINDOW
         } else {
             spec.prefetch
         };
-        Arc::new(Consumer {
+        Ok(Arc::new(Consumer {
             tag: spec.tag.into(),
             connection: spec.connection,
             no_ack: spec.no_ack,
             exclusive: spec.exclusive,
             arguments: spec.arguments,
+            priority,
             credit: Credit::new(limit),
             shared_credit: if spec.no_ack {
                 None
@@ -189,7 +211,7 @@ impl Consumer {
             cancelled: AtomicBool::new(false),
             buffered: AtomicU64::new(0),
             buffer_budget,
-        })
+        }))
     }
 
     /// Whether the consumer could take a delivery now.

@@ -3,35 +3,73 @@
 
 use crate::store::StoreError;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 pub enum CoreError {
     /// The named entity does not exist (AMQP 404).
-    #[error("NOT_FOUND - {0}")]
     NotFound(String),
     /// The client may not do this (AMQP 403).
-    #[error("ACCESS_REFUSED - {0}")]
     AccessRefused(String),
     /// The entity is in exclusive use by another connection (AMQP 405).
-    #[error("RESOURCE_LOCKED - {0}")]
     ResourceLocked(String),
     /// The request contradicts the entity's state or definition (AMQP 406).
-    #[error("PRECONDITION_FAILED - {0}")]
     PreconditionFailed(String),
     /// An argument has an invalid value (AMQP 406 on declare, as RabbitMQ does).
-    #[error("PRECONDITION_FAILED - invalid arg '{name}': {reason}")]
     InvalidArgument { name: String, reason: String },
     /// The client named an exchange type this broker does not have (AMQP 503 COMMAND_INVALID).
-    #[error("COMMAND_INVALID - unknown exchange type '{0}'")]
     UnknownExchangeType(String),
     /// A configured limit was reached (AMQP 506 RESOURCE_ERROR).
-    #[error("RESOURCE_ERROR - {0}")]
     ResourceLimit(String),
     /// A configured per-virtual-host limit (queues, exchanges, bindings) or a key longer than
     /// the protocols can carry. AMQP answers 406 on the channel, as RabbitMQ answers a declare
     /// past its queue limit; MQTT says Quota exceeded, STOMP sends an ERROR frame.
-    #[error("PRECONDITION_FAILED - {0}")]
     LimitReached(String),
     /// The store failed; the operation may not be durable (AMQP 541 INTERNAL_ERROR).
-    #[error("INTERNAL_ERROR - {0}")]
-    Store(#[from] StoreError),
+    Store(StoreError),
+}
+
+impl CoreError {
+    /// The failure's AMQP reply name (`NOT_FOUND`, `PRECONDITION_FAILED`, …) and its
+    /// explanation, apart, for protocols that carry them in separate fields; `Display` joins
+    /// them with " - ", as AMQP's reply text does.
+    pub fn parts(&self) -> (&'static str, String) {
+        match self {
+            CoreError::NotFound(t) => ("NOT_FOUND", t.clone()),
+            CoreError::AccessRefused(t) => ("ACCESS_REFUSED", t.clone()),
+            CoreError::ResourceLocked(t) => ("RESOURCE_LOCKED", t.clone()),
+            CoreError::PreconditionFailed(t) | CoreError::LimitReached(t) => {
+                ("PRECONDITION_FAILED", t.clone())
+            }
+            CoreError::InvalidArgument { name, reason } => (
+                "PRECONDITION_FAILED",
+                format!("invalid arg '{name}': {reason}"),
+            ),
+            CoreError::UnknownExchangeType(t) => {
+                ("COMMAND_INVALID", format!("unknown exchange type '{t}'"))
+            }
+            CoreError::ResourceLimit(t) => ("RESOURCE_ERROR", t.clone()),
+            CoreError::Store(e) => ("INTERNAL_ERROR", e.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for CoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (name, explanation) = self.parts();
+        write!(f, "{name} - {explanation}")
+    }
+}
+
+impl std::error::Error for CoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CoreError::Store(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<StoreError> for CoreError {
+    fn from(e: StoreError) -> Self {
+        CoreError::Store(e)
+    }
 }

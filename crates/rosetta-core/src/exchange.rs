@@ -292,8 +292,9 @@ impl Exchange {
             .contains_key(destination)
     }
 
-    /// Appends to `out` every destination whose binding matches the message, each once.
-    pub fn route(&self, message: &Message, out: &mut Vec<Route>) {
+    /// Appends to `out` every destination whose binding matches the message, each once. `out`
+    /// is any growable list, so the caller can keep the usual few hits inline.
+    pub fn route(&self, message: &Message, out: &mut impl Extend<Route>) {
         let table = self.bindings.read();
         match self.kind {
             ExchangeKind::Direct => {
@@ -316,7 +317,7 @@ impl Exchange {
                         .flatten()
                         .any(|arguments| headers_match(arguments, headers));
                     if hit {
-                        out.push(bound.route.clone());
+                        out.extend([bound.route.clone()]);
                     }
                 }
             }

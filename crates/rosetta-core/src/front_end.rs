@@ -66,6 +66,25 @@ impl AlarmPause {
     }
 }
 
+/// Why the broker closes a connection on an operator's request ([`Session::evicted`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Eviction {
+    /// The connection's virtual host was deleted.
+    VHostDeleted,
+    /// The connection's user was deleted.
+    UserDeleted,
+}
+
+impl Eviction {
+    /// RabbitMQ's words for it, as AMQP's CONNECTION_FORCED text carries them.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Eviction::VHostDeleted => "vhost deleted",
+            Eviction::UserDeleted => "user deleted",
+        }
+    }
+}
+
 /// One client connection's protocol state, as the connection driver sees it. Nothing here does
 /// I/O: the driver reads and writes the socket and calls these.
 pub trait Session {
@@ -109,6 +128,16 @@ pub trait Session {
     fn reading_paused(&self) -> bool;
     /// The broker is shutting down: say goodbye in the protocol's terms.
     fn force_close(&mut self);
+    /// The virtual host the client works in, once it has one; the driver closes the connection
+    /// when it is deleted ([`crate::VHost::is_deleted`]).
+    fn open_vhost(&self) -> Option<&crate::VHost> {
+        None
+    }
+    /// An operator took away what the connection stands on (its virtual host or its user was
+    /// deleted): say goodbye as at shutdown, unless the protocol has better words for it.
+    fn evicted(&mut self, _why: Eviction) {
+        self.force_close();
+    }
     /// The socket is gone: give back unacknowledged messages, drop transient state.
     fn shutdown(&mut self);
     /// For a session that creates its outbox only once it needs one (an idle MQTT client that

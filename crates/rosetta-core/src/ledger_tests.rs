@@ -101,7 +101,10 @@ fn an_unknown_or_already_settled_tag_is_reported_and_settles_nothing() {
     assert!(!ledger.settle(1, Settlement::Ack), "a tag settles once");
     assert_eq!(ledger.settle_up_to(0, |_| true, Settlement::Ack), 0);
     assert_eq!(counts(&queue), (0, 1));
-    assert!(ledger.get(2).is_some_and(|u| Arc::ptr_eq(&u.queue, &queue)));
+    assert!(ledger.get(2).is_some_and(|u| u
+        .source
+        .as_ref()
+        .is_some_and(|(q, _)| Arc::ptr_eq(q, &queue))));
 }
 
 #[test]
@@ -224,4 +227,136 @@ fn a_delivery_for_a_consumer_that_ended_goes_back_unless_it_was_auto_ack() {
         (0, 0),
         "an auto-ack delivery is already gone"
     );
+}
+
+#[test]
+fn a_held_tag_has_no_queue_entry_and_settling_it_only_frees_the_tag() {
+    let (_broker, vhost) = vhost();
+    let (queue, consumer, mut rx) = consumed(&vhost, "q", 1, false);
+    let mut ledger = Ledger::default();
+    record(&mut ledger, 1, &deliveries(&mut rx), 'q');
+    ledger.hold(2, 'r');
+    assert_eq!(ledger.len(), 2);
+    assert!(ledger
+        .get(2)
+        .is_some_and(|u| u.source.is_none() && u.extra == 'r'));
+    assert!(ledger.settle(2, Settlement::Ack));
+    assert!(!ledger.contains(2));
+    assert_eq!(counts(&queue), (0, 1), "the queue's delivery is untouched");
+    ledger.hold(3, 'r');
+    vhost.cancel(&queue, &consumer);
+    // Both count; only the one with a queue entry goes back to it.
+    assert_eq!(ledger.requeue_all(), 2);
+    assert!(ledger.is_empty());
+    assert_eq!(counts(&queue), (1, 0));
+}
+
+#[test]
+fn settling_the_entry_of_a_delivery_keeps_its_tag_in_use_until_the_tag_is_settled() {
+    let (_broker, vhost) = vhost();
+    let (queue, _c, mut rx) = consumed(&vhost, "q", 2, false);
+    let mut ledger = Ledger::default();
+    record(&mut ledger, 1, &deliveries(&mut rx), 0u8);
+    assert!(ledger.settle_entry(9, Settlement::Ack).is_none());
+    let extra = ledger.settle_entry(1, Settlement::Ack).expect("tag 1");
+    *extra = 2;
+    assert_eq!(counts(&queue), (0, 1), "the entry is acknowledged");
+    assert!(ledger
+        .get(1)
+        .is_some_and(|u| u.source.is_none() && u.extra == 2));
+    assert_eq!(ledger.len(), 2, "the tag is still in use");
+    // Requeued now, it has nothing to give back; settled, it frees the tag alone.
+    assert!(ledger.settle(1, Settlement::Requeue));
+    assert_eq!(counts(&queue), (0, 1));
+    assert!(!ledger.contains(1));
+    if let Some(u) = ledger.get_mut(2) {
+        u.extra = 7;
+    }
+    assert!(ledger.get(2).is_some_and(|u| u.extra == 7));
+}
+
+#[test]
+fn deliveries_are_iterated_in_the_order_recorded_whatever_their_tags() {
+    let mut ledger: Ledger<u16, char> = Ledger::default();
+    // Packet ids wrap around and are reused once free, so the order is not theirs.
+    for (tag, extra) in [(65_535, 'a'), (1, 'b'), (7, 'c'), (2, 'd')] {
+        ledger.hold(tag, extra);
+    }
+    assert!(ledger.settle(1, Settlement::Ack));
+    ledger.hold(1, 'e');
+    let seen: Vec<(u16, char)> = ledger.iter().map(|(tag, u)| (tag, u.extra)).collect();
+    assert_eq!(seen, [(65_535, 'a'), (7, 'c'), (2, 'd'), (1, 'e')]);
+    assert!(ledger.get(1).is_some_and(|u| u.extra == 'e'));
+    // Recorded again while in use, a tag's delivery is replaced and moves to the end.
+    ledger.hold(7, 'f');
+    let seen: Vec<(u16, char)> = ledger.iter().map(|(tag, u)| (tag, u.extra)).collect();
+    assert_eq!(seen, [(65_535, 'a'), (2, 'd'), (1, 'e'), (7, 'f')]);
+    assert_eq!(ledger.len(), 4);
+}
+
+#[test]
+fn settling_up_to_a_tag_still_works_after_earlier_settlements_left_gaps() {
+    let mut ledger: Ledger<u64, bool> = Ledger::default();
+    // Tag 1 stays; 2 to 200 come and go one by one, then 201 to 210 are outstanding.
+    ledger.hold(1, false);
+    for tag in 2..=200 {
+        ledger.hold(tag, true);
+        assert!(ledger.settle(tag, Settlement::Ack));
+    }
+    for tag in 201..=210 {
+        ledger.hold(tag, true);
+    }
+    assert!(ledger.get(1).is_some() && ledger.get(205).is_some());
+    assert_eq!(ledger.settle_up_to(205, |keep| *keep, Settlement::Ack), 5);
+    let left: Vec<u64> = ledger.iter().map(|(tag, _)| tag).collect();
+    assert_eq!(left, [1, 206, 207, 208, 209, 210]);
+}
+
+/// A connection's window of unsettled deliveries slides by one with each delivery and
+/// acknowledgement: `window` outstanding, the oldest settled as each new one is recorded,
+/// optionally behind one `stuck` delivery the client never settles. Returns the allocations
+/// of the `4 * rounds` steps after the first `rounds`: storage that grew with the deliveries
+/// would double at least twice in them.
+///
+/// A hash table reused this way may still grow once, whenever the slots its removals left
+/// marked run out while it is more than half full; after that it only tidies in place. So
+/// however long the run, one allocation at most.
+fn slide(ledger: &mut Ledger<u16, ()>, window: u16, rounds: u32, stuck: bool) -> u64 {
+    let mut next: u16 = 1;
+    let mut step = |ledger: &mut Ledger<u16, ()>| {
+        ledger.hold(next, ());
+        let oldest = next.wrapping_sub(window);
+        if oldest != 0 && !(stuck && oldest == 1) {
+            ledger.settle(oldest, Settlement::Ack);
+        }
+        next = next.checked_add(1).unwrap_or(2);
+    };
+    for _ in 0..rounds {
+        step(ledger);
+    }
+    let used = allocation_counter::measure(|| {
+        for _ in 0..4 * rounds {
+            step(ledger);
+        }
+    });
+    used.count_total
+}
+
+#[test]
+fn once_its_window_is_full_the_ledger_records_and_settles_without_allocating() {
+    for window in [1, 12, 100, 1_000] {
+        let mut ledger = Ledger::default();
+        let allocations = slide(&mut ledger, window, 10_000, false);
+        assert!(allocations <= 1, "window {window}: {allocations}");
+        assert_eq!(ledger.len(), usize::from(window));
+    }
+}
+
+#[test]
+fn a_delivery_never_settled_does_not_make_the_ledger_grow_with_the_ones_after_it() {
+    let mut ledger = Ledger::default();
+    let allocations = slide(&mut ledger, 10, 10_000, true);
+    assert!(allocations <= 1, "{allocations}");
+    assert!(ledger.contains(1));
+    assert_eq!(ledger.len(), 11);
 }

@@ -2,11 +2,14 @@
 //! consumers, virtual hosts, and the storage contract. No protocol, socket or storage engine is
 //! known here; front-ends translate their frames into calls on [`Broker`] and [`VHost`].
 
+#[cfg(test)]
+mod allocation_tests;
 pub mod auth;
 pub mod broker;
 #[cfg(test)]
 mod buffer_tests;
 pub mod consumer;
+mod consumer_set;
 #[cfg(test)]
 mod counter_tests;
 pub mod dead_letter;
@@ -28,6 +31,7 @@ mod paging;
 pub mod queue;
 pub mod queue_config;
 pub mod queue_owner;
+mod record_texts;
 #[cfg(test)]
 mod routing_tests;
 pub mod store;
@@ -36,7 +40,7 @@ pub mod testing;
 pub mod topic;
 pub mod vhost;
 
-pub use auth::{AuthFailure, User, Users};
+pub use auth::{AuthFailure, Directory, Grant, User, Users};
 pub use broker::{Broker, CoreLimits, Counters};
 pub use consumer::{
     CloseReason, ConnectionId, Consumer, ConsumerSpec, Credit, Delivery, Outbound, Unwritten,

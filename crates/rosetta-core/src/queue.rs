@@ -18,6 +18,7 @@ use parking_lot::{Mutex, MutexGuard};
 
 use crate::broker::{CoreLimits, Counters};
 use crate::consumer::{ConnectionId, Consumer, Delivery, Outbound};
+use crate::consumer_set::ConsumerSet;
 use crate::dead_letter::{DeadLetter, DeathReason};
 use crate::error::CoreError;
 use crate::message::{Message, Table};
@@ -48,8 +49,7 @@ struct State {
     ready: Ready,
     unacked: HashMap<u64, Unacked>,
     unacked_bytes: u64,
-    consumers: Vec<Arc<Consumer>>,
-    next_consumer: usize,
+    consumers: ConsumerSet,
     deleted: bool,
     /// For `x-expires`: when the queue was last declared, consumed from or polled.
     last_used_ms: u64,
@@ -453,23 +453,6 @@ impl Queue {
         }
     }
 
-    fn pick_consumer(&self, st: &mut State) -> Option<Arc<Consumer>> {
-        let n = st.consumers.len();
-        if self.config.single_active_consumer {
-            // Only the longest-standing consumer receives (RabbitMQ single active consumer).
-            let first = st.consumers.first()?;
-            return first.try_acquire().then(|| first.clone());
-        }
-        for i in 0..n {
-            let idx = (st.next_consumer + i) % n;
-            if st.consumers[idx].try_acquire() {
-                st.next_consumer = (idx + 1) % n;
-                return Some(st.consumers[idx].clone());
-            }
-        }
-        None
-    }
-
     /// Delivers ready messages with their bodies in memory to consumers with credit. Returns
     /// true when it stopped at a paged-out head that a consumer is waiting for.
     fn dispatch_locked(self: &Arc<Self>, st: &mut State, now: u64, dead: &mut Vec<Dying>) -> bool {
@@ -480,7 +463,7 @@ impl Queue {
             if st.ready.is_empty() || st.consumers.is_empty() {
                 return false;
             }
-            let Some(consumer) = self.pick_consumer(st) else {
+            let Some(consumer) = st.consumers.pick(self.config.single_active_consumer) else {
                 return false;
             };
             let Some(message) = st.ready.first().and_then(|head| head.message.clone()) else {
@@ -639,8 +622,7 @@ impl Queue {
         let mut dead = Vec::new();
         let now_unused = {
             let mut st = self.state.lock();
-            st.consumers.retain(|c| !Arc::ptr_eq(c, consumer));
-            st.next_consumer = 0;
+            st.consumers.remove(consumer);
             st.last_used_ms = now_ms();
             // With a single active consumer, the next in line takes over now.
             self.dispatch_reading(&mut st, now_ms(), &mut dead);
@@ -802,7 +784,7 @@ impl Queue {
         st.deleted = true;
         let count = st.ready.len() as u64;
         st.ready = Ready::default();
-        for c in st.consumers.drain(..) {
+        for c in st.consumers.drain() {
             c.mark_cancelled();
             c.send(Outbound::Cancelled {
                 consumer_tag: c.tag.clone(),

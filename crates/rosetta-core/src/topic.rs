@@ -11,6 +11,8 @@
 
 use std::collections::{HashMap, HashSet};
 
+use smallvec::SmallVec;
+
 /// A trie of topic patterns, each ending in a value of type `V` (the bindings of that pattern).
 #[derive(Debug, Default)]
 pub struct TopicTrie<V> {
@@ -101,57 +103,108 @@ impl<V> TopicTrie<V> {
         edit_at(&mut self.root, &words, edit);
     }
 
-    /// Calls `found` once for the value of every pattern that matches `routing_key`.
+    /// Calls `found` once for the value of every pattern that matches `routing_key`. Runs on
+    /// every publish to a topic exchange, so the common case allocates nothing: the key's words
+    /// are found in place, and the work list and visited set live inline until a match needs
+    /// more states than a handful.
     pub fn for_each_match<'a>(&'a self, routing_key: &str, mut found: impl FnMut(&'a V)) {
-        let key: Vec<&str> = routing_key.split('.').collect();
-        // (node, position of the next key word). At a `#` node the state means "the `#` has
-        // absorbed the words before this position".
-        let mut stack: Vec<(&Node<V>, usize)> = vec![(&self.root, 0)];
-        // Only `#` lets two paths reach the same state, so the set is made on the first one.
-        let mut seen: Option<HashSet<(usize, usize)>> = None;
+        let key = KeyWords(routing_key);
+        // (node, byte offset of the next key word, or `key.end()` once every word is used). At
+        // a `#` node the state means "the `#` has absorbed the words before this offset".
+        let mut stack: SmallVec<[(&Node<V>, usize); INLINE_STATES]> = SmallVec::new();
+        stack.push((&self.root, 0));
+        // Only `#` lets two paths reach the same state, so states are tracked from the first one.
+        let mut seen = Seen::default();
+        let mut tracking = false;
         while let Some((node, at)) = stack.pop() {
             let id = node as *const Node<V> as usize;
-            if let Some(seen) = seen.as_mut() {
-                if !seen.insert((id, at)) {
-                    continue;
-                }
+            if tracking && !seen.insert((id, at)) {
+                continue;
             }
             if node.is_hash {
                 // A pattern ending in `#` matches whatever is left: report it on the first visit.
-                let first = seen
-                    .get_or_insert_with(HashSet::new)
-                    .insert((id, usize::MAX));
-                if first {
+                tracking = true;
+                if seen.insert((id, usize::MAX)) {
                     if let Some(v) = &node.value {
                         found(v);
                     }
                 }
-                if at < key.len() {
-                    stack.push((node, at + 1));
+                if let Some((_, next)) = key.word_at(at) {
+                    stack.push((node, next));
                 }
-            } else if at == key.len() {
+            } else if at == key.end() {
                 if let Some(v) = &node.value {
                     found(v);
                 }
             }
             if let Some(hash) = node.hash.as_deref() {
-                seen.get_or_insert_with(HashSet::new);
+                tracking = true;
                 stack.push((hash, at));
             }
-            let Some(word) = key.get(at) else {
+            let Some((word, next)) = key.word_at(at) else {
                 continue;
             };
-            if let Some(next) = node.words.get(*word) {
-                stack.push((next, at + 1));
+            if let Some(child) = node.words.get(word) {
+                stack.push((child, next));
             }
-            if let Some(next) = node.star.as_deref() {
-                stack.push((next, at + 1));
+            if let Some(child) = node.star.as_deref() {
+                stack.push((child, next));
             }
         }
     }
 
     pub fn is_empty(&self) -> bool {
         self.root.is_empty()
+    }
+}
+
+/// States a match keeps inline before its work list or visited set moves to the heap.
+const INLINE_STATES: usize = 16;
+
+/// A routing key's words, addressed by the byte offset where each starts, so matching needs no
+/// list of them.
+#[derive(Clone, Copy)]
+struct KeyWords<'k>(&'k str);
+
+impl<'k> KeyWords<'k> {
+    /// The offset that stands for "after the last word". An empty key is one empty word.
+    fn end(self) -> usize {
+        self.0.len() + 1
+    }
+
+    /// The word starting at `at` and the offset of the one after it; None past the last word.
+    fn word_at(self, at: usize) -> Option<(&'k str, usize)> {
+        let rest = self.0.get(at..)?;
+        let len = rest.find('.').unwrap_or(rest.len());
+        Some((&rest[..len], at + len + 1))
+    }
+}
+
+/// The (node, offset) states a match has visited: a linear scan over an inline array while
+/// they are few, a hash set past that, so a hostile pattern stays polynomial.
+#[derive(Default)]
+struct Seen {
+    few: SmallVec<[(usize, usize); INLINE_STATES]>,
+    many: Option<HashSet<(usize, usize)>>,
+}
+
+impl Seen {
+    /// Adds a state; false if it was there already.
+    fn insert(&mut self, state: (usize, usize)) -> bool {
+        if let Some(many) = self.many.as_mut() {
+            return many.insert(state);
+        }
+        if self.few.contains(&state) {
+            return false;
+        }
+        if self.few.len() < INLINE_STATES {
+            self.few.push(state);
+        } else {
+            let mut many: HashSet<_> = self.few.drain(..).collect();
+            many.insert(state);
+            self.many = Some(many);
+        }
+        true
     }
 }
 

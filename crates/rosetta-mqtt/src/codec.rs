@@ -7,14 +7,14 @@
 //! one packet's bytes, so a packet that claims more than it holds is malformed rather than
 //! silently continued into the next one.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use mqtt_proto::v5::{
     Connack, ConnectReasonCode, Packet, Puback, PubackReasonCode, Pubcomp, PubcompReasonCode,
     Publish, PublishProperties, Pubrec, PubrecReasonCode, Pubrel, PubrelReasonCode, RetainHandling,
     Subscribe, SubscribeProperties, SubscribeReasonCode, SubscriptionOptions, Unsubscribe,
     UnsubscribeProperties,
 };
-use mqtt_proto::{v3, v5, PollHeader, Protocol, QoS};
+use mqtt_proto::{v3, v5, Encodable, PollHeader, Protocol, QoS, QosPid};
 
 use crate::error::MqttError;
 
@@ -62,11 +62,11 @@ fn read_var_int(input: &[u8]) -> Result<Option<(usize, usize)>, MqttError> {
 }
 
 /// Appends `value` as a Variable Byte Integer; the caller keeps it within [`VAR_INT_MAX`].
-fn write_var_int(out: &mut Vec<u8>, mut value: usize) {
+fn write_var_int(out: &mut impl BufMut, mut value: usize) {
     loop {
         let byte = (value % 128) as u8;
         value /= 128;
-        out.push(if value > 0 { byte | 0x80 } else { byte });
+        out.put_u8(if value > 0 { byte | 0x80 } else { byte });
         if value == 0 {
             return;
         }
@@ -357,25 +357,97 @@ pub fn encode(packet: &Packet, protocol: Protocol) -> Result<Vec<u8>, MqttError>
 }
 
 /// Encodes a PUBLISH carrying every identifier of `ids` as its own Subscription Identifier
-/// property: a message that matches several subscriptions carries the identifiers of all of
-/// them ([MQTT-3.3.4-3], [MQTT-3.3.4-4]). 3.x clients get the PUBLISH without them.
-///
-/// mqtt-proto's properties hold one identifier, so the packet is encoded without any and the
-/// identifiers are written at the start of its property list, with the Property Length and the
-/// Remaining Length grown to match (the order of properties carries no meaning).
+/// property, as [`encode_publish_into`] does, into a vector of its own.
 pub fn encode_publish(
-    mut publish: Publish,
+    publish: Publish,
     ids: &[u32],
     protocol: Protocol,
 ) -> Result<Vec<u8>, MqttError> {
+    let mut out = BytesMut::new();
+    encode_publish_into(publish, ids, protocol, &mut out)?;
+    Ok(out.to_vec())
+}
+
+/// Appends a PUBLISH to `out` carrying every identifier of `ids` as its own Subscription
+/// Identifier property: a message that matches several subscriptions carries the identifiers
+/// of all of them ([MQTT-3.3.4-3], [MQTT-3.3.4-4]). 3.x clients get the PUBLISH without them.
+/// Returns the packet's size; on failure `out` is left as it was.
+///
+/// The packet is written by mqtt-proto's encoder straight into `out` (a delivery is encoded
+/// once per message, so it gets no buffer of its own). mqtt-proto's properties hold one
+/// identifier, so the packet is encoded without any and the identifiers are then written at the
+/// start of its property list, with the Property Length and the Remaining Length grown to match
+/// (the order of properties carries no meaning).
+pub fn encode_publish_into(
+    mut publish: Publish,
+    ids: &[u32],
+    protocol: Protocol,
+    out: &mut BytesMut,
+) -> Result<usize, MqttError> {
     publish.properties.subscription_id = None;
-    let has_pid = publish.qos_pid.qos() != QoS::Level0;
-    let plain = encode(&Packet::Publish(publish), protocol)?;
-    if ids.is_empty() || protocol != Protocol::V500 {
-        return Ok(plain);
+    let start = out.len();
+    let written = put_publish(&publish, protocol, out).and_then(|()| {
+        if ids.is_empty() || protocol != Protocol::V500 {
+            return Ok(());
+        }
+        let has_pid = publish.qos_pid.qos() != QoS::Level0;
+        let with_ids = with_subscription_ids(&out[start..], has_pid, ids)?;
+        out.truncate(start);
+        out.extend_from_slice(&with_ids);
+        Ok(())
+    });
+    match written {
+        Ok(()) => Ok(out.len() - start),
+        Err(e) => {
+            out.truncate(start);
+            Err(e)
+        }
     }
+}
+
+/// Writes a PUBLISH's fixed header (MQTT 5.0 §3.3.1) and the packet's body, in `protocol`'s
+/// form.
+fn put_publish(publish: &Publish, protocol: Protocol, out: &mut BytesMut) -> Result<(), MqttError> {
+    let mut first = match publish.qos_pid {
+        QosPid::Level0 => 0x30,
+        QosPid::Level1(_) => 0x32,
+        QosPid::Level2(_) => 0x34,
+    };
+    if publish.dup {
+        first |= 0x08;
+    }
+    if publish.retain {
+        first |= 0x01;
+    }
+    if protocol == Protocol::V500 {
+        put_packet(first, publish, out)
+    } else {
+        let v3 = v3::Publish {
+            dup: publish.dup,
+            retain: publish.retain,
+            qos_pid: publish.qos_pid,
+            topic_name: publish.topic_name.clone(),
+            payload: publish.payload.clone(),
+        };
+        put_packet(first, &v3, out)
+    }
+}
+
+/// Writes a packet's fixed header and body straight into `out`.
+fn put_packet(first: u8, body: &impl Encodable, out: &mut BytesMut) -> Result<(), MqttError> {
+    let remaining = body.encode_len();
+    let total = mqtt_proto::total_len(remaining)?;
+    out.reserve(total);
+    out.put_u8(first);
+    write_var_int(out, remaining);
+    body.encode(&mut (&mut *out).writer())?;
+    Ok(())
+}
+
+/// `plain`, a PUBLISH encoded without subscription identifiers, with `ids` added.
+fn with_subscription_ids(plain: &[u8], has_pid: bool, ids: &[u32]) -> Result<Vec<u8>, MqttError> {
     let broken = || MqttError::Malformed("PUBLISH as encoded".into());
-    let fixed = fixed_header(&plain, u32::MAX)?.ok_or_else(broken)?;
+    let fixed = fixed_header(plain, u32::MAX)?.ok_or_else(broken)?;
     let body = plain.get(fixed.header_len..).ok_or_else(broken)?;
     // Variable header: Topic Name (two-byte length and the bytes), Packet Identifier if QoS > 0,
     // then the Property Length (MQTT 5.0 §3.3.2).

@@ -10,6 +10,7 @@ mod record;
 mod retained;
 pub mod session;
 mod state;
+pub mod sys;
 pub mod topic;
 
 pub use error::MqttError;

@@ -82,6 +82,11 @@ impl Will {
         }
     }
 
+    /// The topic the will is published to.
+    pub fn topic(&self) -> &str {
+        &self.message.topic
+    }
+
     /// The message as published at `at_ms`.
     pub fn published_at(&self, at_ms: u64) -> AppMessage {
         let mut m = self.message.clone();

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use mqtt_proto::QoS;
@@ -17,17 +18,25 @@ use crate::topic::{self, FilterSet};
 pub struct Retained {
     store: Arc<dyn Store>,
     vhost: String,
-    /// Most topics kept at once (0 = no limit).
+    /// Most topics kept at once (0 = no limit), not counting the broker's `$SYS` topics.
     limit: usize,
     messages: RwLock<BTreeMap<String, AppMessage>>,
+    /// How many of `messages` are `$SYS` topics.
+    status_topics: AtomicUsize,
 }
 
 impl Retained {
     /// Reads back every retained message of `vhost`.
     pub fn load(store: Arc<dyn Store>, vhost: &str, limit: usize) -> Result<Self, MqttError> {
         let mut messages = BTreeMap::new();
-        for (_, value) in store.scan_records(NS_RETAINED, &client_key(vhost, ""))? {
+        for (key, value) in store.scan_records(NS_RETAINED, &client_key(vhost, ""))? {
             let m = AppMessage::decode(&value, "retained")?;
+            // Written by a client before `$SYS` was the broker's own: the broker publishes
+            // its status anew once it runs.
+            if topic::is_sys(&m.topic) {
+                store.delete_record(NS_RETAINED, &key)?;
+                continue;
+            }
             messages.insert(m.topic.clone(), m);
         }
         Ok(Retained {
@@ -35,6 +44,7 @@ impl Retained {
             vhost: vhost.to_owned(),
             limit,
             messages: RwLock::new(messages),
+            status_topics: AtomicUsize::new(0),
         })
     }
 
@@ -57,7 +67,7 @@ impl Retained {
         {
             let mut messages = self.messages.write();
             if self.limit > 0
-                && messages.len() >= self.limit
+                && messages.len() - self.status_topics.load(Ordering::Relaxed) >= self.limit
                 && !messages.contains_key(&message.topic)
             {
                 tracing::warn!(topic = %message.topic, limit = self.limit, "retained message limit reached; message not retained");
@@ -70,6 +80,17 @@ impl Retained {
             &key,
             &message.encode(),
         )?))
+    }
+
+    /// Sets the retained message of a `$SYS` topic, which the broker publishes anew every
+    /// interval. Kept in memory only: a store write per topic and interval would buy nothing,
+    /// and values from before a restart would be wrong. Outside the limit, so clients that
+    /// fill it cannot hide the broker's status.
+    pub fn set_status(&self, message: AppMessage) {
+        let mut messages = self.messages.write();
+        if messages.insert(message.topic.clone(), message).is_none() {
+            self.status_topics.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The retained topics that new subscriptions (filter, granted QoS) match, each once with

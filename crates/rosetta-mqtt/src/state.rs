@@ -6,9 +6,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use rosetta_core::exchange::Exchange;
 use rosetta_core::queue::now_ms;
 use rosetta_core::store::{Epoch, Store};
-use rosetta_core::{Broker, ConnectionId, PublishOutcome, QueueDeclare, QueueOwner, Users, VHost};
+use rosetta_core::{
+    Broker, ConnectionId, Directory, ExchangeDeclare, PublishOutcome, QueueDeclare, QueueOwner,
+    VHost,
+};
 
 use crate::error::MqttError;
 use crate::message::AppMessage;
@@ -61,7 +65,7 @@ pub(crate) struct Live {
 
 pub struct MqttState {
     pub(crate) broker: Arc<Broker>,
-    pub(crate) users: Arc<Users>,
+    pub(crate) users: Arc<Directory>,
     pub(crate) config: MqttConfig,
     pub(crate) vhost: Arc<VHost>,
     pub(crate) retained: Retained,
@@ -146,7 +150,7 @@ impl MqttState {
     /// whose connection was open when the broker stopped count as disconnected from now.
     pub fn open(
         broker: Arc<Broker>,
-        users: Arc<Users>,
+        users: Arc<Directory>,
         config: MqttConfig,
     ) -> Result<Arc<Self>, MqttError> {
         let vhost = broker.vhost(&config.vhost).ok_or_else(|| {
@@ -184,7 +188,7 @@ impl MqttState {
             retained = retained.len(),
             "mqtt state recovered"
         );
-        Ok(Arc::new(MqttState {
+        let state = Arc::new(MqttState {
             broker,
             users,
             vhost,
@@ -195,7 +199,10 @@ impl MqttState {
             wills: Mutex::new(wills),
             unacked_ids: Mutex::new(HashMap::new()),
             shared: Mutex::new(shared),
-        }))
+        });
+        // There from the start, so AMQP clients can bind to it before any status is published.
+        state.declare_sys_exchange()?;
+        Ok(state)
     }
 
     pub(crate) fn store(&self) -> &Arc<dyn Store> {
@@ -232,6 +239,41 @@ impl MqttState {
 
     pub fn connected_clients(&self) -> usize {
         self.live.lock().len()
+    }
+
+    /// The sessions of the connected clients, by client id. Copied out so that no session is
+    /// locked while the registry is (sessions take the registry's lock while locked).
+    pub(crate) fn live_sessions(&self) -> HashMap<String, Shared> {
+        self.live
+            .lock()
+            .iter()
+            .map(|(client, live)| (client.clone(), live.session.clone()))
+            .collect()
+    }
+
+    /// How many subscriptions each persistent session holds, by client id.
+    pub(crate) fn stored_subscription_counts(&self) -> Vec<(String, usize)> {
+        self.sessions
+            .lock()
+            .iter()
+            .map(|(client, s)| (client.clone(), s.subscriptions.len()))
+            .collect()
+    }
+
+    /// The exchange `$SYS` topics go through, declared (not durable: bindings are made again
+    /// as sessions connect) when missing, e.g. at first use or after an AMQP client deleted it.
+    pub(crate) fn declare_sys_exchange(&self) -> Result<Arc<Exchange>, MqttError> {
+        if let Some(exchange) = self.vhost.exchange(topic::SYS_EXCHANGE) {
+            return Ok(exchange);
+        }
+        self.vhost.declare_exchange(ExchangeDeclare {
+            name: topic::SYS_EXCHANGE.to_owned(),
+            kind: "topic".to_owned(),
+            ..ExchangeDeclare::default()
+        })?;
+        self.vhost
+            .exchange(topic::SYS_EXCHANGE)
+            .ok_or_else(|| MqttError::Protocol("the $SYS exchange vanished as it was made".into()))
     }
 
     pub(crate) fn stored_session(&self, client_id: &str) -> Option<StoredSession> {

@@ -14,6 +14,30 @@ use rosetta_core::QueueOwner;
 /// Prefix of a shared subscription's filter (MQTT 5.0 §4.8.2).
 pub const SHARE_PREFIX: &str = "$share/";
 
+/// The first level of the broker's status topics (`$SYS/broker/...`), which only the broker
+/// publishes.
+pub const SYS_LEVEL: &str = "$SYS";
+
+/// The exchange `$SYS` topics are published on and their filters bind to, rather than
+/// `amq.topic`: AMQP queues bound to `amq.topic` with `#` and MQTT sessions subscribed to `#`
+/// would otherwise collect the broker's status every interval (and MQTT would drop it at
+/// delivery, [MQTT-4.7.2-1]). An AMQP client that wants the status binds a queue here.
+pub const SYS_EXCHANGE: &str = "mqtt.sys";
+
+/// Whether a topic name or filter (without `$share/{group}/`) is in the `$SYS` tree.
+pub fn is_sys(name: &str) -> bool {
+    name.split('/').next() == Some(SYS_LEVEL)
+}
+
+/// The exchange a topic's messages go through and a filter binds to.
+pub fn exchange_for(name: &str) -> &'static str {
+    if is_sys(name) {
+        SYS_EXCHANGE
+    } else {
+        rosetta_core::AMQ_TOPIC
+    }
+}
+
 fn escape_level(level: &str, out: &mut String) {
     for c in level.chars() {
         match c {
@@ -384,6 +408,18 @@ mod tests {
         assert!(!matches("+/load", "$SYS/load"));
         assert!(matches("$SYS/#", "$SYS/load"));
         assert!(matches("$SYS/+", "$SYS/load"));
+    }
+
+    #[test]
+    fn only_the_sys_tree_goes_through_the_sys_exchange() {
+        assert!(is_sys("$SYS/broker/uptime"));
+        assert!(is_sys("$SYS/#"));
+        assert!(is_sys("$SYS"));
+        assert!(!is_sys("$SYSTEM/x"));
+        assert!(!is_sys("#"));
+        assert!(!is_sys("a/$SYS"));
+        assert_eq!(exchange_for("$SYS/broker/load/#"), SYS_EXCHANGE);
+        assert_eq!(exchange_for("+/broker"), rosetta_core::AMQ_TOPIC);
     }
 
     #[test]

@@ -426,3 +426,50 @@ fn subscription_identifiers_are_left_out_for_3_x_and_checked_for_range() {
     assert!(encode_publish(publish5(), &[0], Protocol::V500).is_err());
     assert!(encode_publish(publish5(), &[268_435_456], Protocol::V500).is_err());
 }
+
+/// A delivery's PUBLISH is written straight after what the output already holds, byte for byte
+/// the packet `encode` gives, in both protocol forms and at every QoS.
+#[test]
+fn a_publish_is_appended_to_the_output_as_encode_writes_it() {
+    use rosetta_mqtt::codec::encode_publish_into;
+
+    for protocol in [Protocol::V311, Protocol::V500] {
+        for qos_pid in [
+            QosPid::Level0,
+            QosPid::Level1(pid(7)),
+            QosPid::Level2(pid(8)),
+        ] {
+            let mut p = publish5();
+            p.qos_pid = qos_pid;
+            p.dup = qos_pid != QosPid::Level0;
+            p.retain = true;
+            let mut out = BytesMut::from(&b"before"[..]);
+            let size = encode_publish_into(p.clone(), &[], protocol, &mut out).expect("encode");
+            let alone = encode(&Packet::Publish(p), protocol).expect("encode");
+            assert_eq!(size, alone.len());
+            assert_eq!(&out[..6], b"before");
+            assert_eq!(&out[6..], &alone[..], "{protocol:?} {qos_pid:?}");
+        }
+    }
+}
+
+/// Encoding a delivery into an output buffer with room allocates nothing: the packet is not
+/// built in a buffer of its own first.
+#[test]
+fn a_publish_into_a_warm_output_allocates_nothing() {
+    use rosetta_mqtt::codec::encode_publish_into;
+
+    let mut out = BytesMut::with_capacity(4096);
+    for protocol in [Protocol::V311, Protocol::V500] {
+        let p = v5::Publish::new(
+            QosPid::Level1(pid(1)),
+            TopicName::try_from("sensors/a/temp").expect("topic"),
+            Bytes::from_static(b"sixteen-byte-msg"),
+        );
+        let used = allocation_counter::measure(|| {
+            encode_publish_into(p, &[], protocol, &mut out).expect("encode");
+        });
+        assert_eq!(used.count_total, 0, "{protocol:?}");
+        out.clear();
+    }
+}

@@ -10,9 +10,10 @@ use mqtt_proto::v5::{
     self, ConnectReasonCode, DisconnectReasonCode, Packet, SubscribeReasonCode, SubscriptionOptions,
 };
 use mqtt_proto::{v3, Pid, Protocol, QoS, TopicFilter};
+use rosetta_core::auth::Permissions;
 use rosetta_core::front_end::{Flow, Session as _};
 use rosetta_core::testing::ManualDurability;
-use rosetta_core::{Broker, CoreLimits, User, Users};
+use rosetta_core::{Broker, CoreLimits, Directory, User, Users};
 use rosetta_mqtt::codec::decode;
 use rosetta_mqtt::topic::shared_queue;
 use rosetta_mqtt::{MqttConfig, MqttState, Session};
@@ -32,11 +33,14 @@ impl Harness {
         let store = ManualDurability::new(Arc::new(sled));
         let broker =
             Broker::open(store.clone(), &["/".to_owned()], CoreLimits::default()).expect("broker");
-        let users = Arc::new(Users::new(vec![User {
-            name: "guest".into(),
-            password: "guest".into(),
-            loopback_only: true,
-        }]));
+        let users = Arc::new(Directory::new(
+            Users::new(vec![User {
+                name: "guest".into(),
+                password: "guest".into(),
+                loopback_only: true,
+            }]),
+            Permissions::full_access(["guest"], &["/"]),
+        ));
         let config = MqttConfig {
             vhost: "/".into(),
             max_packet_size: 1 << 16,

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use mqtt_proto::{v3, Pid, QoS, TopicFilter};
+use rosetta_core::auth::Permissions;
 use rosetta_core::front_end::{Flow, Session as _};
 use rosetta_core::store::{QueueRecord, Store};
-use rosetta_core::{Broker, CoreLimits, QueueDeclare, QueueOwner, User, Users};
+use rosetta_core::{Broker, CoreLimits, Directory, QueueDeclare, QueueOwner, User, Users};
 use rosetta_mqtt::topic::session_queue;
 use rosetta_mqtt::{MqttConfig, MqttState, Session};
 use rosetta_store::SledStore;
@@ -38,11 +39,14 @@ impl Run {
         };
         let broker =
             Broker::open(store.clone(), &["/".to_owned()], CoreLimits::default()).expect("broker");
-        let users = Arc::new(Users::new(vec![User {
-            name: "guest".into(),
-            password: "guest".into(),
-            loopback_only: true,
-        }]));
+        let users = Arc::new(Directory::new(
+            Users::new(vec![User {
+                name: "guest".into(),
+                password: "guest".into(),
+                loopback_only: true,
+            }]),
+            Permissions::full_access(["guest"], &["/"]),
+        ));
         let config = MqttConfig {
             vhost: "/".into(),
             max_packet_size: 1 << 16,

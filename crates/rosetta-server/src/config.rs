@@ -14,7 +14,9 @@ mod validate;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use rosetta_core::auth::{HashError, PasswordHash, Tag, User as CoreUser, Users};
+use rosetta_core::auth::{
+    Directory, HashError, PasswordHash, Permission, Tag, User as CoreUser, Users,
+};
 use serde::Deserialize;
 
 /// The default configuration: the repository's `broker.toml`, embedded so the binary runs without
@@ -51,10 +53,16 @@ pub struct Config {
     pub amqp: AmqpConfig,
     pub mqtt: MqttConfig,
     pub stomp: StompConfig,
-    #[serde(deserialize_with = "listen::section::<_, 15692>")]
-    pub http: ListenerConfig,
+    pub http: HttpConfig,
     pub users: Vec<User>,
     pub vhosts: Vec<VHostConfig>,
+    /// `[[permissions]]`: what each user may do in each virtual host. None at all (left out)
+    /// gives every user full permissions everywhere, as before permissions existed.
+    #[serde(default)]
+    pub permissions: Vec<PermissionConfig>,
+    /// `[[topic_permissions]]`: which routing keys a user may use on a topic exchange.
+    #[serde(default)]
+    pub topic_permissions: Vec<TopicPermissionConfig>,
     pub limits: Limits,
     pub log: LogConfig,
     /// Certificates for the `tls_listen` listeners; absent, no listener speaks TLS.
@@ -79,6 +87,21 @@ pub struct TlsConfig {
     /// With `verify_peer`, refuse clients that present no certificate.
     #[serde(default)]
     pub fail_if_no_peer_cert: bool,
+    /// Which part of a verified client certificate names the user who logs in with it (AMQP
+    /// `EXTERNAL`, `[mqtt]` and `[stomp]` `ssl_cert_login`).
+    #[serde(default)]
+    pub ssl_cert_login_from: CertLoginFrom,
+}
+
+/// RabbitMQ's `ssl_cert_login_from`: the user name a client certificate stands for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CertLoginFrom {
+    /// The subject's common name (CN).
+    #[default]
+    CommonName,
+    /// The whole subject in RFC 4514 form, most specific part first: `CN=app,O=Acme,C=DE`.
+    DistinguishedName,
 }
 
 /// The daemon itself, whatever the protocols.
@@ -96,17 +119,22 @@ pub struct StorageConfig {
     pub path: PathBuf,
 }
 
-/// A plain listener (MQTT, STOMP, HTTP). Each section has its own default port, so it is
-/// deserialized through [`listen::section`], which knows the port.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListenerConfig {
+/// `[http]`: the endpoint for metrics, health checks and the management API.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
     pub enabled: bool,
+    #[serde(deserialize_with = "listen::deserialize")]
     pub listen: SocketAddr,
     /// The same service over TLS; absent, none.
+    #[serde(deserialize_with = "listen::deserialize_some")]
     pub tls_listen: Option<SocketAddr>,
+    /// `/metrics` asks for HTTP basic auth of a user with a management tag. Off by default, as
+    /// RabbitMQ's Prometheus endpoint; health checks stay open either way.
+    pub metrics_auth: bool,
 }
 
-/// The AMQP listener. Its fields repeat [`ListenerConfig`]'s because `serde(flatten)` would
+/// The AMQP listener. Its fields repeat [`HttpConfig`]'s because `serde(flatten)` would
 /// disable `deny_unknown_fields`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -119,9 +147,20 @@ pub struct AmqpConfig {
     pub tls_listen: Option<SocketAddr>,
     /// Seconds proposed in `connection.tune`; 0 disables heartbeats.
     pub heartbeat: u16,
+    /// Queue types besides classic that `queue.declare` (`x-queue-type`) takes, as durable
+    /// classic queues; empty (the default) refuses them with 406.
+    pub accept_queue_types: Vec<AcceptedQueueType>,
 }
 
-/// The STOMP listener and its frame limits (its fields repeat [`ListenerConfig`]'s, as
+/// A queue type a classic queue can stand in for on a single node. Streams cannot (their
+/// consumers read by offset and acknowledgements remove nothing), so they are not listed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AcceptedQueueType {
+    Quorum,
+}
+
+/// The STOMP listener and its frame limits (its fields repeat [`HttpConfig`]'s, as
 /// [`AmqpConfig`]'s do). Bodies are bounded by `limits.max_message_size`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -132,15 +171,24 @@ pub struct StompConfig {
     /// The same listener over TLS (`[tls]`); absent, none.
     #[serde(deserialize_with = "listen::deserialize_some")]
     pub tls_listen: Option<SocketAddr>,
+    /// STOMP over WebSocket (path `/ws`, RabbitMQ's Web STOMP port); `false` turns it off.
+    #[serde(deserialize_with = "listen::deserialize_or_off")]
+    pub ws_listen: Option<SocketAddr>,
+    /// STOMP over WebSocket over TLS (`[tls]`); absent, none.
+    #[serde(deserialize_with = "listen::deserialize_some")]
+    pub ws_tls_listen: Option<SocketAddr>,
     /// Heart-beat interval in milliseconds offered in CONNECTED for both directions; 0 disables.
     pub heartbeat_ms: u32,
     /// Most header lines one frame may carry.
     pub max_headers: u32,
     /// Longest header line in bytes.
     pub max_header_length: u32,
+    /// A CONNECT without `login` and `passcode` over TLS logs in as the user its verified client
+    /// certificate names (`[tls] ssl_cert_login_from`).
+    pub ssl_cert_login: bool,
 }
 
-/// The MQTT listener and its limits (its fields repeat [`ListenerConfig`]'s, as
+/// The MQTT listener and its limits (its fields repeat [`HttpConfig`]'s, as
 /// [`AmqpConfig`]'s do).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -151,6 +199,12 @@ pub struct MqttConfig {
     /// The same listener over TLS (`[tls]`); absent, none.
     #[serde(deserialize_with = "listen::deserialize_some")]
     pub tls_listen: Option<SocketAddr>,
+    /// MQTT over WebSocket (path `/ws`, RabbitMQ's Web MQTT port); `false` turns it off.
+    #[serde(deserialize_with = "listen::deserialize_or_off")]
+    pub ws_listen: Option<SocketAddr>,
+    /// MQTT over WebSocket over TLS (`[tls]`); absent, none.
+    #[serde(deserialize_with = "listen::deserialize_some")]
+    pub ws_tls_listen: Option<SocketAddr>,
     /// The virtual host MQTT clients use.
     pub vhost: String,
     /// Largest packet accepted, in bytes, fixed header included.
@@ -165,12 +219,18 @@ pub struct MqttConfig {
     pub max_retained: u32,
     /// Accept a CONNECT without a user name (shown as user `anonymous`).
     pub allow_anonymous: bool,
+    /// A CONNECT without user name and password over TLS logs in as the user its verified
+    /// client certificate names (`[tls] ssl_cert_login_from`), before `allow_anonymous` is
+    /// considered.
+    pub ssl_cert_login: bool,
     /// Most subscriptions one session may hold; 0 = no limit.
     pub max_subscriptions: u32,
     /// Most topic filters one SUBSCRIBE may carry; 0 = no limit.
     pub max_filters_per_subscribe: u32,
     /// Most levels (`/`-separated words) in a topic name or filter; 0 = no limit.
     pub max_topic_levels: u32,
+    /// Seconds between updates of the `$SYS/broker/...` topics; 0 publishes none.
+    pub sys_interval: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -181,7 +241,9 @@ pub struct User {
     /// `password` and `password_hash` is set.
     #[serde(default)]
     pub password: Option<String>,
-    /// The password hashed in RabbitMQ's format, as `rosetta hash-password` prints it.
+    /// The password hashed in RabbitMQ's format, as `rosetta hash-password` prints it. Empty
+    /// (as RabbitMQ exports such users) for a user without a password, who can log in only
+    /// with a client certificate.
     #[serde(default)]
     pub password_hash: Option<String>,
     /// Management roles: `administrator`, `management`, `monitoring`; `none` stands for no
@@ -242,6 +304,30 @@ impl User {
 #[serde(deny_unknown_fields)]
 pub struct VHostConfig {
     pub name: String,
+}
+
+/// One `[[permissions]]` entry, `rabbitmqctl set_permissions -p VHOST USER CONF WRITE READ`:
+/// regular expressions over queue and exchange names (unanchored; empty matches nothing).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PermissionConfig {
+    pub user: String,
+    pub vhost: String,
+    pub configure: String,
+    pub write: String,
+    pub read: String,
+}
+
+/// One `[[topic_permissions]]` entry, `rabbitmqctl set_topic_permissions -p VHOST USER EXCHANGE
+/// WRITE READ`: regular expressions over routing keys on one topic exchange.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicPermissionConfig {
+    pub user: String,
+    pub vhost: String,
+    pub exchange: String,
+    pub write: String,
+    pub read: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -333,6 +419,35 @@ impl Config {
         Ok(Users::tagged(users))
     }
 
+    /// Whether no `[[permissions]]` entry is configured, so every user has full permissions on
+    /// every virtual host (see [`Config::core_directory`]).
+    pub fn permissions_are_implicit(&self) -> bool {
+        self.permissions.is_empty()
+    }
+
+    /// The users and their permissions as the core checks them. Without any `[[permissions]]`
+    /// entry every user (and `anonymous`, when MQTT allows it) gets full permissions on every
+    /// configured virtual host, so configurations written before permissions existed keep
+    /// working. Fails only for a configuration that was not validated.
+    pub fn core_directory(&self) -> Result<Directory, ConfigError> {
+        let users = self.core_users()?;
+        let mut permissions = validate::permissions(self)
+            .map_err(|v| locate::violation_error("", "configuration", v))?;
+        if self.permissions_are_implicit() {
+            let anonymous = self
+                .mqtt
+                .allow_anonymous
+                .then_some(rosetta_mqtt::session::ANONYMOUS);
+            let vhosts: Vec<&str> = self.vhosts.iter().map(|v| v.name.as_str()).collect();
+            for user in self.users.iter().map(|u| u.name.as_str()).chain(anonymous) {
+                for vhost in &vhosts {
+                    permissions.set(user, vhost, Permission::full());
+                }
+            }
+        }
+        Ok(Directory::new(users, permissions))
+    }
+
     /// Reads, parses and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -347,11 +462,14 @@ fn any_ipv4(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))
 }
 
-fn listener(port: u16) -> ListenerConfig {
-    ListenerConfig {
-        enabled: true,
-        listen: any_ipv4(port),
-        tls_listen: None,
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: true,
+            listen: any_ipv4(15692),
+            tls_listen: None,
+            metrics_auth: false,
+        }
     }
 }
 
@@ -367,7 +485,7 @@ impl Default for Config {
             amqp: AmqpConfig::default(),
             mqtt: MqttConfig::default(),
             stomp: StompConfig::default(),
-            http: listener(15692),
+            http: HttpConfig::default(),
             users: vec![User {
                 name: "guest".into(),
                 password: None,
@@ -376,6 +494,14 @@ impl Default for Config {
                 loopback_only: Some(true),
             }],
             vhosts: vec![VHostConfig { name: "/".into() }],
+            permissions: vec![PermissionConfig {
+                user: "guest".into(),
+                vhost: "/".into(),
+                configure: ".*".into(),
+                write: ".*".into(),
+                read: ".*".into(),
+            }],
+            topic_permissions: Vec::new(),
             limits: Limits::default(),
             log: LogConfig::default(),
             tls: None,
@@ -406,6 +532,7 @@ impl Default for AmqpConfig {
             listen: any_ipv4(5672),
             tls_listen: None,
             heartbeat: 60,
+            accept_queue_types: Vec::new(),
         }
     }
 }
@@ -416,9 +543,12 @@ impl Default for StompConfig {
             enabled: true,
             listen: any_ipv4(61613),
             tls_listen: None,
+            ws_listen: Some(any_ipv4(15674)),
+            ws_tls_listen: None,
             heartbeat_ms: 10_000,
             max_headers: 1000,
             max_header_length: 65_536,
+            ssl_cert_login: false,
         }
     }
 }
@@ -429,6 +559,8 @@ impl Default for MqttConfig {
             enabled: true,
             listen: any_ipv4(1883),
             tls_listen: None,
+            ws_listen: Some(any_ipv4(15675)),
+            ws_tls_listen: None,
             vhost: "/".into(),
             max_packet_size: 16 * 1024 * 1024,
             max_inflight: 100,
@@ -436,9 +568,11 @@ impl Default for MqttConfig {
             max_keep_alive: 0,
             max_retained: 100_000,
             allow_anonymous: false,
+            ssl_cert_login: false,
             max_subscriptions: 10_000,
             max_filters_per_subscribe: 1_000,
             max_topic_levels: 128,
+            sys_interval: 10,
         }
     }
 }

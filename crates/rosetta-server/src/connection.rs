@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use rosetta_core::auth;
-use rosetta_core::front_end::{Flow, Heartbeats, Session};
+use rosetta_core::front_end::{Eviction, Flow, Heartbeats, Session};
 use rosetta_core::{Outbound, Unwritten};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -29,9 +29,13 @@ mod tests;
 /// a socket write indefinitely while still batching frames into few syscalls.
 const OUTBOX_BATCH: usize = 512;
 /// How long a client may take to finish its opening handshake (RabbitMQ: 10 s).
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a session that is closing may wait for the client's goodbye.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// After the broker ends a connection, how long and how much of the client's input it still
+/// reads and drops ([`linger`]).
+const LINGER_TIME: Duration = Duration::from_millis(500);
+const LINGER_BYTES: usize = 256 * 1024;
 /// The input buffer a connection allocates when bytes arrive; it grows by [`READ_CHUNK`] once
 /// traffic fills it.
 const INITIAL_INPUT: usize = 512;
@@ -47,6 +51,10 @@ const NOTHING_DUE: Duration = Duration::from_secs(3600);
 /// A client connection's byte stream: plain TCP, or TLS over TCP. The driver is generic over
 /// it, so the plain path is compiled for `TcpStream` alone, with no dynamic dispatch per read.
 pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// How the connection's bytes travel, as the management API lists it: `tcp`, `tls`, `ws`,
+    /// `wss`.
+    const NAME: &'static str;
+
     /// Reads what the stream has into `input`. Cancel-safe: bytes are consumed only by the read
     /// that completes.
     fn read_some(
@@ -57,7 +65,7 @@ pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 
 /// Makes room in `input` for a read: a small buffer for a quiet connection, room for a whole
 /// chunk once it is busy.
-fn reserve_input(input: &mut BytesMut) {
+pub(crate) fn reserve_input(input: &mut BytesMut) {
     if input.capacity() - input.len() < INITIAL_INPUT / 2 {
         input.reserve(if input.capacity() == 0 {
             INITIAL_INPUT
@@ -68,6 +76,8 @@ fn reserve_input(input: &mut BytesMut) {
 }
 
 impl Transport for TcpStream {
+    const NAME: &'static str = "tcp";
+
     /// `input` gets its memory only once bytes are there: readiness first, then the read.
     async fn read_some(&mut self, input: &mut BytesMut) -> std::io::Result<usize> {
         poll_fn(|cx| self.poll_read_ready(cx)).await?;
@@ -79,6 +89,8 @@ impl Transport for TcpStream {
 }
 
 impl Transport for TlsStream<TcpStream> {
+    const NAME: &'static str = "tls";
+
     /// Records may already hold decrypted bytes that socket readiness would not announce, so
     /// the buffer is reserved before waiting (an idle TLS connection keeps its small one).
     async fn read_some(&mut self, input: &mut BytesMut) -> std::io::Result<usize> {
@@ -113,7 +125,7 @@ pub(crate) async fn drive<S: Session, T: Transport>(
     state: Arc<ServerState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let registration = state.connections.register(S::PROTOCOL, peer);
+    let registration = state.connections.register(S::PROTOCOL, T::NAME, peer);
     let traffic = state.metrics.traffic(S::PROTOCOL);
     let mut durable = state.broker.store().subscribe_durable();
     // Allocated when bytes arrive (readiness first, then a read), so an idle connection holds
@@ -138,13 +150,18 @@ pub(crate) async fn drive<S: Session, T: Transport>(
     look_at_signals(&mut session, &mut shutdown, &mut alarm);
     // A panic is a bug, but it must cost one connection, not the broker's state: the loop runs
     // guarded, and the cleanup below runs whatever happened in it.
+    // The client closed or broke the socket, so there is no one left to linger for.
+    let mut peer_gone = false;
     let run = async {
         // Logins the session refused that are not answered yet.
         let mut refused = 0;
         loop {
             let keep = tokio::select! {
                 read = stream.read_some(&mut input), if !session.reading_paused() => match read {
-                    Ok(0) | Err(_) => break,
+                    Ok(0) | Err(_) => {
+                        peer_gone = true;
+                        break;
+                    }
                     Ok(n) => {
                         traffic.received.inc_by(n as u64);
                         last_read = Instant::now();
@@ -178,6 +195,13 @@ pub(crate) async fn drive<S: Session, T: Transport>(
                 () = registration.signalled() => {
                     let paused_before = session.reading_paused();
                     look_at_signals(&mut session, &mut shutdown, &mut alarm);
+                    let vhost_gone = session.open_vhost().is_some_and(|v| v.is_deleted());
+                    let evicted = registration
+                        .evicted()
+                        .or(vhost_gone.then_some(Eviction::VHostDeleted));
+                    if let Some(why) = evicted.filter(|_| !session.is_closing()) {
+                        session.evicted(why);
+                    }
                     // Frames a paused session left unread are taken up as soon as it resumes,
                     // without waiting for the client to send more. Its silence while paused
                     // says nothing (RabbitMQ stops its heartbeat monitor while blocked).
@@ -226,6 +250,7 @@ pub(crate) async fn drive<S: Session, T: Transport>(
             if let Some(out) = session.take_output() {
                 // `flush` hands TLS records still buffered to the socket; a no-op on TCP.
                 if stream.write_all(&out).await.is_err() || stream.flush().await.is_err() {
+                    peer_gone = true;
                     break;
                 }
                 traffic.sent.inc_by(out.len() as u64);
@@ -284,9 +309,33 @@ pub(crate) async fn drive<S: Session, T: Transport>(
     if let Err(panic) = cleanup {
         tracing::error!(%peer, protocol = S::PROTOCOL, panic = %panic_message(panic.as_ref()), "connection cleanup panicked");
     }
+    if !peer_gone {
+        linger(&mut stream, &mut input).await;
+    }
     if let Some(user) = session.user() {
         tracing::info!(%peer, user, protocol = S::PROTOCOL, "connection closed");
     }
+}
+
+/// Keeps reading, and dropping, what the client still sends after the broker ended the
+/// connection (its output side is already shut), until the client closes too or
+/// [`LINGER_TIME`] or [`LINGER_BYTES`] runs out. Closing a socket with unread input makes the
+/// kernel answer with a reset, which can destroy the goodbye just written (MQTT `DISCONNECT`
+/// with its reason, AMQP `connection.close`, STOMP `ERROR`) before the client reads it, and
+/// makes a client still writing fail on its write instead of reading the reason. The session
+/// is already cleaned up, so only the socket waits; bounded, so shutdown is not held up.
+async fn linger<T: Transport>(stream: &mut T, input: &mut BytesMut) {
+    let drain = async {
+        let mut dropped = 0;
+        while dropped < LINGER_BYTES {
+            input.clear();
+            match stream.read_some(input).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => dropped += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
 }
 
 /// Hands the input to the session; whether the connection goes on. Logins the session refused

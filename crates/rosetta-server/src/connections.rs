@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::SystemTime;
 
+use rosetta_core::front_end::Eviction;
 use tokio::sync::Notify;
 
 use crate::metrics::PROTOCOLS;
@@ -22,11 +23,15 @@ pub(crate) struct Connections {
 pub(crate) struct ConnectionInfo {
     pub id: u64,
     pub protocol: &'static str,
+    /// `tcp`, `tls`, `ws` or `wss` ([`crate::connection::Transport::NAME`]).
+    pub transport: &'static str,
     pub peer: SocketAddr,
     pub opened_at: SystemTime,
     /// Set once the client has authenticated.
     user: OnceLock<String>,
     channels: AtomicUsize,
+    /// Set when an operator deleted the connection's user: the task closes it when signalled.
+    evicted: OnceLock<Eviction>,
     /// Woken when a broker-wide signal (shutdown, the resource alarm) changes, so a connection
     /// task sleeps until its own next deadline instead of polling the signals on a fixed tick.
     signal: Notify,
@@ -62,6 +67,11 @@ impl Registration<'_> {
         self.info.signal.notified().await;
     }
 
+    /// Why an operator wants the connection closed, if they do.
+    pub fn evicted(&self) -> Option<Eviction> {
+        self.info.evicted.get().copied()
+    }
+
     /// Records what the session reports; cheap enough to call after every wake-up.
     pub fn update(&self, user: Option<&str>, channels: usize) {
         if self.info.user.get().is_none() {
@@ -87,15 +97,22 @@ impl Connections {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn register(&self, protocol: &'static str, peer: SocketAddr) -> Registration<'_> {
+    pub fn register(
+        &self,
+        protocol: &'static str,
+        transport: &'static str,
+        peer: SocketAddr,
+    ) -> Registration<'_> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let info = Arc::new(ConnectionInfo {
             id,
             protocol,
+            transport,
             peer,
             opened_at: SystemTime::now(),
             user: OnceLock::new(),
             channels: AtomicUsize::new(0),
+            evicted: OnceLock::new(),
             signal: Notify::new(),
         });
         self.lock().insert(id, info.clone());
@@ -108,6 +125,18 @@ impl Connections {
         for c in self.lock().values() {
             c.signal.notify_one();
         }
+    }
+
+    /// Closes every connection of user `name` (its user was deleted): each is marked and woken,
+    /// and its task says goodbye in its protocol's terms. Returns how many there were.
+    pub fn evict_user(&self, name: &str) -> usize {
+        let mut evicted = 0;
+        for c in self.lock().values().filter(|c| c.user() == Some(name)) {
+            let _ = c.evicted.set(Eviction::UserDeleted);
+            c.signal.notify_one();
+            evicted += 1;
+        }
+        evicted
     }
 
     /// Every live connection, oldest first.
@@ -143,9 +172,9 @@ mod tests {
     #[test]
     fn registrations_are_counted_per_protocol_until_dropped() {
         let table = Connections::default();
-        let a = table.register("amqp", peer());
-        let b = table.register("amqp", peer());
-        let m = table.register("mqtt", peer());
+        let a = table.register("amqp", "tcp", peer());
+        let b = table.register("amqp", "tls", peer());
+        let m = table.register("mqtt", "ws", peer());
         a.update(Some("guest"), 3);
         b.update(None, 1);
         let totals = table.totals();
@@ -162,9 +191,24 @@ mod tests {
     }
 
     #[test]
+    fn evicting_a_user_marks_only_its_connections() {
+        let table = Connections::default();
+        let a = table.register("amqp", "tcp", peer());
+        let b = table.register("mqtt", "tcp", peer());
+        let c = table.register("stomp", "tcp", peer());
+        a.update(Some("bob"), 1);
+        b.update(Some("bob"), 0);
+        c.update(Some("bobby"), 0);
+        assert_eq!(table.evict_user("bob"), 2);
+        assert_eq!(a.evicted(), Some(Eviction::UserDeleted));
+        assert_eq!(b.evicted(), Some(Eviction::UserDeleted));
+        assert_eq!(c.evicted(), None);
+    }
+
+    #[test]
     fn the_first_authenticated_user_is_kept() {
         let table = Connections::default();
-        let r = table.register("stomp", peer());
+        let r = table.register("stomp", "wss", peer());
         r.update(None, 0);
         r.update(Some("alice"), 0);
         r.update(Some("bob"), 0);
@@ -172,5 +216,6 @@ mod tests {
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].user(), Some("alice"));
         assert_eq!(listed[0].protocol, "stomp");
+        assert_eq!(listed[0].transport, "wss");
     }
 }

@@ -1,19 +1,24 @@
 //! The Rosetta server: configuration, listeners, one task per connection, housekeeping and
 //! signals. Protocol rules live in the protocol crates' sessions; this crate moves bytes.
 
+mod accounts;
 pub mod config;
 mod connection;
 mod connections;
+pub mod definitions;
 mod error;
 mod http;
 mod lifecycle;
 mod listener;
 pub mod logging;
 mod metrics;
+mod mqtt_status;
 mod resources;
 mod services;
 mod state;
 mod tls;
+mod vhost_access;
+mod websocket;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +35,7 @@ use connections::Connections;
 pub use error::Error;
 use lifecycle::Lifecycle;
 use metrics::Metrics;
-use services::{bind, Accept, Amqp, Http, Mqtt, Stomp};
+use services::{bind, Accept, Amqp, CertLogin, Http, Mqtt, Stomp};
 use state::ServerState;
 use tls::Tls;
 
@@ -92,14 +97,29 @@ async fn serve(config: Config) -> Result<(), Error> {
         max_queues: u64::from(config.limits.max_queues),
         max_exchanges: u64::from(config.limits.max_exchanges),
         max_bindings: u64::from(config.limits.max_bindings),
+        quorum_as_classic: config
+            .amqp
+            .accept_queue_types
+            .contains(&config::AcceptedQueueType::Quorum),
     };
     let dyn_store: Arc<dyn Store> = store.clone();
     let broker = Broker::open(dyn_store, &vhosts, limits)?;
-    let users = config.core_users()?;
+    let users = config.core_directory()?;
+    let configured = accounts::Configured::of(&users.contents(), config.permissions_are_implicit());
+    accounts::load(&users, store.as_ref(), &broker, &configured).map_err(|e| Error::Storage {
+        path: config.storage.path.display().to_string(),
+        reason: format!("cannot read the stored users and permissions: {e}"),
+    })?;
+    if config.permissions_are_implicit() {
+        tracing::warn!(
+            "no [[permissions]] configured: every user has full permissions on every virtual host"
+        );
+    }
     let (alarm_tx, alarm_rx) = watch::channel(false);
     let state = Arc::new(ServerState {
         broker: broker.clone(),
         users: Arc::new(users),
+        configured,
         failed_login_delay: Duration::from_millis(u64::from(config.limits.failed_login_delay_ms)),
         amqp: SessionConfig {
             frame_max: config.limits.frame_max,
@@ -128,7 +148,13 @@ async fn serve(config: Config) -> Result<(), Error> {
         connections: Connections::default(),
         metrics,
         lifecycle: Lifecycle::new(),
+        metrics_auth: config.http.metrics_auth,
     });
+    // Virtual hosts made at run time before this start are not in the configuration (their
+    // creators' permissions are stored ones, loaded above).
+    for info in broker.vhost_infos().iter().filter(|info| !info.permanent) {
+        vhost_access::open_to_everyone(&state.users, &state.configured, &info.vhost.name);
+    }
     let max_connections = match config.limits.max_connections {
         0 => Semaphore::MAX_PERMITS,
         n => n as usize,
@@ -155,6 +181,19 @@ async fn serve(config: Config) -> Result<(), Error> {
     } else {
         None
     };
+    // MQTT and STOMP over WebSocket, for browsers.
+    let mqtt_ws = if config.mqtt.enabled {
+        let upgrade = websocket::Upgrade::mqtt(config.mqtt.max_packet_size);
+        Some(websocket::bind(upgrade, config.mqtt.ws_listen, config.mqtt.ws_tls_listen).await?)
+    } else {
+        None
+    };
+    let stomp_ws = if config.stomp.enabled {
+        let upgrade = websocket::Upgrade::stomp(&state.stomp.limits);
+        Some(websocket::bind(upgrade, config.stomp.ws_listen, config.stomp.ws_tls_listen).await?)
+    } else {
+        None
+    };
     let http = if config.http.enabled {
         Some(bind("http", config.http.listen, config.http.tls_listen).await?)
     } else {
@@ -175,10 +214,27 @@ async fn serve(config: Config) -> Result<(), Error> {
             mqtt.clone(),
             shutdown_rx.clone(),
         )));
-        clients.start(&mut tasks, listeners, Mqtt(state.clone(), mqtt));
+        if config.mqtt.sys_interval > 0 {
+            tasks.push(tokio::spawn(mqtt_status::publish(
+                mqtt.clone(),
+                state.clone(),
+                Duration::from_secs(u64::from(config.mqtt.sys_interval)),
+                shutdown_rx.clone(),
+            )));
+        }
+        let cert_login = CertLogin(config.mqtt.ssl_cert_login);
+        if let Some(ws) = mqtt_ws {
+            let service = Mqtt(state.clone(), mqtt.clone(), cert_login);
+            clients.start_websocket(&mut tasks, ws, service);
+        }
+        clients.start(&mut tasks, listeners, Mqtt(state.clone(), mqtt, cert_login));
     }
+    let stomp_service = Stomp(state.clone(), CertLogin(config.stomp.ssl_cert_login));
     if let Some(listeners) = stomp {
-        clients.start(&mut tasks, listeners, Stomp(state.clone()));
+        clients.start(&mut tasks, listeners, stomp_service.clone());
+    }
+    if let Some(ws) = stomp_ws {
+        clients.start_websocket(&mut tasks, ws, stomp_service);
     }
     tasks.push(tokio::spawn(reload_on_hangup(
         hangup,

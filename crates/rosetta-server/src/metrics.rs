@@ -128,6 +128,16 @@ impl Metrics {
         }
     }
 
+    /// Bytes read from and written to client connections of every protocol since the start.
+    pub fn bytes_total(&self) -> (u64, u64) {
+        PROTOCOLS.iter().fold((0, 0), |(received, sent), protocol| {
+            (
+                received + self.received.with_label_values(&[protocol]).get(),
+                sent + self.sent.with_label_values(&[protocol]).get(),
+            )
+        })
+    }
+
     /// Counts `refused` logins on a `protocol` connection.
     pub fn auth_failures(&self, protocol: &str, refused: u32) {
         self.auth_failures

@@ -16,6 +16,7 @@ use crate::http;
 use crate::listener;
 use crate::state::ServerState;
 use crate::tls::Tls;
+use crate::websocket;
 
 /// One service's listeners: plain, and TLS when `tls_listen` is set.
 pub(crate) struct Listeners {
@@ -56,12 +57,27 @@ fn tls_name(protocol: &'static str) -> &'static str {
 /// What runs on one accepted connection, whatever carries its bytes. Taken by value (a clone
 /// per connection): the connection's future must not borrow the listener's copy.
 pub(crate) trait Service: Clone + Send + Sync + 'static {
+    /// `identity` is the user the connection's verified TLS client certificate names
+    /// (`tls::Tls::accept`); `None` on plain connections.
     fn serve<T: Transport>(
         self,
         stream: T,
         peer: SocketAddr,
+        identity: Option<String>,
         shutdown: watch::Receiver<bool>,
     ) -> impl Future<Output = ()> + Send + 'static;
+}
+
+/// `[mqtt]` or `[stomp]` `ssl_cert_login`: whether that protocol's clients may log in as the
+/// user their client certificate names. AMQP clients always may, by choosing `EXTERNAL`.
+#[derive(Clone, Copy)]
+pub(crate) struct CertLogin(pub bool);
+
+impl CertLogin {
+    /// The identity the session may log in as: none unless certificate login is on.
+    fn identity(self, identity: Option<String>) -> Option<String> {
+        identity.filter(|_| self.0)
+    }
 }
 
 #[derive(Clone)]
@@ -72,6 +88,7 @@ impl Service for Amqp {
         self,
         stream: T,
         peer: SocketAddr,
+        identity: Option<String>,
         shutdown: watch::Receiver<bool>,
     ) -> impl Future<Output = ()> + Send + 'static {
         let state = &self.0;
@@ -81,35 +98,39 @@ impl Service for Amqp {
             state.amqp.clone(),
             peer,
         );
+        let session = session.with_peer_identity(identity);
         connection::drive(stream, peer, session, Some(outbox), state.clone(), shutdown)
     }
 }
 
 #[derive(Clone)]
-pub(crate) struct Mqtt(pub Arc<ServerState>, pub Arc<MqttState>);
+pub(crate) struct Mqtt(pub Arc<ServerState>, pub Arc<MqttState>, pub CertLogin);
 
 impl Service for Mqtt {
     fn serve<T: Transport>(
         self,
         stream: T,
         peer: SocketAddr,
+        identity: Option<String>,
         shutdown: watch::Receiver<bool>,
     ) -> impl Future<Output = ()> + Send + 'static {
         // The session creates its outbox on the first subscription; the driver picks it up
         // then.
-        let session = rosetta_mqtt::Session::new(self.1.clone(), peer);
+        let session = rosetta_mqtt::Session::new(self.1.clone(), peer)
+            .with_peer_identity(self.2.identity(identity));
         connection::drive(stream, peer, session, None, self.0.clone(), shutdown)
     }
 }
 
 #[derive(Clone)]
-pub(crate) struct Stomp(pub Arc<ServerState>);
+pub(crate) struct Stomp(pub Arc<ServerState>, pub CertLogin);
 
 impl Service for Stomp {
     fn serve<T: Transport>(
         self,
         stream: T,
         peer: SocketAddr,
+        identity: Option<String>,
         shutdown: watch::Receiver<bool>,
     ) -> impl Future<Output = ()> + Send + 'static {
         let state = &self.0;
@@ -119,6 +140,7 @@ impl Service for Stomp {
             state.stomp.clone(),
             peer,
         );
+        let session = session.with_peer_identity(self.1.identity(identity));
         connection::drive(stream, peer, session, Some(outbox), state.clone(), shutdown)
     }
 }
@@ -131,6 +153,8 @@ impl Service for Http {
         self,
         stream: T,
         peer: SocketAddr,
+        // The management API authenticates with basic auth only.
+        _identity: Option<String>,
         stop: watch::Receiver<bool>,
     ) -> impl Future<Output = ()> + Send + 'static {
         http::serve_connection(stream, peer, self.0.clone(), stop)
@@ -160,7 +184,7 @@ impl Accept {
             listeners.plain,
             self.limit.clone(),
             self.shutdown.clone(),
-            move |stream, peer, shutdown| plain.clone().serve(stream, peer, shutdown),
+            move |stream, peer, shutdown| plain.clone().serve(stream, peer, None, shutdown),
         )));
         // Validation guarantees `[tls]` whenever a `tls_listen` is set.
         let (Some(listener), Some(tls)) = (listeners.tls, self.tls.clone()) else {
@@ -176,8 +200,58 @@ impl Accept {
                 let tls = tls.clone();
                 let service = service.clone();
                 async move {
-                    if let Some(stream) = tls.accept(protocol, stream, peer).await {
-                        service.serve(stream, peer, shutdown).await;
+                    if let Some((stream, identity)) = tls.accept(protocol, stream, peer).await {
+                        service.serve(stream, peer, identity, shutdown).await;
+                    }
+                }
+            },
+        )));
+    }
+
+    /// Spawns the accept loops of one service's WebSocket listeners. The TLS handshake, then the
+    /// HTTP upgrade, run in the connection's own task, after it took its slot of the limit.
+    pub fn start_websocket<S: Service>(
+        &self,
+        tasks: &mut Vec<JoinHandle<()>>,
+        listeners: websocket::Listeners,
+        service: S,
+    ) {
+        let upgrade = listeners.upgrade;
+        if let Some(listener) = listeners.plain {
+            let (upgrade, service) = (upgrade.clone(), service.clone());
+            tasks.push(tokio::spawn(listener::accept_loop(
+                upgrade.name,
+                listener,
+                self.limit.clone(),
+                self.shutdown.clone(),
+                move |stream, peer, shutdown| {
+                    let (upgrade, service) = (upgrade.clone(), service.clone());
+                    async move {
+                        if let Some(ws) = upgrade.accept(stream, peer).await {
+                            service.serve(ws, peer, None, shutdown).await;
+                        }
+                    }
+                },
+            )));
+        }
+        // Validation guarantees `[tls]` whenever a `ws_tls_listen` is set.
+        let (Some(listener), Some(tls)) = (listeners.tls, self.tls.clone()) else {
+            return;
+        };
+        tasks.push(tokio::spawn(listener::accept_loop(
+            upgrade.tls_name,
+            listener,
+            self.limit.clone(),
+            self.shutdown.clone(),
+            move |stream, peer, shutdown| {
+                let (upgrade, tls, service) = (upgrade.clone(), tls.clone(), service.clone());
+                async move {
+                    let Some((stream, identity)) = tls.accept(upgrade.tls_name, stream, peer).await
+                    else {
+                        return;
+                    };
+                    if let Some(ws) = upgrade.accept(stream, peer).await {
+                        service.serve(ws, peer, identity, shutdown).await;
                     }
                 }
             },

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rosetta_amqp::session::SessionConfig;
-use rosetta_core::{Broker, Users};
+use rosetta_core::{Broker, Directory};
 use tokio::sync::watch;
 
 use crate::connections::Connections;
@@ -13,7 +13,11 @@ use crate::metrics::Metrics;
 
 pub(crate) struct ServerState {
     pub broker: Arc<Broker>,
-    pub users: Arc<Users>,
+    /// Users and permissions, which front-ends check logins and operations against.
+    pub users: Arc<Directory>,
+    /// The users and permissions of the configuration file, which the API may not change, and
+    /// who has implicit permissions (no `[[permissions]]` configured).
+    pub configured: crate::accounts::Configured,
     /// How long a refused login waits before it is answered (`limits.failed_login_delay_ms`).
     pub failed_login_delay: Duration,
     pub amqp: SessionConfig,
@@ -24,6 +28,9 @@ pub(crate) struct ServerState {
     pub connections: Connections,
     pub metrics: Metrics,
     pub lifecycle: Lifecycle,
+    /// `/metrics` asks for HTTP basic auth of a user with a management tag (`[http]
+    /// metrics_auth`).
+    pub metrics_auth: bool,
 }
 
 #[cfg(test)]
@@ -38,7 +45,7 @@ impl ServerState {
         )
         .expect("broker");
         // An administrator, as the default guest is: the management API lets it delete queues.
-        let users = Users::tagged(vec![(
+        let users = rosetta_core::Users::tagged(vec![(
             rosetta_core::User {
                 name: "guest".into(),
                 password: "guest".into(),
@@ -47,8 +54,13 @@ impl ServerState {
             vec![rosetta_core::auth::Tag::Administrator],
         )]);
         let (_alarm_tx, alarm) = watch::channel(false);
+        let users = Directory::new(
+            users,
+            rosetta_core::auth::Permissions::full_access(["guest"], &["/"]),
+        );
         Arc::new(ServerState {
             broker,
+            configured: crate::accounts::Configured::of(&users.contents(), true),
             users: Arc::new(users),
             failed_login_delay: Duration::ZERO,
             amqp: SessionConfig {
@@ -76,6 +88,7 @@ impl ServerState {
             connections: Connections::default(),
             metrics: Metrics::new().expect("metrics"),
             lifecycle: Lifecycle::new(),
+            metrics_auth: false,
         })
     }
 }

@@ -3,6 +3,12 @@
 //!
 //! Each handshake takes the configuration current when the connection was accepted, so a reload
 //! changes what new clients see and leaves established connections alone.
+//!
+//! A client certificate verified in the handshake also names a user (`subject`), which the
+//! sessions may log in as: certificates are read here, once per connection, and the protocol
+//! front-ends only see the resulting name.
+
+mod subject;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -57,17 +63,22 @@ impl Tls {
         TlsAcceptor::from(config)
     }
 
-    /// Runs the TLS handshake on an accepted connection, bounded by [`HANDSHAKE_TIMEOUT`].
-    /// `None` (logged) when the client fails it: a plain-text client on a TLS port, an untrusted
-    /// or missing client certificate, a silent client.
+    /// Runs the TLS handshake on an accepted connection, bounded by [`HANDSHAKE_TIMEOUT`], and
+    /// returns the stream with the user its verified client certificate names, if any
+    /// (`ssl_cert_login_from`). `None` (logged) when the client fails the handshake: a
+    /// plain-text client on a TLS port, an untrusted or missing client certificate, a silent
+    /// client.
     pub async fn accept(
         &self,
         protocol: &'static str,
         stream: TcpStream,
         peer: SocketAddr,
-    ) -> Option<TlsStream<TcpStream>> {
+    ) -> Option<(TlsStream<TcpStream>, Option<String>)> {
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor().accept(stream)).await {
-            Ok(Ok(stream)) => Some(stream),
+            Ok(Ok(stream)) => {
+                let identity = self.peer_identity(&stream);
+                Some((stream, identity))
+            }
             Ok(Err(e)) => {
                 tracing::info!(%peer, protocol, error = %e, "TLS handshake failed");
                 None
@@ -77,6 +88,17 @@ impl Tls {
                 None
             }
         }
+    }
+
+    /// The user the client's certificate names. Only with `verify_peer`: without it rustls asks
+    /// for no certificate, and an unverified one must never stand for a user.
+    fn peer_identity(&self, stream: &TlsStream<TcpStream>) -> Option<String> {
+        if !self.settings.verify_peer {
+            return None;
+        }
+        let (_, connection) = stream.get_ref();
+        let certificate = connection.peer_certificates()?.first()?;
+        subject::user_name(certificate.as_ref(), self.settings.ssl_cert_login_from)
     }
 }
 

@@ -13,6 +13,7 @@
 //! header block costs the broker linear work, not quadratic.
 
 use std::collections::HashSet;
+use std::fmt::Write as _;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -391,6 +392,80 @@ pub fn encode(frame: &Frame, version: Version, out: &mut BytesMut) {
     out.put_u8(b'\n');
     out.put_slice(&frame.body);
     out.put_u8(0);
+}
+
+/// Writes a server frame straight into the output, header by header, so a frame sent once per
+/// message (MESSAGE) needs no [`Frame`] of owned strings. As in a [`Frame`], a header name is
+/// written once and the first value wins (STOMP 1.2 Repeated Header Entries); values are
+/// escaped as [`encode`] escapes them.
+pub struct FrameWriter<'o> {
+    out: &'o mut BytesMut,
+    version: Version,
+    escaping: bool,
+    /// Where the first header line starts.
+    headers_start: usize,
+}
+
+impl<'o> FrameWriter<'o> {
+    pub fn new(command: Command, version: Version, out: &'o mut BytesMut) -> Self {
+        out.put_slice(command.as_str().as_bytes());
+        out.put_u8(b'\n');
+        let headers_start = out.len();
+        FrameWriter {
+            out,
+            version,
+            escaping: command.escapes_headers(),
+            headers_start,
+        }
+    }
+
+    /// Adds a header unless one of that name was written already.
+    pub fn header(&mut self, name: &str, value: &str) {
+        if self.named(name) {
+            escape_into(value, self.version, self.escaping, self.out);
+            self.out.put_u8(b'\n');
+        }
+    }
+
+    /// Adds a header whose value is a number, unless one of that name was written already.
+    pub fn number(&mut self, name: &str, value: u64) {
+        if self.named(name) {
+            // Digits need no escaping; formatting into the buffer itself allocates nothing.
+            let _ = write!(self.out, "{value}");
+            self.out.put_u8(b'\n');
+        }
+    }
+
+    /// Ends the frame with `body` and its `content-length`, so a body holding a NUL survives.
+    pub fn finish(self, body: &[u8]) {
+        self.out.reserve(body.len() + 32);
+        let _ = write!(self.out, "content-length:{}\n\n", body.len());
+        self.out.put_slice(body);
+        self.out.put_u8(0);
+    }
+
+    /// Writes `name` and its colon, unless an earlier header line has that name (compared as
+    /// written); whether it did.
+    fn named(&mut self, name: &str) -> bool {
+        let line = self.out.len();
+        escape_into(name, self.version, self.escaping, self.out);
+        let written = &self.out[line..];
+        let taken = self.out[self.headers_start..line]
+            .split(|&b| b == b'\n')
+            .filter_map(|earlier| {
+                earlier
+                    .iter()
+                    .position(|&b| b == b':')
+                    .map(|c| &earlier[..c])
+            })
+            .any(|earlier| earlier == written);
+        if taken {
+            self.out.truncate(line);
+            return false;
+        }
+        self.out.put_u8(b':');
+        true
+    }
 }
 
 /// A heart-beat: one EOL (STOMP 1.2 Heart-beating).

@@ -8,6 +8,7 @@
 
 use rosetta_core::{Message, Properties, Table, Value};
 
+use crate::codec::FrameWriter;
 use crate::destination::NAME_MAX;
 use crate::error::StompError;
 use crate::frame::Frame;
@@ -148,27 +149,99 @@ pub fn check_short_strings(properties: &Properties) -> Result<(), StompError> {
     Ok(())
 }
 
-/// Adds the message's properties and custom headers to a MESSAGE frame. Headers the frame
-/// already has (subscription, message-id, …) keep their value.
-pub fn add_message_headers(frame: &mut Frame, message: &Message) {
+/// Headers that RabbitMQ's plugin turns into the arguments of a queue it declares, and whether
+/// each is a number (an AMQP long) or text. The stream ones are taken too, so the core refuses
+/// them as it refuses them from AMQP rather than a client believing they apply.
+const QUEUE_ARGUMENT_HEADERS: [(&str, bool); 12] = [
+    ("x-message-ttl", true),
+    ("x-expires", true),
+    ("x-max-length", true),
+    ("x-max-length-bytes", true),
+    ("x-max-priority", true),
+    ("x-dead-letter-exchange", false),
+    ("x-dead-letter-routing-key", false),
+    ("x-overflow", false),
+    ("x-queue-type", false),
+    ("x-max-age", false),
+    ("x-stream-max-segment-size-bytes", true),
+    ("x-stream-filter-size-bytes", true),
+];
+
+/// The arguments a SEND or SUBSCRIBE gives the queue the broker declares for it. Numbers become
+/// integers, as RabbitMQ's plugin makes them: the core takes a length, TTL or priority only as
+/// an integer (it refuses `x-max-length` as text, as RabbitMQ does), and an AMQP client
+/// declaring the same queue sends integers too.
+pub fn queue_arguments(frame: &Frame) -> Result<Table, StompError> {
+    let mut arguments = Table::new();
+    for (name, numeric) in QUEUE_ARGUMENT_HEADERS {
+        let Some(value) = frame.get(name) else {
+            continue;
+        };
+        let value = value.trim();
+        let value = if numeric {
+            let n = value
+                .parse::<i64>()
+                .map_err(|_| StompError::InvalidHeader {
+                    header: name,
+                    reason: format!("'{value}' is not an integer"),
+                })?;
+            Value::I64(n)
+        } else {
+            Value::Str(value.to_owned())
+        };
+        arguments.insert(name.to_owned(), value);
+    }
+    Ok(arguments)
+}
+
+/// Where [`add_message_headers`] puts a MESSAGE's headers: a [`Frame`], or a [`FrameWriter`]
+/// that writes them straight to the output. Either keeps the first value of a name.
+pub trait MessageHeaders {
+    fn text(&mut self, name: &str, value: &str);
+    fn number(&mut self, name: &str, value: u64);
+}
+
+impl MessageHeaders for Frame {
+    fn text(&mut self, name: &str, value: &str) {
+        self.push_header(name, value);
+    }
+
+    fn number(&mut self, name: &str, value: u64) {
+        self.push_header(name, value.to_string());
+    }
+}
+
+impl MessageHeaders for FrameWriter<'_> {
+    fn text(&mut self, name: &str, value: &str) {
+        self.header(name, value);
+    }
+
+    fn number(&mut self, name: &str, value: u64) {
+        FrameWriter::number(self, name, value);
+    }
+}
+
+/// Adds the message's properties and custom headers to a MESSAGE. Headers it already has
+/// (subscription, message-id, …) keep their value. Only custom headers that are not text
+/// already are converted on the way.
+pub fn add_message_headers(to: &mut impl MessageHeaders, message: &Message) {
     let p = &message.properties;
-    let mut put = |name: &str, value: Option<String>| {
-        if let Some(v) = value {
-            frame.push_header(name, v);
-        }
-    };
-    put("content-type", p.content_type.clone());
-    put("content-encoding", p.content_encoding.clone());
-    put("persistent", p.is_persistent().then(|| "true".to_owned()));
-    put("priority", p.priority.map(|v| v.to_string()));
-    put("correlation-id", p.correlation_id.clone());
-    put("reply-to", p.reply_to.clone());
-    put("expiration", p.expiration.clone());
-    put("amqp-message-id", p.message_id.clone());
-    put("timestamp", p.timestamp.map(|v| v.to_string()));
-    put("type", p.kind.clone());
-    put("user-id", p.user_id.clone());
-    put("app-id", p.app_id.clone());
+    put(to, "content-type", p.content_type.as_deref());
+    put(to, "content-encoding", p.content_encoding.as_deref());
+    put(to, "persistent", p.is_persistent().then_some("true"));
+    if let Some(v) = p.priority {
+        to.number("priority", u64::from(v));
+    }
+    put(to, "correlation-id", p.correlation_id.as_deref());
+    put(to, "reply-to", p.reply_to.as_deref());
+    put(to, "expiration", p.expiration.as_deref());
+    put(to, "amqp-message-id", p.message_id.as_deref());
+    if let Some(v) = p.timestamp {
+        to.number("timestamp", v);
+    }
+    put(to, "type", p.kind.as_deref());
+    put(to, "user-id", p.user_id.as_deref());
+    put(to, "app-id", p.app_id.as_deref());
     if let Some(headers) = &p.headers {
         // A custom header must never pose as framing (a stray `content-length` would cut the
         // body short for the client).
@@ -176,8 +249,17 @@ pub fn add_message_headers(frame: &mut Frame, message: &Message) {
             .iter()
             .filter(|(n, _)| !FRAME_HEADERS.contains(&n.as_str()))
         {
-            put(name, value.to_text());
+            match value {
+                Value::Str(v) => to.text(name, v),
+                other => put(to, name, other.to_text().as_deref()),
+            }
         }
+    }
+}
+
+fn put(to: &mut impl MessageHeaders, name: &str, value: Option<&str>) {
+    if let Some(v) = value {
+        to.text(name, v);
     }
 }
 
@@ -261,6 +343,27 @@ mod tests {
     }
 
     #[test]
+    fn queue_argument_headers_become_typed_arguments() {
+        let frame = send(&[
+            ("x-max-length", " 10"),
+            ("x-message-ttl", "60000"),
+            ("x-dead-letter-exchange", "dlx"),
+            ("x-queue-type", "classic"),
+            ("x-custom", "1"),
+        ]);
+        let args = queue_arguments(&frame).expect("valid");
+        assert_eq!(args.len(), 4, "{args:?}");
+        assert_eq!(args.get("x-max-length"), Some(&Value::I64(10)));
+        assert_eq!(args.get("x-message-ttl"), Some(&Value::I64(60000)));
+        assert_eq!(
+            args.get("x-dead-letter-exchange"),
+            Some(&Value::Str("dlx".into()))
+        );
+        let err = queue_arguments(&send(&[("x-expires", "soon")])).expect_err("not a number");
+        assert_eq!(err.summary(), "Invalid header");
+    }
+
+    #[test]
     fn typed_amqp_headers_are_written_as_text() {
         let mut headers = Table::new();
         headers.insert("n".into(), Value::I32(-4));
@@ -287,5 +390,87 @@ mod tests {
         );
         assert_eq!(frame.get("message-id"), Some("1"));
         assert_eq!(frame.get("amqp-message-id"), Some("m"));
+    }
+
+    /// A MESSAGE written header by header into the output is byte for byte the one encoded
+    /// from a [`Frame`], in every version: the same escapes, the same first-wins rule for a
+    /// custom header that repeats a frame header, the same `content-length`.
+    #[test]
+    fn a_message_written_in_place_matches_the_encoded_frame() {
+        use crate::codec::{encode, with_body};
+        use crate::frame::Version;
+        use bytes::{Bytes, BytesMut};
+
+        let mut headers = Table::new();
+        headers.insert("subscription".into(), Value::Str("forged".into()));
+        headers.insert(
+            "x-colon:and\\back".into(),
+            Value::Str("line\nbreak\r".into()),
+        );
+        headers.insert("n".into(), Value::I64(-4));
+        headers.insert("t".into(), Value::Table(Table::new()));
+        let props = Properties {
+            content_type: Some("text/plain".into()),
+            delivery_mode: Some(2),
+            priority: Some(7),
+            timestamp: Some(1_700_000_000),
+            app_id: Some("a:b".into()),
+            headers: Some(headers),
+            ..Properties::default()
+        };
+        let body = Bytes::from_static(b"x\0y");
+        for message in [
+            Message::new("", "q", props, body.clone()),
+            Message::new("", "q", Properties::default(), Bytes::new()),
+        ] {
+            for version in [Version::V1_0, Version::V1_1, Version::V1_2] {
+                let mut frame = Frame::new(Command::Message)
+                    .header("subscription", "s-1")
+                    .header("message-id", "42");
+                frame.push_header("redelivered", "false");
+                add_message_headers(&mut frame, &message);
+                let frame = with_body(frame, message.body.clone());
+                let mut want = BytesMut::new();
+                encode(&frame, version, &mut want);
+
+                let mut got = BytesMut::from(&b"before"[..]);
+                let mut writer = FrameWriter::new(Command::Message, version, &mut got);
+                writer.header("subscription", "s-1");
+                writer.number("message-id", 42);
+                writer.header("redelivered", "false");
+                add_message_headers(&mut writer, &message);
+                writer.finish(&message.body);
+                assert_eq!(&got[..6], b"before");
+                assert_eq!(&got[6..], &want[..], "{version:?}");
+            }
+        }
+    }
+
+    /// Writing a MESSAGE into an output buffer with room allocates nothing for a message whose
+    /// properties are text and numbers.
+    #[test]
+    fn a_message_into_a_warm_output_allocates_nothing() {
+        use crate::frame::Version;
+        use bytes::{Bytes, BytesMut};
+
+        let props = Properties {
+            content_type: Some("text/plain".into()),
+            delivery_mode: Some(2),
+            priority: Some(1),
+            ..Properties::default()
+        };
+        let message = Message::new("", "q", props, Bytes::from_static(b"sixteen-byte-msg"));
+        let mut out = BytesMut::with_capacity(4096);
+        let used = allocation_counter::measure(|| {
+            let mut writer = FrameWriter::new(Command::Message, Version::V1_2, &mut out);
+            writer.header("subscription", "0");
+            writer.number("message-id", 7);
+            writer.header("destination", "/queue/q");
+            writer.number("ack", 7);
+            writer.header("redelivered", "false");
+            add_message_headers(&mut writer, &message);
+            writer.finish(&message.body);
+        });
+        assert_eq!(used.count_total, 0);
     }
 }

@@ -5,9 +5,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
+use rosetta_core::auth::Permissions;
 use rosetta_core::front_end::Session as _;
 use rosetta_core::store::Store;
-use rosetta_core::{Broker, CoreLimits, Outbound, User, Users};
+use rosetta_core::testing::ManualDurability;
+use rosetta_core::{Broker, CoreLimits, Directory, Outbound, User, Users};
 use rosetta_stomp::codec::{decode, Limits};
 use rosetta_stomp::session::{Flow, Session, SessionConfig};
 use rosetta_stomp::{Command, Frame, Version};
@@ -21,19 +23,38 @@ struct Harness {
 
 impl Harness {
     fn new() -> Harness {
+        Harness::on(|store| store)
+    }
+
+    /// A broker whose writes become durable only when the test says so.
+    fn with_manual_durability() -> (Harness, Arc<ManualDurability>) {
+        let mut manual = None;
+        let h = Harness::on(|store| {
+            let m = ManualDurability::new(store);
+            manual = Some(m.clone());
+            m
+        });
+        (h, manual.expect("store wrapped"))
+    }
+
+    fn on(wrap: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let store: Arc<dyn Store> =
             Arc::new(SledStore::open(&dir.path().join("data")).expect("store"));
-        let broker = Broker::open(store, &["/".to_owned()], CoreLimits::default()).expect("broker");
+        let broker =
+            Broker::open(wrap(store), &["/".to_owned()], CoreLimits::default()).expect("broker");
         Harness { _dir: dir, broker }
     }
 
     fn session(&self) -> Client {
-        let users = Arc::new(Users::new(vec![User {
-            name: "guest".into(),
-            password: "guest".into(),
-            loopback_only: true,
-        }]));
+        let users = Arc::new(Directory::new(
+            Users::new(vec![User {
+                name: "guest".into(),
+                password: "guest".into(),
+                loopback_only: true,
+            }]),
+            Permissions::full_access(["guest"], &["/"]),
+        ));
         let config = SessionConfig {
             heartbeat_ms: 1000,
             max_transaction_frames: 3,
@@ -168,7 +189,7 @@ fn an_error_closes_and_returns_unacked_messages() {
     assert_eq!(c.input(b"ACK\nid:999\n\n\0"), Flow::Close);
     let frames = c.frames();
     assert_eq!(frames[0].command, Command::Error);
-    assert_eq!(frames[0].get("message"), Some("Invalid message id"));
+    assert_eq!(frames[0].get("message"), Some("Message not found"));
     assert!(c.session.is_closing());
     let stats = h
         .broker
@@ -207,6 +228,9 @@ fn a_send_under_the_alarm_waits_with_what_follows_until_the_alarm_clears() {
     assert_eq!(ready(&h, "al"), None, "the SEND has not been handled");
 
     c.session.set_alarm(false);
+    // The SEND declared `/queue/al`, whose record its receipt waits for.
+    h.broker.store().sync().expect("sync");
+    c.session.on_durable();
     let ids: Vec<_> = c
         .frames()
         .iter()
@@ -232,6 +256,8 @@ fn a_transactional_send_and_its_commit_wait_for_the_alarm() {
     assert!(c.session.reading_paused());
     assert_eq!(ready(&h, "tx"), None);
     c.session.set_alarm(false);
+    h.broker.store().sync().expect("sync");
+    c.session.on_durable();
     assert_eq!(c.frames()[0].get("receipt-id"), Some("c"));
     assert_eq!(ready(&h, "tx"), Some(1));
 
@@ -435,4 +461,128 @@ fn a_message_names_an_exchange_without_key_as_it_was_sent() {
     c.pump();
     let message = c.frames().pop().expect("a MESSAGE");
     assert_eq!(message.get("destination"), Some("/exchange/amq.fanout"));
+}
+
+/// A durable subscription's queue as this server named it before it followed RabbitMQ's naming
+/// (`stomp-subscription-<id>`): made by STOMP, durable, bound to `amq.topic` with the topic.
+fn legacy_subscription_queue(h: &Harness, id: &str, key: &str) -> String {
+    let vhost = h.broker.vhost("/").expect("vhost");
+    let conn = h.broker.new_connection_id();
+    let name = format!("stomp-subscription-{id}");
+    let declare = rosetta_core::QueueDeclare {
+        name: name.clone(),
+        durable: true,
+        ..rosetta_core::QueueDeclare::default()
+    };
+    vhost
+        .declare_owned_queue(declare, conn, rosetta_stomp::owner::queue_owner(None))
+        .expect("declare");
+    vhost
+        .bind_deferred(
+            "amq.topic",
+            rosetta_core::Destination::Queue(name.clone()),
+            key,
+            rosetta_core::Table::new(),
+            conn,
+        )
+        .expect("bind");
+    vhost
+        .publish(rosetta_core::Message::new(
+            "amq.topic",
+            key,
+            rosetta_core::Properties::default(),
+            bytes::Bytes::from_static(b"kept"),
+        ))
+        .expect("publish");
+    name
+}
+
+#[test]
+fn a_durable_subscription_queue_named_before_rabbitmqs_naming_keeps_its_messages() {
+    let h = Harness::new();
+    let legacy = legacy_subscription_queue(&h, "old", "legacy.t");
+    let mut c = Client::connected(&h);
+    // The same id on another topic is another subscription: RabbitMQ's name, a queue of its own.
+    c.input(b"SUBSCRIBE\nid:old\ndestination:/topic/elsewhere\ndurable:true\n\n\0UNSUBSCRIBE\nid:old\n\n\0");
+    c.pump();
+    assert!(c.frames().is_empty());
+    let vhost = h.broker.vhost("/").expect("vhost");
+    assert!(vhost
+        .queue(&rosetta_stomp::destination::durable_subscription_queue(
+            "elsewhere",
+            "old"
+        ))
+        .is_some());
+    assert_eq!(ready(&h, &legacy), Some(1));
+    // On the topic it was made for, the old queue is the subscription's, with what it held.
+    c.input(b"SUBSCRIBE\nid:old\ndestination:/topic/legacy.t\ndurable:true\nack:client\n\n\0");
+    c.pump();
+    let frames = c.frames();
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(&frames[0].body[..], b"kept");
+    assert!(vhost
+        .queue(&rosetta_stomp::destination::durable_subscription_queue(
+            "legacy.t", "old"
+        ))
+        .is_none());
+}
+
+fn receipt_ids(frames: &[Frame]) -> Vec<&str> {
+    frames.iter().filter_map(|f| f.get("receipt-id")).collect()
+}
+
+#[test]
+fn a_committed_persistent_sends_receipt_waits_until_it_is_durable() {
+    let (h, disk) = Harness::with_manual_durability();
+    let mut c = Client::connected(&h);
+    c.input(b"SEND\ndestination:/queue/txp\nreceipt:made\n\n\0");
+    disk.commit();
+    c.session.on_durable();
+    assert_eq!(receipt_ids(&c.frames()), ["made"]);
+
+    c.input(b"BEGIN\ntransaction:t\n\n\0SEND\ndestination:/queue/txp\ntransaction:t\npersistent:true\nreceipt:s\n\nx\0COMMIT\ntransaction:t\nreceipt:c\n\n\0");
+    assert_eq!(ready(&h, "txp"), Some(2), "the commit published");
+    assert!(
+        c.frames().is_empty(),
+        "neither receipt before the message is on disk"
+    );
+    assert!(c.session.has_pending_durability());
+    disk.commit();
+    c.session.on_durable();
+    assert_eq!(receipt_ids(&c.frames()), ["s", "c"]);
+}
+
+#[test]
+fn a_send_that_declares_its_queue_is_receipted_once_the_queue_is_durable() {
+    let (h, disk) = Harness::with_manual_durability();
+    let mut c = Client::connected(&h);
+    c.input(b"SEND\ndestination:/queue/fresh\nreceipt:r\n\nx\0");
+    assert_eq!(ready(&h, "fresh"), Some(1));
+    assert!(
+        c.frames().is_empty(),
+        "the queue's record is not on disk yet"
+    );
+    disk.commit();
+    c.session.on_durable();
+    assert_eq!(receipt_ids(&c.frames()), ["r"]);
+    // Once the queue exists, a transient message's receipt waits for nothing.
+    c.input(b"SEND\ndestination:/queue/fresh\nreceipt:r2\n\ny\0");
+    assert_eq!(receipt_ids(&c.frames()), ["r2"]);
+}
+
+#[test]
+fn a_forced_close_ends_with_its_error_and_no_receipt_after_it() {
+    let (h, disk) = Harness::with_manual_durability();
+    let mut c = Client::connected(&h);
+    c.input(b"SEND\ndestination:/queue/fc\npersistent:true\nreceipt:waiting\n\nx\0");
+    assert!(c.session.has_pending_durability());
+    c.session.force_close();
+    disk.commit();
+    c.session.on_durable();
+    let frames = c.frames();
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(frames[0].command, Command::Error);
+    assert_eq!(frames[0].get("message"), Some("Connection forced"));
+    assert_eq!(frames[0].get("version"), Some("1.0,1.1,1.2"));
+    assert!(c.session.is_finished());
 }

@@ -1,5 +1,6 @@
 //! `rosetta`: runs the broker in the foreground, checks or prints its configuration, checks a
-//! stopped broker's store, or hashes a password for the configuration.
+//! stopped broker's store, imports RabbitMQ definitions into it, or hashes a password for the
+//! configuration.
 
 use std::io::{BufRead, ErrorKind, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -9,6 +10,7 @@ use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use rosetta_core::auth::PasswordHash;
 use rosetta_server::config::{Config, DEFAULT_TOML};
+use rosetta_server::definitions::Definitions;
 
 /// Looked for in the working directory when no --config is given.
 const LOCAL_CONFIG: &str = "broker.toml";
@@ -42,10 +44,22 @@ enum Command {
     /// Read a password from the first line of standard input and print its hash for a user's
     /// `password_hash` (salted SHA-256 in RabbitMQ's format)
     HashPassword,
+    /// Import a RabbitMQ definitions file (`rabbitmqctl export_definitions`) into a stopped
+    /// broker's store: virtual hosts, users, permissions, exchanges, queues and bindings that
+    /// are missing (users and permissions of broker.toml are left as they are). Exits
+    /// 0 when everything was imported, 3 when some items could not be, 1 if nothing could be
+    /// (e.g. the broker runs: import through its API, POST /api/definitions, instead)
+    ImportDefinitions {
+        /// The definitions file (JSON)
+        file: PathBuf,
+    },
 }
 
 /// Exit status of `check-store` when the store has problems; 1 stays "could not check".
 const STORE_PROBLEMS: u8 = 3;
+/// Exit status of `import-definitions` when some items could not be imported; 1 stays "could
+/// not import".
+const PARTIAL_IMPORT: u8 = 3;
 
 fn main() -> ExitCode {
     match execute(Cli::parse()) {
@@ -72,6 +86,9 @@ fn execute(cli: Cli) -> Result<ExitCode> {
         }
         Some(Command::CheckStore { repair }) => {
             return check_store(&load(cli.config.as_deref())?, repair);
+        }
+        Some(Command::ImportDefinitions { file }) => {
+            return import_definitions(&load(cli.config.as_deref())?, &file);
         }
         None => {
             // `run` installs logging from `config.log` itself.
@@ -117,6 +134,39 @@ fn check_store(config: &Config, repair: bool) -> Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(STORE_PROBLEMS)
+    })
+}
+
+fn import_definitions(config: &Config, file: &Path) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+    let defs: Definitions = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{} is not a definitions file: {e}", file.display()))?;
+    let report = rosetta_server::definitions::import_offline(config, &defs)?;
+    let created = &report.created;
+    let mut out = format!(
+        "imported into {}: {} virtual host(s), {} exchange(s), {} queue(s), {} binding(s), {} \
+         user(s), {} permission(s), {} topic permission(s) created\n",
+        config.storage.path.display(),
+        created.vhosts,
+        created.exchanges,
+        created.queues,
+        created.bindings,
+        created.users,
+        created.permissions,
+        created.topic_permissions
+    );
+    for skipped in &report.skipped {
+        out.push_str(&format!("skipped: {skipped}\n"));
+    }
+    write_stdout(&out)?;
+    for error in &report.errors {
+        eprintln!("error: {error}");
+    }
+    Ok(if report.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(PARTIAL_IMPORT)
     })
 }
 

@@ -45,6 +45,18 @@ fn parse_amqplain(response: &[u8]) -> Option<(String, String)> {
     Some((get("LOGIN")?, get("PASSWORD")?))
 }
 
+/// A refused login, told before the connection closes (`authentication_failure_close`, as
+/// RabbitMQ does).
+fn login_refused(mechanism: &str, reason: &str, method: &AMQPClass) -> Exception {
+    Exception::for_method(
+        403,
+        format!(
+            "ACCESS_REFUSED - Login was refused using authentication mechanism {mechanism}: {reason}"
+        ),
+        method,
+    )
+}
+
 fn client_capability(props: &FieldTable, name: &str) -> bool {
     match props.inner().get("capabilities") {
         Some(AMQPValue::FieldTable(caps)) => {
@@ -73,7 +85,7 @@ impl Session {
             version_major: 0,
             version_minor: 9,
             server_properties: props,
-            mechanisms: LongString::from(b"PLAIN AMQPLAIN".to_vec()),
+            mechanisms: LongString::from(self.mechanisms().as_bytes().to_vec()),
             locales: LongString::from(b"en_US".to_vec()),
         };
         self.send(
@@ -82,12 +94,25 @@ impl Session {
         );
     }
 
+    /// The SASL mechanisms `connection.start` offers: `EXTERNAL` (RabbitMQ's
+    /// rabbitmq_auth_mechanism_ssl) only when a verified client certificate names a user.
+    fn mechanisms(&self) -> &'static str {
+        if self.peer_identity.is_some() {
+            "PLAIN AMQPLAIN EXTERNAL"
+        } else {
+            "PLAIN AMQPLAIN"
+        }
+    }
+
     pub(super) fn on_start_ok(&mut self, m: connection::StartOk) -> Result<(), Exception> {
         let method = AMQPClass::Connection(connection::AMQPMethod::StartOk(m.clone()));
         let mechanism = m.mechanism.as_str();
         let creds = match mechanism {
             "PLAIN" => parse_plain(m.response.as_bytes()),
             "AMQPLAIN" => parse_amqplain(m.response.as_bytes()),
+            // The certificate is the credential; the response (an optional authorization
+            // identity) is not looked at, as RabbitMQ does not.
+            "EXTERNAL" => return self.log_in_by_certificate(&m, &method),
             other => {
                 return Err(Exception::for_method(
                     403,
@@ -108,13 +133,42 @@ impl Session {
                 AuthFailure::BadCredentials => "invalid credentials",
                 AuthFailure::LoopbackOnly => "user can only connect via localhost",
             };
-            // authentication_failure_close: tell the client why before closing (RabbitMQ).
-            return Err(Exception::for_method(
-                403,
-                format!("ACCESS_REFUSED - Login was refused using authentication mechanism {mechanism}: {reason}"),
-                &method,
-            ));
+            return Err(login_refused(mechanism, reason, &method));
         }
+        self.logged_in(user, &m);
+        Ok(())
+    }
+
+    /// `EXTERNAL`: the user the verified client certificate names, if it is a configured user.
+    /// Without a certificate (a plain connection, none presented) it is refused, delayed and
+    /// counted like a wrong password.
+    fn log_in_by_certificate(
+        &mut self,
+        m: &connection::StartOk,
+        method: &AMQPClass,
+    ) -> Result<(), Exception> {
+        let identity = self.peer_identity.clone();
+        if let Err(why) = self
+            .users
+            .check_certificate(identity.as_deref(), self.peer.ip())
+        {
+            let reason = match (why, &identity) {
+                (_, None) => "no verified client certificate".to_owned(),
+                (AuthFailure::BadCredentials, Some(name)) => {
+                    format!("certificate user '{name}' is not a known user")
+                }
+                (AuthFailure::LoopbackOnly, Some(_)) => {
+                    "user can only connect via localhost".to_owned()
+                }
+            };
+            return Err(login_refused("EXTERNAL", &reason, method));
+        }
+        self.logged_in(identity.unwrap_or_default(), m);
+        Ok(())
+    }
+
+    /// A login accepted: the client's capabilities noted, `connection.tune` sent.
+    fn logged_in(&mut self, user: String, m: &connection::StartOk) {
         self.user = user;
         self.cancel_notify = client_capability(&m.client_properties, "consumer_cancel_notify");
         self.blocked_notify = client_capability(&m.client_properties, "connection.blocked");
@@ -125,6 +179,45 @@ impl Session {
         };
         self.send(0, AMQPClass::Connection(connection::AMQPMethod::Tune(tune)));
         self.phase = Phase::AwaitingTuneOk;
+    }
+
+    /// RabbitMQ's `connection.update-secret`: a client replacing an expiring credential. The
+    /// new secret must be the same user's valid password now, as a fresh login would check it;
+    /// otherwise the connection closes with 403, as a failed login does.
+    pub(super) fn on_update_secret(
+        &mut self,
+        m: connection::UpdateSecret,
+    ) -> Result<(), Exception> {
+        let Ok(secret) = std::str::from_utf8(m.new_secret.as_bytes()) else {
+            let method = AMQPClass::Connection(connection::AMQPMethod::UpdateSecret(m.clone()));
+            return Err(Exception::for_method(
+                403,
+                "ACCESS_REFUSED - new secret is not valid UTF-8".to_owned(),
+                &method,
+            ));
+        };
+        if let Err(why) = self.users.check(&self.user, secret, self.peer.ip()) {
+            let method = AMQPClass::Connection(connection::AMQPMethod::UpdateSecret(m.clone()));
+            let reason = match why {
+                AuthFailure::BadCredentials => "invalid credentials",
+                AuthFailure::LoopbackOnly => "user can only connect via localhost",
+            };
+            return Err(Exception::for_method(
+                403,
+                format!(
+                    "ACCESS_REFUSED - secret update refused for user '{}': {reason}",
+                    self.user
+                ),
+                &method,
+            ));
+        }
+        tracing::info!(peer = %self.peer, user = %self.user, reason = %m.reason, "secret updated");
+        self.send(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::UpdateSecretOk(
+                connection::UpdateSecretOk {},
+            )),
+        );
         Ok(())
     }
 
@@ -171,13 +264,25 @@ impl Session {
 
     pub(super) fn on_open(&mut self, m: connection::Open) -> Result<(), Exception> {
         let name = m.virtual_host.as_str();
+        let method = || AMQPClass::Connection(connection::AMQPMethod::Open(m.clone()));
         let Some(vhost) = self.broker.vhost(name) else {
-            let method = AMQPClass::Connection(connection::AMQPMethod::Open(m.clone()));
             return Err(Exception::not_allowed(
-                &method,
+                &method(),
                 format!("vhost '{name}' not found"),
             ));
         };
+        // A user without permissions on the virtual host may not open it (530, RabbitMQ's text).
+        let grant = match self.users.grant(&self.user, &vhost) {
+            Ok(grant) => grant,
+            Err(e) => {
+                let text = match e {
+                    rosetta_core::CoreError::AccessRefused(text) => text,
+                    other => other.to_string(),
+                };
+                return Err(Exception::not_allowed(&method(), text));
+            }
+        };
+        self.grant = Some(grant);
         tracing::info!(peer = %self.peer, user = %self.user, vhost = name, protocol = "amqp", "connection opened");
         self.vhost = Some(vhost);
         self.send(

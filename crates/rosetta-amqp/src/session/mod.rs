@@ -21,7 +21,7 @@ use amq_protocol::protocol::{channel as chan, connection, AMQPClass};
 use bytes::{Bytes, BytesMut};
 use rosetta_core::front_end::ledger::{give_back, AutoAck};
 use rosetta_core::front_end::{self, AlarmPause, Heartbeats, Session as _};
-use rosetta_core::{Broker, ConnectionId, Outbound, Users, VHost};
+use rosetta_core::{Broker, ConnectionId, Directory, Grant, Outbound, VHost};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::codec::{self, ProtocolHeader};
@@ -63,13 +63,18 @@ enum Phase {
 
 pub struct Session {
     broker: Arc<Broker>,
-    users: Arc<Users>,
+    users: Arc<Directory>,
     config: SessionConfig,
     conn_id: ConnectionId,
     peer: SocketAddr,
+    /// The user the connection's verified TLS client certificate names, which `EXTERNAL` logs
+    /// in as; `None` on a plain connection or without a certificate.
+    peer_identity: Option<String>,
     phase: Phase,
     user: String,
     vhost: Option<Arc<VHost>>,
+    /// What the user may do in the virtual host, from `connection.open` on.
+    grant: Option<Grant>,
     frame_max: u32,
     channel_max: u16,
     heartbeat: u16,
@@ -95,7 +100,7 @@ impl Session {
     /// into the session.
     pub fn new(
         broker: Arc<Broker>,
-        users: Arc<Users>,
+        users: Arc<Directory>,
         config: SessionConfig,
         peer: SocketAddr,
     ) -> (Self, UnboundedReceiver<Outbound>) {
@@ -114,9 +119,11 @@ impl Session {
             config,
             conn_id,
             peer,
+            peer_identity: None,
             phase: Phase::AwaitingHeader,
             user: String::new(),
             vhost: None,
+            grant: None,
             cancel_notify: false,
             blocked_notify: false,
             alarm: AlarmPause::default(),
@@ -128,6 +135,13 @@ impl Session {
             undeliverable_reported: false,
         };
         (session, rx)
+    }
+
+    /// The user the connection's verified TLS client certificate names (computed by whoever
+    /// ran the TLS handshake): `connection.start` then offers `EXTERNAL`, which logs in as it.
+    pub fn with_peer_identity(mut self, identity: Option<String>) -> Self {
+        self.peer_identity = identity;
+        self
     }
 
     fn send(&mut self, channel: u16, method: AMQPClass) {
@@ -219,6 +233,7 @@ impl Session {
         Ctx {
             broker: &self.broker,
             vhost: self.vhost.as_ref(),
+            grant: self.grant.as_mut(),
             conn_id: self.conn_id,
             frame_max: self.frame_max,
             config: &self.config,
@@ -304,6 +319,7 @@ impl Session {
             (Phase::AwaitingStartOk, connection::AMQPMethod::StartOk(m)) => self.on_start_ok(m),
             (Phase::AwaitingTuneOk, connection::AMQPMethod::TuneOk(m)) => self.on_tune_ok(m),
             (Phase::AwaitingOpen, connection::AMQPMethod::Open(m)) => self.on_open(m),
+            (Phase::Open, connection::AMQPMethod::UpdateSecret(m)) => self.on_update_secret(m),
             (_, connection::AMQPMethod::Close(m)) => {
                 tracing::debug!(peer = %self.peer, code = m.reply_code, text = %m.reply_text, "client closed connection");
                 self.cleanup();
@@ -567,6 +583,15 @@ impl front_end::Session for Session {
         self.close_forced("broker shutdown");
     }
 
+    fn open_vhost(&self) -> Option<&rosetta_core::VHost> {
+        self.vhost.as_deref()
+    }
+
+    /// RabbitMQ's words when a virtual host or user is deleted under its connections.
+    fn evicted(&mut self, why: rosetta_core::front_end::Eviction) {
+        self.close_forced(why.reason());
+    }
+
     /// The socket is gone: requeue unacked messages, cancel consumers, drop exclusive queues.
     fn shutdown(&mut self) {
         self.cleanup();
@@ -578,6 +603,7 @@ impl front_end::Session for Session {
 pub(crate) struct Ctx<'a> {
     pub broker: &'a Arc<Broker>,
     pub vhost: Option<&'a Arc<VHost>>,
+    pub grant: Option<&'a mut Grant>,
     pub conn_id: ConnectionId,
     pub frame_max: u32,
     pub config: &'a SessionConfig,
@@ -598,5 +624,18 @@ impl Ctx<'_> {
     pub fn vhost(&self) -> Result<&Arc<VHost>, Exception> {
         self.vhost
             .ok_or_else(|| Exception::new(504, "CHANNEL_ERROR - connection not open".into(), 0, 0))
+    }
+
+    /// Runs the user's permission checks for `method`; a refusal closes the channel with 403
+    /// ACCESS_REFUSED and RabbitMQ's text.
+    pub fn permit(
+        &mut self,
+        method: &AMQPClass,
+        check: impl FnOnce(&mut Grant) -> Result<(), rosetta_core::CoreError>,
+    ) -> Result<(), Exception> {
+        let grant = self.grant.as_deref_mut().ok_or_else(|| {
+            Exception::new(504, "CHANNEL_ERROR - connection not open".into(), 0, 0)
+        })?;
+        check(grant).map_err(|e| Exception::from_core(&e, method))
     }
 }

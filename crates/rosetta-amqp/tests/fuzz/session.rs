@@ -18,9 +18,10 @@ use proptest::sample::Index;
 use proptest::test_runner::TestCaseError;
 use rosetta_amqp::codec::{decode_frame, encode_content, encode_frame, PROTOCOL_HEADER};
 use rosetta_amqp::session::{Flow, Session, SessionConfig};
+use rosetta_core::auth::Permissions;
 use rosetta_core::front_end::Session as _;
 use rosetta_core::store::Store;
-use rosetta_core::{Broker, CoreLimits, User, Users};
+use rosetta_core::{Broker, CoreLimits, Directory, User, Users};
 use rosetta_store::SledStore;
 
 use crate::mutate::{self, Mutation};
@@ -31,7 +32,7 @@ use crate::{config, FRAME_MAX};
 struct Harness {
     _dir: tempfile::TempDir,
     broker: Arc<Broker>,
-    users: Arc<Users>,
+    users: Arc<Directory>,
 }
 
 impl Harness {
@@ -40,11 +41,14 @@ impl Harness {
         let store: Arc<dyn Store> =
             Arc::new(SledStore::open(&dir.path().join("data")).expect("store"));
         let broker = Broker::open(store, &["/".to_owned()], CoreLimits::default()).expect("broker");
-        let users = Arc::new(Users::new(vec![User {
-            name: "guest".into(),
-            password: "guest".into(),
-            loopback_only: true,
-        }]));
+        let users = Arc::new(Directory::new(
+            Users::new(vec![User {
+                name: "guest".into(),
+                password: "guest".into(),
+                loopback_only: true,
+            }]),
+            Permissions::full_access(["guest"], &["/"]),
+        ));
         Harness {
             _dir: dir,
             broker,

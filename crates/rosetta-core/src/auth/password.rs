@@ -5,7 +5,8 @@
 //! The format (`rabbit_password_hashing_sha256`, RabbitMQ's default since 3.6, and
 //! `rabbit_password_hashing_sha512`) is the base64 encoding of a 4-byte random salt followed by
 //! `SHA-256(salt ++ UTF-8 password)` (or SHA-512). Both decode to a length of their own (36 and
-//! 68 bytes), so a hash says which algorithm made it.
+//! 68 bytes), so a hash says which algorithm made it. An empty hash is RabbitMQ's user without a
+//! password, whom no password logs in ([`PasswordHash::none`]).
 
 use std::fmt;
 
@@ -96,9 +97,28 @@ impl PasswordHash {
         }
     }
 
-    /// Reads a hash in RabbitMQ's format (see the module documentation). Surrounding
-    /// whitespace is ignored.
+    /// The hash of a user without a password, written as an empty `password_hash` (RabbitMQ's
+    /// definitions export such users so): no password matches it, so the user can log in only
+    /// with a client certificate.
+    pub fn none() -> PasswordHash {
+        PasswordHash {
+            algorithm: HashAlgorithm::Sha256,
+            salt: [0; SALT_LEN],
+            digest: Vec::new(),
+        }
+    }
+
+    /// Whether this is [`PasswordHash::none`].
+    pub fn is_none(&self) -> bool {
+        self.digest.is_empty()
+    }
+
+    /// Reads a hash in RabbitMQ's format (see the module documentation); an empty one is
+    /// [`PasswordHash::none`]. Surrounding whitespace is ignored.
     pub fn parse(text: &str) -> Result<PasswordHash, HashError> {
+        if text.trim().is_empty() {
+            return Ok(PasswordHash::none());
+        }
         let bytes = STANDARD
             .decode(text.trim())
             .map_err(|_| HashError::Base64)?;
@@ -121,7 +141,8 @@ impl PasswordHash {
     }
 
     /// Whether `password` is the one hashed. The digests are compared in constant time, so how
-    /// long the answer takes says nothing about how much of a guess was right.
+    /// long the answer takes says nothing about how much of a guess was right. Nothing matches
+    /// [`PasswordHash::none`]: a digest is never empty (and the time taken is the same).
     pub fn verify(&self, password: &str) -> bool {
         constant_time_eq(&self.algorithm.digest(&self.salt, password), &self.digest)
     }
@@ -130,6 +151,9 @@ impl PasswordHash {
 /// The hash in RabbitMQ's format: what `password_hash` takes.
 impl fmt::Display for PasswordHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_none() {
+            return Ok(());
+        }
         let mut bytes = Vec::with_capacity(SALT_LEN + self.digest.len());
         bytes.extend_from_slice(&self.salt);
         bytes.extend_from_slice(&self.digest);
@@ -140,6 +164,9 @@ impl fmt::Display for PasswordHash {
 /// Debug output names the algorithm only, so logging a user never prints its hash.
 impl fmt::Debug for PasswordHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_none() {
+            return f.write_str("PasswordHash(none)");
+        }
         write!(f, "PasswordHash({})", self.algorithm.rabbitmq_name())
     }
 }
@@ -245,6 +272,19 @@ mod tests {
             Err(HashError::Length(20))
         );
         assert!(PasswordHash::parse(&format!("  {TEST12_SHA256}\n")).is_ok());
+    }
+
+    #[test]
+    fn an_empty_hash_is_a_user_without_a_password_and_matches_nothing() {
+        for text in ["", "  \n"] {
+            let hash = PasswordHash::parse(text).expect("an empty hash");
+            assert!(hash.is_none());
+            assert!(!hash.verify(""));
+            assert!(!hash.verify("guest"));
+            assert_eq!(hash.to_string(), "");
+            assert_eq!(format!("{hash:?}"), "PasswordHash(none)");
+        }
+        assert!(!PasswordHash::new("").is_none());
     }
 
     #[test]

@@ -18,14 +18,15 @@ impl VHost {
         outbox: UnboundedSender<Outbound>,
     ) -> Result<(Arc<Queue>, Arc<Consumer>), CoreError> {
         let q = self.usable_queue(queue, spec.connection)?;
-        let consumer = Consumer::new(spec, outbox, self.shared.limits.consumer_buffer_bytes);
+        let consumer = Consumer::new(spec, outbox, self.shared.limits.consumer_buffer_bytes)?;
         q.add_consumer(consumer.clone())?;
         Ok((q, consumer))
     }
 
-    /// Stops a consumer; an auto-delete queue that lost its last consumer is deleted.
+    /// Stops a consumer; an auto-delete queue that lost its last consumer is deleted, and so is
+    /// the queue behind a direct reply consumer.
     pub fn cancel(&self, queue: &Arc<Queue>, consumer: &Arc<Consumer>) {
-        if queue.remove_consumer(consumer) {
+        if queue.remove_consumer(consumer) && !self.remove_direct_reply(queue) {
             if let Err(e) = self.remove_queue(queue) {
                 tracing::warn!(queue = %queue.name, error = %e, "auto-delete failed");
             }

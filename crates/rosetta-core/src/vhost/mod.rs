@@ -9,6 +9,7 @@
 //! - `route`: publishing, and resolving a message's target queues;
 //! - `dead_letter`: republishing messages that died in a queue to its dead-letter exchange;
 //! - `consume`: consumers and `basic.get`;
+//! - `direct_reply`: direct reply-to, replies routed straight to a requester's consumer;
 //! - `housekeeping`: exclusive queues of closed connections, TTL expiry and `x-expires`.
 //!
 //! Publishing resolves routes in the caller's task against read-mostly tables, then hands the
@@ -17,13 +18,14 @@
 mod bind;
 mod consume;
 mod dead_letter;
+mod direct_reply;
 mod exchanges;
 mod housekeeping;
 mod owners;
 mod queues;
 mod route;
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use dashmap::DashMap;
@@ -38,6 +40,7 @@ use crate::store::Epoch;
 
 // The declaration and result types live beside the operations that use them; these keep their
 // `crate::vhost::…` paths, which front-ends and tests name.
+pub use direct_reply::{is_direct_reply, DIRECT_REPLY_TO};
 pub use exchanges::ExchangeDeclare;
 pub use queues::{QueueDeclare, QueueDeclared, QueueDeleted};
 pub use route::{PublishOutcome, MAX_EXCHANGE_HOPS};
@@ -62,8 +65,13 @@ pub struct VHost {
     shared: Arc<Shared>,
     exchanges: DashMap<String, Arc<Exchange>>,
     queues: DashMap<String, Arc<Queue>>,
+    /// The queues behind direct reply addresses, by address; never in `queues`.
+    direct_replies: DashMap<String, Arc<Queue>>,
     /// Bindings of every exchange here, for `max_bindings`.
     binding_count: AtomicU64,
+    /// Set once the virtual host was deleted at run time (`Broker::delete_vhost`): sessions
+    /// still holding it are closed.
+    deleted: AtomicBool,
     me: Weak<VHost>,
 }
 
@@ -87,7 +95,9 @@ impl VHost {
             shared,
             exchanges: DashMap::new(),
             queues: DashMap::new(),
+            direct_replies: DashMap::new(),
             binding_count: AtomicU64::new(0),
+            deleted: AtomicBool::new(false),
             me: me.clone(),
         });
         for (ex, kind) in PREDECLARED {
@@ -104,6 +114,15 @@ impl VHost {
             );
         }
         vhost
+    }
+
+    /// Whether the virtual host was deleted: its connections must close.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn mark_deleted(&self) {
+        self.deleted.store(true, Ordering::Release);
     }
 
     pub fn exchange(&self, name: &str) -> Option<Arc<Exchange>> {

@@ -13,7 +13,7 @@ use crate::error::CoreError;
 use crate::exchange::Destination;
 use crate::message::Table;
 use crate::queue::{Queue, QueueParams};
-use crate::queue_config::QueueConfig;
+use crate::queue_config::{QueueConfig, QueueType};
 use crate::queue_owner::QueueOwner;
 use crate::store::{Epoch, QueueRecord};
 
@@ -35,6 +35,9 @@ pub struct QueueDeclared {
     pub consumer_count: u64,
     /// The store epoch the new queue's record waits for; `None` when nothing was written.
     pub durable_at: Option<Epoch>,
+    /// Whether this declare made the queue (rather than finding it), so a caller that fails
+    /// later knows whether undoing its work means deleting it.
+    pub created: bool,
 }
 
 /// A deleted queue: what it held, and the store epoch its removal waits for.
@@ -75,7 +78,19 @@ impl VHost {
         d: QueueDeclare,
         conn: ConnectionId,
     ) -> Result<QueueDeclared, CoreError> {
-        self.declare(d, conn, None)
+        self.declare(d, conn, None, |_| Ok(()))
+    }
+
+    /// Declares a queue for a client once `allow` accepts the name it will have. A server-named
+    /// queue's name is chosen first, so a permission check sees the real name (as RabbitMQ's
+    /// does) before anything is created.
+    pub fn declare_queue_if(
+        &self,
+        d: QueueDeclare,
+        conn: ConnectionId,
+        allow: impl FnOnce(&str) -> Result<(), CoreError>,
+    ) -> Result<QueueDeclared, CoreError> {
+        self.declare(d, conn, None, allow)
     }
 
     /// Declares a queue a front-end makes for its own use: a new queue records `owner`, so
@@ -88,7 +103,7 @@ impl VHost {
         conn: ConnectionId,
         owner: QueueOwner,
     ) -> Result<QueueDeclared, CoreError> {
-        self.declare(d, conn, Some(owner))
+        self.declare(d, conn, Some(owner), |_| Ok(()))
     }
 
     fn declare(
@@ -96,12 +111,17 @@ impl VHost {
         d: QueueDeclare,
         conn: ConnectionId,
         owner: Option<QueueOwner>,
+        allow: impl FnOnce(&str) -> Result<(), CoreError>,
     ) -> Result<QueueDeclared, CoreError> {
+        if let Some(declared) = self.declare_direct_reply(&d.name) {
+            return declared;
+        }
         let name = if d.name.is_empty() && !d.passive {
             server_named_queue()
         } else {
             d.name.clone()
         };
+        allow(&name)?;
         if name.starts_with("amq.") && !d.passive && !d.name.is_empty() {
             return Err(CoreError::AccessRefused(format!(
                 "queue name '{name}' contains reserved prefix 'amq.*'"
@@ -151,12 +171,14 @@ impl VHost {
                 message_count: stats.ready,
                 consumer_count: stats.consumers,
                 durable_at: None,
+                created: false,
             });
         }
         if d.passive {
             return Err(self.not_found_queue(&name));
         }
         let config = QueueConfig::parse(&d.arguments)?;
+        self.check_queue_type(config.queue_type, &name, &d)?;
         if name.len() > MAX_KEY_BYTES {
             return Err(CoreError::LimitReached(format!(
                 "queue name of {} bytes is longer than {MAX_KEY_BYTES}",
@@ -204,7 +226,52 @@ impl VHost {
             message_count: 0,
             consumer_count: 0,
             durable_at,
+            created: true,
         })
+    }
+
+    /// Every queue here is a classic one. A quorum queue is taken as a durable classic queue
+    /// only where the broker is configured to, and then with the properties RabbitMQ demands of
+    /// one; a stream cannot be: its consumers read by offset and nothing is removed on ack.
+    fn check_queue_type(
+        &self,
+        queue_type: QueueType,
+        name: &str,
+        d: &QueueDeclare,
+    ) -> Result<(), CoreError> {
+        let accepted = match queue_type {
+            QueueType::Classic => return Ok(()),
+            QueueType::Quorum => self.shared.limits.quorum_as_classic,
+            QueueType::Stream => false,
+        };
+        if !accepted {
+            let how = match queue_type {
+                QueueType::Stream => "streams cannot be emulated by a classic queue",
+                _ => {
+                    "this broker is not configured to take quorum queues as durable classic queues"
+                }
+            };
+            return Err(CoreError::PreconditionFailed(format!(
+                "queue type '{}' is not supported; declare '{name}' as a classic queue ({how})",
+                queue_type.as_str()
+            )));
+        }
+        let refused = if !d.durable {
+            Some("non-durable")
+        } else if d.exclusive {
+            Some("exclusive")
+        } else if d.auto_delete {
+            Some("auto-delete")
+        } else {
+            None
+        };
+        match refused {
+            Some(property) => Err(CoreError::PreconditionFailed(format!(
+                "invalid property '{property}' for queue '{name}' in vhost '{}': quorum queues are durable, shared and never auto-deleted",
+                self.name
+            ))),
+            None => Ok(()),
+        }
     }
 
     pub(crate) fn restore_queue(&self, r: &QueueRecord) -> Result<Arc<Queue>, CoreError> {
@@ -215,7 +282,7 @@ impl VHost {
             auto_delete: r.auto_delete,
             exclusive_owner: None,
             arguments: r.arguments.clone(),
-            config: QueueConfig::parse(&r.arguments)?,
+            config: QueueConfig::read(&r.arguments)?,
             owner: r.owner.clone(),
             limits: self.shared.limits.clone(),
             counters: self.shared.counters.clone(),

@@ -6,6 +6,8 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use super::{VHost, MAX_KEY_BYTES};
 use crate::dead_letter::{DeadLetter, DeathHistory, DeathReason};
 use crate::error::CoreError;
@@ -17,6 +19,13 @@ use crate::store::Epoch;
 /// Exchange-to-exchange and alternate-exchange hops one publish follows. Each exchange is
 /// visited once anyway; the bound keeps a long chain from making every publish walk it.
 pub const MAX_EXCHANGE_HOPS: usize = 32;
+
+/// Queues (or bindings) one publish usually reaches, kept inline: a publish to a few queues
+/// then builds its lists without the allocator.
+const INLINE_TARGETS: usize = 4;
+
+/// A publish's target queues.
+type Targets = SmallVec<[Arc<Queue>; INLINE_TARGETS]>;
 
 /// What happened to a published message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -33,8 +42,8 @@ impl VHost {
     /// Collects target queues: follows exchange-to-exchange bindings (each exchange once, at
     /// most [`MAX_EXCHANGE_HOPS`] deep) and alternate exchanges for exchanges that matched
     /// nothing. Iterative, so a chain of exchanges cannot exhaust the stack.
-    fn route(&self, start: &Arc<Exchange>, message: &Message, queues: &mut Vec<Arc<Queue>>) {
-        let mut hits = Vec::new();
+    fn route(&self, start: &Arc<Exchange>, message: &Message, queues: &mut Targets) {
+        let mut hits: SmallVec<[Route; INLINE_TARGETS]> = SmallVec::new();
         // Exchanges still to visit, with their hop count; the start needs no allocation.
         let mut current = Some((start.clone(), 0));
         let mut next: Vec<(Arc<Exchange>, usize)> = Vec::new();
@@ -94,9 +103,10 @@ impl VHost {
                 message.routing_key.len()
             )));
         }
-        let mut targets: Vec<Arc<Queue>> = Vec::new();
+        let mut targets = Targets::new();
         if message.exchange.is_empty() {
-            if let Some(q) = self.queue(&message.routing_key) {
+            let queue = self.queue(&message.routing_key);
+            if let Some(q) = queue.or_else(|| self.direct_reply_queue(&message.routing_key)) {
                 targets.push(q);
             }
         } else {
@@ -133,7 +143,7 @@ impl VHost {
         }
         message.id = self.shared.next_message_id.fetch_add(1, Ordering::Relaxed);
         let persistent = message.properties.is_persistent();
-        let mut accepted = Vec::with_capacity(targets.len());
+        let mut accepted: SmallVec<[(&Arc<Queue>, u64); INLINE_TARGETS]> = SmallVec::new();
         let mut refused_dlx = Vec::new();
         for q in &targets {
             match q.admit(&message) {
@@ -148,7 +158,7 @@ impl VHost {
         }
         // Queues deleted on the way do not count as routes.
         outcome.routed = !accepted.is_empty() || outcome.rejected;
-        let durable: Vec<(u64, u64)> = accepted
+        let durable: SmallVec<[(u64, u64); INLINE_TARGETS]> = accepted
             .iter()
             .filter(|(q, _)| persistent && q.durable && q.exclusive_owner.is_none())
             .map(|(q, seq)| (q.id, *seq))

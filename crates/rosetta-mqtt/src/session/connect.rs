@@ -22,7 +22,7 @@ use crate::state::Live;
 use crate::topic;
 
 /// The user a client without a user name is known as, when anonymous login is allowed.
-const ANONYMOUS: &str = "anonymous";
+pub const ANONYMOUS: &str = "anonymous";
 /// Who a client without a user name logs in as otherwise (RabbitMQ's MQTT `default_user` and
 /// `default_pass`): guest, whose loopback-only rule then decides.
 const DEFAULT_LOGIN: (&str, &str) = ("guest", "guest");
@@ -145,7 +145,24 @@ impl Inner {
         {
             return self.refuse_malformed_connect(&MqttError::TopicNameInvalid(why));
         }
+        let certificate_user = self
+            .peer_identity
+            .clone()
+            .filter(|_| c.username.is_none() && c.password.is_none());
         let user = match c.username.as_deref() {
+            // Without credentials, a verified client certificate names the user (`[mqtt]
+            // ssl_cert_login`, RabbitMQ's rule), who must be a configured user.
+            None if certificate_user.is_some() => {
+                let ip = self.peer.ip();
+                if let Err(failure) = self
+                    .state
+                    .users
+                    .check_certificate(certificate_user.as_deref(), ip)
+                {
+                    return self.refuse(auth_reason(failure), "certificate login refused");
+                }
+                certificate_user.as_deref().unwrap_or_default()
+            }
             // Without a user name there is nothing to check; `[mqtt] allow_anonymous` lets
             // such a client in from anywhere. A password alone (5.0 allows one) names no one
             // either.
@@ -174,6 +191,11 @@ impl Inner {
                 }
                 user
             }
+        };
+        // The user needs permissions on MQTT's virtual host (5.0 0x87, 3.1.1 return code 5).
+        let grant = match self.state.users.grant(user, &self.state.vhost) {
+            Ok(grant) => grant,
+            Err(e) => return self.refuse(ConnectReasonCode::NotAuthorized, &e.to_string()),
         };
         // A client id belongs to the user whose session holds it: another user could
         // otherwise take over a device's session and read what is queued for it.
@@ -206,6 +228,7 @@ impl Inner {
             }
         };
         self.user = Some(user.to_owned());
+        self.grant = Some(grant);
         if let Some(old) = taken_over {
             let mut old_session = old.session.lock();
             old_session.end(End::TakenOver);
@@ -308,8 +331,8 @@ impl Inner {
         let released: Vec<u16> = self
             .out_flight
             .iter()
-            .filter(|(_, f)| f.is_released())
-            .map(|(pid, _)| *pid)
+            .filter(|(_, f)| f.extra.is_released())
+            .map(|(pid, _)| pid)
             .collect();
         for pid in released {
             if let Ok(pid) = Pid::try_from(pid) {
@@ -354,7 +377,7 @@ impl Inner {
                     }
                     OutStage::Released => {
                         self.out_flight
-                            .insert(pid, super::outbound::OutFlight::released(true));
+                            .hold(pid, super::outbound::OutFlight::released(true));
                     }
                 }
             }
@@ -428,7 +451,17 @@ impl Inner {
         self.ended = true;
         let unacked = self.release_deliveries();
         let now = now_ms();
-        if let Some(will) = self.will.take() {
+        // A will is published as its client: the same permission checks as a PUBLISH, made
+        // here, with the permissions of the connection that set it. A normal DISCONNECT drops it.
+        let will = self.will.take().filter(|_| how != End::Normal);
+        let will = will.filter(|w| match self.may_publish(w.topic()) {
+            Ok(()) => true,
+            Err(refused) => {
+                tracing::warn!(client_id = %self.client_id, error = %refused, "will message refused");
+                false
+            }
+        });
+        if let Some(will) = will {
             let delay = will.delay_secs;
             match how {
                 End::Normal => {}

@@ -6,8 +6,9 @@
 
 use mqtt_proto::v5::{Packet, PubackReasonCode, PubcompReasonCode, Publish, PubrecReasonCode};
 use mqtt_proto::{Pid, Protocol, QosPid};
+use rosetta_core::auth::Resource;
 use rosetta_core::queue::now_ms;
-use rosetta_core::PublishOutcome;
+use rosetta_core::{CoreError, PublishOutcome, AMQ_TOPIC};
 
 use super::Inner;
 use crate::codec;
@@ -83,6 +84,41 @@ impl Inner {
                 self.state.config.max_inflight,
             ));
         }
+        if topic::is_sys(&topic) {
+            // The `$SYS` tree is the broker's own. As Mosquitto does, the message is dropped
+            // and a QoS 1 or 2 publish still answered, so the client does not resend it (5.0:
+            // reason 0x87 Not authorized, which ends a QoS 2 exchange at PUBREC).
+            tracing::debug!(peer = %self.peer, client_id = %self.client_id, %topic, "publish to $SYS dropped");
+            match p.qos_pid {
+                QosPid::Level0 => {}
+                QosPid::Level1(pid) => self
+                    .acks
+                    .push(0, codec::puback(pid, PubackReasonCode::NotAuthorized)),
+                QosPid::Level2(pid) => self
+                    .acks
+                    .push(0, codec::pubrec(pid, PubrecReasonCode::NotAuthorized)),
+            }
+            return Ok(());
+        }
+        if let Err(refused) = self.may_publish(&topic) {
+            // 3.x cannot be told of one refused message: the connection closes (RabbitMQ).
+            if self.protocol != Protocol::V500 {
+                return Err(refused.into());
+            }
+            // 5.0: the message is dropped and the connection stays; QoS 1 and 2 hear 0x87
+            // Not authorized (which ends a QoS 2 exchange at PUBREC), QoS 0 is only logged.
+            self.log_refusal("publish refused", &refused.to_string());
+            match p.qos_pid {
+                QosPid::Level0 => {}
+                QosPid::Level1(pid) => self
+                    .acks
+                    .push(0, codec::puback(pid, PubackReasonCode::NotAuthorized)),
+                QosPid::Level2(pid) => self
+                    .acks
+                    .push(0, codec::pubrec(pid, PubrecReasonCode::NotAuthorized)),
+            }
+            return Ok(());
+        }
         if let QosPid::Level2(pid) = p.qos_pid {
             if self.qos2_in.contains(&pid.value()) {
                 // A resent PUBLISH whose PUBREC was lost: acknowledged again, not routed again
@@ -127,6 +163,18 @@ impl Inner {
         Ok(())
     }
 
+    /// RabbitMQ's checks for an MQTT publish, the client's or its will: write on `amq.topic`,
+    /// and the topic permission for the topic as a routing key.
+    pub(super) fn may_publish(&mut self, topic: &str) -> Result<(), CoreError> {
+        let grant = self.grant.as_mut().ok_or_else(not_connected)?;
+        grant.write(Resource::Exchange, AMQ_TOPIC)?;
+        // The key costs an allocation, so it is made only when there is a rule to check.
+        if grant.restricts_topics(AMQ_TOPIC) {
+            grant.topic_write(AMQ_TOPIC, &topic::topic_to_key(topic))?;
+        }
+        Ok(())
+    }
+
     /// PUBREL: the QoS 2 exchange is complete; the packet id may be reused.
     pub(super) fn on_pubrel(&mut self, pid: Pid) {
         let reason = if self.qos2_in.remove(&pid.value()) {
@@ -146,6 +194,11 @@ impl Inner {
         // Queued behind pending acknowledgements so replies keep the order of requests.
         self.acks.push(0, codec::pubcomp(pid, reason));
     }
+}
+
+/// A permission check before CONNECT was accepted: nothing is allowed yet.
+pub(super) fn not_connected() -> CoreError {
+    CoreError::AccessRefused("not connected".into())
 }
 
 fn puback_reason(outcome: PublishOutcome) -> PubackReasonCode {

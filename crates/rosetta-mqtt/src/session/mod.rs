@@ -13,6 +13,8 @@ mod outbound;
 mod outbox;
 mod subscribe;
 
+pub use connect::ANONYMOUS;
+
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,10 +26,10 @@ use mqtt_proto::v5::{Disconnect, DisconnectProperties, DisconnectReasonCode, Pac
 use mqtt_proto::{Protocol, QoS};
 use parking_lot::Mutex;
 use rosetta_core::durable::Held;
-use rosetta_core::front_end::ledger::Batch;
+use rosetta_core::front_end::ledger::{Batch, Ledger};
 use rosetta_core::front_end::{self, AlarmPause, Flow, Heartbeats};
 use rosetta_core::store::Epoch;
-use rosetta_core::{CloseReason, ConnectionId, Consumer, Credit, Outbound, Queue};
+use rosetta_core::{CloseReason, ConnectionId, Consumer, Credit, Grant, Outbound, Queue};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::codec;
@@ -64,6 +66,9 @@ pub(crate) struct Inner {
     state: Arc<MqttState>,
     conn_id: ConnectionId,
     peer: SocketAddr,
+    /// The user the connection's verified TLS client certificate names, when `[mqtt]
+    /// ssl_cert_login` lets it log in: a CONNECT without credentials logs in as it.
+    peer_identity: Option<String>,
     /// Created on the first subscription or takeover.
     outbox: Outbox,
     phase: Phase,
@@ -85,7 +90,9 @@ pub(crate) struct Inner {
     /// The window of unacknowledged deliveries across the session's consumers.
     credit: Arc<Credit>,
     next_pid: u16,
-    out_flight: HashMap<u16, OutFlight>,
+    /// QoS 1 and 2 PUBLISHes sent and not completed, by packet id, with the queue entries
+    /// they settle.
+    out_flight: Ledger<u16, OutFlight>,
     /// Packet ids of QoS 1 and 2 messages sent before a reconnect and not yet acknowledged or
     /// received by the client, by (queue, entry): they go out again with the same id
     /// ([MQTT-4.4.0-1]).
@@ -120,6 +127,8 @@ pub(crate) struct Inner {
     retained_order: VecDeque<String>,
     /// A refused topic, filter or subscription was logged at warn level.
     refusal_logged: bool,
+    /// What the user may do in MQTT's virtual host, from CONNECT on.
+    grant: Option<Grant>,
 }
 
 /// The packet type of PUBLISH in a fixed header's high nibble ([MQTT-2.1.2]).
@@ -140,6 +149,7 @@ impl Session {
         let inner = Inner {
             conn_id,
             peer,
+            peer_identity: None,
             outbox: Outbox::default(),
             phase: Phase::AwaitingConnect,
             protocol: Protocol::V311,
@@ -153,7 +163,7 @@ impl Session {
             consumers: HashMap::new(),
             credit: Credit::new(u32::from(state.config.max_inflight)),
             next_pid: 1,
-            out_flight: HashMap::new(),
+            out_flight: Ledger::default(),
             resend: HashMap::new(),
             qos2_in: HashSet::new(),
             acks: Held::default(),
@@ -171,6 +181,7 @@ impl Session {
             retained_due: HashMap::new(),
             retained_order: VecDeque::new(),
             refusal_logged: false,
+            grant: None,
             state,
         };
         Session {
@@ -178,6 +189,14 @@ impl Session {
             user: None,
             keep_alive: 0,
         }
+    }
+
+    /// The user the connection's verified TLS client certificate names, given only when
+    /// certificate login is on (`[mqtt] ssl_cert_login`): a CONNECT without user name and
+    /// password then logs in as it.
+    pub fn with_peer_identity(self, identity: Option<String>) -> Self {
+        self.inner.lock().peer_identity = identity;
+        self
     }
 }
 
@@ -282,6 +301,14 @@ impl front_end::Session for Session {
             .close(DisconnectReasonCode::ServerShuttingDown, "broker shutdown");
     }
 
+    /// An operator deleted the user or its virtual host: 5.0 clients are told (reason 0x98,
+    /// administrative action).
+    fn evicted(&mut self, why: rosetta_core::front_end::Eviction) {
+        self.inner
+            .lock()
+            .close(DisconnectReasonCode::AdministrativeAction, why.reason());
+    }
+
     /// The socket is gone: requeue what the client did not acknowledge, publish the will unless
     /// the client said goodbye, and keep or end the session by its expiry.
     fn shutdown(&mut self) {
@@ -298,6 +325,11 @@ impl front_end::Session for Session {
 }
 
 impl Inner {
+    /// Subscriptions the session holds, for `$SYS/broker/subscriptions/count`.
+    pub(crate) fn subscription_count(&self) -> usize {
+        self.subscriptions.len()
+    }
+
     fn send(&mut self, packet: &Packet) {
         match codec::encode(packet, self.protocol) {
             Ok(bytes) => self.out.extend_from_slice(&bytes),

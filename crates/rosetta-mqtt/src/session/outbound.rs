@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use mqtt_proto::v5::{PubrecReasonCode, PubrelReasonCode};
 use mqtt_proto::{Pid, QoS, QosPid, TopicName};
-use rosetta_core::front_end::ledger::{give_back, is_for, Batch};
+use rosetta_core::front_end::ledger::{give_back, is_for};
 use rosetta_core::queue::now_ms;
 use rosetta_core::{Delivery, Queue, Settlement};
 
@@ -27,11 +27,11 @@ enum Awaiting {
     Pubcomp,
 }
 
-/// A QoS 1 or 2 PUBLISH sent and not yet completed, by packet id.
+/// Where a QoS 1 or 2 PUBLISH sent and not yet completed stands. The session's ledger keeps it
+/// under the packet id, with the queue entry the message came from, which is settled when the
+/// client has the message (PUBACK, PUBREC); retained messages come from no queue.
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct OutFlight {
-    /// The queue entry it came from, settled when the client has the message; `None` for
-    /// retained messages and once settled.
-    source: Option<(Arc<Queue>, u64)>,
     awaiting: Awaiting,
     /// The exchange is recorded in the store (QoS 2 to a persistent session).
     persisted: bool,
@@ -41,7 +41,6 @@ impl OutFlight {
     /// An exchange resumed after a reconnect at the PUBREL step.
     pub fn released(persisted: bool) -> Self {
         OutFlight {
-            source: None,
             awaiting: Awaiting::Pubcomp,
             persisted,
         }
@@ -183,7 +182,7 @@ impl Inner {
         for _ in 0..u16::MAX {
             let pid = self.next_pid;
             self.next_pid = self.next_pid.checked_add(1).unwrap_or(1);
-            if !self.out_flight.contains_key(&pid) && !self.resend.values().any(|p| *p == pid) {
+            if !self.out_flight.contains(pid) && !self.resend.values().any(|p| *p == pid) {
                 return Some(pid);
             }
         }
@@ -270,8 +269,10 @@ impl Inner {
         let (wire_topic, alias, new_alias) = self.outgoing_topic(&topic);
         properties.topic_alias = alias;
         let publish = message.to_publish(wire_topic, qos_pid, dup, retain, properties);
-        let bytes = match codec::encode_publish(publish, ids, self.protocol) {
-            Ok(b) => b,
+        // Written straight into the output, and taken back out if it may not go.
+        let start = self.out.len();
+        let size = match codec::encode_publish_into(publish, ids, self.protocol, &mut self.out) {
+            Ok(size) => size,
             Err(e) => {
                 tracing::warn!(client_id = %self.client_id, error = %e, "cannot encode a PUBLISH; not delivered");
                 not_sent(source);
@@ -280,15 +281,15 @@ impl Inner {
         };
         // [MQTT-3.1.2-25]: a packet above the client's Maximum Packet Size is discarded as if
         // it had been delivered.
-        if bytes.len() as u64 > u64::from(self.client_max_packet) {
-            tracing::debug!(client_id = %self.client_id, size = bytes.len(), "message larger than the client accepts; discarded");
+        if size as u64 > u64::from(self.client_max_packet) {
+            self.out.truncate(start);
+            tracing::debug!(client_id = %self.client_id, size, "message larger than the client accepts; discarded");
             not_sent(source);
             return;
         }
         if let Some(a) = new_alias {
             self.alias_out.insert(topic.to_string(), a);
         }
-        self.out.extend_from_slice(&bytes);
         if source.is_none() {
             // A retained message comes from no queue, so no queue counted it.
             self.state.broker.counters().count_delivery(false);
@@ -323,19 +324,13 @@ impl Inner {
         } else {
             Awaiting::Pubrec
         };
-        self.out_flight.insert(
-            pid,
-            OutFlight {
-                source,
-                awaiting,
-                persisted,
-            },
-        );
-    }
-
-    fn acked(&self, source: Option<(Arc<Queue>, u64)>) {
-        if let Some((q, seq)) = source {
-            q.ack(&[seq]);
+        let flight = OutFlight {
+            awaiting,
+            persisted,
+        };
+        match source {
+            Some((q, seq)) => self.out_flight.insert(pid, q, seq, flight),
+            None => self.out_flight.hold(pid, flight),
         }
     }
 
@@ -348,18 +343,23 @@ impl Inner {
     /// PUBACK: a QoS 1 delivery is complete. An unknown id is ignored: it may answer a PUBLISH
     /// sent to an earlier connection.
     pub(super) fn on_puback(&mut self, pid: u16) {
-        if let Entry::Occupied(e) = self.out_flight.entry(pid) {
-            if e.get().awaiting == Awaiting::Puback {
-                let f = e.remove();
-                self.acked(f.source);
-            }
+        if self
+            .in_flight(pid)
+            .is_some_and(|f| f.awaiting == Awaiting::Puback)
+        {
+            self.out_flight.settle(pid, Settlement::Ack);
         }
+    }
+
+    /// Where the PUBLISH under packet id `pid` stands, if one is in flight.
+    fn in_flight(&self, pid: u16) -> Option<OutFlight> {
+        self.out_flight.get(pid).map(|f| f.extra)
     }
 
     /// PUBREC: the client has a QoS 2 message; the server releases it with PUBREL.
     pub(super) fn on_pubrec(&mut self, pid: Pid, reason: PubrecReasonCode) {
         let id = pid.value();
-        let Some(f) = self.out_flight.get_mut(&id) else {
+        let Some(f) = self.in_flight(id) else {
             self.send(&codec::pubrel(
                 pid,
                 PubrelReasonCode::PacketIdentifierNotFound,
@@ -369,21 +369,20 @@ impl Inner {
         if f.awaiting == Awaiting::Puback {
             return;
         }
-        let source = f.source.take();
-        let persisted = f.persisted;
-        self.acked(source);
         // A PUBREC reason of 0x80 or above ends the exchange there (MQTT 5.0 §4.3.3).
         if reason as u8 >= 0x80 {
-            self.out_flight.remove(&id);
-            if persisted {
+            self.out_flight.settle(id, Settlement::Ack);
+            if f.persisted {
                 self.forget_qos2_out(id);
             }
             return;
         }
-        if let Some(f) = self.out_flight.get_mut(&id) {
+        // The client has the message, so its queue entry is settled; the packet id stays in
+        // use until PUBCOMP.
+        if let Some(f) = self.out_flight.settle_entry(id, Settlement::Ack) {
             f.awaiting = Awaiting::Pubcomp;
         }
-        if persisted {
+        if f.persisted {
             if let Err(e) = self
                 .state
                 .records(&self.client_id)
@@ -397,15 +396,14 @@ impl Inner {
 
     /// PUBCOMP: the QoS 2 exchange is over and its packet id free.
     pub(super) fn on_pubcomp(&mut self, pid: u16) {
-        if self
-            .out_flight
-            .get(&pid)
-            .is_some_and(|f| f.awaiting == Awaiting::Pubcomp)
-        {
-            if let Some(f) = self.out_flight.remove(&pid) {
-                if f.persisted {
-                    self.forget_qos2_out(pid);
-                }
+        let Some(f) = self.in_flight(pid) else {
+            return;
+        };
+        if f.awaiting == Awaiting::Pubcomp {
+            // Its queue entry was settled at PUBREC: only the packet id is freed.
+            self.out_flight.settle(pid, Settlement::Ack);
+            if f.persisted {
+                self.forget_qos2_out(pid);
             }
         }
     }
@@ -427,15 +425,16 @@ impl Inner {
         let keep = self.expiry > 0;
         let own = session_queue(&self.client_id);
         let mut kept = PacketIds::new();
-        let mut back = Batch::default();
-        for (pid, f) in self.out_flight.drain() {
-            let Some((q, seq)) = f.source else { continue };
-            if keep && q.name == own {
-                kept.insert((own.clone(), seq), pid);
+        if keep {
+            for (pid, f) in self.out_flight.iter() {
+                if let Some((q, seq)) = &f.source {
+                    if q.name == own {
+                        kept.insert((own.clone(), *seq), pid);
+                    }
+                }
             }
-            back.push(q, seq);
         }
-        back.settle(Settlement::Requeue);
+        self.out_flight.requeue_all();
         std::mem::take(&mut self.written).finish();
         // Ids this connection was to resend but did not get to (its window was full) stay
         // reserved, as long as the queue holds enough messages to need them: an entry that

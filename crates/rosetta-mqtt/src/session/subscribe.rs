@@ -1,14 +1,17 @@
-//! SUBSCRIBE and UNSUBSCRIBE: filters become bindings from `amq.topic` to the session's queue,
-//! or to a shared subscription's queue, and retained messages follow the SUBACK.
+//! SUBSCRIBE and UNSUBSCRIBE: filters become bindings from `amq.topic` (`$SYS` filters: from
+//! [`topic::SYS_EXCHANGE`]) to the session's queue, or to a shared subscription's queue, and
+//! retained messages follow the SUBACK.
 
 use mqtt_proto::v5::{
     Packet, RetainHandling, Suback, SubackProperties, Subscribe, SubscribeReasonCode, Unsuback,
     UnsubackProperties, Unsubscribe, UnsubscribeReasonCode,
 };
 use mqtt_proto::QoS;
+use rosetta_core::auth::Resource;
 use rosetta_core::store::Epoch;
-use rosetta_core::{ConsumerSpec, Destination, QueueDeclare, Table, AMQ_TOPIC};
+use rosetta_core::{ConsumerSpec, CoreError, Destination, QueueDeclare, Table, AMQ_TOPIC};
 
+use super::inbound::not_connected;
 use super::Inner;
 use crate::codec;
 use crate::error::MqttError;
@@ -60,8 +63,12 @@ impl Inner {
                 name
             }
         };
+        let exchange = topic::exchange_for(parsed.filter);
+        if exchange == topic::SYS_EXCHANGE {
+            self.state.declare_sys_exchange()?;
+        }
         Ok(vhost.bind_deferred(
-            AMQ_TOPIC,
+            exchange,
             Destination::Queue(queue),
             &filter_to_binding(parsed.filter),
             Table::new(),
@@ -121,7 +128,7 @@ impl Inner {
     /// refused before anything is bound: the packet carries too many filters, the session holds
     /// too many subscriptions, or the filter is one the front-end does not take.
     fn subscribe_refusal(
-        &self,
+        &mut self,
         index: usize,
         full: &str,
         filter: &str,
@@ -148,7 +155,18 @@ impl Inner {
             );
             return Some((SubscribeReasonCode::QuotaExceeded, why));
         }
+        if let Err(refused) = self.may_subscribe(filter) {
+            return Some((SubscribeReasonCode::NotAuthorized, refused.to_string()));
+        }
         None
+    }
+
+    /// RabbitMQ's checks for a subscription: read on `amq.topic`, and the topic permission for
+    /// the filter as a binding key. The session's own queue needs no permission of its own.
+    fn may_subscribe(&mut self, filter: &str) -> Result<(), CoreError> {
+        let grant = self.grant.as_mut().ok_or_else(not_connected)?;
+        grant.read(Resource::Exchange, AMQ_TOPIC)?;
+        grant.topic_read(AMQ_TOPIC, &filter_to_binding(filter))
     }
 
     pub(super) fn on_subscribe(&mut self, s: Subscribe) -> Result<(), MqttError> {
@@ -269,7 +287,7 @@ impl Inner {
                     Ok(None)
                 }
                 Some(p) => self.state.vhost.unbind_deferred(
-                    AMQ_TOPIC,
+                    topic::exchange_for(p.filter),
                     Destination::Queue(session_queue(&self.client_id)),
                     &filter_to_binding(p.filter),
                     &Table::new(),

@@ -14,9 +14,10 @@ use mqtt_proto::{v3, Pid, Protocol, QoS, QosPid, TopicFilter, TopicName};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::TestCaseError;
+use rosetta_core::auth::Permissions;
 use rosetta_core::front_end::{Flow, Session as _};
 use rosetta_core::store::Store;
-use rosetta_core::{Broker, CoreLimits, User, Users};
+use rosetta_core::{Broker, CoreLimits, Directory, User, Users};
 use rosetta_mqtt::codec::{decode, decode_connect};
 use rosetta_mqtt::{MqttConfig, MqttState, Session};
 use rosetta_store::SledStore;
@@ -39,11 +40,14 @@ impl Harness {
         let store: Arc<dyn Store> =
             Arc::new(SledStore::open(&dir.path().join("data")).expect("store"));
         let broker = Broker::open(store, &["/".to_owned()], CoreLimits::default()).expect("broker");
-        let users = Arc::new(Users::new(vec![User {
-            name: "guest".into(),
-            password: "guest".into(),
-            loopback_only: true,
-        }]));
+        let users = Arc::new(Directory::new(
+            Users::new(vec![User {
+                name: "guest".into(),
+                password: "guest".into(),
+                loopback_only: true,
+            }]),
+            Permissions::full_access(["guest"], &["/"]),
+        ));
         // Small limits, so that operations run into them.
         let config = MqttConfig {
             vhost: "/".into(),

@@ -3,7 +3,7 @@
 //! an image can then ship a configuration without a usable remote login, and each deployment
 //! names its own administrator without writing a file.
 
-use super::{validate, Config, ConfigError, User};
+use super::{validate, Config, ConfigError, PermissionConfig, User};
 
 /// The administrator's name; with it, exactly one of the two below.
 pub const USER_VAR: &str = "ROSETTA_DEFAULT_USER";
@@ -50,6 +50,21 @@ impl Config {
                     .replace("`password_hash`", PASS_HASH_VAR)
             ))
         })?;
+        // Full permissions on every virtual host, as RabbitMQ's default user has. Without any
+        // `[[permissions]]` every user has them already, and one entry here would take them
+        // from the others.
+        if !self.permissions_are_implicit() {
+            self.permissions.retain(|p| p.user != user.name);
+            for vhost in &self.vhosts {
+                self.permissions.push(PermissionConfig {
+                    user: user.name.clone(),
+                    vhost: vhost.name.clone(),
+                    configure: ".*".into(),
+                    write: ".*".into(),
+                    read: ".*".into(),
+                });
+            }
+        }
         self.users.retain(|u| u.name != user.name);
         self.users.push(user);
         Ok(self)
@@ -97,6 +112,23 @@ mod tests {
         );
         // guest stays, still confined to loopback.
         assert!(users.check("guest", "guest", remote).is_err());
+    }
+
+    #[test]
+    fn the_administrator_gets_full_permissions_on_every_vhost_when_permissions_are_set() {
+        let mut config = config();
+        config.vhosts.push(super::super::VHostConfig {
+            name: "prod".into(),
+        });
+        let after = config
+            .with_default_user(Some("admin".into()), Some("s3cret".into()), None)
+            .expect("valid");
+        let directory = after.core_directory().expect("directory");
+        assert!(directory.vhost_access("admin", "/"));
+        assert!(directory.vhost_access("admin", "prod"));
+        // guest keeps exactly its own entry.
+        assert!(directory.vhost_access("guest", "/"));
+        assert!(!directory.vhost_access("guest", "prod"));
     }
 
     #[test]

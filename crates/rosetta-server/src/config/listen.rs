@@ -1,12 +1,9 @@
-//! `listen = "host:port"` or `listen = 5672`, and listener sections with per-section defaults.
+//! `listen = "host:port"` or `listen = 5672`.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use serde::de::{self, Deserializer, Visitor};
-use serde::Deserialize;
-
-use super::ListenerConfig;
 
 /// Deserializes a listen address from either a "host:port" string or a bare port number.
 pub(super) fn deserialize<'de, D: Deserializer<'de>>(
@@ -19,6 +16,46 @@ pub(super) fn deserialize_some<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<SocketAddr>, D::Error> {
     deserialize(deserializer).map(Some)
+}
+
+/// Deserializes an optional listener that is on by default: an address as for [`deserialize`],
+/// or `false` to turn it off.
+pub(super) fn deserialize_or_off<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    deserializer.deserialize_any(OrOff)
+}
+
+struct OrOff;
+
+impl<'de> Visitor<'de> for OrOff {
+    type Value = Option<SocketAddr>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a listen address \"host:port\", a port number, or false")
+    }
+
+    fn visit_bool<E: de::Error>(self, on: bool) -> Result<Self::Value, E> {
+        if on {
+            Err(E::custom(
+                "expected a listen address \"host:port\", a port number, or false (off)",
+            ))
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+        ListenVisitor.visit_str(text).map(Some)
+    }
+
+    fn visit_i64<E: de::Error>(self, port: i64) -> Result<Self::Value, E> {
+        ListenVisitor.visit_i64(port).map(Some)
+    }
+
+    fn visit_u64<E: de::Error>(self, port: u64) -> Result<Self::Value, E> {
+        ListenVisitor.visit_u64(port).map(Some)
+    }
 }
 
 /// Parses a "host:port" listen address. Hosts are IP literals, plus `localhost` because operators
@@ -61,31 +98,4 @@ impl Visitor<'_> for ListenVisitor {
             .map(|port| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port))
             .map_err(|_| E::custom(format!("port {port} is out of range 0..=65535")))
     }
-}
-
-/// A listener section as written: any key may be left out.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PartialListener {
-    #[serde(default)]
-    enabled: Option<bool>,
-    #[serde(default, deserialize_with = "deserialize_some")]
-    listen: Option<SocketAddr>,
-    #[serde(default, deserialize_with = "deserialize_some")]
-    tls_listen: Option<SocketAddr>,
-}
-
-/// Deserializes a listener section, filling what is left out with `enabled = true` and
-/// `0.0.0.0:PORT`, so `[mqtt]` with only `enabled = false` is valid.
-pub(super) fn section<'de, D: Deserializer<'de>, const PORT: u16>(
-    deserializer: D,
-) -> Result<ListenerConfig, D::Error> {
-    let partial = PartialListener::deserialize(deserializer)?;
-    Ok(ListenerConfig {
-        enabled: partial.enabled.unwrap_or(true),
-        listen: partial
-            .listen
-            .unwrap_or_else(|| SocketAddr::from((Ipv4Addr::UNSPECIFIED, PORT))),
-        tls_listen: partial.tls_listen,
-    })
 }

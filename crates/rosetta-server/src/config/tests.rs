@@ -31,7 +31,18 @@ fn default_toml_parses_and_equals_config_default() {
 
 #[test]
 fn empty_file_is_the_default_config() {
-    assert_eq!(parse("").expect("empty config"), Config::default());
+    // Except for `[[permissions]]`: broker.toml lists guest's entry, while leaving every entry
+    // out gives every user full permissions, which for the default users and virtual hosts is
+    // the same thing.
+    let empty = parse("").expect("empty config");
+    assert!(empty.permissions_are_implicit());
+    assert_eq!(
+        empty,
+        Config {
+            permissions: Vec::new(),
+            ..Config::default()
+        }
+    );
 }
 
 #[test]
@@ -41,8 +52,10 @@ fn default_toml_sets_every_key() {
         "path",
         "enabled",
         "listen",
+        "ws_listen",
         "heartbeat",
         "heartbeat_ms",
+        "accept_queue_types",
         "max_headers",
         "max_header_length",
         "vhost",
@@ -362,6 +375,21 @@ fn a_user_needs_exactly_one_of_password_and_password_hash() {
 }
 
 #[test]
+fn an_empty_password_hash_is_a_user_who_logs_in_only_by_certificate() {
+    let config = parse("[[users]]\nname = \"sensor-17\"\npassword_hash = \"\"\n").expect("valid");
+    let [user] = &config.users[..] else {
+        panic!("one user expected");
+    };
+    let hash = user.credential().expect("no password is a credential");
+    assert!(hash.is_none());
+    assert!(!hash.verify(""));
+    let users = config.core_users().expect("core users");
+    let local = "127.0.0.1".parse().expect("ip");
+    assert!(users.check("sensor-17", "", local).is_err());
+    assert_eq!(users.check_certificate(Some("sensor-17"), local), Ok(()));
+}
+
+#[test]
 fn a_malformed_password_hash_names_the_key_and_the_reason() {
     let text = "[[users]]\nname = \"a\"\npassword = \"x\"\n\n[[users]]\nname = \"b\"\npassword_hash = \"not base64!\"\n";
     let (line, key, shown) = error(text);
@@ -457,6 +485,39 @@ fn tls_settings_that_cannot_work_name_their_key() {
 }
 
 #[test]
+fn certificate_login_keys_are_read_and_need_verify_peer() {
+    let verified = format!("{TLS}ca_file = \"/etc/rosetta/ca.pem\"\nverify_peer = true\n");
+    let config = parse(&verified).expect("valid");
+    let tls = config.tls.expect("[tls]");
+    assert_eq!(tls.ssl_cert_login_from, CertLoginFrom::CommonName);
+    assert!(!config.mqtt.ssl_cert_login && !config.stomp.ssl_cert_login);
+
+    let text = format!(
+        "{verified}ssl_cert_login_from = \"distinguished_name\"\n\
+         [mqtt]\nssl_cert_login = true\n[stomp]\nssl_cert_login = true\n"
+    );
+    let config = parse(&text).expect("valid");
+    assert_eq!(
+        config.tls.expect("[tls]").ssl_cert_login_from,
+        CertLoginFrom::DistinguishedName
+    );
+    assert!(config.mqtt.ssl_cert_login && config.stomp.ssl_cert_login);
+
+    let (_, key, _) = error(&format!("{verified}ssl_cert_login_from = \"email\"\n"));
+    assert_eq!(key.as_deref(), Some("tls.ssl_cert_login_from"));
+    for section in ["mqtt", "stomp"] {
+        for text in [
+            format!("[{section}]\nssl_cert_login = true\n"),
+            format!("{TLS}[{section}]\nssl_cert_login = true\n"),
+        ] {
+            let (_, key, shown) = error(&text);
+            assert_eq!(key, Some(format!("{section}.ssl_cert_login")), "{shown}");
+            assert!(shown.contains("verify_peer"), "{shown}");
+        }
+    }
+}
+
+#[test]
 fn a_tls_listener_may_not_share_a_port_with_another_listener() {
     let (line, key, shown) = error(&format!(
         "{TLS}[amqp]\nlisten = 5671\ntls_listen = \"127.0.0.1:5671\"\n"
@@ -471,4 +532,89 @@ fn a_tls_listener_may_not_share_a_port_with_another_listener() {
         "{TLS}[amqp]\nenabled = false\ntls_listen = 1883\n"
     ))
     .expect("a disabled listener's tls_listen never clashes");
+}
+
+#[test]
+fn websocket_listeners_default_to_rabbitmq_ports_and_turn_off_with_false() {
+    let config = parse("").expect("defaults");
+    assert_eq!(config.mqtt.ws_listen, Some(addr("0.0.0.0:15675")));
+    assert_eq!(config.stomp.ws_listen, Some(addr("0.0.0.0:15674")));
+    assert_eq!(config.mqtt.ws_tls_listen, None);
+    let config = parse("[mqtt]\nws_listen = false\n[stomp]\nws_listen = 8080\n").expect("off");
+    assert_eq!(config.mqtt.ws_listen, None);
+    assert_eq!(config.stomp.ws_listen, Some(addr("0.0.0.0:8080")));
+    let (line, key, _) = error("[stomp]\nws_listen = true\n");
+    assert_eq!((line, key.as_deref()), (Some(2), Some("stomp.ws_listen")));
+    let (line, key, shown) = error("[mqtt]\nws_tls_listen = 15676\n");
+    assert_eq!(
+        (line, key.as_deref()),
+        (Some(2), Some("mqtt.ws_tls_listen"))
+    );
+    assert!(shown.contains("[tls]"), "{shown}");
+    let (_, key, _) = error("[stomp]\nws_listen = 15675\n");
+    assert_eq!(key.as_deref(), Some("stomp.ws_listen"));
+}
+
+const ALICE: &str = "[[users]]\nname = \"alice\"\npassword = \"pw\"\n\n[[vhosts]]\nname = \"/\"\n";
+
+#[test]
+fn permissions_are_read_and_checked_against_users_vhosts_and_regex_syntax() {
+    let ok = format!(
+        "{ALICE}\n[[permissions]]\nuser = \"alice\"\nvhost = \"/\"\nconfigure = \"^a\\\\.\"\nwrite = \".*\"\nread = \"\"\n\n\
+         [[topic_permissions]]\nuser = \"alice\"\nvhost = \"/\"\nexchange = \"amq.topic\"\nwrite = \"^sensors\\\\..*\"\nread = \".*\"\n"
+    );
+    let config = parse(&ok).expect("valid permissions");
+    let directory = config.core_directory().expect("directory");
+    let contents = directory.contents();
+    let alice = contents.permissions.get("alice", "/").expect("alice on /");
+    assert!(alice.configure.matches("a.q") && !alice.configure.matches("b.q"));
+    assert!(
+        !alice.read.matches("anything"),
+        "an empty pattern matches nothing"
+    );
+    let topic = contents
+        .permissions
+        .topic("alice", "/", "amq.topic")
+        .expect("topic permission");
+    assert!(topic.write.matches("sensors.kitchen"));
+
+    let entry = |user: &str, vhost: &str, configure: &str| {
+        format!(
+            "{ALICE}\n[[permissions]]\nuser = \"{user}\"\nvhost = \"{vhost}\"\nconfigure = \"{configure}\"\nwrite = \".*\"\nread = \".*\"\n"
+        )
+    };
+    let (line, key, shown) = error(&entry("bob", "/", ".*"));
+    assert_eq!(key.as_deref(), Some("permissions[0].user"));
+    assert!(
+        line.is_some() && shown.contains("unknown user `bob`"),
+        "{shown}"
+    );
+    let (_, key, shown) = error(&entry("alice", "prod", ".*"));
+    assert_eq!(key.as_deref(), Some("permissions[0].vhost"));
+    assert!(shown.contains("unknown vhost `prod`"), "{shown}");
+    let (_, key, shown) = error(&entry("alice", "/", "("));
+    assert_eq!(key.as_deref(), Some("permissions[0].configure"));
+    assert!(
+        shown.contains("invalid regular expression `(`: unclosed group"),
+        "{shown}"
+    );
+    assert!(!shown.contains('\n'), "one line: {shown}");
+    let twice = format!(
+        "{}{}",
+        entry("alice", "/", ".*"),
+        &entry("alice", "/", ".*")[ALICE.len()..]
+    );
+    let (_, key, _) = error(&twice);
+    assert_eq!(key.as_deref(), Some("permissions[1].vhost"));
+}
+
+#[test]
+fn without_permissions_every_user_may_do_everything_on_every_vhost() {
+    let text = format!("{ALICE}\n[[vhosts]]\nname = \"other\"\n");
+    let config = parse(&text).expect("valid");
+    assert!(config.permissions_are_implicit());
+    let directory = config.core_directory().expect("directory");
+    assert!(directory.vhost_access("alice", "/"));
+    assert!(directory.vhost_access("alice", "other"));
+    assert!(!directory.vhost_access("anonymous", "/"));
 }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 
-use rosetta_core::auth::{PasswordHash, Tag};
+use rosetta_core::auth::{PasswordHash, Pattern, Permission, Permissions, Tag, TopicPermission};
 
 use super::{Config, CredentialError, User, FRAME_MIN_SIZE, NO_TAG};
 
@@ -98,6 +98,7 @@ pub(super) fn validate(config: &Config) -> Result<(), Violation> {
         ));
     }
     unique_names("vhosts", config.vhosts.iter().map(|v| v.name.as_str()))?;
+    permissions(config)?;
     tls(config)?;
     listeners_distinct(config)?;
     if let Err(err) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
@@ -127,7 +128,7 @@ pub(super) fn user(i: usize, user: &User) -> Result<(PasswordHash, Vec<Tag>), Vi
             CredentialError::Missing => (
                 "password",
                 "required: set `password` (plain text) or `password_hash` (from `rosetta \
-                 hash-password`)"
+                 hash-password`; `\"\"` for a user who logs in only with a client certificate)"
                     .to_owned(),
             ),
             CredentialError::Both => (
@@ -158,6 +159,95 @@ pub(super) fn user(i: usize, user: &User) -> Result<(PasswordHash, Vec<Tag>), Vi
     Ok((password, tags))
 }
 
+/// `[[permissions]]` and `[[topic_permissions]]` compiled: each names a configured user (or
+/// `anonymous` when MQTT lets clients in without a user name) and virtual host, once, with
+/// patterns that compile.
+pub(super) fn permissions(config: &Config) -> Result<Permissions, Violation> {
+    let mut permissions = Permissions::default();
+    for (i, p) in config.permissions.iter().enumerate() {
+        const TABLE: &str = "permissions";
+        known_user_and_vhost(config, TABLE, i, &p.user, &p.vhost)?;
+        if permissions.get(&p.user, &p.vhost).is_some() {
+            return Err(violation(
+                KeyPath::item(TABLE, i, "vhost"),
+                format!(
+                    "user `{}` already has permissions on vhost `{}`; one entry per user and vhost",
+                    p.user, p.vhost
+                ),
+            ));
+        }
+        let permission = Permission {
+            configure: pattern(TABLE, i, "configure", &p.configure)?,
+            write: pattern(TABLE, i, "write", &p.write)?,
+            read: pattern(TABLE, i, "read", &p.read)?,
+        };
+        permissions.set(&p.user, &p.vhost, permission);
+    }
+    for (i, t) in config.topic_permissions.iter().enumerate() {
+        const TABLE: &str = "topic_permissions";
+        known_user_and_vhost(config, TABLE, i, &t.user, &t.vhost)?;
+        if t.exchange.is_empty() {
+            return Err(violation(
+                KeyPath::item(TABLE, i, "exchange"),
+                "must name a topic exchange",
+            ));
+        }
+        if permissions.topic(&t.user, &t.vhost, &t.exchange).is_some() {
+            return Err(violation(
+                KeyPath::item(TABLE, i, "exchange"),
+                format!(
+                    "user `{}` already has topic permissions on exchange `{}` in vhost `{}`",
+                    t.user, t.exchange, t.vhost
+                ),
+            ));
+        }
+        let topic = TopicPermission {
+            exchange: t.exchange.clone(),
+            write: pattern(TABLE, i, "write", &t.write)?,
+            read: pattern(TABLE, i, "read", &t.read)?,
+        };
+        permissions.set_topic(&t.user, &t.vhost, topic);
+    }
+    Ok(permissions)
+}
+
+fn known_user_and_vhost(
+    config: &Config,
+    table: &'static str,
+    i: usize,
+    user: &str,
+    vhost: &str,
+) -> Result<(), Violation> {
+    let anonymous = config.mqtt.allow_anonymous && user == rosetta_mqtt::session::ANONYMOUS;
+    if !anonymous && !config.users.iter().any(|u| u.name == user) {
+        return Err(violation(
+            KeyPath::item(table, i, "user"),
+            format!("unknown user `{user}`: not one of the [[users]]"),
+        ));
+    }
+    if !config.vhosts.iter().any(|v| v.name == vhost) {
+        return Err(violation(
+            KeyPath::item(table, i, "vhost"),
+            format!("unknown vhost `{vhost}`: not one of the [[vhosts]]"),
+        ));
+    }
+    Ok(())
+}
+
+fn pattern(
+    table: &'static str,
+    i: usize,
+    key: &'static str,
+    source: &str,
+) -> Result<Pattern, Violation> {
+    Pattern::new(source).map_err(|e| {
+        violation(
+            KeyPath::item(table, i, key),
+            format!("invalid regular expression `{source}`: {e}"),
+        )
+    })
+}
+
 /// At least one entry, none with an empty name, no name twice.
 fn unique_names<'a>(
     table: &'static str,
@@ -185,18 +275,34 @@ fn unique_names<'a>(
     Ok(())
 }
 
-/// A `tls_listen` needs `[tls]`; client certificates need the authorities to check them with.
+/// A `tls_listen` (or `ws_tls_listen`) needs `[tls]`; client certificates need the
+/// authorities to check them with.
 fn tls(config: &Config) -> Result<(), Violation> {
+    // A certificate names a user only once it is verified.
+    let verified = config.tls.as_ref().is_some_and(|tls| tls.verify_peer);
+    for (section, on) in [
+        ("mqtt", config.mqtt.ssl_cert_login),
+        ("stomp", config.stomp.ssl_cert_login),
+    ] {
+        if on && !verified {
+            return Err(violation(
+                KeyPath::new(section, "ssl_cert_login"),
+                "has no effect without `[tls] verify_peer = true`",
+            ));
+        }
+    }
     let Some(tls) = &config.tls else {
-        for (section, tls_listen) in [
-            ("amqp", config.amqp.tls_listen),
-            ("mqtt", config.mqtt.tls_listen),
-            ("stomp", config.stomp.tls_listen),
-            ("http", config.http.tls_listen),
+        for (section, key, tls_listen) in [
+            ("amqp", "tls_listen", config.amqp.tls_listen),
+            ("mqtt", "tls_listen", config.mqtt.tls_listen),
+            ("stomp", "tls_listen", config.stomp.tls_listen),
+            ("http", "tls_listen", config.http.tls_listen),
+            ("mqtt", "ws_tls_listen", config.mqtt.ws_tls_listen),
+            ("stomp", "ws_tls_listen", config.stomp.ws_tls_listen),
         ] {
             if tls_listen.is_some() {
                 return Err(violation(
-                    KeyPath::new(section, "tls_listen"),
+                    KeyPath::new(section, key),
                     "needs a [tls] section with `cert_file` and `key_file`",
                 ));
             }
@@ -236,9 +342,37 @@ fn listeners_distinct(config: &Config) -> Result<(), Violation> {
         ("http", config.http.enabled, config.http.tls_listen),
     ]
     .map(|(section, enabled, addr)| (KeyPath::new(section, "tls_listen"), enabled, addr));
+    let websocket = [
+        (
+            "mqtt",
+            "ws_listen",
+            config.mqtt.enabled,
+            config.mqtt.ws_listen,
+        ),
+        (
+            "mqtt",
+            "ws_tls_listen",
+            config.mqtt.enabled,
+            config.mqtt.ws_tls_listen,
+        ),
+        (
+            "stomp",
+            "ws_listen",
+            config.stomp.enabled,
+            config.stomp.ws_listen,
+        ),
+        (
+            "stomp",
+            "ws_tls_listen",
+            config.stomp.enabled,
+            config.stomp.ws_tls_listen,
+        ),
+    ]
+    .map(|(section, key, enabled, addr)| (KeyPath::new(section, key), enabled, addr));
     let active: Vec<(KeyPath, SocketAddr)> = plain
         .into_iter()
         .chain(tls)
+        .chain(websocket)
         .filter_map(|(key, enabled, addr)| {
             addr.filter(|a| enabled && a.port() != 0).map(|a| (key, a))
         })

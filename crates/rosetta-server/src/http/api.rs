@@ -1,6 +1,7 @@
 //! The JSON management API under `/api/`, every request authenticated with HTTP basic auth
 //! against the configured users. Field names follow RabbitMQ's management API where one exists,
-//! so existing scripts need few changes. docs/operations.md lists the endpoints.
+//! so existing scripts need few changes. docs/operations.md lists the endpoints. Virtual hosts
+//! (`vhosts`) and definitions (`definitions`) have a file each; the rest is here.
 //!
 //! Handlers run on the blocking pool, as they may walk every queue of a large broker. A reply
 //! that confirms a durable change (a deleted durable queue) then waits for the store's durable
@@ -10,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
+use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderValue, ALLOW, WWW_AUTHENTICATE};
 use hyper::http::request::Parts;
@@ -17,13 +19,20 @@ use hyper::{Method, StatusCode};
 use rosetta_core::auth::Tag;
 use rosetta_core::durable;
 use rosetta_core::store::Epoch;
-use rosetta_core::{CoreError, Queue, Table, VHost, Value};
-use serde_json::{json, Map, Value as Json};
+use rosetta_core::{CoreError, Queue, VHost};
+use serde_json::{json, Value as Json};
 
 use super::auth::{authenticate, Denied};
 use super::totals::{exchange_count, walk_queues};
 use super::{internal_error, respond, Reply};
+use crate::accounts::{Accounts, Refused};
+use crate::definitions::arguments::table_json;
 use crate::state::ServerState;
+
+mod definitions;
+mod permissions;
+mod users;
+mod vhosts;
 
 /// How long a reply waits for its change to reach the disk before the caller hears 503 instead:
 /// a failing disk must not hold the request, and with it the broker's shutdown (which lets
@@ -35,6 +44,8 @@ const DURABLE_WAIT: Duration = Duration::from_secs(10);
 const READ: &str = "GET, HEAD";
 const READ_DELETE: &str = "GET, HEAD, DELETE";
 const DELETE: &str = "DELETE";
+const READ_PUT_DELETE: &str = "GET, HEAD, PUT, DELETE";
+const READ_POST: &str = "GET, HEAD, POST";
 
 /// A reply, and the store epoch it must wait for when it confirms a durable change.
 struct Answer {
@@ -57,14 +68,19 @@ impl From<Reply> for Answer {
 /// Answers one request: handled on the blocking pool, then sent once what it confirms is on
 /// disk. A store that closes or stays behind meanwhile turns the reply into a 503, since the
 /// change may not survive a crash.
-pub(crate) async fn serve(state: Arc<ServerState>, peer: SocketAddr, request: Parts) -> Reply {
+pub(crate) async fn serve(
+    state: Arc<ServerState>,
+    peer: SocketAddr,
+    request: Parts,
+    body: Bytes,
+) -> Reply {
     let store = state.broker.store().clone();
     let handler_state = state.clone();
-    let answer =
-        match tokio::task::spawn_blocking(move || handle(&handler_state, peer, &request)).await {
-            Ok(answer) => answer,
-            Err(e) => return internal_error(&e),
-        };
+    let handler = move || handle(&handler_state, peer, &request, &body);
+    let answer = match tokio::task::spawn_blocking(handler).await {
+        Ok(answer) => answer,
+        Err(e) => return internal_error(&e),
+    };
     if answer.refused_login {
         // As for client connections: guessing passwords through the API is as slow.
         state.metrics.auth_failures("http", 1);
@@ -89,7 +105,34 @@ pub(crate) async fn serve(state: Arc<ServerState>, peer: SocketAddr, request: Pa
     }
 }
 
-fn handle(state: &ServerState, peer: SocketAddr, request: &Parts) -> Answer {
+/// Whether a `/metrics` request may be answered when `[http] metrics_auth` is on: basic auth
+/// of a user with any management tag. A refused password waits out the failed-login delay.
+pub(crate) async fn may_scrape(state: &ServerState, peer: SocketAddr, request: &Parts) -> bool {
+    match authenticate(&state.users, &request.headers, peer) {
+        Ok(user) => !state.users.tags(&user).is_empty(),
+        Err(Denied::Missing) => false,
+        Err(Denied::Refused(_)) => {
+            state.metrics.auth_failures("http", 1);
+            tokio::time::sleep(state.failed_login_delay).await;
+            false
+        }
+    }
+}
+
+/// Whether the request is one whose body the API reads (`PUT`, `POST`) from an administrator.
+/// The request is authenticated again, and answered, by [`serve`].
+pub(crate) fn takes_body(state: &ServerState, peer: SocketAddr, request: &Parts) -> bool {
+    (request.method == Method::PUT || request.method == Method::POST)
+        && authenticate(&state.users, &request.headers, peer)
+            .is_ok_and(|user| state.users.tags(&user).contains(&Tag::Administrator))
+}
+
+/// The answer to a `/metrics` request [`may_scrape`] refused.
+pub(crate) fn scrape_refused() -> Reply {
+    unauthorized(Denied::Missing)
+}
+
+fn handle(state: &ServerState, peer: SocketAddr, request: &Parts, body: &[u8]) -> Answer {
     let user = match authenticate(&state.users, &request.headers, peer) {
         Ok(user) => user,
         Err(denied) => {
@@ -128,7 +171,7 @@ fn handle(state: &ServerState, peer: SocketAddr, request: &Parts) -> Answer {
             .insert(ALLOW, HeaderValue::from_static(allowed));
         return reply.into();
     }
-    if let Err(reason) = authorise(tags, &method) {
+    if let Err(reason) = authorise(&tags, &method, &path) {
         // RabbitMQ answers these with 401 and the same texts, which clients match on.
         return error(StatusCode::UNAUTHORIZED, "not_authorised", reason).into();
     }
@@ -151,6 +194,57 @@ fn handle(state: &ServerState, peer: SocketAddr, request: &Parts) -> Answer {
             with_vhost(state, vhost, |_| ok(exchanges(state, Some(vhost))))
         }
         (Method::GET, ["connections"]) => ok(connections(state)),
+        (Method::GET, ["vhosts"]) => ok(vhosts::list(state)),
+        (Method::GET, ["vhosts", name]) => vhosts::one(state, name),
+        (Method::PUT, ["vhosts", name]) => return vhosts::put(state, &user, name, body),
+        (Method::DELETE, ["vhosts", name]) => return vhosts::delete(state, name),
+        (Method::GET, ["whoami"]) => users::whoami(state, &user),
+        (Method::GET, ["users"]) => users::list(state),
+        (Method::GET, ["users", name]) => users::one(state, name),
+        (Method::PUT, ["users", name]) => return users::put(state, name, body),
+        (Method::DELETE, ["users", name]) => return users::delete(state, name),
+        (Method::GET, ["users", name, "permissions"]) => ok(Json::Array(permissions::list(
+            state,
+            permissions::Only {
+                user: Some(name),
+                vhost: None,
+            },
+        ))),
+        (Method::GET, ["users", name, "topic-permissions"]) => {
+            ok(Json::Array(permissions::topic_list(
+                state,
+                permissions::Only {
+                    user: Some(name),
+                    vhost: None,
+                },
+            )))
+        }
+        (Method::GET, ["permissions"]) => ok(Json::Array(permissions::list(state, EVERY))),
+        (Method::GET, ["permissions", vhost, name]) => permissions::one(state, vhost, name),
+        (Method::PUT, ["permissions", vhost, name]) => {
+            return permissions::put(state, vhost, name, body)
+        }
+        (Method::DELETE, ["permissions", vhost, name]) => {
+            return permissions::delete(state, vhost, name)
+        }
+        (Method::GET, ["topic-permissions"]) => {
+            ok(Json::Array(permissions::topic_list(state, EVERY)))
+        }
+        (Method::GET, ["topic-permissions", vhost, name]) => {
+            permissions::topic_one(state, vhost, name)
+        }
+        (Method::PUT, ["topic-permissions", vhost, name]) => {
+            return permissions::topic_put(state, vhost, name, body)
+        }
+        (Method::DELETE, ["topic-permissions", vhost, name]) => {
+            return permissions::topic_delete(state, vhost, name)
+        }
+        (Method::GET, ["definitions"]) => definitions::export(state, None),
+        (Method::GET, ["definitions", vhost]) => definitions::export(state, Some(vhost)),
+        (Method::POST, ["definitions"]) => return definitions::import(state, &user, None, body),
+        (Method::POST, ["definitions", vhost]) => {
+            return definitions::import(state, &user, Some(vhost), body)
+        }
         _ => error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
     };
     reply.into()
@@ -158,13 +252,19 @@ fn handle(state: &ServerState, peer: SocketAddr, request: &Parts) -> Answer {
 
 /// What the user's tags allow, as RabbitMQ's management plugin decides it: `monitoring` and
 /// `management` read, `administrator` also changes; a user without any of them has no API.
-/// (`management` is meant to see only its own virtual hosts; every user may use every virtual
-/// host until permissions exist, so it reads them all.)
-fn authorise(tags: &[Tag], method: &Method) -> Result<(), &'static str> {
+/// (`management` is meant to see only its own virtual hosts; it reads them all here.)
+/// Definitions, users and permissions describe who may do what: reading them takes an
+/// administrator too, as in RabbitMQ; `whoami` is anyone's.
+fn authorise(tags: &[Tag], method: &Method, path: &[&str]) -> Result<(), &'static str> {
     if tags.is_empty() {
         return Err("Not management user");
     }
-    if *method != Method::GET && !tags.contains(&Tag::Administrator) {
+    let accounts = matches!(
+        path.first(),
+        Some(&("definitions" | "users" | "permissions" | "topic-permissions"))
+    );
+    let administration = *method != Method::GET || accounts;
+    if administration && !tags.contains(&Tag::Administrator) {
         return Err("Not administrator user");
     }
     Ok(())
@@ -180,6 +280,15 @@ fn allowed_methods(path: &[&str]) -> Option<&'static str> {
         | ["connections"] => Some(READ),
         ["queues", _, _] => Some(READ_DELETE),
         ["queues", _, _, "contents"] => Some(DELETE),
+        ["vhosts"] => Some(READ),
+        ["vhosts", _] => Some(READ_PUT_DELETE),
+        ["definitions"] | ["definitions", _] => Some(READ_POST),
+        ["whoami"]
+        | ["users"]
+        | ["users", _, "permissions" | "topic-permissions"]
+        | ["permissions"]
+        | ["topic-permissions"] => Some(READ),
+        ["users", _] | ["permissions", _, _] | ["topic-permissions", _, _] => Some(READ_PUT_DELETE),
         _ => None,
     }
 }
@@ -342,6 +451,7 @@ fn connections(state: &ServerState) -> Json {
         json!({
             "name": format!("{} ({})", c.peer, c.id),
             "protocol": c.protocol,
+            "transport": c.transport,
             "peer_host": c.peer.ip().to_string(),
             "peer_port": c.peer.port(),
             "user": c.user(),
@@ -435,39 +545,6 @@ fn purge_queue(state: &ServerState, vhost: &str, name: &str) -> Reply {
     })
 }
 
-fn table_json(table: &Table) -> Json {
-    Json::Object(
-        table
-            .iter()
-            .map(|(k, v)| (k.clone(), value_json(v)))
-            .collect::<Map<_, _>>(),
-    )
-}
-
-fn value_json(value: &Value) -> Json {
-    match value {
-        Value::Bool(b) => json!(b),
-        Value::I8(n) => json!(n),
-        Value::U8(n) => json!(n),
-        Value::I16(n) => json!(n),
-        Value::U16(n) => json!(n),
-        Value::I32(n) => json!(n),
-        Value::U32(n) => json!(n),
-        Value::I64(n) => json!(n),
-        Value::F32(n) => json!(n),
-        Value::F64(n) => json!(n),
-        Value::Decimal(scale, unscaled) => {
-            json!(f64::from(*unscaled) / 10f64.powi(i32::from(*scale)))
-        }
-        Value::Str(s) => json!(s),
-        Value::Bytes(b) => json!(String::from_utf8_lossy(b)),
-        Value::Timestamp(t) => json!(t),
-        Value::Table(t) => table_json(t),
-        Value::Array(items) => Json::Array(items.iter().map(value_json).collect()),
-        Value::Void => Json::Null,
-    }
-}
-
 fn ok(body: Json) -> Reply {
     respond(StatusCode::OK, "application/json", body.to_string())
 }
@@ -500,6 +577,33 @@ fn unauthorized(denied: Denied) -> Reply {
         HeaderValue::from_static("Basic realm=\"rosetta\""),
     );
     reply
+}
+
+/// Every entry, for a listing.
+const EVERY: permissions::Only<'static> = permissions::Only {
+    user: None,
+    vhost: None,
+};
+
+/// The run-time users and permissions of the running broker.
+fn accounts(state: &ServerState) -> Accounts<'_> {
+    Accounts {
+        directory: &state.users,
+        store: state.broker.store().as_ref(),
+        broker: &state.broker,
+        configured: &state.configured,
+    }
+}
+
+/// A refused change to users or permissions: 409 for an entry of the configuration file.
+fn refused(e: &Refused) -> Reply {
+    let (status, kind) = match e {
+        Refused::Configured(_) => (StatusCode::CONFLICT, "configured"),
+        Refused::Invalid(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+        Refused::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+        Refused::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+    };
+    error(status, kind, &e.to_string())
 }
 
 fn core_error(e: &CoreError) -> Reply {
@@ -543,20 +647,5 @@ mod tests {
         assert!(query_flag("if-empty=true&if-unused=false", "if-empty"));
         assert!(!query_flag("if-empty=true&if-unused=false", "if-unused"));
         assert!(!query_flag("", "if-empty"));
-    }
-
-    #[test]
-    fn header_values_become_json() {
-        let mut t = Table::new();
-        t.insert("x-max-length".into(), Value::I64(10));
-        t.insert("x-dead-letter-exchange".into(), Value::Str("dlx".into()));
-        t.insert(
-            "nested".into(),
-            Value::Array(vec![Value::Bool(true), Value::Void]),
-        );
-        assert_eq!(
-            table_json(&t),
-            json!({"x-max-length": 10, "x-dead-letter-exchange": "dlx", "nested": [true, null]})
-        );
     }
 }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use base64::Engine;
 use hyper::header::AUTHORIZATION;
 use hyper::HeaderMap;
-use rosetta_core::{AuthFailure, Users};
+use rosetta_core::{AuthFailure, Directory};
 
 /// Why a request was not let in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,7 +18,7 @@ pub(crate) enum Denied {
 /// The authenticated user's name, or why there is none. The same loopback rule as for client
 /// connections applies, so `guest` works only from the broker's own host.
 pub(crate) fn authenticate(
-    users: &Users,
+    users: &Directory,
     headers: &HeaderMap,
     peer: SocketAddr,
 ) -> Result<String, Denied> {
@@ -49,14 +49,16 @@ fn credentials(headers: &HeaderMap) -> Option<(String, String)> {
 mod tests {
     use super::*;
     use hyper::header::HeaderValue;
-    use rosetta_core::User;
+    use rosetta_core::auth::Permissions;
+    use rosetta_core::{User, Users};
 
-    fn users() -> Users {
-        Users::new(vec![User {
+    fn users() -> Directory {
+        let users = Users::new(vec![User {
             name: "admin".into(),
             password: "pa:ss".into(),
             loopback_only: false,
-        }])
+        }]);
+        Directory::new(users, Permissions::default())
     }
 
     fn headers(value: &str) -> HeaderMap {

@@ -1,5 +1,6 @@
-//! The HTTP endpoint for operators: `/metrics` (Prometheus text format), `/healthz` and
-//! `/readyz`, and a small JSON management API under `/api/` (see docs/operations.md).
+//! The HTTP endpoint for operators: `/metrics` (Prometheus text format, behind basic auth with
+//! `[http] metrics_auth`), `/healthz` and `/readyz`, and a small JSON management API under
+//! `/api/` (see docs/operations.md).
 //!
 //! It keeps answering while the broker shuts down, so health checks see 503 rather than a
 //! refused connection, and stops only after the store has been flushed.
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::server::conn::http1;
@@ -33,6 +34,8 @@ use crate::state::ServerState;
 pub(crate) const MAX_CONNECTIONS: usize = 128;
 /// A client that has not sent a complete request head within this time is dropped.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request body accepted (an imported definitions file).
+const MAX_BODY: usize = 64 * 1024 * 1024;
 /// The Prometheus text exposition format, version 0.0.4.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -70,11 +73,14 @@ pub(crate) async fn serve_connection<T>(
 }
 
 async fn route(state: Arc<ServerState>, peer: SocketAddr, request: Request<Incoming>) -> Reply {
-    let (parts, _body) = request.into_parts();
+    let (parts, body) = request.into_parts();
     let path = parts.uri.path();
     let readable = parts.method == Method::GET || parts.method == Method::HEAD;
     match path {
         "/metrics" | "/healthz" | "/readyz" if !readable => method_not_allowed("GET, HEAD"),
+        "/metrics" if state.metrics_auth && !api::may_scrape(&state, peer, &parts).await => {
+            api::scrape_refused()
+        }
         "/metrics" => {
             // Walking every queue takes milliseconds on a large broker: keep it off the
             // workers that drive client connections.
@@ -91,8 +97,37 @@ async fn route(state: Arc<ServerState>, peer: SocketAddr, request: Request<Incom
         }
         "/healthz" => healthz(&state),
         "/readyz" => readyz(&state),
-        _ if path == "/api" || path.starts_with("/api/") => api::serve(state, peer, parts).await,
+        _ if path == "/api" || path.starts_with("/api/") => {
+            // Only an administrator's change has a body worth reading; anyone else's is left
+            // unread, so that no client can make the broker buffer megabytes before it is
+            // refused.
+            let body = if api::takes_body(&state, peer, &parts) {
+                match read_body(body).await {
+                    Ok(body) => body,
+                    Err(reply) => return reply,
+                }
+            } else {
+                Bytes::new()
+            };
+            api::serve(state, peer, parts, body).await
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// The whole request body, at most [`MAX_BODY`] bytes (a definitions file of a large broker
+/// runs to megabytes); a larger one is refused with 413 without reading the rest.
+async fn read_body(body: Incoming) -> Result<Bytes, Reply> {
+    match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large\n",
+        )),
+        Err(e) => {
+            tracing::debug!(error = %e, "http request body unreadable");
+            Err(text(StatusCode::BAD_REQUEST, "request body unreadable\n"))
+        }
     }
 }
 

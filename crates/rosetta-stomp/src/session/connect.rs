@@ -46,32 +46,70 @@ fn negotiate_heartbeat(offer: u64, client: (u64, u64)) -> (u64, u64) {
     (pick(offer, cy), pick(cx, offer))
 }
 
+/// Whether a `host` header that names no virtual host plainly names a machine instead: a host
+/// name with a dot, an address (dots, or colons for IPv6) or `localhost`. Clients such as
+/// stomp.py send the server's host name there by default, so such a header means the default
+/// virtual host; any other unknown name is refused as RabbitMQ refuses it, so a typo in a
+/// virtual host's name is not silently served by another.
+fn names_a_machine(host: &str) -> bool {
+    host.contains(['.', ':']) || host.eq_ignore_ascii_case("localhost")
+}
+
 impl Session {
     pub(super) fn connect(&mut self, frame: &Frame) -> Result<(), StompError> {
         let version = negotiate(frame.get("accept-version"))?;
         self.version = version;
-        let (login, passcode) = match frame.get("login") {
-            Some(login) => (login, frame.get("passcode").unwrap_or("")),
-            None => DEFAULT_LOGIN,
+        let certificate_user = self
+            .peer_identity
+            .clone()
+            .filter(|_| frame.get("login").is_none() && frame.get("passcode").is_none());
+        let (login, checked) = match (&certificate_user, frame.get("login")) {
+            // Without credentials, a verified client certificate names the user (`[stomp]
+            // ssl_cert_login`, RabbitMQ's rule), who must be a configured user.
+            (Some(name), _) => (
+                name.as_str(),
+                self.users.check_certificate(Some(name), self.peer.ip()),
+            ),
+            (None, Some(login)) => {
+                let passcode = frame.get("passcode").unwrap_or("");
+                (login, self.users.check(login, passcode, self.peer.ip()))
+            }
+            (None, None) => {
+                let (login, passcode) = DEFAULT_LOGIN;
+                (login, self.users.check(login, passcode, self.peer.ip()))
+            }
         };
-        if let Err(why) = self.users.check(login, passcode, self.peer.ip()) {
-            let reason = match why {
-                AuthFailure::BadCredentials => "bad credentials",
-                AuthFailure::LoopbackOnly => "user may only connect over loopback",
+        if let Err(why) = checked {
+            let (reason, error) = match why {
+                AuthFailure::BadCredentials => (
+                    "bad credentials",
+                    StompError::AccessRefused(login.to_owned()),
+                ),
+                AuthFailure::LoopbackOnly => (
+                    "user may only connect over loopback",
+                    StompError::LoopbackOnly(login.to_owned()),
+                ),
             };
             tracing::warn!(peer = %self.peer, user = login, reason, "STOMP login refused");
-            return Err(StompError::AccessRefused(login.to_owned()));
+            return Err(error);
         }
-        // `host` names the virtual host. Clients such as stomp.py send the server's address
-        // there by default; a host that names no virtual host means the default one, rather
-        // than a refusal that would break those clients.
-        let vhost = frame
-            .get("host")
-            .and_then(|h| self.broker.vhost(h))
-            .or_else(|| self.broker.vhost(&self.config.default_vhost))
-            .ok_or_else(|| {
-                StompError::Core(format!("no virtual host '{}'", self.config.default_vhost))
-            })?;
+        let vhost = match frame.get("host") {
+            Some(host) => match self.broker.vhost(host) {
+                Some(vhost) => Some(vhost),
+                None if names_a_machine(host) => self.broker.vhost(&self.config.default_vhost),
+                None => {
+                    tracing::warn!(peer = %self.peer, user = login, vhost = host, "STOMP login refused: no such virtual host");
+                    return Err(StompError::VhostDenied(host.to_owned()));
+                }
+            },
+            None => self.broker.vhost(&self.config.default_vhost),
+        }
+        .ok_or_else(|| StompError::VhostDenied(self.config.default_vhost.clone()))?;
+        // The user needs permissions on the virtual host, as with a missing one (RabbitMQ).
+        let grant = self.users.grant(login, &vhost).map_err(|e| {
+            tracing::warn!(peer = %self.peer, user = login, error = %e, "STOMP login refused");
+            StompError::VhostDenied(vhost.name.clone())
+        })?;
         let offer = u64::from(self.config.heartbeat_ms);
         let mut reply = Frame::new(Command::Connected)
             .header("version", version.as_str())
@@ -89,6 +127,7 @@ impl Session {
         self.user = login.to_owned();
         tracing::info!(peer = %self.peer, user = login, vhost = %vhost.name, protocol = "stomp", version = version.as_str(), "connection opened");
         self.vhost = Some(vhost);
+        self.grant = Some(grant);
         self.phase = Phase::Connected;
         self.write(&reply);
         Ok(())
@@ -108,6 +147,22 @@ mod tests {
             negotiate(Some("1.3,2.0")),
             Err(StompError::UnsupportedVersion)
         );
+    }
+
+    #[test]
+    fn host_names_and_addresses_are_told_from_virtual_host_names() {
+        for machine in [
+            "localhost",
+            "LOCALHOST",
+            "broker.example",
+            "127.0.0.1",
+            "::1",
+        ] {
+            assert!(names_a_machine(machine), "{machine}");
+        }
+        for vhost in ["/", "staging", "my-vhost", ""] {
+            assert!(!names_a_machine(vhost), "{vhost}");
+        }
     }
 
     #[test]

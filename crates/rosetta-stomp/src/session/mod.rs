@@ -19,11 +19,11 @@ use rosetta_core::durable::Held;
 use rosetta_core::front_end::ledger::{AutoAck, Ledger};
 use rosetta_core::front_end::{self, AlarmPause, Heartbeats, Session as _};
 use rosetta_core::store::Epoch;
-use rosetta_core::{Broker, ConnectionId, Outbound, Users, VHost};
+use rosetta_core::{Broker, ConnectionId, Directory, Grant, Outbound, VHost};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::codec::{self, Decoder, Limits};
-use crate::error::StompError;
+use crate::error::{StompError, SUPPORTED_VERSIONS};
 use crate::frame::{Command, Frame, Version};
 use send::Transaction;
 use subscribe::Subscription;
@@ -70,23 +70,29 @@ enum Phase {
 
 pub struct Session {
     broker: Arc<Broker>,
-    users: Arc<Users>,
+    users: Arc<Directory>,
     config: SessionConfig,
     conn_id: ConnectionId,
     peer: SocketAddr,
+    /// The user the connection's verified TLS client certificate names, when `[stomp]
+    /// ssl_cert_login` lets it log in: a CONNECT without `login` and `passcode` logs in as it.
+    peer_identity: Option<String>,
     phase: Phase,
     /// Until CONNECT is negotiated, frames are read as 1.2 (CONNECT is never escaped anyway).
     version: Version,
     user: String,
     vhost: Option<Arc<VHost>>,
-    /// The `client-id` header of CONNECT, which names durable subscriptions' queues.
+    /// What the user may do in the virtual host, from CONNECT on.
+    grant: Option<Grant>,
+    /// The `client-id` header of CONNECT: the queues STOMP makes record it with their owner,
+    /// and durable subscriptions' queues named before RabbitMQ's naming carry it in their name.
     client_id: Option<String>,
     /// Negotiated heart-beats: (server sends every, server expects within), in ms.
     heartbeat: (u64, u64),
     subscriptions: HashMap<String, Subscription>,
     /// Deliveries awaiting ACK or NACK, by the message id the MESSAGE frame carried, each
-    /// with the id of its subscription.
-    unacked: Ledger<u64, String>,
+    /// with the id of its subscription (its consumer's tag, shared rather than copied).
+    unacked: Ledger<u64, Arc<str>>,
     next_message_id: u64,
     /// Open transactions (STOMP 1.2 BEGIN): frames held back until COMMIT.
     transactions: HashMap<String, Transaction>,
@@ -116,7 +122,7 @@ impl Session {
     /// into the session.
     pub fn new(
         broker: Arc<Broker>,
-        users: Arc<Users>,
+        users: Arc<Directory>,
         config: SessionConfig,
         peer: SocketAddr,
     ) -> (Self, UnboundedReceiver<Outbound>) {
@@ -128,10 +134,12 @@ impl Session {
             config,
             conn_id,
             peer,
+            peer_identity: None,
             phase: Phase::AwaitingConnect,
             version: Version::V1_2,
             user: String::new(),
             vhost: None,
+            grant: None,
             client_id: None,
             heartbeat: (0, 0),
             subscriptions: HashMap::new(),
@@ -150,6 +158,14 @@ impl Session {
             auto_ack: AutoAck::default(),
         };
         (session, rx)
+    }
+
+    /// The user the connection's verified TLS client certificate names, given only when
+    /// certificate login is on (`[stomp] ssl_cert_login`): a CONNECT without `login` and
+    /// `passcode` then logs in as it.
+    pub fn with_peer_identity(mut self, identity: Option<String>) -> Self {
+        self.peer_identity = identity;
+        self
     }
 
     /// Negotiated heart-beats: how often to send one, and how long the client may stay silent
@@ -192,6 +208,14 @@ impl Session {
                 }
                 Err(e) => {
                     input.clear();
+                    // RabbitMQ's plugin answers any command but CONNECT from a client that has
+                    // not logged in so, whether it knows the command or not.
+                    let e = match e {
+                        StompError::UnknownCommand(_) if self.phase == Phase::AwaitingConnect => {
+                            StompError::NotLoggedIn
+                        }
+                        e => e,
+                    };
                     self.fail(&e, None);
                     return Flow::Close;
                 }
@@ -240,21 +264,16 @@ impl Session {
         if self.phase == Phase::AwaitingConnect {
             return match command {
                 Command::Connect | Command::Stomp => self.connect(frame).map(|()| Flow::Continue),
-                other => Err(StompError::Unexpected(format!(
-                    "expected CONNECT or STOMP, got {}",
-                    other.as_str()
-                ))),
+                _ => Err(StompError::NotLoggedIn),
             };
         }
         let epoch = match command {
             Command::Connect | Command::Stomp => {
                 return Err(StompError::Unexpected("already connected".into()))
             }
+            // A server frame from a client is a command the server does not interpret.
             Command::Connected | Command::Message | Command::Receipt | Command::Error => {
-                return Err(StompError::Unexpected(format!(
-                    "{} is a server frame",
-                    command.as_str()
-                )))
+                return Err(StompError::UnknownCommand(command.as_str().to_owned()))
             }
             Command::Disconnect => return Ok(self.disconnect(frame)),
             Command::Send => self.send_or_hold(frame)?,
@@ -266,7 +285,12 @@ impl Session {
             Command::Abort => self.abort(frame).map(|()| None)?,
         };
         self.written = self.written.max(epoch.unwrap_or(0));
-        if let Some(receipt) = frame.get("receipt") {
+        // A SEND held in a transaction is answered at COMMIT, once it took effect (and is
+        // durable, if persistent), and never if the transaction is aborted: RabbitMQ's plugin
+        // confirms a SEND's receipt only when the message is published. A held ACK or NACK is
+        // answered now, as there.
+        let deferred = command == Command::Send && frame.get("transaction").is_some();
+        if let Some(receipt) = frame.get("receipt").filter(|_| !deferred) {
             self.receipt(epoch.unwrap_or(0), receipt.to_owned());
         }
         Ok(Flow::Continue)
@@ -301,25 +325,17 @@ impl Session {
     /// Sends ERROR and ends the session (STOMP 1.2 ERROR: "the server MUST then close the
     /// connection just after sending the ERROR frame").
     fn fail(&mut self, error: &StompError, frame: Option<&Frame>) {
-        tracing::warn!(peer = %self.peer, user = %self.user, error = %error, "closing connection with ERROR");
-        let mut detail = error.to_string();
-        if let Some(f) = frame {
-            detail.push_str(&format!(
-                "\n\nThe offending frame was {}.",
-                f.command.as_str()
-            ));
-        }
-        let mut reply = Frame::new(Command::Error).header("message", error.summary());
+        let command = frame.map_or("-", |f| f.command.as_str());
+        tracing::warn!(peer = %self.peer, user = %self.user, command, error = %error, "closing connection with ERROR");
+        // RabbitMQ's plugin names the supported versions on every ERROR.
+        let mut reply = Frame::new(Command::Error)
+            .header("message", error.summary())
+            .header("version", SUPPORTED_VERSIONS);
         if let Some(receipt) = frame.and_then(|f| f.get("receipt")) {
             reply.push_header("receipt-id", receipt);
         }
-        if *error == StompError::UnsupportedVersion {
-            reply.push_header("version", "1.0,1.1,1.2");
-        }
         reply.push_header("content-type", "text/plain");
-        self.write(&codec::with_body(reply, Bytes::from(detail)));
-        self.cleanup();
-        self.phase = Phase::Closed;
+        self.end_with(reply, error.body());
     }
 
     /// The broker ends the connection: tell the client why, then close.
@@ -329,8 +345,18 @@ impl Session {
         }
         let reply = Frame::new(Command::Error)
             .header("message", "Connection forced")
+            .header("version", SUPPORTED_VERSIONS)
             .header("content-type", "text/plain");
-        self.write(&codec::with_body(reply, Bytes::from(reason.to_owned())));
+        self.end_with(reply, reason.to_owned());
+    }
+
+    /// Writes the ERROR that ends the session and closes it. The ERROR is the last frame: the
+    /// receipts already durable go before it, and those still waiting for the store never go,
+    /// since nothing follows an ERROR and the client must not take one as confirmed.
+    fn end_with(&mut self, error: Frame, body: String) {
+        self.on_durable();
+        self.receipts = Held::default();
+        self.write(&codec::with_body(error, Bytes::from(body)));
         self.cleanup();
         self.phase = Phase::Closed;
     }
@@ -339,6 +365,19 @@ impl Session {
         self.vhost
             .clone()
             .ok_or_else(|| StompError::Unexpected("not connected".into()))
+    }
+
+    /// Runs the user's permission checks; a refusal is an ERROR `access_refused` with
+    /// RabbitMQ's text.
+    fn permit(
+        &mut self,
+        check: impl FnOnce(&mut Grant) -> Result<(), rosetta_core::CoreError>,
+    ) -> Result<(), StompError> {
+        let grant = self
+            .grant
+            .as_mut()
+            .ok_or_else(|| StompError::Unexpected("not connected".into()))?;
+        Ok(check(grant)?)
     }
 
     /// Ends every subscription and transaction and gives unacknowledged messages back to their
@@ -461,6 +500,17 @@ impl front_end::Session for Session {
     /// The broker is shutting down: tell the client why, then close.
     fn force_close(&mut self) {
         self.close_forced("broker shutdown");
+    }
+
+    fn open_vhost(&self) -> Option<&rosetta_core::VHost> {
+        self.vhost.as_deref()
+    }
+
+    fn evicted(&mut self, why: rosetta_core::front_end::Eviction) {
+        self.close_forced(match why {
+            rosetta_core::front_end::Eviction::VHostDeleted => "virtual host deleted",
+            rosetta_core::front_end::Eviction::UserDeleted => "user deleted",
+        });
     }
 
     /// The socket is gone.

@@ -4,16 +4,18 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use rosetta_core::auth::Resource;
 use rosetta_core::queue::now_ms;
+use rosetta_core::queue_config::QueueConfig;
 use rosetta_core::store::Epoch;
-use rosetta_core::{CoreError, Message, QueueDeclare, VHost, AMQ_TOPIC};
+use rosetta_core::{CoreError, Message, QueueDeclare, Table, VHost, AMQ_TOPIC};
 
-use super::subscribe::AckMode;
+use super::subscribe::{consumer_tag, AckMode};
 use super::{required, Session};
 use crate::destination::Destination;
 use crate::error::StompError;
 use crate::frame::{Command, Frame};
-use crate::mapping::{check_short_strings, properties_from_send};
+use crate::mapping::{check_short_strings, properties_from_send, queue_arguments};
 use crate::owner;
 
 /// Most transactions one connection may have open at once: what RabbitMQ's STOMP plugin
@@ -57,9 +59,15 @@ impl Session {
             return self.send(frame);
         };
         // Refuse a bad destination or header now rather than at COMMIT, where the client could
-        // not tell which SEND was wrong.
-        Destination::parse(required(frame, "destination")?)?;
+        // not tell which SEND was wrong; RabbitMQ's plugin checks them at the SEND too. The
+        // queue arguments a `/queue/` destination may be declared with are checked as the
+        // declare will check them.
+        let destination = Destination::parse(required(frame, "destination")?)?;
         properties_from_send(frame, now_ms())?;
+        let arguments = queue_arguments(frame)?;
+        if let Destination::Queue(_) = destination {
+            QueueConfig::parse(&arguments)?;
+        }
         self.hold(tx, frame)?;
         Ok(None)
     }
@@ -100,13 +108,17 @@ impl Session {
     }
 
     /// Publishes a SEND; returns the store epoch to wait for before the RECEIPT, if the
-    /// message was written durably.
+    /// message or the queue declared for it was written durably.
     fn send(&mut self, frame: &Frame) -> Result<Option<Epoch>, StompError> {
         let destination = Destination::parse(required(frame, "destination")?)?;
+        // RabbitMQ's plugin reads the queue argument headers of every SEND, whatever its
+        // destination, so a bad number is refused even where no queue is declared.
+        let arguments = queue_arguments(frame)?;
         let vhost = self.vhost()?;
+        let mut declared = None;
         let (exchange, routing_key) = match destination {
             Destination::Queue(q) => {
-                self.ensure_queue(&vhost, &q)?;
+                declared = self.ensure_queue(&vhost, &q, arguments)?;
                 (String::new(), q)
             }
             Destination::Topic(key) => (AMQ_TOPIC.to_owned(), key),
@@ -114,6 +126,10 @@ impl Session {
             Destination::AmqQueue(q) | Destination::ReplyQueue(q) => (String::new(), q),
             Destination::TempQueue(t) => (String::new(), self.temp_queue(&vhost, &t, true)?),
         };
+        self.permit(|g| {
+            g.write(Resource::Exchange, &exchange)?;
+            g.topic_write(&exchange, &routing_key)
+        })?;
         let mut properties = properties_from_send(frame, now_ms())?;
         // RabbitMQ's temporary reply queues: `reply-to:/temp-queue/t` gets this connection a
         // private queue it is subscribed to, and the responder sees where to answer.
@@ -140,24 +156,34 @@ impl Session {
                 "a queue is full and refused the message (x-overflow)".into(),
             ));
         }
-        Ok(outcome.epoch)
+        // A receipt tells the client the destination exists, so it waits for the new queue's
+        // record too.
+        Ok(outcome.epoch.max(declared))
     }
 
-    /// `/queue/q`: the durable shared queue `q`, declared on first use. A queue that already
-    /// exists is used as it is, so one declared differently by another protocol still works.
-    /// The client named it for anyone to share, as with an AMQP declare, so it has no owner and
-    /// STOMP never deletes it. Returns the store epoch a newly declared queue's record waits for.
+    /// `/queue/q`: the durable shared queue `q`, declared on first use with `arguments` (the
+    /// frame's `x-…` headers, as RabbitMQ's plugin takes them). A queue that already exists is
+    /// used as it is, so one declared differently by another protocol still works. The client
+    /// named it for anyone to share, as with an AMQP declare, so it has no owner and STOMP
+    /// never deletes it. The arguments are checked as a declare checks them either way, so a
+    /// header refused for a new queue is refused for an existing one too. Returns the store
+    /// epoch a newly declared queue's record waits for.
     pub(super) fn ensure_queue(
-        &self,
+        &mut self,
         vhost: &VHost,
         name: &str,
+        arguments: Table,
     ) -> Result<Option<Epoch>, StompError> {
+        QueueConfig::parse(&arguments)?;
         match vhost.usable_queue(name, self.conn_id) {
             Ok(_) => Ok(None),
             Err(CoreError::NotFound(_)) => {
+                // Declared on the client's behalf, so with the client's permission to.
+                self.permit(|g| g.configure(Resource::Queue, name))?;
                 let declare = QueueDeclare {
                     name: name.to_owned(),
                     durable: true,
+                    arguments,
                     ..QueueDeclare::default()
                 };
                 Ok(vhost.declare_queue(declare, self.conn_id)?.durable_at)
@@ -196,9 +222,18 @@ impl Session {
             }
         };
         let id = format!("/temp-queue/{temp}");
+        let tag = consumer_tag(Some(&id), &id);
         let subscribed = self.subscriptions.values().any(|s| s.queue.name == queue);
-        if listen && !subscribed && !self.subscriptions.contains_key(&id) {
-            self.start_subscription(&vhost.clone(), id.clone(), id, &queue, AckMode::Auto, 0)?;
+        if listen && !subscribed && !self.subscriptions.contains_key(&tag) {
+            self.start_subscription(
+                &vhost.clone(),
+                tag,
+                id.clone(),
+                id,
+                &queue,
+                AckMode::Auto,
+                0,
+            )?;
         }
         Ok(queue)
     }
@@ -218,8 +253,9 @@ impl Session {
         Ok(())
     }
 
-    /// COMMIT: the held SENDs, ACKs and NACKs take effect, in the order they arrived. Its
-    /// RECEIPT waits until the persistent messages among them are durable.
+    /// COMMIT: the held SENDs, ACKs and NACKs take effect, in the order they arrived. Each held
+    /// SEND's own RECEIPT goes out once its message is published (and durable, if persistent);
+    /// the COMMIT's waits for all of them.
     pub(super) fn commit(&mut self, frame: &Frame) -> Result<Option<Epoch>, StompError> {
         let tx = required(frame, "transaction")?;
         let held = self
@@ -229,7 +265,13 @@ impl Session {
         let mut wait = None;
         for f in &held.frames {
             match f.command {
-                Command::Send => wait = wait.max(self.send(f)?),
+                Command::Send => {
+                    let published = self.send(f)?;
+                    if let Some(receipt) = f.get("receipt") {
+                        self.receipt(published.unwrap_or(0), receipt.to_owned());
+                    }
+                    wait = wait.max(published);
+                }
                 _ => self.ack(f)?,
             }
         }

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use rosetta_core::auth::Resource;
 use rosetta_core::front_end::ledger::{give_back, is_for};
 use rosetta_core::store::Epoch;
 use rosetta_core::{
@@ -10,11 +11,13 @@ use rosetta_core::{
 };
 
 use super::{required, Session};
-use crate::codec;
-use crate::destination::{durable_subscription_queue, Destination};
+use crate::codec::FrameWriter;
+use crate::destination::{
+    bounded, durable_subscription_queue, legacy_durable_subscription_queue, Destination,
+};
 use crate::error::StompError;
 use crate::frame::{Command, Frame, Version};
-use crate::mapping::{add_message_headers, boolean};
+use crate::mapping::{add_message_headers, boolean, queue_arguments};
 use crate::owner;
 
 /// STOMP 1.2 SUBSCRIBE `ack` header.
@@ -45,11 +48,41 @@ impl AckMode {
 }
 
 pub(super) struct Subscription {
+    /// What MESSAGE frames carry as `subscription`: the SUBSCRIBE's `id`, or its destination
+    /// for one without id.
+    id: String,
     /// The destination as the client named it, for MESSAGE frames of temporary queues.
     destination: String,
     pub queue: Arc<Queue>,
     pub consumer: Arc<Consumer>,
     ack: AckMode,
+    /// Whether the queue is this durable topic or exchange subscription's own: the one named
+    /// after its key and id, or one its `x-queue-name` made for this client. Only such a queue
+    /// goes with UNSUBSCRIBE `durable:true`; a queue the subscription merely reads (named by
+    /// `/amq/queue/`, `/queue/` or `x-queue-name`) is left to whoever made it.
+    durable_queue: bool,
+}
+
+/// The queue a SUBSCRIBE reads from, as it was found or made.
+struct Source {
+    queue: String,
+    /// Whether this SUBSCRIBE made the queue, so a failure after it undoes that.
+    created: bool,
+    /// See [`Subscription::durable_queue`].
+    durable_queue: bool,
+    /// The store epoch the queue and binding it wrote wait for.
+    written: Option<Epoch>,
+}
+
+/// RabbitMQ's consumer tag for a subscription: `T_` and its id, or `Q_` and its destination
+/// for one without id (what STOMP 1.0 allows), so the two kinds never collide and a duplicate
+/// is named as RabbitMQ names it. A temporary queue's subscription is `T_/temp-queue/<name>`,
+/// as there, so an explicit id of that form is a duplicate of it.
+pub(super) fn consumer_tag(id: Option<&str>, destination: &str) -> String {
+    match id {
+        Some(id) => format!("T_{id}"),
+        None => format!("Q_{destination}"),
+    }
 }
 
 fn truthy(frame: &Frame, header: &str) -> bool {
@@ -59,16 +92,20 @@ fn truthy(frame: &Frame, header: &str) -> bool {
 impl Session {
     /// Subscribes; returns the store epoch the queue and binding it wrote wait for, if any.
     pub(super) fn subscribe(&mut self, frame: &Frame) -> Result<Option<Epoch>, StompError> {
+        // RabbitMQ: `durable:true` (or the older `persistent:true`) on a topic subscription.
+        // Its queue is named after the subscription's id, so that comes first.
+        let durable = truthy(frame, "durable") || truthy(frame, "persistent");
+        if durable && frame.get("id").is_none() {
+            return Err(StompError::DurableWithoutId);
+        }
         let text = required(frame, "destination")?;
         let destination = Destination::parse(text)?;
-        // STOMP 1.1 made `id` mandatory; a 1.0 subscription is known by its destination.
-        let id = match (frame.get("id"), self.version) {
-            (Some(id), _) => id,
-            (None, Version::V1_0) => text,
-            (None, _) => required(frame, "id")?,
-        };
-        if self.subscriptions.contains_key(id) {
-            return Err(StompError::DuplicateSubscription(id.to_owned()));
+        // STOMP 1.1 made `id` mandatory, but RabbitMQ's plugin, like STOMP 1.0, knows a
+        // subscription without one by its destination, and clients written for it rely on that.
+        let id = frame.get("id").unwrap_or(text);
+        let tag = consumer_tag(frame.get("id"), text);
+        if self.subscriptions.contains_key(&tag) {
+            return Err(StompError::DuplicateSubscription(tag));
         }
         let ack = AckMode::parse(frame.get("ack"))?;
         // RabbitMQ's `prefetch-count`: the most unacknowledged messages in flight (0 = no limit).
@@ -82,99 +119,189 @@ impl Session {
                     reason: format!("'{v}' is not a non-negative integer"),
                 })?,
         };
-        // RabbitMQ: `durable:true` (or the older `persistent:true`) on a topic subscription.
-        let durable = truthy(frame, "durable") || truthy(frame, "persistent");
+        let arguments = queue_arguments(frame)?;
         let vhost = self.vhost()?;
-        let (queue, transient, written) = match destination {
-            Destination::Queue(q) => {
-                let written = self.ensure_queue(&vhost, &q)?;
-                (q, false, written)
-            }
-            Destination::AmqQueue(q) | Destination::ReplyQueue(q) => (q, false, None),
-            Destination::TempQueue(t) => (self.temp_queue(&vhost, &t, false)?, false, None),
+        let found = |queue: &str, written| Source {
+            queue: queue.to_owned(),
+            created: false,
+            durable_queue: false,
+            written,
+        };
+        let source = match &destination {
+            Destination::Queue(q) => found(q, self.ensure_queue(&vhost, q, arguments)?),
+            Destination::AmqQueue(q) | Destination::ReplyQueue(q) => found(q, None),
+            Destination::TempQueue(t) => found(&self.temp_queue(&vhost, t, false)?, None),
             Destination::Topic(key) => {
-                self.subscription_queue(&vhost, AMQ_TOPIC, &key, id, durable)?
+                self.subscription_queue(&vhost, frame, AMQ_TOPIC, key, id, durable, arguments)?
             }
             Destination::Exchange { name, key } => {
-                self.subscription_queue(&vhost, &name, &key, id, durable)?
+                self.subscription_queue(&vhost, frame, name, key, id, durable, arguments)?
             }
         };
-        let started = self.start_subscription(
-            &vhost,
-            id.to_owned(),
-            text.to_owned(),
-            &queue,
-            ack,
-            prefetch,
-        );
-        if started.is_err() && transient {
-            // Nobody will ever read the queue made for this subscription.
-            let _ = vhost.delete_owned_queue(&queue, owner::OWNER, self.conn_id);
+        // Consuming needs read on the queue, whichever destination led to it.
+        let started = self
+            .permit(|g| g.read(Resource::Queue, &source.queue))
+            .and_then(|()| {
+                self.start_subscription(
+                    &vhost,
+                    tag,
+                    id.to_owned(),
+                    text.to_owned(),
+                    &source.queue,
+                    ack,
+                    prefetch,
+                )
+            });
+        match started {
+            Ok(sub) => {
+                sub.durable_queue = source.durable_queue;
+                Ok(source.written)
+            }
+            Err(e) => {
+                if source.created {
+                    // Nobody will ever read the queue made for this subscription.
+                    let _ = vhost.delete_owned_queue(&source.queue, owner::OWNER, self.conn_id);
+                }
+                Err(e)
+            }
         }
-        started.map(|()| written)
     }
 
     /// The queue a topic or exchange subscription reads: a new exclusive auto-delete queue,
     /// or for a durable subscription a durable one named after it that outlives the connection
-    /// (an existing queue of that name is used as it is). A queue made here records STOMP as
-    /// its owner. Returns the queue, whether it was made for this subscription alone, and the
-    /// store epoch its durable records wait for.
+    /// (an existing queue of that name is used as it is). `x-queue-name` names either, so AMQP
+    /// clients can reach it through the default exchange. A queue made here records STOMP as
+    /// its owner, and goes again if the binding is refused.
+    #[allow(clippy::too_many_arguments)]
     fn subscription_queue(
-        &self,
+        &mut self,
         vhost: &VHost,
+        frame: &Frame,
         exchange: &str,
         key: &str,
         id: &str,
         durable: bool,
-    ) -> Result<(String, bool, Option<Epoch>), StompError> {
-        let declare = if durable {
-            QueueDeclare {
-                name: durable_subscription_queue(self.client_id.as_deref(), id)?,
-                durable: true,
-                ..QueueDeclare::default()
-            }
-        } else {
-            QueueDeclare {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclare::default()
-            }
+        arguments: Table,
+    ) -> Result<Source, StompError> {
+        // RabbitMQ's `x-queue-name` names the queue, durable or not.
+        let named = frame.get("x-queue-name");
+        let name = match named {
+            Some(name) => name.to_owned(),
+            None if durable => self.durable_queue_name(vhost, exchange, key, id),
+            None => String::new(),
+        };
+        bounded("subscription queue name", &name)?;
+        // Declared on the client's behalf: configure on the queue, checked before a named
+        // one is made; a server-named one is checked once it has its name, and goes if refused.
+        let server_named = name.is_empty();
+        if !server_named {
+            self.permit(|g| g.configure(Resource::Queue, &name))?;
+        }
+        let declare = QueueDeclare {
+            name,
+            durable,
+            exclusive: !durable,
+            auto_delete: !durable,
+            arguments,
+            ..QueueDeclare::default()
         };
         let made_for = owner::queue_owner(self.client_id.as_deref());
-        let declared = vhost.declare_owned_queue(declare, self.conn_id, made_for)?;
+        let declared = vhost.declare_owned_queue(declare, self.conn_id, made_for.clone())?;
         let name = declared.name;
-        match vhost.bind_deferred(
-            exchange,
-            Bind::Queue(name.clone()),
-            key,
-            Table::new(),
-            self.conn_id,
-        ) {
-            Ok(bound) => Ok((name, !durable, declared.durable_at.max(bound))),
+        // A durable subscription's own queue: the one named after it, or one its
+        // `x-queue-name` made now or earlier for the same `client-id`.
+        let durable_queue = durable
+            && (named.is_none()
+                || declared.created
+                || self.client_id.is_some()
+                    && vhost
+                        .queue(&name)
+                        .is_some_and(|q| q.owner() == Some(&made_for)));
+        // The binding: write on the queue, read on the exchange, and the exchange's topic
+        // permission for the key.
+        let allowed = self.permit(|g| {
+            if server_named {
+                g.configure(Resource::Queue, &name)?;
+            }
+            g.write(Resource::Queue, &name)?;
+            g.read(Resource::Exchange, exchange)?;
+            g.topic_read(exchange, key)
+        });
+        let bound = allowed.and_then(|()| {
+            Ok(vhost.bind_deferred(
+                exchange,
+                Bind::Queue(name.clone()),
+                key,
+                Table::new(),
+                self.conn_id,
+            )?)
+        });
+        match bound {
+            Ok(bound) => Ok(Source {
+                queue: name,
+                created: declared.created,
+                durable_queue,
+                written: declared.durable_at.max(bound),
+            }),
             Err(e) => {
-                if !durable {
+                if declared.created {
                     let _ = vhost.delete_owned_queue(&name, owner::OWNER, self.conn_id);
                 }
-                Err(e.into())
+                Err(e)
             }
         }
     }
 
+    /// The queue of durable subscription `id` on `key`: RabbitMQ's name for it, unless a
+    /// queue made for it under this server's earlier naming (`stomp-subscription-` then the
+    /// `client-id` and the id) exists, is STOMP's and is bound from the same exchange with the
+    /// same key. That one is kept, with whatever it collected, so subscriptions made before the
+    /// naming changed survive the upgrade; one bound elsewhere is another subscription's
+    /// stream and is left alone.
+    fn durable_queue_name(&self, vhost: &VHost, exchange: &str, key: &str, id: &str) -> String {
+        let name = durable_subscription_queue(key, id);
+        if vhost.queue(&name).is_some() {
+            return name;
+        }
+        let legacy = legacy_durable_subscription_queue(self.client_id.as_deref(), id);
+        let ours = vhost
+            .queue(&legacy)
+            .is_some_and(|q| q.durable && q.owned_by(owner::OWNER));
+        let bound_here = || {
+            let target = Bind::Queue(legacy.clone());
+            vhost.exchange(exchange).is_some_and(|x| {
+                x.bindings()
+                    .iter()
+                    .any(|b| b.destination == target && b.routing_key == key)
+            })
+        };
+        if ours && bound_here() {
+            tracing::debug!(peer = %self.peer, queue = %legacy, "durable subscription keeps its queue from before RabbitMQ's naming");
+            legacy
+        } else {
+            name
+        }
+    }
+
+    /// Consumes `queue` for a subscription known by consumer tag `tag`; returns it, so the
+    /// caller can complete it.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn start_subscription(
         &mut self,
         vhost: &Arc<VHost>,
+        tag: String,
         id: String,
         destination: String,
         queue: &str,
         ack: AckMode,
         prefetch: u32,
-    ) -> Result<(), StompError> {
+    ) -> Result<&mut Subscription, StompError> {
         let max = self.config.max_subscriptions;
         if max > 0 && self.subscriptions.len() >= max {
             return Err(StompError::TooManySubscriptions { max });
         }
         let spec = ConsumerSpec {
-            tag: id.clone(),
+            tag: tag.clone(),
             connection: self.conn_id,
             no_ack: ack == AckMode::Auto,
             exclusive: false,
@@ -183,38 +310,47 @@ impl Session {
             shared_credit: None,
         };
         let (queue, consumer) = vhost.consume(queue, spec, self.outbox.clone())?;
-        tracing::debug!(peer = %self.peer, id = %id, queue = %queue.name, "subscribed");
-        self.subscriptions.insert(
+        tracing::debug!(peer = %self.peer, tag = %tag, queue = %queue.name, "subscribed");
+        let sub = Subscription {
             id,
-            Subscription {
-                destination,
-                queue,
-                consumer,
-                ack,
-            },
-        );
-        Ok(())
+            destination,
+            queue,
+            consumer,
+            ack,
+            durable_queue: false,
+        };
+        Ok(self.subscriptions.entry(tag).insert_entry(sub).into_mut())
     }
 
     /// Unsubscribes; returns the store epoch a durable subscription's deletion waits for.
     pub(super) fn unsubscribe(&mut self, frame: &Frame) -> Result<Option<Epoch>, StompError> {
-        let id = match (frame.get("id"), self.version) {
-            (Some(id), _) => id,
-            (None, Version::V1_0) => required(frame, "destination")?,
-            (None, _) => required(frame, "id")?,
+        let durable = truthy(frame, "durable") || truthy(frame, "persistent");
+        if durable && frame.get("id").is_none() {
+            return Err(StompError::DurableWithoutId);
+        }
+        // As at SUBSCRIBE, a subscription without id is known by its destination.
+        let (tag, description) = match (frame.get("id"), frame.get("destination")) {
+            (Some(id), _) => (consumer_tag(Some(id), ""), format!("id='{id}'")),
+            (None, Some(d)) => (consumer_tag(None, d), format!("destination='{d}'")),
+            (None, None) => {
+                return Err(StompError::MissingHeader {
+                    command: "UNSUBSCRIBE",
+                    header: "id",
+                })
+            }
         };
         let sub = self
             .subscriptions
-            .remove(id)
-            .ok_or_else(|| StompError::UnknownSubscription(id.to_owned()))?;
+            .remove(&tag)
+            .ok_or(StompError::UnknownSubscription(description))?;
         let vhost = self.vhost()?;
         vhost.cancel(&sub.queue, &sub.consumer);
         // RabbitMQ: UNSUBSCRIBE with `durable:true` ends a durable subscription for good;
-        // without it the queue keeps collecting messages for the next SUBSCRIBE. Only a queue
-        // STOMP made goes: a durable subscription may read one an AMQP client declared under
-        // its name, and a `/queue/` destination's queue is nobody's.
-        let durable = truthy(frame, "durable") || truthy(frame, "persistent");
-        if durable && sub.queue.durable {
+        // without it the queue keeps collecting messages for the next SUBSCRIBE. Only the
+        // subscription's own queue goes, and only if STOMP made it: a durable subscription may
+        // read one an AMQP client declared under its name, and a queue it merely reads
+        // (`/queue/`, `/amq/queue/`, another's `x-queue-name`) is not its to end.
+        if durable && sub.durable_queue {
             let deleted = vhost.delete_owned_queue(&sub.queue.name, owner::OWNER, self.conn_id)?;
             return Ok(deleted.and_then(|d| d.durable_at));
         }
@@ -236,30 +372,33 @@ impl Session {
                 };
                 let id = self.next_message_id;
                 self.next_message_id += 1;
-                let destination = if sub.destination.starts_with("/temp-queue/") {
-                    sub.destination.clone()
+                let client_ack = sub.ack != AckMode::Auto;
+                // Written straight into the output: once per message, so no frame of owned
+                // strings is built first.
+                let mut frame = FrameWriter::new(Command::Message, self.version, &mut self.out);
+                frame.header("subscription", &sub.id);
+                frame.number("message-id", id);
+                if sub.destination.starts_with("/temp-queue/") {
+                    frame.header("destination", &sub.destination);
                 } else {
-                    Destination::of_message(&d.message.exchange, &d.message.routing_key)
-                };
-                let mut frame = Frame::new(Command::Message)
-                    .header("subscription", &*d.consumer.tag)
-                    .header("message-id", id.to_string())
-                    .header("destination", destination);
-                if sub.ack == AckMode::Auto {
-                    self.auto_ack.written(&d.consumer, &d.queue);
-                } else {
-                    // STOMP 1.2 MESSAGE: with client acknowledgement the frame carries an
-                    // `ack` header whose value the ACK names.
-                    if self.version == Version::V1_2 {
-                        frame.push_header("ack", id.to_string());
-                    }
-                    self.unacked
-                        .insert(id, d.queue.clone(), d.seq, d.consumer.tag.to_string());
+                    let destination =
+                        Destination::of_message(&d.message.exchange, &d.message.routing_key);
+                    frame.header("destination", &destination);
                 }
-                frame.push_header("redelivered", d.redelivered.to_string());
+                // STOMP 1.2 MESSAGE: with client acknowledgement the frame carries an `ack`
+                // header whose value the ACK names.
+                if client_ack && self.version == Version::V1_2 {
+                    frame.number("ack", id);
+                }
+                frame.header("redelivered", if d.redelivered { "true" } else { "false" });
                 add_message_headers(&mut frame, &d.message);
-                let frame = codec::with_body(frame, d.message.body.clone());
-                self.write(&frame);
+                frame.finish(&d.message.body);
+                if client_ack {
+                    self.unacked
+                        .insert(id, d.queue.clone(), d.seq, d.consumer.tag.clone());
+                } else {
+                    self.auto_ack.written(&d.consumer, &d.queue);
+                }
             }
             Outbound::Cancelled { consumer_tag, .. } => {
                 // The queue was deleted under the subscription; STOMP has no cancel
@@ -285,14 +424,21 @@ impl Session {
     /// header) and nothing else, as RabbitMQ's STOMP plugin requires; 1.0 and 1.1 use
     /// `message-id` (1.1 adds `subscription`, which the message id already implies here).
     fn ack_id(&self, frame: &Frame) -> Result<u64, StompError> {
-        let text = match self.version {
-            Version::V1_2 => required(frame, "id")?,
-            _ => required(frame, "message-id")?,
+        let header = match self.version {
+            Version::V1_2 => "id",
+            _ => "message-id",
         };
-        text.parse::<u64>()
-            .ok()
-            .filter(|id| self.unacked.contains(*id))
-            .ok_or_else(|| StompError::UnknownAckId(text.to_owned()))
+        let text = required(frame, header)?;
+        // An id this server never hands out is a bad header; one it did, but that is settled
+        // or unknown here, names no message (RabbitMQ's two answers).
+        let id = text.parse::<u64>().map_err(|_| StompError::InvalidAckId {
+            command: frame.command.as_str(),
+            header,
+        })?;
+        if !self.unacked.contains(id) {
+            return Err(StompError::UnknownAckId(text.to_owned()));
+        }
+        Ok(id)
     }
 
     pub(super) fn ack(&mut self, frame: &Frame) -> Result<(), StompError> {
@@ -302,7 +448,7 @@ impl Session {
         };
         let mode = self
             .subscriptions
-            .get(&subscription)
+            .get(&*subscription)
             .map_or(AckMode::ClientIndividual, |s| s.ack);
         // NACK gives the message back, flagged redelivered; RabbitMQ's `requeue:false` drops it
         // (or dead-letters it, if its queue says so).

@@ -10,9 +10,10 @@ use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::TestCaseError;
+use rosetta_core::auth::Permissions;
 use rosetta_core::front_end::Session as _;
 use rosetta_core::store::Store;
-use rosetta_core::{Broker, CoreLimits, Outbound, User, Users};
+use rosetta_core::{Broker, CoreLimits, Directory, Outbound, User, Users};
 use rosetta_stomp::codec::{decode, encode, with_body, Limits};
 use rosetta_stomp::session::{Flow, Session, SessionConfig};
 use rosetta_stomp::{Command, Frame, Version};
@@ -27,7 +28,7 @@ use crate::mutate::{self, Mutation};
 struct Harness {
     _dir: tempfile::TempDir,
     broker: Arc<Broker>,
-    users: Arc<Users>,
+    users: Arc<Directory>,
 }
 
 impl Harness {
@@ -36,11 +37,14 @@ impl Harness {
         let store: Arc<dyn Store> =
             Arc::new(SledStore::open(&dir.path().join("data")).expect("store"));
         let broker = Broker::open(store, &["/".to_owned()], CoreLimits::default()).expect("broker");
-        let users = Arc::new(Users::new(vec![User {
-            name: "guest".into(),
-            password: "guest".into(),
-            loopback_only: true,
-        }]));
+        let users = Arc::new(Directory::new(
+            Users::new(vec![User {
+                name: "guest".into(),
+                password: "guest".into(),
+                loopback_only: true,
+            }]),
+            Permissions::full_access(["guest"], &["/"]),
+        ));
         Harness {
             _dir: dir,
             broker,

@@ -12,6 +12,8 @@ use std::sync::Arc;
 
 use amq_protocol::protocol::{basic, AMQPClass};
 use amq_protocol::types::ShortString;
+use rosetta_core::auth::Resource;
+use rosetta_core::vhost::{is_direct_reply, DIRECT_REPLY_TO};
 use rosetta_core::ConsumerSpec;
 
 use super::{short_string, Channel};
@@ -96,9 +98,20 @@ impl Channel {
         };
         let queue = self.queue_name(c.queue.as_str());
         let vhost = ctx.vhost()?.clone();
-        let (q, consumer) = vhost
-            .consume(&queue, spec, ctx.outbox.clone())
-            .map_err(|e| Exception::from_core(&e, method))?;
+        let consumed = if queue == DIRECT_REPLY_TO {
+            // One reply consumer per channel: the channel's requests name its address.
+            if self.direct_reply_address().is_some() {
+                return Err(Exception::precondition(
+                    method,
+                    "reply consumer already set",
+                ));
+            }
+            vhost.consume_direct_reply(spec, ctx.outbox.clone())
+        } else {
+            ctx.permit(method, |g| g.read(Resource::Queue, &queue))?;
+            vhost.consume(&queue, spec, ctx.outbox.clone())
+        };
+        let (q, consumer) = consumed.map_err(|e| Exception::from_core(&e, method))?;
         // consume-ok precedes the first delivery: deliveries travel through the outbox, which
         // the connection drains only after this output.
         if !c.nowait {
@@ -111,6 +124,15 @@ impl Channel {
         }
         self.consumers.insert(tag, (q, consumer));
         Ok(())
+    }
+
+    /// The address of the channel's direct reply consumer, which replaces the pseudo-queue's
+    /// name in the reply-to of the requests the channel publishes.
+    pub(super) fn direct_reply_address(&self) -> Option<&str> {
+        self.consumers
+            .values()
+            .find(|(q, _)| is_direct_reply(q))
+            .map(|(q, _)| q.name.as_str())
     }
 
     pub(super) fn cancel(&mut self, ctx: &mut Ctx<'_>, c: basic::Cancel) -> Result<(), Exception> {

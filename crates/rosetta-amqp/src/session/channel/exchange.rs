@@ -1,7 +1,8 @@
 //! The exchange class: declare, delete, and exchange-to-exchange bind and unbind.
 
 use amq_protocol::protocol::{exchange, AMQPClass};
-use rosetta_core::{Destination, ExchangeDeclare};
+use rosetta_core::auth::Resource;
+use rosetta_core::{Destination, ExchangeDeclare, Value};
 
 use super::{Binding, Channel};
 use crate::convert::table_from_amqp;
@@ -18,6 +19,20 @@ impl Channel {
         let core = |e: rosetta_core::CoreError| Exception::from_core(&e, &method);
         match m {
             exchange::AMQPMethod::Declare(d) => {
+                let arguments = table_from_amqp(&d.arguments);
+                if !d.passive {
+                    // With an alternate exchange, RabbitMQ also asks write on it and read on
+                    // the exchange declared, since unroutable messages move from one to the other.
+                    let alternate = arguments.get("alternate-exchange").and_then(Value::as_str);
+                    ctx.permit(&method, |g| {
+                        g.configure(Resource::Exchange, d.exchange.as_str())?;
+                        if let Some(alternate) = alternate {
+                            g.write(Resource::Exchange, alternate)?;
+                            g.read(Resource::Exchange, d.exchange.as_str())?;
+                        }
+                        Ok(())
+                    })?;
+                }
                 let durable_at = vhost
                     .declare_exchange(ExchangeDeclare {
                         name: d.exchange.to_string(),
@@ -26,7 +41,7 @@ impl Channel {
                         durable: d.durable,
                         auto_delete: d.auto_delete,
                         internal: d.internal,
-                        arguments: table_from_amqp(&d.arguments),
+                        arguments,
                     })
                     .map_err(core)?;
                 if !d.nowait {
@@ -40,6 +55,9 @@ impl Channel {
                 }
             }
             exchange::AMQPMethod::Delete(d) => {
+                ctx.permit(&method, |g| {
+                    g.configure(Resource::Exchange, d.exchange.as_str())
+                })?;
                 let durable_at = vhost
                     .delete_exchange(d.exchange.as_str(), d.if_unused)
                     .map_err(core)?;

@@ -31,6 +31,7 @@ use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{access, basic, AMQPClass};
 use amq_protocol::types::ShortString;
 use bytes::BytesMut;
+use rosetta_core::auth::Resource;
 use rosetta_core::front_end::ledger::{give_back, Ledger};
 use rosetta_core::store::Epoch;
 use rosetta_core::{Consumer, Credit, Message, Outbound, Queue, VHost};
@@ -154,6 +155,17 @@ impl Channel {
         b: Binding<'_>,
         reply: Option<AMQPClass>,
     ) -> Result<(), rosetta_core::CoreError> {
+        // RabbitMQ's rule for all four: write on the destination, read on the source, and the
+        // source's topic permission for the key. Every open channel's connection has a grant.
+        if let Some(grant) = ctx.grant.as_deref_mut() {
+            let kind = match &b.destination {
+                rosetta_core::Destination::Queue(_) => Resource::Queue,
+                rosetta_core::Destination::Exchange(_) => Resource::Exchange,
+            };
+            grant.write(kind, b.destination.name())?;
+            grant.read(Resource::Exchange, b.source)?;
+            grant.topic_read(b.source, b.routing_key)?;
+        }
         let arguments = crate::convert::table_from_amqp(b.arguments);
         let durable_at = if bind {
             vhost.bind_deferred(

@@ -3,7 +3,9 @@
 
 use amq_protocol::frame::AMQPContentHeader;
 use amq_protocol::protocol::{basic, AMQPClass};
+use rosetta_core::auth::Resource;
 use rosetta_core::store::Epoch;
+use rosetta_core::vhost::DIRECT_REPLY_TO;
 use rosetta_core::Message;
 
 use super::tx::check_tx_frames;
@@ -24,6 +26,12 @@ impl Channel {
             // RabbitMQ dropped `immediate` in 3.0; refusing it beats silently ignoring it.
             return Err(Exception::not_implemented(method, "immediate=true"));
         }
+        // Checked before any content is buffered; the grant remembers the answers, so a
+        // publisher pays for the patterns once per exchange and routing key.
+        ctx.permit(method, |g| {
+            g.write(Resource::Exchange, p.exchange.as_str())?;
+            g.topic_write(p.exchange.as_str(), p.routing_key.as_str())
+        })?;
         self.incoming = Some(Incoming::new(p));
         ctx.alarm.published();
         Ok(())
@@ -97,12 +105,23 @@ impl Channel {
             body,
         } = complete;
         let method = AMQPClass::Basic(basic::AMQPMethod::Publish(publish.clone()));
-        let message = Message::new(
+        let mut message = Message::new(
             publish.exchange.as_str(),
             publish.routing_key.as_str(),
             properties_from_amqp(properties),
             body,
         );
+        // Direct reply-to: the request names the pseudo-queue and the responder sees the
+        // address of this channel's reply consumer, which must exist (RabbitMQ's rule).
+        if message.properties.reply_to.as_deref() == Some(DIRECT_REPLY_TO) {
+            let Some(address) = self.direct_reply_address() else {
+                return Err(Exception::precondition(
+                    &method,
+                    "fast reply consumer does not exist",
+                ));
+            };
+            message.properties.reply_to = Some(address.to_owned());
+        }
         let returned = publish.mandatory.then(|| message.clone());
         let vhost = ctx.vhost()?.clone();
         let outcome = vhost

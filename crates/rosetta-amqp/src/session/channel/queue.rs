@@ -1,7 +1,8 @@
 //! The queue class: declare, bind, unbind, purge and delete.
 
 use amq_protocol::protocol::{queue, AMQPClass};
-use rosetta_core::{Destination, QueueDeclare};
+use rosetta_core::auth::Resource;
+use rosetta_core::{Destination, QueueDeclare, Value};
 
 use super::{clamp32, short_string, Binding, Channel};
 use crate::convert::table_from_amqp;
@@ -18,17 +19,38 @@ impl Channel {
         let core = |e: rosetta_core::CoreError| Exception::from_core(&e, &method);
         match m {
             queue::AMQPMethod::Declare(d) => {
+                let arguments = table_from_amqp(&d.arguments);
+                // A passive declare creates nothing and needs no permission (RabbitMQ). With a
+                // dead-letter exchange, RabbitMQ also asks read on the queue and write on the
+                // exchange, since dead letters move from one to the other.
+                let dead_letter = arguments
+                    .get("x-dead-letter-exchange")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                let grant = ctx.grant.as_deref_mut();
+                let allow = move |name: &str| match grant {
+                    Some(g) if !d.passive => {
+                        g.configure(Resource::Queue, name)?;
+                        if let Some(exchange) = &dead_letter {
+                            g.read(Resource::Queue, name)?;
+                            g.write(Resource::Exchange, exchange)?;
+                        }
+                        Ok(())
+                    }
+                    _ => Ok(()),
+                };
                 let declared = vhost
-                    .declare_queue(
+                    .declare_queue_if(
                         QueueDeclare {
                             name: d.queue.to_string(),
                             passive: d.passive,
                             durable: d.durable,
                             exclusive: d.exclusive,
                             auto_delete: d.auto_delete,
-                            arguments: table_from_amqp(&d.arguments),
+                            arguments,
                         },
                         ctx.conn_id,
+                        allow,
                     )
                     .map_err(core)?;
                 self.last_queue = declared.name.clone();
@@ -83,9 +105,9 @@ impl Channel {
                 .map_err(core)?;
             }
             queue::AMQPMethod::Purge(p) => {
-                let count = vhost
-                    .purge_queue(&self.queue_name(p.queue.as_str()), ctx.conn_id)
-                    .map_err(core)?;
+                let name = self.queue_name(p.queue.as_str());
+                ctx.permit(&method, |g| g.read(Resource::Queue, &name))?;
+                let count = vhost.purge_queue(&name, ctx.conn_id).map_err(core)?;
                 if !p.nowait {
                     let reply = queue::PurgeOk {
                         message_count: clamp32(count),
@@ -95,6 +117,7 @@ impl Channel {
             }
             queue::AMQPMethod::Delete(d) => {
                 let name = self.queue_name(d.queue.as_str());
+                ctx.permit(&method, |g| g.configure(Resource::Queue, &name))?;
                 let deleted = vhost
                     .delete_queue(&name, d.if_unused, d.if_empty, ctx.conn_id)
                     .map_err(core)?;

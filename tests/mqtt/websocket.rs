@@ -1,0 +1,169 @@
+//! MQTT over WebSocket (`[mqtt] ws_listen`, path `/ws`, subprotocol `mqtt`): rumqttc's WebSocket
+//! transport, the crossing to MQTT over TCP, the packet size limit and the connection limit.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use rumqttc::{QoS, Transport};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::*;
+
+fn ws_port(broker: &rosetta_tests::Broker) -> u16 {
+    broker
+        .addr("mqtt-ws")
+        .expect("the broker has no MQTT WebSocket listener")
+        .port()
+}
+
+/// rumqttc options for the broker's MQTT WebSocket listener.
+fn ws_options(port: u16, id: &str) -> rumqttc::MqttOptions {
+    let mut o = rumqttc::MqttOptions::new(id, format!("ws://127.0.0.1:{port}/ws"), port);
+    o.set_credentials("guest", "guest");
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_transport(Transport::Ws);
+    o
+}
+
+/// A raw WebSocket connection to `/ws` offering the `mqtt` subprotocol.
+async fn raw_ws(port: u16) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    let mut request = format!("ws://127.0.0.1:{port}/ws")
+        .into_client_request()
+        .expect("request");
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "mqtt".parse().expect("header"));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let (ws, response) = tokio_tungstenite::client_async(request, tcp)
+        .await
+        .expect("WebSocket handshake");
+    assert_eq!(
+        response
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .and_then(|v| v.to_str().ok()),
+        Some("mqtt")
+    );
+    ws
+}
+
+#[test]
+fn rumqttc_over_websocket_subscribes_publishes_and_receives() {
+    let broker = broker();
+    let port = ws_port(&broker);
+    run(async move {
+        let mut client = V4::with(ws_options(port, &unique("ws"))).await;
+        let topic = unique("ws/t");
+        assert_eq!(
+            client.subscribe(&topic, QoS::AtLeastOnce).await,
+            vec![rumqttc::SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+        );
+        client
+            .send(&topic, QoS::AtLeastOnce, false, b"over websocket")
+            .await;
+        let received = client.publish().await;
+        assert_eq!(received.topic, topic);
+        assert_eq!(&received.payload[..], b"over websocket");
+        client.disconnect().await;
+    });
+}
+
+#[test]
+fn websocket_and_tcp_clients_share_topics_both_ways() {
+    let broker = broker();
+    let (ws, tcp) = (ws_port(&broker), port(&broker));
+    run(async move {
+        let mut over_ws = V4::with(ws_options(ws, &unique("ws"))).await;
+        let mut over_tcp = V4::connect(tcp, &unique("tcp"), true).await;
+        let to_tcp = unique("cross/to-tcp");
+        let to_ws = unique("cross/to-ws");
+        over_tcp.subscribe(&to_tcp, QoS::AtLeastOnce).await;
+        over_ws.subscribe(&to_ws, QoS::AtLeastOnce).await;
+
+        over_ws
+            .send(&to_tcp, QoS::AtLeastOnce, false, b"from the browser side")
+            .await;
+        let got = over_tcp.publish().await;
+        assert_eq!(
+            (got.topic.as_str(), &got.payload[..]),
+            (to_tcp.as_str(), &b"from the browser side"[..])
+        );
+
+        over_tcp
+            .send(&to_ws, QoS::ExactlyOnce, false, b"from a device")
+            .await;
+        let got = over_ws.publish().await;
+        assert_eq!(
+            (got.topic.as_str(), &got.payload[..]),
+            (to_ws.as_str(), &b"from a device"[..])
+        );
+    });
+}
+
+#[test]
+fn a_message_larger_than_max_packet_size_closes_the_connection() {
+    let broker = broker_with("max_packet_size = 1024\n");
+    let port = ws_port(&broker);
+    run(async move {
+        let mut ws = raw_ws(port).await;
+        // A PUBLISH that is not even looked at: the WebSocket layer refuses the message first.
+        ws.send(Message::binary(vec![0x30; 4096]))
+            .await
+            .expect("send");
+        let end = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(end, ws.next()).await {
+                Ok(None | Some(Err(_))) => break,
+                Ok(Some(Ok(Message::Close(_)))) => continue,
+                Ok(Some(Ok(other))) => panic!("unexpected message {other:?}"),
+                Err(_) => panic!("connection still open after an oversized message"),
+            }
+        }
+    });
+}
+
+#[test]
+fn packets_split_across_websocket_messages_are_reassembled() {
+    let broker = broker();
+    let port = ws_port(&broker);
+    run(async move {
+        let mut ws = raw_ws(port).await;
+        // CONNECT (MQTT 3.1.1, clean session, client id "split", guest/guest), cut in three.
+        let mut connect = vec![0x10, 0];
+        let body: &[u8] = b"\x00\x04MQTT\x04\xc2\x00\x1e\x00\x05split\x00\x05guest\x00\x05guest";
+        connect[1] = body.len() as u8;
+        connect.extend_from_slice(body);
+        for part in [&connect[..3], &connect[3..10], &connect[10..]] {
+            ws.send(Message::binary(part.to_vec())).await.expect("send");
+        }
+        let reply = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("no CONNACK")
+            .expect("closed")
+            .expect("WebSocket error");
+        assert_eq!(reply, Message::binary(vec![0x20, 0x02, 0x00, 0x00]));
+    });
+}
+
+#[test]
+fn websocket_connections_count_against_max_connections() {
+    let broker = broker_with("[limits]\nmax_connections = 1\n");
+    let port = ws_port(&broker);
+    run(async move {
+        let first = V4::with(ws_options(port, &unique("first"))).await;
+        let refused = V4::try_with(ws_options(port, &unique("second"))).await;
+        assert!(refused.is_err(), "a second connection was accepted");
+        first.disconnect().await;
+        // The slot is given back when the first connection's task ends.
+        let accepted = rosetta_tests::eventually(WAIT, || async {
+            V4::try_with(ws_options(port, &unique("third")))
+                .await
+                .is_ok()
+        })
+        .await;
+        assert!(accepted, "the freed slot was not given to a new connection");
+    });
+}
