@@ -167,3 +167,118 @@ fn websocket_connections_count_against_max_connections() {
         assert!(accepted, "the freed slot was not given to a new connection");
     });
 }
+
+/// MQTT 3.1.1 `CONNECT` (clean session, guest/guest) for `client_id`.
+fn connect_packet(client_id: &str) -> Vec<u8> {
+    let mut body = b"\x00\x04MQTT\x04\xc2\x00\x1e".to_vec();
+    for field in [client_id, "guest", "guest"] {
+        body.extend_from_slice(&(field.len() as u16).to_be_bytes());
+        body.extend_from_slice(field.as_bytes());
+    }
+    packet(0x10, &body)
+}
+
+/// A packet with its fixed header: `first` byte and the remaining length.
+fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    let mut len = body.len();
+    loop {
+        let byte = (len % 128) as u8;
+        len /= 128;
+        out.push(if len > 0 { byte | 0x80 } else { byte });
+        if len == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+#[test]
+fn a_large_message_before_connect_closes_the_connection() {
+    let broker = broker();
+    let port = ws_port(&broker);
+    run(async move {
+        let mut ws = raw_ws(port).await;
+        // 1 MiB, within max_packet_size (16 MiB) once logged in; the broker may close while it
+        // is still being sent.
+        let _ = ws.send(Message::binary(vec![0x30; 1 << 20])).await;
+        let end = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(end, ws.next()).await {
+                Ok(None | Some(Err(_))) => break,
+                Ok(Some(Ok(Message::Close(_)))) => continue,
+                Ok(Some(Ok(other))) => panic!("unexpected message {other:?}"),
+                Err(_) => panic!("connection still open after a large message before CONNECT"),
+            }
+        }
+    });
+    assert!(
+        broker.wait_for_log("WebSocket message before login too long", WAIT),
+        "{}",
+        broker.log()
+    );
+}
+
+#[test]
+fn a_large_message_after_connect_is_accepted() {
+    let broker = broker();
+    let port = ws_port(&broker);
+    run(async move {
+        let mut ws = raw_ws(port).await;
+        ws.send(Message::binary(connect_packet(&unique("big"))))
+            .await
+            .expect("send CONNECT");
+        let reply = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("no CONNACK")
+            .expect("closed")
+            .expect("WebSocket error");
+        assert_eq!(reply, Message::binary(vec![0x20, 0x02, 0x00, 0x00]));
+        // PUBLISH QoS 1, packet id 7, 1 MiB of payload: answered with its PUBACK.
+        let topic = unique("big/t");
+        let mut body = (topic.len() as u16).to_be_bytes().to_vec();
+        body.extend_from_slice(topic.as_bytes());
+        body.extend_from_slice(&7u16.to_be_bytes());
+        body.extend(std::iter::repeat_n(b'p', 1 << 20));
+        ws.send(Message::binary(packet(0x32, &body)))
+            .await
+            .expect("send PUBLISH");
+        let reply = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("no PUBACK")
+            .expect("closed")
+            .expect("WebSocket error");
+        assert_eq!(reply, Message::binary(vec![0x40, 0x02, 0x00, 0x07]));
+    });
+}
+
+#[test]
+fn an_origin_that_is_not_allowed_is_refused() {
+    let broker = broker_with("ws_allowed_origins = [\"https://app.example.com\"]\n");
+    let port = ws_port(&broker);
+    run(async move {
+        for (origin, allowed) in [
+            ("https://evil.example", false),
+            ("https://app.example.com", true),
+        ] {
+            let mut request = format!("ws://127.0.0.1:{port}/ws")
+                .into_client_request()
+                .expect("request");
+            let headers = request.headers_mut();
+            headers.insert("Sec-WebSocket-Protocol", "mqtt".parse().expect("header"));
+            headers.insert("Origin", origin.parse().expect("header"));
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect");
+            match tokio_tungstenite::client_async(request, tcp).await {
+                Ok(_) => assert!(allowed, "{origin} was accepted"),
+                Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                    assert!(!allowed, "{origin} was refused");
+                    assert_eq!(response.status(), 403);
+                }
+                Err(e) => panic!("{origin}: {e}"),
+            }
+        }
+    });
+}

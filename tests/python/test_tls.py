@@ -177,7 +177,9 @@ def identity_files(tmp_path, identity):
 
 
 def test_pika_logs_in_with_external_credentials_as_the_certificate_cn(make_broker, pki):
-    broker = make_broker(tls_config(pki, "verify_peer = true\n") + CERT_USERS)
+    broker = make_broker(
+        tls_config(pki, "verify_peer = true\n") + "[amqp]\nssl_cert_login = true\n" + CERT_USERS
+    )
     identity = pki.ca.issue_cert("app-1.example.com", common_name="app-1")
     params = pika_params(broker, client_context(pki, identity))
     params.credentials = pika.credentials.ExternalCredentials()

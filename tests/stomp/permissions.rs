@@ -11,7 +11,8 @@ use rosetta_tests::Broker;
 
 /// admin may do anything; bob may use `bob.*` queues and exchanges and the server-named
 /// queues behind topic subscriptions, and only `sensors.*` keys on `amq.topic`; carol has no
-/// permission on `/`.
+/// permission on `/`; dave may write and read anything but configure only `dave.*`, so not the
+/// server-named queues.
 const USERS: &str = r#"
 [[users]]
 name = "admin"
@@ -24,6 +25,17 @@ password = "bob"
 [[users]]
 name = "carol"
 password = "carol"
+
+[[users]]
+name = "dave"
+password = "dave"
+
+[[permissions]]
+user = "dave"
+vhost = "/"
+configure = "^dave\\..*$"
+write = ".*"
+read = ".*"
 
 [[permissions]]
 user = "admin"
@@ -187,4 +199,123 @@ fn subscribe_needs_read_on_the_queue_and_for_a_topic_the_binding_permissions() {
     bob.subscribe("q", "/queue/bob.inbox", "auto");
     admin.send_with_receipt("SEND", &[("destination", "/queue/bob.inbox")], b"hello bob");
     assert_eq!(bob.expect_frame("MESSAGE").body, b"hello bob");
+}
+
+#[test]
+fn queue_arguments_do_not_get_around_the_dead_letter_permissions() {
+    let broker = broker_with(USERS);
+    let addr = broker.stomp_addr();
+    // bob may configure and write his own queues but not write to amq.direct: a queue of his
+    // that dead-letters there (at once, with a TTL of 0) would publish there for him.
+    let dead_letters_to =
+        |exchange: &'static str| [("x-dead-letter-exchange", exchange), ("x-message-ttl", "0")];
+    let with = |first: &[(&'static str, &'static str)],
+                extra: [(&'static str, &'static str); 2]| {
+        let mut all = first.to_vec();
+        all.extend(extra);
+        all
+    };
+    let amq_direct = bob_refused("exchange", "amq.direct");
+    let body = refused(
+        addr,
+        "SUBSCRIBE",
+        &with(
+            &[("id", "1"), ("destination", "/queue/bob.dl")],
+            dead_letters_to("amq.direct"),
+        ),
+    );
+    assert_eq!(body, amq_direct);
+    let body = refused(
+        addr,
+        "SEND",
+        &with(
+            &[("destination", "/queue/bob.dl")],
+            dead_letters_to("amq.direct"),
+        ),
+    );
+    assert_eq!(body, amq_direct);
+    // The server-named queue of a topic subscription too.
+    let body = refused(
+        addr,
+        "SUBSCRIBE",
+        &with(
+            &[("id", "2"), ("destination", "/topic/sensors.#")],
+            dead_letters_to("amq.direct"),
+        ),
+    );
+    assert_eq!(body, amq_direct);
+    // A fixed dead-letter key must pass the topic permission of a topic exchange.
+    let body = refused(
+        addr,
+        "SUBSCRIBE",
+        &[
+            ("id", "3"),
+            ("destination", "/queue/bob.dl"),
+            ("x-dead-letter-exchange", "amq.topic"),
+            ("x-dead-letter-routing-key", "alarms.dead"),
+        ],
+    );
+    assert_eq!(
+        body,
+        "write access to topic 'alarms.dead' in exchange 'amq.topic' in vhost '/' refused for \
+         user 'bob'"
+    );
+
+    // Dead-lettering to an exchange bob may write to is allowed.
+    let mut bob = login_as(addr, "bob");
+    bob.expect_frame("CONNECTED");
+    bob.send_with_receipt(
+        "SUBSCRIBE",
+        &[
+            ("id", "4"),
+            ("destination", "/queue/bob.dl"),
+            ("x-dead-letter-exchange", "bob.dlx"),
+        ],
+        b"",
+    );
+    let mut admin = login_as(addr, "admin");
+    admin.expect_frame("CONNECTED");
+    admin.send_with_receipt("SEND", &[("destination", "/queue/bob.dl")], b"kept");
+    assert_eq!(bob.expect_frame("MESSAGE").body, b"kept");
+}
+
+#[test]
+fn a_temporary_queue_needs_configure_on_its_server_given_name() {
+    let broker = broker_with(USERS);
+    let mut dave = login_as(broker.stomp_addr(), "dave");
+    dave.expect_frame("CONNECTED");
+    dave.send_frame("SEND", &[("destination", "/temp-queue/t")], b"x");
+    let error = dave.expect_frame("ERROR");
+    assert_eq!(error.header("message"), Some("access_refused"), "{error:?}");
+    let body = String::from_utf8_lossy(&error.body);
+    assert!(
+        body.starts_with("access to queue 'amq.gen-")
+            && body.ends_with("' in vhost '/' refused for user 'dave'"),
+        "{body}"
+    );
+    dave.expect_closed();
+}
+
+#[test]
+fn temporary_queues_per_connection_are_bounded_by_the_subscription_limit() {
+    let broker = broker_with(&format!(
+        "{USERS}\n[limits]\nmax_consumers_per_channel = 2\n"
+    ));
+    let mut admin = login_as(broker.stomp_addr(), "admin");
+    admin.expect_frame("CONNECTED");
+    // Each SEND to a new temporary queue subscribes to it; ending that subscription leaves the
+    // queue, so only the limit on temporary queues stops a third.
+    for t in ["a", "b"] {
+        let destination = format!("/temp-queue/{t}");
+        admin.send_frame("SEND", &[("destination", &destination)], b"x");
+        assert_eq!(admin.expect_frame("MESSAGE").body, b"x");
+        admin.send_with_receipt("UNSUBSCRIBE", &[("id", &destination)], b"");
+    }
+    admin.send_frame("SEND", &[("destination", "/temp-queue/c")], b"x");
+    let error = admin.expect_frame("ERROR");
+    assert_eq!(
+        error.header("message"),
+        Some("Temporary queue limit exceeded"),
+        "{error:?}"
+    );
 }

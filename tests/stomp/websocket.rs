@@ -309,3 +309,126 @@ async fn a_websocket_connection_is_listed_and_counted_as_stomp() {
         "{metrics}"
     );
 }
+
+/// Whether the broker ends `ws` (a close, an error or the end of the stream) within [`WAIT`],
+/// rather than answering.
+async fn closed(ws: &mut WebSocketStream<TcpStream>) -> bool {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next()).await {
+            Err(_) => return false,
+            Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => return true,
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+            Ok(Some(Ok(other))) => panic!("expected the connection to close, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_large_message_before_login_closes_the_connection() {
+    let broker = broker();
+    let mut client = Client::open(ws_port(&broker), "v12.stomp").await;
+    // 1 MiB, well within the frame limit once logged in, but no CONNECT is that long. The
+    // broker may close while it is still being sent.
+    let big = format!(
+        "CONNECT\naccept-version:1.2\nhost:/\nx:{}\n\n\0",
+        "a".repeat(1 << 20)
+    );
+    let _ = client.ws.send(Message::text(big)).await;
+    assert!(closed(&mut client.ws).await, "the connection stayed open");
+    assert!(
+        broker.wait_for_log("WebSocket message before login too long", WAIT),
+        "{}",
+        broker.log()
+    );
+}
+
+#[tokio::test]
+async fn a_large_message_after_login_travels() {
+    let broker = broker();
+    let mut client = Client::open(ws_port(&broker), "v12.stomp").await;
+    client.login().await;
+    let queue = unique("big");
+    client
+        .send(&format!(
+            "SUBSCRIBE\nid:0\ndestination:/queue/{queue}\nreceipt:r\n\n\0"
+        ))
+        .await;
+    assert!(client.frame().await.starts_with("RECEIPT\n"));
+    let body = "b".repeat(1 << 20);
+    client
+        .send(&format!("SEND\ndestination:/queue/{queue}\n\n{body}\0"))
+        .await;
+    let message = client.frame().await;
+    assert!(message.starts_with("MESSAGE\n"), "{}", &message[..200]);
+    assert!(
+        message.ends_with(&format!("\n\n{body}")),
+        "the body differs"
+    );
+}
+
+#[tokio::test]
+async fn an_origin_that_is_not_allowed_is_403() {
+    let broker = broker_with("ws_allowed_origins = [\"https://app.example.com\"]\n");
+    let port = ws_port(&broker);
+    let foreign = http(
+        port,
+        &upgrade_request("/ws", "Origin: https://evil.example\r\n"),
+    )
+    .await;
+    assert!(
+        foreign.starts_with("HTTP/1.1 403 Forbidden\r\n"),
+        "{foreign}"
+    );
+    let listed = http(
+        port,
+        &upgrade_request("/ws", "Origin: https://app.example.com\r\n"),
+    )
+    .await;
+    assert!(listed.starts_with("HTTP/1.1 101"), "{listed}");
+    // A client that is no browser sends no Origin and is not told apart by it.
+    let none = http(port, &upgrade_request("/ws", "")).await;
+    assert!(none.starts_with("HTTP/1.1 101"), "{none}");
+}
+
+#[tokio::test]
+async fn any_origin_is_accepted_by_default() {
+    let broker = broker();
+    let answer = http(
+        ws_port(&broker),
+        &upgrade_request("/ws", "Origin: https://anywhere.example\r\n"),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 101"), "{answer}");
+}
+
+#[tokio::test]
+async fn pings_between_fragments_do_not_lift_the_limit_before_login() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+
+    let broker = broker();
+    let mut client = Client::open(ws_port(&broker), "v12.stomp").await;
+    // One 1 MiB text message in 32 KiB fragments, a ping after each.
+    const FRAGMENTS: usize = 32;
+    let mut sent = Ok(());
+    for i in 0..FRAGMENTS {
+        let opcode = OpCode::Data(if i == 0 { Data::Text } else { Data::Continue });
+        let fragment = Frame::message(vec![b'a'; 32 * 1024], opcode, i + 1 == FRAGMENTS);
+        sent = client.ws.send(Message::Frame(fragment)).await;
+        if sent.is_ok() {
+            sent = client.ws.send(Message::Ping(b"p".to_vec().into())).await;
+        }
+        if sent.is_err() {
+            break;
+        }
+    }
+    // Either the broker already closed (the sends failed), or it must close now.
+    if sent.is_ok() {
+        assert!(closed(&mut client.ws).await, "the connection stayed open");
+    }
+    assert!(
+        broker.wait_for_log("WebSocket message before login too long", WAIT),
+        "{}",
+        broker.log()
+    );
+}

@@ -1,4 +1,4 @@
-//! Logging in with a client certificate: AMQP `EXTERNAL`, `[mqtt]` and `[stomp]`
+//! Logging in with a client certificate: `[amqp]` (`EXTERNAL`), `[mqtt]` and `[stomp]`
 //! `ssl_cert_login`, the user named by the certificate's CN or whole subject (`[tls]
 //! ssl_cert_login_from`); and what a client without credentials gets from an address other than
 //! loopback, with and without a certificate.
@@ -15,6 +15,8 @@ use super::*;
 /// Users besides guest; `app-1` is the CN of the usual client certificate.
 const USERS: &str = "[[users]]\nname = \"guest\"\npassword = \"guest\"\n\
                      [[users]]\nname = \"app-1\"\npassword = \"app-1-secret\"\n";
+/// AMQP `EXTERNAL` on.
+const AMQP_CERT_LOGIN: &str = "[amqp]\nssl_cert_login = true\n";
 
 /// A broker verifying client certificates against `pki`, every protocol plain and over TLS on
 /// `ip`, with `extra` configuration (sections merge with the kit's).
@@ -183,7 +185,7 @@ async fn auth_failures(broker: &Broker, protocol: &str) -> f64 {
 async fn amqp_external_logs_in_as_the_user_the_certificate_names() {
     let files = tempfile::tempdir().expect("tempdir");
     let pki = Pki::new("Rosetta test CA");
-    let broker = cert_broker(files.path(), &pki, USERS);
+    let broker = cert_broker(files.path(), &pki, &format!("{AMQP_CERT_LOGIN}{USERS}"));
     let client = pki.client("app-1");
 
     let login = amqps_login(&broker, &pki, Some(&client), "EXTERNAL", b"").await;
@@ -208,7 +210,7 @@ async fn external_without_a_certificate_or_for_an_unknown_user_is_refused_like_a
         files.path(),
         &pki,
         &format!(
-            "{USERS}[limits]\nfailed_login_delay_ms = {}\n",
+            "{AMQP_CERT_LOGIN}{USERS}[limits]\nfailed_login_delay_ms = {}\n",
             DELAY.as_millis()
         ),
     );
@@ -251,6 +253,31 @@ async fn external_without_a_certificate_or_for_an_unknown_user_is_refused_like_a
 }
 
 #[tokio::test]
+async fn without_amqp_ssl_cert_login_external_is_not_offered_even_with_a_certificate() {
+    let files = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new("Rosetta test CA");
+    let broker = cert_broker(
+        files.path(),
+        &pki,
+        &format!("{USERS}[limits]\nfailed_login_delay_ms = 0\n"),
+    );
+    let client = pki.client("app-1");
+    let login = amqps_login(&broker, &pki, Some(&client), "EXTERNAL", b"").await;
+    assert_eq!(login.mechanisms, "PLAIN AMQPLAIN");
+    let (code, text) = login.outcome.expect_err("EXTERNAL is off");
+    assert_eq!(code, 403, "{text}");
+    assert!(
+        text.starts_with(
+            "ACCESS_REFUSED - Login was refused using authentication mechanism EXTERNAL"
+        ),
+        "{text}"
+    );
+    // The certificate does not stand in the way of a password.
+    let login = amqps_login(&broker, &pki, Some(&client), "PLAIN", b"\0guest\0guest").await;
+    assert_eq!(login.outcome, Ok(()), "{login:?}");
+}
+
+#[tokio::test]
 async fn with_distinguished_name_the_whole_subject_is_the_user_name() {
     const USER: &str = r"CN=app-2,O=Acme\, Inc.,C=DE";
     let files = tempfile::tempdir().expect("tempdir");
@@ -260,7 +287,7 @@ async fn with_distinguished_name_the_whole_subject_is_the_user_name() {
         files.path(),
         &pki,
         &format!(
-            "[tls]\nssl_cert_login_from = \"distinguished_name\"\n\
+            "{AMQP_CERT_LOGIN}[tls]\nssl_cert_login_from = \"distinguished_name\"\n\
              [limits]\nfailed_login_delay_ms = 0\n\
              [[users]]\nname = '{USER}'\npassword_hash = \"\"\n"
         ),

@@ -86,6 +86,15 @@ pub struct MqttState {
     shared: Mutex<HashMap<String, HashSet<String>>>,
 }
 
+/// MQTT's clients as [`MqttState::census`] counts them.
+pub(crate) struct Census {
+    pub connected: Vec<Shared>,
+    /// Persistent sessions whose client is not connected.
+    pub disconnected: u64,
+    /// The subscriptions those sessions hold.
+    pub disconnected_subscriptions: u64,
+}
+
 /// The shared subscriptions' queues the stored sessions hold, with their holders.
 fn shared_holders(sessions: &HashMap<String, StoredSession>) -> HashMap<String, HashSet<String>> {
     let mut holders: HashMap<String, HashSet<String>> = HashMap::new();
@@ -241,23 +250,26 @@ impl MqttState {
         self.live.lock().len()
     }
 
-    /// The sessions of the connected clients, by client id. Copied out so that no session is
-    /// locked while the registry is (sessions take the registry's lock while locked).
-    pub(crate) fn live_sessions(&self) -> HashMap<String, Shared> {
-        self.live
-            .lock()
-            .iter()
-            .map(|(client, live)| (client.clone(), live.session.clone()))
-            .collect()
-    }
-
-    /// How many subscriptions each persistent session holds, by client id.
-    pub(crate) fn stored_subscription_counts(&self) -> Vec<(String, usize)> {
-        self.sessions
-            .lock()
-            .iter()
-            .map(|(client, s)| (client.clone(), s.subscriptions.len()))
-            .collect()
+    /// The sessions of the connected clients, and the persistent sessions of the others: how
+    /// many, and the subscriptions they hold. The connected clients' sessions are handed out
+    /// (an `Arc` each, no client id copied) so that none is locked while the registry is
+    /// (sessions take the registry's lock while locked); the registries are locked in the
+    /// order session expiry takes them, and only counted under the locks.
+    pub(crate) fn census(&self) -> Census {
+        let live = self.live.lock();
+        let connected = live.values().map(|l| l.session.clone()).collect();
+        let (mut disconnected, mut subscriptions) = (0, 0);
+        for (client, stored) in self.sessions.lock().iter() {
+            if !live.contains_key(client) {
+                disconnected += 1;
+                subscriptions += stored.subscriptions.len() as u64;
+            }
+        }
+        Census {
+            connected,
+            disconnected,
+            disconnected_subscriptions: subscriptions,
+        }
     }
 
     /// The exchange `$SYS` topics go through, declared (not durable: bindings are made again

@@ -216,22 +216,16 @@ impl MqttState {
     /// What [`SysTree::sample`] needs to know of MQTT's clients. Walks the live sessions, so it
     /// is meant for the status interval, not for every message.
     pub fn status_clients(&self) -> Clients {
-        let live = self.live_sessions();
-        let mut subscriptions: u64 = live
-            .values()
+        let census = self.census();
+        let live: u64 = census
+            .connected
+            .iter()
             .map(|session| session.lock().subscription_count() as u64)
             .sum();
-        let mut disconnected = 0;
-        for (client, stored) in self.stored_subscription_counts() {
-            if !live.contains_key(&client) {
-                disconnected += 1;
-                subscriptions += stored as u64;
-            }
-        }
         Clients {
-            connected: live.len() as u64,
-            disconnected,
-            subscriptions,
+            connected: census.connected.len() as u64,
+            disconnected: census.disconnected,
+            subscriptions: live + census.disconnected_subscriptions,
             retained: self.retained.len() as u64,
         }
     }

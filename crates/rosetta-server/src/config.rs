@@ -150,6 +150,9 @@ pub struct AmqpConfig {
     /// Queue types besides classic that `queue.declare` (`x-queue-type`) takes, as durable
     /// classic queues; empty (the default) refuses them with 406.
     pub accept_queue_types: Vec<AcceptedQueueType>,
+    /// Over TLS, the SASL mechanism `EXTERNAL` is offered: the client logs in as the user its
+    /// verified client certificate names (`[tls] ssl_cert_login_from`).
+    pub ssl_cert_login: bool,
 }
 
 /// A queue type a classic queue can stand in for on a single node. Streams cannot (their
@@ -177,6 +180,9 @@ pub struct StompConfig {
     /// STOMP over WebSocket over TLS (`[tls]`); absent, none.
     #[serde(deserialize_with = "listen::deserialize_some")]
     pub ws_tls_listen: Option<SocketAddr>,
+    /// Web origins whose pages may open a WebSocket (the upgrade's `Origin` header); empty
+    /// accepts any.
+    pub ws_allowed_origins: Vec<String>,
     /// Heart-beat interval in milliseconds offered in CONNECTED for both directions; 0 disables.
     pub heartbeat_ms: u32,
     /// Most header lines one frame may carry.
@@ -205,6 +211,9 @@ pub struct MqttConfig {
     /// MQTT over WebSocket over TLS (`[tls]`); absent, none.
     #[serde(deserialize_with = "listen::deserialize_some")]
     pub ws_tls_listen: Option<SocketAddr>,
+    /// Web origins whose pages may open a WebSocket (the upgrade's `Origin` header); empty
+    /// accepts any.
+    pub ws_allowed_origins: Vec<String>,
     /// The virtual host MQTT clients use.
     pub vhost: String,
     /// Largest packet accepted, in bytes, fixed header included.
@@ -533,6 +542,7 @@ impl Default for AmqpConfig {
             tls_listen: None,
             heartbeat: 60,
             accept_queue_types: Vec::new(),
+            ssl_cert_login: false,
         }
     }
 }
@@ -545,6 +555,7 @@ impl Default for StompConfig {
             tls_listen: None,
             ws_listen: Some(any_ipv4(15674)),
             ws_tls_listen: None,
+            ws_allowed_origins: Vec::new(),
             heartbeat_ms: 10_000,
             max_headers: 1000,
             max_header_length: 65_536,
@@ -561,6 +572,7 @@ impl Default for MqttConfig {
             tls_listen: None,
             ws_listen: Some(any_ipv4(15675)),
             ws_tls_listen: None,
+            ws_allowed_origins: Vec::new(),
             vhost: "/".into(),
             max_packet_size: 16 * 1024 * 1024,
             max_inflight: 100,

@@ -258,7 +258,9 @@ pub(crate) async fn drive<S: Session, T: Transport>(
             }
             unwritten.written();
             session.after_flush();
-            registration.update(session.user(), session.channel_count());
+            registration.update(session.user(), session.channel_count(), |user| {
+                user_deleted(&state, user)
+            });
             if !keep {
                 break;
             }
@@ -336,6 +338,12 @@ async fn linger<T: Transport>(stream: &mut T, input: &mut BytesMut) {
         }
     };
     let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+}
+
+/// Whether `user`, just logged in, is no longer in the directory: its deletion raced with the
+/// login. MQTT's `anonymous` is never a directory user, so it is never gone.
+fn user_deleted(state: &ServerState, user: &str) -> bool {
+    user != rosetta_mqtt::session::ANONYMOUS && state.users.contents().users.get(user).is_none()
 }
 
 /// Hands the input to the session; whether the connection goes on. Logins the session refused

@@ -72,11 +72,24 @@ impl Registration<'_> {
         self.info.evicted.get().copied()
     }
 
-    /// Records what the session reports; cheap enough to call after every wake-up.
-    pub fn update(&self, user: Option<&str>, channels: usize) {
+    /// Records what the session reports; cheap enough to call after every wake-up. The first
+    /// user reported is asked about with `deleted`: a login that checked the password just
+    /// before the user's deletion would otherwise miss the sweep ([`Connections::evict_user`])
+    /// and stay open.
+    pub fn update(&self, user: Option<&str>, channels: usize, deleted: impl FnOnce(&str) -> bool) {
         if self.info.user.get().is_none() {
             if let Some(user) = user {
-                let _ = self.info.user.set(user.to_owned());
+                // Set under the table's lock: a sweep either comes after and sees the user, or
+                // came before, and then the directory already lacks the user (a deletion
+                // changes it before sweeping), which `deleted` sees.
+                let _ = {
+                    let _table = self.table.lock();
+                    self.info.user.set(user.to_owned())
+                };
+                if deleted(user) {
+                    let _ = self.info.evicted.set(Eviction::UserDeleted);
+                    self.info.signal.notify_one();
+                }
             }
         }
         self.info.channels.store(channels, Ordering::Relaxed);
@@ -175,8 +188,8 @@ mod tests {
         let a = table.register("amqp", "tcp", peer());
         let b = table.register("amqp", "tls", peer());
         let m = table.register("mqtt", "ws", peer());
-        a.update(Some("guest"), 3);
-        b.update(None, 1);
+        a.update(Some("guest"), 3, |_| false);
+        b.update(None, 1, |_| false);
         let totals = table.totals();
         assert_eq!(totals.connections["amqp"], 2);
         assert_eq!(totals.connections["mqtt"], 1);
@@ -196,22 +209,38 @@ mod tests {
         let a = table.register("amqp", "tcp", peer());
         let b = table.register("mqtt", "tcp", peer());
         let c = table.register("stomp", "tcp", peer());
-        a.update(Some("bob"), 1);
-        b.update(Some("bob"), 0);
-        c.update(Some("bobby"), 0);
+        a.update(Some("bob"), 1, |_| false);
+        b.update(Some("bob"), 0, |_| false);
+        c.update(Some("bobby"), 0, |_| false);
         assert_eq!(table.evict_user("bob"), 2);
         assert_eq!(a.evicted(), Some(Eviction::UserDeleted));
         assert_eq!(b.evicted(), Some(Eviction::UserDeleted));
         assert_eq!(c.evicted(), None);
     }
 
+    #[tokio::test]
+    async fn a_login_racing_with_its_users_deletion_is_evicted() {
+        let table = Connections::default();
+        let late = table.register("amqp", "tcp", peer());
+        let kept = table.register("stomp", "tcp", peer());
+        // The sweep ran while the session was still logging in: it saw no user.
+        assert_eq!(table.evict_user("carol"), 0);
+        late.update(Some("carol"), 1, |user| user == "carol");
+        kept.update(Some("dave"), 0, |user| user == "carol");
+        assert_eq!(late.evicted(), Some(Eviction::UserDeleted));
+        assert_eq!(kept.evicted(), None);
+        // Marked and woken, as the sweep does, so its task closes it.
+        let woken = tokio::time::timeout(std::time::Duration::from_secs(5), late.signalled()).await;
+        assert!(woken.is_ok(), "the evicted connection was signalled");
+    }
+
     #[test]
     fn the_first_authenticated_user_is_kept() {
         let table = Connections::default();
         let r = table.register("stomp", "wss", peer());
-        r.update(None, 0);
-        r.update(Some("alice"), 0);
-        r.update(Some("bob"), 0);
+        r.update(None, 0, |_| false);
+        r.update(Some("alice"), 0, |_| false);
+        r.update(Some("bob"), 0, |_| false);
         let listed = table.list();
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].user(), Some("alice"));

@@ -11,6 +11,7 @@ mod http;
 mod lifecycle;
 mod listener;
 pub mod logging;
+mod login_signal;
 mod metrics;
 mod mqtt_status;
 mod resources;
@@ -183,13 +184,17 @@ async fn serve(config: Config) -> Result<(), Error> {
     };
     // MQTT and STOMP over WebSocket, for browsers.
     let mqtt_ws = if config.mqtt.enabled {
-        let upgrade = websocket::Upgrade::mqtt(config.mqtt.max_packet_size);
+        let upgrade = websocket::Upgrade::mqtt(
+            config.mqtt.max_packet_size,
+            config.mqtt.ws_allowed_origins.clone(),
+        );
         Some(websocket::bind(upgrade, config.mqtt.ws_listen, config.mqtt.ws_tls_listen).await?)
     } else {
         None
     };
     let stomp_ws = if config.stomp.enabled {
-        let upgrade = websocket::Upgrade::stomp(&state.stomp.limits);
+        let upgrade =
+            websocket::Upgrade::stomp(&state.stomp.limits, config.stomp.ws_allowed_origins.clone());
         Some(websocket::bind(upgrade, config.stomp.ws_listen, config.stomp.ws_tls_listen).await?)
     } else {
         None
@@ -207,7 +212,11 @@ async fn serve(config: Config) -> Result<(), Error> {
         shutdown: shutdown_rx.clone(),
     };
     if let Some(listeners) = amqp {
-        clients.start(&mut tasks, listeners, Amqp(state.clone()));
+        clients.start(
+            &mut tasks,
+            listeners,
+            Amqp(state.clone(), CertLogin(config.amqp.ssl_cert_login)),
+        );
     }
     if let Some((listeners, mqtt)) = mqtt {
         tasks.push(tokio::spawn(mqtt_housekeeping(

@@ -14,6 +14,7 @@ use crate::connection::{self, Transport};
 use crate::error::Error;
 use crate::http;
 use crate::listener;
+use crate::login_signal::{LoginSignal, Watched};
 use crate::state::ServerState;
 use crate::tls::Tls;
 use crate::websocket;
@@ -58,18 +59,21 @@ fn tls_name(protocol: &'static str) -> &'static str {
 /// per connection): the connection's future must not borrow the listener's copy.
 pub(crate) trait Service: Clone + Send + Sync + 'static {
     /// `identity` is the user the connection's verified TLS client certificate names
-    /// (`tls::Tls::accept`); `None` on plain connections.
+    /// (`tls::Tls::accept`); `None` on plain connections. `login`, when the transport wants to
+    /// know, is set once the client has logged in.
     fn serve<T: Transport>(
         self,
         stream: T,
         peer: SocketAddr,
         identity: Option<String>,
+        login: Option<LoginSignal>,
         shutdown: watch::Receiver<bool>,
     ) -> impl Future<Output = ()> + Send + 'static;
 }
 
-/// `[mqtt]` or `[stomp]` `ssl_cert_login`: whether that protocol's clients may log in as the
-/// user their client certificate names. AMQP clients always may, by choosing `EXTERNAL`.
+/// `[amqp]`, `[mqtt]` or `[stomp]` `ssl_cert_login`: whether that protocol's clients may log
+/// in as the user their client certificate names (AMQP: by choosing `EXTERNAL`, offered only
+/// then).
 #[derive(Clone, Copy)]
 pub(crate) struct CertLogin(pub bool);
 
@@ -81,7 +85,7 @@ impl CertLogin {
 }
 
 #[derive(Clone)]
-pub(crate) struct Amqp(pub Arc<ServerState>);
+pub(crate) struct Amqp(pub Arc<ServerState>, pub CertLogin);
 
 impl Service for Amqp {
     fn serve<T: Transport>(
@@ -89,6 +93,7 @@ impl Service for Amqp {
         stream: T,
         peer: SocketAddr,
         identity: Option<String>,
+        login: Option<LoginSignal>,
         shutdown: watch::Receiver<bool>,
     ) -> impl Future<Output = ()> + Send + 'static {
         let state = &self.0;
@@ -98,7 +103,7 @@ impl Service for Amqp {
             state.amqp.clone(),
             peer,
         );
-        let session = session.with_peer_identity(identity);
+        let session = Watched::new(session.with_peer_identity(self.1.identity(identity)), login);
         connection::drive(stream, peer, session, Some(outbox), state.clone(), shutdown)
     }
 }
@@ -112,12 +117,14 @@ impl Service for Mqtt {
         stream: T,
         peer: SocketAddr,
         identity: Option<String>,
+        login: Option<LoginSignal>,
         shutdown: watch::Receiver<bool>,
     ) -> impl Future<Output = ()> + Send + 'static {
         // The session creates its outbox on the first subscription; the driver picks it up
         // then.
         let session = rosetta_mqtt::Session::new(self.1.clone(), peer)
             .with_peer_identity(self.2.identity(identity));
+        let session = Watched::new(session, login);
         connection::drive(stream, peer, session, None, self.0.clone(), shutdown)
     }
 }
@@ -131,6 +138,7 @@ impl Service for Stomp {
         stream: T,
         peer: SocketAddr,
         identity: Option<String>,
+        login: Option<LoginSignal>,
         shutdown: watch::Receiver<bool>,
     ) -> impl Future<Output = ()> + Send + 'static {
         let state = &self.0;
@@ -140,7 +148,7 @@ impl Service for Stomp {
             state.stomp.clone(),
             peer,
         );
-        let session = session.with_peer_identity(self.1.identity(identity));
+        let session = Watched::new(session.with_peer_identity(self.1.identity(identity)), login);
         connection::drive(stream, peer, session, Some(outbox), state.clone(), shutdown)
     }
 }
@@ -155,6 +163,7 @@ impl Service for Http {
         peer: SocketAddr,
         // The management API authenticates with basic auth only.
         _identity: Option<String>,
+        _login: Option<LoginSignal>,
         stop: watch::Receiver<bool>,
     ) -> impl Future<Output = ()> + Send + 'static {
         http::serve_connection(stream, peer, self.0.clone(), stop)
@@ -184,7 +193,7 @@ impl Accept {
             listeners.plain,
             self.limit.clone(),
             self.shutdown.clone(),
-            move |stream, peer, shutdown| plain.clone().serve(stream, peer, None, shutdown),
+            move |stream, peer, shutdown| plain.clone().serve(stream, peer, None, None, shutdown),
         )));
         // Validation guarantees `[tls]` whenever a `tls_listen` is set.
         let (Some(listener), Some(tls)) = (listeners.tls, self.tls.clone()) else {
@@ -201,7 +210,7 @@ impl Accept {
                 let service = service.clone();
                 async move {
                     if let Some((stream, identity)) = tls.accept(protocol, stream, peer).await {
-                        service.serve(stream, peer, identity, shutdown).await;
+                        service.serve(stream, peer, identity, None, shutdown).await;
                     }
                 }
             },
@@ -228,7 +237,8 @@ impl Accept {
                     let (upgrade, service) = (upgrade.clone(), service.clone());
                     async move {
                         if let Some(ws) = upgrade.accept(stream, peer).await {
-                            service.serve(ws, peer, None, shutdown).await;
+                            let login = Some(ws.login_signal());
+                            service.serve(ws, peer, None, login, shutdown).await;
                         }
                     }
                 },
@@ -251,7 +261,8 @@ impl Accept {
                         return;
                     };
                     if let Some(ws) = upgrade.accept(stream, peer).await {
-                        service.serve(ws, peer, identity, shutdown).await;
+                        let login = Some(ws.login_signal());
+                        service.serve(ws, peer, identity, login, shutdown).await;
                     }
                 }
             },

@@ -9,7 +9,12 @@
 //! (the maintained WebSocket implementation for tokio, with per-message and per-frame size
 //! limits). The upgrade request itself is read here, with tungstenite's parser and checks,
 //! because tungstenite's own server handshake drops a malformed request without an answer,
-//! and a browser or proxy should see a 400 or a 404.
+//! and a browser or proxy should see a 400, 403 or 404.
+//!
+//! tungstenite holds a whole message before the session sees a byte of it, so until the client
+//! has logged in the socket is metered ([`Metered`]): a message (with what tungstenite read
+//! ahead) may not pass [`BEFORE_LOGIN`] bytes. Only after the login may messages be as large as
+//! the protocol's own limit; a stranger cannot make the broker hold megabytes per socket.
 
 use std::io;
 use std::net::SocketAddr;
@@ -31,6 +36,7 @@ use tokio_tungstenite::WebSocketStream;
 use crate::connection::{reserve_input, Transport, HANDSHAKE_TIMEOUT};
 use crate::error::Error;
 use crate::listener;
+use crate::login_signal::LoginSignal;
 
 /// The HTTP path both services answer on, as RabbitMQ's plugins do.
 const PATH: &str = "/ws";
@@ -39,6 +45,9 @@ const MAX_REQUEST: usize = 8 * 1024;
 /// tungstenite reserves its read buffer when the connection opens; the default (128 KiB) would
 /// make each idle browser tab cost that much.
 const READ_BUFFER: usize = 4 * 1024;
+/// Largest message before the client has logged in: room for an MQTT `CONNECT` or a STOMP
+/// `CONNECT` with generous headers.
+const BEFORE_LOGIN: usize = 64 * 1024;
 
 /// Which WebSocket message type carries the broker's output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,25 +68,29 @@ pub(crate) struct Upgrade {
     /// is accepted too (RabbitMQ does).
     subprotocols: &'static [&'static str],
     frames: Frames,
-    /// Largest message (and frame) accepted: the protocol's own packet or frame limit.
+    /// Largest message (and frame) accepted once logged in: the protocol's own packet or frame
+    /// limit.
     max_message: usize,
+    /// `ws_allowed_origins`: the web origins whose pages may connect; empty, any.
+    allowed_origins: Vec<String>,
 }
 
 impl Upgrade {
     /// MQTT over WebSocket; `max_packet_size` is `[mqtt] max_packet_size`.
-    pub fn mqtt(max_packet_size: u32) -> Upgrade {
+    pub fn mqtt(max_packet_size: u32, allowed_origins: Vec<String>) -> Upgrade {
         Upgrade {
             name: "mqtt-ws",
             tls_name: "mqtt-wss",
             subprotocols: &["mqtt"],
             frames: Frames::Binary,
             max_message: usize::try_from(max_packet_size).unwrap_or(usize::MAX),
+            allowed_origins,
         }
     }
 
     /// STOMP over WebSocket; a message may hold the largest frame the codec accepts: every
     /// header line at its longest, the body, and the command.
-    pub fn stomp(limits: &rosetta_stomp::codec::Limits) -> Upgrade {
+    pub fn stomp(limits: &rosetta_stomp::codec::Limits, allowed_origins: Vec<String>) -> Upgrade {
         let headers = limits
             .max_headers
             .saturating_mul(limits.max_header_length.saturating_add(1));
@@ -87,6 +100,7 @@ impl Upgrade {
             subprotocols: &["v12.stomp", "v11.stomp", "v10.stomp"],
             frames: Frames::Text,
             max_message: limits.max_body.saturating_add(headers).saturating_add(64),
+            allowed_origins,
         }
     }
 
@@ -118,6 +132,10 @@ impl Upgrade {
             let reason = format!("no WebSocket endpoint at {}", request.uri().path());
             return self.refuse(stream, peer, Status::NotFound, reason).await;
         }
+        if let Some(origin) = self.refused_origin(&request) {
+            let reason = format!("origin {origin} not allowed");
+            return self.refuse(stream, peer, Status::Forbidden, reason).await;
+        }
         let mut response = match create_response(&request) {
             Ok(response) => response,
             Err(e) => {
@@ -139,12 +157,37 @@ impl Upgrade {
             .read_buffer_size(READ_BUFFER)
             .max_message_size(Some(self.max_message))
             .max_frame_size(Some(self.max_message));
-        let inner = WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await;
+        let login = LoginSignal::default();
+        let metered = Metered {
+            stream,
+            read_since_message: 0,
+            login: login.clone(),
+            peer,
+            protocol: self.name,
+        };
+        let inner = WebSocketStream::from_raw_socket(metered, Role::Server, Some(config)).await;
         Some(WebSocket {
             inner,
             pending: Bytes::new(),
             frames: self.frames,
+            login,
         })
+    }
+
+    /// The request's `Origin` when `ws_allowed_origins` is set and does not list it. A request
+    /// without one (no browser sent it) is not refused: only browsers are made to send it, so
+    /// only their pages can be told apart by it.
+    fn refused_origin(&self, request: &Request) -> Option<String> {
+        if self.allowed_origins.is_empty() {
+            return None;
+        }
+        let origin = request.headers().get("Origin")?;
+        let text = String::from_utf8_lossy(origin.as_bytes());
+        let allowed = self
+            .allowed_origins
+            .iter()
+            .any(|allowed| allowed.eq_ignore_ascii_case(text.trim()));
+        (!allowed).then(|| text.into_owned())
     }
 
     /// The first subprotocol the client offers that this service speaks.
@@ -192,6 +235,7 @@ impl Upgrade {
 #[derive(Clone, Copy)]
 enum Status {
     BadRequest,
+    Forbidden,
     NotFound,
 }
 
@@ -199,6 +243,7 @@ impl Status {
     fn code(self) -> u16 {
         match self {
             Status::BadRequest => 400,
+            Status::Forbidden => 403,
             Status::NotFound => 404,
         }
     }
@@ -206,6 +251,7 @@ impl Status {
     fn text(self) -> &'static str {
         match self {
             Status::BadRequest => "Bad Request",
+            Status::Forbidden => "Forbidden",
             Status::NotFound => "Not Found",
         }
     }
@@ -269,13 +315,70 @@ pub(crate) async fn bind(
 /// and a close is returned by tungstenite as it reads; a close from the client reads as the end
 /// of the stream.
 pub(crate) struct WebSocket<S> {
-    inner: WebSocketStream<S>,
+    inner: WebSocketStream<Metered<S>>,
     /// What is left of the message being read.
     pending: Bytes,
     frames: Frames,
+    login: LoginSignal,
+}
+
+/// The socket under tungstenite, counting what it reads: before the login, once more than
+/// [`BEFORE_LOGIN`] bytes (and one read-ahead) came in without a whole data message, the read
+/// fails and the connection closes.
+struct Metered<S> {
+    stream: S,
+    /// Bytes read since tungstenite last handed out a message.
+    read_since_message: usize,
+    login: LoginSignal,
+    /// For the log line when the limit is passed.
+    peer: SocketAddr,
+    protocol: &'static str,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.read_since_message > BEFORE_LOGIN + READ_BUFFER && !self.login.is_set() {
+            tracing::info!(peer = %self.peer, protocol = self.protocol, limit = BEFORE_LOGIN, "WebSocket message before login too long; closing");
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("WebSocket message before login longer than {BEFORE_LOGIN} bytes"),
+            )));
+        }
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.stream).poll_read(cx, buf))?;
+        self.read_since_message += buf.filled().len() - before;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }
 
 impl<S> WebSocket<S> {
+    /// Set by the connection once its client has logged in, lifting the limit on messages.
+    pub fn login_signal(&self) -> LoginSignal {
+        self.login.clone()
+    }
+
     fn message(&self, data: &[u8]) -> Message {
         match (self.frames, std::str::from_utf8(data)) {
             (Frames::Text, Ok(text)) => Message::text(text),
@@ -304,17 +407,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WebSocket<S> {
                 self.pending.advance(n);
                 return Poll::Ready(Ok(()));
             }
-            match ready!(Pin::new(&mut self.inner).poll_next(cx)) {
+            let data = match ready!(Pin::new(&mut self.inner).poll_next(cx)) {
                 // The close handshake is over, or the peer is gone.
                 None => return Poll::Ready(Ok(())),
-                Some(Ok(Message::Binary(data))) => self.pending = data,
-                Some(Ok(Message::Text(text))) => self.pending = text.into(),
+                Some(Ok(Message::Binary(data))) => data,
+                Some(Ok(Message::Text(text))) => text.into(),
                 // Pings are answered and closes returned by tungstenite itself; the read after
-                // a close ends the stream.
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Close(_))) => {}
-                Some(Ok(Message::Frame(_))) => {}
+                // a close ends the stream. They do not restart the meter: pings between the
+                // fragments of one message must not let it grow past the limit.
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Close(_))) => continue,
+                Some(Ok(Message::Frame(_))) => continue,
                 Some(Err(e)) => return Poll::Ready(Err(io_error(e))),
-            }
+            };
+            self.inner.get_mut().read_since_message = 0;
+            self.pending = data;
         }
     }
 }
@@ -370,11 +476,14 @@ mod tests {
 
     #[test]
     fn the_clients_first_known_subprotocol_is_chosen() {
-        let stomp = Upgrade::stomp(&rosetta_stomp::codec::Limits {
-            max_headers: 10,
-            max_header_length: 100,
-            max_body: 1000,
-        });
+        let stomp = Upgrade::stomp(
+            &rosetta_stomp::codec::Limits {
+                max_headers: 10,
+                max_header_length: 100,
+                max_body: 1000,
+            },
+            Vec::new(),
+        );
         assert_eq!(
             stomp.choose_subprotocol(&request("v10.stomp, v12.stomp")),
             Some("v10.stomp")
@@ -385,8 +494,34 @@ mod tests {
         );
         assert_eq!(stomp.choose_subprotocol(&request("mqtt")), None);
         assert_eq!(
-            Upgrade::mqtt(10).choose_subprotocol(&request("mqtt")),
+            Upgrade::mqtt(10, Vec::new()).choose_subprotocol(&request("mqtt")),
             Some("mqtt")
         );
+    }
+
+    #[test]
+    fn only_listed_origins_are_allowed_once_a_list_is_set() {
+        let origin = |value: &str| {
+            let text = format!("GET /ws HTTP/1.1\r\nHost: x\r\nOrigin: {value}\r\n\r\n");
+            let (_, request) = Request::try_parse(text.as_bytes())
+                .expect("parses")
+                .expect("complete");
+            request
+        };
+        let any = Upgrade::mqtt(10, Vec::new());
+        assert_eq!(any.refused_origin(&origin("https://evil.example")), None);
+        let listed = Upgrade::mqtt(10, vec!["https://app.example.com".into()]);
+        assert_eq!(
+            listed.refused_origin(&origin("https://APP.example.com")),
+            None
+        );
+        assert_eq!(
+            listed
+                .refused_origin(&origin("https://evil.example"))
+                .as_deref(),
+            Some("https://evil.example")
+        );
+        // No Origin: not a browser's request, nothing to tell apart.
+        assert_eq!(listed.refused_origin(&request("mqtt")), None);
     }
 }

@@ -118,6 +118,9 @@ pub enum StompError {
     /// One more SUBSCRIBE than `max_consumers_per_channel` allows.
     #[error("more than {max} subscriptions on one connection")]
     TooManySubscriptions { max: usize },
+    /// One more `/temp-queue/` name than `max_consumers_per_channel` allows.
+    #[error("more than {max} temporary queues on one connection")]
+    TooManyTempQueues { max: usize },
     /// The core refused an operation (missing queue or exchange, locked queue, limits, store
     /// failure): `name` is the AMQP error's name as RabbitMQ's plugin puts it in `message`
     /// (`not_found`, `precondition_failed`, …), `text` its explanation.
@@ -206,6 +209,7 @@ impl StompError {
             StompError::TransactionTooLarge { .. } => "Transaction too large",
             StompError::TooManyTransactions { .. } => "Transaction limit exceeded",
             StompError::TooManySubscriptions { .. } => "Subscription limit exceeded",
+            StompError::TooManyTempQueues { .. } => "Temporary queue limit exceeded",
             StompError::Refused { name, .. } => name,
             StompError::Core(_) => "Operation refused",
         }

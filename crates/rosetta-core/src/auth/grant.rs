@@ -15,10 +15,11 @@ use super::permissions::{
 };
 use crate::error::CoreError;
 use crate::exchange::ExchangeKind;
+use crate::message::{Table, Value};
 use crate::vhost::VHost;
 
 /// Answers remembered per kind of check (and per exchange for routing keys).
-const CACHE_LIMIT: usize = 1024;
+const CACHE_LIMIT: usize = 128;
 
 pub struct Grant {
     directory: Arc<Directory>,
@@ -92,6 +93,30 @@ impl Grant {
     /// Declaring or deleting queue or exchange `name`.
     pub fn configure(&mut self, kind: Resource, name: &str) -> Result<(), CoreError> {
         self.resource(Access::Configure, kind, name)
+    }
+
+    /// Declaring (creating) queue `name` with `arguments`: configure on the queue and, with a
+    /// dead-letter exchange, read on the queue and write on that exchange, since dead letters
+    /// move from one to the other (RabbitMQ's rule). A fixed dead-letter routing key must also
+    /// pass the exchange's topic permission. Every front-end that declares a queue for a
+    /// client asks this, so queue arguments cannot route around a publish check.
+    pub fn declare_queue(&mut self, name: &str, arguments: &Table) -> Result<(), CoreError> {
+        self.configure(Resource::Queue, name)?;
+        let Some(exchange) = arguments
+            .get("x-dead-letter-exchange")
+            .and_then(Value::as_str)
+        else {
+            return Ok(());
+        };
+        self.read(Resource::Queue, name)?;
+        self.write(Resource::Exchange, exchange)?;
+        match arguments
+            .get("x-dead-letter-routing-key")
+            .and_then(Value::as_str)
+        {
+            Some(key) => self.topic_write(exchange, key),
+            None => Ok(()),
+        }
     }
 
     /// Publishing to exchange `name` (`""` is the default exchange, `amq.default`), or binding

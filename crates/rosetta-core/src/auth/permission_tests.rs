@@ -194,7 +194,44 @@ fn a_grant_caches_answers_without_growing_past_its_bound() {
     for i in 0..3000 {
         assert!(alice.write(Resource::Exchange, &format!("x{i}")).is_ok());
     }
-    assert!(alice.remembered() <= 1024);
+    assert!(
+        alice.remembered() <= 128,
+        "3000 names, at most 128 answers kept"
+    );
+}
+
+#[test]
+fn a_queue_declare_with_a_dead_letter_exchange_needs_write_there() {
+    let (_broker, vhost) = vhost();
+    let mut bob = directory().grant("bob", &vhost).expect("bob");
+    let arguments = |pairs: &[(&str, &str)]| -> crate::Table {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), crate::Value::Str((*v).into())))
+            .collect()
+    };
+    assert!(bob.declare_queue("bob.q", &arguments(&[])).is_ok());
+    assert!(
+        refusal(bob.declare_queue("other", &arguments(&[]))).starts_with("access to queue 'other'")
+    );
+    // bob may not write to amq.direct: its queue may not dead-letter there either.
+    let to_direct = arguments(&[("x-dead-letter-exchange", "amq.direct")]);
+    assert_eq!(
+        refusal(bob.declare_queue("bob.q", &to_direct)),
+        "access to exchange 'amq.direct' in vhost '/' refused for user 'bob'"
+    );
+    let to_own = arguments(&[("x-dead-letter-exchange", "bob.dlx")]);
+    assert!(bob.declare_queue("bob.q", &to_own).is_ok());
+    // The fixed dead-letter key passes the topic permission of a topic exchange.
+    let keyed = |key| {
+        arguments(&[
+            ("x-dead-letter-exchange", "amq.topic"),
+            ("x-dead-letter-routing-key", key),
+        ])
+    };
+    assert!(bob.declare_queue("bob.q", &keyed("sensors.dead")).is_ok());
+    assert!(refusal(bob.declare_queue("bob.q", &keyed("alarms.dead")))
+        .starts_with("write access to topic 'alarms.dead'"));
 }
 
 #[test]

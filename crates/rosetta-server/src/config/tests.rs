@@ -53,6 +53,8 @@ fn default_toml_sets_every_key() {
         "enabled",
         "listen",
         "ws_listen",
+        "ws_allowed_origins",
+        "ssl_cert_login",
         "heartbeat",
         "heartbeat_ms",
         "accept_queue_types",
@@ -490,10 +492,12 @@ fn certificate_login_keys_are_read_and_need_verify_peer() {
     let config = parse(&verified).expect("valid");
     let tls = config.tls.expect("[tls]");
     assert_eq!(tls.ssl_cert_login_from, CertLoginFrom::CommonName);
+    assert!(!config.amqp.ssl_cert_login);
     assert!(!config.mqtt.ssl_cert_login && !config.stomp.ssl_cert_login);
 
     let text = format!(
         "{verified}ssl_cert_login_from = \"distinguished_name\"\n\
+         [amqp]\nssl_cert_login = true\n\
          [mqtt]\nssl_cert_login = true\n[stomp]\nssl_cert_login = true\n"
     );
     let config = parse(&text).expect("valid");
@@ -501,11 +505,12 @@ fn certificate_login_keys_are_read_and_need_verify_peer() {
         config.tls.expect("[tls]").ssl_cert_login_from,
         CertLoginFrom::DistinguishedName
     );
+    assert!(config.amqp.ssl_cert_login);
     assert!(config.mqtt.ssl_cert_login && config.stomp.ssl_cert_login);
 
     let (_, key, _) = error(&format!("{verified}ssl_cert_login_from = \"email\"\n"));
     assert_eq!(key.as_deref(), Some("tls.ssl_cert_login_from"));
-    for section in ["mqtt", "stomp"] {
+    for section in ["amqp", "mqtt", "stomp"] {
         for text in [
             format!("[{section}]\nssl_cert_login = true\n"),
             format!("{TLS}[{section}]\nssl_cert_login = true\n"),

@@ -281,6 +281,7 @@ fn tls(config: &Config) -> Result<(), Violation> {
     // A certificate names a user only once it is verified.
     let verified = config.tls.as_ref().is_some_and(|tls| tls.verify_peer);
     for (section, on) in [
+        ("amqp", config.amqp.ssl_cert_login),
         ("mqtt", config.mqtt.ssl_cert_login),
         ("stomp", config.stomp.ssl_cert_login),
     ] {

@@ -32,16 +32,15 @@ pub(super) fn user_name(certificate: &[u8], from: CertLoginFrom) -> Option<Strin
 
 const COMMON_NAME: [u64; 4] = [2, 5, 4, 3];
 
-/// The subject's CN. A subject rarely has more than one; RabbitMQ joins them with commas, and so
-/// does this, in the certificate's order.
+/// The subject's CN. A subject with several CNs, or one that is no valid text, names no one:
+/// joining several (as RabbitMQ does) would let one certificate with the CN `a,b` stand for
+/// another with the CNs `a` and `b`.
 fn common_name(rdns: &[Vec<Attribute>]) -> Option<String> {
-    let names: Vec<&str> = rdns
-        .iter()
-        .flatten()
-        .filter(|a| a.oid == COMMON_NAME)
-        .filter_map(|a| a.text.as_deref())
-        .collect();
-    (!names.is_empty()).then(|| names.join(","))
+    let mut names = rdns.iter().flatten().filter(|a| a.oid == COMMON_NAME);
+    match (names.next(), names.next()) {
+        (Some(only), None) => only.text.clone(),
+        _ => None,
+    }
 }
 
 /// The subject's relative distinguished names, in certificate order (most general first).
@@ -100,32 +99,30 @@ fn text(encoded: &[u8]) -> Option<String> {
         .and_then(|v| decode_string(v.tag().tag_number, v.value()))
 }
 
-/// The string types a name's attribute may be written in, by universal tag number.
+/// The string types a name's attribute may be written in, by universal tag number. `None` for
+/// other types and for bytes that are not valid in their encoding: replacing them (with U+FFFD)
+/// would let different certificates name the same user.
 fn decode_string(tag_number: u64, bytes: &[u8]) -> Option<String> {
-    Some(match tag_number {
+    match tag_number {
         // UTF8String, NumericString, PrintableString, IA5String, VisibleString.
-        12 | 18 | 19 | 22 | 26 => String::from_utf8_lossy(bytes).into_owned(),
-        // TeletexString: in practice Latin-1.
-        20 => bytes.iter().map(|&b| char::from(b)).collect(),
+        12 | 18 | 19 | 22 | 26 => String::from_utf8(bytes.to_vec()).ok(),
+        // TeletexString: in practice Latin-1, where every byte is a character.
+        20 => Some(bytes.iter().map(|&b| char::from(b)).collect()),
         // BMPString: UTF-16, big-endian.
-        30 => char::decode_utf16(
+        30 if bytes.len().is_multiple_of(2) => char::decode_utf16(
             bytes
-                .chunks(2)
-                .map(|c| u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)])),
+                .chunks_exact(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]])),
         )
-        .map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER))
-        .collect(),
+        .collect::<Result<String, _>>()
+        .ok(),
         // UniversalString: UTF-32, big-endian.
-        28 => bytes
-            .chunks(4)
-            .map(|c| {
-                let mut word = [0u8; 4];
-                word[..c.len()].copy_from_slice(c);
-                char::from_u32(u32::from_be_bytes(word)).unwrap_or(char::REPLACEMENT_CHARACTER)
-            })
+        28 if bytes.len().is_multiple_of(4) => bytes
+            .chunks_exact(4)
+            .map(|c| char::from_u32(u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
             .collect(),
-        _ => return None,
-    })
+        _ => None,
+    }
 }
 
 /// RFC 4514: the most specific RDN first, `,` between RDNs, `+` between the attributes of one,
@@ -173,11 +170,15 @@ fn value(attribute: &Attribute) -> String {
 }
 
 /// RFC 4514 §2.4: a backslash before `" + , ; < > \`, before a leading `#` or space and before a
-/// trailing space.
+/// trailing space; NUL as `\00`.
 fn escape(value: &str) -> String {
     let last = value.chars().count().saturating_sub(1);
     let mut out = String::with_capacity(value.len());
     for (i, c) in value.chars().enumerate() {
+        if c == '\0' {
+            out.push_str("\\00");
+            continue;
+        }
         let special = matches!(c, '"' | '+' | ',' | ';' | '<' | '>' | '\\')
             || (i == 0 && matches!(c, '#' | ' '))
             || (i == last && c == ' ');
@@ -199,6 +200,7 @@ mod tests {
         assert_eq!(escape("Acme, Inc."), "Acme\\, Inc.");
         assert_eq!(escape(" a+b "), "\\ a\\+b\\ ");
         assert_eq!(escape("#1"), "\\#1");
+        assert_eq!(escape("a\0b"), "a\\00b");
     }
 
     fn attribute(oid: &[u64], value: &str) -> Attribute {
@@ -210,7 +212,7 @@ mod tests {
     }
 
     #[test]
-    fn the_common_name_is_the_cn_and_several_are_joined() {
+    fn the_common_name_is_the_only_cn() {
         let organization = || vec![attribute(&[2, 5, 4, 10], "Acme")];
         let cn = |name: &str| vec![attribute(&COMMON_NAME, name)];
         assert_eq!(common_name(&[organization()]), None);
@@ -218,10 +220,16 @@ mod tests {
             common_name(&[organization(), cn("sensor-17")]).as_deref(),
             Some("sensor-17")
         );
-        assert_eq!(
-            common_name(&[cn("a"), organization(), cn("b")]).as_deref(),
-            Some("a,b")
-        );
+        // Several CNs name no one, so they cannot pass for one CN `a,b`; nor does a CN that is
+        // no text.
+        assert_eq!(common_name(&[cn("a"), organization(), cn("b")]), None);
+        assert_eq!(common_name(&[cn("a,b")]).as_deref(), Some("a,b"));
+        let binary = Attribute {
+            oid: COMMON_NAME.to_vec(),
+            text: None,
+            der: vec![0x02, 0x01, 0x2a],
+        };
+        assert_eq!(common_name(&[vec![binary]]), None);
     }
 
     #[test]
@@ -255,6 +263,19 @@ mod tests {
         );
         assert_eq!(text(b"\x1e\x04\x00h\x00i").as_deref(), Some("hi"));
         assert_eq!(text(b"\x02\x01\x2a"), None);
+        // UniversalString.
+        assert_eq!(text(b"\x1c\x04\x00\x00\x00h").as_deref(), Some("h"));
+    }
+
+    #[test]
+    fn invalid_strings_are_no_text() {
+        // UTF-8 that is not, a lone UTF-16 surrogate, an odd-length BMPString, a code point
+        // past U+10FFFF, a UniversalString cut short.
+        assert_eq!(text(b"\x0c\x02a\xff"), None);
+        assert_eq!(text(b"\x1e\x02\xd8\x00"), None);
+        assert_eq!(text(b"\x1e\x03\x00h\x00"), None);
+        assert_eq!(text(b"\x1c\x04\x00\x11\x00\x00"), None);
+        assert_eq!(text(b"\x1c\x03\x00\x00\x00"), None);
     }
 
     #[test]

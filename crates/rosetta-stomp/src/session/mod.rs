@@ -36,8 +36,8 @@ pub struct SessionConfig {
     pub heartbeat_ms: u32,
     /// The virtual host for clients whose `host` header names none that exists.
     pub default_vhost: String,
-    /// Most subscriptions at once, temporary-queue ones included (0 = no limit). A STOMP
-    /// connection is one channel, so `max_consumers_per_channel` sets it.
+    /// Most subscriptions at once, temporary-queue ones included, and most temporary queues
+    /// (0 = no limit). A STOMP connection is one channel, so `max_consumers_per_channel` sets it.
     pub max_subscriptions: usize,
     /// Most frames (SEND, ACK, NACK) one open transaction may hold (0 = no limit).
     pub max_transaction_frames: usize,

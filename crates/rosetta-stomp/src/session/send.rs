@@ -178,8 +178,9 @@ impl Session {
         match vhost.usable_queue(name, self.conn_id) {
             Ok(_) => Ok(None),
             Err(CoreError::NotFound(_)) => {
-                // Declared on the client's behalf, so with the client's permission to.
-                self.permit(|g| g.configure(Resource::Queue, name))?;
+                // Declared on the client's behalf, so with the client's permission to, its
+                // dead-letter arguments included.
+                self.permit(|g| g.declare_queue(name, &arguments))?;
                 let declare = QueueDeclare {
                     name: name.to_owned(),
                     durable: true,
@@ -209,6 +210,12 @@ impl Session {
         let queue = match existing {
             Some(q) => q,
             None => {
+                // Each temporary queue is at most one subscription, so the subscription bound
+                // bounds them too (a forgotten name's queue stays until the connection ends).
+                let max = self.config.max_subscriptions;
+                if max > 0 && self.temp_queues.len() >= max {
+                    return Err(StompError::TooManyTempQueues { max });
+                }
                 let declare = QueueDeclare {
                     exclusive: true,
                     ..QueueDeclare::default()
@@ -217,6 +224,12 @@ impl Session {
                 let name = vhost
                     .declare_owned_queue(declare, self.conn_id, made_for)?
                     .name;
+                // Configure on the name the server gave it, as RabbitMQ checks; a refused
+                // queue goes at once.
+                if let Err(e) = self.permit(|g| g.configure(Resource::Queue, &name)) {
+                    let _ = vhost.delete_owned_queue(&name, owner::OWNER, self.conn_id);
+                    return Err(e);
+                }
                 self.temp_queues.insert(temp.to_owned(), name.clone());
                 name
             }

@@ -191,12 +191,14 @@ impl Session {
             None => String::new(),
         };
         bounded("subscription queue name", &name)?;
-        // Declared on the client's behalf: configure on the queue, checked before a named
-        // one is made; a server-named one is checked once it has its name, and goes if refused.
+        // Declared on the client's behalf, as a declare with these arguments: checked before a
+        // named one is made; a server-named one is checked once it has its name, and goes if
+        // refused.
         let server_named = name.is_empty();
         if !server_named {
-            self.permit(|g| g.configure(Resource::Queue, &name))?;
+            self.permit(|g| g.declare_queue(&name, &arguments))?;
         }
+        let checked = server_named.then(|| arguments.clone());
         let declare = QueueDeclare {
             name,
             durable,
@@ -220,8 +222,8 @@ impl Session {
         // The binding: write on the queue, read on the exchange, and the exchange's topic
         // permission for the key.
         let allowed = self.permit(|g| {
-            if server_named {
-                g.configure(Resource::Queue, &name)?;
+            if let Some(arguments) = &checked {
+                g.declare_queue(&name, arguments)?;
             }
             g.write(Resource::Queue, &name)?;
             g.read(Resource::Exchange, exchange)?;

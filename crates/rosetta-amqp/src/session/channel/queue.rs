@@ -2,7 +2,7 @@
 
 use amq_protocol::protocol::{queue, AMQPClass};
 use rosetta_core::auth::Resource;
-use rosetta_core::{Destination, QueueDeclare, Value};
+use rosetta_core::{Destination, QueueDeclare};
 
 use super::{clamp32, short_string, Binding, Channel};
 use crate::convert::table_from_amqp;
@@ -20,23 +20,13 @@ impl Channel {
         match m {
             queue::AMQPMethod::Declare(d) => {
                 let arguments = table_from_amqp(&d.arguments);
-                // A passive declare creates nothing and needs no permission (RabbitMQ). With a
-                // dead-letter exchange, RabbitMQ also asks read on the queue and write on the
-                // exchange, since dead letters move from one to the other.
-                let dead_letter = arguments
-                    .get("x-dead-letter-exchange")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
+                // A passive declare creates nothing and needs no permission (RabbitMQ). The
+                // arguments are checked as the grant's queue declare rule says, the same rule
+                // every front-end's declare follows.
+                let checked = (!d.passive).then(|| arguments.clone());
                 let grant = ctx.grant.as_deref_mut();
-                let allow = move |name: &str| match grant {
-                    Some(g) if !d.passive => {
-                        g.configure(Resource::Queue, name)?;
-                        if let Some(exchange) = &dead_letter {
-                            g.read(Resource::Queue, name)?;
-                            g.write(Resource::Exchange, exchange)?;
-                        }
-                        Ok(())
-                    }
+                let allow = move |name: &str| match (grant, &checked) {
+                    (Some(g), Some(arguments)) => g.declare_queue(name, arguments),
                     _ => Ok(()),
                 };
                 let declared = vhost
