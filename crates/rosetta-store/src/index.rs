@@ -26,7 +26,9 @@
 //! The journals still present (those of the window not yet checkpointed) are replayed over
 //! the index files, then every slot is checked: a live slot whose value fails its checksum is
 //! moved to quarantine. Replaying a journal twice changes nothing, so a crash anywhere in a
-//! checkpoint is safe: the journal is deleted only after the index files are synced.
+//! checkpoint is safe: the journals are deleted only after the index files are synced, and
+//! oldest first, each deletion durable before the next, so a crash leaves the newest of them
+//! (an older one replayed without the newer would roll entries back).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -380,22 +382,35 @@ impl Index {
         }
         // Everything the journals say is in the index files now.
         st.active = None;
-        for number in std::mem::take(&mut st.journals) {
-            let path = self.journal_path(number);
-            if let Err(e) = self.fs.remove(&path) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    // Replaying it again later is harmless; only its space is held.
-                    tracing::warn!(file = %path.display(), error = %e, "cannot delete a journal file");
-                }
-            }
-        }
         st.window.clear();
         st.window_bytes = 0;
-        // A deleted journal that came back after a power cut would replay old changes over
-        // newer ones (a queue that drained reuses its sequence numbers after a restart).
-        self.fs
-            .sync_dir(&self.journal_dir)
-            .map_err(|e| io_error("sync", &self.journal_dir, &e))
+        self.remove_journals(st)
+    }
+
+    /// Deletes the journals whose changes the index files now hold, oldest first, making each
+    /// deletion durable before the next. Replaying the newest journals over the index files
+    /// changes nothing, but replaying an older one without the newer ones rolls its entries
+    /// back: a settled entry comes back, and an abandoned journal may even hold a failed
+    /// commit's put, naming a body in a segment deleted since the retry wrote it elsewhere.
+    /// Deleted together, a power cut could keep any of them; deleted in order, it keeps the
+    /// newest. All are gone for good once this returns: one coming back later would replay
+    /// old changes over newer ones (a queue that drained reuses its sequence numbers after a
+    /// restart). A failure leaves the rest listed, for the next checkpoint or recovery.
+    fn remove_journals(&self, st: &mut State) -> Result<(), StoreError> {
+        while let Some(&number) = st.journals.first() {
+            let path = self.journal_path(number);
+            match self.fs.remove(&path) {
+                Ok(()) => {}
+                // A removal whose directory sync failed before.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error("delete", &path, &e)),
+            }
+            self.fs
+                .sync_dir(&self.journal_dir)
+                .map_err(|e| io_error("sync", &self.journal_dir, &e))?;
+            st.journals.remove(0);
+        }
+        Ok(())
     }
 
     /// Replays the journals over the index files and hands every live entry to `each`, queue
@@ -594,18 +609,9 @@ impl Index {
                 .sync_dir(&self.dir)
                 .map_err(|e| io_error("sync", &self.dir, &e))?;
         }
-        for number in std::mem::take(&mut st.journals) {
-            let path = self.journal_path(number);
-            self.fs
-                .remove(&path)
-                .map_err(|e| io_error("delete", &path, &e))?;
-        }
-        self.fs
-            .sync_dir(&self.journal_dir)
-            .map_err(|e| io_error("sync", &self.journal_dir, &e))?;
         st.window.clear();
         st.window_bytes = 0;
-        Ok(())
+        self.remove_journals(st)
     }
 
     /// Writes entries straight into the index files, synced, outside the journal: for moving

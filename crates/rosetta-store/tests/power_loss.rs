@@ -394,3 +394,41 @@ fn after_a_failed_fsync_the_batch_is_written_again_to_a_new_segment() {
     // succeeds: a store that retried it would confirm data the power cut then takes.
     failed_write_is_retried(SimFs::fail_syncs);
 }
+
+#[test]
+fn a_cut_while_recovery_deletes_the_journals_never_brings_back_a_failed_commits_entry() {
+    // A failed segment fsync leaves the failed batch's entry in the abandoned journal, whose
+    // unsynced tail may still reach the disk, naming the body's first place; the retry names
+    // the new place in a newer journal, and the first place's segment is deleted. Recovery
+    // deletes both journals once the index files hold their changes: a power cut part way must
+    // never keep the abandoned one without the newer, whose entry it would roll back to a body
+    // that is gone.
+    let sizes = HashMap::from([(1, 100)]);
+    let confirmed = HashMap::from([(1, Put { seq: 1, epoch: 0 })]);
+    for seed in 0..8 {
+        for cut_at in 1..12 {
+            let dir = store_dir();
+            let fs = SimFs::new(seed);
+            {
+                let store = open(dir.path(), &fs);
+                store.save_queue(&queue()).expect("save queue");
+                store.sync().expect("sync");
+                fs.fail_next(false, 1);
+                let epoch = store
+                    .enqueue(&message(1, 100), &[(QUEUE, 1)])
+                    .expect("enqueue");
+                wait_durable(&store, epoch);
+            }
+            let fs = fs.after_power_loss(seed);
+            {
+                let store = open(dir.path(), &fs);
+                fs.crash_after(cut_at);
+                let _ = store.recover();
+            }
+            let fs = fs.after_power_loss(seed * 100 + cut_at);
+            let store = open(dir.path(), &fs);
+            let context = format!("seed {seed}, power cut at operation {cut_at} of recovery");
+            recover_and_check(&store, &confirmed, &sizes, &context);
+        }
+    }
+}
