@@ -108,24 +108,24 @@ fn a_runtime_user_works_where_its_permissions_say_until_it_is_deleted() {
         carol,
         json!({"name": "carol", "tags": [], "limits": {}, "configured": false})
     );
-    assert_eq!(put(http, "/api/vhosts/work", ""), 201);
+    assert_eq!(put(http, "/api/vhosts/team", ""), 201);
     run(async {
         // No permission yet: the login works, the virtual host is refused.
-        assert!(!logs_in(&url(&broker, "carol", "c-pass", "work")).await);
+        assert!(!logs_in(&url(&broker, "carol", "c-pass", "team")).await);
     });
     let body = r#"{"configure":"^carol\\.","write":".*","read":".*"}"#;
-    assert_eq!(put(http, "/api/permissions/work/carol", body), 201);
-    assert_eq!(put(http, "/api/permissions/work/carol", body), 204);
+    assert_eq!(put(http, "/api/permissions/team/carol", body), 201);
+    assert_eq!(put(http, "/api/permissions/team/carol", body), 204);
     let listed = api(http, "GET", "/api/users/carol/permissions").json();
     assert_eq!(
         listed,
-        json!([{"user": "carol", "vhost": "work", "configure": "^carol\\.", "write": ".*",
+        json!([{"user": "carol", "vhost": "team", "configure": "^carol\\.", "write": ".*",
                 "read": ".*", "configured": false}])
     );
     let nowhere = api_with(http, "PUT", "/api/permissions/nowhere/carol", body);
     assert_eq!(nowhere.status, 400, "{}", nowhere.body);
     let bad = r#"{"configure":"(","write":".*","read":".*"}"#;
-    let invalid = api_with(http, "PUT", "/api/permissions/work/carol", bad);
+    let invalid = api_with(http, "PUT", "/api/permissions/team/carol", bad);
     assert_eq!(invalid.status, 400, "{}", invalid.body);
     assert!(invalid.body.contains("configure"), "{}", invalid.body);
 
@@ -134,7 +134,7 @@ fn a_runtime_user_works_where_its_permissions_say_until_it_is_deleted() {
             !logs_in(&url(&broker, "carol", "c-pass", "/")).await,
             "refused elsewhere"
         );
-        let client = connect_url(&url(&broker, "carol", "c-pass", "work")).await;
+        let client = connect_url(&url(&broker, "carol", "c-pass", "team")).await;
         let ch = client.channel().await;
         ch.queue_declare("carol.q".into(), durable(), FieldTable::default())
             .await
@@ -150,7 +150,7 @@ fn a_runtime_user_works_where_its_permissions_say_until_it_is_deleted() {
             put(http, "/api/users/carol", r#"{"password":"c-pass-2"}"#),
             204
         );
-        assert!(!logs_in(&url(&broker, "carol", "c-pass", "work")).await);
+        assert!(!logs_in(&url(&broker, "carol", "c-pass", "team")).await);
         let ch = client.channel().await;
         ch.queue_declare("carol.q2".into(), durable(), FieldTable::default())
             .await
@@ -158,7 +158,7 @@ fn a_runtime_user_works_where_its_permissions_say_until_it_is_deleted() {
 
         // Permissions changed at run time apply at the open connection's next operation.
         let none = r#"{"configure":"","write":".*","read":".*"}"#;
-        assert_eq!(put(http, "/api/permissions/work/carol", none), 204);
+        assert_eq!(put(http, "/api/permissions/team/carol", none), 204);
         assert_code(
             ch.queue_declare("carol.q3".into(), durable(), FieldTable::default())
                 .await,
@@ -168,15 +168,15 @@ fn a_runtime_user_works_where_its_permissions_say_until_it_is_deleted() {
         client.close().await;
 
         // Deleting the user closes its connection and refuses its logins.
-        let client = connect_url(&url(&broker, "carol", "c-pass-2", "work")).await;
+        let client = connect_url(&url(&broker, "carol", "c-pass-2", "team")).await;
         let deleted = api(http, "DELETE", "/api/users/carol");
         assert_eq!(deleted.status, 204, "{}", deleted.body);
         assert_eq!(client.next_error_code().await, 320, "CONNECTION_FORCED");
-        assert!(!logs_in(&url(&broker, "carol", "c-pass-2", "work")).await);
+        assert!(!logs_in(&url(&broker, "carol", "c-pass-2", "team")).await);
     });
     assert_eq!(api(http, "GET", "/api/users/carol").status, 404);
     assert_eq!(api(http, "DELETE", "/api/users/carol").status, 404);
-    assert_eq!(api(http, "GET", "/api/permissions/work/carol").status, 404);
+    assert_eq!(api(http, "GET", "/api/permissions/team/carol").status, 404);
 }
 
 #[test]
