@@ -116,7 +116,15 @@ async fn serve(config: Config) -> Result<(), Error> {
             "no [[permissions]] configured: every user has full permissions on every virtual host"
         );
     }
-    let (alarm_tx, alarm_rx) = watch::channel(false);
+    let monitor = resources::Monitor {
+        memory_limit: config.limits.memory_limit,
+        disk_free_limit: config.limits.disk_free_limit,
+        data_dir: config.storage.path.clone(),
+        store_failing: store.failure_flag(),
+    };
+    // The alarm starts as it stands, not off: the listeners open before the monitor's first
+    // check runs, and a broker started above its limits must hold its first publishers too.
+    let (alarm_tx, alarm_rx) = watch::channel(monitor.initial());
     let state = Arc::new(ServerState {
         broker: broker.clone(),
         users: Arc::new(users),
@@ -274,12 +282,6 @@ async fn serve(config: Config) -> Result<(), Error> {
                 }
             }
         })
-    };
-    let monitor = resources::Monitor {
-        memory_limit: config.limits.memory_limit,
-        disk_free_limit: config.limits.disk_free_limit,
-        data_dir: config.storage.path.clone(),
-        store_failing: store.failure_flag(),
     };
     let monitor = tokio::spawn(monitor.run(alarm_tx, shutdown_rx.clone()));
     // Connection tasks sleep until their own deadlines; an alarm raised or cleared wakes them.

@@ -35,6 +35,15 @@ pub struct Monitor {
 }
 
 impl Monitor {
+    /// The alarm as it stands now, logged when it is on; the value the broker starts with.
+    pub fn initial(&self) -> bool {
+        let on = self.alarm();
+        if on {
+            self.log_change(on);
+        }
+        on
+    }
+
     fn alarm(&self) -> bool {
         let memory =
             self.memory_limit > 0 && resident_bytes().is_some_and(|rss| rss > self.memory_limit);
@@ -53,18 +62,22 @@ impl Monitor {
             }
             let on = self.alarm();
             if *alarm.borrow() != on {
-                if on {
-                    tracing::warn!(
-                        memory = ?resident_bytes(),
-                        disk_free = ?free_disk_bytes(&self.data_dir),
-                        store_writes_failing = self.store_failing.is_set(),
-                        "resource alarm: publishers paused"
-                    );
-                } else {
-                    tracing::info!("resource alarm cleared: publishers resume");
-                }
+                self.log_change(on);
                 let _ = alarm.send(on);
             }
+        }
+    }
+
+    fn log_change(&self, on: bool) {
+        if on {
+            tracing::warn!(
+                memory = ?resident_bytes(),
+                disk_free = ?free_disk_bytes(&self.data_dir),
+                store_writes_failing = self.store_failing.is_set(),
+                "resource alarm: publishers paused"
+            );
+        } else {
+            tracing::info!("resource alarm cleared: publishers resume");
         }
     }
 }
