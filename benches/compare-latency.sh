@@ -84,30 +84,4 @@ for _ in $(seq "$runs"); do
 done
 echo "end: $(uptime)" >&2
 
-python3 - "$out" <<'PY'
-import json, statistics, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-groups = {}
-for r in rows:
-    groups.setdefault(r["label"], []).append(r)
-def med(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else float("nan")
-def field(rs, k):
-    return med([r.get(k) for r in rs])
-def lat(rs, k):
-    return med([r["latency_us"][k] for r in rs if "latency_us" in r])
-print(f"{'scenario/broker':20} {'runs':>4} {'rate':>6} {'p50 us':>7} {'p99 us':>7} {'p99.9 us':>8} {'max us':>7} {'cpu us/msg':>10} {'p99 each run':>22} {'lost':>5} {'dups':>5}")
-for label, rs in sorted(groups.items()):
-    if rs[0]["scenario"] == "mqtt-idle":
-        continue
-    each = "/".join(str(r["latency_us"]["p99"]) for r in rs if "latency_us" in r)
-    print(f"{label:20} {len(rs):4} {field(rs, 'rate'):6.0f} {lat(rs, 'p50'):7.0f} {lat(rs, 'p99'):7.0f} {lat(rs, 'p999'):8.0f} {lat(rs, 'max'):7.0f} {field(rs, 'broker_cpu_us_per_msg'):10.2f} {each:>22} {sum(r['lost'] for r in rs):5} {sum(r['duplicates'] for r in rs):5}")
-print()
-print(f"{'scenario/broker':20} {'runs':>4} {'connected':>9} {'failed':>6} {'hold s':>6} {'cpu % of a core':>15} {'cpu % each run':>22}")
-for label, rs in sorted(groups.items()):
-    if rs[0]["scenario"] != "mqtt-idle":
-        continue
-    each = "/".join(str(r.get("broker_idle_cpu_percent", "-")) for r in rs)
-    print(f"{label:20} {len(rs):4} {field(rs, 'connected'):9.0f} {field(rs, 'failed'):6.0f} {field(rs, 'hold_s'):6.1f} {field(rs, 'broker_idle_cpu_percent'):15.2f} {each:>22}")
-PY
+python3 "$here/benches/medians.py" latency "$out"

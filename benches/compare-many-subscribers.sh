@@ -110,21 +110,4 @@ for r in $(seq "$runs"); do
 done
 echo "end: $(uptime)" >&2
 
-python3 - "$out" <<'PY'
-import json, statistics, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-groups = {}
-for r in rows:
-    groups.setdefault(r["label"], []).append(r)
-def med(rs, k, f=lambda x: x):
-    v = [f(r[k]) for r in rs if k in r]
-    return statistics.median(v) if v else float("nan")
-print(f"{'broker/N':22} {'runs':>4} {'connected':>9} {'connect s':>9} {'msgs/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'CPU %':>6} {'us/msg':>7} {'RSS MiB':>8} {'B/sub':>6} {'gen cpu s':>9} {'lost':>5} {'misrt':>5}")
-for label, rs in sorted(groups.items()):
-    print(f"{label:22} {len(rs):4} {med(rs, 'connected'):9.0f} {med(rs, 'connect_s'):9.1f} "
-          f"{med(rs, 'deliveries_per_s'):8.0f} {med(rs, 'latency_us', lambda l: l['p50'] / 1000):7.1f} "
-          f"{med(rs, 'latency_us', lambda l: l['p99'] / 1000):7.1f} {med(rs, 'broker_cpu_percent'):6.0f} "
-          f"{med(rs, 'broker_cpu_us_per_msg'):7.2f} {med(rs, 'broker_peak_rss_bytes') / 2**20:8.0f} "
-          f"{med(rs, 'broker_bytes_per_subscriber'):6.0f} {med(rs, 'generator_cpu_s'):9.2f} "
-          f"{sum(r['lost'] for r in rs):5} {sum(r['misrouted'] for r in rs):5}")
-PY
+python3 "$here/benches/medians.py" many-subscribers "$out"

@@ -64,27 +64,4 @@ done
 
 echo "end: $(uptime)" >&2
 
-python3 - "$out" <<'PY'
-import json, statistics, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-groups = {}
-for r in rows:
-    groups.setdefault(r["label"], []).append(r)
-def med(rs, k):
-    v = [r[k] for r in rs if k in r]
-    return statistics.median(v) if v else float("nan")
-def lat(rs, k):
-    v = [r["latency_us"][k] for r in rs if "latency_us" in r]
-    return statistics.median(v) if v else float("nan")
-print(f"{'broker/scenario':28} {'runs':>4} {'msgs/s':>9} {'pub/s':>9} {'cpu us/msg':>10} {'gen cpu s':>9} {'p50 us':>7} {'p99 us':>7} {'peak RSS MiB':>12} {'sent':>9} {'lost':>7} {'dups':>5}")
-for label, rs in sorted(groups.items()):
-    if rs[0]["scenario"] == "mqtt-idle":
-        continue
-    print(f"{label:28} {len(rs):4} {med(rs, 'deliveries_per_s'):9.0f} {med(rs, 'publish_per_s'):9.0f} {med(rs, 'broker_cpu_us_per_msg'):10.2f} {med(rs, 'generator_cpu_s'):9.2f} {lat(rs, 'p50'):7.0f} {lat(rs, 'p99'):7.0f} {med(rs, 'broker_peak_rss_bytes')/2**20:12.0f} {med(rs, 'sent'):9.0f} {sum(r['lost'] for r in rs):7} {sum(r['duplicates'] for r in rs):5}")
-print()
-print(f"{'broker/scenario':28} {'runs':>4} {'connected':>9} {'failed':>6} {'closed':>6} {'connect s':>9} {'RSS before MiB':>14} {'RSS idle MiB':>12} {'bytes/conn':>10} {'idle cpu %':>10}")
-for label, rs in sorted(groups.items()):
-    if rs[0]["scenario"] != "mqtt-idle":
-        continue
-    print(f"{label:28} {len(rs):4} {med(rs, 'connected'):9.0f} {med(rs, 'failed'):6.0f} {med(rs, 'disturbed_while_idle'):6.0f} {med(rs, 'connect_s'):9.2f} {med(rs, 'broker_rss_before_bytes')/2**20:14.1f} {med(rs, 'broker_rss_idle_bytes')/2**20:12.1f} {med(rs, 'broker_bytes_per_connection'):10.0f} {med(rs, 'broker_idle_cpu_percent'):10.2f}")
-PY
+python3 "$here/benches/medians.py" mqtt "$out"

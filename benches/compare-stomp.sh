@@ -52,15 +52,4 @@ for _ in $(seq "$runs"); do
   done
 done
 
-python3 - "$out" <<'PY'
-import json, statistics, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-groups = {}
-for r in rows:
-    groups.setdefault(r["label"], []).append(r)
-print(f"{'broker/scenario':32} {'runs':>4} {'msgs/s':>9} {'all runs':>24} {'cpu us/msg':>10} {'peak RSS MiB':>12} {'lost':>5} {'dups':>5}")
-for label, rs in sorted(groups.items()):
-    med = lambda k: statistics.median([r[k] for r in rs if k in r]) if any(k in r for r in rs) else float("nan")
-    each = "/".join(str(r["deliveries_per_s"]) for r in rs)
-    print(f"{label:32} {len(rs):4} {med('deliveries_per_s'):9.0f} {each:>24} {med('broker_cpu_us_per_msg'):10.1f} {med('broker_peak_rss_bytes')/2**20:12.0f} {sum(r['lost'] for r in rs):5} {sum(r['duplicates'] for r in rs):5}")
-PY
+python3 "$here/benches/medians.py" stomp "$out"

@@ -55,15 +55,4 @@ for r in $(seq "$runs"); do
   done
 done
 
-python3 - "$out" <<'PY'
-import json, statistics, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-groups = {}
-for r in rows:
-    groups.setdefault(r["label"], []).append(r)
-print(f"{'broker/scenario':28} {'runs':>4} {'msgs/s':>9} {'cpu us/msg':>10} {'p50 us':>7} {'p99 us':>7} {'pub/s':>8} {'drain/s':>8} {'peak RSS MiB':>12} {'lost':>5} {'dups':>5}")
-for label, rs in sorted(groups.items()):
-    med = lambda k: statistics.median([r[k] for r in rs if k in r]) if any(k in r for r in rs) else float("nan")
-    lat = lambda k: statistics.median([r["latency_us"][k] for r in rs if "latency_us" in r]) if any("latency_us" in r for r in rs) else float("nan")
-    print(f"{label:28} {len(rs):4} {med('deliveries_per_s'):9.0f} {med('broker_cpu_us_per_msg'):10.1f} {lat('p50'):7.0f} {lat('p99'):7.0f} {med('publish_per_s'):8.0f} {med('drain_per_s'):8.0f} {med('broker_peak_rss_bytes')/2**20:12.0f} {sum(r['lost'] for r in rs):5} {sum(r['duplicates'] for r in rs):5}")
-PY
+python3 "$here/benches/medians.py" amqp "$out"

@@ -10,48 +10,18 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{Channel, Error, ErrorKind, ExchangeKind};
 use rosetta_tests::raw::{method, Args, HandshakeError, RawConnection, REPLY_DEADLINE};
-use rosetta_tests::Broker;
+use rosetta_tests::{Access, Broker};
 
 /// admin may do anything; bob may configure `bob.*`, write to `bob.*` and `amq.topic`, read
 /// from `bob.*` and `amq.topic`, and on `amq.topic` use only `sensors.*` keys; carol has no
 /// permission on `/` at all.
-const CONFIG: &str = r#"
-[[users]]
-name = "admin"
-password = "admin"
-
-[[users]]
-name = "bob"
-password = "bob"
-
-[[users]]
-name = "carol"
-password = "carol"
-
-[[permissions]]
-user = "admin"
-vhost = "/"
-configure = ".*"
-write = ".*"
-read = ".*"
-
-[[permissions]]
-user = "bob"
-vhost = "/"
-configure = "^bob\\."
-write = "^(bob\\..*|amq\\.topic)$"
-read = "^(bob\\..*|amq\\.topic)$"
-
-[[topic_permissions]]
-user = "bob"
-vhost = "/"
-exchange = "amq.topic"
-write = "^sensors\\."
-read = "^sensors\\."
-"#;
-
 fn broker() -> Broker {
-    Broker::start_with(CONFIG)
+    let bob = r"^(bob\..*|amq\.topic)$";
+    let access = Access::admin_and_carol()
+        .user("bob")
+        .permissions("bob", r"^bob\.", bob, bob)
+        .topic_permissions("bob", "amq.topic", r"^sensors\.", r"^sensors\.");
+    Broker::start_with(access.toml())
 }
 
 async fn login(broker: &Broker, user: &str) -> Client {

@@ -6,11 +6,13 @@
 //! - [`shared_broker`]: one broker shared by the tests of a module while any of them runs.
 //! - [`wait_until`] / [`eventually`]: wait for a condition with a deadline instead of sleeping.
 //! - [`raw`]: hand-built AMQP 0-9-1 frames over a plain `TcpStream`, for bad-input tests.
+//! - [`Access`]: users and their permissions, as configuration for the permission tests.
 //!
 //! The kit never builds the broker: `cargo build -p rosetta` (or `tests/run`) does that first.
 //! Set `ROSETTA_TEST_ECHO=1` to see the broker's log live on stderr; a test that panics while it
 //! holds a [`Broker`] prints the broker's log anyway.
 
+mod access;
 mod broker;
 mod config;
 mod logscan;
@@ -20,6 +22,7 @@ mod wait;
 #[cfg(test)]
 mod selftest;
 
+pub use access::Access;
 pub use broker::{broker_binary, shared_broker, workspace_root, Broker, BrokerBuilder};
 pub use config::ConfigFile;
 pub use logscan::{parse_listener, strip_ansi};

@@ -10,46 +10,17 @@ use rumqttc::v5::mqttbytes::QoS as QoS5;
 use rumqttc::{LastWill, QoS, SubscribeReasonCode};
 
 use crate::support::*;
+use rosetta_tests::Access;
 
 /// admin may do anything; `sensor` may only use `sensors/...` topics through `amq.topic`;
 /// carol has no permission on `/`.
-const USERS: &str = r#"
-[[users]]
-name = "admin"
-password = "admin"
-
-[[users]]
-name = "sensor"
-password = "sensor"
-
-[[users]]
-name = "carol"
-password = "carol"
-
-[[permissions]]
-user = "admin"
-vhost = "/"
-configure = ".*"
-write = ".*"
-read = ".*"
-
-[[permissions]]
-user = "sensor"
-vhost = "/"
-configure = ".*"
-write = "^amq\\.topic$"
-read = "^amq\\.topic$"
-
-[[topic_permissions]]
-user = "sensor"
-vhost = "/"
-exchange = "amq.topic"
-write = "^sensors\\."
-read = "^sensors\\."
-"#;
-
 fn broker() -> rosetta_tests::Broker {
-    broker_with(USERS)
+    let amq_topic = r"^amq\.topic$";
+    let access = Access::admin_and_carol()
+        .user("sensor")
+        .permissions("sensor", ".*", amq_topic, amq_topic)
+        .topic_permissions("sensor", "amq.topic", r"^sensors\.", r"^sensors\.");
+    broker_with(access.toml())
 }
 
 fn v4_as(port: u16, user: &str) -> rumqttc::MqttOptions {

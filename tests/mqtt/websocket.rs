@@ -5,16 +5,22 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use rumqttc::{QoS, Transport};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
 use crate::support::*;
 
-fn ws_port(broker: &rosetta_tests::Broker) -> u16 {
-    broker
+/// A broker with MQTT on (and `extra` configuration), and its MQTT WebSocket listener's port.
+fn ws_broker(extra: &str) -> (rosetta_tests::Broker, u16) {
+    let broker = broker_with(extra);
+    let port = broker
         .addr("mqtt-ws")
         .expect("the broker has no MQTT WebSocket listener")
-        .port()
+        .port();
+    (broker, port)
 }
 
 /// rumqttc options for the broker's MQTT WebSocket listener.
@@ -26,18 +32,26 @@ fn ws_options(port: u16, id: &str) -> rumqttc::MqttOptions {
     o
 }
 
-/// A raw WebSocket connection to `/ws` offering the `mqtt` subprotocol.
-async fn raw_ws(port: u16) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+/// The upgrade request for `/ws` offering the `mqtt` subprotocol.
+fn ws_request(port: u16) -> Request {
     let mut request = format!("ws://127.0.0.1:{port}/ws")
         .into_client_request()
         .expect("request");
     request
         .headers_mut()
         .insert("Sec-WebSocket-Protocol", "mqtt".parse().expect("header"));
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+    request
+}
+
+async fn tcp_connect(port: u16) -> TcpStream {
+    TcpStream::connect(("127.0.0.1", port))
         .await
-        .expect("connect");
-    let (ws, response) = tokio_tungstenite::client_async(request, tcp)
+        .expect("connect")
+}
+
+/// A raw WebSocket connection to `/ws` offering the `mqtt` subprotocol.
+async fn raw_ws(port: u16) -> WebSocketStream<TcpStream> {
+    let (ws, response) = tokio_tungstenite::client_async(ws_request(port), tcp_connect(port).await)
         .await
         .expect("WebSocket handshake");
     assert_eq!(
@@ -50,10 +64,32 @@ async fn raw_ws(port: u16) -> tokio_tungstenite::WebSocketStream<tokio::net::Tcp
     ws
 }
 
+/// The next message the broker sends on `ws` within `WAIT`; `what` names it if none comes.
+async fn next_message(ws: &mut WebSocketStream<TcpStream>, what: &str) -> Message {
+    tokio::time::timeout(WAIT, ws.next())
+        .await
+        .unwrap_or_else(|_| panic!("no {what}"))
+        .expect("closed")
+        .expect("WebSocket error")
+}
+
+/// Waits for the broker to close `ws`, a Close message allowed first; `after` says what
+/// should have made it close.
+async fn expect_closed(ws: &mut WebSocketStream<TcpStream>, after: &str) {
+    let end = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(end, ws.next()).await {
+            Ok(None | Some(Err(_))) => break,
+            Ok(Some(Ok(Message::Close(_)))) => continue,
+            Ok(Some(Ok(other))) => panic!("unexpected message {other:?}"),
+            Err(_) => panic!("connection still open after {after}"),
+        }
+    }
+}
+
 #[test]
 fn rumqttc_over_websocket_subscribes_publishes_and_receives() {
-    let broker = broker();
-    let port = ws_port(&broker);
+    let (_broker, port) = ws_broker("");
     run(async move {
         let mut client = V4::with(ws_options(port, &unique("ws"))).await;
         let topic = unique("ws/t");
@@ -73,8 +109,8 @@ fn rumqttc_over_websocket_subscribes_publishes_and_receives() {
 
 #[test]
 fn websocket_and_tcp_clients_share_topics_both_ways() {
-    let broker = broker();
-    let (ws, tcp) = (ws_port(&broker), port(&broker));
+    let (broker, ws) = ws_broker("");
+    let tcp = port(&broker);
     run(async move {
         let mut over_ws = V4::with(ws_options(ws, &unique("ws"))).await;
         let mut over_tcp = V4::connect(tcp, &unique("tcp"), true).await;
@@ -105,53 +141,35 @@ fn websocket_and_tcp_clients_share_topics_both_ways() {
 
 #[test]
 fn a_message_larger_than_max_packet_size_closes_the_connection() {
-    let broker = broker_with("max_packet_size = 1024\n");
-    let port = ws_port(&broker);
+    let (_broker, port) = ws_broker("max_packet_size = 1024\n");
     run(async move {
         let mut ws = raw_ws(port).await;
         // A PUBLISH that is not even looked at: the WebSocket layer refuses the message first.
         ws.send(Message::binary(vec![0x30; 4096]))
             .await
             .expect("send");
-        let end = tokio::time::Instant::now() + WAIT;
-        loop {
-            match tokio::time::timeout_at(end, ws.next()).await {
-                Ok(None | Some(Err(_))) => break,
-                Ok(Some(Ok(Message::Close(_)))) => continue,
-                Ok(Some(Ok(other))) => panic!("unexpected message {other:?}"),
-                Err(_) => panic!("connection still open after an oversized message"),
-            }
-        }
+        expect_closed(&mut ws, "an oversized message").await;
     });
 }
 
 #[test]
 fn packets_split_across_websocket_messages_are_reassembled() {
-    let broker = broker();
-    let port = ws_port(&broker);
+    let (_broker, port) = ws_broker("");
     run(async move {
         let mut ws = raw_ws(port).await;
         // CONNECT (MQTT 3.1.1, clean session, client id "split", guest/guest), cut in three.
-        let mut connect = vec![0x10, 0];
-        let body: &[u8] = b"\x00\x04MQTT\x04\xc2\x00\x1e\x00\x05split\x00\x05guest\x00\x05guest";
-        connect[1] = body.len() as u8;
-        connect.extend_from_slice(body);
+        let connect = connect_packet("split");
         for part in [&connect[..3], &connect[3..10], &connect[10..]] {
             ws.send(Message::binary(part.to_vec())).await.expect("send");
         }
-        let reply = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("no CONNACK")
-            .expect("closed")
-            .expect("WebSocket error");
+        let reply = next_message(&mut ws, "CONNACK").await;
         assert_eq!(reply, Message::binary(vec![0x20, 0x02, 0x00, 0x00]));
     });
 }
 
 #[test]
 fn websocket_connections_count_against_max_connections() {
-    let broker = broker_with("[limits]\nmax_connections = 1\n");
-    let port = ws_port(&broker);
+    let (_broker, port) = ws_broker("[limits]\nmax_connections = 1\n");
     run(async move {
         let first = V4::with(ws_options(port, &unique("first"))).await;
         let refused = V4::try_with(ws_options(port, &unique("second"))).await;
@@ -196,22 +214,13 @@ fn packet(first: u8, body: &[u8]) -> Vec<u8> {
 
 #[test]
 fn a_large_message_before_connect_closes_the_connection() {
-    let broker = broker();
-    let port = ws_port(&broker);
+    let (broker, port) = ws_broker("");
     run(async move {
         let mut ws = raw_ws(port).await;
         // 1 MiB, within max_packet_size (16 MiB) once logged in; the broker may close while it
         // is still being sent.
         let _ = ws.send(Message::binary(vec![0x30; 1 << 20])).await;
-        let end = tokio::time::Instant::now() + WAIT;
-        loop {
-            match tokio::time::timeout_at(end, ws.next()).await {
-                Ok(None | Some(Err(_))) => break,
-                Ok(Some(Ok(Message::Close(_)))) => continue,
-                Ok(Some(Ok(other))) => panic!("unexpected message {other:?}"),
-                Err(_) => panic!("connection still open after a large message before CONNECT"),
-            }
-        }
+        expect_closed(&mut ws, "a large message before CONNECT").await;
     });
     assert!(
         broker.wait_for_log("WebSocket message before login too long", WAIT),
@@ -222,18 +231,13 @@ fn a_large_message_before_connect_closes_the_connection() {
 
 #[test]
 fn a_large_message_after_connect_is_accepted() {
-    let broker = broker();
-    let port = ws_port(&broker);
+    let (_broker, port) = ws_broker("");
     run(async move {
         let mut ws = raw_ws(port).await;
         ws.send(Message::binary(connect_packet(&unique("big"))))
             .await
             .expect("send CONNECT");
-        let reply = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("no CONNACK")
-            .expect("closed")
-            .expect("WebSocket error");
+        let reply = next_message(&mut ws, "CONNACK").await;
         assert_eq!(reply, Message::binary(vec![0x20, 0x02, 0x00, 0x00]));
         // PUBLISH QoS 1, packet id 7, 1 MiB of payload: answered with its PUBACK.
         let topic = unique("big/t");
@@ -244,34 +248,24 @@ fn a_large_message_after_connect_is_accepted() {
         ws.send(Message::binary(packet(0x32, &body)))
             .await
             .expect("send PUBLISH");
-        let reply = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("no PUBACK")
-            .expect("closed")
-            .expect("WebSocket error");
+        let reply = next_message(&mut ws, "PUBACK").await;
         assert_eq!(reply, Message::binary(vec![0x40, 0x02, 0x00, 0x07]));
     });
 }
 
 #[test]
 fn an_origin_that_is_not_allowed_is_refused() {
-    let broker = broker_with("ws_allowed_origins = [\"https://app.example.com\"]\n");
-    let port = ws_port(&broker);
+    let (_broker, port) = ws_broker("ws_allowed_origins = [\"https://app.example.com\"]\n");
     run(async move {
         for (origin, allowed) in [
             ("https://evil.example", false),
             ("https://app.example.com", true),
         ] {
-            let mut request = format!("ws://127.0.0.1:{port}/ws")
-                .into_client_request()
-                .expect("request");
-            let headers = request.headers_mut();
-            headers.insert("Sec-WebSocket-Protocol", "mqtt".parse().expect("header"));
-            headers.insert("Origin", origin.parse().expect("header"));
-            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .expect("connect");
-            match tokio_tungstenite::client_async(request, tcp).await {
+            let mut request = ws_request(port);
+            request
+                .headers_mut()
+                .insert("Origin", origin.parse().expect("header"));
+            match tokio_tungstenite::client_async(request, tcp_connect(port).await).await {
                 Ok(_) => assert!(allowed, "{origin} was accepted"),
                 Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
                     assert!(!allowed, "{origin} was refused");

@@ -7,57 +7,21 @@
 use std::net::SocketAddr;
 
 use crate::support::*;
-use rosetta_tests::Broker;
+use rosetta_tests::{Access, Broker};
 
 /// admin may do anything; bob may use `bob.*` queues and exchanges and the server-named
 /// queues behind topic subscriptions, and only `sensors.*` keys on `amq.topic`; carol has no
 /// permission on `/`; dave may write and read anything but configure only `dave.*`, so not the
 /// server-named queues.
-const USERS: &str = r#"
-[[users]]
-name = "admin"
-password = "admin"
-
-[[users]]
-name = "bob"
-password = "bob"
-
-[[users]]
-name = "carol"
-password = "carol"
-
-[[users]]
-name = "dave"
-password = "dave"
-
-[[permissions]]
-user = "dave"
-vhost = "/"
-configure = "^dave\\..*$"
-write = ".*"
-read = ".*"
-
-[[permissions]]
-user = "admin"
-vhost = "/"
-configure = ".*"
-write = ".*"
-read = ".*"
-
-[[permissions]]
-user = "bob"
-vhost = "/"
-configure = "^(bob\\..*|amq\\.gen-.*)$"
-write = "^(bob\\..*|amq\\.gen-.*|amq\\.topic)$"
-read = "^(bob\\..*|amq\\.gen-.*|amq\\.topic)$"
-
-[[topic_permissions]]
-user = "bob"
-vhost = "/"
-exchange = "amq.topic"
-write = "^sensors\\."
-read = "^sensors\\."
-"#;
+fn users() -> Access {
+    let bob = r"^(bob\..*|amq\.gen-.*|amq\.topic)$";
+    Access::admin_and_carol()
+        .user("bob")
+        .permissions("bob", r"^(bob\..*|amq\.gen-.*)$", bob, bob)
+        .topic_permissions("bob", "amq.topic", r"^sensors\.", r"^sensors\.")
+        .user("dave")
+        .permissions("dave", r"^dave\..*$", ".*", ".*")
+}
 
 fn login_as(addr: SocketAddr, user: &str) -> Raw {
     let mut raw = Raw::open(addr);
@@ -105,7 +69,7 @@ fn admin_queue(addr: SocketAddr) -> String {
 
 #[test]
 fn a_user_without_permissions_on_the_vhost_is_refused_at_connect() {
-    let broker: Broker = broker_with(USERS);
+    let broker: Broker = broker_with(users().toml());
     let mut carol = login_as(broker.stomp_addr(), "carol");
     let error = carol.expect_frame("ERROR");
     let body = String::from_utf8_lossy(&error.body);
@@ -116,7 +80,7 @@ fn a_user_without_permissions_on_the_vhost_is_refused_at_connect() {
 
 #[test]
 fn send_needs_write_on_the_exchange_and_the_topic_permission() {
-    let broker = broker_with(USERS);
+    let broker = broker_with(users().toml());
     let addr = broker.stomp_addr();
     let shared = admin_queue(addr);
     let body = refused(
@@ -147,7 +111,7 @@ fn send_needs_write_on_the_exchange_and_the_topic_permission() {
 
 #[test]
 fn subscribe_needs_read_on_the_queue_and_for_a_topic_the_binding_permissions() {
-    let broker = broker_with(USERS);
+    let broker = broker_with(users().toml());
     let addr = broker.stomp_addr();
     let shared = admin_queue(addr);
     let subscribe = |destination: &str| {
@@ -203,7 +167,7 @@ fn subscribe_needs_read_on_the_queue_and_for_a_topic_the_binding_permissions() {
 
 #[test]
 fn queue_arguments_do_not_get_around_the_dead_letter_permissions() {
-    let broker = broker_with(USERS);
+    let broker = broker_with(users().toml());
     let addr = broker.stomp_addr();
     // bob may configure and write his own queues but not write to amq.direct: a queue of his
     // that dead-letters there (at once, with a TTL of 0) would publish there for him.
@@ -281,7 +245,7 @@ fn queue_arguments_do_not_get_around_the_dead_letter_permissions() {
 
 #[test]
 fn a_temporary_queue_needs_configure_on_its_server_given_name() {
-    let broker = broker_with(USERS);
+    let broker = broker_with(users().toml());
     let mut dave = login_as(broker.stomp_addr(), "dave");
     dave.expect_frame("CONNECTED");
     dave.send_frame("SEND", &[("destination", "/temp-queue/t")], b"x");
@@ -299,7 +263,8 @@ fn a_temporary_queue_needs_configure_on_its_server_given_name() {
 #[test]
 fn temporary_queues_per_connection_are_bounded_by_the_subscription_limit() {
     let broker = broker_with(&format!(
-        "{USERS}\n[limits]\nmax_consumers_per_channel = 2\n"
+        "{}\n[limits]\nmax_consumers_per_channel = 2\n",
+        users().toml()
     ));
     let mut admin = login_as(broker.stomp_addr(), "admin");
     admin.expect_frame("CONNECTED");

@@ -2,12 +2,24 @@
 
 use super::*;
 
+/// The plain AMQP listener answers with `connection.start`.
+async fn plain_amqp_starts(broker: &Broker) {
+    let mut plain = TcpStream::connect(broker.amqp_addr())
+        .await
+        .expect("plain AMQP");
+    amqp_start(&mut plain)
+        .await
+        .expect("connection.start in plain text");
+}
+
 #[tokio::test]
 async fn amqp_stomp_and_http_answer_over_tls_with_the_configured_certificate() {
-    let files = tempfile::tempdir().expect("tempdir");
-    let pki = Pki::new("Rosetta test CA");
-    let server = pki.server("rosetta server");
-    let broker = tls_broker(files.path(), &pki, &server, "");
+    let TlsSetup {
+        _files,
+        broker,
+        pki,
+        server,
+    } = TlsSetup::start();
     let config = client_config(&pki, None);
 
     let mut amqp = tls_connect(tls_addr(&broker, "amqps"), config.clone())
@@ -38,20 +50,17 @@ async fn amqp_stomp_and_http_answer_over_tls_with_the_configured_certificate() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 
     // The plain listeners are still there beside the TLS ones.
-    let mut plain = TcpStream::connect(broker.amqp_addr())
-        .await
-        .expect("plain AMQP");
-    amqp_start(&mut plain)
-        .await
-        .expect("connection.start in plain text");
+    plain_amqp_starts(&broker).await;
 }
 
 #[tokio::test]
 async fn tls_1_2_and_tls_1_3_clients_are_both_served() {
-    let files = tempfile::tempdir().expect("tempdir");
-    let pki = Pki::new("Rosetta test CA");
-    let server = pki.server("rosetta server");
-    let broker = tls_broker(files.path(), &pki, &server, "");
+    let TlsSetup {
+        _files,
+        broker,
+        pki,
+        ..
+    } = TlsSetup::start();
     for (version, expected) in [
         (&rustls::version::TLS12, rustls::ProtocolVersion::TLSv1_2),
         (&rustls::version::TLS13, rustls::ProtocolVersion::TLSv1_3),
@@ -67,10 +76,12 @@ async fn tls_1_2_and_tls_1_3_clients_are_both_served() {
 
 #[tokio::test]
 async fn a_plain_text_client_on_a_tls_port_is_closed_and_the_broker_goes_on() {
-    let files = tempfile::tempdir().expect("tempdir");
-    let pki = Pki::new("Rosetta test CA");
-    let server = pki.server("rosetta server");
-    let broker = tls_broker(files.path(), &pki, &server, "");
+    let TlsSetup {
+        _files,
+        broker,
+        pki,
+        ..
+    } = TlsSetup::start();
 
     for protocol in ["amqps", "mqtts", "stomps", "https"] {
         let mut plain = TcpStream::connect(tls_addr(&broker, protocol))
@@ -102,20 +113,12 @@ async fn a_plain_text_client_on_a_tls_port_is_closed_and_the_broker_goes_on() {
         .await
         .expect("TLS connect after the plain-text clients");
     amqp_start(&mut tls).await.expect("connection.start");
-    let mut plain = TcpStream::connect(broker.amqp_addr())
-        .await
-        .expect("plain AMQP");
-    amqp_start(&mut plain)
-        .await
-        .expect("connection.start in plain text");
+    plain_amqp_starts(&broker).await;
 }
 
 #[tokio::test]
 async fn a_client_that_does_not_trust_the_certificate_cannot_connect() {
-    let files = tempfile::tempdir().expect("tempdir");
-    let pki = Pki::new("Rosetta test CA");
-    let server = pki.server("rosetta server");
-    let broker = tls_broker(files.path(), &pki, &server, "");
+    let TlsSetup { _files, broker, .. } = TlsSetup::start();
     let stranger = Pki::new("Another CA");
     let refused = tls_connect(tls_addr(&broker, "amqps"), client_config(&stranger, None)).await;
     assert!(refused.is_err(), "the handshake should fail");

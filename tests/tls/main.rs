@@ -61,6 +61,31 @@ fn tls_broker(files: &Path, pki: &Pki, server: &Issued, extra_tls: &str) -> Brok
     BrokerBuilder::new().config(&config).start()
 }
 
+/// What most tests start from: an authority, a certificate for `localhost` it issued, and a
+/// [`tls_broker`] serving that certificate, with no extra `[tls]` keys.
+struct TlsSetup {
+    broker: Broker,
+    pki: Pki,
+    server: Issued,
+    /// The certificate files, kept while the broker runs.
+    _files: tempfile::TempDir,
+}
+
+impl TlsSetup {
+    fn start() -> TlsSetup {
+        let files = tempfile::tempdir().expect("tempdir");
+        let pki = Pki::new("Rosetta test CA");
+        let server = pki.server("rosetta server");
+        let broker = tls_broker(files.path(), &pki, &server, "");
+        TlsSetup {
+            broker,
+            pki,
+            server,
+            _files: files,
+        }
+    }
+}
+
 /// A TLS listener's address, logged as `amqps`, `mqtts`, `stomps` or `https`.
 fn tls_addr(broker: &Broker, protocol: &str) -> SocketAddr {
     broker

@@ -5,8 +5,11 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use rosetta_core::front_end::Session;
+use rosetta_core::Outbound;
 use rosetta_mqtt::MqttState;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
@@ -55,20 +58,56 @@ fn tls_name(protocol: &'static str) -> &'static str {
     }
 }
 
+/// One accepted connection, handed to its service once its transport is ready.
+pub(crate) struct Accepted<T> {
+    pub stream: T,
+    pub peer: SocketAddr,
+    /// The user the connection's verified TLS client certificate names (`tls::Tls::accept`);
+    /// `None` on plain connections.
+    pub identity: Option<String>,
+    /// Set once the client has logged in, when the transport wants to know.
+    pub login: Option<LoginSignal>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
 /// What runs on one accepted connection, whatever carries its bytes. Taken by value (a clone
 /// per connection): the connection's future must not borrow the listener's copy.
 pub(crate) trait Service: Clone + Send + Sync + 'static {
-    /// `identity` is the user the connection's verified TLS client certificate names
-    /// (`tls::Tls::accept`); `None` on plain connections. `login`, when the transport wants to
-    /// know, is set once the client has logged in.
-    fn serve<T: Transport>(
-        self,
-        stream: T,
+    fn serve<T: Transport>(self, conn: Accepted<T>) -> impl Future<Output = ()> + Send + 'static;
+}
+
+/// A protocol front-end served by the connection driver. Only how its session is built differs
+/// between the protocols; watching for the login and driving the session is shared.
+trait Protocol: Clone + Send + Sync + 'static {
+    type Session: Session + Send + 'static;
+
+    fn state(&self) -> &Arc<ServerState>;
+
+    /// The session for a client at `peer` whose certificate names `identity`, and its outbox
+    /// when the session has one from the start.
+    fn session(
+        &self,
         peer: SocketAddr,
         identity: Option<String>,
-        login: Option<LoginSignal>,
-        shutdown: watch::Receiver<bool>,
-    ) -> impl Future<Output = ()> + Send + 'static;
+    ) -> (Self::Session, Option<Outbox>);
+}
+
+type Outbox = UnboundedReceiver<Outbound>;
+
+impl<P: Protocol> Service for P {
+    fn serve<T: Transport>(self, conn: Accepted<T>) -> impl Future<Output = ()> + Send + 'static {
+        let (session, outbox) = self.session(conn.peer, conn.identity);
+        let session = Watched::new(session, conn.login);
+        let state = self.state().clone();
+        connection::drive(
+            conn.stream,
+            conn.peer,
+            session,
+            outbox,
+            state,
+            conn.shutdown,
+        )
+    }
 }
 
 /// `[amqp]`, `[mqtt]` or `[stomp]` `ssl_cert_login`: whether that protocol's clients may log
@@ -87,15 +126,18 @@ impl CertLogin {
 #[derive(Clone)]
 pub(crate) struct Amqp(pub Arc<ServerState>, pub CertLogin);
 
-impl Service for Amqp {
-    fn serve<T: Transport>(
-        self,
-        stream: T,
+impl Protocol for Amqp {
+    type Session = rosetta_amqp::session::Session;
+
+    fn state(&self) -> &Arc<ServerState> {
+        &self.0
+    }
+
+    fn session(
+        &self,
         peer: SocketAddr,
         identity: Option<String>,
-        login: Option<LoginSignal>,
-        shutdown: watch::Receiver<bool>,
-    ) -> impl Future<Output = ()> + Send + 'static {
+    ) -> (Self::Session, Option<Outbox>) {
         let state = &self.0;
         let (session, outbox) = rosetta_amqp::session::Session::new(
             state.broker.clone(),
@@ -103,44 +145,51 @@ impl Service for Amqp {
             state.amqp.clone(),
             peer,
         );
-        let session = Watched::new(session.with_peer_identity(self.1.identity(identity)), login);
-        connection::drive(stream, peer, session, Some(outbox), state.clone(), shutdown)
+        (
+            session.with_peer_identity(self.1.identity(identity)),
+            Some(outbox),
+        )
     }
 }
 
 #[derive(Clone)]
 pub(crate) struct Mqtt(pub Arc<ServerState>, pub Arc<MqttState>, pub CertLogin);
 
-impl Service for Mqtt {
-    fn serve<T: Transport>(
-        self,
-        stream: T,
+impl Protocol for Mqtt {
+    type Session = rosetta_mqtt::Session;
+
+    fn state(&self) -> &Arc<ServerState> {
+        &self.0
+    }
+
+    fn session(
+        &self,
         peer: SocketAddr,
         identity: Option<String>,
-        login: Option<LoginSignal>,
-        shutdown: watch::Receiver<bool>,
-    ) -> impl Future<Output = ()> + Send + 'static {
+    ) -> (Self::Session, Option<Outbox>) {
         // The session creates its outbox on the first subscription; the driver picks it up
         // then.
         let session = rosetta_mqtt::Session::new(self.1.clone(), peer)
             .with_peer_identity(self.2.identity(identity));
-        let session = Watched::new(session, login);
-        connection::drive(stream, peer, session, None, self.0.clone(), shutdown)
+        (session, None)
     }
 }
 
 #[derive(Clone)]
 pub(crate) struct Stomp(pub Arc<ServerState>, pub CertLogin);
 
-impl Service for Stomp {
-    fn serve<T: Transport>(
-        self,
-        stream: T,
+impl Protocol for Stomp {
+    type Session = rosetta_stomp::session::Session;
+
+    fn state(&self) -> &Arc<ServerState> {
+        &self.0
+    }
+
+    fn session(
+        &self,
         peer: SocketAddr,
         identity: Option<String>,
-        login: Option<LoginSignal>,
-        shutdown: watch::Receiver<bool>,
-    ) -> impl Future<Output = ()> + Send + 'static {
+    ) -> (Self::Session, Option<Outbox>) {
         let state = &self.0;
         let (session, outbox) = rosetta_stomp::session::Session::new(
             state.broker.clone(),
@@ -148,8 +197,10 @@ impl Service for Stomp {
             state.stomp.clone(),
             peer,
         );
-        let session = Watched::new(session.with_peer_identity(self.1.identity(identity)), login);
-        connection::drive(stream, peer, session, Some(outbox), state.clone(), shutdown)
+        (
+            session.with_peer_identity(self.1.identity(identity)),
+            Some(outbox),
+        )
     }
 }
 
@@ -157,16 +208,10 @@ impl Service for Stomp {
 pub(crate) struct Http(pub Arc<ServerState>);
 
 impl Service for Http {
-    fn serve<T: Transport>(
-        self,
-        stream: T,
-        peer: SocketAddr,
-        // The management API authenticates with basic auth only.
-        _identity: Option<String>,
-        _login: Option<LoginSignal>,
-        stop: watch::Receiver<bool>,
-    ) -> impl Future<Output = ()> + Send + 'static {
-        http::serve_connection(stream, peer, self.0.clone(), stop)
+    fn serve<T: Transport>(self, conn: Accepted<T>) -> impl Future<Output = ()> + Send + 'static {
+        // The management API authenticates with basic auth only: no certificate identity, and
+        // no login for the transport to watch.
+        http::serve_connection(conn.stream, conn.peer, self.0, conn.shutdown)
     }
 }
 
@@ -193,7 +238,15 @@ impl Accept {
             listeners.plain,
             self.limit.clone(),
             self.shutdown.clone(),
-            move |stream, peer, shutdown| plain.clone().serve(stream, peer, None, None, shutdown),
+            move |stream, peer, shutdown| {
+                plain.clone().serve(Accepted {
+                    stream,
+                    peer,
+                    identity: None,
+                    login: None,
+                    shutdown,
+                })
+            },
         )));
         // Validation guarantees `[tls]` whenever a `tls_listen` is set.
         let (Some(listener), Some(tls)) = (listeners.tls, self.tls.clone()) else {
@@ -210,7 +263,15 @@ impl Accept {
                 let service = service.clone();
                 async move {
                     if let Some((stream, identity)) = tls.accept(protocol, stream, peer).await {
-                        service.serve(stream, peer, identity, None, shutdown).await;
+                        service
+                            .serve(Accepted {
+                                stream,
+                                peer,
+                                identity,
+                                login: None,
+                                shutdown,
+                            })
+                            .await;
                     }
                 }
             },
@@ -238,7 +299,15 @@ impl Accept {
                     async move {
                         if let Some(ws) = upgrade.accept(stream, peer).await {
                             let login = Some(ws.login_signal());
-                            service.serve(ws, peer, None, login, shutdown).await;
+                            service
+                                .serve(Accepted {
+                                    stream: ws,
+                                    peer,
+                                    identity: None,
+                                    login,
+                                    shutdown,
+                                })
+                                .await;
                         }
                     }
                 },
@@ -262,7 +331,15 @@ impl Accept {
                     };
                     if let Some(ws) = upgrade.accept(stream, peer).await {
                         let login = Some(ws.login_signal());
-                        service.serve(ws, peer, identity, login, shutdown).await;
+                        service
+                            .serve(Accepted {
+                                stream: ws,
+                                peer,
+                                identity,
+                                login,
+                                shutdown,
+                            })
+                            .await;
                     }
                 }
             },
