@@ -149,14 +149,11 @@ fn publishes_missed_by_an_early_subscriber(port: u16) -> u32 {
 }
 
 /// Mosquitto always delivers it: one thread goes through its ready sockets in the order their
-/// data arrived. Rosetta does not promise it (docs/architecture.md, "The connection driver"):
-/// connections are handled in parallel, and tokio's scheduler and reactor reorder sockets that
-/// become readable together, so B's PUBLISH is often routed before A's subscription exists
-/// (nearly every round on two cores). A client that waits for SUBACK, which is sent only once
-/// the subscription is in place, always receives it (the other tests rely on that). Kept as a
-/// reproduction: `cargo test -p rosetta-tests --test mqtt -- --ignored publishes_read_together`.
+/// data arrived. Rosetta handles connections in parallel, and the runtime may run B's task
+/// first, so MQTT input is taken up in the order the reactor woke the connections
+/// (crates/rosetta-server/src/connection/input_order.rs): B's PUBLISH waits until A's
+/// SUBSCRIBE, woken earlier, is in place.
 #[test]
-#[ignore = "a known limitation: a SUBSCRIBE and another connection's PUBLISH read together race"]
 fn publishes_read_together_with_a_subscribe_reach_it() {
     let broker = broker();
     assert_eq!(publishes_missed_by_an_early_subscriber(port(&broker)), 0);

@@ -85,11 +85,32 @@ impl Eviction {
     }
 }
 
+/// What a batch of a client's input does to routing, for the order in which the driver lets
+/// connections' input take effect: a subscription read before another connection's publish is
+/// in place before that publish is routed, as in a broker that reads its sockets one by one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InputEffects {
+    /// The input may publish, so it is routed only once routing changes read before it are in
+    /// place.
+    pub publishes: bool,
+    /// The input changes routing (subscribes or unsubscribes), so input read after it waits
+    /// until it is handled.
+    pub changes_routing: bool,
+}
+
 /// One client connection's protocol state, as the connection driver sees it. Nothing here does
 /// I/O: the driver reads and writes the socket and calls these.
 pub trait Session {
     /// The protocol's name in logs and metric labels (`amqp`, `mqtt`, `stomp`).
     const PROTOCOL: &'static str;
+    /// Whether the protocol's input is ordered across connections ([`Session::input_effects`]):
+    /// MQTT's is, as Mosquitto's single thread orders it; the others are handled in parallel.
+    const ORDERS_INPUT: bool = false;
+    /// What the frames in `input` would do to routing, read cheaply (without decoding them);
+    /// asked only of protocols that [order their input](Session::ORDERS_INPUT).
+    fn input_effects(&self, _input: &[u8]) -> InputEffects {
+        InputEffects::default()
+    }
     /// Handles every complete frame in `input`, leaving an incomplete one there.
     fn handle_input(&mut self, input: &mut BytesMut) -> Flow;
     /// A delivery or notification from the core, through the session's outbox.

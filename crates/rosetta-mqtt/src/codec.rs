@@ -162,6 +162,41 @@ pub fn decode_connect(
     Ok(Some((protocol, connect)))
 }
 
+/// What the packets in a batch of input do to routing, as their fixed headers tell it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoutingEffects {
+    /// A PUBLISH is among them.
+    pub publishes: bool,
+    /// A SUBSCRIBE or UNSUBSCRIBE is among them.
+    pub subscribes: bool,
+}
+
+/// Reads the fixed headers of the packets in `input`, skipping their bodies, to tell what they
+/// do to routing before they are decoded. A header cut short or malformed is taken as a
+/// PUBLISH: it costs only a wait for earlier input, and decoding will judge it.
+pub fn routing_effects(input: &[u8]) -> RoutingEffects {
+    const PUBLISH: u8 = 3;
+    const SUBSCRIBE: u8 = 8;
+    const UNSUBSCRIBE: u8 = 10;
+    let mut effects = RoutingEffects::default();
+    let mut at = 0;
+    while let Some(&first) = input.get(at) {
+        match first >> 4 {
+            PUBLISH => effects.publishes = true,
+            SUBSCRIBE | UNSUBSCRIBE => effects.subscribes = true,
+            _ => {}
+        }
+        match read_var_int(&input[at + 1..]) {
+            Ok(Some((remaining, len))) => at += 1 + len + remaining,
+            Ok(None) | Err(_) => {
+                effects.publishes = true;
+                break;
+            }
+        }
+    }
+    effects
+}
+
 /// Decodes the next complete packet of a connected client, if `input` holds one.
 pub fn decode(
     input: &mut BytesMut,

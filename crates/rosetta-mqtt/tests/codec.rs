@@ -473,3 +473,53 @@ fn a_publish_into_a_warm_output_allocates_nothing() {
         out.clear();
     }
 }
+
+#[test]
+fn routing_effects_are_read_from_fixed_headers_alone() {
+    use rosetta_mqtt::codec::{routing_effects, RoutingEffects};
+    let filter = TopicFilter::try_from("a/#").expect("filter");
+    let subscribe = bytes_of(&Packet::Subscribe(v5::Subscribe::new(
+        pid(3),
+        vec![(filter.clone(), v5::SubscriptionOptions::new(QoS::Level1))],
+    )));
+    let unsubscribe = bytes_of(&Packet::Unsubscribe(v5::Unsubscribe::new(
+        pid(4),
+        vec![filter],
+    )));
+    // A PUBLISH whose payload holds bytes that look like a SUBSCRIBE header: bodies are skipped.
+    let mut tricky = publish5();
+    tricky.payload = Bytes::from_static(&[0x82, 0x01, 0x00]);
+    let publish = bytes_of(&Packet::Publish(tricky));
+    let puback = bytes_of(&Packet::Puback(v5::Puback::new_success(pid(1))));
+    let effects = |parts: &[&[u8]]| routing_effects(&parts.concat());
+    let none = RoutingEffects::default();
+    assert_eq!(effects(&[]), none);
+    assert_eq!(effects(&[&puback, &puback]), none);
+    assert_eq!(
+        effects(&[&puback, &publish]),
+        RoutingEffects {
+            publishes: true,
+            subscribes: false
+        }
+    );
+    assert_eq!(
+        effects(&[&subscribe]),
+        RoutingEffects {
+            publishes: false,
+            subscribes: true
+        }
+    );
+    assert!(effects(&[&unsubscribe]).subscribes);
+    assert_eq!(
+        effects(&[&publish, &unsubscribe]),
+        RoutingEffects {
+            publishes: true,
+            subscribes: true
+        }
+    );
+    // A header cut short may still be a PUBLISH.
+    assert!(effects(&[&puback, &[0x40]]).publishes);
+    assert!(effects(&[&[0x30, 0xff]]).publishes);
+    // A whole PUBLISH header announcing more than is buffered is a PUBLISH all the same.
+    assert!(effects(&[&publish[..4]]).publishes);
+}

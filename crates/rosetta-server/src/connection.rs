@@ -20,8 +20,10 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
 
+use self::input_order::{Ticket, Turn};
 use crate::state::ServerState;
 
+pub(crate) mod input_order;
 #[cfg(test)]
 mod tests;
 
@@ -61,6 +63,9 @@ pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
         &mut self,
         input: &mut BytesMut,
     ) -> impl Future<Output = std::io::Result<usize>> + Send;
+
+    /// The TCP socket underneath, whose read readiness the [`input_order`] watches.
+    fn socket(&self) -> &TcpStream;
 }
 
 /// Makes room in `input` for a read: a small buffer for a quiet connection, room for a whole
@@ -86,6 +91,10 @@ impl Transport for TcpStream {
         // readiness, which saves a read that would only return EAGAIN.
         self.read_buf(input).await
     }
+
+    fn socket(&self) -> &TcpStream {
+        self
+    }
 }
 
 impl Transport for TlsStream<TcpStream> {
@@ -96,6 +105,10 @@ impl Transport for TlsStream<TcpStream> {
     async fn read_some(&mut self, input: &mut BytesMut) -> std::io::Result<usize> {
         reserve_input(input);
         self.read_buf(input).await
+    }
+
+    fn socket(&self) -> &TcpStream {
+        self.get_ref().0
     }
 }
 
@@ -148,6 +161,13 @@ pub(crate) async fn drive<S: Session, T: Transport>(
     let mut unwritten = Unwritten::default();
     session.set_alarm(*alarm.borrow_and_update());
     look_at_signals(&mut session, &mut shutdown, &mut alarm);
+    // The connection's place in the broker-wide order of input, for protocols that keep one.
+    let turn = S::ORDERS_INPUT.then(|| {
+        let turn = Turn::new(state.input_order.clone());
+        let waker = Waker::from(turn.clone());
+        (turn, waker)
+    });
+    let listening = turn.as_ref().map(|(turn, waker)| (&**turn, waker));
     // A panic is a bug, but it must cost one connection, not the broker's state: the loop runs
     // guarded, and the cleanup below runs whatever happened in it.
     // The client closed or broke the socket, so there is no one left to linger for.
@@ -157,7 +177,7 @@ pub(crate) async fn drive<S: Session, T: Transport>(
         let mut refused = 0;
         loop {
             let keep = tokio::select! {
-                read = stream.read_some(&mut input), if !session.reading_paused() => match read {
+                read = input_order::listen(listening, stream.read_some(&mut input)), if !session.reading_paused() => match read {
                     Ok(0) | Err(_) => {
                         peer_gone = true;
                         break;
@@ -165,7 +185,14 @@ pub(crate) async fn drive<S: Session, T: Transport>(
                     Ok(n) => {
                         traffic.received.inc_by(n as u64);
                         last_read = Instant::now();
-                        handle_input(&mut session, &mut input, &mut refused)
+                        match listening {
+                            Some((turn, waker)) => {
+                                let ticket = turn.take();
+                                turn.rearm(stream.socket(), waker);
+                                handle_input_in_turn(ticket, &mut session, &mut input, &mut refused).await
+                            }
+                            None => handle_input(&mut session, &mut input, &mut refused),
+                        }
                     }
                 },
                 Some(item) = next_outbound(&mut outbox, &mut session) => {
@@ -236,6 +263,10 @@ pub(crate) async fn drive<S: Session, T: Transport>(
                     true
                 }
             };
+            let turn_here = listening.map(|(turn, _)| turn);
+            if let Some(turn) = turn_here {
+                turn.set_paused(session.reading_paused());
+            }
             // A refused login is counted, and answered only after a delay so that guessing
             // passwords is slow. Only this connection's task waits; its output (the refusal)
             // stays unwritten meanwhile.
@@ -244,12 +275,16 @@ pub(crate) async fn drive<S: Session, T: Transport>(
                     .metrics
                     .auth_failures(S::PROTOCOL, std::mem::take(&mut refused));
                 if !state.failed_login_delay.is_zero() {
-                    tokio::time::sleep(state.failed_login_delay).await;
+                    Turn::elsewhere(turn_here, tokio::time::sleep(state.failed_login_delay)).await;
                 }
             }
             if let Some(out) = session.take_output() {
                 // `flush` hands TLS records still buffered to the socket; a no-op on TCP.
-                if stream.write_all(&out).await.is_err() || stream.flush().await.is_err() {
+                let write = async {
+                    stream.write_all(&out).await?;
+                    stream.flush().await
+                };
+                if Turn::elsewhere(turn_here, write).await.is_err() {
                     peer_gone = true;
                     break;
                 }
@@ -291,6 +326,9 @@ pub(crate) async fn drive<S: Session, T: Transport>(
     };
     if let Err(panic) = catch_panic(run).await {
         tracing::error!(%peer, protocol = S::PROTOCOL, panic, "connection task panicked; closing the connection");
+    }
+    if let Some((turn, _)) = listening {
+        turn.leave();
     }
     let _ = stream.shutdown().await;
     let cleanup = catch_unwind(AssertUnwindSafe(|| {
@@ -354,6 +392,26 @@ fn handle_input<S: Session>(session: &mut S, input: &mut BytesMut, refused: &mut
     let (flow, n) = auth::refusals_during(|| session.handle_input(input));
     *refused = refused.saturating_add(n);
     flow == Flow::Continue
+}
+
+/// [`handle_input`] in the connection's [`input_order`]: input that changes routing holds back
+/// input read after it until it is handled; input that publishes waits until the routing
+/// changes read before it are in place. Input that does both waits only for earlier tickets,
+/// so two such connections never wait for each other.
+async fn handle_input_in_turn<S: Session>(
+    mut ticket: Ticket<'_>,
+    session: &mut S,
+    input: &mut BytesMut,
+    refused: &mut u32,
+) -> bool {
+    let effects = session.input_effects(input);
+    if !effects.changes_routing {
+        ticket.release();
+    }
+    if effects.publishes {
+        ticket.wait_turn().await;
+    }
+    handle_input(session, input, refused)
 }
 
 /// Applies the broker-wide signals that changed since the last look: shutdown makes the session

@@ -158,6 +158,7 @@ async fn serve(config: Config) -> Result<(), Error> {
         metrics,
         lifecycle: Lifecycle::new(),
         metrics_auth: config.http.metrics_auth,
+        input_order: Default::default(),
     });
     // Virtual hosts made at run time before this start are not in the configuration (their
     // creators' permissions are stored ones, loaded above).

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::Waker;
 
 use bytes::{Bytes, BytesMut};
-use rosetta_core::front_end::{Eviction, Flow, Heartbeats, Session};
+use rosetta_core::front_end::{Eviction, Flow, Heartbeats, InputEffects, Session};
 use rosetta_core::{Outbound, VHost};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -47,6 +47,11 @@ impl<S: Session> Watched<S> {
 
 impl<S: Session> Session for Watched<S> {
     const PROTOCOL: &'static str = S::PROTOCOL;
+    const ORDERS_INPUT: bool = S::ORDERS_INPUT;
+
+    fn input_effects(&self, input: &[u8]) -> InputEffects {
+        self.session.input_effects(input)
+    }
 
     fn handle_input(&mut self, input: &mut BytesMut) -> Flow {
         self.session.handle_input(input)

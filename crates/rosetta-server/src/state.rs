@@ -7,6 +7,7 @@ use rosetta_amqp::session::SessionConfig;
 use rosetta_core::{Broker, Directory};
 use tokio::sync::watch;
 
+use crate::connection::input_order::InputOrder;
 use crate::connections::Connections;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
@@ -31,6 +32,8 @@ pub(crate) struct ServerState {
     /// `/metrics` asks for HTTP basic auth of a user with a management tag (`[http]
     /// metrics_auth`).
     pub metrics_auth: bool,
+    /// The order in which MQTT connections' input takes effect.
+    pub input_order: Arc<InputOrder>,
 }
 
 #[cfg(test)]
@@ -89,6 +92,7 @@ impl ServerState {
             metrics: Metrics::new().expect("metrics"),
             lifecycle: Lifecycle::new(),
             metrics_auth: false,
+            input_order: Default::default(),
         })
     }
 }

@@ -25,7 +25,7 @@ use std::task::{ready, Context, Poll};
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::machine::TryParse;
 use tokio_tungstenite::tungstenite::handshake::server::{create_response, write_response, Request};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -458,6 +458,10 @@ impl<S: Transport> Transport for WebSocket<S> {
     async fn read_some(&mut self, input: &mut BytesMut) -> io::Result<usize> {
         reserve_input(input);
         self.read_buf(input).await
+    }
+
+    fn socket(&self) -> &TcpStream {
+        self.inner.get_ref().stream.socket()
     }
 }
 

@@ -202,6 +202,15 @@ impl Session {
 
 impl front_end::Session for Session {
     const PROTOCOL: &'static str = "mqtt";
+    const ORDERS_INPUT: bool = true;
+
+    fn input_effects(&self, input: &[u8]) -> front_end::InputEffects {
+        let effects = codec::routing_effects(input);
+        front_end::InputEffects {
+            publishes: effects.publishes,
+            changes_routing: effects.subscribes,
+        }
+    }
 
     /// Handles every complete packet in `input`.
     fn handle_input(&mut self, input: &mut BytesMut) -> Flow {

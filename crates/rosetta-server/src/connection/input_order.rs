@@ -1,0 +1,321 @@
+//! The order in which connections' input takes effect, for protocols that promise one (MQTT:
+//! a SUBSCRIBE that arrived before another connection's PUBLISH is in place before that PUBLISH
+//! is routed, as with Mosquitto, whose one thread reads its ready sockets in turn).
+//!
+//! Connections run in parallel, and the runtime may run a later-woken task first (tokio's LIFO
+//! slot) or on another worker, so the order in which tasks handle their input says nothing.
+//! What is known is which connections the reactor has woken for input they have not handled
+//! yet: input that arrived before a given read is among theirs, or handled already. So each
+//! connection's read is polled with a waker of its own ([`Turn`]), which takes a ticket from a
+//! broker-wide counter ([`InputOrder`]) when the reactor wakes it; the input read next carries
+//! that ticket (or a new one, when it was there without a wake-up):
+//! - input that changes routing releases its ticket once it is handled;
+//! - any other input releases it at once, before it is handled;
+//! - input that publishes waits, before it is handled, until every ticket taken so far is
+//!   released ([`Ticket::wait_turn`]).
+//!
+//! Only publishing input that shares a moment with other input ever waits, and only for input
+//! already woken: the wait is a few task polls. A ticket that is never released (a bug, or a
+//! task stalled elsewhere) holds others back for at most [`MAX_WAIT`].
+
+use std::future::{poll_fn, Future};
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+
+#[cfg(test)]
+#[path = "input_order_tests.rs"]
+mod tests;
+
+/// Tickets that can be outstanding at once before an old one is forgotten (see
+/// [`InputOrder::release`]); far more than connections woken together.
+const SLOTS: usize = 1 << 16;
+/// The longest input waits for earlier tickets before it goes ahead without them: long enough
+/// for a busy machine to get round to the tasks holding them, short enough that a ticket
+/// lost to a bug costs one hiccup.
+pub(crate) const MAX_WAIT: Duration = Duration::from_millis(100);
+
+/// The broker-wide ticket counter and the mark below which every ticket is released.
+pub(crate) struct InputOrder {
+    next: AtomicU64,
+    /// Every ticket below it is released (or was given up on).
+    passed: AtomicU64,
+    /// Slot `t % SLOTS` holds `t` once ticket `t` is released.
+    released: Box<[AtomicU64]>,
+}
+
+impl Default for InputOrder {
+    fn default() -> InputOrder {
+        InputOrder {
+            next: AtomicU64::new(1),
+            passed: AtomicU64::new(1),
+            released: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl InputOrder {
+    fn take(&self) -> u64 {
+        self.next.fetch_add(1, SeqCst)
+    }
+
+    /// Ticket `t`'s input no longer holds anyone back. Sequentially consistent throughout: two
+    /// releases racing must not each miss the other's slot and leave the mark behind.
+    fn release(&self, t: u64) {
+        // A ticket SLOTS older that is still out shares the slot; overwriting it only makes
+        // that old ticket look unreleased, which MAX_WAIT ends.
+        self.released[slot(t)].store(t, SeqCst);
+        self.advance();
+    }
+
+    fn advance(&self) {
+        let mut mark = self.passed.load(SeqCst);
+        while self.released[slot(mark)].load(SeqCst) == mark {
+            mark = match self.passed.compare_exchange(mark, mark + 1, SeqCst, SeqCst) {
+                Ok(_) => mark + 1,
+                Err(now) => now,
+            };
+        }
+    }
+
+    /// Whether every ticket before `t` is released.
+    fn is_turn_of(&self, t: u64) -> bool {
+        self.passed.load(SeqCst) >= t
+    }
+
+    /// Gives up on the tickets before `t` that are still out.
+    fn skip_to(&self, t: u64) {
+        self.passed.fetch_max(t, SeqCst);
+        self.advance();
+    }
+
+    /// Waits until every ticket before `t` is released, or [`MAX_WAIT`] has passed. The input
+    /// it waits for is already read, and its tasks only need to run, so this yields rather than
+    /// registering for a wake-up; past a few turns of the scheduler (the machine is busy) it
+    /// sleeps between looks instead, so as not to spin against the tasks it waits for.
+    async fn wait_turn(&self, t: u64) {
+        const YIELDS: u32 = 64;
+        if self.is_turn_of(t) {
+            return;
+        }
+        let deadline = Instant::now() + MAX_WAIT;
+        let mut looks = 0;
+        loop {
+            if looks < YIELDS {
+                tokio::task::yield_now().await;
+                looks += 1;
+            } else {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            if self.is_turn_of(t) {
+                return;
+            }
+            if Instant::now() >= deadline {
+                tracing::debug!(
+                    ticket = t,
+                    "input waited too long for earlier input; going ahead"
+                );
+                self.skip_to(t);
+                return;
+            }
+        }
+    }
+}
+
+fn slot(t: u64) -> usize {
+    (t % SLOTS as u64) as usize
+}
+
+/// One connection's place in the [`InputOrder`]: the waker its reads are polled with.
+pub(crate) struct Turn {
+    order: Arc<InputOrder>,
+    /// The ticket the last wake-up took, not yet used by a read; 0 for none.
+    ticket: AtomicU64,
+    /// Whether the task waits on something other than its input (a slow socket's write, a
+    /// login delay). A wake-up then takes no ticket: the task could hold it for long, and its
+    /// next read takes a fresh one. A task that is merely busy (writing what it just handled)
+    /// does take one: it reads again within microseconds.
+    elsewhere: AtomicBool,
+    task: Mutex<Option<Waker>>,
+}
+
+impl Turn {
+    pub(crate) fn new(order: Arc<InputOrder>) -> Arc<Turn> {
+        Arc::new(Turn {
+            order,
+            ticket: AtomicU64::new(0),
+            elsewhere: AtomicBool::new(false),
+            task: Mutex::new(None),
+        })
+    }
+
+    /// The ticket of the input just read (the wake-up's, or a new one when the read found
+    /// bytes without waiting), held until dropped or released.
+    pub(crate) fn take(&self) -> Ticket<'_> {
+        let number = match self.ticket.swap(0, SeqCst) {
+            0 => self.order.take(),
+            t => t,
+        };
+        Ticket {
+            order: &self.order,
+            number,
+            held: true,
+        }
+    }
+
+    /// Whether the session paused reading: while it does, wake-ups take no ticket, since the
+    /// input they announce will not be read until it resumes.
+    pub(crate) fn set_paused(&self, paused: bool) {
+        self.elsewhere.store(paused, SeqCst);
+        if paused {
+            self.give_back();
+        }
+    }
+
+    /// Gives back the ticket of a wake-up whose input will not be read soon (the read found
+    /// nothing).
+    pub(crate) fn give_back(&self) {
+        let t = self.ticket.swap(0, SeqCst);
+        if t != 0 {
+            self.order.release(t);
+        }
+    }
+
+    /// Watches the socket for its next input as soon as a read is done, so input that arrives
+    /// while the task handles this read takes its ticket when it arrives, not when the task
+    /// comes back to read it (later than input that other connections read meanwhile).
+    pub(crate) fn rearm(&self, socket: &TcpStream, waker: &Waker) {
+        if socket
+            .poll_read_ready(&mut Context::from_waker(waker))
+            .is_ready()
+            && self.ticket.load(SeqCst) == 0
+        {
+            // Input is waiting already (the read filled the buffer): it arrived before
+            // anything read from now on.
+            let t = self.order.take();
+            if self.ticket.compare_exchange(0, t, SeqCst, SeqCst).is_err() {
+                self.order.release(t);
+            }
+        }
+    }
+
+    /// The connection stops reading for good: it holds no ticket and takes none.
+    pub(crate) fn leave(&self) {
+        self.elsewhere.store(true, SeqCst);
+        self.give_back();
+    }
+
+    /// Runs `work`; if it has to wait (a write to a socket that is full, a sleep), the turn
+    /// gives its ticket back and takes none until `work` is done.
+    pub(crate) async fn elsewhere<F: Future>(turn: Option<&Turn>, work: F) -> F::Output {
+        let mut work = pin!(work);
+        let Some(turn) = turn else {
+            return work.await;
+        };
+        if let Poll::Ready(out) = poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await {
+            return out;
+        }
+        let paused = turn.elsewhere.swap(true, SeqCst);
+        turn.give_back();
+        let out = work.await;
+        turn.elsewhere.store(paused, SeqCst);
+        out
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let t = *self.ticket.get_mut();
+        if t != 0 {
+            self.order.release(t);
+        }
+    }
+}
+
+impl Wake for Turn {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.elsewhere.load(SeqCst) && self.ticket.load(SeqCst) == 0 {
+            let t = self.order.take();
+            if self.ticket.compare_exchange(0, t, SeqCst, SeqCst).is_err() {
+                self.order.release(t);
+            } else if self.elsewhere.load(SeqCst)
+                && self.ticket.compare_exchange(t, 0, SeqCst, SeqCst).is_ok()
+            {
+                // The task went elsewhere as the ticket was taken: it would keep it.
+                self.order.release(t);
+            }
+        }
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(task) = task.as_ref() {
+            task.wake_by_ref();
+        }
+    }
+}
+
+/// A ticket taken for input just read; released once, at the latest when dropped (so a panic
+/// while handling the input holds no one back).
+pub(crate) struct Ticket<'a> {
+    order: &'a InputOrder,
+    number: u64,
+    held: bool,
+}
+
+impl Ticket<'_> {
+    pub(crate) fn release(&mut self) {
+        if std::mem::take(&mut self.held) {
+            self.order.release(self.number);
+        }
+    }
+
+    /// Waits until the input that must take effect first has: while the ticket is held
+    /// (the input changes routing), the input of every earlier ticket; once it is released,
+    /// that of every ticket taken so far, since the reactor's order of wake-ups is not quite
+    /// the order of arrival (a socket already reported for write readiness keeps its earlier
+    /// place when data arrives), and input woken with this one may have arrived first.
+    pub(crate) async fn wait_turn(&self) {
+        let before = if self.held {
+            self.number
+        } else {
+            self.order.next.load(SeqCst)
+        };
+        self.order.wait_turn(before).await;
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// Polls `read` with `turn` as its waker, when the connection has one: the reactor then wakes
+/// the turn, which takes a ticket and wakes the task.
+pub(crate) async fn listen<F: Future>(turn: Option<(&Turn, &Waker)>, read: F) -> F::Output {
+    let mut read = pin!(read);
+    let Some((turn, waker)) = turn else {
+        return read.await;
+    };
+    poll_fn(|cx| {
+        {
+            let mut task = turn.task.lock().unwrap_or_else(|e| e.into_inner());
+            if !task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
+                *task = Some(cx.waker().clone());
+            }
+        }
+        let read = read.as_mut().poll(&mut Context::from_waker(waker));
+        if read.is_pending() {
+            // Woken for something that was not input (write readiness, say).
+            turn.give_back();
+        }
+        read
+    })
+    .await
+}

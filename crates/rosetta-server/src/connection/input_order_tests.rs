@@ -1,0 +1,122 @@
+use std::sync::Arc;
+use std::task::Wake;
+use std::time::Instant;
+
+use super::*;
+
+#[test]
+fn the_mark_passes_a_ticket_only_once_every_earlier_one_is_released() {
+    let order = InputOrder::default();
+    let (a, b, c) = (order.take(), order.take(), order.take());
+    assert!(order.is_turn_of(a));
+    assert!(!order.is_turn_of(b));
+    order.release(c);
+    order.release(b);
+    assert!(!order.is_turn_of(c), "a is still out");
+    order.release(a);
+    assert!(order.is_turn_of(c));
+    assert!(order.is_turn_of(order.take()));
+}
+
+#[test]
+fn releases_racing_on_two_threads_never_leave_the_mark_behind() {
+    let order = Arc::new(InputOrder::default());
+    for _ in 0..200 {
+        let tickets: Vec<u64> = (0..64).map(|_| order.take()).collect();
+        let (even, odd): (Vec<u64>, Vec<u64>) = tickets.iter().partition(|t| *t % 2 == 0);
+        let other = {
+            let order = order.clone();
+            std::thread::spawn(move || odd.into_iter().rev().for_each(|t| order.release(t)))
+        };
+        even.into_iter().for_each(|t| order.release(t));
+        other.join().expect("thread");
+        let last = *tickets.last().expect("tickets");
+        assert!(order.is_turn_of(last + 1), "every ticket was released");
+    }
+}
+
+#[tokio::test]
+async fn a_ticket_never_released_holds_others_back_for_max_wait_only() {
+    let order = InputOrder::default();
+    let lost = order.take();
+    let later = order.take();
+    let started = Instant::now();
+    order.wait_turn(later).await;
+    assert!(started.elapsed() >= MAX_WAIT);
+    assert!(order.is_turn_of(later), "the lost ticket was given up on");
+    order.release(later);
+    // Released late, it does not disturb the order of newer tickets.
+    order.release(lost);
+    let (x, y) = (order.take(), order.take());
+    assert!(!order.is_turn_of(y));
+    order.release(x);
+    assert!(order.is_turn_of(y));
+}
+
+#[test]
+fn a_wake_up_takes_a_ticket_unless_the_task_waits_elsewhere() {
+    let order = Arc::new(InputOrder::default());
+    let turn = Turn::new(order.clone());
+    // Reading paused: the wake-up takes nothing, so it holds no one back.
+    turn.set_paused(true);
+    turn.wake_by_ref();
+    let other = order.take();
+    assert!(order.is_turn_of(other));
+    order.release(other);
+    // Otherwise the wake-up's ticket comes before input read by others later...
+    turn.set_paused(false);
+    turn.wake_by_ref();
+    let later = order.take();
+    assert!(!order.is_turn_of(later));
+    let ticket = turn.take();
+    assert!(ticket.number < later);
+    // ...until the input it announced is handled.
+    drop(ticket);
+    assert!(order.is_turn_of(later));
+    order.release(later);
+    // A wake-up that announced no input gives its ticket back.
+    turn.wake_by_ref();
+    let after = order.take();
+    assert!(!order.is_turn_of(after));
+    turn.give_back();
+    assert!(order.is_turn_of(after));
+    order.release(after);
+    // A second wake-up before the read keeps the first, earlier ticket.
+    turn.wake_by_ref();
+    let between = order.take();
+    turn.wake_by_ref();
+    let ticket = turn.take();
+    assert!(ticket.number < between);
+}
+
+#[tokio::test]
+async fn work_that_has_to_wait_gives_the_ticket_back_and_takes_none_meanwhile() {
+    let order = Arc::new(InputOrder::default());
+    let turn = Turn::new(order.clone());
+    turn.wake_by_ref();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let work = Turn::elsewhere(Some(&turn), rx);
+    let check = async {
+        tokio::task::yield_now().await;
+        let other = order.take();
+        assert!(
+            order.is_turn_of(other),
+            "the waiting task's ticket was given back"
+        );
+        order.release(other);
+        turn.wake_by_ref();
+        let next = order.take();
+        assert!(
+            order.is_turn_of(next),
+            "a wake-up while it waits takes none"
+        );
+        order.release(next);
+        tx.send(()).expect("send");
+    };
+    let (done, ()) = tokio::join!(work, check);
+    done.expect("received");
+    // Back from waiting, wake-ups take tickets again.
+    turn.wake_by_ref();
+    let later = order.take();
+    assert!(!order.is_turn_of(later));
+}
