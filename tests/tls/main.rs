@@ -12,6 +12,7 @@ mod mqtt;
 mod peers;
 mod pki;
 mod reload;
+mod tickets;
 mod websocket;
 
 use std::io;

@@ -172,7 +172,7 @@ fn server_config(settings: &TlsConfig) -> Result<ServerConfig, Error> {
         }
         _ => builder.with_no_client_auth(),
     };
-    builder.with_single_cert(certs, key).map_err(|e| {
+    let mut config = builder.with_single_cert(certs, key).map_err(|e| {
         file_error(
             "key_file",
             &settings.key_file,
@@ -181,5 +181,14 @@ fn server_config(settings: &TlsConfig) -> Result<ServerConfig, Error> {
                 settings.cert_file.display()
             ),
         )
-    })
+    })?;
+    // No TLS 1.3 session tickets (RabbitMQ's default too). They would reach the client after
+    // its handshake is done, while it writes its first frame, and clients that read and write
+    // one TLS connection from two threads (stomp.py, on Python's ssl module) then race inside
+    // OpenSSL: the ticket is read as the CONNECT is written, and the CONNECT can be lost, so
+    // the client waits for an answer the broker never gets asked for. Without tickets the
+    // first thing a client reads is the broker's answer. TLS 1.3 clients do a full handshake
+    // on every connection instead of resuming.
+    config.send_tls13_tickets = 0;
+    Ok(config)
 }
