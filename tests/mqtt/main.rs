@@ -13,6 +13,7 @@ mod errors;
 mod hostile;
 mod login;
 mod mosquitto;
+mod order;
 mod permissions;
 mod resend;
 mod shared;

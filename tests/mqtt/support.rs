@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use mqtt_proto::{v3, v5};
+use rosetta_tests::mqtt3::Mqtt3;
 use rosetta_tests::Broker;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tokio::task::JoinHandle;
@@ -31,6 +32,26 @@ pub fn broker_with(extra: &str) -> Broker {
 
 pub fn broker() -> Broker {
     broker_with("")
+}
+
+/// A [`broker_with`] `extra` that also serves `/metrics` and the management API.
+pub fn broker_with_http(extra: &str) -> Broker {
+    Broker::builder()
+        .config(&format!("{MQTT_ON}{extra}"))
+        .with_http()
+        .start()
+}
+
+/// Rounds of [`publishes_missed_by_an_early_subscriber`](rosetta_tests::publishes_missed_by_an_early_subscriber)
+/// a test runs: one round hits the window only sometimes.
+pub const ROUNDS: u16 = 300;
+
+/// A [`Mqtt3`] client logged in as guest over TCP, its reads failing after [`WAIT`].
+pub fn mqtt3_tcp(port: u16, client_id: &str) -> Mqtt3<TcpStream> {
+    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the MQTT port");
+    stream.set_nodelay(true).expect("nodelay");
+    stream.set_read_timeout(Some(WAIT)).expect("read timeout");
+    Mqtt3::connect(stream, client_id)
 }
 
 pub fn port(broker: &Broker) -> u16 {

@@ -1,14 +1,18 @@
 //! MQTT over WebSocket (`[mqtt] ws_listen`, path `/ws`, subprotocol `mqtt`): rumqttc's WebSocket
-//! transport, the crossing to MQTT over TCP, the packet size limit and the connection limit.
+//! transport, the crossing to MQTT over TCP, the packet size limit, the connection limit, and
+//! the order of input across connections.
 
+use std::io::{self, Read, Write};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use rosetta_tests::mqtt3::Mqtt3;
+use rosetta_tests::{input_order_timeouts, publishes_missed_by_an_early_subscriber};
 use rumqttc::{QoS, Transport};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::support::*;
@@ -62,6 +66,64 @@ async fn raw_ws(port: u16) -> WebSocketStream<TcpStream> {
         Some("mqtt")
     );
     ws
+}
+
+/// A blocking WebSocket connection seen as a byte stream: each write goes out as one binary
+/// message, and reads return the binary messages' bytes in turn (MQTT over WebSocket may cut
+/// packets anywhere).
+struct WsBytes {
+    ws: tungstenite::WebSocket<std::net::TcpStream>,
+    unread: Vec<u8>,
+}
+
+impl WsBytes {
+    /// Opens `/ws` with the `mqtt` subprotocol; reads fail after [`WAIT`].
+    fn connect(port: u16) -> WsBytes {
+        let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        tcp.set_nodelay(true).expect("nodelay");
+        tcp.set_read_timeout(Some(WAIT)).expect("read timeout");
+        let (ws, _) = tungstenite::client(ws_request(port), tcp)
+            .unwrap_or_else(|e| panic!("WebSocket handshake: {e}"));
+        WsBytes {
+            ws,
+            unread: Vec::new(),
+        }
+    }
+}
+
+impl Read for WsBytes {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.unread.is_empty() {
+            match self.ws.read() {
+                Ok(Message::Binary(bytes)) => self.unread = bytes.to_vec(),
+                Ok(Message::Close(_))
+                | Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                    return Ok(0)
+                }
+                // Pings are answered by tungstenite itself.
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e)) => return Err(e),
+                Err(e) => return Err(io::Error::other(e)),
+            }
+        }
+        let n = buf.len().min(self.unread.len());
+        buf[..n].copy_from_slice(&self.unread[..n]);
+        self.unread.drain(..n);
+        Ok(n)
+    }
+}
+
+impl Write for WsBytes {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.ws
+            .write(Message::binary(buf.to_vec()))
+            .map_err(io::Error::other)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.ws.flush().map_err(io::Error::other)
+    }
 }
 
 /// The next message the broker sends on `ws` within `WAIT`; `what` names it if none comes.
@@ -275,4 +337,22 @@ fn an_origin_that_is_not_allowed_is_refused() {
             }
         }
     });
+}
+
+/// The reproduction of tests/mqtt/mosquitto.rs with both clients over WebSocket: the broker
+/// reads WebSocket messages in the same connection driver as MQTT over TCP, so a SUBSCRIBE is in
+/// place before a PUBLISH that arrived after it, and no publish gave up waiting.
+#[test]
+fn over_websocket_publishes_read_together_with_a_subscribe_reach_it() {
+    let broker = broker_with_http("");
+    let port = broker
+        .addr("mqtt-ws")
+        .expect("the broker has no MQTT WebSocket listener")
+        .port();
+    let mut a = Mqtt3::connect(WsBytes::connect(port), &unique("ws-early-sub"));
+    let mut b = Mqtt3::connect(WsBytes::connect(port), &unique("ws-prompt-pub"));
+    let missed =
+        publishes_missed_by_an_early_subscriber(&mut a, &mut b, &unique("ws-race"), ROUNDS);
+    assert_eq!(missed, 0, "missed in {missed} of {ROUNDS} rounds");
+    assert_eq!(input_order_timeouts(broker.http_addr()), 0.0);
 }

@@ -32,6 +32,7 @@ use rosetta_store::SledStore;
 use tokio::sync::{watch, Semaphore};
 
 pub use config::Config;
+use connection::input_order::InputOrder;
 use connections::Connections;
 pub use error::Error;
 use lifecycle::Lifecycle;
@@ -125,6 +126,7 @@ async fn serve(config: Config) -> Result<(), Error> {
     // The alarm starts as it stands, not off: the listeners open before the monitor's first
     // check runs, and a broker started above its limits must hold its first publishers too.
     let (alarm_tx, alarm_rx) = watch::channel(monitor.initial());
+    let input_order = Arc::new(InputOrder::new(metrics.input_order_timeouts()));
     let state = Arc::new(ServerState {
         broker: broker.clone(),
         users: Arc::new(users),
@@ -158,7 +160,7 @@ async fn serve(config: Config) -> Result<(), Error> {
         metrics,
         lifecycle: Lifecycle::new(),
         metrics_auth: config.http.metrics_auth,
-        input_order: Default::default(),
+        input_order,
     });
     // Virtual hosts made at run time before this start are not in the configuration (their
     // creators' permissions are stored ones, loaded above).

@@ -25,6 +25,7 @@ pub(crate) struct Metrics {
     received: IntCounterVec,
     sent: IntCounterVec,
     auth_failures: IntCounterVec,
+    input_order_timeouts: IntCounter,
 }
 
 /// One connection's handles on its protocol's byte counters, looked up once so that counting a
@@ -78,6 +79,10 @@ impl Metrics {
             ),
             &["protocol"],
         )?;
+        let input_order_timeouts = IntCounter::new(
+            "rosetta_mqtt_input_order_timeouts_total",
+            "Publishing MQTT input that went ahead after waiting the longest allowed (100 ms) for earlier input: the order of arrival was given up.",
+        )?;
         for protocol in PROTOCOLS {
             received.with_label_values(&[protocol]);
             sent.with_label_values(&[protocol]);
@@ -91,6 +96,7 @@ impl Metrics {
         registry.register(Box::new(received.clone()))?;
         registry.register(Box::new(sent.clone()))?;
         registry.register(Box::new(auth_failures.clone()))?;
+        registry.register(Box::new(input_order_timeouts.clone()))?;
         register_process_collector(&registry)?;
         Ok(Metrics {
             registry,
@@ -100,6 +106,7 @@ impl Metrics {
             received,
             sent,
             auth_failures,
+            input_order_timeouts,
         })
     }
 
@@ -143,6 +150,12 @@ impl Metrics {
         self.auth_failures
             .with_label_values(&[protocol])
             .inc_by(u64::from(refused));
+    }
+
+    /// The counter of MQTT input that stopped waiting for earlier input; hand it to the
+    /// `InputOrder`, which counts each give-up with one atomic add.
+    pub fn input_order_timeouts(&self) -> IntCounter {
+        self.input_order_timeouts.clone()
     }
 
     /// Appends the registered instruments in the Prometheus text format.

@@ -57,6 +57,8 @@ impl ServerState {
             vec![rosetta_core::auth::Tag::Administrator],
         )]);
         let (_alarm_tx, alarm) = watch::channel(false);
+        let metrics = Metrics::new().expect("metrics");
+        let input_order = Arc::new(InputOrder::new(metrics.input_order_timeouts()));
         let users = Directory::new(
             users,
             rosetta_core::auth::Permissions::full_access(["guest"], &["/"]),
@@ -89,10 +91,10 @@ impl ServerState {
             },
             alarm,
             connections: Connections::default(),
-            metrics: Metrics::new().expect("metrics"),
+            metrics,
             lifecycle: Lifecycle::new(),
             metrics_auth: false,
-            input_order: Default::default(),
+            input_order,
         })
     }
 }

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
+use prometheus::IntCounter;
 use tokio::net::TcpStream;
 
 #[cfg(test)]
@@ -46,19 +47,28 @@ pub(crate) struct InputOrder {
     passed: AtomicU64,
     /// Slot `t % SLOTS` holds `t` once ticket `t` is released.
     released: Box<[AtomicU64]>,
+    /// Counts the waits that ended at [`MAX_WAIT`]: operators see how often the order was
+    /// given up (`rosetta_mqtt_input_order_timeouts_total`).
+    timeouts: IntCounter,
 }
 
+#[cfg(test)]
 impl Default for InputOrder {
     fn default() -> InputOrder {
-        InputOrder {
-            next: AtomicU64::new(1),
-            passed: AtomicU64::new(1),
-            released: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
-        }
+        InputOrder::new(IntCounter::new("input_order_timeouts", "test").expect("counter"))
     }
 }
 
 impl InputOrder {
+    pub(crate) fn new(timeouts: IntCounter) -> InputOrder {
+        InputOrder {
+            next: AtomicU64::new(1),
+            passed: AtomicU64::new(1),
+            released: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            timeouts,
+        }
+    }
+
     fn take(&self) -> u64 {
         self.next.fetch_add(1, SeqCst)
     }
@@ -87,6 +97,14 @@ impl InputOrder {
         self.passed.load(SeqCst) >= t
     }
 
+    /// Whether every ticket before `t` is released but `own`, when `own` (a later input of
+    /// the waiting connection itself, which only that connection can give back) holds the mark.
+    fn is_turn_of_but(&self, t: u64, own: u64) -> bool {
+        self.is_turn_of(t)
+            || (self.passed.load(SeqCst) == own
+                && (own + 1..t).all(|x| self.released[slot(x)].load(SeqCst) == x))
+    }
+
     /// Gives up on the tickets before `t` that are still out.
     fn skip_to(&self, t: u64) {
         self.passed.fetch_max(t, SeqCst);
@@ -97,9 +115,10 @@ impl InputOrder {
     /// it waits for is already read, and its tasks only need to run, so this yields rather than
     /// registering for a wake-up; past a few turns of the scheduler (the machine is busy) it
     /// sleeps between looks instead, so as not to spin against the tasks it waits for.
-    async fn wait_turn(&self, t: u64) {
+    async fn wait_turn(&self, t: u64, own: &AtomicU64) {
         const YIELDS: u32 = 64;
-        if self.is_turn_of(t) {
+        let ready = || self.is_turn_of_but(t, own.load(SeqCst));
+        if ready() {
             return;
         }
         let deadline = Instant::now() + MAX_WAIT;
@@ -111,7 +130,7 @@ impl InputOrder {
             } else {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            if self.is_turn_of(t) {
+            if ready() {
                 return;
             }
             if Instant::now() >= deadline {
@@ -119,6 +138,7 @@ impl InputOrder {
                     ticket = t,
                     "input waited too long for earlier input; going ahead"
                 );
+                self.timeouts.inc();
                 self.skip_to(t);
                 return;
             }
@@ -163,6 +183,7 @@ impl Turn {
         Ticket {
             order: &self.order,
             number,
+            later: &self.ticket,
             held: true,
         }
     }
@@ -176,8 +197,7 @@ impl Turn {
         }
     }
 
-    /// Gives back the ticket of a wake-up whose input will not be read soon (the read found
-    /// nothing).
+    /// Gives back the ticket a wake-up took, whose input will not be read soon.
     pub(crate) fn give_back(&self) {
         let t = self.ticket.swap(0, SeqCst);
         if t != 0 {
@@ -265,6 +285,9 @@ impl Wake for Turn {
 pub(crate) struct Ticket<'a> {
     order: &'a InputOrder,
     number: u64,
+    /// The ticket the connection takes for its next input, which may arrive while this one is
+    /// handled: it comes after this input, so this input never waits for it.
+    later: &'a AtomicU64,
     held: bool,
 }
 
@@ -277,16 +300,17 @@ impl Ticket<'_> {
 
     /// Waits until the input that must take effect first has: while the ticket is held
     /// (the input changes routing), the input of every earlier ticket; once it is released,
-    /// that of every ticket taken so far, since the reactor's order of wake-ups is not quite
-    /// the order of arrival (a socket already reported for write readiness keeps its earlier
-    /// place when data arrives), and input woken with this one may have arrived first.
+    /// that of every ticket taken so far but the connection's own next one, since the
+    /// reactor's order of wake-ups is not quite the order of arrival (a socket already reported
+    /// for write readiness keeps its earlier place when data arrives), and input woken just
+    /// after this one was read may have arrived first.
     pub(crate) async fn wait_turn(&self) {
         let before = if self.held {
             self.number
         } else {
             self.order.next.load(SeqCst)
         };
-        self.order.wait_turn(before).await;
+        self.order.wait_turn(before, self.later).await;
     }
 }
 
@@ -310,10 +334,18 @@ pub(crate) async fn listen<F: Future>(turn: Option<(&Turn, &Waker)>, read: F) ->
                 *task = Some(cx.waker().clone());
             }
         }
+        let woken = turn.ticket.load(SeqCst);
         let read = read.as_mut().poll(&mut Context::from_waker(waker));
-        if read.is_pending() {
-            // Woken for something that was not input (write readiness, say).
-            turn.give_back();
+        // Woken for something that was not input (write readiness, say): that ticket goes
+        // back, but not one a wake-up took while the read was being polled.
+        if read.is_pending()
+            && woken != 0
+            && turn
+                .ticket
+                .compare_exchange(woken, 0, SeqCst, SeqCst)
+                .is_ok()
+        {
+            turn.order.release(woken);
         }
         read
     })

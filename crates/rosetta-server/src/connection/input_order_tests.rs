@@ -1,3 +1,4 @@
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::task::Wake;
 use std::time::Instant;
@@ -41,8 +42,9 @@ async fn a_ticket_never_released_holds_others_back_for_max_wait_only() {
     let lost = order.take();
     let later = order.take();
     let started = Instant::now();
-    order.wait_turn(later).await;
+    order.wait_turn(later, &AtomicU64::new(0)).await;
     assert!(started.elapsed() >= MAX_WAIT);
+    assert_eq!(order.timeouts.get(), 1, "the timeout is counted");
     assert!(order.is_turn_of(later), "the lost ticket was given up on");
     order.release(later);
     // Released late, it does not disturb the order of newer tickets.
@@ -119,4 +121,30 @@ async fn work_that_has_to_wait_gives_the_ticket_back_and_takes_none_meanwhile() 
     turn.wake_by_ref();
     let later = order.take();
     assert!(!order.is_turn_of(later));
+}
+
+#[tokio::test]
+async fn publishing_input_never_waits_for_input_of_its_own_connection_that_came_after_it() {
+    let order = Arc::new(InputOrder::default());
+    let turn = Turn::new(order.clone());
+    turn.wake_by_ref();
+    let mut ticket = turn.take();
+    // More input arrives while this is handled (the read filled the buffer, or the client
+    // sent more at once): the connection takes a ticket for it, which only its next read
+    // gives back.
+    turn.wake_by_ref();
+    ticket.release();
+    tokio::time::timeout(MAX_WAIT / 10, ticket.wait_turn())
+        .await
+        .expect("the wait ends at once, long before MAX_WAIT");
+    // Other connections' publishing input read from now on does wait for it.
+    let other = Turn::new(order.clone());
+    let mut theirs = other.take();
+    theirs.release();
+    assert!(
+        tokio::time::timeout(MAX_WAIT / 10, theirs.wait_turn())
+            .await
+            .is_err(),
+        "input that arrived before theirs was read holds them back"
+    );
 }
