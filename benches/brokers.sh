@@ -14,7 +14,9 @@ wait_for_port() {
 }
 
 # start_rosetta BINARY PROTOCOL [EXTRA_LIMITS]: only PROTOCOL's listener, on a free port read
-# from the broker's log; no memory alarm, so nothing is refused while measuring.
+# from the broker's log; no memory alarm, so nothing is refused while measuring. The WebSocket
+# listeners stay closed: their fixed ports would make a second broker on the machine (another
+# run, a test) fail to start.
 start_rosetta() {
   local binary=$1 protocol=$2 extra=${3:-}
   rm -rf "$work/rosetta"; mkdir -p "$work/rosetta"
@@ -22,6 +24,7 @@ start_rosetta() {
     printf '[storage]\npath = "%s/rosetta/data"\n' "$work"
     for p in amqp mqtt stomp http; do
       if [[ $p == "$protocol" ]]; then printf '[%s]\nlisten = "127.0.0.1:0"\n' "$p"; else printf '[%s]\nenabled = false\n' "$p"; fi
+      if [[ $p == "$protocol" && ( $p == mqtt || $p == stomp ) ]]; then printf 'ws_listen = false\n'; fi
     done
     printf '[limits]\nmemory_limit = 0\n%s\n' "$extra"
   } > "$work/rosetta/broker.toml"

@@ -98,9 +98,22 @@ impl Report {
             let cpu = after.cpu_seconds - before.cpu_seconds;
             fields.push(format!("\"broker_cpu_s\":{cpu:.2}"));
             if self.received > 0 {
+                let per_msg = |v: f64| v / self.received as f64;
                 fields.push(format!(
                     "\"broker_cpu_us_per_msg\":{:.2}",
-                    cpu * 1e6 / self.received as f64
+                    per_msg(cpu * 1e6)
+                ));
+                let user = after.user_seconds - before.user_seconds;
+                fields.push(format!(
+                    "\"broker_user_us_per_msg\":{:.2}",
+                    per_msg(user * 1e6)
+                ));
+                let switches = after
+                    .context_switches
+                    .saturating_sub(before.context_switches);
+                fields.push(format!(
+                    "\"broker_switches_per_msg\":{:.3}",
+                    per_msg(switches as f64)
                 ));
             }
             fields.push(format!(

@@ -125,8 +125,14 @@ pub fn percentile(sorted: &[u64], p: f64) -> u64 {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProcSample {
     pub cpu_seconds: f64,
+    /// The part of `cpu_seconds` spent in the process's own code, the rest being the kernel's.
+    pub user_seconds: f64,
     pub peak_rss_bytes: u64,
     pub rss_bytes: u64,
+    /// Context switches of all its threads, voluntary (it waited) and not (it was preempted):
+    /// each wake-up costs the kernel work, and unlike CPU time this count barely moves when
+    /// other programs load the machine.
+    pub context_switches: u64,
 }
 
 pub fn sample_process(pid: u32) -> Option<ProcSample> {
@@ -135,7 +141,8 @@ pub fn sample_process(pid: u32) -> Option<ProcSample> {
     let rest = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after ')'.
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let user_ticks: f64 = fields.get(11)?.parse().ok()?;
+    let ticks: f64 = user_ticks + fields.get(12)?.parse::<f64>().ok()?;
     // The kernel reports in USER_HZ, which is 100 on Linux for every common architecture.
     let cpu_seconds = ticks / 100.0;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -145,9 +152,34 @@ pub fn sample_process(pid: u32) -> Option<ProcSample> {
     };
     Some(ProcSample {
         cpu_seconds,
+        user_seconds: user_ticks / 100.0,
         peak_rss_bytes: kib("VmHWM:")?,
         rss_bytes: kib("VmRSS:")?,
+        context_switches: context_switches(pid),
     })
+}
+
+/// The context switches of every thread of `pid`. The process's own status file counts its
+/// main thread only, and a broker's work happens in the others. Threads that ended are no
+/// longer counted, which between two samples of a broker at work is none that matters.
+fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+        .map(|status| {
+            status
+                .lines()
+                .filter(|l| {
+                    l.starts_with("voluntary_ctxt_switches:")
+                        || l.starts_with("nonvoluntary_ctxt_switches:")
+                })
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
 }
 
 #[cfg(test)]

@@ -106,6 +106,10 @@ impl Inner {
     /// Writes owed retained messages while the output is short of a batch and, for QoS 1 and
     /// 2, the window has room; the rest wait for the next call.
     pub(super) fn send_retained(&mut self) {
+        // Asked after every batch of output: a session that owes nothing does not read the clock.
+        if self.retained_order.is_empty() {
+            return;
+        }
         let now = now_ms();
         while self.retained_ready() {
             let Some(topic) = self.retained_order.pop_front() else {
@@ -136,7 +140,12 @@ impl Inner {
         let now = now_ms();
         let message = AppMessage::from_core(&d.message, now);
         let own = self.stamp_client_id && AppMessage::published_by(&d.message, &self.client_id);
-        let from_session_queue = d.queue.name == session_queue(&self.client_id);
+        // Compared in place: building the queue's name would allocate for every delivery.
+        let from_session_queue = d
+            .queue
+            .name
+            .strip_prefix(topic::SESSION_QUEUE_PREFIX)
+            .is_some_and(|id| id == self.client_id);
         // The subscriptions this message answers: in the session's queue every plain filter
         // that matches (they overlap freely), in a shared queue the one subscription it serves.
         // Matching again here also applies the `$` rule the AMQP matcher does not know.
