@@ -20,3 +20,4 @@ mod metrics;
 mod shutdown;
 mod users;
 mod vhosts;
+mod workers;

@@ -162,12 +162,12 @@ pub fn decode_connect(
     Ok(Some((protocol, connect)))
 }
 
-/// What the packets in a batch of input do to routing, as their fixed headers tell it.
+/// What the packets in a batch of input may do to routing, as their fixed headers tell it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RoutingEffects {
-    /// A PUBLISH is among them.
+    /// A PUBLISH, or a DISCONNECT (which may publish a will), is among them.
     pub publishes: bool,
-    /// A SUBSCRIBE or UNSUBSCRIBE is among them.
+    /// A SUBSCRIBE, an UNSUBSCRIBE or a CONNECT (which may take a session over) is among them.
     pub subscribes: bool,
 }
 
@@ -178,12 +178,15 @@ pub fn routing_effects(input: &[u8]) -> RoutingEffects {
     const PUBLISH: u8 = 3;
     const SUBSCRIBE: u8 = 8;
     const UNSUBSCRIBE: u8 = 10;
+    const DISCONNECT: u8 = 14;
     let mut effects = RoutingEffects::default();
     let mut at = 0;
     while let Some(&first) = input.get(at) {
         match first >> 4 {
-            PUBLISH => effects.publishes = true,
-            SUBSCRIBE | UNSUBSCRIBE => effects.subscribes = true,
+            // A DISCONNECT may publish the client's will (MQTT 5.0 reason 0x04).
+            PUBLISH | DISCONNECT => effects.publishes = true,
+            // A CONNECT may take over a session, dropping its subscriptions.
+            SUBSCRIBE | UNSUBSCRIBE | CONNECT => effects.subscribes = true,
             _ => {}
         }
         match read_var_int(&input[at + 1..]) {

@@ -517,6 +517,12 @@ fn routing_effects_are_read_from_fixed_headers_alone() {
             subscribes: true
         }
     );
+    // A DISCONNECT may publish a will; a CONNECT may take a session and its subscriptions over.
+    let disconnect = bytes_of(&Packet::Disconnect(v5::Disconnect::new(
+        v5::DisconnectReasonCode::DisconnectWithWillMessage,
+    )));
+    assert!(effects(&[&disconnect]).publishes);
+    assert!(effects(&[&connect_bytes(b"MQTT", 4)]).subscribes);
     // A header cut short may still be a PUBLISH.
     assert!(effects(&[&puback, &[0x40]]).publishes);
     assert!(effects(&[&[0x30, 0xff]]).publishes);

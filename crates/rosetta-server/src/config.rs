@@ -111,6 +111,9 @@ pub struct ServerConfig {
     /// Seconds connections get, after SIGTERM or SIGINT, to close before the broker flushes the
     /// store and exits anyway.
     pub shutdown_timeout: u64,
+    /// Threads that run client connections and routing; 0 means one per core (or
+    /// `TOKIO_WORKER_THREADS`, when set).
+    pub worker_threads: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -522,6 +525,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             shutdown_timeout: 5,
+            worker_threads: 0,
         }
     }
 }

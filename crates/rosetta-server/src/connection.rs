@@ -234,7 +234,13 @@ pub(crate) async fn drive<S: Session, T: Transport>(
                     // says nothing (RabbitMQ stops its heartbeat monitor while blocked).
                     if paused_before && !session.reading_paused() {
                         last_read = Instant::now();
-                        input.is_empty() || handle_input(&mut session, &mut input, &mut refused)
+                        input.is_empty()
+                            || match listening {
+                                Some((turn, _)) => {
+                                    handle_input_in_turn(turn.take(), &mut session, &mut input, &mut refused).await
+                                }
+                                None => handle_input(&mut session, &mut input, &mut refused),
+                            }
                     } else {
                         true
                     }

@@ -50,10 +50,12 @@ const MQTT_HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(500);
 /// start (port taken, data directory unusable, store unreadable).
 pub fn run(config: Config) -> Result<(), Error> {
     logging::init(&config.log);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(Error::Runtime)?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // Left alone at 0, tokio takes one per core, or TOKIO_WORKER_THREADS.
+    if config.server.worker_threads > 0 {
+        runtime.worker_threads(config.server.worker_threads);
+    }
+    let runtime = runtime.enable_all().build().map_err(Error::Runtime)?;
     runtime.block_on(serve(config))
 }
 
@@ -297,7 +299,8 @@ async fn serve(config: Config) -> Result<(), Error> {
             }
         })
     };
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), data = %config.storage.path.display(), "broker started");
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), data = %config.storage.path.display(), workers, "broker started");
 
     signal.await;
     let shutdown_timeout = Duration::from_secs(config.server.shutdown_timeout);

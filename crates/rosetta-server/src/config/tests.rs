@@ -49,6 +49,7 @@ fn empty_file_is_the_default_config() {
 fn default_toml_sets_every_key() {
     for key in [
         "shutdown_timeout",
+        "worker_threads",
         "path",
         "enabled",
         "listen",
@@ -270,6 +271,13 @@ fn load_reports_errors_under_the_file_path() {
 fn shutdown_timeout_is_read_from_the_server_section() {
     let config = parse("[server]\nshutdown_timeout = 30\n").expect("valid");
     assert_eq!(config.server.shutdown_timeout, 30);
+}
+
+#[test]
+fn worker_threads_are_read_from_the_server_section() {
+    assert_eq!(parse("").expect("valid").server.worker_threads, 0);
+    let config = parse("[server]\nworker_threads = 1\n").expect("valid");
+    assert_eq!(config.server.worker_threads, 1);
 }
 
 #[test]

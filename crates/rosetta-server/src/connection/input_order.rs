@@ -47,6 +47,9 @@ pub(crate) struct InputOrder {
     passed: AtomicU64,
     /// Slot `t % SLOTS` holds `t` once ticket `t` is released.
     released: Box<[AtomicU64]>,
+    /// Slot `t % SLOTS` holds `t` when ticket `t` was taken by a busy connection, for input
+    /// that arrived while it handled earlier input ([`Turn::busy`]).
+    busy: Box<[AtomicU64]>,
     /// Counts the waits that ended at [`MAX_WAIT`]: operators see how often the order was
     /// given up (`rosetta_mqtt_input_order_timeouts_total`).
     timeouts: IntCounter,
@@ -65,12 +68,19 @@ impl InputOrder {
             next: AtomicU64::new(1),
             passed: AtomicU64::new(1),
             released: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            busy: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
             timeouts,
         }
     }
 
     fn take(&self) -> u64 {
         self.next.fetch_add(1, SeqCst)
+    }
+
+    fn take_busy(&self) -> u64 {
+        let t = self.take();
+        self.busy[slot(t)].store(t, SeqCst);
+        t
     }
 
     /// Ticket `t`'s input no longer holds anyone back. Sequentially consistent throughout: two
@@ -93,16 +103,19 @@ impl InputOrder {
     }
 
     /// Whether every ticket before `t` is released.
+    #[cfg(test)]
     fn is_turn_of(&self, t: u64) -> bool {
         self.passed.load(SeqCst) >= t
     }
 
-    /// Whether every ticket before `t` is released but `own`, when `own` (a later input of
-    /// the waiting connection itself, which only that connection can give back) holds the mark.
-    fn is_turn_of_but(&self, t: u64, own: u64) -> bool {
-        self.is_turn_of(t)
-            || (self.passed.load(SeqCst) == own
-                && (own + 1..t).all(|x| self.released[slot(x)].load(SeqCst) == x))
+    /// Whether every ticket before `hi` is released, but busy ones from `lo` on.
+    fn is_turn_within(&self, lo: u64, hi: u64) -> bool {
+        let mark = self.passed.load(SeqCst);
+        mark >= hi
+            || (mark >= lo
+                && (mark..hi).all(|x| {
+                    self.released[slot(x)].load(SeqCst) == x || self.busy[slot(x)].load(SeqCst) == x
+                }))
     }
 
     /// Gives up on the tickets before `t` that are still out.
@@ -111,35 +124,33 @@ impl InputOrder {
         self.advance();
     }
 
-    /// Waits until every ticket before `t` is released, or [`MAX_WAIT`] has passed. The input
-    /// it waits for is already read, and its tasks only need to run, so this yields rather than
-    /// registering for a wake-up; past a few turns of the scheduler (the machine is busy) it
-    /// sleeps between looks instead, so as not to spin against the tasks it waits for.
-    async fn wait_turn(&self, t: u64, own: &AtomicU64) {
-        const YIELDS: u32 = 64;
-        let ready = || self.is_turn_of_but(t, own.load(SeqCst));
-        if ready() {
+    /// Waits until every ticket before `hi` is released but busy ones from `lo` on, or
+    /// [`MAX_WAIT`] has passed. The input it waits for is already read, and its tasks only
+    /// need to run, so this yields rather than registering for a wake-up; after a millisecond
+    /// (the machine is busy) it sleeps between looks instead, so as not to spin against the
+    /// tasks it waits for.
+    async fn wait_turn(&self, lo: u64, hi: u64) {
+        const SPIN: Duration = Duration::from_millis(1);
+        if self.is_turn_within(lo, hi) {
             return;
         }
-        let deadline = Instant::now() + MAX_WAIT;
-        let mut looks = 0;
+        let started = Instant::now();
         loop {
-            if looks < YIELDS {
+            if started.elapsed() < SPIN {
                 tokio::task::yield_now().await;
-                looks += 1;
             } else {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            if ready() {
+            if self.is_turn_within(lo, hi) {
                 return;
             }
-            if Instant::now() >= deadline {
+            if started.elapsed() >= MAX_WAIT {
                 tracing::debug!(
-                    ticket = t,
+                    ticket = hi,
                     "input waited too long for earlier input; going ahead"
                 );
                 self.timeouts.inc();
-                self.skip_to(t);
+                self.skip_to(hi);
                 return;
             }
         }
@@ -160,6 +171,10 @@ pub(crate) struct Turn {
     /// next read takes a fresh one. A task that is merely busy (writing what it just handled)
     /// does take one: it reads again within microseconds.
     elsewhere: AtomicBool,
+    /// Whether the task is handling input it read, rather than waiting to read. A ticket it
+    /// takes then is busy: input that publishes, read by another connection later, does not
+    /// wait for it, so two busy connections never wait for each other's next input.
+    busy: AtomicBool,
     task: Mutex<Option<Waker>>,
 }
 
@@ -169,6 +184,7 @@ impl Turn {
             order,
             ticket: AtomicU64::new(0),
             elsewhere: AtomicBool::new(false),
+            busy: AtomicBool::new(false),
             task: Mutex::new(None),
         })
     }
@@ -180,10 +196,11 @@ impl Turn {
             0 => self.order.take(),
             t => t,
         };
+        self.busy.store(true, SeqCst);
         Ticket {
             order: &self.order,
             number,
-            later: &self.ticket,
+            horizon: self.order.next.load(SeqCst),
             held: true,
         }
     }
@@ -216,7 +233,7 @@ impl Turn {
         {
             // Input is waiting already (the read filled the buffer): it arrived before
             // anything read from now on.
-            let t = self.order.take();
+            let t = self.order.take_busy();
             if self.ticket.compare_exchange(0, t, SeqCst, SeqCst).is_err() {
                 self.order.release(t);
             }
@@ -263,7 +280,11 @@ impl Wake for Turn {
 
     fn wake_by_ref(self: &Arc<Self>) {
         if !self.elsewhere.load(SeqCst) && self.ticket.load(SeqCst) == 0 {
-            let t = self.order.take();
+            let t = if self.busy.load(SeqCst) {
+                self.order.take_busy()
+            } else {
+                self.order.take()
+            };
             if self.ticket.compare_exchange(0, t, SeqCst, SeqCst).is_err() {
                 self.order.release(t);
             } else if self.elsewhere.load(SeqCst)
@@ -285,9 +306,8 @@ impl Wake for Turn {
 pub(crate) struct Ticket<'a> {
     order: &'a InputOrder,
     number: u64,
-    /// The ticket the connection takes for its next input, which may arrive while this one is
-    /// handled: it comes after this input, so this input never waits for it.
-    later: &'a AtomicU64,
+    /// Every ticket taken before the input was read is below it.
+    horizon: u64,
     held: bool,
 }
 
@@ -298,19 +318,22 @@ impl Ticket<'_> {
         }
     }
 
-    /// Waits until the input that must take effect first has: while the ticket is held
-    /// (the input changes routing), the input of every earlier ticket; once it is released,
-    /// that of every ticket taken so far but the connection's own next one, since the
-    /// reactor's order of wake-ups is not quite the order of arrival (a socket already reported
-    /// for write readiness keeps its earlier place when data arrives), and input woken just
-    /// after this one was read may have arrived first.
+    /// Waits until the input that must take effect first has. Once the ticket is released
+    /// (the input only publishes): every ticket taken before the input was read, and the
+    /// tickets of connections woken since, but not busy ones taken since, since the reactor's
+    /// order of wake-ups is not quite the order of arrival (a socket already reported for
+    /// write readiness keeps its earlier place when data arrives), so input woken just after
+    /// this one was read may have arrived first. While it is held (the input also changes
+    /// routing): every earlier ticket but busy ones. A connection waits only for busy tickets
+    /// taken before its own read, and busy ones are taken after their own connection's read,
+    /// so no two connections wait for each other.
     pub(crate) async fn wait_turn(&self) {
-        let before = if self.held {
-            self.number
+        if self.held {
+            self.order.wait_turn(0, self.number).await;
         } else {
-            self.order.next.load(SeqCst)
-        };
-        self.order.wait_turn(before, self.later).await;
+            let now = self.order.next.load(SeqCst);
+            self.order.wait_turn(self.horizon, now).await;
+        }
     }
 }
 
@@ -328,6 +351,7 @@ pub(crate) async fn listen<F: Future>(turn: Option<(&Turn, &Waker)>, read: F) ->
         return read.await;
     };
     poll_fn(|cx| {
+        turn.busy.store(false, SeqCst);
         {
             let mut task = turn.task.lock().unwrap_or_else(|e| e.into_inner());
             if !task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {

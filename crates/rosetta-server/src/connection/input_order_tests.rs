@@ -1,4 +1,3 @@
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::task::Wake;
 use std::time::Instant;
@@ -42,7 +41,7 @@ async fn a_ticket_never_released_holds_others_back_for_max_wait_only() {
     let lost = order.take();
     let later = order.take();
     let started = Instant::now();
-    order.wait_turn(later, &AtomicU64::new(0)).await;
+    order.wait_turn(later, later).await;
     assert!(started.elapsed() >= MAX_WAIT);
     assert_eq!(order.timeouts.get(), 1, "the timeout is counted");
     assert!(order.is_turn_of(later), "the lost ticket was given up on");
@@ -147,4 +146,50 @@ async fn publishing_input_never_waits_for_input_of_its_own_connection_that_came_
             .is_err(),
         "input that arrived before theirs was read holds them back"
     );
+}
+
+#[tokio::test]
+async fn two_busy_connections_never_wait_for_each_others_next_input() {
+    let order = Arc::new(InputOrder::default());
+    let (p, q) = (Turn::new(order.clone()), Turn::new(order.clone()));
+    // Both read publishing input, and more arrives for each while they handle it.
+    let mut theirs = p.take();
+    let mut ours = q.take();
+    p.wake_by_ref();
+    q.wake_by_ref();
+    theirs.release();
+    ours.release();
+    let both = async {
+        tokio::join!(theirs.wait_turn(), ours.wait_turn());
+    };
+    tokio::time::timeout(MAX_WAIT / 10, both)
+        .await
+        .expect("neither waits for the other's next input");
+    assert_eq!(order.timeouts.get(), 0);
+}
+
+#[tokio::test]
+async fn publishing_input_waits_for_a_connection_woken_just_after_it_was_read() {
+    let order = Arc::new(InputOrder::default());
+    let (publisher, subscriber) = (Turn::new(order.clone()), Turn::new(order.clone()));
+    let mut published = publisher.take();
+    published.release();
+    // The reactor wakes the idle subscriber only now, though its input may have come first.
+    subscriber.wake_by_ref();
+    let waiting = published.wait_turn();
+    let subscribed = async {
+        tokio::task::yield_now().await;
+        drop(subscriber.take());
+    };
+    tokio::time::timeout(MAX_WAIT / 10, async { tokio::join!(waiting, subscribed) })
+        .await
+        .expect("the wait ends once the subscriber's input is handled");
+    // Without the subscriber's read, it would not have ended.
+    let other = Turn::new(order.clone());
+    let mut later = publisher.take();
+    later.release();
+    other.wake_by_ref();
+    assert!(tokio::time::timeout(MAX_WAIT / 10, later.wait_turn())
+        .await
+        .is_err());
 }
