@@ -411,6 +411,7 @@ async fn handle_input_in_turn<S: Session>(
     refused: &mut u32,
 ) -> bool {
     let effects = session.input_effects(input);
+    ticket.note(effects.publishes, effects.changes_routing);
     if !effects.changes_routing {
         ticket.release();
     }

@@ -50,6 +50,9 @@ pub(crate) struct InputOrder {
     /// Slot `t % SLOTS` holds `t` when ticket `t` was taken by a busy connection, for input
     /// that arrived while it handled earlier input ([`Turn::busy`]).
     busy: Box<[AtomicU64]>,
+    /// Slot `t % SLOTS` holds `t` when ticket `t` was taken by a connection whose last input
+    /// published and changed no routing ([`Turn::publishing`]).
+    publishing: Box<[AtomicU64]>,
     /// Counts the waits that ended at [`MAX_WAIT`]: operators see how often the order was
     /// given up (`rosetta_mqtt_input_order_timeouts_total`).
     timeouts: IntCounter,
@@ -69,6 +72,7 @@ impl InputOrder {
             passed: AtomicU64::new(1),
             released: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
             busy: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            publishing: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
             timeouts,
         }
     }
@@ -77,9 +81,15 @@ impl InputOrder {
         self.next.fetch_add(1, SeqCst)
     }
 
-    fn take_busy(&self) -> u64 {
+    /// A ticket for a wake-up of a connection that is `busy` or `publishing`.
+    fn take_marked(&self, busy: bool, publishing: bool) -> u64 {
         let t = self.take();
-        self.busy[slot(t)].store(t, SeqCst);
+        if busy {
+            self.busy[slot(t)].store(t, SeqCst);
+        }
+        if publishing {
+            self.publishing[slot(t)].store(t, SeqCst);
+        }
         t
     }
 
@@ -108,14 +118,13 @@ impl InputOrder {
         self.passed.load(SeqCst) >= t
     }
 
-    /// Whether every ticket before `hi` is released, but busy ones from `lo` on.
+    /// Whether every ticket before `hi` is released, but publishing ones, and busy ones from
+    /// `lo` on.
     fn is_turn_within(&self, lo: u64, hi: u64) -> bool {
-        let mark = self.passed.load(SeqCst);
-        mark >= hi
-            || (mark >= lo
-                && (mark..hi).all(|x| {
-                    self.released[slot(x)].load(SeqCst) == x || self.busy[slot(x)].load(SeqCst) == x
-                }))
+        let is = |ring: &[AtomicU64], x: u64| ring[slot(x)].load(SeqCst) == x;
+        (self.passed.load(SeqCst)..hi).all(|x| {
+            is(&self.released, x) || is(&self.publishing, x) || (x >= lo && is(&self.busy, x))
+        })
     }
 
     /// Gives up on the tickets before `t` that are still out.
@@ -124,7 +133,8 @@ impl InputOrder {
         self.advance();
     }
 
-    /// Waits until every ticket before `hi` is released but busy ones from `lo` on, or
+    /// Waits until every ticket before `hi` is released but those [`is_turn_within`] lets
+    /// pass, or
     /// [`MAX_WAIT`] has passed. The input it waits for is already read, and its tasks only
     /// need to run, so this yields rather than registering for a wake-up; after a millisecond
     /// (the machine is busy) it sleeps between looks instead, so as not to spin against the
@@ -175,6 +185,11 @@ pub(crate) struct Turn {
     /// takes then is busy: input that publishes, read by another connection later, does not
     /// wait for it, so two busy connections never wait for each other's next input.
     busy: AtomicBool,
+    /// Whether the connection's last input published and changed no routing: a publisher's
+    /// next input is most likely more of the same, so publishing input does not wait for it,
+    /// and publishers sending side by side never wait for each other. A connection that
+    /// subscribes (or has sent nothing yet) is waited for.
+    publishing: AtomicBool,
     task: Mutex<Option<Waker>>,
 }
 
@@ -185,6 +200,7 @@ impl Turn {
             ticket: AtomicU64::new(0),
             elsewhere: AtomicBool::new(false),
             busy: AtomicBool::new(false),
+            publishing: AtomicBool::new(false),
             task: Mutex::new(None),
         })
     }
@@ -198,7 +214,7 @@ impl Turn {
         };
         self.busy.store(true, SeqCst);
         Ticket {
-            order: &self.order,
+            turn: self,
             number,
             horizon: self.order.next.load(SeqCst),
             held: true,
@@ -233,7 +249,7 @@ impl Turn {
         {
             // Input is waiting already (the read filled the buffer): it arrived before
             // anything read from now on.
-            let t = self.order.take_busy();
+            let t = self.order.take_marked(true, self.publishing.load(SeqCst));
             if self.ticket.compare_exchange(0, t, SeqCst, SeqCst).is_err() {
                 self.order.release(t);
             }
@@ -280,11 +296,9 @@ impl Wake for Turn {
 
     fn wake_by_ref(self: &Arc<Self>) {
         if !self.elsewhere.load(SeqCst) && self.ticket.load(SeqCst) == 0 {
-            let t = if self.busy.load(SeqCst) {
-                self.order.take_busy()
-            } else {
-                self.order.take()
-            };
+            let t = self
+                .order
+                .take_marked(self.busy.load(SeqCst), self.publishing.load(SeqCst));
             if self.ticket.compare_exchange(0, t, SeqCst, SeqCst).is_err() {
                 self.order.release(t);
             } else if self.elsewhere.load(SeqCst)
@@ -304,7 +318,7 @@ impl Wake for Turn {
 /// A ticket taken for input just read; released once, at the latest when dropped (so a panic
 /// while handling the input holds no one back).
 pub(crate) struct Ticket<'a> {
-    order: &'a InputOrder,
+    turn: &'a Turn,
     number: u64,
     /// Every ticket taken before the input was read is below it.
     horizon: u64,
@@ -314,25 +328,33 @@ pub(crate) struct Ticket<'a> {
 impl Ticket<'_> {
     pub(crate) fn release(&mut self) {
         if std::mem::take(&mut self.held) {
-            self.order.release(self.number);
+            self.turn.order.release(self.number);
         }
+    }
+
+    /// What the input does, which tells what the connection's next input most likely does
+    /// ([`Turn::publishing`]).
+    pub(crate) fn note(&self, publishes: bool, changes_routing: bool) {
+        self.turn
+            .publishing
+            .store(publishes && !changes_routing, SeqCst);
     }
 
     /// Waits until the input that must take effect first has. Once the ticket is released
     /// (the input only publishes): every ticket taken before the input was read, and the
-    /// tickets of connections woken since, but not busy ones taken since, since the reactor's
-    /// order of wake-ups is not quite the order of arrival (a socket already reported for
-    /// write readiness keeps its earlier place when data arrives), so input woken just after
-    /// this one was read may have arrived first. While it is held (the input also changes
-    /// routing): every earlier ticket but busy ones. A connection waits only for busy tickets
-    /// taken before its own read, and busy ones are taken after their own connection's read,
-    /// so no two connections wait for each other.
+    /// tickets of connections woken since, since the reactor's order of wake-ups is not quite
+    /// the order of arrival (a socket already reported for write readiness keeps its earlier
+    /// place when data arrives), so input woken just after this one was read may have arrived
+    /// first; but not busy tickets taken since, nor publishers' tickets. While it is held (the
+    /// input also changes routing): every earlier ticket but busy and publishers' ones. A
+    /// connection waits only for busy tickets taken before its own read, and busy ones are
+    /// taken after their own connection's read, so no two connections wait for each other.
     pub(crate) async fn wait_turn(&self) {
+        let order = &self.turn.order;
         if self.held {
-            self.order.wait_turn(0, self.number).await;
+            order.wait_turn(0, self.number).await;
         } else {
-            let now = self.order.next.load(SeqCst);
-            self.order.wait_turn(self.horizon, now).await;
+            order.wait_turn(self.horizon, order.next.load(SeqCst)).await;
         }
     }
 }

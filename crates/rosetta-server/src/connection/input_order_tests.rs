@@ -193,3 +193,38 @@ async fn publishing_input_waits_for_a_connection_woken_just_after_it_was_read() 
         .await
         .is_err());
 }
+
+#[tokio::test]
+async fn publishers_do_not_wait_for_each_others_input_but_do_for_a_subscribers() {
+    let order = Arc::new(InputOrder::default());
+    let (publisher, subscriber) = (Turn::new(order.clone()), Turn::new(order.clone()));
+    let first = publisher.take();
+    first.note(true, false);
+    drop(first);
+    let subscribed = subscriber.take();
+    subscribed.note(false, true);
+    drop(subscribed);
+    // Both wait to read again and are woken for more input; another publisher reads its own
+    // after that.
+    publisher.busy.store(false, SeqCst);
+    subscriber.busy.store(false, SeqCst);
+    publisher.wake_by_ref();
+    let other = Turn::new(order.clone());
+    let mut published = other.take();
+    published.release();
+    assert!(
+        tokio::time::timeout(MAX_WAIT / 10, published.wait_turn())
+            .await
+            .is_ok(),
+        "a publisher's next input is not waited for"
+    );
+    subscriber.wake_by_ref();
+    let mut again = other.take();
+    again.release();
+    assert!(
+        tokio::time::timeout(MAX_WAIT / 10, again.wait_turn())
+            .await
+            .is_err(),
+        "a subscriber's is"
+    );
+}
