@@ -11,19 +11,22 @@
 //! that ticket (or a new one, when it was there without a wake-up):
 //! - input that changes routing releases its ticket once it is handled;
 //! - any other input releases it at once, before it is handled;
-//! - input that publishes waits, before it is handled, until every ticket taken so far is
-//!   released ([`Ticket::wait_turn`]).
+//! - input that publishes waits, before it is handled, until the tickets taken before it was
+//!   read are released, and those of connections woken since ([`Ticket::wait_turn`]); but not
+//!   for tickets of publishers (connections whose last input only published), nor for busy
+//!   ones (taken for input that arrived while its connection handled earlier input) taken
+//!   since, so publishers sending side by side never wait for each other.
 //!
-//! Only publishing input that shares a moment with other input ever waits, and only for input
-//! already woken: the wait is a few task polls. A ticket that is never released (a bug, or a
-//! task stalled elsewhere) holds others back for at most [`MAX_WAIT`].
+//! Only publishing input that shares a moment with a subscriber's input ever waits, and only
+//! for input already woken; every release wakes the waiters. A ticket that is never released
+//! (a bug, or a task stalled elsewhere) holds others back for at most [`MAX_WAIT`].
 
 use std::future::{poll_fn, Future};
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prometheus::IntCounter;
 use tokio::net::TcpStream;
@@ -53,6 +56,13 @@ pub(crate) struct InputOrder {
     /// Slot `t % SLOTS` holds `t` when ticket `t` was taken by a connection whose last input
     /// published and changed no routing ([`Turn::publishing`]).
     publishing: Box<[AtomicU64]>,
+    /// Tasks waiting for their turn, woken whenever a ticket is released. Yielding instead
+    /// would not do: a worker with nothing else to run parks until its next event, which at
+    /// low load is the next message a millisecond later.
+    waiters: Mutex<Vec<Waker>>,
+    /// How many wakers `waiters` holds, so a release looks at the lock only when someone
+    /// waits.
+    waiting: AtomicUsize,
     /// Counts the waits that ended at [`MAX_WAIT`]: operators see how often the order was
     /// given up (`rosetta_mqtt_input_order_timeouts_total`).
     timeouts: IntCounter,
@@ -73,6 +83,8 @@ impl InputOrder {
             released: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
             busy: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
             publishing: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            waiters: Mutex::new(Vec::new()),
+            waiting: AtomicUsize::new(0),
             timeouts,
         }
     }
@@ -100,6 +112,18 @@ impl InputOrder {
         // that old ticket look unreleased, which MAX_WAIT ends.
         self.released[slot(t)].store(t, SeqCst);
         self.advance();
+        self.wake_waiters();
+    }
+
+    fn wake_waiters(&self) {
+        if self.waiting.load(SeqCst) > 0 {
+            let waiters = {
+                let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+                self.waiting.store(0, SeqCst);
+                std::mem::take(&mut *waiters)
+            };
+            waiters.into_iter().for_each(Waker::wake);
+        }
     }
 
     fn advance(&self) {
@@ -131,38 +155,38 @@ impl InputOrder {
     fn skip_to(&self, t: u64) {
         self.passed.fetch_max(t, SeqCst);
         self.advance();
+        self.wake_waiters();
     }
 
     /// Waits until every ticket before `hi` is released but those [`is_turn_within`] lets
-    /// pass, or
-    /// [`MAX_WAIT`] has passed. The input it waits for is already read, and its tasks only
-    /// need to run, so this yields rather than registering for a wake-up; after a millisecond
-    /// (the machine is busy) it sleeps between looks instead, so as not to spin against the
-    /// tasks it waits for.
+    /// pass, or [`MAX_WAIT`] has passed; every release wakes the waiters to look again.
     async fn wait_turn(&self, lo: u64, hi: u64) {
-        const SPIN: Duration = Duration::from_millis(1);
         if self.is_turn_within(lo, hi) {
             return;
         }
-        let started = Instant::now();
-        loop {
-            if started.elapsed() < SPIN {
-                tokio::task::yield_now().await;
-            } else {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
+        let turn = poll_fn(|cx| {
             if self.is_turn_within(lo, hi) {
-                return;
+                return Poll::Ready(());
             }
-            if started.elapsed() >= MAX_WAIT {
-                tracing::debug!(
-                    ticket = hi,
-                    "input waited too long for earlier input; going ahead"
-                );
-                self.timeouts.inc();
-                self.skip_to(hi);
-                return;
+            {
+                let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+                waiters.push(cx.waker().clone());
+                self.waiting.fetch_add(1, SeqCst);
             }
+            // A release between the first look and the registration would wake no one.
+            if self.is_turn_within(lo, hi) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        });
+        if tokio::time::timeout(MAX_WAIT, turn).await.is_err() {
+            tracing::debug!(
+                ticket = hi,
+                "input waited too long for earlier input; going ahead"
+            );
+            self.timeouts.inc();
+            self.skip_to(hi);
         }
     }
 }
