@@ -142,12 +142,14 @@ impl InputOrder {
         self.passed.load(SeqCst) >= t
     }
 
-    /// Whether every ticket before `hi` is released, but publishing ones, and busy ones from
-    /// `lo` on.
-    fn is_turn_within(&self, lo: u64, hi: u64) -> bool {
+    /// The first ticket from `from` on and before `hi` that holds a waiter back: one not
+    /// released, not a publisher's, and not busy from `lo` on. A ticket that stops holding
+    /// back never starts again, so a waiter looks again from where it last stopped: however
+    /// many tickets are out, it reads each once.
+    fn first_holding_back(&self, from: u64, lo: u64, hi: u64) -> Option<u64> {
         let is = |ring: &[AtomicU64], x: u64| ring[slot(x)].load(SeqCst) == x;
-        (self.passed.load(SeqCst)..hi).all(|x| {
-            is(&self.released, x) || is(&self.publishing, x) || (x >= lo && is(&self.busy, x))
+        (from.max(self.passed.load(SeqCst))..hi).find(|&x| {
+            !(is(&self.released, x) || is(&self.publishing, x) || (x >= lo && is(&self.busy, x)))
         })
     }
 
@@ -158,14 +160,21 @@ impl InputOrder {
         self.wake_waiters();
     }
 
-    /// Waits until every ticket before `hi` is released but those [`is_turn_within`] lets
-    /// pass, or [`MAX_WAIT`] has passed; every release wakes the waiters to look again.
+    /// Waits until no ticket before `hi` holds it back ([`InputOrder::first_holding_back`]),
+    /// or [`MAX_WAIT`] has passed; every release wakes the waiters to look again.
     async fn wait_turn(&self, lo: u64, hi: u64) {
-        if self.is_turn_within(lo, hi) {
+        let Some(mut from) = self.first_holding_back(0, lo, hi) else {
             return;
-        }
+        };
         let turn = poll_fn(|cx| {
-            if self.is_turn_within(lo, hi) {
+            let done = |from: &mut u64| match self.first_holding_back(*from, lo, hi) {
+                Some(t) => {
+                    *from = t;
+                    false
+                }
+                None => true,
+            };
+            if done(&mut from) {
                 return Poll::Ready(());
             }
             {
@@ -174,7 +183,7 @@ impl InputOrder {
                 self.waiting.fetch_add(1, SeqCst);
             }
             // A release between the first look and the registration would wake no one.
-            if self.is_turn_within(lo, hi) {
+            if done(&mut from) {
                 Poll::Ready(())
             } else {
                 Poll::Pending
