@@ -132,7 +132,7 @@ fn push_string(out: &mut Vec<u8>, s: &str) {
 }
 
 /// A packet with its fixed header: `first` byte and the remaining length.
-fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+pub fn packet(first: u8, body: &[u8]) -> Vec<u8> {
     let mut out = vec![first];
     let mut len = body.len();
     loop {
@@ -148,7 +148,7 @@ fn packet(first: u8, body: &[u8]) -> Vec<u8> {
 }
 
 /// Total length of the packet at the start of `input`, once its fixed header is complete.
-fn packet_len(input: &[u8]) -> Option<usize> {
+pub fn packet_len(input: &[u8]) -> Option<usize> {
     let mut remaining = 0usize;
     for i in 0..4 {
         let byte = *input.get(1 + i)?;

@@ -528,18 +528,7 @@ impl Raw {
     }
 }
 
-/// Total length of the packet at the start of `input`, once its fixed header is complete.
-pub fn packet_len(input: &[u8]) -> Option<usize> {
-    let mut remaining = 0usize;
-    for i in 0..4 {
-        let byte = *input.get(1 + i)?;
-        remaining |= usize::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            return Some(2 + i + remaining);
-        }
-    }
-    None
-}
+pub use rosetta_tests::mqtt3::packet_len;
 
 /// A 5.0 CONNECT as guest.
 pub fn connect5(client_id: &str, clean_start: bool) -> v5::Connect {

@@ -6,7 +6,7 @@ use std::io::{self, Read, Write};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use rosetta_tests::mqtt3::Mqtt3;
+use rosetta_tests::mqtt3::{packet, Mqtt3};
 use rosetta_tests::{input_order_timeouts, publishes_missed_by_an_early_subscriber};
 use rumqttc::{QoS, Transport};
 use tokio::net::TcpStream;
@@ -256,22 +256,6 @@ fn connect_packet(client_id: &str) -> Vec<u8> {
         body.extend_from_slice(field.as_bytes());
     }
     packet(0x10, &body)
-}
-
-/// A packet with its fixed header: `first` byte and the remaining length.
-fn packet(first: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![first];
-    let mut len = body.len();
-    loop {
-        let byte = (len % 128) as u8;
-        len /= 128;
-        out.push(if len > 0 { byte | 0x80 } else { byte });
-        if len == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(body);
-    out
 }
 
 #[test]

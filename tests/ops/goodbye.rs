@@ -83,19 +83,6 @@ fn mqtt_connect(level: u8, client_id: &str) -> Vec<u8> {
     packet
 }
 
-/// The length of the whole packet at the start of `input`, once its fixed header is in.
-fn mqtt_packet_len(input: &[u8]) -> Option<usize> {
-    let mut remaining = 0usize;
-    for i in 0..4 {
-        let byte = *input.get(1 + i)?;
-        remaining |= usize::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            return Some(2 + i + remaining);
-        }
-    }
-    None
-}
-
 /// Connects at protocol level `level` and returns the socket once CONNACK accepted it.
 fn mqtt_client(broker: &Broker, level: u8, client_id: &str) -> TcpStream {
     let addr = broker
@@ -106,7 +93,7 @@ fn mqtt_client(broker: &Broker, level: u8, client_id: &str) -> TcpStream {
         .write_all(&mqtt_connect(level, client_id))
         .expect("send CONNECT");
     let (connack, _) = read_until(&mut stream, |b| {
-        mqtt_packet_len(b).is_some_and(|n| b.len() >= n)
+        rosetta_tests::mqtt3::packet_len(b).is_some_and(|n| b.len() >= n)
     });
     // CONNACK: type 2, then the acknowledge flags and the return / reason code 0 (MQTT 5.0
     // §3.2.2).
@@ -128,7 +115,11 @@ fn sigterm_sends_mqtt_5_clients_disconnect_0x8b_and_closes_the_connection() {
     let bytes = read_to_close(&mut client);
     // One DISCONNECT (type 14) holding the whole rest of what was sent, reason code first.
     assert_eq!(bytes.first(), Some(&0xE0), "not a DISCONNECT: {bytes:02x?}");
-    assert_eq!(mqtt_packet_len(&bytes), Some(bytes.len()), "{bytes:02x?}");
+    assert_eq!(
+        rosetta_tests::mqtt3::packet_len(&bytes),
+        Some(bytes.len()),
+        "{bytes:02x?}"
+    );
     assert_eq!(
         bytes.get(2),
         Some(&SERVER_SHUTTING_DOWN),
