@@ -185,14 +185,7 @@ pub(crate) async fn drive<S: Session, T: Transport>(
                     Ok(n) => {
                         traffic.received.inc_by(n as u64);
                         last_read = Instant::now();
-                        match listening {
-                            Some((turn, waker)) => {
-                                let ticket = turn.take();
-                                turn.rearm(stream.socket(), waker);
-                                handle_input_in_turn(ticket, &mut session, &mut input, &mut refused).await
-                            }
-                            None => handle_input(&mut session, &mut input, &mut refused),
-                        }
+                        handle_read(listening, stream.socket(), &mut session, &mut input, &mut refused).await
                     }
                 },
                 Some(item) = next_outbound(&mut outbox, &mut session) => {
@@ -235,12 +228,7 @@ pub(crate) async fn drive<S: Session, T: Transport>(
                     if paused_before && !session.reading_paused() {
                         last_read = Instant::now();
                         input.is_empty()
-                            || match listening {
-                                Some((turn, _)) => {
-                                    handle_input_in_turn(turn.take(), &mut session, &mut input, &mut refused).await
-                                }
-                                None => handle_input(&mut session, &mut input, &mut refused),
-                            }
+                            || handle_read(listening, stream.socket(), &mut session, &mut input, &mut refused).await
                     } else {
                         true
                     }
@@ -400,10 +388,28 @@ fn handle_input<S: Session>(session: &mut S, input: &mut BytesMut, refused: &mut
     flow == Flow::Continue
 }
 
+/// Hands input just read to the session, in the connection's [`input_order`] when it keeps
+/// one: the read's ticket is taken and the socket watched again before the input is handled.
+async fn handle_read<S: Session>(
+    listening: Option<(&Turn, &Waker)>,
+    socket: &TcpStream,
+    session: &mut S,
+    input: &mut BytesMut,
+    refused: &mut u32,
+) -> bool {
+    match listening {
+        Some((turn, waker)) => {
+            let ticket = turn.take();
+            turn.rearm(socket, waker);
+            handle_input_in_turn(ticket, session, input, refused).await
+        }
+        None => handle_input(session, input, refused),
+    }
+}
+
 /// [`handle_input`] in the connection's [`input_order`]: input that changes routing holds back
 /// input read after it until it is handled; input that publishes waits until the routing
-/// changes read before it are in place. Input that does both waits only for earlier tickets,
-/// so two such connections never wait for each other.
+/// changes read before it are in place ([`Ticket::wait_turn`]).
 async fn handle_input_in_turn<S: Session>(
     mut ticket: Ticket<'_>,
     session: &mut S,
