@@ -154,6 +154,8 @@ pub(crate) async fn drive<S: Session, T: Transport>(
     let timer = tokio::time::sleep_until((started + HANDSHAKE_TIMEOUT).into());
     tokio::pin!(timer);
     let mut armed: Option<Instant> = Some(started + HANDSHAKE_TIMEOUT);
+    // Which timeouts applied when the timer was last looked at.
+    let mut looked_at: Option<DeadlineKinds> = None;
     let mut alarm = state.alarm.clone();
     // Deliveries turned into output and not yet on the socket: their bytes stay charged to
     // their consumers until the write completes, so a client that stops reading stops
@@ -301,8 +303,9 @@ pub(crate) async fn drive<S: Session, T: Transport>(
             }
             // The timer is moved only to an earlier deadline; a later one (traffic pushed the
             // heartbeat back) is found when it fires, so busy connections do not touch the
-            // timer wheel on every wake-up.
-            let next = Deadlines {
+            // timer wheel on every wake-up. While the same timeouts apply, traffic only moves
+            // each of them later, so they are looked at again only when that set changes.
+            let deadlines = Deadlines {
                 started,
                 last_read,
                 last_write,
@@ -310,11 +313,16 @@ pub(crate) async fn drive<S: Session, T: Transport>(
                 authenticated: session.user().is_some(),
                 holds_input: input.capacity() > 0,
                 paused: session.reading_paused(),
-            }
-            .next(session.heartbeats());
-            if armed.is_none_or(|at| next < at) {
-                timer.as_mut().reset(next.into());
-                armed = Some(next);
+                heartbeats: session.heartbeats(),
+            };
+            let kinds = deadlines.kinds();
+            if armed.is_none() || looked_at != Some(kinds) {
+                let next = deadlines.next();
+                if armed.is_none_or(|at| next < at) {
+                    timer.as_mut().reset(next.into());
+                    armed = Some(next);
+                }
+                looked_at = Some(kinds);
             }
         }
     };
@@ -455,11 +463,33 @@ struct Deadlines {
     authenticated: bool,
     holds_input: bool,
     paused: bool,
+    heartbeats: Heartbeats,
+}
+
+/// Which of a connection's timeouts apply, whatever their times.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct DeadlineKinds {
+    heartbeats: Heartbeats,
+    authenticated: bool,
+    holds_input: bool,
+    paused: bool,
+    closing: bool,
 }
 
 impl Deadlines {
+    fn kinds(&self) -> DeadlineKinds {
+        DeadlineKinds {
+            heartbeats: self.heartbeats,
+            authenticated: self.authenticated,
+            holds_input: self.holds_input,
+            paused: self.paused,
+            closing: self.closing_since.is_some(),
+        }
+    }
+
     /// The earliest moment something may be due; far away when nothing is.
-    fn next(&self, hb: Heartbeats) -> Instant {
+    fn next(&self) -> Instant {
+        let hb = self.heartbeats;
         [
             hb.send_after.map(|d| self.last_write + d),
             // A paused client is not read, so its silence is not counted.

@@ -3,13 +3,15 @@
 //! as long as its task runs; the lock is taken only when a connection opens, closes or is listed.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::Poll;
 use std::time::SystemTime;
 
+use futures_util::task::AtomicWaker;
 use rosetta_core::front_end::Eviction;
-use tokio::sync::Notify;
 
 use crate::metrics::PROTOCOLS;
 
@@ -32,9 +34,38 @@ pub(crate) struct ConnectionInfo {
     channels: AtomicUsize,
     /// Set when an operator deleted the connection's user: the task closes it when signalled.
     evicted: OnceLock<Eviction>,
-    /// Woken when a broker-wide signal (shutdown, the resource alarm) changes, so a connection
+    /// Raised when a broker-wide signal (shutdown, the resource alarm) changes, so a connection
     /// task sleeps until its own next deadline instead of polling the signals on a fixed tick.
-    signal: Notify,
+    signal: Signal,
+}
+
+/// A flag one task waits on and anyone raises. The task polls it on every wake-up, so a wait
+/// must be cheap: registering costs two atomic exchanges when the waker is unchanged, where `tokio::sync::Notify` locks its
+/// waiter list to join it and again to leave.
+#[derive(Default)]
+struct Signal {
+    raised: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Signal {
+    fn raise(&self) {
+        self.raised.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Completes once the flag was raised since the last completion, and lowers it.
+    fn lowered(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            // Registered before looking: a raise after the look finds the waker.
+            self.waker.register(cx.waker());
+            if self.raised.swap(false, Ordering::Acquire) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+    }
 }
 
 impl ConnectionInfo {
@@ -63,8 +94,8 @@ pub(crate) struct Registration<'a> {
 impl Registration<'_> {
     /// Completes once [`Connections::signal_all`] was called since the last completion (a
     /// signal sent while nobody waits is kept, so none is lost between two waits).
-    pub async fn signalled(&self) {
-        self.info.signal.notified().await;
+    pub fn signalled(&self) -> impl Future<Output = ()> + '_ {
+        self.info.signal.lowered()
     }
 
     /// Why an operator wants the connection closed, if they do.
@@ -88,7 +119,7 @@ impl Registration<'_> {
                 };
                 if deleted(user) {
                     let _ = self.info.evicted.set(Eviction::UserDeleted);
-                    self.info.signal.notify_one();
+                    self.info.signal.raise();
                 }
             }
         }
@@ -126,7 +157,7 @@ impl Connections {
             user: OnceLock::new(),
             channels: AtomicUsize::new(0),
             evicted: OnceLock::new(),
-            signal: Notify::new(),
+            signal: Signal::default(),
         });
         self.lock().insert(id, info.clone());
         Registration { table: self, info }
@@ -136,7 +167,7 @@ impl Connections {
     /// an alarm raised or cleared), so one pass over the table is fine.
     pub fn signal_all(&self) {
         for c in self.lock().values() {
-            c.signal.notify_one();
+            c.signal.raise();
         }
     }
 
@@ -146,7 +177,7 @@ impl Connections {
         let mut evicted = 0;
         for c in self.lock().values().filter(|c| c.user() == Some(name)) {
             let _ = c.evicted.set(Eviction::UserDeleted);
-            c.signal.notify_one();
+            c.signal.raise();
             evicted += 1;
         }
         evicted
@@ -232,6 +263,26 @@ mod tests {
         // Marked and woken, as the sweep does, so its task closes it.
         let woken = tokio::time::timeout(std::time::Duration::from_secs(5), late.signalled()).await;
         assert!(woken.is_ok(), "the evicted connection was signalled");
+    }
+
+    #[tokio::test]
+    async fn a_signal_wakes_a_waiting_task_once() {
+        use futures_util::FutureExt;
+        let table = Connections::default();
+        let r = table.register("mqtt", "tcp", peer());
+        // The wait is polled (and parks) before the raise.
+        let raise_later = async {
+            tokio::task::yield_now().await;
+            table.signal_all();
+        };
+        let both = async { tokio::join!(r.signalled(), raise_later) };
+        let woken = tokio::time::timeout(std::time::Duration::from_secs(5), both).await;
+        assert!(woken.is_ok(), "the waiting task saw the signal");
+        // That wait took the signal; the next one waits for a new signal.
+        assert!(
+            r.signalled().now_or_never().is_none(),
+            "one signal completes one wait"
+        );
     }
 
     #[test]

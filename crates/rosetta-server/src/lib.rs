@@ -50,11 +50,24 @@ const MQTT_HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(500);
 /// start (port taken, data directory unusable, store unreadable).
 pub fn run(config: Config) -> Result<(), Error> {
     logging::init(&config.log);
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    // Left alone at 0, tokio takes one per core, or TOKIO_WORKER_THREADS.
-    if config.server.worker_threads > 0 {
-        runtime.worker_threads(config.server.worker_threads);
-    }
+    let workers = match config.server.worker_threads {
+        0 => std::env::var("TOKIO_WORKER_THREADS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        n => n,
+    };
+    // One worker runs on the thread that starts the broker: tokio's single-threaded scheduler
+    // has no siblings to steal from or wake, which the multi-threaded one pays for on every
+    // park even with one worker.
+    let mut runtime = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut runtime = tokio::runtime::Builder::new_multi_thread();
+        runtime.worker_threads(workers);
+        runtime
+    };
     let runtime = runtime.enable_all().build().map_err(Error::Runtime)?;
     runtime.block_on(serve(config))
 }
