@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
+use crate::hash::KeyedState;
 use crate::headers_match::headers_match;
 use crate::message::{Message, Table, Value};
 use crate::queue::Queue;
@@ -120,7 +121,7 @@ struct BindingTable {
     by_destination: HashMap<Destination, Bound>,
     count: usize,
     /// Direct exchanges: routing key to destinations.
-    direct: HashMap<String, Targets>,
+    direct: HashMap<String, Targets, KeyedState>,
     /// Topic exchanges: pattern trie to destinations.
     topic: TopicTrie<Targets>,
 }

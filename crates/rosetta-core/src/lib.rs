@@ -19,6 +19,7 @@ pub mod durable;
 pub mod error;
 pub mod exchange;
 pub mod front_end;
+mod hash;
 mod headers_match;
 #[cfg(test)]
 mod ledger_tests;

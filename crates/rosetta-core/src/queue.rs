@@ -9,6 +9,7 @@
 //! takes messages and never settles them costs their summaries, not their bodies.
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -21,6 +22,7 @@ use crate::consumer::{ConnectionId, Consumer, Delivery, Outbound};
 use crate::consumer_set::ConsumerSet;
 use crate::dead_letter::{DeadLetter, DeathReason};
 use crate::error::CoreError;
+use crate::hash::TagHasher;
 use crate::message::{Message, Table};
 use crate::paging::{Entry, Ready, Slot};
 use crate::queue_config::{Overflow, QueueConfig};
@@ -36,6 +38,22 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The time of one queue operation, read from the clock when something first needs it and at
+/// most once: only TTLs do, and most queues and messages have none, so most pushes, settles
+/// and dispatches never read it.
+#[derive(Default)]
+struct Now(Option<u64>);
+
+impl Now {
+    fn at(ms: u64) -> Self {
+        Now(Some(ms))
+    }
+
+    fn get(&mut self) -> u64 {
+        *self.0.get_or_insert_with(now_ms)
+    }
+}
+
 #[derive(Debug)]
 struct Unacked {
     slot: Slot,
@@ -47,7 +65,8 @@ struct Unacked {
 #[derive(Debug, Default)]
 struct State {
     ready: Ready,
-    unacked: HashMap<u64, Unacked>,
+    /// By queue sequence number, which the queue itself hands out.
+    unacked: HashMap<u64, Unacked, BuildHasherDefault<TagHasher>>,
     unacked_bytes: u64,
     consumers: ConsumerSet,
     deleted: bool,
@@ -278,9 +297,9 @@ impl Queue {
 
     /// Second half of a publish: enqueues at the reserved position and offers it to consumers.
     pub fn push(self: &Arc<Self>, seq: u64, message: Arc<Message>, persisted: bool) {
-        let now = now_ms();
+        let mut now = Now::default();
         let summary = MessageSummary::of(&message);
-        let expires_at = self.expiry_for(summary.expiration_ms, now);
+        let expires_at = self.expiry_for(summary.expiration_ms, &mut now);
         if expires_at.is_some() {
             self.may_expire.store(true, Ordering::Relaxed);
         }
@@ -309,7 +328,7 @@ impl Queue {
             };
             st.ready.insert(self.slot(summary.priority, seq), entry);
             self.enforce_limits(&mut st, &mut dead);
-            self.dispatch_reading(&mut st, now, &mut dead);
+            self.dispatch_reading(&mut st, &mut now, &mut dead);
         }
         self.bury(dead);
     }
@@ -317,8 +336,7 @@ impl Queue {
     /// Re-inserts a message recovered from the store, before any consumer exists. Its body
     /// stays paged out until the queue reaches it.
     pub(crate) fn restore(&self, seq: u64, summary: MessageSummary, redelivered: bool) {
-        let now = now_ms();
-        let expires_at = self.expiry_for(summary.expiration_ms, now);
+        let expires_at = self.expiry_for(summary.expiration_ms, &mut Now::default());
         if expires_at.is_some() {
             self.may_expire.store(true, Ordering::Relaxed);
         }
@@ -337,12 +355,12 @@ impl Queue {
     }
 
     /// Queue TTL and per-message `expiration`, whichever is sooner (RabbitMQ rule).
-    fn expiry_for(&self, message_ttl: Option<u64>, now: u64) -> Option<NonZeroU64> {
+    fn expiry_for(&self, message_ttl: Option<u64>, now: &mut Now) -> Option<NonZeroU64> {
         let ttl = match (self.config.message_ttl, message_ttl) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        ttl.map(|t| NonZeroU64::new(now.saturating_add(t)).unwrap_or(NonZeroU64::MIN))
+        ttl.map(|t| NonZeroU64::new(now.get().saturating_add(t)).unwrap_or(NonZeroU64::MIN))
     }
 
     fn enforce_limits(&self, st: &mut State, dead: &mut Vec<Dying>) {
@@ -455,10 +473,15 @@ impl Queue {
 
     /// Delivers ready messages with their bodies in memory to consumers with credit. Returns
     /// true when it stopped at a paged-out head that a consumer is waiting for.
-    fn dispatch_locked(self: &Arc<Self>, st: &mut State, now: u64, dead: &mut Vec<Dying>) -> bool {
+    fn dispatch_locked(
+        self: &Arc<Self>,
+        st: &mut State,
+        now: &mut Now,
+        dead: &mut Vec<Dying>,
+    ) -> bool {
         loop {
             if self.may_expire.load(Ordering::Relaxed) {
-                self.drop_expired_head(st, now, dead);
+                self.drop_expired_head(st, now.get(), dead);
             }
             if st.ready.is_empty() || st.consumers.is_empty() {
                 return false;
@@ -520,7 +543,7 @@ impl Queue {
     fn dispatch_reading(
         self: &Arc<Self>,
         st: &mut MutexGuard<'_, State>,
-        now: u64,
+        now: &mut Now,
         dead: &mut Vec<Dying>,
     ) {
         while self.dispatch_locked(st, now, dead) && !st.reading {
@@ -565,7 +588,7 @@ impl Queue {
             if st.deleted {
                 return;
             }
-            self.dispatch_reading(&mut st, now_ms(), &mut dead);
+            self.dispatch_reading(&mut st, &mut Now::default(), &mut dead);
         }
         self.bury(dead);
     }
@@ -609,8 +632,9 @@ impl Queue {
             }
             st.consumers.push(consumer);
             st.had_consumer = true;
-            st.last_used_ms = now_ms();
-            self.dispatch_reading(&mut st, now_ms(), &mut dead);
+            let now = now_ms();
+            st.last_used_ms = now;
+            self.dispatch_reading(&mut st, &mut Now::at(now), &mut dead);
         }
         self.bury(dead);
         Ok(())
@@ -623,9 +647,10 @@ impl Queue {
         let now_unused = {
             let mut st = self.state.lock();
             st.consumers.remove(consumer);
-            st.last_used_ms = now_ms();
+            let now = now_ms();
+            st.last_used_ms = now;
             // With a single active consumer, the next in line takes over now.
-            self.dispatch_reading(&mut st, now_ms(), &mut dead);
+            self.dispatch_reading(&mut st, &mut Now::at(now), &mut dead);
             self.auto_delete && st.had_consumer && st.consumers.is_empty() && !st.deleted
         };
         self.bury(dead);
@@ -644,14 +669,14 @@ impl Queue {
         let mut st = self.state.lock();
         st.last_used_ms = now_ms();
         loop {
-            let now = now_ms();
+            let mut now = Now::default();
             if self.may_expire.load(Ordering::Relaxed) {
-                self.drop_expired_head(&mut st, now, dead);
+                self.drop_expired_head(&mut st, now.get(), dead);
             }
             if st.ready.head_is_paged() && !st.reading {
                 self.read_ahead(&mut st);
                 // Consumers passed over while the lock was released are served first.
-                self.dispatch_locked(&mut st, now, dead);
+                self.dispatch_locked(&mut st, &mut now, dead);
                 continue;
             }
             let (slot, mut entry) = st.ready.pop_first()?;
@@ -740,7 +765,7 @@ impl Queue {
                 }
             }
             if !st.deleted {
-                self.dispatch_reading(&mut st, now_ms(), &mut dead);
+                self.dispatch_reading(&mut st, &mut Now::default(), &mut dead);
             }
         }
         self.bury(dead);

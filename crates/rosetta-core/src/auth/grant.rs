@@ -15,6 +15,7 @@ use super::permissions::{
 };
 use crate::error::CoreError;
 use crate::exchange::ExchangeKind;
+use crate::hash::KeyedState;
 use crate::message::{Table, Value};
 use crate::vhost::VHost;
 
@@ -35,12 +36,16 @@ struct Cache {
     contents: Arc<Contents>,
     /// By access and resource kind (see [`slot`]): name → allowed.
     resources: [Answers; 6],
-    /// By exchange: the user's topic permission there, and the keys already checked.
-    topics: HashMap<Box<str>, TopicAnswers>,
+    /// By exchange: where in `topic_answers` its entry is, so that finding one that is there
+    /// costs one hash.
+    topics: HashMap<Box<str>, usize, KeyedState>,
+    /// The user's topic permission on each exchange in `topics`, and the keys already checked.
+    topic_answers: Vec<TopicAnswers>,
 }
 
+/// Names are the client's choice, hence the keyed hasher.
 #[derive(Default)]
-struct Answers(HashMap<Box<str>, bool>);
+struct Answers(HashMap<Box<str>, bool, KeyedState>);
 
 impl Answers {
     fn get_or(&mut self, name: &str, decide: impl FnOnce() -> bool) -> bool {
@@ -218,7 +223,8 @@ fn fresh<'a>(cache: &'a mut Option<Box<Cache>>, directory: &Directory) -> &'a mu
             generation,
             contents: directory.contents(),
             resources: Default::default(),
-            topics: HashMap::new(),
+            topics: HashMap::default(),
+            topic_answers: Vec::new(),
         }));
     }
     cache.as_mut().expect("cache just filled")
@@ -231,23 +237,27 @@ fn topic_answers<'a>(
     vhost: &str,
     exchange: &str,
 ) -> &'a mut TopicAnswers {
-    if !cache.topics.contains_key(exchange) {
-        let rule = cache
-            .contents
-            .permissions
-            .topic(user, vhost, exchange)
-            .cloned();
-        if cache.topics.len() >= CACHE_LIMIT {
-            cache.topics.clear();
-        }
-        cache.topics.insert(
-            exchange.into(),
-            TopicAnswers {
+    let at = match cache.topics.get(exchange) {
+        Some(&at) => at,
+        None => {
+            let rule = cache
+                .contents
+                .permissions
+                .topic(user, vhost, exchange)
+                .cloned();
+            if cache.topics.len() >= CACHE_LIMIT {
+                cache.topics.clear();
+                cache.topic_answers.clear();
+            }
+            cache.topic_answers.push(TopicAnswers {
                 rule,
                 write: Answers::default(),
                 read: Answers::default(),
-            },
-        );
-    }
-    cache.topics.get_mut(exchange).expect("just inserted")
+            });
+            let at = cache.topic_answers.len() - 1;
+            cache.topics.insert(exchange.into(), at);
+            at
+        }
+    };
+    &mut cache.topic_answers[at]
 }

@@ -14,10 +14,11 @@
 //! deliveries as the window slides.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hash};
 use std::sync::Arc;
 
 use crate::consumer::{Consumer, Delivery};
+use crate::hash::TagHasher;
 use crate::queue::{Queue, Settlement};
 
 /// One unsettled delivery: the queue entry it came from, and what the front-end keeps with it.
@@ -42,6 +43,8 @@ pub struct Ledger<K, X = ()> {
     /// front is never a gap.
     order: VecDeque<(K, Option<Unsettled<X>>)>,
     /// Where each unsettled tag is in `order`, counted from the first delivery ever recorded.
+    /// Every tag is one the broker handed out, and each delivery looks its tag up several
+    /// times, so the index hashes with the cheap unkeyed hasher.
     index: HashMap<K, u64, BuildHasherDefault<TagHasher>>,
     /// The position of `order`'s front, in the same count.
     front: u64,
@@ -59,44 +62,6 @@ impl<K: Hash + Eq + Copy, X> Default for Ledger<K, X> {
 
 /// Gaps `order` may hold beyond one per delivery before they are squeezed out.
 const SPARE_GAPS: usize = 32;
-
-/// Hashes the index's tags. Every tag recorded is one the broker handed out (a delivery tag, a
-/// packet id), so no client chooses the keys that fill the index, and the standard hasher's
-/// defence against chosen keys buys nothing here; each delivery looks its tag up several
-/// times, and SipHash cost more than the rest of those lookups. The multiplier is odd, so
-/// consecutive tags land in distinct buckets, and it spreads them into the high bits the
-/// table also reads.
-#[derive(Default)]
-struct TagHasher(u64);
-
-impl Hasher for TagHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-
-    fn write_u16(&mut self, n: u16) {
-        self.write_u64(u64::from(n));
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(u64::from(n));
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        // 2^64 divided by the golden ratio (Fibonacci hashing).
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-}
 
 impl<K: Hash + Eq + Copy, X> Ledger<K, X> {
     /// Records a delivery the client is to settle under `tag`.

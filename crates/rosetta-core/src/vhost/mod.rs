@@ -34,6 +34,7 @@ use crate::broker::Shared;
 use crate::consumer::ConnectionId;
 use crate::error::CoreError;
 use crate::exchange::{Exchange, ExchangeKind, AMQ_TOPIC};
+use crate::hash::KeyedState;
 use crate::message::Table;
 use crate::queue::Queue;
 use crate::store::Epoch;
@@ -63,10 +64,11 @@ pub const MAX_KEY_BYTES: usize = 255;
 pub struct VHost {
     pub name: String,
     shared: Arc<Shared>,
-    exchanges: DashMap<String, Arc<Exchange>>,
-    queues: DashMap<String, Arc<Queue>>,
+    /// Publishes look exchanges and queues up by names that clients chose: keyed hashing.
+    exchanges: DashMap<String, Arc<Exchange>, KeyedState>,
+    queues: DashMap<String, Arc<Queue>, KeyedState>,
     /// The queues behind direct reply addresses, by address; never in `queues`.
-    direct_replies: DashMap<String, Arc<Queue>>,
+    direct_replies: DashMap<String, Arc<Queue>, KeyedState>,
     /// Bindings of every exchange here, for `max_bindings`.
     binding_count: AtomicU64,
     /// Set once the virtual host was deleted at run time (`Broker::delete_vhost`): sessions
@@ -93,9 +95,9 @@ impl VHost {
         let vhost = Arc::new_cyclic(|me| VHost {
             name: name.to_owned(),
             shared,
-            exchanges: DashMap::new(),
-            queues: DashMap::new(),
-            direct_replies: DashMap::new(),
+            exchanges: DashMap::default(),
+            queues: DashMap::default(),
+            direct_replies: DashMap::default(),
             binding_count: AtomicU64::new(0),
             deleted: AtomicBool::new(false),
             me: me.clone(),
