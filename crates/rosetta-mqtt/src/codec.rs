@@ -378,6 +378,47 @@ fn suback_v3(s: &v5::Suback) -> Vec<u8> {
     out
 }
 
+/// Appends `packet` to `out` as [`encode`] encodes it; on failure `out` is left as it was.
+/// Acknowledgements, one or more for every message a client publishes, are written straight
+/// into `out` rather than into a buffer of their own first.
+pub fn encode_into(
+    packet: &Packet,
+    protocol: Protocol,
+    out: &mut BytesMut,
+) -> Result<(), MqttError> {
+    let start = out.len();
+    let written = match packet {
+        Packet::Puback(p) => put_ack(0x40, p.pid, p, protocol, out),
+        Packet::Pubrec(p) => put_ack(0x50, p.pid, p, protocol, out),
+        Packet::Pubrel(p) => put_ack(0x62, p.pid, p, protocol, out),
+        Packet::Pubcomp(p) => put_ack(0x70, p.pid, p, protocol, out),
+        other => encode(other, protocol).map(|bytes| out.extend_from_slice(&bytes)),
+    };
+    if written.is_err() {
+        out.truncate(start);
+    }
+    written
+}
+
+/// Writes a PUBACK, PUBREC, PUBREL or PUBCOMP: in 3.x only the packet id follows the fixed
+/// header (MQTT 3.1.1 §3.4-3.7); 5.0 may add a reason code and properties.
+fn put_ack(
+    first: u8,
+    pid: mqtt_proto::Pid,
+    body: &impl Encodable,
+    protocol: Protocol,
+    out: &mut BytesMut,
+) -> Result<(), MqttError> {
+    if protocol == Protocol::V500 {
+        return put_packet(first, body, out);
+    }
+    out.reserve(4);
+    out.put_u8(first);
+    out.put_u8(2);
+    out.put_u16(pid.value());
+    Ok(())
+}
+
 /// Encodes `packet` for a client speaking `protocol`; returns the encoded bytes (empty when
 /// 3.x has no such packet).
 pub fn encode(packet: &Packet, protocol: Protocol) -> Result<Vec<u8>, MqttError> {

@@ -206,31 +206,37 @@ impl AppMessage {
     /// The message as MQTT sees a core message, whichever protocol published it.
     pub fn from_core(m: &Message, now_ms: u64) -> Self {
         let p = &m.properties;
-        let header = |name: &str| p.header(name);
-        let qos = match header(HEADER_QOS).and_then(Value::as_i64) {
+        // The mapping's own headers are picked out in the pass that collects the user
+        // properties, rather than each looked up in the table on every delivery.
+        let (mut qos, mut retain, mut format, mut correlation) = (None, None, None, None);
+        let mut user_properties = Vec::new();
+        for (name, value) in p.headers.iter().flatten() {
+            match name.as_str() {
+                HEADER_QOS => qos = Some(value),
+                HEADER_RETAIN => retain = Some(value),
+                HEADER_PAYLOAD_FORMAT => format = Some(value),
+                HEADER_CORRELATION => correlation = Some(value),
+                own if own.starts_with(INTERNAL_PREFIX) => {}
+                _ => match value {
+                    Value::Array(values) => {
+                        user_properties.extend(
+                            values
+                                .iter()
+                                .filter_map(Value::to_text)
+                                .map(|v| (name.clone(), v)),
+                        );
+                    }
+                    other => user_properties.extend(other.to_text().map(|v| (name.clone(), v))),
+                },
+            }
+        }
+        let qos = match qos.and_then(Value::as_i64) {
             Some(n) => qos_from(n),
             // RabbitMQ's rule for AMQP publishers: persistent messages go out at QoS 1.
             None if p.is_persistent() => QoS::Level1,
             None => QoS::Level0,
         };
-        let mut user_properties = Vec::new();
-        for (name, value) in p.headers.iter().flatten() {
-            if name.starts_with(INTERNAL_PREFIX) {
-                continue;
-            }
-            match value {
-                Value::Array(values) => {
-                    user_properties.extend(
-                        values
-                            .iter()
-                            .filter_map(Value::to_text)
-                            .map(|v| (name.clone(), v)),
-                    );
-                }
-                other => user_properties.extend(other.to_text().map(|v| (name.clone(), v))),
-            }
-        }
-        let correlation_data = match header(HEADER_CORRELATION) {
+        let correlation_data = match correlation {
             Some(Value::Bytes(b)) => Some(b.clone()),
             _ => p
                 .correlation_id
@@ -241,12 +247,10 @@ impl AppMessage {
         AppMessage {
             topic: key_to_topic(&m.routing_key),
             qos,
-            retain: matches!(header(HEADER_RETAIN), Some(Value::Bool(true))),
+            retain: matches!(retain, Some(Value::Bool(true))),
             payload: m.body.clone(),
             props: AppProperties {
-                payload_utf8: header(HEADER_PAYLOAD_FORMAT)
-                    .and_then(Value::as_i64)
-                    .map(|n| n == 1),
+                payload_utf8: format.and_then(Value::as_i64).map(|n| n == 1),
                 expires_at_ms: p.expiration_ms().map(|ttl| start_ms.saturating_add(ttl)),
                 content_type: p.content_type.clone(),
                 response_topic: p.reply_to.as_deref().map(key_to_topic),

@@ -26,7 +26,8 @@ pub const SYS_EXCHANGE: &str = "mqtt.sys";
 
 /// Whether a topic name or filter (without `$share/{group}/`) is in the `$SYS` tree.
 pub fn is_sys(name: &str) -> bool {
-    name.split('/').next() == Some(SYS_LEVEL)
+    name.strip_prefix(SYS_LEVEL)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// The exchange a topic's messages go through and a filter binds to.
@@ -38,69 +39,70 @@ pub fn exchange_for(name: &str) -> &'static str {
     }
 }
 
-fn escape_level(level: &str, out: &mut String) {
-    for c in level.chars() {
-        match c {
-            '%' => out.push_str("%25"),
-            '.' => out.push_str("%2E"),
-            '*' => out.push_str("%2A"),
-            c => out.push(c),
-        }
+/// The escape of a byte that may not stand as itself in an AMQP word.
+fn escape(b: u8) -> Option<&'static str> {
+    match b {
+        b'%' => Some("%25"),
+        b'.' => Some("%2E"),
+        b'*' => Some("%2A"),
+        _ => None,
     }
 }
 
-fn unescape_word(word: &str, out: &mut String) {
-    let mut rest = word;
-    while let Some(pos) = rest.find('%') {
+/// Appends `text` with every byte `map` replaces replaced. The runs between them are copied
+/// whole: topics rarely hold any, and the bytes replaced are ASCII, so a run always ends on a
+/// character boundary.
+fn push_mapped(text: &str, out: &mut String, map: impl Fn(u8) -> Option<&'static str>) {
+    let mut rest = text;
+    while let Some((pos, replacement)) = rest
+        .bytes()
+        .enumerate()
+        .find_map(|(i, b)| map(b).map(|r| (i, r)))
+    {
         out.push_str(&rest[..pos]);
-        let code = rest.get(pos + 1..pos + 3);
-        let decoded = match code.map(str::to_ascii_uppercase).as_deref() {
-            Some("25") => Some('%'),
-            Some("2E") => Some('.'),
-            Some("2A") => Some('*'),
-            _ => None,
-        };
-        match decoded {
-            Some(c) => {
-                out.push(c);
-                rest = &rest[pos + 3..];
-            }
-            // Not one of our escapes (an AMQP publisher's own `%`): kept as written.
-            None => {
-                out.push('%');
-                rest = &rest[pos + 1..];
-            }
-        }
+        out.push_str(replacement);
+        rest = &rest[pos + 1..];
     }
     out.push_str(rest);
+}
+
+fn escape_level(level: &str, out: &mut String) {
+    push_mapped(level, out, escape);
+}
+
+/// The character an escape at the start of `code` (the bytes after a `%`) stands for.
+fn unescape(code: &[u8]) -> Option<char> {
+    match code.get(..2)? {
+        b"25" => Some('%'),
+        b"2E" | b"2e" => Some('.'),
+        b"2A" | b"2a" => Some('*'),
+        _ => None,
+    }
 }
 
 /// The longest routing or binding key: an AMQP short string, which carries keys to AMQP
 /// consumers, holds at most 255 bytes (AMQP 0-9-1 §4.2.5.3), and RabbitMQ refuses longer ones.
 pub const KEY_MAX: usize = 255;
 
-/// The length of the key a topic name or filter maps to, without building it: each escaped
-/// character takes three bytes instead of one, and a wildcard level maps to one byte.
-fn mapped_len(name: &str) -> usize {
-    name.len()
-        + 2 * name
-            .bytes()
-            .filter(|b| matches!(b, b'%' | b'.' | b'*'))
-            .count()
-}
-
 /// Why the front-end refuses a topic name or filter (without `$share/{group}/`) whose syntax
 /// is valid: its key would not fit an AMQP short string, or it is deeper than `max_levels`
 /// (0 = no limit). `None` when it is accepted.
 pub fn refusal(name: &str, max_levels: usize) -> Option<String> {
-    let len = mapped_len(name);
+    // Every publish is checked, so one pass over the bytes counts both the escaped characters,
+    // which take three bytes of key instead of one, and the level separators. A wildcard level
+    // maps to one byte.
+    let (mut escaped, mut separators) = (0usize, 0usize);
+    for b in name.bytes() {
+        escaped += usize::from(escape(b).is_some());
+        separators += usize::from(b == b'/');
+    }
+    let len = name.len() + 2 * escaped;
     if len > KEY_MAX {
         return Some(format!(
             "topic maps to a routing key of {len} bytes, more than {KEY_MAX}"
         ));
     }
-    // A name of at most 255 bytes has at most 256 levels, so this count is cheap.
-    let levels = name.split('/').count();
+    let levels = separators + 1;
     if max_levels > 0 && levels > max_levels {
         return Some(format!(
             "topic has {levels} levels, more than the limit of {max_levels}"
@@ -129,25 +131,40 @@ pub fn literal_prefix(filter: &str) -> &str {
 
 /// The routing key for an MQTT topic name.
 pub fn topic_to_key(topic: &str) -> String {
-    let mut out = String::with_capacity(topic.len() + 8);
-    for (i, level) in topic.split('/').enumerate() {
-        if i > 0 {
-            out.push('.');
-        }
-        escape_level(level, &mut out);
+    // Most topics hold nothing to escape: only their separators change, byte for byte.
+    if !topic.bytes().any(|b| escape(b).is_some()) {
+        return topic.replace('/', ".");
     }
+    let mut out = String::with_capacity(topic.len() + 8);
+    push_mapped(topic, &mut out, |b| {
+        if b == b'/' {
+            Some(".")
+        } else {
+            escape(b)
+        }
+    });
     out
 }
 
-/// The MQTT topic name for a routing key.
+/// The MQTT topic name for a routing key. A `%` that starts none of our escapes (an AMQP
+/// publisher's own) is kept as written.
 pub fn key_to_topic(key: &str) -> String {
-    let mut out = String::with_capacity(key.len());
-    for (i, word) in key.split('.').enumerate() {
-        if i > 0 {
-            out.push('/');
-        }
-        unescape_word(word, &mut out);
+    if !key.contains('%') {
+        return key.replace('.', "/");
     }
+    let mut out = String::with_capacity(key.len());
+    let mut rest = key;
+    while let Some(pos) = rest.bytes().position(|b| b == b'.' || b == b'%') {
+        out.push_str(&rest[..pos]);
+        let after = &rest.as_bytes()[pos + 1..];
+        let (c, used) = match rest.as_bytes()[pos] {
+            b'.' => ('/', 1),
+            _ => unescape(after).map_or(('%', 1), |c| (c, 3)),
+        };
+        out.push(c);
+        rest = &rest[pos + used..];
+    }
+    out.push_str(rest);
     out
 }
 
@@ -174,24 +191,32 @@ pub fn matches(filter: &str, topic: &str) -> bool {
     if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
         return false;
     }
-    let mut levels = topic.split('/');
-    for f in filter.split('/') {
-        match f {
-            // `#` also matches the parent level: `a/#` matches `a` ([MQTT-4.7.1-2]).
-            "#" => return true,
-            "+" => {
-                if levels.next().is_none() {
-                    return false;
-                }
-            }
-            literal => {
-                if levels.next() != Some(literal) {
-                    return false;
-                }
-            }
-        }
+    // Equal, they match whatever wildcards the filter holds: the usual case of a subscription
+    // to the very topic published, settled by one comparison.
+    if filter == topic {
+        return true;
     }
-    levels.next().is_none()
+    // Compared byte by byte, level by level: a delivery is matched against every subscription
+    // of its session. `next` is where the topic's next level starts, `None` once its last
+    // level was taken.
+    let topic = topic.as_bytes();
+    let mut next = Some(0);
+    for f in filter.as_bytes().split(|&b| b == b'/') {
+        // `#` also matches the parent level: `a/#` matches `a` ([MQTT-4.7.1-2]).
+        if f == b"#" {
+            return true;
+        }
+        let Some(start) = next else {
+            return false;
+        };
+        let rest = &topic[start..];
+        let end = rest.iter().position(|&b| b == b'/');
+        if f != b"+" && f != &rest[..end.unwrap_or(rest.len())] {
+            return false;
+        }
+        next = end.map(|e| start + e + 1);
+    }
+    next.is_none()
 }
 
 /// A set of filters matched against many topics at once: a trie over levels, so that a topic
@@ -400,6 +425,27 @@ mod tests {
         assert!(!matches("a/+", "a/b/c"));
         assert!(!matches("a/b", "a/b/c"));
         assert!(!matches("a/b/c", "a/b"));
+    }
+
+    #[test]
+    fn empty_levels_are_levels_when_matching() {
+        assert!(matches("a/+", "a/"));
+        assert!(!matches("a/+", "a"));
+        assert!(matches("a/+/b", "a//b"));
+        assert!(matches("+/+", "/"));
+        assert!(!matches("+", "/"));
+        assert!(matches("/", "/"));
+        assert!(!matches("a/", "a"));
+        assert!(!matches("a", "a/"));
+        assert!(matches("#", ""));
+        assert!(matches("a/b/#", "a/b"));
+        assert!(!matches("a/b/#", "a"));
+        assert!(!matches("a/bc", "a/b"));
+        assert!(!matches("a/b", "a/bc"));
+        // Only a whole level is a wildcard.
+        assert!(!matches("a+/b", "ax/b"));
+        assert!(matches("a+/b", "a+/b"));
+        assert!(matches("caf\u{e9}/+", "caf\u{e9}/x"));
     }
 
     #[test]

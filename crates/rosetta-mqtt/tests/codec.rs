@@ -474,6 +474,87 @@ fn a_publish_into_a_warm_output_allocates_nothing() {
     }
 }
 
+/// Acknowledgements written straight into the output are byte for byte what the codec crate
+/// writes: with reason codes and properties in 5.0, the packet id alone in 3.1.1.
+#[test]
+fn acks_are_appended_to_the_output_as_the_codec_crate_writes_them() {
+    use rosetta_mqtt::codec::encode_into;
+
+    let mut with_reason_string = v5::Puback::new(pid(8), v5::PubackReasonCode::QuotaExceeded);
+    with_reason_string.properties.reason_string = Some("full".into());
+    let acks = [
+        (
+            Packet::Puback(v5::Puback::new_success(pid(1))),
+            v3::Packet::Puback(pid(1)),
+        ),
+        (
+            Packet::Puback(with_reason_string),
+            v3::Packet::Puback(pid(8)),
+        ),
+        (
+            Packet::Pubrec(v5::Pubrec::new(
+                pid(2),
+                v5::PubrecReasonCode::NoMatchingSubscribers,
+            )),
+            v3::Packet::Pubrec(pid(2)),
+        ),
+        (
+            Packet::Pubrel(v5::Pubrel::new(
+                pid(3),
+                v5::PubrelReasonCode::PacketIdentifierNotFound,
+            )),
+            v3::Packet::Pubrel(pid(3)),
+        ),
+        (
+            Packet::Pubcomp(v5::Pubcomp::new_success(pid(4))),
+            v3::Packet::Pubcomp(pid(4)),
+        ),
+    ];
+    for (packet, v3_packet) in acks {
+        for (protocol, expected) in [
+            (Protocol::V500, bytes_of(&packet)),
+            (
+                Protocol::V311,
+                v3_packet.encode().expect("encode").as_ref().to_vec(),
+            ),
+        ] {
+            let mut out = BytesMut::from(&b"before"[..]);
+            encode_into(&packet, protocol, &mut out).expect("encode");
+            assert_eq!(&out[..6], b"before");
+            assert_eq!(&out[6..], &expected[..], "{protocol:?} {packet:?}");
+            assert_eq!(
+                encode(&packet, protocol).expect("encode"),
+                expected,
+                "{protocol:?} {packet:?}"
+            );
+        }
+    }
+}
+
+/// The acknowledgement of each publish is written into an output with room without allocating.
+#[test]
+fn an_ack_into_a_warm_output_allocates_nothing() {
+    use rosetta_mqtt::codec::encode_into;
+
+    let mut out = BytesMut::with_capacity(4096);
+    for protocol in [Protocol::V311, Protocol::V500] {
+        for packet in [
+            Packet::Puback(v5::Puback::new_success(pid(1))),
+            Packet::Puback(v5::Puback::new(
+                pid(2),
+                v5::PubackReasonCode::NoMatchingSubscribers,
+            )),
+            Packet::Pubrec(v5::Pubrec::new_success(pid(3))),
+        ] {
+            let used = allocation_counter::measure(|| {
+                encode_into(&packet, protocol, &mut out).expect("encode");
+            });
+            assert_eq!(used.count_total, 0, "{protocol:?} {packet:?}");
+        }
+        out.clear();
+    }
+}
+
 #[test]
 fn routing_effects_are_read_from_fixed_headers_alone() {
     use rosetta_mqtt::codec::{routing_effects, RoutingEffects};

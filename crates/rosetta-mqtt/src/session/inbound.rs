@@ -19,7 +19,7 @@ use crate::topic;
 impl Inner {
     /// The topic a PUBLISH addresses, resolving and recording topic aliases (MQTT 5.0 §3.3.2.3.4).
     fn resolve_topic(&mut self, p: &Publish) -> Result<String, MqttError> {
-        let topic = p.topic_name.to_string();
+        let topic = String::from(&*p.topic_name);
         // Checked before an alias records it, so a refused topic never stands behind one.
         if let Some(why) = topic::refusal(&topic, self.state.config.max_topic_levels) {
             return Err(MqttError::TopicNameInvalid(why));

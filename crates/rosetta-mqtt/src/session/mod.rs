@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use mqtt_proto::v5::{Disconnect, DisconnectProperties, DisconnectReasonCode, Packet};
-use mqtt_proto::{Protocol, QoS};
+use mqtt_proto::{Protocol, QoS, TopicName};
 use parking_lot::Mutex;
 use rosetta_core::durable::Held;
 use rosetta_core::front_end::ledger::{Batch, Ledger};
@@ -107,6 +107,8 @@ pub(crate) struct Inner {
     output_held_until: Option<Epoch>,
     alias_in: HashMap<u16, String>,
     alias_out: HashMap<String, u16>,
+    /// The topic name of the last PUBLISH sent, reused while the topic stays the same.
+    last_topic: Option<TopicName>,
     client_alias_max: u16,
     client_max_packet: u32,
     /// Request Problem Information: reason strings may be sent ([MQTT-3.1.2-29]).
@@ -170,6 +172,7 @@ impl Session {
             output_held_until: None,
             alias_in: HashMap::new(),
             alias_out: HashMap::new(),
+            last_topic: None,
             client_alias_max: 0,
             client_max_packet: u32::MAX,
             problem_info: true,
@@ -340,9 +343,8 @@ impl Inner {
     }
 
     fn send(&mut self, packet: &Packet) {
-        match codec::encode(packet, self.protocol) {
-            Ok(bytes) => self.out.extend_from_slice(&bytes),
-            Err(e) => tracing::warn!(peer = %self.peer, error = %e, "cannot encode a packet"),
+        if let Err(e) = codec::encode_into(packet, self.protocol, &mut self.out) {
+            tracing::warn!(peer = %self.peer, error = %e, "cannot encode a packet");
         }
     }
 

@@ -130,9 +130,7 @@ impl Inner {
 
     /// A message from one of the session's queues.
     pub(super) fn deliver(&mut self, d: Delivery) {
-        let live = !self.ended
-            && self.phase == Phase::Connected
-            && is_for(&d, self.consumers.get(&d.queue.name).map(|(_, c)| c));
+        let live = !self.ended && self.phase == Phase::Connected && self.holds(&d);
         if !live {
             give_back(&d);
             return;
@@ -187,6 +185,18 @@ impl Inner {
         );
     }
 
+    /// Whether the delivery's consumer is still one of the session's. Most sessions have a
+    /// single consumer (their own queue's), which is compared directly rather than found by
+    /// hashing the queue's name.
+    fn holds(&self, d: &Delivery) -> bool {
+        let live = if self.consumers.len() == 1 {
+            self.consumers.values().next()
+        } else {
+            self.consumers.get(&d.queue.name)
+        };
+        is_for(d, live.map(|(_, c)| c))
+    }
+
     fn next_free_pid(&mut self) -> Option<u16> {
         for _ in 0..u16::MAX {
             let pid = self.next_pid;
@@ -218,6 +228,18 @@ impl Inner {
         }
     }
 
+    /// `topic` as a PUBLISH carries it, if it is a valid and non-empty topic name. The last one
+    /// is kept: a subscriber often gets message after message on one topic, and each new name
+    /// is an allocation.
+    fn topic_name(&mut self, topic: &str) -> Option<TopicName> {
+        if let Some(last) = self.last_topic.as_ref().filter(|t| ***t == *topic) {
+            return Some(last.clone());
+        }
+        let name = TopicName::try_from(topic).ok().filter(|t| !t.is_empty())?;
+        self.last_topic = Some(name.clone());
+        Some(name)
+    }
+
     /// Writes one PUBLISH. `ids` are the subscription identifiers it carries, `source` is the
     /// queue entry to settle; `redelivered` sets DUP.
     pub(super) fn send_message(
@@ -244,15 +266,12 @@ impl Inner {
             not_sent(source);
             return;
         };
-        let topic = match TopicName::try_from(message.topic.as_str()) {
-            Ok(t) if !t.is_empty() => t,
+        let Some(topic) = self.topic_name(&message.topic) else {
             // A routing key from an AMQP publisher that is no MQTT topic name (`#`, `+` or
             // empty): no MQTT client can receive it.
-            _ => {
-                tracing::debug!(client_id = %self.client_id, topic = %message.topic, "not a valid MQTT topic name; not delivered");
-                not_sent(source);
-                return;
-            }
+            tracing::debug!(client_id = %self.client_id, topic = %message.topic, "not a valid MQTT topic name; not delivered");
+            not_sent(source);
+            return;
         };
         let pid = if qos == QoS::Level0 {
             None
