@@ -477,3 +477,32 @@ fn a_topic_binding_built_to_backtrack_does_not_hold_up_publishers() {
         assert_serves_promptly(&broker).await;
     });
 }
+
+/// User plus system CPU time the broker process has used, in clock ticks (1/100 s).
+fn cpu_ticks(broker: &Broker) -> u64 {
+    let pid = broker.pid().expect("broker pid");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc stat");
+    // Fields after the command name, which is in parentheses and may hold spaces: utime and
+    // stime are the 12th and 13th of them.
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("comm") + 2..]
+        .split(' ')
+        .collect();
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+#[test]
+fn a_frame_left_half_sent_costs_no_cpu_while_it_waits() {
+    // A connection's input buffer is released after a second without input, but only when it
+    // is empty: a partial frame stays, and its release deadline must not keep firing.
+    let broker = Broker::start();
+    let mut stalled = TcpStream::connect(broker.amqp_addr()).expect("connect");
+    stalled.write_all(b"AM").expect("half a protocol header");
+    let before = cpu_ticks(&broker);
+    std::thread::sleep(Duration::from_secs(3));
+    let used = cpu_ticks(&broker) - before;
+    assert!(
+        used < 50,
+        "the broker used {used} ticks of CPU in 3 s while one client sat on half a frame"
+    );
+    run(assert_serves_promptly(&broker));
+}

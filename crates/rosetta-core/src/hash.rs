@@ -73,12 +73,13 @@ impl Hasher for KeyedHasher {
     }
 
     /// Full 16-byte blocks one multiply each, then the last 1 to 16 bytes as two words that may
-    /// overlap the block before them. The length goes into the last multiply, which makes the
-    /// overlapping reads unambiguous.
+    /// overlap the block before them. The length turns the keyed accumulator first, which makes
+    /// the overlapping reads unambiguous: XORed into a word the client fills, it could be
+    /// cancelled by one more byte.
     fn write(&mut self, bytes: &[u8]) {
         let [_, k1, k2, k3] = *self.keys;
         let len = bytes.len();
-        let mut acc = self.acc;
+        let mut acc = self.acc.rotate_right(len as u32);
         let mut rest = bytes;
         while rest.len() > 16 {
             acc = fold_multiply(read_u64(rest) ^ k1, read_u64(&rest[8..]) ^ k2 ^ acc);
@@ -96,7 +97,7 @@ impl Hasher for KeyedHasher {
         } else {
             (0, 0)
         };
-        self.acc = fold_multiply(a ^ acc ^ k1, b ^ k3 ^ len as u64);
+        self.acc = fold_multiply(a ^ acc ^ k1, b ^ k3);
     }
 
     // Integers (string terminators, enum discriminants, lengths) take one multiply, not a
@@ -184,6 +185,23 @@ mod tests {
             state.hash_one("sensors"),
             state.hash_one(String::from("sensors"))
         );
+    }
+
+    #[test]
+    fn names_one_byte_apart_in_length_do_not_collide_by_construction() {
+        // Pairs whose last two words differ exactly by the change in length: with the length
+        // XORed into the last word they collided whatever the keys.
+        let state = KeyedState::default();
+        for (short, long) in [
+            ("a```````", "a````````"),
+            ("ppppppppcccccccczzzzzzzz", "ppppppppccccccccc{zzzzzzz"),
+        ] {
+            assert_ne!(
+                state.hash_one(short),
+                state.hash_one(long),
+                "{short} / {long}"
+            );
+        }
     }
 
     #[test]

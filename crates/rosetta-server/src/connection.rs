@@ -311,7 +311,8 @@ pub(crate) async fn drive<S: Session, T: Transport>(
                 last_write,
                 closing_since,
                 authenticated: session.user().is_some(),
-                holds_input: input.capacity() > 0,
+                // A partial frame is kept whatever the wait: only an empty buffer is released.
+                holds_input: input.is_empty() && input.capacity() > 0,
                 paused: session.reading_paused(),
                 heartbeats: session.heartbeats(),
             };
