@@ -9,7 +9,7 @@ use std::io;
 use amq_protocol::frame::parsing::parse_content_header;
 use amq_protocol::frame::{AMQPFrame, BackToTheBuffer, GenError, GenResult, WriteContext};
 use amq_protocol::protocol::basic::gen_properties;
-use amq_protocol::protocol::{gen_class, parse_class, AMQPClass, BasicProperties};
+use amq_protocol::protocol::{basic, gen_class, parse_class, AMQPClass, BasicProperties};
 use amq_protocol::types::generation::gen_field_table;
 use amq_protocol::types::FieldTable;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -182,6 +182,9 @@ fn decode_method(channel: u16, payload: &[u8]) -> Result<AMQPFrame, CodecError> 
             method_id,
         });
     }
+    if let Some(class) = decode_per_message(class_id, method_id, &payload[4..]) {
+        return Ok(AMQPFrame::Method(channel, class));
+    }
     let syntax = |reason| CodecError::Syntax {
         class_id,
         method_id,
@@ -197,6 +200,45 @@ fn decode_method(channel: u16, payload: &[u8]) -> Result<AMQPFrame, CodecError> 
         Ok(_) => Err(syntax("trailing bytes after the method arguments")),
         Err(_) => Err(syntax("truncated or malformed method arguments")),
     }
+}
+
+/// `basic.publish` and `basic.ack`, which arrive once per message, decoded as `amq-protocol`
+/// decodes them but without the allocations its flag parsing makes. `None` for anything but
+/// well-formed arguments, which the caller hands to the generic parser for its verdict.
+fn decode_per_message(class_id: u16, method_id: u16, args: &[u8]) -> Option<AMQPClass> {
+    let method = match (class_id, method_id) {
+        (BASIC_CLASS, 40) => {
+            // reserved-1, exchange, routing-key, then the bits mandatory and immediate.
+            let (_, rest) = args.split_first_chunk::<2>()?;
+            let (exchange, rest) = short_str(rest)?;
+            let (routing_key, rest) = short_str(rest)?;
+            let [bits] = *rest else { return None };
+            basic::AMQPMethod::Publish(basic::Publish {
+                exchange: exchange.into(),
+                routing_key: routing_key.into(),
+                mandatory: bits & 1 != 0,
+                immediate: bits & 2 != 0,
+            })
+        }
+        (BASIC_CLASS, 80) => {
+            // delivery-tag, then the bit multiple.
+            let (tag, rest) = args.split_first_chunk::<8>()?;
+            let [bits] = *rest else { return None };
+            basic::AMQPMethod::Ack(basic::Ack {
+                delivery_tag: u64::from_be_bytes(*tag),
+                multiple: bits & 1 != 0,
+            })
+        }
+        _ => return None,
+    };
+    Some(AMQPClass::Basic(method))
+}
+
+/// A short string's text off the front of `input`, if it is there whole and UTF-8.
+fn short_str(input: &[u8]) -> Option<(&str, &[u8])> {
+    let (&len, rest) = input.split_first()?;
+    let (text, rest) = rest.split_at_checked(usize::from(len))?;
+    Some((std::str::from_utf8(text).ok()?, rest))
 }
 
 fn decode_content_header(channel: u16, payload: &[u8]) -> Result<AMQPFrame, CodecError> {
@@ -851,6 +893,38 @@ mod tests {
                     "{class_id}.{method_id}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn publish_and_ack_decode_as_the_generic_parser_decodes_them() {
+        let mut cases: Vec<Vec<u8>> = Vec::new();
+        for bits in 0..=255u8 {
+            cases.push([&[0, 60, 0, 40, 0, 0, 1, b'x', 2, b'r', b'k'][..], &[bits]].concat());
+            cases.push([&[0, 60, 0, 80, 0, 0, 0, 0, 0, 0, 1, 2][..], &[bits]].concat());
+        }
+        // Truncated, trailing bytes, not UTF-8, the longest names.
+        let long = [
+            &[0, 60, 0, 40, 0, 0, 255][..],
+            &[b'e'; 255],
+            &[255],
+            &[b'k'; 255],
+            &[3],
+        ];
+        cases.push(long.concat());
+        cases.push(vec![0, 60, 0, 40, 0, 0, 0, 0]);
+        cases.push(vec![0, 60, 0, 40, 0, 0, 0, 0, 0, 0]);
+        cases.push(vec![0, 60, 0, 40, 0, 0, 1, 0xff, 0, 0]);
+        cases.push(vec![0, 60, 0, 40, 0, 0, 2, b'x']);
+        cases.push(vec![0, 60, 0, 80, 0, 0, 0, 0, 0, 0, 0, 1]);
+        cases.push(vec![0, 60, 0, 80, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0]);
+        for payload in cases {
+            let fast = decode_per_message(60, payload[3].into(), &payload[4..]);
+            let generic = match parse_class(&payload[..]) {
+                Ok(([], class)) => Some(class),
+                _ => None,
+            };
+            assert_eq!(fast, generic, "{payload:?}");
         }
     }
 

@@ -6,6 +6,7 @@ use amq_protocol::protocol::basic;
 use amq_protocol::protocol::BasicProperties;
 use bytes::{Bytes, BytesMut};
 
+use super::exception::BASIC_PUBLISH;
 use super::Exception;
 
 pub(super) struct Incoming {
@@ -23,11 +24,6 @@ pub(super) struct Complete {
     pub body: Bytes,
 }
 
-pub(super) enum Progress {
-    More(Incoming),
-    Done(Complete),
-}
-
 impl Incoming {
     pub fn new(publish: basic::Publish) -> Self {
         Incoming {
@@ -37,26 +33,25 @@ impl Incoming {
         }
     }
 
-    fn progress(self) -> Progress {
-        match self.header {
-            Some((properties, size)) if self.body.len() as u64 == size => {
-                Progress::Done(Complete {
-                    publish: self.publish,
-                    properties,
-                    body: self.body.freeze(),
-                })
-            }
-            _ => Progress::More(self),
-        }
+    /// The message in `slot`, taken out once its header and every body byte the header
+    /// announced have arrived; until then it stays, to be filled where it lies.
+    pub fn take_complete(slot: &mut Option<Incoming>) -> Option<Complete> {
+        let incoming = slot.take_if(|i| {
+            i.header
+                .as_ref()
+                .is_some_and(|(_, size)| i.body.len() as u64 == *size)
+        })?;
+        let (properties, _) = incoming.header?;
+        Some(Complete {
+            publish: incoming.publish,
+            properties,
+            body: incoming.body.freeze(),
+        })
     }
 
     /// Takes the content header; the body size is checked against the limit before any body
     /// byte is buffered.
-    pub fn header(
-        mut self,
-        header: AMQPContentHeader,
-        max_size: u64,
-    ) -> Result<Progress, Exception> {
+    pub fn header(&mut self, header: AMQPContentHeader, max_size: u64) -> Result<(), Exception> {
         if self.header.is_some() {
             return Err(Exception::unexpected_frame(
                 "second content header for one publish",
@@ -69,18 +64,17 @@ impl Incoming {
             )));
         }
         if header.body_size > max_size {
-            return Err(Exception::new(
+            return Err(Exception::for_method(
                 406,
                 format!("PRECONDITION_FAILED - message size {} is larger than configured max size {max_size}", header.body_size),
-                60,
-                40,
+                &BASIC_PUBLISH,
             ));
         }
         self.header = Some((header.properties, header.body_size));
-        Ok(self.progress())
+        Ok(())
     }
 
-    pub fn body(mut self, chunk: &[u8]) -> Result<Progress, Exception> {
+    pub fn body(&mut self, chunk: Vec<u8>) -> Result<(), Exception> {
         let Some((_, size)) = &self.header else {
             return Err(Exception::unexpected_frame(
                 "content body before content header",
@@ -91,6 +85,12 @@ impl Incoming {
             return Err(Exception::unexpected_frame(
                 "content body longer than announced",
             ));
+        }
+        if self.body.is_empty() {
+            // The first chunk's own buffer becomes the body, uncopied (both conversions hand
+            // the buffer over): for the usual message of one body frame, the whole body.
+            self.body = BytesMut::from(Bytes::from(chunk));
+            return Ok(());
         }
         if needed > self.body.capacity() as u64 {
             // Doubling keeps the copies linear in the body size; capping at the announced
@@ -103,8 +103,8 @@ impl Incoming {
             grown.extend_from_slice(&self.body);
             self.body = grown;
         }
-        self.body.extend_from_slice(chunk);
-        Ok(self.progress())
+        self.body.extend_from_slice(&chunk);
+        Ok(())
     }
 }
 
@@ -114,55 +114,66 @@ mod tests {
     use amq_protocol::protocol::basic;
     use amq_protocol::protocol::BasicProperties;
 
-    use super::{Incoming, Progress};
+    use super::Incoming;
 
     const HUNDRED_MIB: u64 = 100 * 1024 * 1024;
 
-    fn announced(size: u64) -> Incoming {
+    fn announced(size: u64) -> Option<Incoming> {
         let header = AMQPContentHeader {
             class_id: 60,
             body_size: size,
             properties: BasicProperties::default(),
         };
-        match Incoming::new(basic::Publish::default()).header(header, u64::MAX) {
-            Ok(Progress::More(incoming)) => incoming,
-            Ok(Progress::Done(_)) => panic!("a body of {size} bytes is not complete yet"),
-            Err(e) => panic!("header refused: {e:?}"),
+        let mut slot = Some(Incoming::new(basic::Publish::default()));
+        if let Err(e) = incoming(&mut slot).header(header, u64::MAX) {
+            panic!("header refused: {e:?}");
         }
+        assert!(
+            Incoming::take_complete(&mut slot).is_none(),
+            "a body of {size} bytes is not complete yet"
+        );
+        slot
+    }
+
+    fn incoming(slot: &mut Option<Incoming>) -> &mut Incoming {
+        slot.as_mut().expect("incomplete content stays in its slot")
     }
 
     #[test]
     fn a_header_announcing_a_huge_body_allocates_nothing_until_bytes_arrive() {
-        let incoming = announced(HUNDRED_MIB);
-        assert_eq!(incoming.body.capacity(), 0);
-        let Ok(Progress::More(incoming)) = incoming.body(&[7; 4096]) else {
-            panic!("4 KiB of 100 MiB completed the body");
-        };
+        let mut slot = announced(HUNDRED_MIB);
+        assert_eq!(incoming(&mut slot).body.capacity(), 0);
+        if let Err(e) = incoming(&mut slot).body(vec![7; 4096]) {
+            panic!("body refused: {e:?}");
+        }
         assert!(
-            incoming.body.capacity() <= 8192,
+            Incoming::take_complete(&mut slot).is_none(),
+            "4 KiB of 100 MiB completed the body"
+        );
+        assert!(
+            incoming(&mut slot).body.capacity() <= 8192,
             "4 KiB received, {} bytes reserved",
-            incoming.body.capacity()
+            incoming(&mut slot).body.capacity()
         );
     }
 
     #[test]
     fn memory_follows_the_bytes_received_and_the_body_arrives_whole() {
         let size = 1_000_000u64;
-        let mut incoming = announced(size);
+        let mut slot = announced(size);
         let chunk: Vec<u8> = (0..=255u8).cycle().take(131_064).collect();
         let mut sent = 0u64;
         let complete = loop {
             let n = chunk.len().min((size - sent) as usize);
             sent += n as u64;
-            match incoming.body(&chunk[..n]) {
-                Ok(Progress::More(more)) => {
-                    let cap = more.body.capacity() as u64;
-                    assert!(cap <= 2 * sent, "{sent} bytes received, {cap} reserved");
-                    incoming = more;
-                }
-                Ok(Progress::Done(complete)) => break complete,
-                Err(e) => panic!("body refused: {e:?}"),
+            if let Err(e) = incoming(&mut slot).body(chunk[..n].to_vec()) {
+                panic!("body refused: {e:?}");
             }
+            if let Some(complete) = Incoming::take_complete(&mut slot) {
+                break complete;
+            }
+            let cap = incoming(&mut slot).body.capacity() as u64;
+            assert!(cap <= 2 * sent, "{sent} bytes received, {cap} reserved");
         };
         assert_eq!(complete.body.len() as u64, size);
         let expected: Vec<u8> = std::iter::repeat_n(&chunk, 8)

@@ -13,9 +13,27 @@ pub struct Exception {
     pub method_id: u16,
 }
 
-fn ids(method: &AMQPClass) -> (u16, u16) {
-    (method.get_amqp_class_id(), method.get_amqp_method_id())
+/// What an exception reports of the method that failed: its class and method ids.
+pub trait MethodIds {
+    fn ids(&self) -> (u16, u16);
 }
+
+impl MethodIds for AMQPClass {
+    fn ids(&self) -> (u16, u16) {
+        (self.get_amqp_class_id(), self.get_amqp_method_id())
+    }
+}
+
+/// Ids given as such, for a method whose arguments the caller has taken apart or moved on.
+impl MethodIds for (u16, u16) {
+    fn ids(&self) -> (u16, u16) {
+        *self
+    }
+}
+
+/// `basic.publish`, which arrives once per message: its handlers name it by these ids rather
+/// than by a copy of its arguments.
+pub const BASIC_PUBLISH: (u16, u16) = (60, 40);
 
 impl Exception {
     pub fn new(code: u16, mut text: String, class_id: u16, method_id: u16) -> Self {
@@ -35,13 +53,13 @@ impl Exception {
         }
     }
 
-    pub fn for_method(code: u16, text: String, method: &AMQPClass) -> Self {
-        let (c, m) = ids(method);
+    pub fn for_method(code: u16, text: String, method: &impl MethodIds) -> Self {
+        let (c, m) = method.ids();
         Exception::new(code, text, c, m)
     }
 
     /// Maps a core error raised while handling `method`.
-    pub fn from_core(err: &CoreError, method: &AMQPClass) -> Self {
+    pub fn from_core(err: &CoreError, method: &impl MethodIds) -> Self {
         let code = match err {
             CoreError::NotFound(_) => 404,
             CoreError::AccessRefused(_) => 403,
@@ -56,19 +74,19 @@ impl Exception {
         Exception::for_method(code, err.to_string(), method)
     }
 
-    pub fn precondition(method: &AMQPClass, text: impl std::fmt::Display) -> Self {
+    pub fn precondition(method: &impl MethodIds, text: impl std::fmt::Display) -> Self {
         Exception::for_method(406, format!("PRECONDITION_FAILED - {text}"), method)
     }
 
-    pub fn not_allowed(method: &AMQPClass, text: impl std::fmt::Display) -> Self {
+    pub fn not_allowed(method: &impl MethodIds, text: impl std::fmt::Display) -> Self {
         Exception::for_method(530, format!("NOT_ALLOWED - {text}"), method)
     }
 
-    pub fn command_invalid(method: &AMQPClass, text: impl std::fmt::Display) -> Self {
+    pub fn command_invalid(method: &impl MethodIds, text: impl std::fmt::Display) -> Self {
         Exception::for_method(503, format!("COMMAND_INVALID - {text}"), method)
     }
 
-    pub fn channel_error(method: &AMQPClass, text: impl std::fmt::Display) -> Self {
+    pub fn channel_error(method: &impl MethodIds, text: impl std::fmt::Display) -> Self {
         Exception::for_method(504, format!("CHANNEL_ERROR - {text}"), method)
     }
 
@@ -76,7 +94,7 @@ impl Exception {
         Exception::new(505, format!("UNEXPECTED_FRAME - {text}"), 0, 0)
     }
 
-    pub fn not_implemented(method: &AMQPClass, text: impl std::fmt::Display) -> Self {
+    pub fn not_implemented(method: &impl MethodIds, text: impl std::fmt::Display) -> Self {
         Exception::for_method(540, format!("NOT_IMPLEMENTED - {text}"), method)
     }
 

@@ -6,12 +6,12 @@
 //! heartbeat timing) is decided here.
 
 mod channel;
+mod channels;
 mod content;
 mod exception;
 mod handshake;
 mod held;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +26,9 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::codec::{self, ProtocolHeader};
 use channel::Channel;
+use channels::Channels;
 pub use exception::Exception;
+use exception::MethodIds;
 
 /// Limits and defaults the server configures.
 #[derive(Debug, Clone)]
@@ -85,7 +87,7 @@ pub struct Session {
     alarm: AlarmPause,
     /// We told the client `connection.blocked` and have not unblocked it yet.
     blocked: bool,
-    channels: HashMap<u16, Channel>,
+    channels: Channels,
     outbox: UnboundedSender<Outbound>,
     out: BytesMut,
     /// Auto-ack deliveries written: their queues dispatch again once the output is flushed.
@@ -128,7 +130,7 @@ impl Session {
             blocked_notify: false,
             alarm: AlarmPause::default(),
             blocked: false,
-            channels: HashMap::new(),
+            channels: Channels::default(),
             outbox: tx,
             out: BytesMut::with_capacity(512),
             auto_ack: AutoAck::default(),
@@ -194,7 +196,9 @@ impl Session {
         id: u16,
         f: impl FnOnce(&mut Ctx<'_>, &mut Channel) -> Result<(), Exception>,
     ) -> Result<(), Exception> {
-        let Some(mut channel) = self.channels.remove(&id) else {
+        let peer = self.peer;
+        let (mut ctx, channels) = self.parts();
+        let Some(channel) = channels.get_mut(id) else {
             return Err(Exception::new(
                 504,
                 format!("CHANNEL_ERROR - expected 'channel.open' on channel {id}"),
@@ -203,20 +207,15 @@ impl Session {
             ));
         };
         if channel.is_closing() {
-            self.channels.insert(id, channel);
             return Ok(());
         }
-        channel.begin_output(&self.out);
-        let result = {
-            let mut ctx = self.ctx();
-            f(&mut ctx, &mut channel)
-        };
-        let result = match result {
+        channel.begin_output(ctx.out);
+        let result = match f(&mut ctx, channel) {
             Err(exc) if !exc.is_hard() => {
-                tracing::debug!(peer = %self.peer, channel = id, code = exc.code, text = %exc.text, "channel error");
+                tracing::debug!(peer = %peer, channel = id, code = exc.code, text = %exc.text, "channel error");
                 channel.close();
                 // Behind any held reply, like everything else the channel sends.
-                self.send(
+                ctx.send(
                     id,
                     AMQPClass::Channel(chan::AMQPMethod::Close(exc.channel_close())),
                 );
@@ -224,13 +223,18 @@ impl Session {
             }
             other => other,
         };
-        channel.end_output(&mut self.out);
-        self.channels.insert(id, channel);
+        channel.end_output(ctx.out);
         result
     }
 
     fn ctx(&mut self) -> Ctx<'_> {
-        Ctx {
+        self.parts().0
+    }
+
+    /// What channel handlers may touch, and the channels, borrowed apart so that a handler
+    /// works on its channel where it lies.
+    fn parts(&mut self) -> (Ctx<'_>, &mut Channels) {
+        let ctx = Ctx {
             broker: &self.broker,
             vhost: self.vhost.as_ref(),
             grant: self.grant.as_mut(),
@@ -243,7 +247,8 @@ impl Session {
             alarm: &mut self.alarm,
             auto_ack: &mut self.auto_ack,
             undeliverable_reported: &mut self.undeliverable_reported,
-        }
+        };
+        (ctx, &mut self.channels)
     }
 
     fn handle_channel_method(
@@ -267,7 +272,7 @@ impl Session {
                         10,
                     ));
                 }
-                if self.channels.contains_key(&id) {
+                if self.channels.get(id).is_some() {
                     return Err(Exception::new(
                         504,
                         format!("CHANNEL_ERROR - channel {id} already open"),
@@ -285,7 +290,7 @@ impl Session {
             }
             chan::AMQPMethod::Close(_) => {
                 let close_ok = AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {}));
-                let Some(mut c) = self.channels.remove(&id) else {
+                let Some(mut c) = self.channels.remove(id) else {
                     self.send(id, close_ok);
                     return Ok(());
                 };
@@ -302,8 +307,8 @@ impl Session {
             }
             chan::AMQPMethod::CloseOk(_) => {
                 // Our channel.close has been answered: the channel id is free again.
-                if self.channels.get(&id).is_some_and(Channel::is_closing) {
-                    self.channels.remove(&id);
+                if self.channels.get(id).is_some_and(Channel::is_closing) {
+                    self.channels.remove(id);
                 }
                 Ok(())
             }
@@ -402,11 +407,8 @@ impl Session {
     }
 
     fn cleanup(&mut self) {
-        let ids: Vec<u16> = self.channels.keys().copied().collect();
-        for id in ids {
-            if let Some(mut c) = self.channels.remove(&id) {
-                c.close();
-            }
+        for mut c in self.channels.drain() {
+            c.close();
         }
         if self.vhost.is_some() {
             self.broker.connection_closed(self.conn_id);
@@ -491,39 +493,35 @@ impl front_end::Session for Session {
                 return;
             }
         };
-        let Some(mut channel) = self.channels.remove(&channel_id) else {
+        let (mut ctx, channels) = self.parts();
+        let Some(channel) = channels.get_mut(channel_id) else {
             // The channel is gone; its cleanup requeued or will requeue what it held.
             if let Outbound::Deliver(d) = item {
                 give_back(&d);
             }
             return;
         };
-        channel.begin_output(&self.out);
-        channel.handle_outbound(&mut self.ctx(), item);
-        channel.end_output(&mut self.out);
-        self.channels.insert(channel_id, channel);
+        channel.begin_output(ctx.out);
+        channel.handle_outbound(&mut ctx, item);
+        channel.end_output(ctx.out);
     }
 
     /// Whether some confirm or reply waits for the store.
     fn has_pending_durability(&self) -> bool {
-        self.channels.values().any(Channel::has_pending_durability)
+        self.channels.iter().any(Channel::has_pending_durability)
     }
 
     /// The store's durable epoch advanced: send the held replies and confirms it covers.
     fn on_durable(&mut self) {
         let durable = self.broker.store().durable_epoch();
-        let ids: Vec<u16> = self.channels.keys().copied().collect();
-        for id in ids {
-            if let Some(mut c) = self.channels.remove(&id) {
-                c.release_held(&mut self.out, durable);
-                c.begin_output(&self.out);
-                c.release_confirms(&mut self.ctx(), durable);
-                c.end_output(&mut self.out);
-                if !c.is_finished() {
-                    self.channels.insert(id, c);
-                }
-            }
+        let (mut ctx, channels) = self.parts();
+        for c in channels.iter_mut() {
+            c.release_held(ctx.out, durable);
+            c.begin_output(ctx.out);
+            c.release_confirms(&mut ctx, durable);
+            c.end_output(ctx.out);
         }
+        channels.retain(|c| !c.is_finished());
     }
 
     fn take_output(&mut self) -> Option<Bytes> {
@@ -630,7 +628,7 @@ impl Ctx<'_> {
     /// ACCESS_REFUSED and RabbitMQ's text.
     pub fn permit(
         &mut self,
-        method: &AMQPClass,
+        method: &impl MethodIds,
         check: impl FnOnce(&mut Grant) -> Result<(), rosetta_core::CoreError>,
     ) -> Result<(), Exception> {
         let grant = self.grant.as_deref_mut().ok_or_else(|| {

@@ -37,6 +37,7 @@ use rosetta_core::store::Epoch;
 use rosetta_core::{Consumer, Credit, Message, Outbound, Queue, VHost};
 
 use super::content::Incoming;
+use super::exception::MethodIds;
 use super::held::HeldOutput;
 use super::{Ctx, Exception};
 use crate::codec;
@@ -259,9 +260,13 @@ impl Channel {
 
     /// The basic class spans several concepts, each in its own file.
     fn basic_method(&mut self, ctx: &mut Ctx<'_>, m: basic::AMQPMethod) -> Result<(), Exception> {
+        // A publish, one per message, goes on without a copy of its arguments for errors.
+        let m = match m {
+            basic::AMQPMethod::Publish(p) => return self.start_publish(ctx, p),
+            other => other,
+        };
         let method = AMQPClass::Basic(m.clone());
         match m {
-            basic::AMQPMethod::Publish(p) => self.start_publish(ctx, p, &method),
             basic::AMQPMethod::Qos(q) => self.qos(ctx, q),
             basic::AMQPMethod::Consume(c) => self.consume(ctx, c, &method),
             basic::AMQPMethod::Cancel(c) => self.cancel(ctx, c),
@@ -296,8 +301,8 @@ impl Channel {
 }
 
 impl Drop for Channel {
-    /// A channel dropped without [`Channel::close`] (a panic unwinding through its handler)
-    /// still gives back what it holds, so no delivery stays unacknowledged with nobody left to
+    /// A channel dropped without [`Channel::close`] (its session dropped while a panic
+    /// unwinds) still gives back what it holds, so no delivery stays unacknowledged with nobody left to
     /// settle it. After `close` there is nothing left to give back.
     fn drop(&mut self) {
         if !self.closing {
@@ -331,7 +336,11 @@ fn write_content(
 }
 
 /// A server-chosen or server-echoed name as a short string; failing is the server's fault.
-fn short_string(value: &str, what: &str, method: &AMQPClass) -> Result<ShortString, Exception> {
+fn short_string(
+    value: &str,
+    what: &str,
+    method: &impl MethodIds,
+) -> Result<ShortString, Exception> {
     ShortString::try_new(value).map_err(|_| {
         Exception::for_method(
             crate::error::INTERNAL_ERROR,

@@ -9,9 +9,10 @@ use rosetta_core::vhost::DIRECT_REPLY_TO;
 use rosetta_core::Message;
 
 use super::tx::check_tx_frames;
-use super::{write_content, Channel};
+use super::{short_string, write_content, Channel};
 use crate::convert::properties_from_amqp;
-use crate::session::content::{Complete, Incoming, Progress};
+use crate::session::content::{Complete, Incoming};
+use crate::session::exception::BASIC_PUBLISH;
 use crate::session::{Ctx, Exception};
 
 impl Channel {
@@ -20,15 +21,14 @@ impl Channel {
         &mut self,
         ctx: &mut Ctx<'_>,
         p: basic::Publish,
-        method: &AMQPClass,
     ) -> Result<(), Exception> {
         if p.immediate {
             // RabbitMQ dropped `immediate` in 3.0; refusing it beats silently ignoring it.
-            return Err(Exception::not_implemented(method, "immediate=true"));
+            return Err(Exception::not_implemented(&BASIC_PUBLISH, "immediate=true"));
         }
         // Checked before any content is buffered; the grant remembers the answers, so a
         // publisher pays for the patterns once per exchange and routing key.
-        ctx.permit(method, |g| {
+        ctx.permit(&BASIC_PUBLISH, |g| {
             g.write(Resource::Exchange, p.exchange.as_str())?;
             g.topic_write(p.exchange.as_str(), p.routing_key.as_str())
         })?;
@@ -42,20 +42,19 @@ impl Channel {
         ctx: &mut Ctx<'_>,
         header: AMQPContentHeader,
     ) -> Result<(), Exception> {
-        let Some(incoming) = self.incoming.take() else {
+        let Some(incoming) = &mut self.incoming else {
             return Err(Exception::unexpected_frame(
                 "content header without basic.publish",
             ));
         };
         if let Some(tx) = &mut self.tx {
             // Checked from the header, before any body byte is buffered for the transaction.
-            let method = AMQPClass::Basic(basic::AMQPMethod::Publish(incoming.publish.clone()));
-            check_tx_frames(tx, ctx.config.max_transaction_frames, &method)?;
+            check_tx_frames(tx, ctx.config.max_transaction_frames, &BASIC_PUBLISH)?;
             let max = ctx.config.max_transaction_bytes;
             let bytes = tx.bytes.saturating_add(header.body_size);
             if max != 0 && bytes > max {
                 return Err(Exception::precondition(
-                    &method,
+                    &BASIC_PUBLISH,
                     format!(
                         "transaction would hold {bytes} body bytes, more than the limit of {max}"
                     ),
@@ -63,34 +62,30 @@ impl Channel {
             }
             tx.bytes = bytes;
         }
-        let progress = incoming.header(header, ctx.config.max_message_size)?;
-        self.advance(ctx, progress)
+        incoming.header(header, ctx.config.max_message_size)?;
+        self.advance(ctx)
     }
 
     pub fn handle_body(&mut self, ctx: &mut Ctx<'_>, body: Vec<u8>) -> Result<(), Exception> {
-        let Some(incoming) = self.incoming.take() else {
+        let Some(incoming) = &mut self.incoming else {
             return Err(Exception::unexpected_frame(
                 "content body without basic.publish",
             ));
         };
-        let progress = incoming.body(&body)?;
-        self.advance(ctx, progress)
+        incoming.body(body)?;
+        self.advance(ctx)
     }
 
-    fn advance(&mut self, ctx: &mut Ctx<'_>, progress: Progress) -> Result<(), Exception> {
-        match progress {
-            Progress::More(incoming) => {
-                self.incoming = Some(incoming);
-                Ok(())
-            }
-            Progress::Done(complete) => {
-                if let Some(tx) = &mut self.tx {
-                    tx.publishes.push(complete);
-                    return Ok(());
-                }
-                self.route(ctx, complete).map(drop)
-            }
+    /// Publishes the incoming message once it is complete, or holds it in a transaction.
+    fn advance(&mut self, ctx: &mut Ctx<'_>) -> Result<(), Exception> {
+        let Some(complete) = Incoming::take_complete(&mut self.incoming) else {
+            return Ok(());
+        };
+        if let Some(tx) = &mut self.tx {
+            tx.publishes.push(complete);
+            return Ok(());
         }
+        self.route(ctx, complete).map(drop)
     }
 
     /// Hands a complete message to the core; returns the store epoch if it was written durably.
@@ -104,10 +99,9 @@ impl Channel {
             properties,
             body,
         } = complete;
-        let method = AMQPClass::Basic(basic::AMQPMethod::Publish(publish.clone()));
         let mut message = Message::new(
-            publish.exchange.as_str(),
-            publish.routing_key.as_str(),
+            publish.exchange,
+            publish.routing_key,
             properties_from_amqp(properties),
             body,
         );
@@ -116,7 +110,7 @@ impl Channel {
         if message.properties.reply_to.as_deref() == Some(DIRECT_REPLY_TO) {
             let Some(address) = self.direct_reply_address() else {
                 return Err(Exception::precondition(
-                    &method,
+                    &BASIC_PUBLISH,
                     "fast reply consumer does not exist",
                 ));
             };
@@ -126,14 +120,15 @@ impl Channel {
         let vhost = ctx.vhost()?.clone();
         let outcome = vhost
             .publish(message)
-            .map_err(|e| Exception::from_core(&e, &method))?;
+            .map_err(|e| Exception::from_core(&e, &BASIC_PUBLISH))?;
         if !outcome.routed {
             if let Some(m) = returned {
+                // The names came in short strings, so they fit one.
                 let reply = basic::Return {
                     reply_code: 312,
                     reply_text: "NO_ROUTE".into(),
-                    exchange: publish.exchange.clone(),
-                    routing_key: publish.routing_key.clone(),
+                    exchange: short_string(&m.exchange, "exchange name", &BASIC_PUBLISH)?,
+                    routing_key: short_string(&m.routing_key, "routing key", &BASIC_PUBLISH)?,
                 };
                 let returned = write_content(
                     ctx,

@@ -6,6 +6,7 @@ use rosetta_core::Settlement;
 
 use super::Channel;
 use crate::session::content::Complete;
+use crate::session::exception::MethodIds;
 use crate::session::{Ctx, Exception};
 
 /// Work held back until `tx.commit` (AMQP 0-9-1 class tx).
@@ -92,7 +93,7 @@ impl Channel {
 }
 
 /// Refuses one more publish or acknowledgement into a transaction that holds the most allowed.
-pub(super) fn check_tx_frames(tx: &Tx, max: u32, method: &AMQPClass) -> Result<(), Exception> {
+pub(super) fn check_tx_frames(tx: &Tx, max: u32, method: &impl MethodIds) -> Result<(), Exception> {
     if max != 0 && tx.frames() >= max as usize {
         return Err(Exception::precondition(
             method,
