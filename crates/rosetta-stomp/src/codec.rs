@@ -12,8 +12,9 @@
 //! is examined a bounded number of times however the frame is split: a client trickling a large
 //! header block costs the broker linear work, not quadratic.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -68,6 +69,11 @@ enum Stage {
     },
 }
 
+/// Headers up to this many are looked through one by one for a repeated name, which for the
+/// handful most frames carry beats hashing; past it a set of the names takes over, so a frame
+/// of many headers still costs linear work.
+const SCANNED_HEADERS: usize = 8;
+
 /// An incremental decoder: [`Decoder::decode`] resumes where the previous call stopped.
 ///
 /// Between calls the caller may only append to the buffer; bytes are consumed only when a
@@ -80,7 +86,8 @@ pub struct Decoder {
     /// How far the search for the current line's LF, or the body's NUL, has got.
     scanned: usize,
     headers: Vec<(String, String)>,
-    /// The header names in `headers`, so a repeated one is found without a scan.
+    /// The header names in `headers` once there are [`SCANNED_HEADERS`] of them, so a repeated
+    /// one is found without a scan of many; empty before.
     names: HashSet<String>,
     /// Header lines seen, repeated entries included.
     count: usize,
@@ -177,8 +184,8 @@ impl Decoder {
                     let name = unescape(&line[..colon], escaping)?;
                     let value = unescape(&line[colon + 1..], escaping)?;
                     // STOMP 1.2 Repeated Header Entries: only the first entry is used.
-                    if self.names.insert(name.clone()) {
-                        self.headers.push((name, value));
+                    if !self.repeated(&name) {
+                        self.headers.push((name.into_owned(), value.into_owned()));
                     }
                 }
             }
@@ -234,6 +241,19 @@ impl Decoder {
             headers: std::mem::take(&mut self.headers),
             body: body.freeze(),
         }))
+    }
+
+    /// Whether a header named `name` came earlier in the frame; past [`SCANNED_HEADERS`], the
+    /// name is remembered for the headers after it.
+    fn repeated(&mut self, name: &str) -> bool {
+        if self.headers.len() < SCANNED_HEADERS {
+            return self.headers.iter().any(|(n, _)| n == name);
+        }
+        if self.names.is_empty() {
+            self.names
+                .extend(self.headers.iter().map(|(n, _)| n.clone()));
+        }
+        !self.names.insert(name.to_owned())
     }
 
     /// The body length `content-length` announces, refused at once when past the limit.
@@ -323,11 +343,12 @@ impl Decoder {
     }
 }
 
-/// STOMP 1.2 Value Encoding (1.1 has the same escapes but `\r`).
-fn unescape(raw: &[u8], version: Version) -> Result<String, StompError> {
+/// STOMP 1.2 Value Encoding (1.1 has the same escapes but `\r`). Borrows `raw` when it holds
+/// no escape.
+fn unescape(raw: &[u8], version: Version) -> Result<Cow<'_, str>, StompError> {
     let text = std::str::from_utf8(raw).map_err(|_| StompError::NotUtf8)?;
     if version == Version::V1_0 || !text.contains('\\') {
-        return Ok(text.to_owned());
+        return Ok(Cow::Borrowed(text));
     }
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars();
@@ -345,29 +366,42 @@ fn unescape(raw: &[u8], version: Version) -> Result<String, StompError> {
             None => return Err(StompError::BadEscape(' ')),
         }
     }
-    Ok(out)
+    Ok(Cow::Owned(out))
 }
 
+/// Writes `text` as a header name or value, escaped for `version` when `escaping`. The bytes
+/// that need escaping are ASCII, never part of a longer UTF-8 sequence, so the text is copied
+/// in runs between them.
 fn escape_into(text: &str, version: Version, escaping: bool, out: &mut BytesMut) {
-    if !escaping || version == Version::V1_0 {
-        // Nothing can be escaped: keep the frame's structure intact by dropping line breaks.
-        for b in text.bytes().filter(|&b| b != b'\n' && b != b'\r') {
-            out.put_u8(b);
-        }
-        return;
+    let escapes = escaping && version != Version::V1_0;
+    let special = |b: u8| matches!(b, b'\n' | b'\r') || escapes && matches!(b, b':' | b'\\');
+    let mut rest = text.as_bytes();
+    while let Some(i) = rest.iter().position(|&b| special(b)) {
+        out.put_slice(&rest[..i]);
+        out.put_slice(match rest[i] {
+            b'\n' if escapes => b"\\n",
+            b'\r' if escapes && version == Version::V1_2 => b"\\r",
+            b':' => b"\\c",
+            b'\\' => b"\\\\",
+            // A line break that cannot be escaped is dropped, to keep the frame's structure.
+            _ => b"",
+        });
+        rest = &rest[i + 1..];
     }
-    for c in text.chars() {
-        match c {
-            '\n' => out.put_slice(b"\\n"),
-            ':' => out.put_slice(b"\\c"),
-            '\\' => out.put_slice(b"\\\\"),
-            '\r' if version == Version::V1_2 => out.put_slice(b"\\r"),
-            '\r' => {}
-            c => {
-                let mut tmp = [0u8; 4];
-                out.put_slice(c.encode_utf8(&mut tmp).as_bytes());
-            }
-        }
+    out.put_slice(rest);
+}
+
+/// A [`fmt::Write`] that escapes what is written as [`escape_into`] does.
+struct Escaping<'o> {
+    out: &'o mut BytesMut,
+    version: Version,
+    escaping: bool,
+}
+
+impl fmt::Write for Escaping<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        escape_into(s, self.version, self.escaping, self.out);
+        Ok(())
     }
 }
 
@@ -404,6 +438,10 @@ pub struct FrameWriter<'o> {
     escaping: bool,
     /// Where the first header line starts.
     headers_start: usize,
+    /// Bit `n % 64` set for every header name of `n` bytes written so far (up to its first
+    /// colon, as a reader splits the line): a name of a length not there was not written, and
+    /// needs no look at the lines before it.
+    name_lengths: u64,
 }
 
 impl<'o> FrameWriter<'o> {
@@ -416,6 +454,7 @@ impl<'o> FrameWriter<'o> {
             version,
             escaping: command.escapes_headers(),
             headers_start,
+            name_lengths: 0,
         }
     }
 
@@ -423,6 +462,20 @@ impl<'o> FrameWriter<'o> {
     pub fn header(&mut self, name: &str, value: &str) {
         if self.named(name) {
             escape_into(value, self.version, self.escaping, self.out);
+            self.out.put_u8(b'\n');
+        }
+    }
+
+    /// Adds a header whose value is `value` displayed, escaped as [`FrameWriter::header`]
+    /// escapes it, unless one of that name was written already. Nothing is built on the way.
+    pub fn display(&mut self, name: &str, value: impl fmt::Display) {
+        if self.named(name) {
+            let mut escaping = Escaping {
+                out: self.out,
+                version: self.version,
+                escaping: self.escaping,
+            };
+            let _ = write!(escaping, "{value}");
             self.out.put_u8(b'\n');
         }
     }
@@ -450,19 +503,27 @@ impl<'o> FrameWriter<'o> {
         let line = self.out.len();
         escape_into(name, self.version, self.escaping, self.out);
         let written = &self.out[line..];
-        let taken = self.out[self.headers_start..line]
-            .split(|&b| b == b'\n')
-            .filter_map(|earlier| {
-                earlier
-                    .iter()
-                    .position(|&b| b == b':')
-                    .map(|c| &earlier[..c])
-            })
-            .any(|earlier| earlier == written);
+        let length_bit = |len: usize| 1u64 << (len % 64);
+        // A colon stays in a name only where nothing is escaped; a reader ends the name there.
+        let read_as = written
+            .iter()
+            .position(|&b| b == b':')
+            .unwrap_or(written.len());
+        let taken = (self.name_lengths & length_bit(written.len())) != 0
+            && self.out[self.headers_start..line]
+                .split(|&b| b == b'\n')
+                .filter_map(|earlier| {
+                    earlier
+                        .iter()
+                        .position(|&b| b == b':')
+                        .map(|c| &earlier[..c])
+                })
+                .any(|earlier| earlier == written);
         if taken {
             self.out.truncate(line);
             return false;
         }
+        self.name_lengths |= length_bit(read_as);
         self.out.put_u8(b':');
         true
     }
@@ -479,4 +540,100 @@ pub fn with_body(mut frame: Frame, body: Bytes) -> Frame {
     frame.push_header("content-length", body.len().to_string());
     frame.body = body;
     frame
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+
+    use super::{decode, escape_into, FrameWriter, Limits, SCANNED_HEADERS};
+    use crate::frame::{Command, Version};
+
+    #[test]
+    fn repeated_headers_are_found_before_and_past_the_scanned_ones() {
+        let names: Vec<String> = (0..SCANNED_HEADERS + 4).map(|i| format!("h{i}")).collect();
+        let mut raw = String::from("SEND\n");
+        for (i, name) in names.iter().enumerate() {
+            raw += &format!("{name}:{i}\n");
+            // Each name again: once while the names are scanned, once past that.
+            raw += &format!("{name}:again\n");
+        }
+        raw += "h0:last\n\n\0";
+        let mut buf = BytesMut::from(raw.as_bytes());
+        let frame = decode(&mut buf, &Limits::default(), Version::V1_2)
+            .expect("decoded")
+            .expect("complete");
+        let want: Vec<(String, String)> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i.to_string()))
+            .collect();
+        assert_eq!(frame.headers, want);
+    }
+
+    /// Escaping one character at a time, as the STOMP specification states it.
+    fn escaped_by_char(text: &str, version: Version, escaping: bool) -> String {
+        let escapes = escaping && version != Version::V1_0;
+        text.chars()
+            .map(|c| match c {
+                '\n' if escapes => "\\n".to_owned(),
+                '\r' if escapes && version == Version::V1_2 => "\\r".to_owned(),
+                '\n' | '\r' => String::new(),
+                ':' if escapes => "\\c".to_owned(),
+                '\\' if escapes => "\\\\".to_owned(),
+                c => c.to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn escaping_in_runs_matches_escaping_by_character() {
+        let texts = [
+            "",
+            "plain",
+            ":",
+            "a:b\\c\nd\re",
+            "\r\n\r\n",
+            "é:ü\\\n✓",
+            "trailing\\",
+        ];
+        for text in texts {
+            for version in Version::ALL {
+                for escaping in [false, true] {
+                    let mut out = BytesMut::new();
+                    escape_into(text, version, escaping, &mut out);
+                    let want = escaped_by_char(text, version, escaping);
+                    assert_eq!(&out[..], want.as_bytes(), "{text:?} {version:?} {escaping}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_name_written_before_is_not_written_again() {
+        let mut out = BytesMut::new();
+        let mut frame = FrameWriter::new(Command::Message, Version::V1_2, &mut out);
+        frame.header("destination", "/queue/a");
+        frame.header("redelivered", "false");
+        frame.header("destination", "/queue/b");
+        frame.number("redelivered", 1);
+        frame.header("a:b", "1");
+        frame.header("a", "2");
+        frame.finish(b"");
+        assert_eq!(
+            &out[..],
+            b"MESSAGE\ndestination:/queue/a\nredelivered:false\na\\cb:1\na:2\ncontent-length:0\n\n\0"
+        );
+    }
+
+    #[test]
+    fn where_nothing_is_escaped_a_name_ends_at_its_first_colon() {
+        let mut out = BytesMut::new();
+        let mut frame = FrameWriter::new(Command::Message, Version::V1_0, &mut out);
+        frame.header("a:b", "1");
+        frame.header("a", "2");
+        frame.header("a:c", "3");
+        frame.finish(b"");
+        assert_eq!(&out[..], b"MESSAGE\na:b:1\na:c:3\ncontent-length:0\n\n\0");
+    }
 }

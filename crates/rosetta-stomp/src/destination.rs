@@ -9,6 +9,8 @@
 //! | `/temp-queue/t`        | this connection's private queue for `t` | the same private queue               |
 //! | `/reply-queue/q`       | default exchange, key `q`       | existing queue `q`                           |
 
+use std::fmt;
+
 use rosetta_core::AMQ_TOPIC;
 
 use crate::error::StompError;
@@ -50,19 +52,58 @@ fn unescape(segment: &str) -> String {
     segment.replace("%2F", "/")
 }
 
-/// The escaping RabbitMQ applies to the names in a MESSAGE's `destination`: `/` and `%`, and
-/// bytes outside printable ASCII, as `%XX`, so the name stays one segment.
-fn escape(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for &b in name.as_bytes() {
-        match b {
-            b'/' => out.push_str("%2F"),
-            b'%' => out.push_str("%25"),
-            b if !(32..=127).contains(&b) => out.push_str(&format!("%{b:02X}")),
-            b => out.push(char::from(b)),
+/// Writes `name` with the escaping RabbitMQ applies in a MESSAGE's `destination`: `/` and
+/// `%`, and bytes outside printable ASCII, as `%XX`, so the name stays one segment.
+fn write_escaped(f: &mut fmt::Formatter<'_>, name: &str) -> fmt::Result {
+    // Bytes that need no escape are printable ASCII: a run of them starts and ends on char
+    // boundaries, so it is written as text whole.
+    let mut run = 0;
+    for (i, b) in name.bytes().enumerate() {
+        if matches!(b, b'/' | b'%') || !(32..=127).contains(&b) {
+            if run < i {
+                f.write_str(&name[run..i])?;
+            }
+            write!(f, "%{b:02X}")?;
+            run = i + 1;
         }
     }
-    out
+    if run < name.len() {
+        f.write_str(&name[run..])?;
+    }
+    Ok(())
+}
+
+/// The destination a MESSAGE frame names, written out when displayed: see
+/// [`Destination::of_message`].
+pub struct MessageDestination<'a> {
+    exchange: &'a str,
+    routing_key: &'a str,
+}
+
+impl fmt::Display for MessageDestination<'_> {
+    /// Piece by piece rather than through a format string: a MESSAGE frame writes one.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.exchange, self.routing_key) {
+            ("", key) => {
+                f.write_str("/queue/")?;
+                write_escaped(f, key)
+            }
+            (AMQ_TOPIC, key) => {
+                f.write_str("/topic/")?;
+                write_escaped(f, key)
+            }
+            (x, "") => {
+                f.write_str("/exchange/")?;
+                write_escaped(f, x)
+            }
+            (x, key) => {
+                f.write_str("/exchange/")?;
+                write_escaped(f, x)?;
+                f.write_str("/")?;
+                write_escaped(f, key)
+            }
+        }
+    }
 }
 
 impl Destination {
@@ -71,8 +112,24 @@ impl Destination {
     /// destination at most two (name and key); a `/` inside a name is written `%2F`. A bare
     /// name without any slash is a queue.
     pub fn parse(text: &str) -> Result<Destination, StompError> {
-        let segments: Vec<&str> = text.split('/').collect();
-        match segments.as_slice() {
+        // Every destination a SEND names in the usual forms has at most four segments: those
+        // stay on the stack, and only longer ones are gathered in a vector.
+        let mut inline = [""; 4];
+        let mut parts = text.split('/');
+        let n = inline
+            .iter_mut()
+            .zip(&mut parts)
+            .map(|(slot, s)| *slot = s)
+            .count();
+        let spilled: Vec<&str>;
+        let segments = match parts.next() {
+            None => &inline[..n],
+            Some(more) => {
+                spilled = inline.into_iter().chain([more]).chain(parts).collect();
+                &spilled[..]
+            }
+        };
+        match segments {
             [""] => Err(StompError::BlankDestination),
             [name] => one_name("queue name", name).map(Destination::Queue),
             ["", "queue", rest @ ..] => single("queue", "queue name", rest).map(Destination::Queue),
@@ -121,12 +178,10 @@ impl Destination {
     /// `routing_key`, whichever protocol published it (RabbitMQ's rule, escaping included). An
     /// empty key on another exchange gives `/exchange/<x>`, the form a SEND without a key uses,
     /// so a client sees the destination it sent to.
-    pub fn of_message(exchange: &str, routing_key: &str) -> String {
-        match (exchange, routing_key) {
-            ("", key) => format!("/queue/{}", escape(key)),
-            (AMQ_TOPIC, key) => format!("/topic/{}", escape(key)),
-            (x, "") => format!("/exchange/{}", escape(x)),
-            (x, key) => format!("/exchange/{}/{}", escape(x), escape(key)),
+    pub fn of_message<'a>(exchange: &'a str, routing_key: &'a str) -> MessageDestination<'a> {
+        MessageDestination {
+            exchange,
+            routing_key,
         }
     }
 }
@@ -321,15 +376,27 @@ mod tests {
 
     #[test]
     fn message_destination_follows_the_exchange_and_escapes_names() {
-        assert_eq!(Destination::of_message("", "q"), "/queue/q");
-        assert_eq!(Destination::of_message("amq.topic", "a.b"), "/topic/a.b");
-        assert_eq!(Destination::of_message("x", "k"), "/exchange/x/k");
+        assert_eq!(Destination::of_message("", "q").to_string(), "/queue/q");
         assert_eq!(
-            Destination::of_message("amq.fanout", ""),
+            Destination::of_message("amq.topic", "a.b").to_string(),
+            "/topic/a.b"
+        );
+        assert_eq!(
+            Destination::of_message("x", "k").to_string(),
+            "/exchange/x/k"
+        );
+        assert_eq!(
+            Destination::of_message("amq.fanout", "").to_string(),
             "/exchange/amq.fanout"
         );
-        assert_eq!(Destination::of_message("", "a/b%c"), "/queue/a%2Fb%25c");
-        assert_eq!(Destination::of_message("", "é"), "/queue/%C3%A9");
+        assert_eq!(
+            Destination::of_message("", "a/b%c").to_string(),
+            "/queue/a%2Fb%25c"
+        );
+        assert_eq!(
+            Destination::of_message("", "é").to_string(),
+            "/queue/%C3%A9"
+        );
     }
 
     #[test]

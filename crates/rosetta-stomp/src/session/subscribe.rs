@@ -385,7 +385,7 @@ impl Session {
                 } else {
                     let destination =
                         Destination::of_message(&d.message.exchange, &d.message.routing_key);
-                    frame.header("destination", &destination);
+                    frame.display("destination", destination);
                 }
                 // STOMP 1.2 MESSAGE: with client acknowledgement the frame carries an `ack`
                 // header whose value the ACK names.
