@@ -119,12 +119,13 @@ impl Hasher for KeyedHasher {
     }
 }
 
-/// Hashes numbers the broker chose (delivery tags, queue sequence numbers, packet ids), so no
-/// client chooses the keys that fill the map, and a defence against chosen keys buys nothing.
-/// The multiplier is odd, so consecutive numbers land in distinct buckets, and it spreads them
-/// into the high bits the table also reads.
+/// Hashes numbers the broker chose (delivery tags, queue sequence numbers, packet ids), or
+/// numbers a limit keeps few (a connection's channels), so no client fills a map with keys of
+/// its choosing and a defence against chosen keys buys nothing. The multiplier is odd, so
+/// consecutive numbers land in distinct buckets, and it spreads them into the high bits the
+/// table also reads.
 #[derive(Default)]
-pub(crate) struct TagHasher(u64);
+pub struct TagHasher(u64);
 
 impl Hasher for TagHasher {
     fn finish(&self) -> u64 {

@@ -48,6 +48,7 @@ pub use consumer::{
 };
 pub use error::CoreError;
 pub use exchange::{Destination, AMQ_TOPIC};
+pub use hash::TagHasher;
 pub use message::{Message, Properties, Table, Value};
 pub use queue::{Queue, Settlement};
 pub use queue_owner::QueueOwner;

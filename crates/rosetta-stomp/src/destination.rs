@@ -116,11 +116,11 @@ impl Destination {
         // stay on the stack, and only longer ones are gathered in a vector.
         let mut inline = [""; 4];
         let mut parts = text.split('/');
-        let n = inline
-            .iter_mut()
-            .zip(&mut parts)
-            .map(|(slot, s)| *slot = s)
-            .count();
+        let mut n = 0;
+        for (slot, segment) in inline.iter_mut().zip(&mut parts) {
+            *slot = segment;
+            n += 1;
+        }
         let spilled: Vec<&str>;
         let segments = match parts.next() {
             None => &inline[..n],
