@@ -49,6 +49,9 @@ pub const MAX_NESTING: usize = 16;
 
 /// Class id of `basic`, the only class with content in AMQP 0-9-1.
 const BASIC_CLASS: u16 = 60;
+/// The methods of the basic class that arrive once per message.
+const BASIC_PUBLISH: u16 = 40;
+const BASIC_ACK: u16 = 80;
 
 /// The outcome of reading the protocol header.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,7 +210,7 @@ fn decode_method(channel: u16, payload: &[u8]) -> Result<AMQPFrame, CodecError> 
 /// well-formed arguments, which the caller hands to the generic parser for its verdict.
 fn decode_per_message(class_id: u16, method_id: u16, args: &[u8]) -> Option<AMQPClass> {
     let method = match (class_id, method_id) {
-        (BASIC_CLASS, 40) => {
+        (BASIC_CLASS, BASIC_PUBLISH) => {
             // reserved-1, exchange, routing-key, then the bits mandatory and immediate.
             let (_, rest) = args.split_first_chunk::<2>()?;
             let (exchange, rest) = short_str(rest)?;
@@ -220,7 +223,7 @@ fn decode_per_message(class_id: u16, method_id: u16, args: &[u8]) -> Option<AMQP
                 immediate: bits & 2 != 0,
             })
         }
-        (BASIC_CLASS, 80) => {
+        (BASIC_CLASS, BASIC_ACK) => {
             // delivery-tag, then the bit multiple.
             let (tag, rest) = args.split_first_chunk::<8>()?;
             let [bits] = *rest else { return None };

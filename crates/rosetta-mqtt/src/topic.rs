@@ -355,6 +355,14 @@ pub fn session_queue(client_id: &str) -> String {
     format!("{SESSION_QUEUE_PREFIX}{client_id}")
 }
 
+/// Whether `queue` is [`session_queue`]`(client_id)`, told without building the name (it is
+/// asked for every delivery).
+pub fn is_session_queue(queue: &str, client_id: &str) -> bool {
+    queue
+        .strip_prefix(SESSION_QUEUE_PREFIX)
+        .is_some_and(|id| id == client_id)
+}
+
 /// The queue a shared subscription's members consume from. A share name holds no `/`, so the
 /// first `/` after the prefix separates it from the filter and no two subscriptions collide.
 pub fn shared_queue(group: &str, filter: &str) -> String {

@@ -138,12 +138,7 @@ impl Inner {
         let now = now_ms();
         let message = AppMessage::from_core(&d.message, now);
         let own = self.stamp_client_id && AppMessage::published_by(&d.message, &self.client_id);
-        // Compared in place: building the queue's name would allocate for every delivery.
-        let from_session_queue = d
-            .queue
-            .name
-            .strip_prefix(topic::SESSION_QUEUE_PREFIX)
-            .is_some_and(|id| id == self.client_id);
+        let from_session_queue = topic::is_session_queue(&d.queue.name, &self.client_id);
         // The subscriptions this message answers: in the session's queue every plain filter
         // that matches (they overlap freely), in a shared queue the one subscription it serves.
         // Matching again here also applies the `$` rule the AMQP matcher does not know.

@@ -302,8 +302,8 @@ impl Channel {
 
 impl Drop for Channel {
     /// A channel dropped without [`Channel::close`] (its session dropped while a panic
-    /// unwinds) still gives back what it holds, so no delivery stays unacknowledged with nobody left to
-    /// settle it. After `close` there is nothing left to give back.
+    /// unwinds) still gives back what it holds, so no delivery stays unacknowledged with
+    /// nobody left to settle it. After `close` there is nothing left to give back.
     fn drop(&mut self) {
         if !self.closing {
             self.close();
