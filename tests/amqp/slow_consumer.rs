@@ -1,7 +1,8 @@
 //! Slow consumers: a client that consumes with prefetch 0 (unlimited, the AMQP default) and
 //! then stops reading its socket gets what fills its socket and its consumer buffer
 //! (`consumer_buffer_bytes`), no more. Its backlog stays in the queue, on disk, the broker's
-//! memory stays flat, other clients are served, and delivery resumes once it reads again.
+//! memory stays flat, other clients are served, and delivery resumes once it reads again. One
+//! that reads nothing for `send_timeout_ms` is closed, and what it held goes back to the queue.
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,11 @@ const BASIC_DELIVER: (u16, u16) = (60, 60);
 /// 200 MiB of persistent backlog in 64 KiB messages (one body frame each).
 const COUNT: usize = 3200;
 const SIZE: usize = 64 * 1024;
+/// The messages a stalled consumer holds are given back once its socket has taken nothing for
+/// the send timeout, one second here.
+const SEND_TIMEOUT_CONFIG: &str = "[limits]\nsend_timeout_ms = 1000\n";
+/// Enough 64 KiB messages to fill both socket buffers and the consumer buffer.
+const STALL_COUNT: usize = 400;
 /// Messages the stalled client may be sent: its consumer buffer (1 MiB by default) and what the
 /// two socket buffers absorb (a few MiB on loopback) make well under this.
 const MAX_SENT: usize = 800;
@@ -118,5 +124,104 @@ fn a_prefetch_zero_consumer_that_stops_reading_holds_its_backlog_on_disk_not_in_
             }
         }
         assert!(message_count(&client, queue).await as usize <= COUNT - delivered);
+    });
+}
+
+/// A consumer that takes deliveries (prefetch 0) and never reads again.
+fn stalled_consumer(broker: &Broker, queue: &str) -> RawConnection {
+    let mut raw = RawConnection::connect(broker.amqp_addr()).expect("connect");
+    raw.handshake().expect("handshake");
+    raw.open_channel(1).expect("channel.open");
+    let consume = Args::new()
+        .u16(0)
+        .shortstr(queue)
+        .shortstr("stalled")
+        .bits(&[false, false, false, false])
+        .table(&Vec::new());
+    raw.send_method(1, BASIC_CONSUME, consume)
+        .expect("basic.consume");
+    raw.expect_method(BASIC_CONSUME_OK, WAIT)
+        .expect("basic.consume-ok");
+    raw
+}
+
+#[test]
+fn a_consumer_whose_socket_takes_nothing_for_the_send_timeout_is_closed_and_its_messages_requeued()
+{
+    let broker = Broker::start_with(SEND_TIMEOUT_CONFIG);
+    run(async {
+        let queue = "slow.stalled";
+        let client = connect(&broker).await;
+        let channel = client.confirm_channel().await;
+        declare(
+            &channel,
+            queue,
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await;
+        publish_backlog(&channel, queue, 0..STALL_COUNT, SIZE).await;
+
+        // Held open, and never read, until the end of the test.
+        let _stalled = stalled_consumer(&broker, queue);
+        assert!(
+            eventually(WAIT, || async {
+                message_count(&client, queue).await < STALL_COUNT as u32
+            })
+            .await,
+            "the broker starts delivering to the stalled consumer"
+        );
+        assert!(
+            broker.wait_for_log("within the send timeout", WAIT),
+            "the broker closes the stalled connection, and says why: {}",
+            broker.log()
+        );
+        assert!(
+            eventually(WAIT, || async {
+                message_count(&client, queue).await == STALL_COUNT as u32
+            })
+            .await,
+            "every message the stalled consumer held is back in the queue"
+        );
+    });
+}
+
+#[test]
+fn a_consumer_that_reads_slowly_is_not_closed_by_the_send_timeout() {
+    // The timeout counts time without progress, not the whole write: a client that keeps
+    // reading, however slowly, keeps its connection.
+    let broker = Broker::start_with(SEND_TIMEOUT_CONFIG);
+    run(async {
+        let queue = "slow.reader";
+        let client = connect(&broker).await;
+        let channel = client.confirm_channel().await;
+        declare(
+            &channel,
+            queue,
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await;
+        publish_backlog(&channel, queue, 0..STALL_COUNT, SIZE).await;
+        let mut raw = stalled_consumer(&broker, queue);
+        // Reads a delivery every 10 ms for three send timeouts. TCP reports the broker's socket
+        // writable again only once the client has taken a good part of the buffered bytes, so a
+        // reader slower than about a third of the socket buffer per timeout would look stalled;
+        // this one reads several MiB a second.
+        let mut delivered = 0;
+        let end = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < end {
+            let frame = raw.read_frame(WAIT).expect("the connection stays open");
+            if frame.kind == FRAME_METHOD && frame.is_method(BASIC_DELIVER) {
+                delivered += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        assert!(delivered > 10, "{delivered} deliveries read");
+        assert!(
+            !broker.log_contains("within the send timeout"),
+            "{}",
+            broker.log()
+        );
     });
 }

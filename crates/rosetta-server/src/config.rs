@@ -379,6 +379,9 @@ pub struct Limits {
     pub max_transaction_bytes: u64,
     /// Milliseconds a refused login waits before it is answered; 0 answers at once.
     pub failed_login_delay_ms: u32,
+    /// Milliseconds a connection's socket may take no byte of its output before the connection
+    /// is closed; 0 = wait for ever.
+    pub send_timeout_ms: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -615,6 +618,7 @@ impl Default for Limits {
             max_transaction_frames: 10_000,
             max_transaction_bytes: 128 * 1024 * 1024,
             failed_login_delay_ms: 1000,
+            send_timeout_ms: 30_000,
         }
     }
 }

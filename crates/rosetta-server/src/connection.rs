@@ -21,9 +21,11 @@ use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
 
 use self::input_order::{Ticket, Turn};
+use self::send::send_all;
 use crate::state::ServerState;
 
 pub(crate) mod input_order;
+mod send;
 #[cfg(test)]
 mod tests;
 
@@ -275,12 +277,12 @@ pub(crate) async fn drive<S: Session, T: Transport>(
                 }
             }
             if let Some(out) = session.take_output() {
-                // `flush` hands TLS records still buffered to the socket; a no-op on TCP.
-                let write = async {
-                    stream.write_all(&out).await?;
-                    stream.flush().await
-                };
-                if Turn::elsewhere(turn_here, write).await.is_err() {
+                let write = send_all(&mut stream, &out, state.send_timeout);
+                if let Err(e) = Turn::elsewhere(turn_here, write).await {
+                    if e.kind() == std::io::ErrorKind::TimedOut {
+                        tracing::warn!(%peer, protocol = S::PROTOCOL, timeout = ?state.send_timeout, "client took none of its output within the send timeout; closing");
+                    }
+                    // Gone, or as good as gone: nothing more can be said to it.
                     peer_gone = true;
                     break;
                 }
@@ -333,7 +335,9 @@ pub(crate) async fn drive<S: Session, T: Transport>(
     if let Some((turn, _)) = listening {
         turn.leave();
     }
-    let _ = stream.shutdown().await;
+    // On TLS the goodbye is a record to write, which a client that stopped reading would hold
+    // up for ever.
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, stream.shutdown()).await;
     let cleanup = catch_unwind(AssertUnwindSafe(|| {
         session.shutdown();
         // Deliveries still in the outbox were never written: hand them back to the session,

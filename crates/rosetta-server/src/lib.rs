@@ -147,6 +147,8 @@ async fn serve(config: Config) -> Result<(), Error> {
         users: Arc::new(users),
         configured,
         failed_login_delay: Duration::from_millis(u64::from(config.limits.failed_login_delay_ms)),
+        send_timeout: (config.limits.send_timeout_ms > 0)
+            .then(|| Duration::from_millis(u64::from(config.limits.send_timeout_ms))),
         amqp: SessionConfig {
             frame_max: config.limits.frame_max,
             channel_max: config.limits.channel_max,

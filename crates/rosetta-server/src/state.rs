@@ -21,6 +21,9 @@ pub(crate) struct ServerState {
     pub configured: crate::accounts::Configured,
     /// How long a refused login waits before it is answered (`limits.failed_login_delay_ms`).
     pub failed_login_delay: Duration,
+    /// How long a connection's output may make no progress before it is closed
+    /// (`limits.send_timeout_ms`); `None` waits for ever.
+    pub send_timeout: Option<Duration>,
     pub amqp: SessionConfig,
     pub stomp: rosetta_stomp::session::SessionConfig,
     /// On while memory or disk is past its limit; publishers pause.
@@ -68,6 +71,7 @@ impl ServerState {
             configured: crate::accounts::Configured::of(&users.contents(), true),
             users: Arc::new(users),
             failed_login_delay: Duration::ZERO,
+            send_timeout: None,
             amqp: SessionConfig {
                 frame_max: 131_072,
                 channel_max: 2047,

@@ -89,6 +89,7 @@ fn default_toml_sets_every_key() {
         "level",
         "format",
         "failed_login_delay_ms",
+        "send_timeout_ms",
         "name",
         "password_hash",
         "tags",
