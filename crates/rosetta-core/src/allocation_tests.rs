@@ -96,7 +96,7 @@ fn messages(exchange: &str, key: &str) -> Vec<Message> {
     (0..2 * MESSAGES)
         .map(|i| {
             Message::new(
-                exchange,
+                exchange.to_owned(),
                 key,
                 Properties::default(),
                 Bytes::from(i.to_be_bytes().to_vec()),

@@ -98,7 +98,7 @@ pub fn dead_lettered_message(
     headers.insert("x-last-death-exchange".into(), text(&original.exchange));
     properties.headers = Some(headers);
     Message::new(
-        dlx,
+        dlx.to_owned(),
         routing_key.unwrap_or(&original.routing_key),
         properties,
         original.body.clone(),

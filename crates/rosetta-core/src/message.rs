@@ -3,6 +3,7 @@
 //! Property names follow AMQP 0-9-1 basic properties because that model is the richest; the MQTT
 //! and STOMP front-ends map their fields onto these (see docs/protocols.md).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
@@ -145,8 +146,10 @@ pub struct Message {
     /// Broker-wide identity, assigned when the message enters the broker; the store keys the
     /// body by it so a message routed to several durable queues is written once.
     pub id: u64,
-    /// The exchange the publisher addressed (empty for the default exchange).
-    pub exchange: String,
+    /// The exchange the publisher addressed (empty for the default exchange). Borrowed when
+    /// it is a name the broker knows at build time (`amq.topic` for MQTT, the default
+    /// exchange), so most messages carry it without an allocation of their own.
+    pub exchange: Cow<'static, str>,
     pub routing_key: String,
     pub properties: Properties,
     pub body: Bytes,
@@ -154,7 +157,7 @@ pub struct Message {
 
 impl Message {
     pub fn new(
-        exchange: impl Into<String>,
+        exchange: impl Into<Cow<'static, str>>,
         routing_key: impl Into<String>,
         properties: Properties,
         body: Bytes,

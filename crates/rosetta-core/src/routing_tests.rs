@@ -78,7 +78,7 @@ fn args(pairs: &[(&str, Value)]) -> Table {
 
 fn message(exchange: &str, key: &str) -> Message {
     Message::new(
-        exchange,
+        exchange.to_owned(),
         key,
         Properties::default(),
         Bytes::from_static(b"m"),

@@ -24,7 +24,7 @@ use rosetta_core::{Message, Properties, Table, Value, AMQ_TOPIC};
 
 use crate::error::MqttError;
 use crate::record::{Reader, Writer};
-use crate::topic::{key_to_topic, topic_to_key};
+use crate::topic::{key_to_topic, key_to_topic_into, topic_to_key};
 
 pub const HEADER_QOS: &str = "x-mqtt-publish-qos";
 pub const HEADER_RETAIN: &str = "x-mqtt-retain";
@@ -124,14 +124,15 @@ fn user_properties(list: &[UserProperty]) -> Vec<(String, String)> {
 }
 
 impl AppMessage {
-    /// From a PUBLISH whose topic (possibly given by alias) is `topic`.
-    pub fn from_publish(p: &Publish, topic: String, now_ms: u64) -> Self {
+    /// From a PUBLISH whose topic (possibly given by alias) is `topic`. The payload is moved,
+    /// not shared: sharing a buffer the decoder made costs an allocation.
+    pub fn from_publish(p: Publish, topic: String, now_ms: u64) -> Self {
         let pp = &p.properties;
         AppMessage {
             topic,
             qos: p.qos_pid.qos(),
             retain: p.retain,
-            payload: p.payload.clone(),
+            payload: p.payload,
             props: AppProperties {
                 payload_utf8: pp.payload_is_utf8,
                 expires_at_ms: expires_at(pp.message_expiry_interval, now_ms),
@@ -149,6 +150,17 @@ impl AppMessage {
 
     /// The core message published to `amq.topic`. `publisher` stamps the client id for No Local.
     pub fn to_core(&self, publisher: Option<&str>, now_ms: u64) -> Message {
+        self.core_message(self.payload.clone(), publisher, now_ms)
+    }
+
+    /// [`AppMessage::to_core`] for a message that is not needed after: its payload moves into
+    /// the core message, rather than being shared with a copy that is about to be dropped.
+    pub fn into_core(mut self, publisher: Option<&str>, now_ms: u64) -> Message {
+        let payload = std::mem::take(&mut self.payload);
+        self.core_message(payload, publisher, now_ms)
+    }
+
+    fn core_message(&self, payload: Bytes, publisher: Option<&str>, now_ms: u64) -> Message {
         let mut headers = Table::new();
         for (name, value) in &self.props.user_properties {
             let value = Value::Str(value.clone());
@@ -195,16 +207,13 @@ impl AppMessage {
             timestamp: ttl.map(|_| now_ms / 1000),
             ..Properties::default()
         };
-        Message::new(
-            AMQ_TOPIC,
-            topic_to_key(&self.topic),
-            properties,
-            self.payload.clone(),
-        )
+        Message::new(AMQ_TOPIC, topic_to_key(&self.topic), properties, payload)
     }
 
-    /// The message as MQTT sees a core message, whichever protocol published it.
-    pub fn from_core(m: &Message, now_ms: u64) -> Self {
+    /// The message as MQTT sees a core message, whichever protocol published it. Its topic is
+    /// written into `topic`, cleared first, whose memory a caller may keep from one message to
+    /// the next.
+    pub fn from_core(m: &Message, now_ms: u64, mut topic: String) -> Self {
         let p = &m.properties;
         // The mapping's own headers are picked out in the pass that collects the user
         // properties, rather than each looked up in the table on every delivery.
@@ -244,8 +253,10 @@ impl AppMessage {
                 .map(|c| Bytes::copy_from_slice(c.as_bytes())),
         };
         let start_ms = p.timestamp.map_or(now_ms, |s| s.saturating_mul(1000));
+        topic.clear();
+        key_to_topic_into(&m.routing_key, &mut topic);
         AppMessage {
-            topic: key_to_topic(&m.routing_key),
+            topic,
             qos,
             retain: matches!(retain, Some(Value::Bool(true))),
             payload: m.body.clone(),
@@ -429,7 +440,7 @@ mod tests {
                 Value::Str("2".into())
             ]))
         );
-        let back = AppMessage::from_core(&core, 1_000_000_000);
+        let back = AppMessage::from_core(&core, 1_000_000_000, String::new());
         assert_eq!(back, m);
     }
 
@@ -449,6 +460,7 @@ mod tests {
         let m = AppMessage::from_core(
             &Message::new("amq.topic", "x.y", props, Bytes::from_static(b"hi")),
             5,
+            String::new(),
         );
         assert_eq!(m.topic, "x/y");
         assert_eq!(m.qos, QoS::Level1);
@@ -483,6 +495,7 @@ mod tests {
         let m = AppMessage::from_core(
             &Message::new(AMQ_TOPIC, "x", props, Bytes::from_static(b"hi")),
             5,
+            String::new(),
         );
         assert_eq!(
             m.props.user_properties,

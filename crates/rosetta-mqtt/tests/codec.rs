@@ -474,6 +474,32 @@ fn a_publish_into_a_warm_output_allocates_nothing() {
     }
 }
 
+/// A delivery becomes an MQTT message without an allocation once the session's topic buffer
+/// is warm: the topic is written into it, and the payload is shared.
+#[test]
+fn a_core_message_becomes_an_mqtt_message_in_a_warm_topic_buffer_without_allocating() {
+    use rosetta_core::{Message, Properties, AMQ_TOPIC};
+    use rosetta_mqtt::message::AppMessage;
+
+    let core = Message::new(
+        AMQ_TOPIC,
+        "sensors.a%2Eb.temp",
+        Properties::default(),
+        Bytes::from_static(b"sixteen-byte-msg"),
+    );
+    let mut buffer = String::with_capacity(64);
+    for _ in 0..2 {
+        let mut message = None;
+        let used = allocation_counter::measure(|| {
+            message = Some(AppMessage::from_core(&core, 0, std::mem::take(&mut buffer)));
+        });
+        let message = message.expect("converted");
+        assert_eq!(message.topic, "sensors/a.b/temp");
+        assert_eq!(used.count_total, 0);
+        buffer = message.topic;
+    }
+}
+
 /// Acknowledgements written straight into the output are byte for byte what the codec crate
 /// writes: with reason codes and properties in 5.0, the packet id alone in 3.1.1.
 #[test]

@@ -98,7 +98,7 @@ pub fn decode_message(input: &[u8], key: &[u8]) -> Result<Message, StoreError> {
         let body = Bytes::copy_from_slice(r.bytes()?);
         Ok(Message {
             id,
-            exchange,
+            exchange: exchange.into(),
             routing_key,
             properties,
             body,

@@ -109,6 +109,8 @@ pub(crate) struct Inner {
     alias_out: HashMap<String, u16>,
     /// The topic name of the last PUBLISH sent, reused while the topic stays the same.
     last_topic: Option<TopicName>,
+    /// The buffer each delivery's topic is written into, kept for the next one.
+    topic_buffer: String,
     client_alias_max: u16,
     client_max_packet: u32,
     /// Request Problem Information: reason strings may be sent ([MQTT-3.1.2-29]).
@@ -173,6 +175,7 @@ impl Session {
             alias_in: HashMap::new(),
             alias_out: HashMap::new(),
             last_topic: None,
+            topic_buffer: String::new(),
             client_alias_max: 0,
             client_max_packet: u32::MAX,
             problem_info: true,

@@ -136,7 +136,14 @@ impl Inner {
             return;
         }
         let now = now_ms();
-        let message = AppMessage::from_core(&d.message, now);
+        let message =
+            AppMessage::from_core(&d.message, now, std::mem::take(&mut self.topic_buffer));
+        self.deliver_message(d, &message);
+        self.topic_buffer = message.topic;
+    }
+
+    /// [`Inner::deliver`] once the delivery is known to be the session's, as `message`.
+    fn deliver_message(&mut self, d: Delivery, message: &AppMessage) {
         let own = self.stamp_client_id && AppMessage::published_by(&d.message, &self.client_id);
         let from_session_queue = topic::is_session_queue(&d.queue.name, &self.client_id);
         // The subscriptions this message answers: in the session's queue every plain filter
@@ -171,7 +178,7 @@ impl Inner {
             return;
         };
         self.send_message(
-            &message,
+            message,
             message.qos.min(granted),
             retain,
             &ids,

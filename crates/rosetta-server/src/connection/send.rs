@@ -3,10 +3,10 @@
 //! connection, and every message it has not acknowledged, for good, since the driver waits on
 //! the write and looks at no heartbeat meanwhile.
 
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::AsyncWrite;
@@ -15,47 +15,76 @@ use tokio::time::{Instant, Sleep};
 /// Writes all of `out` and flushes it. Fails with `TimedOut` once the stream has taken none of
 /// it for `limit` (`None`: waits for ever). The clock starts only when the stream first makes
 /// the write wait, so output the socket takes at once, the usual case, arms no timer.
-pub(crate) async fn send_all<W: AsyncWrite + Unpin>(
-    stream: &mut W,
-    out: &[u8],
+pub(crate) fn send_all<'a, W: AsyncWrite + Unpin>(
+    stream: &'a mut W,
+    out: &'a [u8],
     limit: Option<Duration>,
-) -> io::Result<()> {
-    let mut written = 0;
-    // Made on the first wait and moved on after each write that made progress.
-    let mut stall: Option<Pin<Box<Sleep>>> = None;
-    let mut progressed = false;
-    poll_fn(|cx| loop {
-        let step = if written < out.len() {
-            Pin::new(&mut *stream).poll_write(cx, &out[written..])
-        } else {
-            Pin::new(&mut *stream).poll_flush(cx).map_ok(|()| 0)
-        };
-        match step {
-            Poll::Ready(Ok(0)) if written < out.len() => {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()))
-            }
-            Poll::Ready(Ok(0)) => return Poll::Ready(Ok(())),
-            Poll::Ready(Ok(n)) => {
-                written += n;
-                progressed = true;
-            }
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Pending => {
-                let Some(limit) = limit else {
-                    return Poll::Pending;
-                };
-                let timer = stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-                if std::mem::take(&mut progressed) {
-                    timer.as_mut().reset(Instant::now() + limit);
+) -> SendAll<'a, W> {
+    SendAll {
+        stream,
+        out,
+        limit,
+        written: 0,
+        stall: None,
+        progressed: false,
+    }
+}
+
+/// The future of [`send_all`]; a plain state machine, as it runs for every write.
+pub(crate) struct SendAll<'a, W> {
+    stream: &'a mut W,
+    out: &'a [u8],
+    limit: Option<Duration>,
+    written: usize,
+    /// Made on the first wait and moved on after each write that made progress.
+    stall: Option<Pin<Box<Sleep>>>,
+    progressed: bool,
+}
+
+impl<W: AsyncWrite + Unpin> Future for SendAll<'_, W> {
+    type Output = io::Result<()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            let step = if this.written < this.out.len() {
+                Pin::new(&mut *this.stream).poll_write(cx, &this.out[this.written..])
+            } else {
+                Pin::new(&mut *this.stream).poll_flush(cx).map_ok(|()| 0)
+            };
+            match step {
+                Poll::Ready(Ok(0)) if this.written < this.out.len() => {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()))
                 }
-                return match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Err(io::ErrorKind::TimedOut.into())),
-                    Poll::Pending => Poll::Pending,
-                };
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(n)) => {
+                    this.written += n;
+                    this.progressed = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return this.wait(cx),
             }
         }
-    })
-    .await
+    }
+}
+
+impl<W> SendAll<'_, W> {
+    /// The stream made the write wait: times the stall, from now if the last attempt moved.
+    fn wait(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(limit) = self.limit else {
+            return Poll::Pending;
+        };
+        let timer = self
+            .stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        if std::mem::take(&mut self.progressed) {
+            timer.as_mut().reset(Instant::now() + limit);
+        }
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::ErrorKind::TimedOut.into())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -71,7 +100,7 @@ mod tests {
     impl AsyncWrite for Stuck {
         fn poll_write(
             mut self: Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
+            _: &mut Context<'_>,
             data: &[u8],
         ) -> Poll<io::Result<usize>> {
             let n = data.len().min(self.accept - self.taken);
@@ -82,17 +111,11 @@ mod tests {
             Poll::Ready(Ok(n))
         }
 
-        fn poll_flush(
-            self: Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> Poll<io::Result<()>> {
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
             Poll::Ready(Ok(()))
         }
 
-        fn poll_shutdown(
-            self: Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> Poll<io::Result<()>> {
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
             Poll::Ready(Ok(()))
         }
     }

@@ -1,5 +1,6 @@
 //! SEND, temporary queues and transactions (BEGIN, COMMIT, ABORT).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -116,15 +117,15 @@ impl Session {
         let arguments = queue_arguments(frame)?;
         let vhost = self.vhost()?;
         let mut declared = None;
-        let (exchange, routing_key) = match destination {
+        let (exchange, routing_key): (Cow<'static, str>, _) = match destination {
             Destination::Queue(q) => {
                 declared = self.ensure_queue(&vhost, &q, arguments)?;
-                (String::new(), q)
+                ("".into(), q)
             }
-            Destination::Topic(key) => (AMQ_TOPIC.to_owned(), key),
-            Destination::Exchange { name, key } => (name, key),
-            Destination::AmqQueue(q) | Destination::ReplyQueue(q) => (String::new(), q),
-            Destination::TempQueue(t) => (String::new(), self.temp_queue(&vhost, &t, true)?),
+            Destination::Topic(key) => (AMQ_TOPIC.into(), key),
+            Destination::Exchange { name, key } => (name.into(), key),
+            Destination::AmqQueue(q) | Destination::ReplyQueue(q) => ("".into(), q),
+            Destination::TempQueue(t) => ("".into(), self.temp_queue(&vhost, &t, true)?),
         };
         self.permit(|g| {
             g.write(Resource::Exchange, &exchange)?;

@@ -100,7 +100,7 @@ impl Channel {
             body,
         } = complete;
         let mut message = Message::new(
-            publish.exchange,
+            String::from(publish.exchange),
             publish.routing_key,
             properties_from_amqp(properties),
             body,
