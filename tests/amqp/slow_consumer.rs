@@ -162,15 +162,10 @@ fn a_consumer_whose_socket_takes_nothing_for_the_send_timeout_is_closed_and_its_
         .await;
         publish_backlog(&channel, queue, 0..STALL_COUNT, SIZE).await;
 
-        // Held open, and never read, until the end of the test.
+        // Held open, and never read, until the end of the test. The log line below says the
+        // broker's writes to it filled its socket; the messages are not counted out of the
+        // queue first, as they may be back within a second.
         let _stalled = stalled_consumer(&broker, queue);
-        assert!(
-            eventually(WAIT, || async {
-                message_count(&client, queue).await < STALL_COUNT as u32
-            })
-            .await,
-            "the broker starts delivering to the stalled consumer"
-        );
         assert!(
             broker.wait_for_log("within the send timeout", WAIT),
             "the broker closes the stalled connection, and says why: {}",
@@ -189,8 +184,9 @@ fn a_consumer_whose_socket_takes_nothing_for_the_send_timeout_is_closed_and_its_
 #[test]
 fn a_consumer_that_reads_slowly_is_not_closed_by_the_send_timeout() {
     // The timeout counts time without progress, not the whole write: a client that keeps
-    // reading, however slowly, keeps its connection.
-    let broker = Broker::start_with(SEND_TIMEOUT_CONFIG);
+    // reading keeps its connection. (Unit tests in the server's `connection::send` hold the
+    // timer to that; this is the same over a real socket.)
+    let broker = Broker::start_with("[limits]\nsend_timeout_ms = 2000\n");
     run(async {
         let queue = "slow.reader";
         let client = connect(&broker).await;
@@ -204,13 +200,13 @@ fn a_consumer_that_reads_slowly_is_not_closed_by_the_send_timeout() {
         .await;
         publish_backlog(&channel, queue, 0..STALL_COUNT, SIZE).await;
         let mut raw = stalled_consumer(&broker, queue);
-        // Reads a delivery every 10 ms for three send timeouts. TCP reports the broker's socket
-        // writable again only once the client has taken a good part of the buffered bytes, so a
-        // reader slower than about a third of the socket buffer per timeout would look stalled;
-        // this one reads several MiB a second.
+        // Reads a delivery every 10 ms, for two and a half send timeouts or until the queue is
+        // empty (four seconds at that pace). TCP reports the broker's socket writable again
+        // only once the client has taken a good part of the buffered bytes, so a reader slower
+        // than that per timeout would look stalled; this one reads several MiB a second.
         let mut delivered = 0;
-        let end = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < end {
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end && delivered < STALL_COUNT {
             let frame = raw.read_frame(WAIT).expect("the connection stays open");
             if frame.kind == FRAME_METHOD && frame.is_method(BASIC_DELIVER) {
                 delivered += 1;

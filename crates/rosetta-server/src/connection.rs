@@ -22,6 +22,7 @@ use tokio_rustls::server::TlsStream;
 
 use self::input_order::{Ticket, Turn};
 use self::send::send_all;
+pub(crate) use self::send::SocketProgress;
 use crate::state::ServerState;
 
 pub(crate) mod input_order;
@@ -54,7 +55,9 @@ const NOTHING_DUE: Duration = Duration::from_secs(3600);
 
 /// A client connection's byte stream: plain TCP, or TLS over TCP. The driver is generic over
 /// it, so the plain path is compiled for `TcpStream` alone, with no dynamic dispatch per read.
-pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+pub(crate) trait Transport:
+    AsyncRead + AsyncWrite + SocketProgress + Unpin + Send + 'static
+{
     /// How the connection's bytes travel, as the management API lists it: `tcp`, `tls`, `ws`,
     /// `wss`.
     const NAME: &'static str;
@@ -82,6 +85,8 @@ pub(crate) fn reserve_input(input: &mut BytesMut) {
     }
 }
 
+impl SocketProgress for TcpStream {}
+
 impl Transport for TcpStream {
     const NAME: &'static str = "tcp";
 
@@ -98,6 +103,10 @@ impl Transport for TcpStream {
         self
     }
 }
+
+/// rustls takes a write into records of its own, at most a few KiB ahead of the socket, so what
+/// the write takes is close enough to what the socket takes.
+impl SocketProgress for TlsStream<TcpStream> {}
 
 impl Transport for TlsStream<TcpStream> {
     const NAME: &'static str = "tls";
@@ -176,6 +185,8 @@ pub(crate) async fn drive<S: Session, T: Transport>(
     // guarded, and the cleanup below runs whatever happened in it.
     // The client closed or broke the socket, so there is no one left to linger for.
     let mut peer_gone = false;
+    // The client's socket took none of the output for the send timeout.
+    let mut stalled = false;
     let run = async {
         // Logins the session refused that are not answered yet.
         let mut refused = 0;
@@ -280,7 +291,9 @@ pub(crate) async fn drive<S: Session, T: Transport>(
                 let write = send_all(&mut stream, &out, state.send_timeout);
                 if let Err(e) = Turn::elsewhere(turn_here, write).await {
                     if e.kind() == std::io::ErrorKind::TimedOut {
-                        tracing::warn!(%peer, protocol = S::PROTOCOL, timeout = ?state.send_timeout, "client took none of its output within the send timeout; closing");
+                        let timeout = state.send_timeout.unwrap_or_default();
+                        tracing::warn!(%peer, protocol = S::PROTOCOL, ?timeout, "client took none of its output within the send timeout; closing");
+                        stalled = true;
                     }
                     // Gone, or as good as gone: nothing more can be said to it.
                     peer_gone = true;
@@ -335,9 +348,11 @@ pub(crate) async fn drive<S: Session, T: Transport>(
     if let Some((turn, _)) = listening {
         turn.leave();
     }
-    // On TLS the goodbye is a record to write, which a client that stopped reading would hold
-    // up for ever.
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, stream.shutdown()).await;
+    // On TLS and WebSocket the goodbye is more output to write, which a client that stopped
+    // reading would hold up for ever, and one that stalled already holds up.
+    if !stalled {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, stream.shutdown()).await;
+    }
     let cleanup = catch_unwind(AssertUnwindSafe(|| {
         session.shutdown();
         // Deliveries still in the outbox were never written: hand them back to the session,

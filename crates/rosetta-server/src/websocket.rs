@@ -33,7 +33,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::connection::{reserve_input, Transport, HANDSHAKE_TIMEOUT};
+use crate::connection::{reserve_input, SocketProgress, Transport, HANDSHAKE_TIMEOUT};
 use crate::error::Error;
 use crate::listener;
 use crate::login_signal::LoginSignal;
@@ -161,6 +161,7 @@ impl Upgrade {
         let metered = Metered {
             stream,
             read_since_message: 0,
+            written: 0,
             login: login.clone(),
             peer,
             protocol: self.name,
@@ -329,6 +330,10 @@ struct Metered<S> {
     stream: S,
     /// Bytes read since tungstenite last handed out a message.
     read_since_message: usize,
+    /// Bytes the stream underneath has taken so far: a write hands tungstenite a whole message,
+    /// and the socket takes it while the connection flushes, which the write alone does not
+    /// show ([`SocketProgress`]).
+    written: u64,
     login: LoginSignal,
     /// For the log line when the limit is passed.
     peer: SocketAddr,
@@ -361,7 +366,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, data)
+        let n = ready!(Pin::new(&mut self.stream).poll_write(cx, data))?;
+        self.written += n as u64;
+        Poll::Ready(Ok(n))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -445,6 +452,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WebSocket<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_close(cx).map_err(io_error)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> SocketProgress for WebSocket<S> {
+    fn socket_bytes(&self) -> u64 {
+        self.inner.get_ref().written
     }
 }
 

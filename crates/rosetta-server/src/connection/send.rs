@@ -12,10 +12,19 @@ use std::time::Duration;
 use tokio::io::AsyncWrite;
 use tokio::time::{Instant, Sleep};
 
-/// Writes all of `out` and flushes it. Fails with `TimedOut` once the stream has taken none of
+/// How many bytes the socket under a stream has taken, for streams that take a write into a
+/// buffer of their own and hand it to the socket while flushing (WebSocket messages): progress
+/// the write alone does not show. Streams that write through keep the default.
+pub(crate) trait SocketProgress {
+    fn socket_bytes(&self) -> u64 {
+        0
+    }
+}
+
+/// Writes all of `out` and flushes it. Fails with `TimedOut` once the socket has taken none of
 /// it for `limit` (`None`: waits for ever). The clock starts only when the stream first makes
 /// the write wait, so output the socket takes at once, the usual case, arms no timer.
-pub(crate) fn send_all<'a, W: AsyncWrite + Unpin>(
+pub(crate) fn send_all<'a, W: AsyncWrite + SocketProgress + Unpin>(
     stream: &'a mut W,
     out: &'a [u8],
     limit: Option<Duration>,
@@ -27,6 +36,7 @@ pub(crate) fn send_all<'a, W: AsyncWrite + Unpin>(
         written: 0,
         stall: None,
         progressed: false,
+        socket_bytes: 0,
     }
 }
 
@@ -39,9 +49,11 @@ pub(crate) struct SendAll<'a, W> {
     /// Made on the first wait and moved on after each write that made progress.
     stall: Option<Pin<Box<Sleep>>>,
     progressed: bool,
+    /// [`SocketProgress::socket_bytes`] when the stall was last timed.
+    socket_bytes: u64,
 }
 
-impl<W: AsyncWrite + Unpin> Future for SendAll<'_, W> {
+impl<W: AsyncWrite + SocketProgress + Unpin> Future for SendAll<'_, W> {
     type Output = io::Result<()>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -68,18 +80,25 @@ impl<W: AsyncWrite + Unpin> Future for SendAll<'_, W> {
     }
 }
 
-impl<W> SendAll<'_, W> {
-    /// The stream made the write wait: times the stall, from now if the last attempt moved.
+impl<W: SocketProgress> SendAll<'_, W> {
+    /// The stream made the write wait: times the stall, from now if anything moved since it
+    /// was last timed.
     fn wait(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let Some(limit) = self.limit else {
             return Poll::Pending;
         };
-        let timer = self
-            .stall
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-        if std::mem::take(&mut self.progressed) {
-            timer.as_mut().reset(Instant::now() + limit);
-        }
+        let socket_bytes = self.stream.socket_bytes();
+        let moved = std::mem::take(&mut self.progressed) || socket_bytes != self.socket_bytes;
+        self.socket_bytes = socket_bytes;
+        let timer = match &mut self.stall {
+            Some(timer) => {
+                if moved {
+                    timer.as_mut().reset(Instant::now() + limit);
+                }
+                timer
+            }
+            None => self.stall.insert(Box::pin(tokio::time::sleep(limit))),
+        };
         match timer.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(io::ErrorKind::TimedOut.into())),
             Poll::Pending => Poll::Pending,
@@ -89,24 +108,65 @@ impl<W> SendAll<'_, W> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use futures_util::task::AtomicWaker;
+
     use super::*;
 
-    /// A writer that takes `accept` bytes and then waits for ever.
-    struct Stuck {
-        accept: usize,
-        taken: usize,
+    /// A socket that takes what it is allowed: `allowed` grows from outside, waking it.
+    #[derive(Clone, Default)]
+    struct Allowance {
+        bytes: Arc<AtomicUsize>,
+        waker: Arc<AtomicWaker>,
     }
 
-    impl AsyncWrite for Stuck {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            data: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            let n = data.len().min(self.accept - self.taken);
+    impl Allowance {
+        fn grant(&self, n: usize) {
+            self.bytes.fetch_add(n, Ordering::SeqCst);
+            self.waker.wake();
+        }
+
+        /// Grants `n` bytes every `every`, `times` times, from a task of its own.
+        fn trickle(&self, n: usize, every: Duration, times: usize) {
+            let allowance = self.clone();
+            tokio::spawn(async move {
+                for _ in 0..times {
+                    tokio::time::sleep(every).await;
+                    allowance.grant(n);
+                }
+            });
+        }
+
+        /// Up to `want` of the bytes granted beyond `taken`; pending (woken by a grant) if none.
+        fn take(&self, cx: &mut Context<'_>, taken: usize, want: usize) -> Poll<usize> {
+            self.waker.register(cx.waker());
+            let n = want.min(self.bytes.load(Ordering::SeqCst) - taken);
             if n == 0 {
                 return Poll::Pending;
             }
+            Poll::Ready(n)
+        }
+    }
+
+    /// Writes through to a socket with an allowance, as TCP does.
+    struct Socket {
+        allowance: Allowance,
+        taken: usize,
+    }
+
+    impl SocketProgress for Socket {}
+
+    impl AsyncWrite for Socket {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let Poll::Ready(n) = self.allowance.take(cx, self.taken, data.len()) else {
+                return Poll::Pending;
+            };
             self.taken += n;
             Poll::Ready(Ok(n))
         }
@@ -120,44 +180,124 @@ mod tests {
         }
     }
 
+    /// Takes every write whole into a buffer of its own and hands it to a socket with an
+    /// allowance while flushing, as the WebSocket stream does.
+    struct Buffering {
+        allowance: Allowance,
+        buffered: usize,
+        sent: usize,
+    }
+
+    impl SocketProgress for Buffering {
+        fn socket_bytes(&self) -> u64 {
+            self.sent as u64
+        }
+    }
+
+    impl AsyncWrite for Buffering {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.buffered += data.len();
+            Poll::Ready(Ok(data.len()))
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            while self.sent < self.buffered {
+                let want = self.buffered - self.sent;
+                let Poll::Ready(n) = self.allowance.take(cx, self.sent, want) else {
+                    return Poll::Pending;
+                };
+                self.sent += n;
+            }
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    const LIMIT: Duration = Duration::from_millis(200);
+
     #[tokio::test]
-    async fn output_the_stream_takes_is_written_whole() {
-        let mut w = Stuck {
-            accept: 10,
+    async fn output_the_socket_takes_at_once_is_written_whole() {
+        let allowance = Allowance::default();
+        allowance.grant(10);
+        let mut socket = Socket {
+            allowance,
             taken: 0,
         };
-        send_all(&mut w, b"0123456789", Some(Duration::from_secs(1)))
+        send_all(&mut socket, b"0123456789", Some(LIMIT))
             .await
             .expect("written");
-        assert_eq!(w.taken, 10);
+        assert_eq!(socket.taken, 10);
     }
 
     #[tokio::test]
-    async fn a_stream_that_takes_nothing_more_times_out_after_the_limit() {
-        let mut w = Stuck {
-            accept: 4,
+    async fn a_socket_that_takes_nothing_more_times_out_after_the_limit() {
+        let allowance = Allowance::default();
+        allowance.grant(4);
+        let mut socket = Socket {
+            allowance,
             taken: 0,
         };
         let started = Instant::now();
-        let err = send_all(&mut w, b"0123456789", Some(Duration::from_millis(100)))
+        let err = send_all(&mut socket, b"0123456789", Some(LIMIT))
             .await
             .expect_err("stalled");
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
-        assert_eq!(w.taken, 4);
-        assert!(started.elapsed() >= Duration::from_millis(100));
+        assert_eq!(socket.taken, 4);
+        assert!(started.elapsed() >= LIMIT);
+    }
+
+    #[tokio::test]
+    async fn a_socket_that_keeps_taking_a_little_is_written_to_the_end_past_the_limit() {
+        // Two bytes every half limit: the whole write takes two and a half limits, and no
+        // wait is longer than half of one.
+        let allowance = Allowance::default();
+        allowance.trickle(2, LIMIT / 2, 5);
+        let mut socket = Socket {
+            allowance,
+            taken: 0,
+        };
+        let started = Instant::now();
+        send_all(&mut socket, b"0123456789", Some(LIMIT))
+            .await
+            .expect("written");
+        assert_eq!(socket.taken, 10);
+        assert!(started.elapsed() > LIMIT * 2);
+    }
+
+    #[tokio::test]
+    async fn progress_while_flushing_a_buffering_stream_keeps_the_write_alive() {
+        let allowance = Allowance::default();
+        allowance.trickle(2, LIMIT / 2, 5);
+        let mut stream = Buffering {
+            allowance,
+            buffered: 0,
+            sent: 0,
+        };
+        let started = Instant::now();
+        send_all(&mut stream, b"0123456789", Some(LIMIT))
+            .await
+            .expect("written");
+        assert_eq!(stream.sent, 10);
+        assert!(started.elapsed() > LIMIT * 2);
     }
 
     #[tokio::test]
     async fn without_a_limit_a_stalled_write_keeps_waiting() {
-        let mut w = Stuck {
-            accept: 4,
+        let allowance = Allowance::default();
+        allowance.grant(4);
+        let mut socket = Socket {
+            allowance,
             taken: 0,
         };
-        let waited = tokio::time::timeout(
-            Duration::from_millis(300),
-            send_all(&mut w, b"0123456789", None),
-        )
-        .await;
+        let waited =
+            tokio::time::timeout(LIMIT * 3, send_all(&mut socket, b"0123456789", None)).await;
         assert!(waited.is_err(), "the write should still be waiting");
     }
 }
