@@ -4,6 +4,11 @@
 broker_pid=""
 port=""
 
+# With BROKER_CPUS set (a taskset list such as `0`), every broker is started on those CPUs only,
+# and sees only them: Rosetta sizes its workers and RabbitMQ its schedulers by them.
+on_broker_cpus=()
+if [[ -n ${BROKER_CPUS:-} ]]; then on_broker_cpus=(taskset -c "$BROKER_CPUS"); fi
+
 # Waits until something listens on 127.0.0.1:$1 (up to about two minutes).
 wait_for_port() {
   for _ in $(seq 600); do
@@ -28,7 +33,7 @@ start_rosetta() {
     done
     printf '[limits]\nmemory_limit = 0\n%s\n' "$extra"
   } > "$work/rosetta/broker.toml"
-  "$binary" --config "$work/rosetta/broker.toml" > "$work/rosetta/log" 2>&1 &
+  "${on_broker_cpus[@]}" "$binary" --config "$work/rosetta/broker.toml" > "$work/rosetta/log" 2>&1 &
   broker_pid=$!
   port=""
   for _ in $(seq 100); do
@@ -58,10 +63,10 @@ start_rabbitmq() {
   if [[ -n ${RABBITMQ_NOFILE:-} && -x /usr/lib/rabbitmq/bin/rabbitmq-server ]]; then
     # Debian's wrapper starts the node through `su`, which puts the open-files limit back to
     # 1024 (each connection is one); raise it again as the rabbitmq user, up to the hard limit.
-    su rabbitmq -s /bin/sh -c "ulimit -n $RABBITMQ_NOFILE; exec /usr/lib/rabbitmq/bin/rabbitmq-server" \
+    "${on_broker_cpus[@]}" su rabbitmq -s /bin/sh -c "ulimit -n $RABBITMQ_NOFILE; exec /usr/lib/rabbitmq/bin/rabbitmq-server" \
       > "$work/rabbit/out" 2>&1 &
   else
-    rabbitmq-server > "$work/rabbit/out" 2>&1 &
+    "${on_broker_cpus[@]}" rabbitmq-server > "$work/rabbit/out" 2>&1 &
   fi
   # Wait for the port rather than with rabbitmqctl, which needs the node's cookie.
   wait_for_port "$wait_port" || { cat "$work/rabbit/out" >&2; echo "RabbitMQ did not open port $wait_port" >&2; exit 1; }
@@ -86,7 +91,7 @@ listener $port 127.0.0.1
 allow_anonymous true
 log_dest stderr
 CONF
-  mosquitto -c "$work/mosquitto/mosquitto.conf" > "$work/mosquitto/log" 2>&1 &
+  "${on_broker_cpus[@]}" mosquitto -c "$work/mosquitto/mosquitto.conf" > "$work/mosquitto/log" 2>&1 &
   broker_pid=$!
   for _ in $(seq 100); do
     (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0

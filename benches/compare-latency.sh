@@ -14,7 +14,11 @@
 # -p rosetta-bench) and the Debian packages mosquitto and rabbitmq-server (which ships
 # rabbitmq_stomp). Environment knobs: RUNS (3), RATE (messages per second, 1000), DURATION
 # (seconds of traffic per run, 30), SIZE (body bytes, 16), IDLE (idle connections, 10000), HOLD
-# (seconds, 10), SCENARIOS ("mqtt amqp stomp idle"), PROFILE (release; debug to try the script).
+# (seconds, 10), SCENARIOS ("mqtt amqp stomp idle"), PROFILE (release; debug to try the script),
+# BROKER_CPUS and GENERATOR_CPUS (taskset CPU lists, unset: both share every CPU). On a small
+# machine `BROKER_CPUS=0 GENERATOR_CPUS=1` keeps the generator from preempting the broker: its
+# threads, woken by the broker's writes, are otherwise placed on the writer's CPU and run before
+# the broker finishes what it was doing, which is not what clients on other machines cost.
 set -euo pipefail
 # 10,000 idle connections need more descriptors than the usual 1024, on both sides; the
 # brokers inherit this limit. Where the hard limit is lower, take the hard limit.
@@ -30,6 +34,8 @@ hold=${HOLD:-10}
 scenarios=${SCENARIOS:-"mqtt amqp stomp idle"}
 profile=${PROFILE:-release}
 bench=$here/target/$profile/rosetta-bench
+on_generator_cpus=()
+if [[ -n ${GENERATOR_CPUS:-} ]]; then on_generator_cpus=(taskset -c "$GENERATOR_CPUS"); fi
 rosetta=$here/target/$profile/rosetta
 n=$((rate * duration))
 # RabbitMQ's ports: AMQP (also needed, unused, by the STOMP runs) and STOMP.
@@ -59,12 +65,12 @@ start_rabbitmq_stomp() {
 run() { # protocol broker scenario args...
   local protocol=$1 broker=$2 scenario=$3; shift 3
   "start_${broker}_${protocol}"
-  "$bench" "$@" "${target[@]}" --label "$scenario/$broker" --broker-pid "$broker_pid" | tee -a "$out"
+  "${on_generator_cpus[@]}" "$bench" "$@" "${target[@]}" --label "$scenario/$broker" --broker-pid "$broker_pid" | tee -a "$out"
   stop_broker
 }
 
 # How busy the machine was, for the record: the numbers mean little if something else ran.
-echo "start: $(uptime)" >&2
+echo "start: $(uptime); broker CPUs: ${BROKER_CPUS:-all}, generator CPUs: ${GENERATOR_CPUS:-all}" >&2
 for _ in $(seq "$runs"); do
   for s in $scenarios; do
     case $s in
