@@ -41,32 +41,10 @@ fn a_prefetch_zero_consumer_that_stops_reading_holds_its_backlog_on_disk_not_in_
     run(async {
         let queue = "slow.backlog";
         let client = connect(&broker).await;
-        let channel = client.confirm_channel().await;
-        declare(
-            &channel,
-            queue,
-            QueueDeclareOptions::durable(),
-            FieldTable::default(),
-        )
-        .await;
-        publish_backlog(&channel, queue, 0..COUNT, SIZE).await;
+        durable_backlog(&client, queue, COUNT).await;
         let baseline = rss_bytes(pid);
 
-        let mut raw = RawConnection::connect(broker.amqp_addr()).expect("connect");
-        raw.handshake().expect("handshake");
-        raw.open_channel(1).expect("channel.open");
-        let consume = Args::new()
-            .u16(0)
-            .shortstr(queue)
-            .shortstr("slow")
-            // no-local, no-ack, exclusive, no-wait: an acknowledging consumer, and no basic.qos
-            // before it, so its prefetch is 0 (unlimited).
-            .bits(&[false, false, false, false])
-            .table(&Vec::new());
-        raw.send_method(1, BASIC_CONSUME, consume)
-            .expect("basic.consume");
-        raw.expect_method(BASIC_CONSUME_OK, WAIT)
-            .expect("basic.consume-ok");
+        let mut raw = raw_consumer(&broker, queue);
         // From here on the client reads nothing.
 
         assert!(
@@ -127,15 +105,30 @@ fn a_prefetch_zero_consumer_that_stops_reading_holds_its_backlog_on_disk_not_in_
     });
 }
 
-/// A consumer that takes deliveries (prefetch 0) and never reads again.
-fn stalled_consumer(broker: &Broker, queue: &str) -> RawConnection {
+/// A durable queue holding `count` persistent messages of [`SIZE`] bytes.
+async fn durable_backlog(client: &Client, queue: &str, count: usize) {
+    let channel = client.confirm_channel().await;
+    declare(
+        &channel,
+        queue,
+        QueueDeclareOptions::durable(),
+        FieldTable::default(),
+    )
+    .await;
+    publish_backlog(&channel, queue, 0..count, SIZE).await;
+}
+
+/// An acknowledging consumer on a raw connection, which reads only what the test reads.
+fn raw_consumer(broker: &Broker, queue: &str) -> RawConnection {
     let mut raw = RawConnection::connect(broker.amqp_addr()).expect("connect");
     raw.handshake().expect("handshake");
     raw.open_channel(1).expect("channel.open");
     let consume = Args::new()
         .u16(0)
         .shortstr(queue)
-        .shortstr("stalled")
+        .shortstr("slow")
+        // no-local, no-ack, exclusive, no-wait: an acknowledging consumer, and no basic.qos
+        // before it, so its prefetch is 0 (unlimited).
         .bits(&[false, false, false, false])
         .table(&Vec::new());
     raw.send_method(1, BASIC_CONSUME, consume)
@@ -152,20 +145,12 @@ fn a_consumer_whose_socket_takes_nothing_for_the_send_timeout_is_closed_and_its_
     run(async {
         let queue = "slow.stalled";
         let client = connect(&broker).await;
-        let channel = client.confirm_channel().await;
-        declare(
-            &channel,
-            queue,
-            QueueDeclareOptions::durable(),
-            FieldTable::default(),
-        )
-        .await;
-        publish_backlog(&channel, queue, 0..STALL_COUNT, SIZE).await;
+        durable_backlog(&client, queue, STALL_COUNT).await;
 
         // Held open, and never read, until the end of the test. The log line below says the
         // broker's writes to it filled its socket; the messages are not counted out of the
         // queue first, as they may be back within a second.
-        let _stalled = stalled_consumer(&broker, queue);
+        let _stalled = raw_consumer(&broker, queue);
         assert!(
             broker.wait_for_log("within the send timeout", WAIT),
             "the broker closes the stalled connection, and says why: {}",
@@ -190,16 +175,8 @@ fn a_consumer_that_reads_slowly_is_not_closed_by_the_send_timeout() {
     run(async {
         let queue = "slow.reader";
         let client = connect(&broker).await;
-        let channel = client.confirm_channel().await;
-        declare(
-            &channel,
-            queue,
-            QueueDeclareOptions::durable(),
-            FieldTable::default(),
-        )
-        .await;
-        publish_backlog(&channel, queue, 0..STALL_COUNT, SIZE).await;
-        let mut raw = stalled_consumer(&broker, queue);
+        durable_backlog(&client, queue, STALL_COUNT).await;
+        let mut raw = raw_consumer(&broker, queue);
         // Reads a delivery every 10 ms, for two and a half send timeouts or until the queue is
         // empty (four seconds at that pace). TCP reports the broker's socket writable again
         // only once the client has taken a good part of the buffered bytes, so a reader slower

@@ -253,39 +253,41 @@ mod tests {
         assert!(started.elapsed() >= LIMIT);
     }
 
-    #[tokio::test]
-    async fn a_socket_that_keeps_taking_a_little_is_written_to_the_end_past_the_limit() {
-        // Two bytes every half limit: the whole write takes two and a half limits, and no
-        // wait is longer than half of one.
+    /// Sends ten bytes to `stream`, whose socket takes two every half limit: the whole write
+    /// takes two and a half limits, and no wait is longer than half of one.
+    async fn send_through_a_trickle<W: AsyncWrite + SocketProgress + Unpin>(
+        make: impl FnOnce(Allowance) -> W,
+    ) -> W {
         let allowance = Allowance::default();
         allowance.trickle(2, LIMIT / 2, 5);
-        let mut socket = Socket {
-            allowance,
-            taken: 0,
-        };
-        let started = Instant::now();
-        send_all(&mut socket, b"0123456789", Some(LIMIT))
-            .await
-            .expect("written");
-        assert_eq!(socket.taken, 10);
-        assert!(started.elapsed() > LIMIT * 2);
-    }
-
-    #[tokio::test]
-    async fn progress_while_flushing_a_buffering_stream_keeps_the_write_alive() {
-        let allowance = Allowance::default();
-        allowance.trickle(2, LIMIT / 2, 5);
-        let mut stream = Buffering {
-            allowance,
-            buffered: 0,
-            sent: 0,
-        };
+        let mut stream = make(allowance);
         let started = Instant::now();
         send_all(&mut stream, b"0123456789", Some(LIMIT))
             .await
             .expect("written");
-        assert_eq!(stream.sent, 10);
         assert!(started.elapsed() > LIMIT * 2);
+        stream
+    }
+
+    #[tokio::test]
+    async fn a_socket_that_keeps_taking_a_little_is_written_to_the_end_past_the_limit() {
+        let socket = send_through_a_trickle(|allowance| Socket {
+            allowance,
+            taken: 0,
+        })
+        .await;
+        assert_eq!(socket.taken, 10);
+    }
+
+    #[tokio::test]
+    async fn progress_while_flushing_a_buffering_stream_keeps_the_write_alive() {
+        let stream = send_through_a_trickle(|allowance| Buffering {
+            allowance,
+            buffered: 0,
+            sent: 0,
+        })
+        .await;
+        assert_eq!(stream.sent, 10);
     }
 
     #[tokio::test]
