@@ -124,15 +124,14 @@ fn user_properties(list: &[UserProperty]) -> Vec<(String, String)> {
 }
 
 impl AppMessage {
-    /// From a PUBLISH whose topic (possibly given by alias) is `topic`. The payload is moved,
-    /// not shared: sharing a buffer the decoder made costs an allocation.
-    pub fn from_publish(p: Publish, topic: String, now_ms: u64) -> Self {
+    /// From a PUBLISH whose topic (possibly given by alias) is `topic`.
+    pub fn from_publish(p: &Publish, topic: String, now_ms: u64) -> Self {
         let pp = &p.properties;
         AppMessage {
             topic,
             qos: p.qos_pid.qos(),
             retain: p.retain,
-            payload: p.payload,
+            payload: p.payload.clone(),
             props: AppProperties {
                 payload_utf8: pp.payload_is_utf8,
                 expires_at_ms: expires_at(pp.message_expiry_interval, now_ms),
@@ -150,17 +149,6 @@ impl AppMessage {
 
     /// The core message published to `amq.topic`. `publisher` stamps the client id for No Local.
     pub fn to_core(&self, publisher: Option<&str>, now_ms: u64) -> Message {
-        self.core_message(self.payload.clone(), publisher, now_ms)
-    }
-
-    /// [`AppMessage::to_core`] for a message that is not needed after: its payload moves into
-    /// the core message, rather than being shared with a copy that is about to be dropped.
-    pub fn into_core(mut self, publisher: Option<&str>, now_ms: u64) -> Message {
-        let payload = std::mem::take(&mut self.payload);
-        self.core_message(payload, publisher, now_ms)
-    }
-
-    fn core_message(&self, payload: Bytes, publisher: Option<&str>, now_ms: u64) -> Message {
         let mut headers = Table::new();
         for (name, value) in &self.props.user_properties {
             let value = Value::Str(value.clone());
@@ -207,7 +195,12 @@ impl AppMessage {
             timestamp: ttl.map(|_| now_ms / 1000),
             ..Properties::default()
         };
-        Message::new(AMQ_TOPIC, topic_to_key(&self.topic), properties, payload)
+        Message::new(
+            AMQ_TOPIC,
+            topic_to_key(&self.topic),
+            properties,
+            self.payload.clone(),
+        )
     }
 
     /// The message as MQTT sees a core message, whichever protocol published it. Its topic is

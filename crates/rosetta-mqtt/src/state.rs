@@ -394,16 +394,16 @@ impl MqttState {
     /// through `amq.topic`. Returns the outcome and the store write to wait for, if any.
     pub(crate) fn publish(
         &self,
-        message: AppMessage,
+        message: &AppMessage,
         publisher: Option<&str>,
         now: u64,
     ) -> Result<(PublishOutcome, Option<Epoch>), MqttError> {
         let retained = if message.retain {
-            self.retained.set(&message)?
+            self.retained.set(message)?
         } else {
             None
         };
-        let outcome = self.vhost.publish(message.into_core(publisher, now))?;
+        let outcome = self.vhost.publish(message.to_core(publisher, now))?;
         if let Some(epoch) = retained {
             self.store().request_sync(epoch);
         }
@@ -419,7 +419,7 @@ impl MqttState {
         if message.is_expired(now) {
             return;
         }
-        match self.publish(message.clone(), None, now) {
+        match self.publish(message, None, now) {
             Ok(_) => tracing::info!(client_id, topic = %message.topic, "will message published"),
             Err(e) => tracing::warn!(client_id, error = %e, "will message could not be published"),
         }

@@ -129,13 +129,12 @@ impl Inner {
             }
         }
         let now = now_ms();
-        let qos_pid = p.qos_pid;
-        let message = AppMessage::from_publish(p, topic, now);
+        let message = AppMessage::from_publish(&p, topic, now);
         let publisher = self.stamp_client_id.then_some(self.client_id.as_str());
-        let (outcome, epoch) = self.state.publish(message, publisher, now)?;
+        let (outcome, epoch) = self.state.publish(&message, publisher, now)?;
         self.alarm.published();
         let epoch = epoch.unwrap_or(0);
-        match qos_pid {
+        match p.qos_pid {
             QosPid::Level0 => {}
             QosPid::Level1(pid) => {
                 self.acks

@@ -35,8 +35,7 @@ pub(crate) fn send_all<'a, W: AsyncWrite + SocketProgress + Unpin>(
         limit,
         written: 0,
         stall: None,
-        progressed: false,
-        socket_bytes: 0,
+        timed_at: 0,
     }
 }
 
@@ -46,11 +45,11 @@ pub(crate) struct SendAll<'a, W> {
     out: &'a [u8],
     limit: Option<Duration>,
     written: usize,
-    /// Made on the first wait and moved on after each write that made progress.
+    /// Made on the first wait and moved on after each wait that follows progress.
     stall: Option<Pin<Box<Sleep>>>,
-    progressed: bool,
-    /// [`SocketProgress::socket_bytes`] when the stall was last timed.
-    socket_bytes: u64,
+    /// How far the write had got (its own bytes plus the socket's) when the stall was last
+    /// timed.
+    timed_at: u64,
 }
 
 impl<W: AsyncWrite + SocketProgress + Unpin> Future for SendAll<'_, W> {
@@ -69,10 +68,7 @@ impl<W: AsyncWrite + SocketProgress + Unpin> Future for SendAll<'_, W> {
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()))
                 }
                 Poll::Ready(Ok(0)) => return Poll::Ready(Ok(())),
-                Poll::Ready(Ok(n)) => {
-                    this.written += n;
-                    this.progressed = true;
-                }
+                Poll::Ready(Ok(n)) => this.written += n,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return this.wait(cx),
             }
@@ -87,9 +83,8 @@ impl<W: SocketProgress> SendAll<'_, W> {
         let Some(limit) = self.limit else {
             return Poll::Pending;
         };
-        let socket_bytes = self.stream.socket_bytes();
-        let moved = std::mem::take(&mut self.progressed) || socket_bytes != self.socket_bytes;
-        self.socket_bytes = socket_bytes;
+        let reached = self.written as u64 + self.stream.socket_bytes();
+        let moved = std::mem::replace(&mut self.timed_at, reached) != reached;
         let timer = match &mut self.stall {
             Some(timer) => {
                 if moved {
