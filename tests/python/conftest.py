@@ -210,6 +210,18 @@ class Broker:
         with self._lock:
             return "\n".join(self.lines)
 
+    def wait_for_log(self, text: str, timeout: float = 10.0) -> bool:
+        """Whether `text` shows up in the log within `timeout` seconds: lines reach the log
+        through a reader thread, so a line the broker has written may not be there yet."""
+        deadline = time.monotonic() + timeout
+        with self._found:
+            while not any(text in line for line in self.lines):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._found.wait(left)
+            return True
+
     def kill9(self):
         """SIGKILL, as in a crash, and wait for the process to go."""
         if self.process and self.process.poll() is None:

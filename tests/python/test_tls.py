@@ -198,7 +198,7 @@ def test_pika_logs_in_with_external_credentials_as_the_certificate_cn(make_broke
         assert body == b"by certificate"
     finally:
         connection.close()
-    assert 'user=app-1 vhost="/" protocol="amqp"' in broker.log()
+    assert broker.wait_for_log('user=app-1 vhost="/" protocol="amqp"'), broker.log()
     # Without a certificate EXTERNAL is not offered, and pika gives up.
     params = pika_params(broker, client_context(pki))
     params.credentials = pika.credentials.ExternalCredentials()
@@ -238,7 +238,7 @@ def test_paho_mqtt_logs_in_by_certificate_with_ssl_cert_login(make_broker, pki, 
     finally:
         client.disconnect()
         client.loop_stop()
-    assert 'user="app-1" protocol="mqtt"' in broker.log()
+    assert broker.wait_for_log('user="app-1" protocol="mqtt"'), broker.log()
     # No certificate, no credentials: refused (there is no guest to fall back on).
     client, rc, _ = connect(with_certificate=False)
     client.loop_stop()
