@@ -55,10 +55,10 @@ for _ in $(seq "$runs"); do
       --port "$port" --label "mqtt/$b" --broker-pid "$broker_pid" > "$work/run.json"
     kill -INT "$perf_pid"; wait "$perf_pid" || true
     perf_pid=""
-    python3 "$here/benches/cpu_split.py" split "$work/perf.data" "$work/run.json" | tee -a "$out"
+    python3 "$here/benches/cpu_split.py" "$work/perf.data" "$work/run.json" | tee -a "$out"
     stop_broker
   done
 done
 echo "end: $(uptime)" >&2
 
-python3 "$here/benches/cpu_split.py" medians "$out"
+python3 "$here/benches/medians.py" cpu-split "$out"

@@ -1,9 +1,8 @@
 #!/usr/bin/env python3
 """Sorts a broker's CPU samples by where they landed, per message (benches/cpu-split.sh).
 
-    benches/cpu_split.py split perf.data run.json   one JSON line: the run's report plus
-                                                    `split_us_per_msg`
-    benches/cpu_split.py medians results.jsonl      the median of each part per broker
+    benches/cpu_split.py perf.data run.json   prints one JSON line: the run's report plus
+                                              `split_us_per_msg` (medians: `medians.py cpu-split`)
 
 The parts: `kernel` (samples in kernel mode), `c_libraries` (the C library, the vDSO's clock
 and any other shared C library the broker loads), `runtime` (tokio, mio and the lock and waker
@@ -14,7 +13,6 @@ codec crates). A sample of the cpu-clock event is one period of CPU time in nano
 
 import json
 import re
-import statistics
 import subprocess
 import sys
 
@@ -56,31 +54,7 @@ def split(perf_data, run_json):
     print(json.dumps(run))
 
 
-def medians(results):
-    runs = {}
-    with open(results) as f:
-        for line in f:
-            try:
-                r = json.loads(line)
-            except ValueError:
-                continue
-            if "split_us_per_msg" in r:
-                runs.setdefault(r["label"], []).append(r)
-    cols = ("p50 µs", "p99 µs") + PARTS + ("total", "runs")
-    print("| broker | " + " | ".join(cols) + " |")
-    print("|---|" + "---:|" * len(cols))
-    for label, rs in runs.items():
-        med = lambda pick: statistics.median(pick(r) for r in rs)
-        row = [f"{med(lambda r: r['latency_us']['p50']):.0f}", f"{med(lambda r: r['latency_us']['p99']):.0f}"]
-        row += [f"{med(lambda r, k=k: r['split_us_per_msg'][k]):.1f}" for k in PARTS + ("total",)]
-        row.append(str(len(rs)))
-        print(f"| {label} | " + " | ".join(row) + " |")
-
-
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "split":
-        split(sys.argv[2], sys.argv[3])
-    elif len(sys.argv) == 3 and sys.argv[1] == "medians":
-        medians(sys.argv[2])
-    else:
+    if len(sys.argv) != 3:
         sys.exit(__doc__)
+    split(sys.argv[1], sys.argv[2])

@@ -6,7 +6,7 @@ scenario), each number the median over the label's runs, losses and duplicates s
 
 REPORT names the script whose results these are: amqp (compare.sh), mqtt (compare-mqtt.sh),
 stomp (compare-stomp.sh), latency (compare-latency.sh), many-subscribers
-(compare-many-subscribers.sh). Lines of the results file that are not JSON objects are skipped.
+(compare-many-subscribers.sh), cpu-split (cpu-split.sh). Lines of the results file that are not JSON objects are skipped.
 """
 
 import json
@@ -55,6 +55,11 @@ def lat_ms(k):
 def mib(k):
     """The median of a byte count, in MiB."""
     return lambda rs: median(rs, key(k)) / MIB
+
+
+def split(k):
+    """One part of a run's sampled CPU per message (benches/cpu_split.py)."""
+    return lambda rs: median(rs, lambda r: (r.get("split_us_per_msg") or {}).get(k))
 
 
 def total(k):
@@ -159,6 +164,18 @@ REPORTS = {
             ("hold s", 6, ".1f", field("hold_s")),
             ("cpu % of a core", 15, ".2f", field("broker_idle_cpu_percent")),
             ("cpu % each run", 22, "", each(key("broker_idle_cpu_percent"), missing="-")),
+        ]),
+    ],
+    "cpu-split": [
+        ("scenario/broker", 20, None, [
+            ("runs", 4, "", runs),
+            ("p50 us", 7, ".0f", lat("p50")),
+            ("p99 us", 7, ".0f", lat("p99")),
+            ("kernel", 7, ".1f", split("kernel")),
+            ("C libs", 7, ".1f", split("c_libraries")),
+            ("runtime", 7, ".1f", split("runtime")),
+            ("broker", 7, ".1f", split("broker")),
+            ("total", 7, ".1f", split("total")),
         ]),
     ],
     "many-subscribers": [
