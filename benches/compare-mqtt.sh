@@ -8,7 +8,9 @@
 # Needs: a release build (cargo build --release -p rosetta -p rosetta-bench) and the Debian
 # package mosquitto. Environment knobs: RUNS (3), N (messages per throughput run, 500000),
 # FANOUT_N (messages per fan-out run, 20000), IDLE (idle connections, 10000),
-# BROKERS ("rosetta mosquitto"), SCENARIOS (all), PROFILE (release; debug to try the script).
+# BROKERS ("rosetta mosquitto"; an entry NAME=PATH measures the Rosetta binary at PATH under the
+# label NAME, to compare two builds in one run), SCENARIOS (all), PROFILE (release; debug to try
+# the script).
 set -euo pipefail
 # 10,000 idle connections need more descriptors than the usual 1024, on both sides; the
 # brokers inherit this limit. Where the hard limit is lower, take the hard limit.
@@ -37,7 +39,10 @@ start_mosquitto_mqtt() { start_mosquitto; }
 
 run() { # broker scenario args...
   local broker=$1 scenario=$2; shift 2
-  "start_${broker}_mqtt"
+  case $broker in
+    *=*) start_rosetta "${broker#*=}" mqtt "max_connections = 0"; broker=${broker%%=*} ;;
+    *) "start_${broker}_mqtt" ;;
+  esac
   "$bench" "$@" --port "$port" --username guest --password guest --label "$broker/$scenario" --broker-pid "$broker_pid" | tee -a "$out"
   stop_broker
 }

@@ -75,9 +75,10 @@ async fn collect(client: &mut V4, wanted: &[&str]) -> HashMap<String, (String, b
 
 /// Mosquitto always delivers it: one thread goes through its ready sockets in the order their
 /// data arrived. Rosetta handles connections in parallel, and the runtime may run B's task
-/// first, so MQTT input is taken up in the order the reactor woke the connections
-/// (crates/rosetta-server/src/connection/input_order.rs): B's PUBLISH waits until A's
-/// SUBSCRIBE, woken earlier, is in place. It never had to wait so long that it gave up.
+/// first, so MQTT input is taken up in the order the reactor woke the connections and the
+/// kernel holds it (crates/rosetta-server/src/connection/input_order.rs): B's PUBLISH waits
+/// until A's SUBSCRIBE, woken earlier or still unread in A's socket, is in place. It never had
+/// to wait so long that it gave up.
 #[test]
 fn publishes_read_together_with_a_subscribe_reach_it() {
     let broker = broker_with_http("");

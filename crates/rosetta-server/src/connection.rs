@@ -177,6 +177,7 @@ pub(crate) async fn drive<S: Session, T: Transport>(
     // The connection's place in the broker-wide order of input, for protocols that keep one.
     let turn = S::ORDERS_INPUT.then(|| {
         let turn = Turn::new(state.input_order.clone());
+        turn.watch(stream.socket());
         let waker = Waker::from(turn.clone());
         (turn, waker)
     });
@@ -192,7 +193,7 @@ pub(crate) async fn drive<S: Session, T: Transport>(
         let mut refused = 0;
         loop {
             let keep = tokio::select! {
-                read = input_order::listen(listening, stream.read_some(&mut input)), if !session.reading_paused() => match read {
+                read = input_order::listen(listening, &mut stream, &mut input), if !session.reading_paused() => match read {
                     Ok(0) | Err(_) => {
                         peer_gone = true;
                         break;
@@ -346,7 +347,7 @@ pub(crate) async fn drive<S: Session, T: Transport>(
         tracing::error!(%peer, protocol = S::PROTOCOL, panic, "connection task panicked; closing the connection");
     }
     if let Some((turn, _)) = listening {
-        turn.leave();
+        turn.leave(stream.socket());
     }
     // On TLS and WebSocket the goodbye is more output to write, which a client that stopped
     // reading would hold up for ever, and one that stalled already holds up.
@@ -429,7 +430,9 @@ async fn handle_read<S: Session>(
         Some((turn, waker)) => {
             let ticket = turn.take();
             turn.rearm(socket, waker);
-            handle_input_in_turn(ticket, session, input, refused).await
+            let keep = handle_input_in_turn(ticket, session, input, refused).await;
+            turn.follow(socket);
+            keep
         }
         None => handle_input(session, input, refused),
     }

@@ -20,16 +20,35 @@
 //! Only publishing input that shares a moment with a subscriber's input ever waits, and only
 //! for input already woken; every release wakes the waiters. A ticket that is never released
 //! (a bug, or a task stalled elsewhere) holds others back for at most [`MAX_WAIT`].
+//!
+//! Wake-ups alone leave gaps: the reactor hands out one batch of readiness events in turn, and
+//! a publisher woken early in a batch can be read and routed on the other worker before a
+//! subscriber woken later in the same batch (whose data may have come first) takes its ticket.
+//! So the kernel is asked as well: every connection a publisher would wait for has its socket
+//! in a level-triggered epoll set of its own ([`UnreadInput`]), and publishing input, before it
+//! waits, gives a firm ticket to each of them with unread input ([`InputOrder::claim_unread`]).
+//! A firm ticket is given back only once input was read, not when a read finds nothing (the
+//! reactor may not have reported the data yet). Input between the kernel and a ticket is
+//! covered by a ticket taken before each read of such a connection ([`listen`]).
 
 use std::future::{poll_fn, Future};
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::OwnedFd;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
+use bytes::BytesMut;
+use dashmap::DashMap;
 use prometheus::IntCounter;
+use rustix::event::{epoll, Timespec};
+use rustix::net::{recv, RecvFlags};
 use tokio::net::TcpStream;
+
+use super::Transport;
 
 #[cfg(test)]
 #[path = "input_order_tests.rs"]
@@ -42,6 +61,26 @@ const SLOTS: usize = 1 << 16;
 /// for a busy machine to get round to the tasks holding them, short enough that a ticket
 /// lost to a bug costs one hiccup.
 pub(crate) const MAX_WAIT: Duration = Duration::from_millis(100);
+/// Marks a ticket in [`Turn::ticket`] as firm: the kernel held unread input for it, so a read
+/// that finds nothing (the reactor has not reported the input yet) does not give it back.
+const FIRM: u64 = 1 << 63;
+/// Connections with unread input one look at the kernel claims at most. More at once (a flood
+/// of subscribers' input, or clients that stopped reading their sockets but keep writing) are
+/// left to their wake-ups; the level-triggered set reports the rest first on the next look.
+const CLAIM_BATCH: usize = 64;
+
+/// The sockets of connections that publishing input waits for, in a level-triggered epoll set
+/// of their own: one non-blocking look tells which of them hold input not read yet, however
+/// far the reactor has got in reporting it.
+struct UnreadInput {
+    epoll: OwnedFd,
+    /// The [`Turn`] of each socket in the set, by the number its events carry.
+    turns: DashMap<u64, Weak<Turn>>,
+    ids: AtomicU64,
+    /// Counts the looks at the set, so that a claim can tell whether the connection read
+    /// since the look began ([`Turn::last_read`]).
+    looks: AtomicU64,
+}
 
 /// The broker-wide ticket counter and the mark below which every ticket is released.
 pub(crate) struct InputOrder {
@@ -66,6 +105,8 @@ pub(crate) struct InputOrder {
     /// Counts the waits that ended at [`MAX_WAIT`]: operators see how often the order was
     /// given up (`rosetta_mqtt_input_order_timeouts_total`).
     timeouts: IntCounter,
+    /// None when the kernel gave no epoll set: the order then rests on wake-ups alone.
+    unread: Option<UnreadInput>,
 }
 
 #[cfg(test)]
@@ -86,6 +127,48 @@ impl InputOrder {
             waiters: Mutex::new(Vec::new()),
             waiting: AtomicUsize::new(0),
             timeouts,
+            unread: match epoll::create(epoll::CreateFlags::CLOEXEC) {
+                Ok(epoll) => Some(UnreadInput {
+                    epoll,
+                    turns: DashMap::new(),
+                    ids: AtomicU64::new(1),
+                    looks: AtomicU64::new(1),
+                }),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no epoll set for the MQTT input order; it rests on wake-ups alone");
+                    None
+                }
+            },
+        }
+    }
+
+    /// Gives a firm ticket to every watched connection but `me` whose socket holds unread
+    /// input: input that arrived before now, perhaps before the input `me` just read, whose
+    /// wake-up the reactor may not have handed out yet.
+    fn claim_unread(&self, me: &Turn) {
+        let Some(unread) = &self.unread else {
+            return;
+        };
+        let look = unread.looks.fetch_add(1, SeqCst) + 1;
+        let mut events = [MaybeUninit::<epoll::Event>::uninit(); CLAIM_BATCH];
+        let now = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let Ok((ready, _)) = epoll::wait(&unread.epoll, &mut events, Some(&now)) else {
+            return;
+        };
+        let mine = me.id.load(SeqCst);
+        for event in ready.iter() {
+            let data = event.data;
+            let id = data.u64();
+            if id == mine {
+                continue;
+            }
+            let turn = unread.turns.get(&id).and_then(|turn| turn.upgrade());
+            if let Some(turn) = turn {
+                turn.claim(look);
+            }
         }
     }
 
@@ -103,6 +186,12 @@ impl InputOrder {
             self.publishing[slot(t)].store(t, SeqCst);
         }
         t
+    }
+
+    /// Ticket `t` is neither busy nor a publisher's.
+    fn unmark(&self, t: u64) {
+        let _ = self.busy[slot(t)].compare_exchange(t, 0, SeqCst, SeqCst);
+        let _ = self.publishing[slot(t)].compare_exchange(t, 0, SeqCst, SeqCst);
     }
 
     /// Ticket `t`'s input no longer holds anyone back. Sequentially consistent throughout: two
@@ -224,6 +313,12 @@ pub(crate) struct Turn {
     /// subscribes (or has sent nothing yet) is waited for.
     publishing: AtomicBool,
     task: Mutex<Option<Waker>>,
+    /// The number of the socket's entry in [`UnreadInput`]; 0 while it has none.
+    id: AtomicU64,
+    /// Whether the entry reports input ([`Turn::follow`]).
+    watched: AtomicBool,
+    /// The look at the [`UnreadInput`] set that was last begun when the connection last read.
+    last_read: AtomicU64,
 }
 
 impl Turn {
@@ -235,15 +330,111 @@ impl Turn {
             busy: AtomicBool::new(false),
             publishing: AtomicBool::new(false),
             task: Mutex::new(None),
+            id: AtomicU64::new(0),
+            watched: AtomicBool::new(false),
+            last_read: AtomicU64::new(0),
         })
+    }
+
+    /// Puts the connection's socket in the [`UnreadInput`] set, so that publishing input sees
+    /// its unread input. Without it (the kernel refused), the order rests on wake-ups.
+    pub(crate) fn watch(self: &Arc<Self>, socket: &TcpStream) {
+        let Some(unread) = &self.order.unread else {
+            return;
+        };
+        let id = unread.ids.fetch_add(1, SeqCst);
+        unread.turns.insert(id, Arc::downgrade(self));
+        let data = epoll::EventData::new_u64(id);
+        match epoll::add(&unread.epoll, socket, data, epoll::EventFlags::IN) {
+            Ok(()) => {
+                self.id.store(id, SeqCst);
+                self.watched.store(true, SeqCst);
+            }
+            Err(e) => {
+                unread.turns.remove(&id);
+                tracing::debug!(error = %e, "socket not watched for the MQTT input order");
+            }
+        }
+    }
+
+    /// Keeps the socket's entry reporting input only while the connection is one publishers
+    /// wait for (not a publisher), so a look at the kernel does not go through the sockets of
+    /// busy publishers. Only the connection's own task calls it, after each read.
+    pub(crate) fn follow(&self, socket: &TcpStream) {
+        let wanted = !self.publishing.load(SeqCst);
+        let id = self.id.load(SeqCst);
+        if id == 0 || self.watched.load(SeqCst) == wanted {
+            return;
+        }
+        let Some(unread) = &self.order.unread else {
+            return;
+        };
+        let flags = if wanted {
+            epoll::EventFlags::IN
+        } else {
+            epoll::EventFlags::empty()
+        };
+        let data = epoll::EventData::new_u64(id);
+        if epoll::modify(&unread.epoll, socket, data, flags).is_ok() {
+            self.watched.store(wanted, SeqCst);
+        }
+    }
+
+    /// Look `look` found unread input in the socket: the input gets a firm ticket, unless the
+    /// connection is a publisher or waits elsewhere (it will not read soon), or it read since
+    /// the look began: it may have read that input already, and a firm ticket would then hold
+    /// publishers back until its next input; its next read takes a ticket anyway.
+    fn claim(&self, look: u64) {
+        if self.publishing.load(SeqCst) || self.elsewhere.load(SeqCst) {
+            return;
+        }
+        loop {
+            let held = self.ticket.load(SeqCst);
+            if held & FIRM != 0 {
+                return;
+            }
+            let firm = match held {
+                0 => self.order.take() | FIRM,
+                t => t | FIRM,
+            };
+            if self
+                .ticket
+                .compare_exchange(held, firm, SeqCst, SeqCst)
+                .is_err()
+            {
+                if held == 0 {
+                    self.order.release(firm & !FIRM);
+                }
+                continue;
+            }
+            // The task went elsewhere (it would keep the ticket) or read meanwhile.
+            if (self.elsewhere.load(SeqCst) || self.last_read.load(SeqCst) >= look)
+                && self
+                    .ticket
+                    .compare_exchange(firm, 0, SeqCst, SeqCst)
+                    .is_ok()
+            {
+                self.order.release(firm & !FIRM);
+            } else if held != 0 {
+                // A wake-up's ticket, perhaps taken while the task was busy or last published:
+                // the input is a subscriber's and was in the kernel before now, so no
+                // publisher reading from now on goes ahead of it.
+                self.order.unmark(held);
+            }
+            return;
+        }
     }
 
     /// The ticket of the input just read (the wake-up's, or a new one when the read found
     /// bytes without waiting), held until dropped or released.
     pub(crate) fn take(&self) -> Ticket<'_> {
+        // Before the ticket leaves its place, so that a claim placing one after it sees it.
+        if let Some(unread) = &self.order.unread {
+            self.last_read.store(unread.looks.load(SeqCst), SeqCst);
+        }
         let number = match self.ticket.swap(0, SeqCst) {
             0 => self.order.take(),
-            t => t,
+            t => t & !FIRM,
         };
         self.busy.store(true, SeqCst);
         Ticket {
@@ -265,7 +456,7 @@ impl Turn {
 
     /// Gives back the ticket a wake-up took, whose input will not be read soon.
     pub(crate) fn give_back(&self) {
-        let t = self.ticket.swap(0, SeqCst);
+        let t = self.ticket.swap(0, SeqCst) & !FIRM;
         if t != 0 {
             self.order.release(t);
         }
@@ -289,10 +480,16 @@ impl Turn {
         }
     }
 
-    /// The connection stops reading for good: it holds no ticket and takes none.
-    pub(crate) fn leave(&self) {
+    /// The connection stops reading for good: it holds no ticket and takes none, and its
+    /// socket leaves the [`UnreadInput`] set.
+    pub(crate) fn leave(&self, socket: &TcpStream) {
         self.elsewhere.store(true, SeqCst);
         self.give_back();
+        let id = self.id.swap(0, SeqCst);
+        if let (Some(unread), true) = (&self.order.unread, id != 0) {
+            let _ = epoll::delete(&unread.epoll, socket);
+            unread.turns.remove(&id);
+        }
     }
 
     /// Runs `work`; if it has to wait (a write to a socket that is full, a sleep), the turn
@@ -315,9 +512,14 @@ impl Turn {
 
 impl Drop for Turn {
     fn drop(&mut self) {
-        let t = *self.ticket.get_mut();
+        let t = *self.ticket.get_mut() & !FIRM;
         if t != 0 {
             self.order.release(t);
+        }
+        // Left without [`Turn::leave`]: the entry goes when the socket is closed.
+        let id = *self.id.get_mut();
+        if let (Some(unread), true) = (&self.order.unread, id != 0) {
+            unread.turns.remove(&id);
         }
     }
 }
@@ -387,6 +589,7 @@ impl Ticket<'_> {
         if self.held {
             order.wait_turn(0, self.number).await;
         } else {
+            order.claim_unread(self.turn);
             order.wait_turn(self.horizon, order.next.load(SeqCst)).await;
         }
     }
@@ -398,12 +601,17 @@ impl Drop for Ticket<'_> {
     }
 }
 
-/// Polls `read` with `turn` as its waker, when the connection has one: the reactor then wakes
-/// the turn, which takes a ticket and wakes the task.
-pub(crate) async fn listen<F: Future>(turn: Option<(&Turn, &Waker)>, read: F) -> F::Output {
-    let mut read = pin!(read);
+/// Reads what `stream` has into `input`, polling the read with `turn` as its waker when the
+/// connection has one: the reactor then wakes the turn, which takes a ticket and wakes the
+/// task. The read is made afresh at each poll (reads are cancel-safe), so that between polls
+/// the socket can be asked whether it still holds input.
+pub(crate) async fn listen<T: Transport>(
+    turn: Option<(&Turn, &Waker)>,
+    stream: &mut T,
+    input: &mut BytesMut,
+) -> io::Result<usize> {
     let Some((turn, waker)) = turn else {
-        return read.await;
+        return stream.read_some(input).await;
     };
     poll_fn(|cx| {
         turn.busy.store(false, SeqCst);
@@ -413,20 +621,43 @@ pub(crate) async fn listen<F: Future>(turn: Option<(&Turn, &Waker)>, read: F) ->
                 *task = Some(cx.waker().clone());
             }
         }
-        let woken = turn.ticket.load(SeqCst);
-        let read = read.as_mut().poll(&mut Context::from_waker(waker));
-        // Woken for something that was not input (write readiness, say): that ticket goes
-        // back, but not one a wake-up took while the read was being polled.
+        // Input read from here on is neither in the kernel nor under a ticket until the read
+        // returns: a connection publishers wait for takes its ticket first.
+        let mut held = turn.ticket.load(SeqCst);
+        if held == 0 && !turn.publishing.load(SeqCst) && !turn.elsewhere.load(SeqCst) {
+            let t = turn.order.take();
+            match turn.ticket.compare_exchange(0, t, SeqCst, SeqCst) {
+                Ok(_) => held = t,
+                Err(now) => {
+                    turn.order.release(t);
+                    held = now;
+                }
+            }
+        }
+        let read = pin!(stream.read_some(input)).poll(&mut Context::from_waker(waker));
+        // Nothing was read: the ticket goes back (it was taken for the read, or by a wake-up
+        // for something that was not input, write readiness say), unless a wake-up took it
+        // while the read was being polled, or it is firm and the socket still holds input
+        // (the reactor has not reported it yet). A firm ticket whose input a TLS or WebSocket
+        // layer took without yielding any (part of a record, a control frame) goes back too.
         if read.is_pending()
-            && woken != 0
+            && held != 0
+            && (held & FIRM == 0 || !holds_input(stream.socket()))
             && turn
                 .ticket
-                .compare_exchange(woken, 0, SeqCst, SeqCst)
+                .compare_exchange(held, 0, SeqCst, SeqCst)
                 .is_ok()
         {
-            turn.order.release(woken);
+            turn.order.release(held & !FIRM);
         }
         read
     })
     .await
+}
+
+/// Whether the kernel holds bytes of `socket` not read yet (a peek that does not wait).
+fn holds_input(socket: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    let flags = RecvFlags::PEEK | RecvFlags::DONTWAIT;
+    matches!(recv(socket, &mut byte, flags), Ok((_, n)) if n > 0)
 }

@@ -176,14 +176,7 @@ async fn publishing_input_waits_for_a_connection_woken_just_after_it_was_read() 
     published.release();
     // The reactor wakes the idle subscriber only now, though its input may have come first.
     subscriber.wake_by_ref();
-    let waiting = published.wait_turn();
-    let subscribed = async {
-        tokio::task::yield_now().await;
-        drop(subscriber.take());
-    };
-    tokio::time::timeout(MAX_WAIT / 10, async { tokio::join!(waiting, subscribed) })
-        .await
-        .expect("the wait ends once the subscriber's input is handled");
+    ends_once_read(&published, &subscriber).await;
     // Without the subscriber's read, it would not have ended.
     let other = Turn::new(order.clone());
     let mut later = publisher.take();
@@ -227,4 +220,180 @@ async fn publishers_do_not_wait_for_each_others_input_but_do_for_a_subscribers()
             .is_err(),
         "a subscriber's is"
     );
+}
+
+/// A connected pair of sockets: the broker's side and the client's.
+async fn socket_pair() -> (TcpStream, TcpStream) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let client = TcpStream::connect(listener.local_addr().expect("address"))
+        .await
+        .expect("connect");
+    let (ours, _) = listener.accept().await.expect("accept");
+    (ours, client)
+}
+
+/// Waits until the kernel holds `socket`'s input, without reading it.
+async fn until_readable(socket: &TcpStream) {
+    tokio::time::timeout(MAX_WAIT, socket.readable())
+        .await
+        .expect("the input arrives")
+        .expect("readable");
+}
+
+/// Asserts that `ticket`'s wait ends once `subscriber` reads and handles its input.
+async fn ends_once_read(ticket: &Ticket<'_>, subscriber: &Turn) {
+    let subscribed = async {
+        tokio::task::yield_now().await;
+        drop(subscriber.take());
+    };
+    tokio::time::timeout(MAX_WAIT / 2, async {
+        tokio::join!(ticket.wait_turn(), subscribed)
+    })
+    .await
+    .expect("the wait ends once the subscriber's input is read and handled");
+}
+
+/// Whether `ticket`'s input still waits a while from now.
+async fn held_back(ticket: &Ticket<'_>) -> bool {
+    tokio::time::timeout(MAX_WAIT / 10, ticket.wait_turn())
+        .await
+        .is_err()
+}
+
+/// A subscriber whose client sent `input`, which the kernel holds unread (no wake-up reached
+/// the subscriber's turn), and a publisher: the order, the publisher's turn, the subscriber's,
+/// the subscriber's socket and its client's, kept open (a closed one would be readable).
+async fn unread_input_of_a_subscriber(
+    input: &[u8],
+) -> (Arc<InputOrder>, Arc<Turn>, Arc<Turn>, TcpStream, TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let order = Arc::new(InputOrder::default());
+    let (publisher, subscriber) = (Turn::new(order.clone()), Turn::new(order.clone()));
+    let (ours, mut client) = socket_pair().await;
+    subscriber.watch(&ours);
+    client.write_all(input).await.expect("write");
+    until_readable(&ours).await;
+    (order, publisher, subscriber, ours, client)
+}
+
+#[tokio::test]
+async fn publishing_input_waits_for_a_subscribers_input_the_reactor_has_not_reported() {
+    let (order, publisher, subscriber, ours, _client) =
+        unread_input_of_a_subscriber(b"subscribe").await;
+    let mut published = publisher.take();
+    published.note(true, false);
+    published.release();
+    assert!(
+        held_back(&published).await,
+        "input still in the kernel holds publishing input back"
+    );
+    // A read that finds nothing (the reactor has not reported the input yet) keeps the ticket.
+    let waker = Waker::from(subscriber.clone());
+    let mut unreported = Unreported(ours);
+    let mut input = BytesMut::new();
+    let nothing = listen(Some((&subscriber, &waker)), &mut unreported, &mut input);
+    assert!(tokio::time::timeout(MAX_WAIT / 10, nothing).await.is_err());
+    ends_once_read(&published, &subscriber).await;
+    assert_eq!(order.timeouts.get(), 0);
+}
+
+#[tokio::test]
+async fn a_publishers_unread_input_holds_no_other_publisher_back() {
+    use tokio::io::AsyncWriteExt;
+    let order = Arc::new(InputOrder::default());
+    let (streaming, other) = (Turn::new(order.clone()), Turn::new(order.clone()));
+    let (ours, mut client) = socket_pair().await;
+    streaming.watch(&ours);
+    let first = streaming.take();
+    first.note(true, false);
+    drop(first);
+    streaming.follow(&ours);
+    client.write_all(b"more publishes").await.expect("write");
+    until_readable(&ours).await;
+    let mut published = other.take();
+    published.note(true, false);
+    published.release();
+    assert!(
+        !held_back(&published).await,
+        "a publisher's next input is not waited for"
+    );
+    // Once it subscribes, its unread input is.
+    let subscribed = streaming.take();
+    subscribed.note(false, true);
+    drop(subscribed);
+    streaming.follow(&ours);
+    let mut again = other.take();
+    again.release();
+    assert!(held_back(&again).await);
+    streaming.leave(&ours);
+}
+
+#[tokio::test]
+async fn a_firm_ticket_goes_back_when_the_socket_holds_no_input() {
+    let (order, publisher, subscriber, ours, _client) =
+        unread_input_of_a_subscriber(b"part of a record").await;
+    let mut published = publisher.take();
+    published.note(true, false);
+    published.release();
+    assert!(held_back(&published).await);
+    // A TLS or WebSocket layer reads the bytes and yields no input: the firm ticket, whose
+    // input is gone from the kernel, holds no one back.
+    let mut buffer = vec![0u8; 64];
+    ours.try_read(&mut buffer).expect("the bytes are there");
+    let waker = Waker::from(subscriber.clone());
+    let mut unreported = Unreported(ours);
+    let mut input = BytesMut::new();
+    let nothing = listen(Some((&subscriber, &waker)), &mut unreported, &mut input);
+    assert!(tokio::time::timeout(MAX_WAIT / 10, nothing).await.is_err());
+    assert!(!held_back(&published).await, "no ticket is left out");
+    assert_eq!(order.timeouts.get(), 0);
+}
+
+/// A transport whose reads find nothing, whatever its socket holds: a read polled before the
+/// reactor reported the input, or a TLS or WebSocket layer that took bytes without yielding
+/// input.
+struct Unreported(TcpStream);
+
+impl Transport for Unreported {
+    const NAME: &'static str = "test";
+
+    async fn read_some(&mut self, _: &mut BytesMut) -> io::Result<usize> {
+        std::future::pending().await
+    }
+
+    fn socket(&self) -> &TcpStream {
+        &self.0
+    }
+}
+
+impl crate::connection::SocketProgress for Unreported {}
+
+impl tokio::io::AsyncRead for Unreported {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut Context<'_>,
+        _: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Poll::Pending
+    }
+}
+
+impl tokio::io::AsyncWrite for Unreported {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut Context<'_>,
+        out: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(Ok(out.len()))
+    }
+
+    fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: std::pin::Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
 }
