@@ -622,9 +622,18 @@ pub(crate) async fn listen<T: Transport>(
             }
         }
         // Input read from here on is neither in the kernel nor under a ticket until the read
-        // returns: a connection publishers wait for takes its ticket first.
+        // returns: a connection publishers wait for takes its ticket first, when the read may
+        // take bytes from the socket (the runtime has seen it readable; a poll for other work,
+        // a delivery to write, reads nothing then).
         let mut held = turn.ticket.load(SeqCst);
-        if held == 0 && !turn.publishing.load(SeqCst) && !turn.elsewhere.load(SeqCst) {
+        if held == 0
+            && !turn.publishing.load(SeqCst)
+            && !turn.elsewhere.load(SeqCst)
+            && stream
+                .socket()
+                .poll_read_ready(&mut Context::from_waker(waker))
+                .is_ready()
+        {
             let t = turn.order.take();
             match turn.ticket.compare_exchange(0, t, SeqCst, SeqCst) {
                 Ok(_) => held = t,
