@@ -27,9 +27,10 @@
 //! So the kernel is asked as well: every connection a publisher would wait for has its socket
 //! in a level-triggered epoll set of its own ([`UnreadInput`]), and publishing input, before it
 //! waits, gives a firm ticket to each of them with unread input ([`InputOrder::claim_unread`]).
-//! A firm ticket is given back only once input was read, not when a read finds nothing (the
-//! reactor may not have reported the data yet). Input between the kernel and a ticket is
-//! covered by a ticket taken before each read of such a connection ([`listen`]).
+//! A read that finds nothing keeps a firm ticket while the socket still holds bytes (the
+//! reactor may not have reported them yet) and gives it back once it holds none. Input between
+//! the kernel and a ticket is covered by a ticket such a connection takes before each read that
+//! may take bytes from its socket ([`listen`]).
 
 use std::future::{poll_fn, Future};
 use std::io;
