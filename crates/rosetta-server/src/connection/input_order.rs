@@ -30,13 +30,18 @@
 //! A read that finds nothing keeps a firm ticket while the socket still holds bytes (the
 //! reactor may not have reported them yet) and gives it back once it holds none. Input between
 //! the kernel and a ticket is covered by a ticket such a connection takes before each read that
-//! may take bytes from its socket ([`listen`]).
+//! may take bytes from its socket ([`listen`]). Nor does the kernel show everything: packets
+//! that arrive while a thread is in a call on the socket (a write of a delivery, say) wait in
+//! the socket's backlog until the call ends, out of sight of epoll and of reads, and a thread
+//! preempted in such a call holds them there for as long as it is off its CPU. So each such
+//! call is marked in a slot of its thread ([`Turn::calling`]), and a look first waits for the
+//! calls it finds marked on other connections' sockets to end.
 
 use std::future::{poll_fn, Future};
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Wake, Waker};
@@ -65,6 +70,9 @@ pub(crate) const MAX_WAIT: Duration = Duration::from_millis(100);
 /// Marks a ticket in [`Turn::ticket`] as firm: the kernel held unread input for it, so a read
 /// that finds nothing (the reactor has not reported the input yet) does not give it back.
 const FIRM: u64 = 1 << 63;
+/// Threads whose calls on watched sockets a look can see ([`UnreadInput::calls`]): far more
+/// than the runtime's workers, the only threads that make such calls.
+const CALL_SLOTS: usize = 256;
 /// Connections with unread input one look at the kernel claims at most. More at once (a flood
 /// of subscribers' input, or clients that stopped reading their sockets but keep writing) are
 /// left to their wake-ups; the level-triggered set reports the rest first on the next look.
@@ -81,6 +89,54 @@ struct UnreadInput {
     /// Counts the looks at the set, so that a claim can tell whether the connection read
     /// since the look began ([`Turn::last_read`]).
     looks: AtomicU64,
+    /// Slot `i` holds the number of the watched socket that thread `i` is in a call on (a read,
+    /// a write, a peek), 0 when none. While a call holds a socket, the kernel parks the
+    /// socket's incoming packets in a backlog that neither epoll nor a read sees until the
+    /// call ends, so a look cannot tell such a socket's input from none ([`Turn::calling`]).
+    calls: Box<[AtomicU64]>,
+}
+
+/// How many slots of [`UnreadInput::calls`] threads have been given: a look reads no further.
+static THREADS: AtomicUsize = AtomicUsize::new(0);
+/// Slots whose threads ended, for the next thread that makes a call.
+static FREE_SLOTS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+/// A thread's slot in [`UnreadInput::calls`], given when it first makes a call and taken back
+/// when it ends; threads past [`CALL_SLOTS`] at once get none.
+struct CallSlot(usize);
+
+impl CallSlot {
+    fn new() -> CallSlot {
+        let free = FREE_SLOTS.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        CallSlot(free.unwrap_or_else(|| THREADS.fetch_add(1, SeqCst)))
+    }
+}
+
+impl Drop for CallSlot {
+    fn drop(&mut self) {
+        FREE_SLOTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(self.0);
+    }
+}
+
+thread_local! {
+    static CALL_SLOT: CallSlot = CallSlot::new();
+}
+
+/// Marks a thread's slot while it is in a call, and clears it however the call ends, waking
+/// the looks that wait for it.
+struct InCall<'a> {
+    slot: &'a AtomicU64,
+    order: &'a InputOrder,
+}
+
+impl Drop for InCall<'_> {
+    fn drop(&mut self) {
+        self.slot.store(0, SeqCst);
+        self.order.wake_waiters();
+    }
 }
 
 /// The broker-wide ticket counter and the mark below which every ticket is released.
@@ -96,9 +152,10 @@ pub(crate) struct InputOrder {
     /// Slot `t % SLOTS` holds `t` when ticket `t` was taken by a connection whose last input
     /// published and changed no routing ([`Turn::publishing`]).
     publishing: Box<[AtomicU64]>,
-    /// Tasks waiting for their turn, woken whenever a ticket is released. Yielding instead
-    /// would not do: a worker with nothing else to run parks until its next event, which at
-    /// low load is the next message a millisecond later.
+    /// Tasks waiting for their turn, woken whenever a ticket is released or a marked call
+    /// ends ([`Turn::calling`]). Yielding instead would not do: a worker with nothing else to
+    /// run parks until its next event, which at low load is the next message a millisecond
+    /// later.
     waiters: Mutex<Vec<Waker>>,
     /// How many wakers `waiters` holds, so a release looks at the lock only when someone
     /// waits.
@@ -134,6 +191,7 @@ impl InputOrder {
                     turns: DashMap::new(),
                     ids: AtomicU64::new(1),
                     looks: AtomicU64::new(1),
+                    calls: (0..CALL_SLOTS).map(|_| AtomicU64::new(0)).collect(),
                 }),
                 Err(e) => {
                     tracing::warn!(error = %e, "no epoll set for the MQTT input order; it rests on wake-ups alone");
@@ -145,11 +203,22 @@ impl InputOrder {
 
     /// Gives a firm ticket to every watched connection but `me` whose socket holds unread
     /// input: input that arrived before now, perhaps before the input `me` just read, whose
-    /// wake-up the reactor may not have handed out yet.
-    fn claim_unread(&self, me: &Turn) {
+    /// wake-up the reactor may not have handed out yet. Input that arrived while another
+    /// thread was in a call on its socket is not in sight until that call ends, so the look
+    /// waits for such calls first ([`Turn::calling`]).
+    async fn claim_unread(&self, me: &Turn) {
         let Some(unread) = &self.unread else {
             return;
         };
+        let mine = me.id.load(SeqCst);
+        if unread.in_call(mine).is_some()
+            && tokio::time::timeout(MAX_WAIT, self.calls_ended(unread, mine))
+                .await
+                .is_err()
+        {
+            tracing::debug!("a call on a socket took too long; looking without it");
+            self.timeouts.inc();
+        }
         let look = unread.looks.fetch_add(1, SeqCst) + 1;
         let mut events = [MaybeUninit::<epoll::Event>::uninit(); CLAIM_BATCH];
         let now = Timespec {
@@ -159,7 +228,6 @@ impl InputOrder {
         let Ok((ready, _)) = epoll::wait(&unread.epoll, &mut events, Some(&now)) else {
             return;
         };
-        let mine = me.id.load(SeqCst);
         for event in ready.iter() {
             let data = event.data;
             let id = data.u64();
@@ -170,6 +238,17 @@ impl InputOrder {
             if let Some(turn) = turn {
                 turn.claim(look);
             }
+        }
+    }
+
+    /// Waits until every call on a watched socket but `mine` that a thread is in has ended;
+    /// calls begun meanwhile do not count, as input that arrived before them is in sight.
+    async fn calls_ended(&self, unread: &UnreadInput, mine: u64) {
+        let mut from = 0;
+        while let Some((i, id)) = unread.in_call(mine).filter(|&(i, _)| i >= from) {
+            let slot = &unread.calls[i];
+            poll_fn(|cx| self.ready_once(cx, || slot.load(SeqCst) != id)).await;
+            from = i + 1;
         }
     }
 
@@ -243,6 +322,25 @@ impl InputOrder {
         })
     }
 
+    /// Ready once `done` says so; until then the task waits to be woken by the next release
+    /// or end of a call, and asks `done` again after registering, since one that came between
+    /// the first asking and the registration woke no one.
+    fn ready_once(&self, cx: &mut Context<'_>, mut done: impl FnMut() -> bool) -> Poll<()> {
+        if done() {
+            return Poll::Ready(());
+        }
+        {
+            let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+            waiters.push(cx.waker().clone());
+            self.waiting.fetch_add(1, SeqCst);
+        }
+        if done() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
     /// Gives up on the tickets before `t` that are still out.
     fn skip_to(&self, t: u64) {
         self.passed.fetch_max(t, SeqCst);
@@ -257,27 +355,13 @@ impl InputOrder {
             return;
         };
         let turn = poll_fn(|cx| {
-            let done = |from: &mut u64| match self.first_holding_back(*from, lo, hi) {
+            self.ready_once(cx, || match self.first_holding_back(from, lo, hi) {
                 Some(t) => {
-                    *from = t;
+                    from = t;
                     false
                 }
                 None => true,
-            };
-            if done(&mut from) {
-                return Poll::Ready(());
-            }
-            {
-                let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
-                waiters.push(cx.waker().clone());
-                self.waiting.fetch_add(1, SeqCst);
-            }
-            // A release between the first look and the registration would wake no one.
-            if done(&mut from) {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
+            })
         });
         if tokio::time::timeout(MAX_WAIT, turn).await.is_err() {
             tracing::debug!(
@@ -287,6 +371,19 @@ impl InputOrder {
             self.timeouts.inc();
             self.skip_to(hi);
         }
+    }
+}
+
+impl UnreadInput {
+    /// The first thread (by slot) in a call on a watched socket other than `mine`, and the
+    /// socket's number.
+    fn in_call(&self, mine: u64) -> Option<(usize, u64)> {
+        let threads = THREADS.load(SeqCst).min(CALL_SLOTS);
+        self.calls[..threads]
+            .iter()
+            .map(|slot| slot.load(SeqCst))
+            .enumerate()
+            .find(|&(_, id)| id != 0 && id != mine)
     }
 }
 
@@ -379,6 +476,31 @@ impl Turn {
         if epoll::modify(&unread.epoll, socket, data, flags).is_ok() {
             self.watched.store(wanted, SeqCst);
         }
+    }
+
+    /// Makes `call` on the socket visible to looks at the kernel while it runs: input that
+    /// arrives meanwhile waits in the socket's backlog, where only the end of the call puts it
+    /// in sight. Only while the socket is watched: a publisher's input holds no one back.
+    fn calling<R>(&self, call: impl FnOnce() -> R) -> R {
+        let Some(unread) = self
+            .order
+            .unread
+            .as_ref()
+            .filter(|_| self.watched.load(SeqCst))
+        else {
+            return call();
+        };
+        let id = self.id.load(SeqCst);
+        let slot = CALL_SLOT.try_with(|i| unread.calls.get(i.0)).ok().flatten();
+        let Some(slot) = slot.filter(|_| id != 0) else {
+            return call();
+        };
+        slot.store(id, SeqCst);
+        let _marked = InCall {
+            slot,
+            order: &self.order,
+        };
+        call()
     }
 
     /// Look `look` found unread input in the socket: the input gets a firm ticket, unless the
@@ -494,13 +616,15 @@ impl Turn {
     }
 
     /// Runs `work`; if it has to wait (a write to a socket that is full, a sleep), the turn
-    /// gives its ticket back and takes none until `work` is done.
+    /// gives its ticket back and takes none until `work` is done. Each poll of `work` counts as
+    /// a call on the socket ([`Turn::calling`]): it is where the connection writes.
     pub(crate) async fn elsewhere<F: Future>(turn: Option<&Turn>, work: F) -> F::Output {
-        let mut work = pin!(work);
         let Some(turn) = turn else {
             return work.await;
         };
-        if let Poll::Ready(out) = poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await {
+        let mut work = pin!(work);
+        let mut work = poll_fn(|cx| turn.calling(|| work.as_mut().poll(cx)));
+        if let Poll::Ready(out) = poll_fn(|cx| Poll::Ready(Pin::new(&mut work).poll(cx))).await {
             return out;
         }
         let paused = turn.elsewhere.swap(true, SeqCst);
@@ -590,7 +714,7 @@ impl Ticket<'_> {
         if self.held {
             order.wait_turn(0, self.number).await;
         } else {
-            order.claim_unread(self.turn);
+            order.claim_unread(self.turn).await;
             order.wait_turn(self.horizon, order.next.load(SeqCst)).await;
         }
     }
@@ -644,15 +768,20 @@ pub(crate) async fn listen<T: Transport>(
                 }
             }
         }
-        let read = pin!(stream.read_some(input)).poll(&mut Context::from_waker(waker));
-        // Nothing was read: the ticket goes back (it was taken for the read, or by a wake-up
-        // for something that was not input, write readiness say), unless a wake-up took it
-        // while the read was being polled, or it is firm and the socket still holds input
-        // (the reactor has not reported it yet). A firm ticket whose input a TLS or WebSocket
-        // layer took without yielding any (part of a record, a control frame) goes back too.
+        let (read, empty) = turn.calling(|| {
+            let read = pin!(stream.read_some(input)).poll(&mut Context::from_waker(waker));
+            // Nothing was read: the ticket goes back (it was taken for the read, or by a
+            // wake-up for something that was not input, write readiness say), unless a
+            // wake-up took it while the read was being polled, or it is firm and the socket
+            // still holds input (the reactor has not reported it yet). A firm ticket whose
+            // input a TLS or WebSocket layer took without yielding any (part of a record, a
+            // control frame) goes back too.
+            let empty = read.is_pending() && held & FIRM != 0 && !holds_input(stream.socket());
+            (read, empty)
+        });
         if read.is_pending()
             && held != 0
-            && (held & FIRM == 0 || !holds_input(stream.socket()))
+            && (held & FIRM == 0 || empty)
             && turn
                 .ticket
                 .compare_exchange(held, 0, SeqCst, SeqCst)

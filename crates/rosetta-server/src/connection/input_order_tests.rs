@@ -351,6 +351,58 @@ async fn a_firm_ticket_goes_back_when_the_socket_holds_no_input() {
     assert_eq!(order.timeouts.get(), 0);
 }
 
+#[tokio::test]
+async fn publishing_input_waits_for_a_call_on_a_subscribers_socket_to_end() {
+    use tokio::io::AsyncWriteExt;
+    let order = Arc::new(InputOrder::default());
+    let (publisher, subscriber) = (Turn::new(order.clone()), Turn::new(order.clone()));
+    let (ours, mut client) = socket_pair().await;
+    subscriber.watch(&ours);
+    // Another thread is in a call on the subscriber's socket (a write, say) until told.
+    let (entered, in_call) = std::sync::mpsc::channel();
+    let (end, ending) = std::sync::mpsc::channel::<()>();
+    let call = {
+        let subscriber = subscriber.clone();
+        std::thread::spawn(move || {
+            subscriber.calling(|| {
+                entered.send(()).expect("send");
+                ending.recv().expect("told to end");
+            })
+        })
+    };
+    in_call.recv().expect("the call began");
+    let mut published = publisher.take();
+    published.note(true, false);
+    published.release();
+    assert!(
+        held_back(&published).await,
+        "input the call may hide holds publishing input back"
+    );
+    // Input that arrived during the call (the kernel kept it in the socket's backlog) is in
+    // sight once the call ends, and is waited for until it is read.
+    client.write_all(b"subscribe").await.expect("write");
+    until_readable(&ours).await;
+    end.send(()).expect("send");
+    call.join().expect("the call ended");
+    assert!(
+        held_back(&published).await,
+        "the subscriber's input holds it back"
+    );
+    ends_once_read(&published, &subscriber).await;
+    let mut buffer = vec![0u8; 64];
+    ours.try_read(&mut buffer).expect("the input is there");
+    // A call that panics does not leave the socket looking busy.
+    let panicked = {
+        let subscriber = subscriber.clone();
+        std::thread::spawn(move || subscriber.calling(|| panic!("a bug in a read")))
+    };
+    assert!(panicked.join().is_err());
+    let mut again = publisher.take();
+    again.release();
+    assert!(!held_back(&again).await);
+    assert_eq!(order.timeouts.get(), 0);
+}
+
 /// A transport whose reads find nothing, whatever its socket holds: a read polled before the
 /// reactor reported the input, or a TLS or WebSocket layer that took bytes without yielding
 /// input.
