@@ -211,7 +211,7 @@ impl InputOrder {
             return;
         };
         let mine = me.id.load(SeqCst);
-        if unread.in_call(mine).is_some()
+        if unread.in_call(mine, 0).is_some()
             && tokio::time::timeout(MAX_WAIT, self.calls_ended(unread, mine))
                 .await
                 .is_err()
@@ -245,7 +245,7 @@ impl InputOrder {
     /// calls begun meanwhile do not count, as input that arrived before them is in sight.
     async fn calls_ended(&self, unread: &UnreadInput, mine: u64) {
         let mut from = 0;
-        while let Some((i, id)) = unread.in_call(mine).filter(|&(i, _)| i >= from) {
+        while let Some((i, id)) = unread.in_call(mine, from) {
             let slot = &unread.calls[i];
             poll_fn(|cx| self.ready_once(cx, || slot.load(SeqCst) != id)).await;
             from = i + 1;
@@ -375,14 +375,12 @@ impl InputOrder {
 }
 
 impl UnreadInput {
-    /// The first thread (by slot) in a call on a watched socket other than `mine`, and the
-    /// socket's number.
-    fn in_call(&self, mine: u64) -> Option<(usize, u64)> {
+    /// The first thread from slot `from` on that is in a call on a watched socket other than
+    /// `mine`: its slot and the socket's number.
+    fn in_call(&self, mine: u64, from: usize) -> Option<(usize, u64)> {
         let threads = THREADS.load(SeqCst).min(CALL_SLOTS);
-        self.calls[..threads]
-            .iter()
-            .map(|slot| slot.load(SeqCst))
-            .enumerate()
+        (from..threads)
+            .map(|i| (i, self.calls[i].load(SeqCst)))
             .find(|&(_, id)| id != 0 && id != mine)
     }
 }

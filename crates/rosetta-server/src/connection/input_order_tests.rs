@@ -403,6 +403,43 @@ async fn publishing_input_waits_for_a_call_on_a_subscribers_socket_to_end() {
     assert_eq!(order.timeouts.get(), 0);
 }
 
+#[tokio::test]
+async fn a_look_waits_for_every_call_it_found_and_for_none_begun_since() {
+    let order = Arc::new(InputOrder::default());
+    let publisher = Turn::new(order.clone());
+    let calls = &order.unread.as_ref().expect("an epoll set").calls;
+    THREADS.fetch_max(2, SeqCst);
+    // Two threads are in calls on two subscribers' sockets, numbered 7 and 8.
+    calls[0].store(7, SeqCst);
+    calls[1].store(8, SeqCst);
+    let mut published = publisher.take();
+    published.note(true, false);
+    published.release();
+    let mut wait = pin!(published.wait_turn());
+    assert!(still_waits(&mut wait).await, "both calls hold it back");
+    // The first thread ends its call and begins one on socket 9: that call does not count,
+    // but the second thread's does.
+    calls[0].store(9, SeqCst);
+    order.wake_waiters();
+    assert!(
+        still_waits(&mut wait).await,
+        "the second call still holds it back"
+    );
+    calls[1].store(0, SeqCst);
+    order.wake_waiters();
+    assert!(
+        !still_waits(&mut wait).await,
+        "every call it found has ended"
+    );
+    calls[0].store(0, SeqCst);
+    assert_eq!(order.timeouts.get(), 0);
+}
+
+/// Whether `wait` is still pending a while from now; it stays as it is for the next look.
+async fn still_waits<F: Future + Unpin>(wait: &mut F) -> bool {
+    tokio::time::timeout(MAX_WAIT / 10, wait).await.is_err()
+}
+
 /// A transport whose reads find nothing, whatever its socket holds: a read polled before the
 /// reactor reported the input, or a TLS or WebSocket layer that took bytes without yielding
 /// input.
