@@ -1,7 +1,9 @@
-//! The driver's panic guard, proven on a real AMQP session over a real loopback socket. No
-//! input makes the real session panic, so a wrapper panics when a chosen routing key arrives,
-//! between the socket and the session, where any bug in a session would unwind from.
+//! The driver over real loopback sockets. The panic guard, on a real AMQP session: no input
+//! makes the real session panic, so a wrapper panics when a chosen routing key arrives, between
+//! the socket and the session, where any bug in a session would unwind from. And the wake-ups
+//! of an idle connection, on a session that only counts what the driver asks of it.
 
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +15,8 @@ use rosetta_amqp::session::Session as AmqpSession;
 use rosetta_core::front_end::{Flow, Heartbeats, Session};
 use rosetta_core::Outbound;
 use rosetta_store::SledStore;
-use tokio::net::TcpListener;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::drive;
@@ -176,4 +179,90 @@ async fn a_panic_in_a_session_closes_only_its_connection_and_still_cleans_up() {
         state.connections.list().is_empty(),
         "the connection is deregistered"
     );
+}
+
+/// A session that logs in with its first input and counts the driver's turns of its loop (each
+/// ends with [`Session::after_flush`]).
+struct Counting {
+    inputs: Arc<AtomicUsize>,
+    turns: Arc<AtomicUsize>,
+}
+
+impl Session for Counting {
+    const PROTOCOL: &'static str = "mqtt";
+
+    fn handle_input(&mut self, input: &mut BytesMut) -> Flow {
+        input.clear();
+        self.inputs.fetch_add(1, SeqCst);
+        Flow::Continue
+    }
+    fn handle_outbound(&mut self, _item: Outbound) {}
+    fn has_pending_durability(&self) -> bool {
+        false
+    }
+    fn on_durable(&mut self) {}
+    fn take_output(&mut self) -> Option<Bytes> {
+        None
+    }
+    fn after_flush(&mut self) {
+        self.turns.fetch_add(1, SeqCst);
+    }
+    fn heartbeats(&self) -> Heartbeats {
+        Heartbeats::default()
+    }
+    fn send_heartbeat(&mut self) {}
+    fn user(&self) -> Option<&str> {
+        (self.inputs.load(SeqCst) > 0).then_some("device")
+    }
+    fn is_closing(&self) -> bool {
+        false
+    }
+    fn set_alarm(&mut self, _on: bool) {}
+    fn reading_paused(&self) -> bool {
+        false
+    }
+    fn force_close(&mut self) {}
+    fn shutdown(&mut self) {}
+}
+
+/// Ten thousand idle connections must cost next to nothing, so once a client has logged in and
+/// gone quiet its task must not wake: not to release its input buffer a second later, not for
+/// the handshake's deadline ten seconds in. The same for a device that sends a reading now and
+/// then. The clock is the runtime's paused one, which jumps to the next timer whenever every
+/// task waits, so any timer left armed shows up as a turn.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_quiet_connection_does_not_wake_between_its_inputs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = server_state(dir.path());
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (_shutdown_tx, shutdown) = watch::channel(false);
+    let inputs = Arc::new(AtomicUsize::new(0));
+    let turns = Arc::new(AtomicUsize::new(0));
+    let session = Counting {
+        inputs: inputs.clone(),
+        turns: turns.clone(),
+    };
+    let _server = tokio::spawn(async move {
+        let (stream, peer) = listener.accept().await.expect("accept");
+        drive(stream, peer, session, None, state, shutdown).await;
+    });
+    let mut client = TcpStream::connect(addr).await.expect("connect");
+    for reading in 1..=3 {
+        client.write_all(b"reading").await.expect("write");
+        while inputs.load(SeqCst) < reading {
+            tokio::task::yield_now().await;
+        }
+        // Let the task finish the turn that handled the input.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let after_input = turns.load(SeqCst);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(
+            turns.load(SeqCst),
+            after_input,
+            "the connection's task woke in 30 s of silence after input {reading}"
+        );
+    }
 }
