@@ -294,6 +294,7 @@ pub(crate) async fn drive<S: Session, T: Transport>(
             let turn_here = listening.map(|(turn, _)| turn);
             if let Some(turn) = turn_here {
                 turn.set_paused(session.reading_paused());
+                turn.follow(stream.socket());
             }
             // A refused login is counted, and answered only after a delay so that guessing
             // passwords is slow. Only this connection's task waits; its output (the refusal)
@@ -307,7 +308,16 @@ pub(crate) async fn drive<S: Session, T: Transport>(
                 }
             }
             if let Some(out) = session.take_output() {
-                let write = send_all(&mut stream, &out, state.send_timeout);
+                let write = send_all(
+                    &mut stream,
+                    &out,
+                    state.send_timeout,
+                    |stream: &T, waits| {
+                        if let Some(turn) = turn_here {
+                            turn.write_waits(stream.socket(), waits);
+                        }
+                    },
+                );
                 if let Err(e) = Turn::elsewhere(turn_here, write).await {
                     if e.kind() == std::io::ErrorKind::TimedOut {
                         let timeout = state.send_timeout.unwrap_or_default();

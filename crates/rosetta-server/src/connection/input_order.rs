@@ -74,8 +74,8 @@ const FIRM: u64 = 1 << 63;
 /// than the runtime's workers, the only threads that make such calls.
 const CALL_SLOTS: usize = 256;
 /// Connections with unread input one look at the kernel claims at most. More at once (a flood
-/// of subscribers' input, or clients that stopped reading their sockets but keep writing) are
-/// left to their wake-ups; the level-triggered set reports the rest first on the next look.
+/// of subscribers' input) are left to their wake-ups; the level-triggered set reports the rest
+/// first on the next look.
 const CLAIM_BATCH: usize = 64;
 
 /// The sockets of connections that publishing input waits for, in a level-triggered epoll set
@@ -399,6 +399,8 @@ pub(crate) struct Turn {
     /// next read takes a fresh one. A task that is merely busy (writing what it just handled)
     /// does take one: it reads again within microseconds.
     elsewhere: AtomicBool,
+    /// Whether the session paused reading ([`Turn::set_paused`]).
+    paused: AtomicBool,
     /// Whether the task is handling input it read, rather than waiting to read. A ticket it
     /// takes then is busy: input that publishes, read by another connection later, does not
     /// wait for it, so two busy connections never wait for each other's next input.
@@ -423,6 +425,7 @@ impl Turn {
             order,
             ticket: AtomicU64::new(0),
             elsewhere: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
             busy: AtomicBool::new(false),
             publishing: AtomicBool::new(false),
             task: Mutex::new(None),
@@ -454,10 +457,31 @@ impl Turn {
     }
 
     /// Keeps the socket's entry reporting input only while the connection is one publishers
-    /// wait for (not a publisher), so a look at the kernel does not go through the sockets of
-    /// busy publishers. Only the connection's own task calls it, after each read.
+    /// wait for (not a publisher) and reads (not paused), so a look at the kernel does not go
+    /// through the sockets of busy publishers or of connections whose input will not be read
+    /// soon. Only the connection's own task calls it: after each read, after the session
+    /// pauses or resumes reading, and when a write stops waiting.
     pub(crate) fn follow(&self, socket: &TcpStream) {
-        let wanted = !self.publishing.load(SeqCst);
+        self.report(
+            socket,
+            !self.publishing.load(SeqCst) && !self.paused.load(SeqCst),
+        );
+    }
+
+    /// A write of the connection's output waits for its socket (`true`) or is over after
+    /// waiting (`false`). While it waits the task reads nothing, so the entry stops reporting:
+    /// a client that stops reading its socket and goes on writing to it would otherwise hold
+    /// unread input there that every look reports (the set is level-triggered), and could
+    /// fill each look with sockets no one is going to read.
+    pub(crate) fn write_waits(&self, socket: &TcpStream, waits: bool) {
+        if waits {
+            self.report(socket, false);
+        } else {
+            self.follow(socket);
+        }
+    }
+
+    fn report(&self, socket: &TcpStream, wanted: bool) {
         let id = self.id.load(SeqCst);
         if id == 0 || self.watched.load(SeqCst) == wanted {
             return;
@@ -569,6 +593,7 @@ impl Turn {
     /// Whether the session paused reading: while it does, wake-ups take no ticket, since the
     /// input they announce will not be read until it resumes.
     pub(crate) fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, SeqCst);
         self.elsewhere.store(paused, SeqCst);
         if paused {
             self.give_back();

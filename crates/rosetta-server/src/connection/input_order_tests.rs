@@ -3,6 +3,7 @@ use std::task::Wake;
 use std::time::Instant;
 
 use super::*;
+use crate::connection::send::send_all;
 
 #[test]
 fn the_mark_passes_a_ticket_only_once_every_earlier_one_is_released() {
@@ -433,6 +434,61 @@ async fn a_look_waits_for_every_call_it_found_and_for_none_begun_since() {
     );
     calls[0].store(0, SeqCst);
     assert_eq!(order.timeouts.get(), 0);
+}
+
+/// How many sockets a look at the order's set would report now.
+fn reported(order: &InputOrder) -> usize {
+    let unread = order.unread.as_ref().expect("the kernel gave an epoll set");
+    let mut events = [MaybeUninit::<epoll::Event>::uninit(); CLAIM_BATCH];
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let (ready, _) = epoll::wait(&unread.epoll, &mut events, Some(&now)).expect("epoll_wait");
+    ready.len()
+}
+
+#[tokio::test]
+async fn a_connection_that_waits_to_write_or_is_paused_is_left_out_of_looks() {
+    use tokio::io::AsyncReadExt;
+    let (order, _publisher, subscriber, mut ours, mut client) =
+        unread_input_of_a_subscriber(b"PINGREQ").await;
+    assert_eq!(reported(&order), 1, "unread input is in sight");
+    // The client stops reading: the output waits for its socket, and meanwhile the input it
+    // keeps sending would be reported to every look, though no one reads it.
+    let out = vec![0u8; 64 << 20];
+    let turn = subscriber.clone();
+    let mut write = Box::pin(send_all(
+        &mut ours,
+        &out,
+        None,
+        move |socket: &TcpStream, waits| turn.write_waits(socket, waits),
+    ));
+    assert!(still_waits(&mut write).await, "the client reads nothing");
+    assert_eq!(
+        reported(&order),
+        0,
+        "a waiting write takes its socket out of looks"
+    );
+    // Once the client reads again and the write is done, the input is in sight again.
+    let drain = async {
+        let mut sink = vec![0u8; 1 << 20];
+        let mut left = out.len();
+        while left > 0 {
+            left -= client.read(&mut sink).await.expect("read");
+        }
+    };
+    let (written, ()) = tokio::join!(write, drain);
+    written.expect("written");
+    assert_eq!(reported(&order), 1, "the input is in sight again");
+    // Reading paused by the session: the same.
+    subscriber.set_paused(true);
+    subscriber.follow(&ours);
+    assert_eq!(reported(&order), 0);
+    subscriber.set_paused(false);
+    subscriber.follow(&ours);
+    assert_eq!(reported(&order), 1);
+    subscriber.leave(&ours);
 }
 
 /// Whether `wait` is still pending a while from now; it stays as it is for the next look.

@@ -24,11 +24,18 @@ pub(crate) trait SocketProgress {
 /// Writes all of `out` and flushes it. Fails with `TimedOut` once the socket has taken none of
 /// it for `limit` (`None`: waits for ever). The clock starts only when the stream first makes
 /// the write wait, so output the socket takes at once, the usual case, arms no timer.
-pub(crate) fn send_all<'a, W: AsyncWrite + SocketProgress + Unpin>(
+/// `on_wait` hears, with the stream, when the write first waits (`true`) and when it ends after
+/// waiting (`false`): the stream is borrowed by the write meanwhile.
+pub(crate) fn send_all<'a, W, F>(
     stream: &'a mut W,
     out: &'a [u8],
     limit: Option<Duration>,
-) -> SendAll<'a, W> {
+    on_wait: F,
+) -> SendAll<'a, W, F>
+where
+    W: AsyncWrite + SocketProgress + Unpin,
+    F: FnMut(&W, bool) + Unpin,
+{
     SendAll {
         stream,
         out,
@@ -36,11 +43,13 @@ pub(crate) fn send_all<'a, W: AsyncWrite + SocketProgress + Unpin>(
         written: 0,
         stall: None,
         timed_at: 0,
+        on_wait,
+        waited: false,
     }
 }
 
 /// The future of [`send_all`]; a plain state machine, as it runs for every write.
-pub(crate) struct SendAll<'a, W> {
+pub(crate) struct SendAll<'a, W, F> {
     stream: &'a mut W,
     out: &'a [u8],
     limit: Option<Duration>,
@@ -50,33 +59,48 @@ pub(crate) struct SendAll<'a, W> {
     /// How far the write had got (its own bytes plus the socket's) when the stall was last
     /// timed.
     timed_at: u64,
+    on_wait: F,
+    waited: bool,
 }
 
-impl<W: AsyncWrite + SocketProgress + Unpin> Future for SendAll<'_, W> {
+impl<W, F> Future for SendAll<'_, W, F>
+where
+    W: AsyncWrite + SocketProgress + Unpin,
+    F: FnMut(&W, bool) + Unpin,
+{
     type Output = io::Result<()>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        loop {
-            let step = if this.written < this.out.len() {
-                Pin::new(&mut *this.stream).poll_write(cx, &this.out[this.written..])
-            } else {
-                Pin::new(&mut *this.stream).poll_flush(cx).map_ok(|()| 0)
-            };
-            match step {
-                Poll::Ready(Ok(0)) if this.written < this.out.len() => {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()))
-                }
-                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(())),
-                Poll::Ready(Ok(n)) => this.written += n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return this.wait(cx),
-            }
+        let done = this.write(cx);
+        if done.is_pending() != this.waited {
+            this.waited = done.is_pending();
+            (this.on_wait)(this.stream, this.waited);
         }
+        done
     }
 }
 
-impl<W: SocketProgress> SendAll<'_, W> {
+impl<W: AsyncWrite + SocketProgress + Unpin, F> SendAll<'_, W, F> {
+    fn write(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let step = if self.written < self.out.len() {
+                Pin::new(&mut *self.stream).poll_write(cx, &self.out[self.written..])
+            } else {
+                Pin::new(&mut *self.stream).poll_flush(cx).map_ok(|()| 0)
+            };
+            match step {
+                Poll::Ready(Ok(0)) if self.written < self.out.len() => {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()))
+                }
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(n)) => self.written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return self.wait(cx),
+            }
+        }
+    }
+
     /// The stream made the write wait: times the stall, from now if anything moved since it
     /// was last timed.
     fn wait(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -225,7 +249,7 @@ mod tests {
             allowance,
             taken: 0,
         };
-        send_all(&mut socket, b"0123456789", Some(LIMIT))
+        send_all(&mut socket, b"0123456789", Some(LIMIT), |_, _| {})
             .await
             .expect("written");
         assert_eq!(socket.taken, 10);
@@ -240,7 +264,7 @@ mod tests {
             taken: 0,
         };
         let started = Instant::now();
-        let err = send_all(&mut socket, b"0123456789", Some(LIMIT))
+        let err = send_all(&mut socket, b"0123456789", Some(LIMIT), |_, _| {})
             .await
             .expect_err("stalled");
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
@@ -257,10 +281,18 @@ mod tests {
         allowance.trickle(2, LIMIT / 2, 5);
         let mut stream = make(allowance);
         let started = Instant::now();
-        send_all(&mut stream, b"0123456789", Some(LIMIT))
-            .await
-            .expect("written");
+        let mut told = Vec::new();
+        send_all(&mut stream, b"0123456789", Some(LIMIT), |_, waits| {
+            told.push(waits)
+        })
+        .await
+        .expect("written");
         assert!(started.elapsed() > LIMIT * 2);
+        assert_eq!(
+            told,
+            [true, false],
+            "told once that it waits, once that it is done"
+        );
         stream
     }
 
@@ -293,8 +325,11 @@ mod tests {
             allowance,
             taken: 0,
         };
-        let waited =
-            tokio::time::timeout(LIMIT * 3, send_all(&mut socket, b"0123456789", None)).await;
+        let waited = tokio::time::timeout(
+            LIMIT * 3,
+            send_all(&mut socket, b"0123456789", None, |_, _| {}),
+        )
+        .await;
         assert!(waited.is_err(), "the write should still be waiting");
     }
 }
